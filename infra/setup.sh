@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# vmsave set-up for Debian 12 (bookworm). Idempotent: quick when everything is present.
+# Installs: nats-server, redis-server, QEMU >= 9.1 (from <codename>-backports, whose apt
+# source is derived from the machine's own Debian source entry), Node dependencies (npm ci),
+# and generates local secrets into .vmsave/env (never committed).
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+log() { printf '[setup] %s\n' "$*"; }
+
+need_qemu() {
+  command -v qemu-system-x86_64 >/dev/null 2>&1 || return 0
+  local v; v=$(qemu-system-x86_64 --version | sed -n 's/.*version \([0-9]*\)\.\([0-9]*\).*/\1 \2/p')
+  set -- $v
+  [ "${1:-0}" -gt 9 ] && return 1
+  [ "${1:-0}" -eq 9 ] && [ "${2:-0}" -ge 1 ] && return 1
+  return 0
+}
+
+missing=()
+command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v qemu-img >/dev/null 2>&1 || missing+=(qemu-utils)
+if need_qemu; then missing+=(qemu-system-x86); fi
+
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ ! -r /etc/os-release ] || ! grep -q '^ID=debian' /etc/os-release || ! command -v apt-get >/dev/null; then
+    log "not a Debian system: please install ${missing[*]} (QEMU >= 9.1), nats-server >= 2.9 and redis-server yourself"
+    exit 1
+  fi
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  . /etc/os-release
+  codename=${VERSION_CODENAME:-bookworm}
+  bp="/etc/apt/sources.list.d/vmsave-${codename}-backports.sources"
+  if ! grep -rqs "${codename}-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    # Derive the backports entry from the first existing Debian archive entry for $codename
+    # (deb822 .sources or one-line sources.list), keeping its URI and keyring.
+    uri=""; keyring=""
+    for f in /etc/apt/sources.list.d/*.sources; do
+      [ -f "$f" ] || continue
+      uri=$(awk -v c="$codename" '
+        BEGIN{RS=""; FS="\n"}
+        { u=""; s=""; k="";
+          for(i=1;i<=NF;i++){
+            if($i ~ /^URIs:/){u=$i; sub(/^URIs:[ \t]*/,"",u); split(u,a," "); u=a[1]}
+            if($i ~ /^Suites:/){s=" " $i " "}
+            if($i ~ /^Signed-By:/){k=$i; sub(/^Signed-By:[ \t]*/,"",k)}
+          }
+          if(u!="" && index(s," " c " ")>0 && u !~ /security/){print u "|" k; exit}
+        }' "$f")
+      [ -n "$uri" ] && break
+    done
+    if [ -n "$uri" ]; then
+      keyring=${uri#*|}; uri=${uri%%|*}
+    elif [ -f /etc/apt/sources.list ]; then
+      uri=$(awk -v c="$codename" '$1=="deb" && $0 !~ /security/ { for(i=2;i<=NF;i++) if($i ~ /^[a-z]+:\/\//){ if($(i+1)==c){print $i; exit} } }' /etc/apt/sources.list)
+    fi
+    [ -n "$uri" ] || { log "could not find a Debian source entry for ${codename} to derive backports from"; exit 1; }
+    log "adding ${codename}-backports from the machine's own Debian source"
+    {
+      echo "Types: deb"; echo "URIs: ${uri}"; echo "Suites: ${codename}-backports"; echo "Components: main"
+      [ -n "$keyring" ] && echo "Signed-By: ${keyring}"
+    } | $SUDO tee "$bp" >/dev/null
+  fi
+  log "installing ${missing[*]}"
+  $SUDO apt-get update -qq
+  pkgs=(); bppkgs=()
+  for p in "${missing[@]}"; do case $p in qemu-*) bppkgs+=("$p");; *) pkgs+=("$p");; esac; done
+  [ ${#pkgs[@]} -eq 0 ] || DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${pkgs[@]}"
+  [ ${#bppkgs[@]} -eq 0 ] || DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq -t "${codename}-backports" "${bppkgs[@]}"
+fi
+qemu-system-x86_64 --version | head -1
+
+# Node dependencies: npm ci when node_modules is missing or older than the lockfile.
+if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  log "npm ci"
+  npm ci --no-audit --no-fund
+fi
+
+# Local secrets (generated, never committed).
+mkdir -p .vmsave
+if [ ! -f .vmsave/env ]; then
+  gen() { head -c 24 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 24; }
+  {
+    echo "VMSAVE_DASHBOARD_TOKEN=$(gen)"
+  } > .vmsave/env
+  chmod 600 .vmsave/env
+  log "generated .vmsave/env"
+fi
+log "ok"
