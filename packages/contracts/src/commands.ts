@@ -1,0 +1,67 @@
+import { z } from 'zod';
+import { HostName, ImagePath, JobId, Priority, RequestId, SchemaVersion } from './common.ts';
+import { VmName } from './vm.ts';
+
+/** `vmsave.cmd.save`: save a VM's memory state to an image. */
+export const SaveRequest = z.object({
+  schemaVersion: SchemaVersion,
+  requestId: RequestId,
+  vm: VmName,
+  /** `auto` picks sparse when the host's QEMU supports mapped-ram, legacy otherwise. */
+  format: z.enum(['legacy', 'sparse', 'auto']).default('auto'),
+  /** multifd channels (sparse only). */
+  channels: z.number().int().min(1, 'channels: at least 1').max(64, 'channels: at most 64').default(1),
+  /** Bypass the page cache for page I/O (sparse only). */
+  directIo: z.boolean().default(false),
+  /** What to leave the VM as after a successful save. A failed save always resumes a VM that was running. */
+  after: z.enum(['running', 'paused', 'quit']).default('running'),
+  /** Image file name, relative to the host's image directory (default: `<vm>-<jobId>.vmsave`). */
+  image: ImagePath.optional(),
+  priority: Priority.default('normal'),
+  /** Give up after this long (default: from RAM size and the host's measured throughput). */
+  deadlineMs: z.number().int().min(1000).max(24 * 3600 * 1000).optional(),
+  requestedBy: z.string().max(256).optional(),
+});
+export type SaveRequest = z.infer<typeof SaveRequest>;
+export type SaveRequestInput = z.input<typeof SaveRequest>;
+
+/** `vmsave.cmd.restore`: start a VM from a saved image. */
+export const RestoreRequest = z.object({
+  schemaVersion: SchemaVersion,
+  requestId: RequestId,
+  /** Image path on the host that holds it (relative to its image directory, or absolute inside it). */
+  image: ImagePath,
+  /** Host holding the image; default: the host that wrote it, known from the event log. */
+  host: HostName.optional(),
+  /** State to leave the VM in: default as it was when saved. */
+  after: z.enum(['running', 'paused', 'as-saved']).default('as-saved'),
+  priority: Priority.default('normal'),
+  deadlineMs: z.number().int().min(1000).max(24 * 3600 * 1000).optional(),
+  requestedBy: z.string().max(256).optional(),
+});
+export type RestoreRequest = z.infer<typeof RestoreRequest>;
+export type RestoreRequestInput = z.input<typeof RestoreRequest>;
+
+/** `vmsave.cmd.cancel`: cancel a queued or running job. */
+export const CancelRequest = z.object({
+  schemaVersion: SchemaVersion,
+  requestId: RequestId,
+  jobId: JobId,
+  reason: z.string().max(1024).default('cancelled by operator'),
+});
+export type CancelRequest = z.infer<typeof CancelRequest>;
+export type CancelRequestInput = z.input<typeof CancelRequest>;
+
+/** The answer to a publisher that set a reply subject on a command. */
+export const AdmissionReply = z.discriminatedUnion('outcome', [
+  z.object({ outcome: z.literal('accepted'), requestId: RequestId, jobId: JobId, duplicate: z.boolean() }),
+  z.object({
+    outcome: z.literal('rejected'),
+    requestId: z.string().optional(),
+    jobId: JobId.optional(),
+    rule: z.string(),
+    field: z.string().optional(),
+    message: z.string(),
+  }),
+]);
+export type AdmissionReply = z.infer<typeof AdmissionReply>;

@@ -1,0 +1,210 @@
+import { z } from 'zod';
+import { HostName, JobId, SchemaVersion, Timestamp } from './common.ts';
+import { RestoreRequest, SaveRequest } from './commands.ts';
+import { SaveFormat, VmDefinition } from './vm.ts';
+import { newEventId } from './ids.ts';
+
+/* ---------- shared payload pieces ---------- */
+
+/** A broken admission rule: which rule, which field, and a sentence a person can act on. */
+export const Rejection = z.object({
+  rule: z.string(),
+  field: z.string().optional(),
+  message: z.string(),
+});
+export type Rejection = z.infer<typeof Rejection>;
+
+export const Scheduled = z.object({
+  host: HostName,
+  attempt: z.number().int().min(1),
+  /** The per-VM lease's fencing token; the executor echoes it on every event of this attempt. */
+  fencingToken: z.number().int().min(0),
+  deadlineAt: Timestamp,
+});
+
+export const FailureStage = z.enum([
+  'admission', 'connect', 'prepare', 'pause', 'image', 'migrate', 'finalize', 'resume', 'start-qemu', 'restore', 'verify', 'lost', 'deadline', 'unknown',
+]);
+export type FailureStage = z.infer<typeof FailureStage>;
+
+export const Failure = z.object({
+  attempt: z.number().int().min(1),
+  stage: FailureStage,
+  /** A one-line reason; QEMU's own message verbatim where it gave one. */
+  reason: z.string(),
+  /** Stable error code, e.g. `ENOSPC`, `qemu-migration-failed`, `executor-lost`. */
+  code: z.string(),
+  retryable: z.boolean(),
+  host: HostName.optional(),
+  fencingToken: z.number().int().optional(),
+});
+
+export const VerificationCheck = z.object({
+  name: z.string(),
+  status: z.enum(['pass', 'warn', 'fail', 'skip']),
+  detail: z.string(),
+});
+export type VerificationCheck = z.infer<typeof VerificationCheck>;
+
+export const QemuMigrationStats = z.object({
+  totalTimeMs: z.number().optional(),
+  ramTotal: z.number().optional(),
+  ramTransferred: z.number().optional(),
+  ramNormalPages: z.number().optional(),
+  ramDuplicatePages: z.number().optional(),
+  mbps: z.number().optional(),
+}).loose();
+
+/* ---------- event payloads ---------- */
+
+export const SaveRequestedData = z.object({ request: SaveRequest });
+export const SaveRejectedData = Rejection;
+export const SaveScheduledData = Scheduled;
+export const SaveStartedData = z.object({
+  host: HostName,
+  attempt: z.number().int().min(1),
+  fencingToken: z.number().int().min(0),
+  imagePath: z.string(),
+  format: SaveFormat,
+  channels: z.number().int().min(1),
+  directIo: z.boolean(),
+  wasRunning: z.boolean(),
+  ramBytes: z.number().int().min(0),
+});
+export const SaveCompletedData = z.object({
+  host: HostName,
+  attempt: z.number().int().min(1),
+  fencingToken: z.number().int().min(0),
+  imagePath: z.string(),
+  format: SaveFormat,
+  /** Logical size of the image file. */
+  bytes: z.number().int().min(0),
+  /** Allocated 512-byte blocks (`st_blocks`). */
+  blocks: z.number().int().min(0),
+  durationMs: z.number().min(0),
+  throughputBytesPerSec: z.number().min(0),
+  vmState: z.enum(['running', 'paused', 'quit']),
+  qemu: QemuMigrationStats,
+});
+export const SaveFailedData = Failure.extend({
+  /** True when the VM was running before the save and runs again; false if it was not resumed. */
+  vmResumed: z.boolean(),
+  imageKept: z.string().optional(),
+});
+export const SaveRetryingData = z.object({ attempt: z.number().int().min(2), delayMs: z.number().int().min(0), lastCode: z.string() });
+export const CancelRequestedData = z.object({ reason: z.string(), requestId: z.string().optional() });
+export const SaveCancelledData = z.object({ reason: z.string(), vmResumed: z.boolean().optional(), stage: z.string().optional() });
+export const ImageVerifiedData = z.object({ imagePath: z.string(), host: HostName.optional(), checks: z.array(VerificationCheck) });
+export const ImageRejectedData = ImageVerifiedData;
+
+export const RestoreRequestedData = z.object({ request: RestoreRequest, sourceJobId: JobId.optional(), vm: z.string().optional() });
+export const RestoreRejectedData = Rejection;
+export const RestoreScheduledData = Scheduled;
+export const RestoreStartedData = z.object({
+  host: HostName,
+  attempt: z.number().int().min(1),
+  fencingToken: z.number().int().min(0),
+  imagePath: z.string(),
+  format: SaveFormat,
+  vm: VmDefinition,
+});
+export const RestoreCompletedData = z.object({
+  host: HostName,
+  attempt: z.number().int().min(1),
+  fencingToken: z.number().int().min(0),
+  imagePath: z.string(),
+  vm: z.string(),
+  durationMs: z.number().min(0),
+  vmState: z.enum(['running', 'paused']),
+  qmpSocket: z.string().optional(),
+});
+export const RestoreFailedData = Failure.extend({ qemuStderr: z.string().optional() });
+export const RestoreRetryingData = SaveRetryingData;
+export const RestoreCancelledData = SaveCancelledData;
+
+/* ---------- the envelope ---------- */
+
+const envelope = <T extends string, D extends z.ZodType>(type: T, data: D) =>
+  z.object({
+    eventId: z.string().min(1).max(128),
+    type: z.literal(type),
+    schemaVersion: SchemaVersion,
+    jobId: JobId,
+    at: Timestamp,
+    /** Service (and host) that emitted it, e.g. `executor@host-a`. */
+    source: z.string().max(256),
+    data,
+  });
+
+export const SaveRequested = envelope('SaveRequested', SaveRequestedData);
+export type SaveRequested = z.infer<typeof SaveRequested>;
+export const SaveRejected = envelope('SaveRejected', SaveRejectedData);
+export type SaveRejected = z.infer<typeof SaveRejected>;
+export const SaveScheduled = envelope('SaveScheduled', SaveScheduledData);
+export type SaveScheduled = z.infer<typeof SaveScheduled>;
+export const SaveStarted = envelope('SaveStarted', SaveStartedData);
+export type SaveStarted = z.infer<typeof SaveStarted>;
+export const SaveCompleted = envelope('SaveCompleted', SaveCompletedData);
+export type SaveCompleted = z.infer<typeof SaveCompleted>;
+export const SaveFailed = envelope('SaveFailed', SaveFailedData);
+export type SaveFailed = z.infer<typeof SaveFailed>;
+export const SaveRetrying = envelope('SaveRetrying', SaveRetryingData);
+export type SaveRetrying = z.infer<typeof SaveRetrying>;
+export const SaveCancelRequested = envelope('SaveCancelRequested', CancelRequestedData);
+export type SaveCancelRequested = z.infer<typeof SaveCancelRequested>;
+export const SaveCancelled = envelope('SaveCancelled', SaveCancelledData);
+export type SaveCancelled = z.infer<typeof SaveCancelled>;
+export const ImageVerified = envelope('ImageVerified', ImageVerifiedData);
+export type ImageVerified = z.infer<typeof ImageVerified>;
+export const ImageRejected = envelope('ImageRejected', ImageRejectedData);
+export type ImageRejected = z.infer<typeof ImageRejected>;
+
+export const RestoreRequested = envelope('RestoreRequested', RestoreRequestedData);
+export type RestoreRequested = z.infer<typeof RestoreRequested>;
+export const RestoreRejected = envelope('RestoreRejected', RestoreRejectedData);
+export type RestoreRejected = z.infer<typeof RestoreRejected>;
+export const RestoreScheduled = envelope('RestoreScheduled', RestoreScheduledData);
+export type RestoreScheduled = z.infer<typeof RestoreScheduled>;
+export const RestoreStarted = envelope('RestoreStarted', RestoreStartedData);
+export type RestoreStarted = z.infer<typeof RestoreStarted>;
+export const RestoreCompleted = envelope('RestoreCompleted', RestoreCompletedData);
+export type RestoreCompleted = z.infer<typeof RestoreCompleted>;
+export const RestoreFailed = envelope('RestoreFailed', RestoreFailedData);
+export type RestoreFailed = z.infer<typeof RestoreFailed>;
+export const RestoreRetrying = envelope('RestoreRetrying', RestoreRetryingData);
+export type RestoreRetrying = z.infer<typeof RestoreRetrying>;
+export const RestoreCancelRequested = envelope('RestoreCancelRequested', CancelRequestedData);
+export type RestoreCancelRequested = z.infer<typeof RestoreCancelRequested>;
+export const RestoreCancelled = envelope('RestoreCancelled', RestoreCancelledData);
+export type RestoreCancelled = z.infer<typeof RestoreCancelled>;
+
+/** Any event in the log (`vmsave.evt.<jobId>.<type>`). */
+export const JobEvent = z.discriminatedUnion('type', [
+  SaveRequested, SaveRejected, SaveScheduled, SaveStarted, SaveCompleted, SaveFailed, SaveRetrying,
+  SaveCancelRequested, SaveCancelled, ImageVerified, ImageRejected,
+  RestoreRequested, RestoreRejected, RestoreScheduled, RestoreStarted, RestoreCompleted, RestoreFailed,
+  RestoreRetrying, RestoreCancelRequested, RestoreCancelled,
+]);
+export type JobEvent = z.infer<typeof JobEvent>;
+export type JobEventType = JobEvent['type'];
+export type EventOf<T extends JobEventType> = Extract<JobEvent, { type: T }>;
+
+export const jobEventTypes = JobEvent.options.map((o) => o.shape.type.value) as JobEventType[];
+
+/** Build an event envelope with a fresh id and the current time (both overridable). */
+export function makeEvent<T extends JobEventType>(
+  type: T,
+  jobId: string,
+  data: EventOf<T>['data'],
+  meta: { source: string; eventId?: string; at?: Date },
+): EventOf<T> {
+  return {
+    eventId: meta.eventId ?? newEventId(),
+    type,
+    schemaVersion: 1,
+    jobId,
+    at: (meta.at ?? new Date()).toISOString(),
+    source: meta.source,
+    data,
+  } as EventOf<T>;
+}

@@ -1,0 +1,66 @@
+import { subjects } from './subjects.ts';
+
+/**
+ * JetStream stream definitions, independent of the client library (the bus package maps them).
+ * `replicas` is 1 by default and raised by the bus for a cluster.
+ */
+export interface StreamDefinition {
+  name: string;
+  subjects: string[];
+  retention: 'limits' | 'workqueue';
+  storage: 'file' | 'memory';
+  /** Deduplication window for `Nats-Msg-Id`, in milliseconds. */
+  duplicateWindowMs: number;
+  maxMsgsPerSubject?: number;
+  maxAgeMs?: number;
+  description: string;
+}
+
+const DAY = 24 * 3600 * 1000;
+
+export const streams = {
+  commands: {
+    name: 'VMSAVE_CMD',
+    subjects: [subjects.cmd.all],
+    retention: 'workqueue',
+    storage: 'file',
+    duplicateWindowMs: DAY,
+    description: 'Save, restore and cancel requests from clients; deduplicated by Nats-Msg-Id (the request id).',
+  },
+  work: {
+    name: 'VMSAVE_WORK',
+    subjects: [subjects.workAll],
+    retention: 'workqueue',
+    storage: 'file',
+    duplicateWindowMs: DAY,
+    description: 'Scheduled work, one subject per host.',
+  },
+  events: {
+    name: 'VMSAVE_EVT',
+    subjects: [subjects.evtAll],
+    retention: 'limits',
+    storage: 'file',
+    duplicateWindowMs: 10 * 60 * 1000,
+    description: 'The event log: every fact about every job.',
+  },
+  hosts: {
+    name: 'VMSAVE_HOSTS',
+    subjects: [subjects.hostAll],
+    retention: 'limits',
+    storage: 'file',
+    duplicateWindowMs: 60 * 1000,
+    maxMsgsPerSubject: 1,
+    description: 'The latest announcement of each executor host.',
+  },
+  deadLetters: {
+    name: 'VMSAVE_DLQ',
+    subjects: [subjects.dlqAll],
+    retention: 'limits',
+    storage: 'file',
+    duplicateWindowMs: 60 * 1000,
+    maxAgeMs: 30 * DAY,
+    description: 'Invalid messages with the reason they were refused.',
+  },
+} as const satisfies Record<string, StreamDefinition>;
+
+export const allStreams: readonly StreamDefinition[] = Object.values(streams);

@@ -1,0 +1,55 @@
+/**
+ * Every NATS subject vmsave uses is spelled here and nowhere else.
+ *
+ * | subject                         | kind                      | publisher → consumer            |
+ * |---------------------------------|---------------------------|---------------------------------|
+ * | vmsave.cmd.{save,restore,cancel}| JetStream VMSAVE_CMD (WQ) | clients → scheduler             |
+ * | vmsave.work.<host>              | JetStream VMSAVE_WORK (WQ)| scheduler → that host's executor|
+ * | vmsave.evt.<jobId>.<type>       | JetStream VMSAVE_EVT      | every service → everyone        |
+ * | vmsave.host.<host>              | JetStream VMSAVE_HOSTS    | executors → scheduler, dashboard|
+ * | vmsave.hb.<host>                | core NATS                 | executors → scheduler           |
+ * | vmsave.progress.<jobId>         | core NATS                 | executor → dashboard, CLI       |
+ * | vmsave.ctl.<host>               | core NATS request/reply   | scheduler → executor (cancel)   |
+ * | vmsave.dlq.<service>            | JetStream VMSAVE_DLQ      | any consumer → operators        |
+ */
+export const ROOT = 'vmsave';
+
+/** A token that is safe inside a subject: no dots, wildcards or whitespace. */
+export const SUBJECT_TOKEN = /^[A-Za-z0-9_-][A-Za-z0-9_:-]{0,127}$/;
+
+function token(kind: string, value: string): string {
+  if (!SUBJECT_TOKEN.test(value)) {
+    throw new TypeError(`${kind} "${value}" cannot be used in a subject: letters, digits, _ - : only (max 128)`);
+  }
+  return value;
+}
+
+export const subjects = {
+  cmd: {
+    save: `${ROOT}.cmd.save`,
+    restore: `${ROOT}.cmd.restore`,
+    cancel: `${ROOT}.cmd.cancel`,
+    all: `${ROOT}.cmd.>`,
+  },
+  work: (host: string) => `${ROOT}.work.${token('host', host)}`,
+  workAll: `${ROOT}.work.*`,
+  evt: (jobId: string, type: string) => `${ROOT}.evt.${token('job id', jobId)}.${token('event type', type)}`,
+  evtOfJob: (jobId: string) => `${ROOT}.evt.${token('job id', jobId)}.>`,
+  evtAll: `${ROOT}.evt.>`,
+  host: (host: string) => `${ROOT}.host.${token('host', host)}`,
+  hostAll: `${ROOT}.host.*`,
+  heartbeat: (host: string) => `${ROOT}.hb.${token('host', host)}`,
+  heartbeatAll: `${ROOT}.hb.*`,
+  progress: (jobId: string) => `${ROOT}.progress.${token('job id', jobId)}`,
+  progressAll: `${ROOT}.progress.*`,
+  control: (host: string) => `${ROOT}.ctl.${token('host', host)}`,
+  dlq: (service: string) => `${ROOT}.dlq.${token('service', service)}`,
+  dlqAll: `${ROOT}.dlq.*`,
+} as const;
+
+/** Parse `vmsave.evt.<jobId>.<type>`; undefined for any other subject. */
+export function parseEventSubject(subject: string): { jobId: string; type: string } | undefined {
+  const parts = subject.split('.');
+  if (parts.length !== 4 || parts[0] !== ROOT || parts[1] !== 'evt') return undefined;
+  return { jobId: parts[2]!, type: parts[3]! };
+}
