@@ -1,1 +1,2 @@
-export {};
+export { evolve, fold, initialState, isTerminal, TERMINAL, type JobState, type JobStatus } from './state.ts';
+export { decide, decideRetry, type JobCommand, type Decision, type DecideMeta } from './decide.ts';

@@ -1,0 +1,129 @@
+import {
+  makeEvent, type JobEvent, type JobEventType, type RestoreRequest, type SaveRequest, type VerificationCheck,
+  SaveStartedData, SaveCompletedData, SaveFailedData, RestoreStartedData, RestoreCompletedData, RestoreFailedData,
+} from '@vmsave/contracts';
+import type { z } from 'zod';
+import { isTerminal, type JobState } from './state.ts';
+
+type Data<S extends z.ZodType> = z.input<S>;
+
+/** What can be asked of a job. Each is decided against the job's folded state. */
+export type JobCommand =
+  | { type: 'RequestSave'; jobId: string; request: SaveRequest }
+  | { type: 'RequestRestore'; jobId: string; request: RestoreRequest; vm?: string; sourceJobId?: string }
+  | { type: 'Reject'; rule: string; field?: string; message: string }
+  | { type: 'Schedule'; host: string; fencingToken: number; deadlineAt: string }
+  | { type: 'StartSave'; data: Data<typeof SaveStartedData> }
+  | { type: 'StartRestore'; data: Data<typeof RestoreStartedData> }
+  | { type: 'CompleteSave'; data: Data<typeof SaveCompletedData> }
+  | { type: 'CompleteRestore'; data: Data<typeof RestoreCompletedData> }
+  | { type: 'FailSave'; data: Data<typeof SaveFailedData> }
+  | { type: 'FailRestore'; data: Data<typeof RestoreFailedData> }
+  | { type: 'Retry'; delayMs: number; maxAttempts: number }
+  | { type: 'Cancel'; reason: string; requestId?: string }
+  | { type: 'ConfirmCancelled'; reason: string; vmResumed?: boolean; stage?: string }
+  | { type: 'RecordVerification'; imagePath: string; host?: string; checks: VerificationCheck[] };
+
+export type Decision =
+  | { ok: true; events: JobEvent[]; duplicate?: boolean }
+  | { ok: false; rule: string; message: string };
+
+export interface DecideMeta { source: string; now?: Date }
+
+const refuse = (rule: string, message: string): Decision => ({ ok: false, rule, message });
+
+/**
+ * Decide what a command does to a job: the events it produces, or the rule it breaks.
+ * Pure: no I/O, no clock unless `meta.now` is absent.
+ */
+export function decide(cmd: JobCommand, s: JobState, meta: DecideMeta): Decision {
+  const now = meta.now ?? new Date();
+  // Event payloads are checked by the callers' schemas; the union of types defeats inference here.
+  const ev = (type: JobEventType, data: unknown): JobEvent =>
+    makeEvent(type, s.jobId ?? '', data as never, { source: meta.source, at: now });
+  const ok = (...events: JobEvent[]): Decision => ({ ok: true, events });
+  const P = s.kind === 'restore' ? 'Restore' : 'Save';
+
+  if (cmd.type === 'RequestSave' || cmd.type === 'RequestRestore') {
+    if (s.status !== 'none') return { ok: true, events: [], duplicate: true };
+    const at = { source: meta.source, at: now };
+    return cmd.type === 'RequestSave'
+      ? ok(makeEvent('SaveRequested', cmd.jobId, { request: cmd.request }, at))
+      : ok(makeEvent('RestoreRequested', cmd.jobId, { request: cmd.request, vm: cmd.vm, sourceJobId: cmd.sourceJobId }, at));
+  }
+  if (s.status === 'none') return refuse('job-unknown', 'no such job');
+  if (isTerminal(s)) return refuse('job-terminal', `job ${s.jobId} is already ${s.status}`);
+
+  const attemptMatches = (attempt: number, token: number): Decision | undefined =>
+    attempt !== s.attempt || token !== s.fencingToken
+      ? refuse('stale-attempt', `attempt ${attempt} (token ${token}) is not the current attempt ${s.attempt} (token ${s.fencingToken})`)
+      : undefined;
+
+  switch (cmd.type) {
+    case 'Reject':
+      if (s.status !== 'requested') return refuse('illegal-transition', `cannot reject a ${s.status} job`);
+      return ok(ev(`${P}Rejected`, { rule: cmd.rule, field: cmd.field, message: cmd.message }));
+    case 'Schedule':
+      if (s.status !== 'requested') return refuse('illegal-transition', `cannot schedule a ${s.status} job`);
+      if (s.notBefore && Date.parse(s.notBefore) > now.getTime()) return refuse('backoff', `retry not before ${s.notBefore}`);
+      return ok(ev(`${P}Scheduled`, { host: cmd.host, attempt: s.attempt + 1, fencingToken: cmd.fencingToken, deadlineAt: cmd.deadlineAt }));
+    case 'StartSave':
+    case 'StartRestore': {
+      if ((cmd.type === 'StartSave') !== (s.kind === 'save')) return refuse('wrong-kind', `${cmd.type} on a ${s.kind} job`);
+      if (s.status !== 'scheduled') return refuse('illegal-transition', `cannot start a ${s.status} job`);
+      const stale = attemptMatches(cmd.data.attempt, cmd.data.fencingToken);
+      if (stale) return stale;
+      return cmd.type === 'StartSave'
+        ? ok(ev('SaveStarted', SaveStartedData.parse(cmd.data)))
+        : ok(ev('RestoreStarted', RestoreStartedData.parse(cmd.data)));
+    }
+    case 'CompleteSave':
+    case 'CompleteRestore': {
+      if ((cmd.type === 'CompleteSave') !== (s.kind === 'save')) return refuse('wrong-kind', `${cmd.type} on a ${s.kind} job`);
+      if (s.status !== 'running') return refuse('illegal-transition', `cannot complete a ${s.status} job`);
+      const stale = attemptMatches(cmd.data.attempt, cmd.data.fencingToken);
+      if (stale) return stale;
+      return cmd.type === 'CompleteSave'
+        ? ok(ev('SaveCompleted', SaveCompletedData.parse(cmd.data)))
+        : ok(ev('RestoreCompleted', RestoreCompletedData.parse(cmd.data)));
+    }
+    case 'FailSave':
+    case 'FailRestore': {
+      if ((cmd.type === 'FailSave') !== (s.kind === 'save')) return refuse('wrong-kind', `${cmd.type} on a ${s.kind} job`);
+      if (s.status !== 'scheduled' && s.status !== 'running') return refuse('illegal-transition', `cannot fail a ${s.status} job`);
+      if (cmd.data.attempt !== s.attempt) return refuse('stale-attempt', `attempt ${cmd.data.attempt} is not the current attempt ${s.attempt}`);
+      return cmd.type === 'FailSave'
+        ? ok(ev('SaveFailed', SaveFailedData.parse(cmd.data)))
+        : ok(ev('RestoreFailed', RestoreFailedData.parse(cmd.data)));
+    }
+    case 'Retry':
+      return refuse('illegal-transition', `cannot retry a ${s.status} job`);
+    case 'Cancel':
+      if (s.status === 'requested') return ok(ev(`${P}Cancelled`, { reason: cmd.reason, stage: 'queued' }));
+      if (s.status === 'scheduled' || s.status === 'running') {
+        if (s.cancelRequested) return { ok: true, events: [], duplicate: true };
+        return ok(ev(`${P}CancelRequested`, { reason: cmd.reason, requestId: cmd.requestId }));
+      }
+      return refuse('illegal-transition', `cannot cancel a ${s.status} job`);
+    case 'ConfirmCancelled':
+      if (s.status !== 'scheduled' && s.status !== 'running') return refuse('illegal-transition', `cannot cancel a ${s.status} job`);
+      return ok(ev(`${P}Cancelled`, { reason: cmd.reason, vmResumed: cmd.vmResumed, stage: cmd.stage }));
+    case 'RecordVerification': {
+      if (s.kind !== 'save' || s.status !== 'completed') return refuse('illegal-transition', `cannot verify a ${s.kind} job that is ${s.status}`);
+      const failed = cmd.checks.some((c) => c.status === 'fail');
+      return ok(ev(failed ? 'ImageRejected' : 'ImageVerified', { imagePath: cmd.imagePath, host: cmd.host, checks: cmd.checks }));
+    }
+  }
+}
+
+/** Retry is decided on a failed job (terminal unless a retry follows), so it is handled apart. */
+export function decideRetry(cmd: Extract<JobCommand, { type: 'Retry' }>, s: JobState, meta: DecideMeta): Decision {
+  if (s.status !== 'failed' || !s.lastFailure) return refuse('illegal-transition', `cannot retry a ${s.status} job`);
+  if (!s.lastFailure.retryable) return refuse('not-retryable', `${s.lastFailure.code} is not retryable`);
+  if (s.attempt >= cmd.maxAttempts) return refuse('max-attempts', `gave up after ${s.attempt} attempts`);
+  const P = s.kind === 'restore' ? 'Restore' : 'Save';
+  return {
+    ok: true,
+    events: [makeEvent(`${P}Retrying` as const, s.jobId!, { attempt: s.attempt + 1, delayMs: cmd.delayMs, lastCode: s.lastFailure.code }, { source: meta.source, at: meta.now ?? new Date() })],
+  };
+}

@@ -1,0 +1,151 @@
+import { describe, expect, it } from 'vitest';
+import { SaveRequest, RestoreRequest, makeEvent, type JobEvent } from '@vmsave/contracts';
+import { decide, decideRetry, type JobCommand } from './decide.ts';
+import { fold, initialState, isTerminal, type JobState } from './state.ts';
+
+const T0 = new Date('2026-01-01T00:00:00Z');
+const meta = { source: 'test', now: T0 };
+const J = 's-1';
+const saveReq = SaveRequest.parse({ requestId: 'r1', vm: 'vm1' });
+const restoreReq = RestoreRequest.parse({ requestId: 'r2', image: 'vm1.vmsave' });
+const at = (ms = 0) => ({ source: 'test', at: new Date(T0.getTime() + ms) });
+const deadlineAt = new Date(T0.getTime() + 60_000).toISOString();
+
+const started = { host: 'h1', attempt: 1, fencingToken: 7, imagePath: '/img/a', format: 'sparse' as const, channels: 1, directIo: false, wasRunning: true, ramBytes: 1 };
+const completed = { host: 'h1', attempt: 1, fencingToken: 7, imagePath: '/img/a', format: 'sparse' as const, bytes: 10, blocks: 2, durationMs: 5, throughputBytesPerSec: 1, vmState: 'running' as const, qemu: {} };
+const failed = (retryable: boolean) => ({ attempt: 1, stage: 'migrate' as const, reason: 'boom', code: 'qemu-migration-failed', retryable, vmResumed: true });
+const checks = (status: 'pass' | 'fail') => [{ name: 'header.magic', status, detail: 'x' }];
+
+/** Histories that bring a save job to each state. */
+const histories: Record<string, JobEvent[]> = {
+  none: [],
+  requested: [makeEvent('SaveRequested', J, { request: saveReq }, at())],
+};
+histories.rejected = [...histories.requested!, makeEvent('SaveRejected', J, { rule: 'vm-exists', message: 'no' }, at())];
+histories.scheduled = [...histories.requested!, makeEvent('SaveScheduled', J, { host: 'h1', attempt: 1, fencingToken: 7, deadlineAt }, at())];
+histories.running = [...histories.scheduled!, makeEvent('SaveStarted', J, started, at())];
+histories.completed = [...histories.running!, makeEvent('SaveCompleted', J, completed, at())];
+histories.verified = [...histories.completed!, makeEvent('ImageVerified', J, { imagePath: '/img/a', checks: checks('pass') }, at())];
+histories.imageRejected = [...histories.completed!, makeEvent('ImageRejected', J, { imagePath: '/img/a', checks: checks('fail') }, at())];
+histories.failed = [...histories.running!, makeEvent('SaveFailed', J, failed(true), at())];
+histories.cancelled = [...histories.requested!, makeEvent('SaveCancelled', J, { reason: 'op' }, at())];
+
+const given = (name: keyof typeof histories): JobState => fold(histories[name]!);
+
+const commands: Record<string, JobCommand> = {
+  RequestSave: { type: 'RequestSave', jobId: J, request: saveReq },
+  Reject: { type: 'Reject', rule: 'vm-exists', field: 'vm', message: 'no such VM' },
+  Schedule: { type: 'Schedule', host: 'h1', fencingToken: 7, deadlineAt },
+  StartSave: { type: 'StartSave', data: started },
+  CompleteSave: { type: 'CompleteSave', data: completed },
+  FailSave: { type: 'FailSave', data: failed(false) },
+  Cancel: { type: 'Cancel', reason: 'op' },
+  ConfirmCancelled: { type: 'ConfirmCancelled', reason: 'op', vmResumed: true },
+  RecordVerification: { type: 'RecordVerification', imagePath: '/img/a', checks: checks('pass') },
+};
+
+/** The full transition matrix: state × command → the event produced, `[]` (idempotent no-op) or the rule broken. */
+const matrix: Record<string, Record<string, string>> = {
+  none:      { RequestSave: 'SaveRequested', Reject: '!job-unknown', Schedule: '!job-unknown', StartSave: '!job-unknown', CompleteSave: '!job-unknown', FailSave: '!job-unknown', Cancel: '!job-unknown', ConfirmCancelled: '!job-unknown', RecordVerification: '!job-unknown' },
+  requested: { RequestSave: '[]', Reject: 'SaveRejected', Schedule: 'SaveScheduled', StartSave: '!illegal-transition', CompleteSave: '!illegal-transition', FailSave: '!illegal-transition', Cancel: 'SaveCancelled', ConfirmCancelled: '!illegal-transition', RecordVerification: '!illegal-transition' },
+  scheduled: { RequestSave: '[]', Reject: '!illegal-transition', Schedule: '!illegal-transition', StartSave: 'SaveStarted', CompleteSave: '!illegal-transition', FailSave: 'SaveFailed', Cancel: 'SaveCancelRequested', ConfirmCancelled: 'SaveCancelled', RecordVerification: '!illegal-transition' },
+  running:   { RequestSave: '[]', Reject: '!illegal-transition', Schedule: '!illegal-transition', StartSave: '!illegal-transition', CompleteSave: 'SaveCompleted', FailSave: 'SaveFailed', Cancel: 'SaveCancelRequested', ConfirmCancelled: 'SaveCancelled', RecordVerification: '!illegal-transition' },
+  completed: { RequestSave: '[]', Reject: '!illegal-transition', Schedule: '!illegal-transition', StartSave: '!illegal-transition', CompleteSave: '!illegal-transition', FailSave: '!illegal-transition', Cancel: '!illegal-transition', ConfirmCancelled: '!illegal-transition', RecordVerification: 'ImageVerified' },
+};
+for (const terminal of ['rejected', 'verified', 'imageRejected', 'failed', 'cancelled']) {
+  matrix[terminal] = Object.fromEntries(Object.keys(commands).map((c) => [c, c === 'RequestSave' ? '[]' : '!job-terminal']));
+}
+
+describe('save job decider: every state × command', () => {
+  for (const [state, row] of Object.entries(matrix)) {
+    for (const [cmd, expected] of Object.entries(row)) {
+      it(`given ${state}, when ${cmd}, then ${expected}`, () => {
+        const d = decide(commands[cmd]!, given(state as keyof typeof histories), meta);
+        if (expected.startsWith('!')) {
+          expect(d.ok).toBe(false);
+          if (!d.ok) expect(d.rule).toBe(expected.slice(1));
+        } else {
+          expect(d.ok).toBe(true);
+          if (d.ok) expect(d.events.map((e) => e.type).join(',') || '[]').toBe(expected);
+        }
+      });
+    }
+  }
+});
+
+describe('save job decider: details', () => {
+  it('given a scheduled job, when an executor starts a stale attempt, then it is refused', () => {
+    const d = decide({ type: 'StartSave', data: { ...started, fencingToken: 6 } }, given('scheduled'), meta);
+    expect(d).toMatchObject({ ok: false, rule: 'stale-attempt' });
+  });
+  it('given a completed job, when a check fails, then the image is rejected with the failing check in the reason', () => {
+    const d = decide({ type: 'RecordVerification', imagePath: '/img/a', checks: checks('fail') }, given('completed'), meta);
+    expect(d.ok && d.events[0]!.type).toBe('ImageRejected');
+    const s = fold(d.ok ? d.events : [], given('completed'));
+    expect(s.status).toBe('rejected');
+    expect(s.rejection?.message).toContain('header.magic');
+  });
+  it('given a running job already asked to cancel, when cancel again, then nothing new happens', () => {
+    const s = fold([makeEvent('SaveCancelRequested', J, { reason: 'op' }, at())], given('running'));
+    expect(decide(commands.Cancel!, s, meta)).toEqual({ ok: true, events: [], duplicate: true });
+  });
+  it('given a save job, when a restore-only command comes, then it is refused as the wrong kind', () => {
+    const d = decide({ type: 'CompleteRestore', data: { host: 'h1', attempt: 1, fencingToken: 7, imagePath: 'x', vm: 'v', durationMs: 1, vmState: 'running' } }, given('running'), meta);
+    expect(d).toMatchObject({ ok: false, rule: 'wrong-kind' });
+  });
+  it('evolve ignores a stale attempt’s completion', () => {
+    const s = fold([makeEvent('SaveCompleted', J, { ...completed, attempt: 9 }, at())], given('running'));
+    expect(s.status).toBe('running');
+  });
+});
+
+describe('retries', () => {
+  it('given a retryable failure, when retry, then the job is queued again after the delay with the next attempt', () => {
+    const d = decideRetry({ type: 'Retry', delayMs: 5000, maxAttempts: 3 }, given('failed'), meta);
+    expect(d.ok && d.events.map((e) => e.type)).toEqual(['SaveRetrying']);
+    const s = fold(d.ok ? d.events : [], given('failed'));
+    expect(s.status).toBe('requested');
+    expect(s.notBefore).toBe(new Date(T0.getTime() + 5000).toISOString());
+    expect(decide(commands.Schedule!, s, meta)).toMatchObject({ ok: false, rule: 'backoff' });
+    const later = decide(commands.Schedule!, s, { source: 't', now: new Date(T0.getTime() + 6000) });
+    expect(later.ok && later.events[0]).toMatchObject({ type: 'SaveScheduled', data: { attempt: 2 } });
+  });
+  it('given a non-retryable failure, when retry, then refused as not-retryable', () => {
+    const s = fold([...histories.running!, makeEvent('SaveFailed', J, failed(false), at())]);
+    expect(decideRetry({ type: 'Retry', delayMs: 1, maxAttempts: 3 }, s, meta)).toMatchObject({ ok: false, rule: 'not-retryable' });
+  });
+  it('given the last attempt failed, when retry, then refused as max-attempts', () => {
+    expect(decideRetry({ type: 'Retry', delayMs: 1, maxAttempts: 1 }, given('failed'), meta)).toMatchObject({ ok: false, rule: 'max-attempts' });
+  });
+  it('given a running job, when retry, then refused', () => {
+    expect(decideRetry({ type: 'Retry', delayMs: 1, maxAttempts: 3 }, given('running'), meta)).toMatchObject({ ok: false, rule: 'illegal-transition' });
+  });
+});
+
+describe('restore jobs', () => {
+  const R = 'r-1';
+  const rStarted = { host: 'h1', attempt: 1, fencingToken: 1, imagePath: '/img/a', format: 'legacy' as const, vm: { name: 'vm1', uuid: '6f1c1a0e-3b7e-4c55-9d4e-2b1f0c9a8e11', machine: 'q35', memoryMiB: 64, vcpus: 1, args: [] } };
+  const h = [
+    makeEvent('RestoreRequested', R, { request: restoreReq, vm: 'vm1' }, at()),
+    makeEvent('RestoreScheduled', R, { host: 'h1', attempt: 1, fencingToken: 1, deadlineAt }, at()),
+    makeEvent('RestoreStarted', R, rStarted, at()),
+  ];
+  it('given a running restore, when completed, then the job is terminal and cannot be verified', () => {
+    const d = decide({ type: 'CompleteRestore', data: { host: 'h1', attempt: 1, fencingToken: 1, imagePath: '/img/a', vm: 'vm1', durationMs: 3, vmState: 'running' } }, fold(h), meta);
+    expect(d.ok && d.events[0]!.type).toBe('RestoreCompleted');
+    const s = fold(d.ok ? d.events : [], fold(h));
+    expect(isTerminal(s)).toBe(true);
+    expect(decide(commands.RecordVerification!, s, meta)).toMatchObject({ ok: false, rule: 'job-terminal' });
+  });
+  it('given a requested restore, when cancelled, then RestoreCancelled', () => {
+    const d = decide(commands.Cancel!, fold(h.slice(0, 1)), meta);
+    expect(d.ok && d.events[0]!.type).toBe('RestoreCancelled');
+  });
+  it('given a scheduled restore, when it fails, then RestoreFailed keeps QEMU’s stderr', () => {
+    const d = decide({ type: 'FailRestore', data: { attempt: 1, stage: 'restore', reason: 'x', code: 'qemu-exited', retryable: false, qemuStderr: 'qemu: bad' } }, fold(h.slice(0, 2)), meta);
+    expect(d.ok && d.events[0]).toMatchObject({ type: 'RestoreFailed', data: { qemuStderr: 'qemu: bad' } });
+  });
+  it('initial state is empty', () => {
+    expect(initialState()).toMatchObject({ status: 'none', attempt: 0, version: 0 });
+  });
+});

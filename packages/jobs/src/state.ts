@@ -1,0 +1,101 @@
+import type { JobEvent, RestoreRequest, SaveRequest, VerificationCheck } from '@vmsave/contracts';
+
+export type JobStatus =
+  | 'requested' // admitted, waiting for a host (also after a retry is decided)
+  | 'scheduled' // handed to an executor
+  | 'running'
+  | 'completed' // save: image written, waiting for the verifier; restore: terminal
+  | 'verified'
+  | 'rejected' // admission refused, or the image failed verification
+  | 'failed'
+  | 'cancelled';
+
+export const TERMINAL: ReadonlySet<JobStatus> = new Set(['verified', 'rejected', 'failed', 'cancelled']);
+
+export interface JobState {
+  kind: 'save' | 'restore' | undefined;
+  jobId: string | undefined;
+  status: JobStatus | 'none';
+  saveRequest?: SaveRequest;
+  restoreRequest?: RestoreRequest;
+  vm?: string;
+  host?: string;
+  attempt: number;
+  fencingToken?: number;
+  deadlineAt?: string;
+  imagePath?: string;
+  format?: 'legacy' | 'sparse';
+  wasRunning?: boolean;
+  cancelRequested?: boolean;
+  notBefore?: string;
+  lastFailure?: { stage: string; code: string; reason: string; retryable: boolean; vmResumed?: boolean };
+  rejection?: { rule: string; field?: string; message: string };
+  checks?: VerificationCheck[];
+  result?: { bytes?: number; blocks?: number; durationMs: number; throughputBytesPerSec?: number };
+  requestedAt?: string;
+  updatedAt?: string;
+  /** Number of events folded into this state. */
+  version: number;
+}
+
+export const initialState = (): JobState => ({ kind: undefined, jobId: undefined, status: 'none', attempt: 0, version: 0 });
+
+export const isTerminal = (s: JobState): boolean =>
+  s.status !== 'none' && (TERMINAL.has(s.status) || (s.kind === 'restore' && s.status === 'completed'));
+
+/**
+ * Fold one event into a job's state. Pure and total: an event that does not apply to the state
+ * (out of order, or a stale attempt) leaves the state as it is, so replaying any log is safe.
+ */
+export function evolve(s: JobState, e: JobEvent): JobState {
+  const base = { ...s, version: s.version + 1, updatedAt: e.at, jobId: e.jobId };
+  switch (e.type) {
+    case 'SaveRequested':
+      if (s.status !== 'none') return base;
+      return { ...base, kind: 'save', status: 'requested', saveRequest: e.data.request, vm: e.data.request.vm, requestedAt: e.at };
+    case 'RestoreRequested':
+      if (s.status !== 'none') return base;
+      return { ...base, kind: 'restore', status: 'requested', restoreRequest: e.data.request, vm: e.data.vm, imagePath: e.data.request.image, requestedAt: e.at };
+    case 'SaveRejected':
+    case 'RestoreRejected':
+      return { ...base, status: 'rejected', rejection: e.data };
+    case 'SaveScheduled':
+    case 'RestoreScheduled':
+      return { ...base, status: 'scheduled', host: e.data.host, attempt: e.data.attempt, fencingToken: e.data.fencingToken, deadlineAt: e.data.deadlineAt, notBefore: undefined };
+    case 'SaveStarted':
+      if (e.data.attempt !== s.attempt) return base;
+      return { ...base, status: 'running', imagePath: e.data.imagePath, format: e.data.format, wasRunning: e.data.wasRunning };
+    case 'RestoreStarted':
+      if (e.data.attempt !== s.attempt) return base;
+      return { ...base, status: 'running', imagePath: e.data.imagePath, format: e.data.format, vm: e.data.vm.name };
+    case 'SaveCompleted':
+      if (e.data.attempt !== s.attempt) return base;
+      return { ...base, status: 'completed', imagePath: e.data.imagePath, result: { bytes: e.data.bytes, blocks: e.data.blocks, durationMs: e.data.durationMs, throughputBytesPerSec: e.data.throughputBytesPerSec } };
+    case 'RestoreCompleted':
+      if (e.data.attempt !== s.attempt) return base;
+      return { ...base, status: 'completed', result: { durationMs: e.data.durationMs } };
+    case 'SaveFailed':
+    case 'RestoreFailed':
+      if (e.data.attempt !== s.attempt) return base;
+      return {
+        ...base,
+        status: 'failed',
+        lastFailure: { stage: e.data.stage, code: e.data.code, reason: e.data.reason, retryable: e.data.retryable, ...('vmResumed' in e.data ? { vmResumed: e.data.vmResumed } : {}) },
+      };
+    case 'SaveRetrying':
+    case 'RestoreRetrying':
+      return { ...base, status: 'requested', notBefore: new Date(Date.parse(e.at) + e.data.delayMs).toISOString() };
+    case 'SaveCancelRequested':
+    case 'RestoreCancelRequested':
+      return { ...base, cancelRequested: true };
+    case 'SaveCancelled':
+    case 'RestoreCancelled':
+      return { ...base, status: 'cancelled' };
+    case 'ImageVerified':
+      return { ...base, status: 'verified', checks: e.data.checks };
+    case 'ImageRejected':
+      return { ...base, status: 'rejected', checks: e.data.checks, rejection: { rule: 'verification', message: e.data.checks.filter((c) => c.status === 'fail').map((c) => `${c.name}: ${c.detail}`).join('; ') } };
+  }
+}
+
+export const fold = (events: readonly JobEvent[], from: JobState = initialState()): JobState => events.reduce(evolve, from);
