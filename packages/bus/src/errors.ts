@@ -1,0 +1,37 @@
+/**
+ * Errors of the bus package.
+ *
+ *   BusError                  root: code, retryable, cause
+ *   ├── BusValidationError    a message does not match its schema (never retryable)
+ *   └── BusPublishError       the server did not take a publish (retryable)
+ */
+export class BusError extends Error {
+  override name = 'BusError';
+  constructor(
+    message: string,
+    readonly code: string,
+    readonly retryable: boolean,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+}
+
+export class BusValidationError extends BusError {
+  override name = 'BusValidationError';
+  constructor(message: string, readonly issues: string[], options?: { cause?: unknown }) {
+    super(message, 'invalid-message', false, options);
+  }
+}
+
+export class BusPublishError extends BusError {
+  override name = 'BusPublishError';
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, 'publish-failed', true, options);
+  }
+}
+
+/** Whether an error thrown by a handler may succeed if the message is delivered again. */
+export function isRetryable(err: unknown): boolean {
+  return typeof err === 'object' && err !== null && (err as { retryable?: unknown }).retryable === true;
+}

@@ -1,0 +1,67 @@
+import { DeliverPolicy } from '@nats-io/jetstream';
+import { JobEvent, streams, subjects } from '@vmsave/contracts';
+import type { Bus } from './connection.ts';
+import { decodeMessage } from './validate.ts';
+import { BusValidationError } from './errors.ts';
+
+export interface LoggedEvent {
+  seq: number;
+  event: JobEvent;
+}
+
+export interface ReadLogOptions {
+  /** First stream sequence to read (default 1). */
+  fromSeq?: number;
+  /** Subject filter (default every event); `subjects.evtOfJob(id)` for one job. */
+  filter?: string;
+  /** Keep following new events after reaching the end. */
+  follow?: boolean;
+  signal?: AbortSignal;
+  /** Called for an entry that does not parse as an event (it is skipped, never fatal). */
+  onInvalid?: (seq: number, err: BusValidationError) => void;
+}
+
+/**
+ * Read the event log in order with an ephemeral ordered consumer. Without `follow` it ends
+ * once it has read everything present when it started.
+ */
+export async function* readLog(bus: Bus, opts: ReadLogOptions = {}): AsyncGenerator<LoggedEvent> {
+  const filter = opts.filter ?? subjects.evtAll;
+  const info = await bus.jsm.streams.info(streams.events.name);
+  const lastSeq = info.state.last_seq;
+  const fromSeq = Math.max(1, opts.fromSeq ?? 1);
+  if (!opts.follow && (lastSeq === 0 || fromSeq > lastSeq)) return;
+  const consumer = await bus.js.consumers.get(streams.events.name, {
+    filter_subjects: filter,
+    ...(fromSeq > 1 ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: fromSeq } : { deliver_policy: DeliverPolicy.All }),
+  });
+  // An empty match set would never deliver anything: check first.
+  if (!opts.follow) {
+    const ci = await consumer.info(true);
+    if (ci.num_pending === 0) return;
+  }
+  const messages = await consumer.consume();
+  const stop = () => void messages.close();
+  opts.signal?.addEventListener('abort', stop, { once: true });
+  try {
+    for await (const m of messages) {
+      try {
+        yield { seq: m.seq, event: decodeMessage(JobEvent, m.data, `${m.subject} #${m.seq}`) };
+      } catch (err) {
+        if (err instanceof BusValidationError) opts.onInvalid?.(m.seq, err);
+        else throw err;
+      }
+      if (!opts.follow && (m.info.pending === 0 || m.seq >= lastSeq)) break;
+    }
+  } finally {
+    opts.signal?.removeEventListener('abort', stop);
+    await messages.close();
+  }
+}
+
+/** Every event of one job, in order. */
+export async function eventsOfJob(bus: Bus, jobId: string): Promise<LoggedEvent[]> {
+  const out: LoggedEvent[] = [];
+  for await (const e of readLog(bus, { filter: subjects.evtOfJob(jobId) })) out.push(e);
+  return out;
+}
