@@ -1,0 +1,599 @@
+import { constants } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import {
+  QmpAbortedError,
+  QmpCommandError,
+  QmpDisconnectedError,
+  QmpTimeoutError,
+  type QmpClient,
+} from '@vmsave/qmp';
+import {
+  MigrationAbortedError,
+  MigrationCancelledError,
+  MigrationFailedError,
+  MigrationStalledError,
+  QemuError,
+  QemuExitedError,
+  QemuInvalidArgumentError,
+  QemuStateError,
+  QemuUnsupportedError,
+  type MigrationDirection,
+  type QemuStage,
+} from './errors.ts';
+import type { VmExit } from './process.ts';
+
+export type SaveFormat = 'legacy' | 'sparse';
+
+/** File descriptors on the image, opened by the caller. QEMU gets its own copies. */
+export interface MigrationFds {
+  /** Write-only (save) or read-only (restore), without O_DIRECT. Always needed. */
+  buffered: number;
+  /** Same access mode plus O_DIRECT, opened separately (not a dup). Needed with `directIo`. */
+  direct?: number;
+}
+
+export interface MigrationProgress {
+  direction: MigrationDirection;
+  /** QEMU's migration status: setup, active, device, completed, failed, cancelling, cancelled, … */
+  status: string;
+  /** Bytes, from query-migrate's `ram` (absent on a restoring QEMU: then 0). */
+  total: number;
+  transferred: number;
+  remaining: number;
+  /** Throughput as QEMU reports it (`ram.mbps`, megabits per second). */
+  mbps: number;
+  /** Pages sent in full, and zero pages. */
+  normal: number;
+  duplicate: number;
+  /** Since `migrate`/`migrate-incoming` was issued. */
+  elapsedMs: number;
+}
+
+/** Keeps the (optional) link to the QEMU process so errors can quote its stderr. */
+export interface MigrationProcessInfo {
+  stderr(): string;
+  readonly exited: Promise<VmExit>;
+  readonly exitStatus: VmExit | undefined;
+}
+
+export interface MigrationOptions {
+  fds: MigrationFds;
+  /** Where the QEMU stream starts in the image, in bytes. */
+  offset: number;
+  format: SaveFormat;
+  /** multifd-channels for sparse (default 1, as libvirt). Ignored for legacy. */
+  channels?: number;
+  /** Page I/O with O_DIRECT (sparse only; needs `fds.direct`). */
+  directIo?: boolean;
+  signal?: AbortSignal;
+  onProgress?(sample: MigrationProgress): void;
+  /** How often to poll query-migrate (capped at 500 ms). Default 250. */
+  progressIntervalMs?: number;
+  /**
+   * Fail when neither status nor bytes moved for this long. Default 60 s for
+   * a save, 120 s for a restore (a restoring QEMU reports no byte counts, so
+   * there this is the longest time a status may last).
+   */
+  stallTimeoutMs?: number;
+  /** Deadline of each QMP command. Default 10 s. */
+  commandTimeoutMs?: number;
+  /** The QEMU process, to quote its stderr in errors. */
+  process?: MigrationProcessInfo;
+}
+
+export type SaveOptions = MigrationOptions;
+
+export interface RestoreOptions extends MigrationOptions {
+  /**
+   * QEMU ≥ 9.1: exit when the incoming migration fails (QEMU's default) or stay
+   * up with `failed` + `error-desc` in query-migrate. Default false: the reason
+   * then arrives over QMP, and the caller disposes of the QEMU. Either way a
+   * failed incoming migration cannot be retried in that process.
+   */
+  exitOnError?: boolean;
+}
+
+export interface MigrationRamStats {
+  total: number;
+  transferred: number;
+  remaining: number;
+  normal: number;
+  normalBytes: number;
+  duplicate: number;
+  mbps: number;
+  pagesPerSecond: number;
+  dirtySyncCount: number;
+  pageSize: number;
+}
+
+export interface MigrationStats {
+  direction: MigrationDirection;
+  format: SaveFormat;
+  channels: number;
+  directIo: boolean;
+  offset: number;
+  /** Our own clock, from issuing migrate/migrate-incoming to seeing `completed`. */
+  wallTimeMs: number;
+  /** QEMU's `total-time`, `setup-time`, `downtime` (ms) when it reports them. */
+  totalTimeMs: number | undefined;
+  setupTimeMs: number | undefined;
+  downtimeMs: number | undefined;
+  ram: MigrationRamStats | undefined;
+  capabilities: Record<string, boolean>;
+  parameters: Record<string, unknown>;
+  /** The final query-migrate answer, as QEMU sent it. */
+  queryMigrate: Record<string, unknown>;
+}
+
+/** What a QEMU process reported about migration support (from query-migrate-capabilities/-parameters). */
+export interface MigrationSupport {
+  capabilities: ReadonlyMap<string, boolean>;
+  parameters: Readonly<Record<string, unknown>>;
+}
+
+export interface MigrationPlan {
+  /** Set before everything else, only when needed (compression off before mapped-ram goes on). */
+  preParameters: Record<string, unknown>;
+  capabilities: Array<{ capability: string; state: boolean }>;
+  parameters: Record<string, unknown>;
+  channels: number;
+  directIo: boolean;
+}
+
+/** Capabilities that break, hang or corrupt a migration to a file; switched off when found on. */
+const FILE_INCOMPATIBLE_CAPABILITIES = [
+  'postcopy-ram',
+  'postcopy-preempt',
+  'return-path',
+  'switchover-ack',
+  'pause-before-switchover',
+  'background-snapshot',
+  'xbzrle',
+  'x-colo',
+  'zero-copy-send',
+  'release-ram',
+];
+
+const ACTIVE_STATUSES = new Set([
+  'setup',
+  'active',
+  'device',
+  'pre-switchover',
+  'cancelling',
+  'postcopy-active',
+  'postcopy-paused',
+  'postcopy-recover-setup',
+  'postcopy-recover',
+  'colo',
+  'wait-unplug',
+]);
+
+const DEFAULT_COMMAND_TIMEOUT_MS = 10_000;
+
+/** `file:/dev/fdset/N,offset=0xHEX`, the URI QEMU takes for an fdset-backed image. */
+export function buildMigrationUri(fdsetId: number, offset: number): string {
+  return `file:/dev/fdset/${fdsetId},offset=0x${offset.toString(16)}`;
+}
+
+/**
+ * Decides the capabilities and parameters for one save or restore. Pure:
+ * throws for requests this QEMU or the file transport cannot honour.
+ */
+export function planMigration(
+  direction: MigrationDirection,
+  options: Pick<MigrationOptions, 'format' | 'channels' | 'directIo' | 'offset' | 'fds'>,
+  support: MigrationSupport,
+): MigrationPlan {
+  const { format } = options;
+  if (format !== 'legacy' && format !== 'sparse') throw new QemuInvalidArgumentError(`unknown format ${String(format)}`);
+  if (!Number.isSafeInteger(options.offset) || options.offset < 0) {
+    throw new QemuInvalidArgumentError(`offset must be a non-negative integer, got ${options.offset}`);
+  }
+  const sparse = format === 'sparse';
+  const directIo = options.directIo === true;
+  const channels = options.channels ?? 1;
+  if (!Number.isInteger(channels) || channels < 1 || channels > 255) {
+    throw new QemuInvalidArgumentError(`channels must be an integer in 1..255, got ${options.channels}`);
+  }
+  if (directIo && !sparse) throw new QemuInvalidArgumentError('direct IO needs the sparse (mapped-ram) format');
+  if (directIo && options.fds.direct === undefined) {
+    // QEMU 10 answers `migrate` with {} and then segfaults when the fdset lacks the O_DIRECT fd.
+    throw new QemuInvalidArgumentError('direct IO needs both fds: fds.direct (O_DIRECT) and fds.buffered');
+  }
+  const caps = support.capabilities;
+  if (!caps.has('events')) throw new QemuUnsupportedError('this QEMU has no `events` migration capability');
+  if (sparse && (!caps.has('mapped-ram') || !caps.has('multifd'))) {
+    throw new QemuUnsupportedError('this QEMU cannot write the sparse format (no mapped-ram capability; QEMU ≥ 9.0 needed)');
+  }
+  const hasDirectIoParam = 'direct-io' in support.parameters;
+  if (directIo && !hasDirectIoParam) {
+    throw new QemuUnsupportedError('this QEMU has no direct-io migration parameter (QEMU ≥ 9.1 needed)');
+  }
+
+  const capabilities = [{ capability: 'events', state: true }];
+  if (caps.has('mapped-ram')) capabilities.push({ capability: 'mapped-ram', state: sparse });
+  if (caps.has('multifd')) capabilities.push({ capability: 'multifd', state: sparse });
+  for (const name of FILE_INCOMPATIBLE_CAPABILITIES) {
+    if (caps.get(name) === true) capabilities.push({ capability: name, state: false });
+  }
+
+  const preParameters: Record<string, unknown> = {};
+  const compression = support.parameters['multifd-compression'];
+  // multifd-compression set while mapped-ram is on makes every later
+  // migrate-set-parameters fail; clear it while mapped-ram may still be off.
+  if (typeof compression === 'string' && compression !== 'none') preParameters['multifd-compression'] = 'none';
+
+  const parameters: Record<string, unknown> = {};
+  if (direction === 'save') parameters['max-bandwidth'] = 0;
+  if (sparse) parameters['multifd-channels'] = channels;
+  if (hasDirectIoParam) parameters['direct-io'] = directIo;
+
+  return { preParameters, capabilities, parameters, channels: sparse ? channels : 1, directIo };
+}
+
+/** Reads an fd's open flags from /proc/self/fdinfo (Linux). Undefined when unavailable. */
+async function fdFlags(fd: number): Promise<number | undefined> {
+  try {
+    const info = await readFile(`/proc/self/fdinfo/${fd}`, 'utf8');
+    const match = /^flags:\s*([0-7]+)/m.exec(info);
+    return match ? Number.parseInt(match[1] ?? '', 8) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+async function checkFds(direction: MigrationDirection, fds: MigrationFds, directIo: boolean): Promise<void> {
+  // QEMU picks an fd from the fdset by access mode and O_DIRECT alone, and an
+  // O_RDWR fd is refused for a restore: catch a wrong fd here, with a clear message.
+  const wantMode = direction === 'save' ? constants.O_WRONLY : constants.O_RDONLY;
+  const modeName = direction === 'save' ? 'O_WRONLY' : 'O_RDONLY';
+  const O_ACCMODE = 3;
+  const O_DIRECT = constants.O_DIRECT ?? 0;
+  const check = async (fd: number, role: string, wantDirect: boolean): Promise<void> => {
+    if (!Number.isInteger(fd) || fd < 0) throw new QemuInvalidArgumentError(`fds.${role} is not an fd: ${fd}`);
+    const flags = await fdFlags(fd);
+    if (flags === undefined) return;
+    if ((flags & O_ACCMODE) !== wantMode) {
+      throw new QemuInvalidArgumentError(`fds.${role} (fd ${fd}) must be opened ${modeName} for a ${direction}`);
+    }
+    if (O_DIRECT !== 0 && ((flags & O_DIRECT) !== 0) !== wantDirect) {
+      throw new QemuInvalidArgumentError(`fds.${role} (fd ${fd}) must be opened ${wantDirect ? 'with' : 'without'} O_DIRECT`);
+    }
+  };
+  await check(fds.buffered, 'buffered', false);
+  if (directIo && fds.direct !== undefined) await check(fds.direct, 'direct', true);
+}
+
+/**
+ * Saves the VM's state into caller-opened fds, as `file:/dev/fdset/N,offset=…`.
+ * The VM should be paused ({@link pauseIfRunning}); a running guest is saved
+ * live (legacy images then grow with every re-dirtied page). On success the
+ * VM is in `postmigrate`. On any failure the migration is cancelled, the
+ * fdset removed and max-bandwidth restored before the error is thrown.
+ */
+export function saveToFds(qmp: QmpClient, options: SaveOptions): Promise<MigrationStats> {
+  return runMigration(qmp, 'save', options);
+}
+
+/**
+ * Loads state into a QEMU started with `-incoming defer` from caller-opened
+ * read-only fds. A QEMU whose incoming migration failed cannot be reused.
+ */
+export function restoreFromFds(qmp: QmpClient, options: RestoreOptions): Promise<MigrationStats> {
+  return runMigration(qmp, 'restore', options);
+}
+
+interface Context {
+  qmp: QmpClient;
+  direction: MigrationDirection;
+  options: RestoreOptions;
+  timeoutMs: number;
+}
+
+async function runMigration(qmp: QmpClient, direction: MigrationDirection, options: RestoreOptions): Promise<MigrationStats> {
+  const ctx: Context = { qmp, direction, options, timeoutMs: options.commandTimeoutMs ?? DEFAULT_COMMAND_TIMEOUT_MS };
+  let stage: QemuStage = 'prepare';
+  let fdsetId: number | undefined;
+  let oldBandwidth: unknown;
+  let started = false;
+  let finished = false;
+  const events = qmp.events({ names: ['MIGRATION'] });
+
+  try {
+    const capabilityList = await call<Array<{ capability: string; state: boolean }>>(ctx, stage, 'query-migrate-capabilities');
+    const currentParameters = await call<Record<string, unknown>>(ctx, stage, 'query-migrate-parameters');
+    const support: MigrationSupport = {
+      capabilities: new Map(capabilityList.map((c) => [c.capability, c.state])),
+      parameters: currentParameters,
+    };
+    const plan = planMigration(direction, options, support);
+    await checkFds(direction, options.fds, plan.directIo);
+
+    const current = await call<{ status?: string }>(ctx, stage, 'query-migrate');
+    if (current.status !== undefined && ACTIVE_STATUSES.has(current.status)) {
+      throw new QemuStateError(`a migration is already ${current.status}`, stage);
+    }
+    const { status: runState } = await call<{ status: string }>(ctx, stage, 'query-status');
+    if (direction === 'restore' && runState !== 'inmigrate') {
+      throw new QemuStateError(`QEMU is ${runState}, not waiting for an incoming migration (-incoming defer)`, stage);
+    }
+    if (direction === 'save' && runState === 'postmigrate') {
+      // After a completed save QEMU refuses to save again from postmigrate; a cont/stop cycle
+      // brings it back to paused (the guest runs for the length of two QMP round trips).
+      await call(ctx, stage, 'cont');
+      await call(ctx, stage, 'stop');
+    }
+
+    stage = 'add-fd';
+    const opaque = `vmsave ${direction}`;
+    fdsetId = (await qmp.addFd(options.fds.buffered, { opaque: `${opaque} buffered`, ...callOptions(ctx) }).catch(rethrow(ctx, stage)))
+      .fdsetId;
+    if (plan.directIo && options.fds.direct !== undefined) {
+      await qmp.addFd(options.fds.direct, { fdsetId, opaque: `${opaque} direct`, ...callOptions(ctx) }).catch(rethrow(ctx, stage));
+    }
+
+    stage = 'set-parameters';
+    if (Object.keys(plan.preParameters).length > 0) await call(ctx, stage, 'migrate-set-parameters', plan.preParameters);
+    stage = 'set-capabilities';
+    await call(ctx, stage, 'migrate-set-capabilities', { capabilities: plan.capabilities });
+    stage = 'set-parameters';
+    if (direction === 'save') oldBandwidth = currentParameters['max-bandwidth'];
+    await call(ctx, stage, 'migrate-set-parameters', plan.parameters);
+
+    stage = 'migrate';
+    const uri = buildMigrationUri(fdsetId, options.offset);
+    const startedAt = performance.now();
+    if (direction === 'save') {
+      await call(ctx, stage, 'migrate', { uri });
+    } else {
+      const args: Record<string, unknown> = { uri };
+      const { major, minor } = qmp.greeting.version.qemu;
+      if (major > 9 || (major === 9 && minor >= 1)) args['exit-on-error'] = options.exitOnError ?? false;
+      await call(ctx, stage, 'migrate-incoming', args);
+    }
+    started = true;
+
+    stage = 'transfer';
+    const final = await follow(ctx, events, startedAt);
+    finished = true;
+    return toStats(direction, options, plan, final, performance.now() - startedAt);
+  } catch (error) {
+    if (started && !finished) await cancel(ctx);
+    throw await toQemuError(ctx, error, stage);
+  } finally {
+    events.end();
+    if (qmp.runState === 'running') {
+      const cleanup = { timeoutMs: ctx.timeoutMs };
+      if (fdsetId !== undefined) await qmp.removeFd(fdsetId, undefined, cleanup).catch(() => undefined);
+      if (oldBandwidth !== undefined) {
+        await qmp.execute('migrate-set-parameters', { 'max-bandwidth': oldBandwidth }, cleanup).catch(() => undefined);
+      }
+    }
+  }
+}
+
+function callOptions(ctx: Context): { signal?: AbortSignal; timeoutMs: number } {
+  return ctx.options.signal ? { signal: ctx.options.signal, timeoutMs: ctx.timeoutMs } : { timeoutMs: ctx.timeoutMs };
+}
+
+function call<T = unknown>(ctx: Context, stage: QemuStage, command: string, args?: Record<string, unknown>): Promise<T> {
+  return ctx.qmp.execute<T>(command, args, callOptions(ctx)).catch(rethrow(ctx, stage));
+}
+
+/** Tags a rejection with the stage it happened in; converted to a QemuError in the catch-all. */
+class StagedError extends Error {
+  constructor(
+    readonly stage: QemuStage,
+    readonly original: unknown,
+  ) {
+    super('staged');
+  }
+}
+
+function rethrow(_ctx: Context, stage: QemuStage): (error: unknown) => never {
+  return (error) => {
+    throw error instanceof QemuError || error instanceof StagedError ? error : new StagedError(stage, error);
+  };
+}
+
+async function follow(
+  ctx: Context,
+  events: AsyncIterable<unknown> & { end(): void },
+  startedAt: number,
+): Promise<Record<string, unknown>> {
+  const { options, direction } = ctx;
+  const intervalMs = Math.max(10, Math.min(options.progressIntervalMs ?? 250, 500));
+  const stallMs = options.stallTimeoutMs ?? (direction === 'save' ? 60_000 : 120_000);
+  let wake: (() => void) | undefined;
+  // An event that lands while a query-migrate is in flight may already be newer
+  // than that query's answer: poll again at once instead of sleeping.
+  let eventSeen = false;
+  void (async () => {
+    for await (const _ of events) {
+      eventSeen = true;
+      wake?.();
+    }
+  })();
+
+  let lastKey = '';
+  let lastChange = performance.now();
+  for (;;) {
+    eventSeen = false;
+    const info = await call<Record<string, unknown>>(ctx, 'transfer', 'query-migrate');
+    const sample = toProgress(direction, info, performance.now() - startedAt);
+    options.onProgress?.(sample);
+    if (sample.status === 'completed') return info;
+    if (sample.status === 'failed') {
+      const desc = typeof info['error-desc'] === 'string' ? info['error-desc'] : 'QEMU reported failed without a reason';
+      throw new StagedError('transfer', new MigrationFailedError(direction, 'transfer', desc));
+    }
+    if (sample.status === 'cancelled') throw new MigrationCancelledError(direction);
+
+    const key = `${sample.status}:${sample.transferred}:${sample.remaining}`;
+    const now = performance.now();
+    if (key !== lastKey) {
+      lastKey = key;
+      lastChange = now;
+    } else if (now - lastChange > stallMs) {
+      throw new MigrationStalledError(direction, 'transfer', `still ${sample.status} with no progress for ${stallMs} ms`);
+    }
+    if (eventSeen) continue;
+
+    await new Promise<void>((resolve, reject) => {
+      const signal = options.signal;
+      const done = (): void => {
+        clearTimeout(timer);
+        signal?.removeEventListener('abort', onAbort);
+        wake = undefined;
+      };
+      const onAbort = (): void => {
+        done();
+        reject(new StagedError('transfer', new QmpAbortedError('query-migrate', signal?.reason)));
+      };
+      const timer = setTimeout(() => {
+        done();
+        resolve();
+      }, intervalMs);
+      wake = () => {
+        done();
+        resolve();
+      };
+      if (signal?.aborted) onAbort();
+      else signal?.addEventListener('abort', onAbort, { once: true });
+    });
+  }
+}
+
+async function cancel(ctx: Context): Promise<void> {
+  const { qmp } = ctx;
+  if (qmp.runState !== 'running') return;
+  const opts = { timeoutMs: ctx.timeoutMs };
+  try {
+    await qmp.execute('migrate_cancel', undefined, opts);
+  } catch {
+    return; // nothing to cancel, or QEMU gone
+  }
+  // Wait for QEMU to let go of the fdset's fds before it is removed.
+  const deadline = performance.now() + 5_000;
+  while (performance.now() < deadline && qmp.runState === 'running') {
+    const info = await qmp.execute<{ status?: string }>('query-migrate', undefined, opts).catch(() => undefined);
+    if (!info || info.status === undefined || !ACTIVE_STATUSES.has(info.status)) return;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+async function processStderr(ctx: Context, waitForExit: boolean): Promise<string | undefined> {
+  const proc = ctx.options.process;
+  if (!proc) return undefined;
+  if (waitForExit && proc.exitStatus === undefined) {
+    // stderr is complete only once QEMU has exited; it usually does right after dropping QMP.
+    await Promise.race([proc.exited, new Promise((resolve) => setTimeout(resolve, 2_000))]);
+  }
+  const text = proc.stderr();
+  return text.length > 0 ? text : undefined;
+}
+
+/** The last line QEMU printed about itself, e.g. "qemu-system-x86_64: …": usually the reason. */
+function stderrReason(stderr: string | undefined): string | undefined {
+  if (!stderr) return undefined;
+  const lines = stderr
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((l) => l.length > 0);
+  return lines.at(-1);
+}
+
+async function toQemuError(ctx: Context, error: unknown, fallbackStage: QemuStage): Promise<QemuError> {
+  const { direction } = ctx;
+  const stage = error instanceof StagedError ? error.stage : fallbackStage;
+  const original = error instanceof StagedError ? error.original : error;
+  if (original instanceof MigrationFailedError) {
+    const stderr = await processStderr(ctx, false);
+    return stderr === undefined
+      ? original
+      : new MigrationFailedError(direction, original.stage, original.qemuReason ?? '', { stderr, cause: original.cause });
+  }
+  if (original instanceof QemuError) return original;
+  if (original instanceof QmpAbortedError) return new MigrationAbortedError(direction, stage, original.cause);
+  if (original instanceof QmpCommandError) {
+    const stderr = await processStderr(ctx, false);
+    return new MigrationFailedError(direction, stage, original.desc, stderr === undefined ? { cause: original } : { cause: original, stderr });
+  }
+  if (original instanceof QmpDisconnectedError) {
+    const stderr = await processStderr(ctx, true);
+    const reason = stderrReason(stderr);
+    return new QemuExitedError(direction, stage, reason, stderr === undefined ? { cause: original } : { cause: original, stderr });
+  }
+  if (original instanceof QmpTimeoutError) {
+    return new MigrationStalledError(direction, stage, `QEMU did not answer ${original.command} within ${original.timeoutMs} ms`, {
+      cause: original,
+    });
+  }
+  const message = original instanceof Error ? original.message : String(original);
+  return new MigrationFailedError(direction, stage, message, { cause: original });
+}
+
+function num(value: unknown): number {
+  return typeof value === 'number' && Number.isFinite(value) ? value : 0;
+}
+
+function optNum(value: unknown): number | undefined {
+  return typeof value === 'number' && Number.isFinite(value) ? value : undefined;
+}
+
+function ramOf(info: Record<string, unknown>): Record<string, unknown> | undefined {
+  const ram = info['ram'];
+  return typeof ram === 'object' && ram !== null ? (ram as Record<string, unknown>) : undefined;
+}
+
+/** Turns a query-migrate answer into a progress sample. Pure. */
+export function toProgress(direction: MigrationDirection, info: Record<string, unknown>, elapsedMs: number): MigrationProgress {
+  const ram = ramOf(info) ?? {};
+  return {
+    direction,
+    status: typeof info['status'] === 'string' ? info['status'] : 'none',
+    total: num(ram['total']),
+    transferred: num(ram['transferred']),
+    remaining: num(ram['remaining']),
+    mbps: num(ram['mbps']),
+    normal: num(ram['normal']),
+    duplicate: num(ram['duplicate']),
+    elapsedMs,
+  };
+}
+
+function toStats(
+  direction: MigrationDirection,
+  options: MigrationOptions,
+  plan: MigrationPlan,
+  info: Record<string, unknown>,
+  wallTimeMs: number,
+): MigrationStats {
+  const ram = ramOf(info);
+  return {
+    direction,
+    format: options.format,
+    channels: plan.channels,
+    directIo: plan.directIo,
+    offset: options.offset,
+    wallTimeMs,
+    totalTimeMs: optNum(info['total-time']),
+    setupTimeMs: optNum(info['setup-time']),
+    downtimeMs: optNum(info['downtime']),
+    ram: ram && {
+      total: num(ram['total']),
+      transferred: num(ram['transferred']),
+      remaining: num(ram['remaining']),
+      normal: num(ram['normal']),
+      normalBytes: num(ram['normal-bytes']),
+      duplicate: num(ram['duplicate']),
+      mbps: num(ram['mbps']),
+      pagesPerSecond: num(ram['pages-per-second']),
+      dirtySyncCount: num(ram['dirty-sync-count']),
+      pageSize: num(ram['page-size']),
+    },
+    capabilities: Object.fromEntries(plan.capabilities.map((c) => [c.capability, c.state])),
+    parameters: { ...plan.preParameters, ...plan.parameters },
+    queryMigrate: info,
+  };
+}

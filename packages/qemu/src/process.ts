@@ -1,0 +1,198 @@
+import { spawn } from 'node:child_process';
+import { lstat, unlink } from 'node:fs/promises';
+import net from 'node:net';
+import { QmpClient, type ConnectOptions, type QmpClientOptions } from '@vmsave/qmp';
+import { QemuLaunchError } from './errors.ts';
+
+export const DEFAULT_QEMU_BINARY = 'qemu-system-x86_64';
+
+export interface VmExit {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+}
+
+/** A QEMU process started by vmsave. Dispose it to stop QEMU (SIGTERM, then SIGKILL). */
+export interface VmProcess extends AsyncDisposable {
+  readonly pid: number;
+  readonly qmpSocketPath: string;
+  /** The full command line QEMU was started with (binary first). */
+  readonly argv: readonly string[];
+  /** QEMU's stderr so far (the last `stderrLimitBytes`). */
+  stderr(): string;
+  /** Settles when QEMU exits; never rejects. */
+  readonly exited: Promise<VmExit>;
+  /** Set once QEMU has exited. */
+  readonly exitStatus: VmExit | undefined;
+  /** Sends `signal` (default SIGKILL) and waits for the exit. */
+  kill(signal?: NodeJS.Signals): Promise<VmExit>;
+  /** Opens a QMP session on this VM's socket. */
+  connectQmp(options?: ConnectOptions & QmpClientOptions): Promise<QmpClient>;
+}
+
+export interface SpawnQemuOptions {
+  qmpSocketPath: string;
+  binary?: string;
+  /** Working directory of QEMU. */
+  cwd?: string;
+  /** How long to wait for the QMP socket to accept. Default 15 000 ms. */
+  readyTimeoutMs?: number;
+  /** How much of QEMU's stderr to keep. Default 64 KiB. */
+  stderrLimitBytes?: number;
+  signal?: AbortSignal;
+}
+
+/** Keeps the last `limit` bytes written to it. */
+class TailBuffer {
+  readonly #limit: number;
+  #chunks: Buffer[] = [];
+  #size = 0;
+  #truncated = false;
+
+  constructor(limit: number) {
+    this.#limit = limit;
+  }
+
+  push(chunk: Buffer): void {
+    this.#chunks.push(chunk);
+    this.#size += chunk.length;
+    while (this.#size > this.#limit && this.#chunks.length > 0) {
+      const first = this.#chunks[0] as Buffer;
+      const excess = this.#size - this.#limit;
+      if (first.length <= excess) {
+        this.#chunks.shift();
+        this.#size -= first.length;
+      } else {
+        this.#chunks[0] = first.subarray(excess);
+        this.#size -= excess;
+      }
+      this.#truncated = true;
+    }
+  }
+
+  toString(): string {
+    const text = Buffer.concat(this.#chunks).toString('utf8');
+    return this.#truncated ? `[…]${text}` : text;
+  }
+}
+
+/** Escapes a value for QEMU's `key=value,...` option syntax (a comma is doubled). */
+export function qemuOptValue(value: string): string {
+  return value.replaceAll(',', ',,');
+}
+
+/**
+ * Starts QEMU with `args` plus a QMP socket of our own, and resolves once the
+ * socket accepts connections. The caller owns the returned process.
+ */
+export async function spawnQemu(args: readonly string[], options: SpawnQemuOptions): Promise<VmProcess> {
+  const binary = options.binary ?? DEFAULT_QEMU_BINARY;
+  const socketPath = options.qmpSocketPath;
+  await removeStaleSocket(socketPath);
+  const argv = [binary, ...args, '-qmp', `unix:${qemuOptValue(socketPath)},server=on,wait=off`];
+  const stderr = new TailBuffer(options.stderrLimitBytes ?? 64 * 1024);
+
+  const child = spawn(binary, argv.slice(1), {
+    cwd: options.cwd,
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  child.stderr.on('data', (chunk: Buffer) => stderr.push(chunk));
+
+  let exitStatus: VmExit | undefined;
+  let spawnError: Error | undefined;
+  const exited = new Promise<VmExit>((resolve) => {
+    child.once('error', (error) => {
+      spawnError = error;
+      exitStatus ??= { code: null, signal: null };
+      resolve(exitStatus);
+    });
+    // 'close' (not 'exit') so that stderr has been read to the end.
+    child.once('close', (code, signal) => {
+      exitStatus = { code, signal };
+      resolve(exitStatus);
+    });
+  });
+
+  const kill = async (signal: NodeJS.Signals = 'SIGKILL'): Promise<VmExit> => {
+    if (exitStatus === undefined) child.kill(signal);
+    return exited;
+  };
+
+  const vm: VmProcess = {
+    get pid() {
+      return child.pid ?? -1;
+    },
+    qmpSocketPath: socketPath,
+    argv,
+    stderr: () => stderr.toString(),
+    exited,
+    get exitStatus() {
+      return exitStatus;
+    },
+    kill,
+    connectQmp: (connectOptions) => QmpClient.connect(socketPath, connectOptions),
+    async [Symbol.asyncDispose]() {
+      if (exitStatus === undefined) {
+        child.kill('SIGTERM');
+        const timer = setTimeout(() => child.kill('SIGKILL'), 3_000);
+        await exited;
+        clearTimeout(timer);
+      }
+      await unlink(socketPath).catch(() => undefined);
+    },
+  };
+
+  try {
+    await waitForSocket(socketPath, exited, options.readyTimeoutMs ?? 15_000, options.signal);
+  } catch (error) {
+    await kill('SIGKILL');
+    await unlink(socketPath).catch(() => undefined);
+    if (spawnError) throw new QemuLaunchError(`cannot start ${binary}: ${spawnError.message}`, { cause: spawnError });
+    const text = stderr.toString();
+    const message = error instanceof Error ? error.message : String(error);
+    throw new QemuLaunchError(message, { cause: error, stderr: text });
+  }
+  return vm;
+}
+
+async function waitForSocket(
+  socketPath: string,
+  exited: Promise<VmExit>,
+  timeoutMs: number,
+  signal: AbortSignal | undefined,
+): Promise<void> {
+  let exit: VmExit | undefined;
+  void exited.then((e) => {
+    exit = e;
+  });
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (exit) throw new Error(`QEMU exited (code ${exit.code}, signal ${exit.signal}) before its QMP socket accepted`);
+    signal?.throwIfAborted();
+    if (await canConnect(socketPath)) return;
+    if (Date.now() > deadline) throw new Error(`QMP socket ${socketPath} did not accept within ${timeoutMs} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
+function canConnect(socketPath: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = net.createConnection(socketPath);
+    socket.once('connect', () => {
+      socket.destroy();
+      resolve(true);
+    });
+    socket.once('error', () => {
+      socket.destroy();
+      resolve(false);
+    });
+  });
+}
+
+async function removeStaleSocket(socketPath: string): Promise<void> {
+  const stat = await lstat(socketPath).catch(() => undefined);
+  if (!stat) return;
+  if (!stat.isSocket()) throw new QemuLaunchError(`${socketPath} exists and is not a socket`);
+  // A live listener means another QEMU still serves that path: never steal it.
+  if (await canConnect(socketPath)) throw new QemuLaunchError(`QMP socket ${socketPath} is in use by another process`);
+  await unlink(socketPath);
+}
