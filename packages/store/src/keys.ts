@@ -1,0 +1,16 @@
+/** Redis key layout of the read models, under one prefix (default `vmsave`). */
+export function keys(prefix = 'vmsave') {
+  return {
+    prefix,
+    job: (jobId: string) => `${prefix}:job:${jobId}`,
+    jobsAll: `${prefix}:jobs:all`,
+    jobsByVm: (vm: string) => `${prefix}:jobs:vm:${vm}`,
+    jobsByHost: (host: string) => `${prefix}:jobs:host:${host}`,
+    latestImage: (vm: string) => `${prefix}:image:latest:${vm}`,
+    imageIndex: `${prefix}:image:byPath`,
+    appliedSeq: `${prefix}:proj:seq`,
+    lease: (vm: string) => `${prefix}:lease:${vm}`,
+    leaseToken: `${prefix}:lease:token`,
+  };
+}
+export type Keys = ReturnType<typeof keys>;
