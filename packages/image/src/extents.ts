@@ -1,0 +1,56 @@
+/**
+ * Allocated extents of a file via lseek(SEEK_DATA / SEEK_HOLE), through fs-ext.
+ * Node's fs has no SEEK_DATA/SEEK_HOLE; fs-ext's seekSync passes whence through unchanged.
+ */
+import { createRequire } from 'node:module';
+
+const require = createRequire(import.meta.url);
+const { seekSync } = require('fs-ext') as { seekSync(fd: number, offset: number, whence: number): number };
+
+export const SEEK_DATA = 3;
+export const SEEK_HOLE = 4;
+
+/** [start, end) byte ranges. */
+export type Range = readonly [number, number];
+
+export interface ExtentScan {
+  /** Data extents clipped to the scanned range, in order. */
+  extents: Range[];
+  /** False when the filesystem does not support SEEK_DATA/SEEK_HOLE. */
+  supported: boolean;
+  /** True when more than `maxExtents` were found and the scan stopped. */
+  truncated: boolean;
+}
+
+function errno(err: unknown): string | undefined {
+  return typeof err === 'object' && err !== null && 'code' in err ? String((err as { code: unknown }).code) : undefined;
+}
+
+/** Data extents of `fd` inside [start, end), at most `maxExtents` of them. */
+export function dataExtents(fd: number, start: number, end: number, maxExtents = 1 << 20): ExtentScan {
+  const extents: Range[] = [];
+  let pos = start;
+  while (pos < end) {
+    let data: number;
+    try {
+      data = seekSync(fd, pos, SEEK_DATA);
+    } catch (err) {
+      if (errno(err) === 'ENXIO') break; // no data at or after pos
+      if (errno(err) === 'EINVAL' && extents.length === 0) return { extents: [[start, end]], supported: false, truncated: false };
+      throw err;
+    }
+    if (data >= end) break;
+    let hole: number;
+    try {
+      hole = seekSync(fd, data, SEEK_HOLE);
+    } catch (err) {
+      if (errno(err) !== 'ENXIO') throw err;
+      hole = end;
+    }
+    if (hole <= data) hole = data + 1; // never loop in place
+    extents.push([Math.max(data, start), Math.min(hole, end)]);
+    if (extents.length >= maxExtents) return { extents, supported: true, truncated: hole < end };
+    pos = hole;
+  }
+  return { extents, supported: true, truncated: false };
+}
