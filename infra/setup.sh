@@ -21,6 +21,9 @@ missing=()
 command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v qemu-img >/dev/null 2>&1 || missing+=(qemu-utils)
+# Headless Chromium for the dashboard's browser tests (driven by playwright-core; no browser downloads).
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v fallocate >/dev/null 2>&1 || missing+=(util-linux)
 if need_qemu; then missing+=(qemu-system-x86); fi
 
 if [ ${#missing[@]} -gt 0 ]; then
