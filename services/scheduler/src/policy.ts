@@ -1,0 +1,190 @@
+import path from 'node:path';
+import type { HostAnnouncement, Priority, RestoreRequest, SaveFormat, SaveRequest, VmSummary } from '@vmsave/contracts';
+
+/** A broken admission rule, as it goes into SaveRejected / RestoreRejected. */
+export interface Refusal {
+  rule: string;
+  field?: string;
+  message: string;
+}
+
+export interface HostView {
+  announcement: HostAnnouncement;
+  /** Last time the host was heard from (announcement or heartbeat), ms since epoch. */
+  lastSeenMs: number;
+}
+
+export interface SaveAdmission {
+  host: string;
+  vm: VmSummary;
+  format: SaveFormat;
+  ramBytes: number;
+}
+
+const MiB = 1024 * 1024;
+
+/** Worst-case bytes a save of `ramBytes` needs free on the image directory. */
+export function requiredFreeBytes(format: SaveFormat, ramBytes: number): number {
+  // A paused guest writes each page once; legacy adds per-page headers (~0.2 %) and device state.
+  return format === 'legacy' ? Math.ceil(ramBytes * 1.01) + 64 * MiB : ramBytes + 64 * MiB;
+}
+
+/**
+ * An image path a client may ask for: relative to the image directory, or absolute inside it.
+ * Returns the path relative to the image directory, or a refusal. Symlinks are the executor's
+ * check (it can see the file system); this refuses what is wrong on its face.
+ */
+export function checkImagePath(p: string, imageDir: string, field = 'image'): { rel: string } | Refusal {
+  if (/[\0\n\r]/.test(p)) return { rule: 'image-path', field, message: `${field}: must not contain NUL or line breaks` };
+  let rel = p;
+  if (path.isAbsolute(p)) {
+    rel = path.relative(imageDir, path.normalize(p));
+    if (rel.startsWith('..') || path.isAbsolute(rel)) return { rule: 'image-path', field, message: `${field}: ${p} is outside the host's image directory ${imageDir}` };
+  }
+  if (rel.split(/[\\/]/).includes('..')) return { rule: 'image-path', field, message: `${field}: ".." is not allowed` };
+  rel = path.normalize(rel);
+  if (rel === '.' || rel === '' || rel.endsWith('/')) return { rule: 'image-path', field, message: `${field}: must name a file` };
+  return { rel };
+}
+
+export interface AdmitOptions {
+  nowMs: number;
+  /** A host not heard from for this long is offline. */
+  hostOfflineMs: number;
+}
+
+/** Admission of a save request: every rule, each refusal naming the field and the rule. */
+export function admitSave(req: SaveRequest, hosts: Iterable<HostView>, opts: AdmitOptions): SaveAdmission | Refusal {
+  let found: { h: HostView; vm: VmSummary } | undefined;
+  for (const h of hosts) {
+    const vm = h.announcement.vms.find((v) => v.name === req.vm);
+    if (vm && (!found || opts.nowMs - h.lastSeenMs < opts.nowMs - found.h.lastSeenMs)) found = { h, vm };
+  }
+  if (!found) return { rule: 'vm-exists', field: 'vm', message: `vm: no announced host has a VM named "${req.vm}"` };
+  const { h, vm } = found;
+  const a = h.announcement;
+  if (opts.nowMs - h.lastSeenMs > opts.hostOfflineMs) {
+    return { rule: 'host-online', field: 'vm', message: `vm: host ${a.host} of "${req.vm}" has not been heard from for ${Math.round((opts.nowMs - h.lastSeenMs) / 1000)} s` };
+  }
+  if (vm.status === 'stopped') return { rule: 'vm-running', field: 'vm', message: `vm: "${req.vm}" has no QEMU running on ${a.host}; nothing to save` };
+
+  const format = chooseFormat(req, a);
+  if ('rule' in format) return format;
+  if (req.image !== undefined) {
+    const p = checkImagePath(req.image, a.imageDir);
+    if ('rule' in p) return p;
+  }
+  const ramBytes = vm.memoryMiB * MiB;
+  const need = requiredFreeBytes(format.format, ramBytes);
+  if (a.freeBytes < need) {
+    return { rule: 'free-space', field: 'vm', message: `host ${a.host} has ${fmtBytes(a.freeBytes)} free in ${a.imageDir}; a ${format.format} save of ${req.vm} (${vm.memoryMiB} MiB RAM) needs up to ${fmtBytes(need)}` };
+  }
+  return { host: a.host, vm, format: format.format, ramBytes };
+}
+
+/** The format a save will use: `auto` is sparse where QEMU has mapped-ram, legacy otherwise. */
+export function chooseFormat(req: Pick<SaveRequest, 'format' | 'channels' | 'directIo'>, a: Pick<HostAnnouncement, 'host' | 'qemu'>): { format: SaveFormat } | Refusal {
+  const needsSparse = req.directIo || req.channels > 1;
+  let format: SaveFormat;
+  if (req.format === 'auto') format = a.qemu.mappedRam ? 'sparse' : 'legacy';
+  else format = req.format;
+  if (format === 'sparse' && !a.qemu.mappedRam) return { rule: 'format-supported', field: 'format', message: `format: host ${a.host}'s QEMU ${a.qemu.version} has no mapped-ram; sparse needs QEMU ≥ 9.0` };
+  if (format === 'legacy' && needsSparse) {
+    return req.directIo
+      ? { rule: 'direct-io-needs-sparse', field: 'directIo', message: 'directIo: direct IO needs the sparse format (QEMU applies it only with mapped-ram)' }
+      : { rule: 'channels-need-sparse', field: 'channels', message: 'channels: more than one channel needs the sparse format' };
+  }
+  if (req.directIo && !a.qemu.directIo) return { rule: 'direct-io-supported', field: 'directIo', message: `directIo: host ${a.host}'s QEMU ${a.qemu.version} has no direct-io; it needs QEMU ≥ 9.1` };
+  return { format };
+}
+
+export interface RestoreAdmission {
+  host: string;
+  imageRel: string;
+  vm?: string;
+  sourceJobId?: string;
+}
+
+/** Where an image lives, from the log: the host that wrote it and its save job. */
+export interface KnownImage {
+  host: string;
+  imagePath: string;
+  vm: string;
+  jobId: string;
+  verified: boolean;
+}
+
+export function admitRestore(req: RestoreRequest, hosts: Map<string, HostView>, known: KnownImage[], opts: AdmitOptions): RestoreAdmission | Refusal {
+  const online = (h: HostView | undefined) => !!h && opts.nowMs - h.lastSeenMs <= opts.hostOfflineMs;
+  const matches = (k: KnownImage, imageDir: string) => {
+    const rel = checkImagePath(req.image, imageDir);
+    return 'rel' in rel && (k.imagePath === req.image || path.relative(imageDir, k.imagePath) === rel.rel);
+  };
+  let host: HostView | undefined;
+  let image: KnownImage | undefined;
+  if (req.host) {
+    host = hosts.get(req.host);
+    if (!host) return { rule: 'host-exists', field: 'host', message: `host: no executor has announced host "${req.host}"` };
+    image = known.find((k) => k.host === req.host && matches(k, host!.announcement.imageDir));
+  } else {
+    image = [...known].reverse().find((k) => { const h = hosts.get(k.host); return !!h && matches(k, h.announcement.imageDir); });
+    host = image ? hosts.get(image.host) : undefined;
+    if (image && !online(host)) {
+      // The writer is away: any host that shares the image directory can restore it.
+      const shared = [...hosts.values()].find((h) => online(h) && h.announcement.sharedImageDir);
+      if (shared) host = shared;
+    }
+    if (!host) return { rule: 'image-known', field: 'image', message: `image: no save in the log wrote "${req.image}"; name the host that holds it (host)` };
+  }
+  if (!online(host)) return { rule: 'host-online', field: 'host', message: `host: ${host.announcement.host} has not been heard from recently` };
+  const p = checkImagePath(req.image, host.announcement.imageDir);
+  if ('rule' in p) return p;
+  return { host: host.announcement.host, imageRel: p.rel, vm: image?.vm, sourceJobId: image?.jobId };
+}
+
+/** Exponential backoff with a cap, for retryable failures: attempt 2 waits `base`, then doubles. */
+export function retryDelayMs(nextAttempt: number, baseMs: number, maxMs: number): number {
+  return Math.min(maxMs, baseMs * 2 ** Math.max(0, nextAttempt - 2));
+}
+
+/** A job's default deadline: three times the expected transfer time at the host's throughput, plus a minute. */
+export function defaultDeadlineMs(ramBytes: number, throughputBytesPerSec: number | undefined): number {
+  const tp = throughputBytesPerSec && throughputBytesPerSec > 0 ? throughputBytesPerSec : 100 * MiB;
+  return Math.ceil((ramBytes / tp) * 3 * 1000) + 60_000;
+}
+
+export interface QueuedJob {
+  jobId: string;
+  host: string;
+  vm?: string;
+  priority: Priority;
+  requestedAtMs: number;
+  notBeforeMs?: number;
+}
+
+/**
+ * Which queued jobs to hand out now, in order: per host at most `limit - active` jobs;
+ * `high` before `normal` before `low`, then first come first served; a `low` job waits while
+ * any `high` or `normal` job is queued for its host; one job per VM at a time.
+ */
+export function pickNext(queue: readonly QueuedJob[], activePerHost: ReadonlyMap<string, number>, busyVms: ReadonlySet<string>, limitOf: (host: string) => number, nowMs: number): QueuedJob[] {
+  const rank = { high: 0, normal: 1, low: 2 } as const;
+  const ready = queue.filter((j) => (j.notBeforeMs ?? 0) <= nowMs).sort((a, b) => rank[a.priority] - rank[b.priority] || a.requestedAtMs - b.requestedAtMs);
+  const higherQueued = new Set(queue.filter((j) => j.priority !== 'low').map((j) => j.host));
+  const used = new Map(activePerHost);
+  const vms = new Set(busyVms);
+  const out: QueuedJob[] = [];
+  for (const j of ready) {
+    if (j.priority === 'low' && higherQueued.has(j.host)) continue;
+    if ((used.get(j.host) ?? 0) >= limitOf(j.host)) continue;
+    if (j.vm && vms.has(j.vm)) continue;
+    out.push(j);
+    used.set(j.host, (used.get(j.host) ?? 0) + 1);
+    if (j.vm) vms.add(j.vm);
+  }
+  return out;
+}
+
+function fmtBytes(n: number): string {
+  return n >= 1024 ** 3 ? `${(n / 1024 ** 3).toFixed(1)} GiB` : `${Math.round(n / MiB)} MiB`;
+}
