@@ -29,7 +29,7 @@ describe('vmsave header', () => {
     expect(decodeHeader(b, 8192).complete).toBe(true);
     verifyHeaderChecksum(b, desc);
     expect(() => verifyHeaderChecksum(b, Buffer.from('{"x":2}'))).toThrow(ImageChecksumError);
-    b[18] ^= 1;
+    b[18] = b[18]! ^ 1;
     expect(() => verifyHeaderChecksum(b, desc)).toThrow(ImageChecksumError);
   });
 
