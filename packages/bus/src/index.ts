@@ -5,3 +5,5 @@ export { readLog, eventsOfJob, type LoggedEvent, type ReadLogOptions } from './l
 export { decodeMessage, encodeMessage, describeIssues } from './validate.ts';
 export { BusError, BusValidationError, BusPublishError, isRetryable } from './errors.ts';
 export { createLogger, type Logger } from './logger.ts';
+export { BusEnv, parseEnv, busOptions } from './env.ts';
+export { readHosts } from './hosts.ts';

@@ -1,0 +1,31 @@
+import { DeliverPolicy } from '@nats-io/jetstream';
+import { HostAnnouncement, streams } from '@vmsave/contracts';
+import type { Bus } from './connection.ts';
+import { decodeMessage } from './validate.ts';
+import { BusValidationError } from './errors.ts';
+
+/**
+ * The latest announcement of every host (the stream keeps one per subject), then, with
+ * `follow`, each new one. Invalid entries are skipped.
+ */
+export async function* readHosts(bus: Bus, opts: { follow?: boolean; signal?: AbortSignal } = {}): AsyncGenerator<HostAnnouncement> {
+  const info = await bus.jsm.streams.info(streams.hosts.name);
+  if (!opts.follow && info.state.messages === 0) return;
+  const consumer = await bus.js.consumers.get(streams.hosts.name, { deliver_policy: DeliverPolicy.LastPerSubject });
+  const messages = await consumer.consume();
+  const stop = () => void messages.close();
+  opts.signal?.addEventListener('abort', stop, { once: true });
+  try {
+    for await (const m of messages) {
+      try {
+        yield decodeMessage(HostAnnouncement, m.data, m.subject);
+      } catch (err) {
+        if (!(err instanceof BusValidationError)) throw err;
+      }
+      if (!opts.follow && m.info.pending === 0) break;
+    }
+  } finally {
+    opts.signal?.removeEventListener('abort', stop);
+    await messages.close();
+  }
+}
