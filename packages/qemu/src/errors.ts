@@ -168,8 +168,10 @@ export class QemuExitedError extends MigrationError {
 }
 
 function withStderr(message: string, stderr: string | undefined): string {
-  const tail = stderr?.trim();
-  if (!tail) return message;
-  const lines = tail.split('\n').slice(-5).join('\n  ');
-  return `${message}\n  QEMU stderr:\n  ${lines}`;
+  const lines = (stderr ?? '')
+    .split('\n')
+    .map((line) => line.trim())
+    .filter((line) => line.length > 0 && !/^\S*: warning:/.test(line));
+  if (lines.length === 0) return message;
+  return `${message}\n  QEMU stderr:\n  ${lines.slice(-5).join('\n  ')}`;
 }

@@ -309,9 +309,14 @@ async function runMigration(qmp: QmpClient, direction: MigrationDirection, optio
     const plan = planMigration(direction, options, support);
     await checkFds(direction, options.fds, plan.directIo);
 
-    const current = await call<{ status?: string }>(ctx, stage, 'query-migrate');
+    const current = await call<{ status?: string; 'blocked-reasons'?: string[] }>(ctx, stage, 'query-migrate');
     if (current.status !== undefined && ACTIVE_STATUSES.has(current.status)) {
       throw new QemuStateError(`a migration is already ${current.status}`, stage);
+    }
+    const blocked = current['blocked-reasons'] ?? [];
+    if (direction === 'save' && blocked.length > 0) {
+      // Verbatim from QEMU, before any capability or fdset is touched.
+      throw new MigrationFailedError(direction, stage, blocked.join('; '));
     }
     const { status: runState } = await call<{ status: string }>(ctx, stage, 'query-status');
     if (direction === 'restore' && runState !== 'inmigrate') {
@@ -493,36 +498,58 @@ async function processStderr(ctx: Context, waitForExit: boolean): Promise<string
   return text.length > 0 ? text : undefined;
 }
 
-/** The last line QEMU printed about itself, e.g. "qemu-system-x86_64: …": usually the reason. */
-function stderrReason(stderr: string | undefined): string | undefined {
-  if (!stderr) return undefined;
-  const lines = stderr
+/** QEMU's error lines on stderr, without the program prefix and without warnings. */
+export function stderrErrors(stderr: string | undefined): string[] {
+  if (!stderr) return [];
+  return stderr
     .split('\n')
-    .map((l) => l.trim())
-    .filter((l) => l.length > 0);
-  return lines.at(-1);
+    .map((line) => line.trim().replace(/^[^\s:]*qemu[^\s:]*:\s*/, ''))
+    .filter((line) => line.length > 0 && !line.startsWith('warning:'));
+}
+
+/**
+ * A failed incoming migration's `error-desc` is generic ("load of migration
+ * failed: Invalid argument"); the cause QEMU printed before it on stderr is
+ * the useful part. Joins them in QEMU's order.
+ */
+export function incomingFailureReason(errorDesc: string | undefined, stderr: string | undefined): string | undefined {
+  const lines = stderrErrors(stderr);
+  if (lines.length === 0) return errorDesc;
+  if (errorDesc === undefined || lines.includes(errorDesc)) return lines.join('; ');
+  return [...lines, errorDesc].join('; ');
 }
 
 async function toQemuError(ctx: Context, error: unknown, fallbackStage: QemuStage): Promise<QemuError> {
   const { direction } = ctx;
   const stage = error instanceof StagedError ? error.stage : fallbackStage;
   const original = error instanceof StagedError ? error.original : error;
+  const restoring = direction === 'restore';
   if (original instanceof MigrationFailedError) {
-    const stderr = await processStderr(ctx, false);
-    return stderr === undefined
-      ? original
-      : new MigrationFailedError(direction, original.stage, original.qemuReason ?? '', { stderr, cause: original.cause });
+    // On a save, stderr holds nothing about a refused migration, only old noise.
+    const stderr = restoring ? await processStderr(ctx, false) : undefined;
+    if (stderr === undefined) return original;
+    const reason = incomingFailureReason(original.qemuReason, stderr) ?? '';
+    return new MigrationFailedError(direction, original.stage, reason, { stderr, cause: original.cause });
   }
   if (original instanceof QemuError) return original;
   if (original instanceof QmpAbortedError) return new MigrationAbortedError(direction, stage, original.cause);
   if (original instanceof QmpCommandError) {
-    const stderr = await processStderr(ctx, false);
-    return new MigrationFailedError(direction, stage, original.desc, stderr === undefined ? { cause: original } : { cause: original, stderr });
+    const stderr = restoring ? await processStderr(ctx, false) : undefined;
+    const reason = restoring ? (incomingFailureReason(original.desc, stderr) ?? original.desc) : original.desc;
+    return new MigrationFailedError(direction, stage, reason, stderr === undefined ? { cause: original } : { cause: original, stderr });
   }
   if (original instanceof QmpDisconnectedError) {
     const stderr = await processStderr(ctx, true);
-    const reason = stderrReason(stderr);
-    return new QemuExitedError(direction, stage, reason, stderr === undefined ? { cause: original } : { cause: original, stderr });
+    const exit = ctx.options.process?.exitStatus;
+    const lines = stderrErrors(stderr);
+    const options = stderr === undefined ? { cause: original } : { cause: original, stderr };
+    if (exit && exit.signal === null && exit.code !== 0 && lines.length > 0) {
+      // QEMU quit on its own with an error (e.g. exit-on-error after a bad
+      // incoming stream): a failed migration, not a crash.
+      return new MigrationFailedError(direction, stage, lines.join('; '), options);
+    }
+    const how = exit ? (exit.signal ? `killed by ${exit.signal}` : `exited with code ${exit.code}`) : undefined;
+    return new QemuExitedError(direction, stage, [how, ...lines].filter(Boolean).join('; ') || undefined, options);
   }
   if (original instanceof QmpTimeoutError) {
     return new MigrationStalledError(direction, stage, `QEMU did not answer ${original.command} within ${original.timeoutMs} ms`, {

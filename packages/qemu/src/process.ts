@@ -34,7 +34,7 @@ export interface SpawnQemuOptions {
   binary?: string;
   /** Working directory of QEMU. */
   cwd?: string;
-  /** How long to wait for the QMP socket to accept. Default 15 000 ms. */
+  /** How long to wait for QEMU to answer on its QMP socket. Default 15 000 ms. */
   readyTimeoutMs?: number;
   /** How much of QEMU's stderr to keep. Default 64 KiB. */
   stderrLimitBytes?: number;
@@ -81,8 +81,9 @@ export function qemuOptValue(value: string): string {
 }
 
 /**
- * Starts QEMU with `args` plus a QMP socket of our own, and resolves once the
- * socket accepts connections. The caller owns the returned process.
+ * Starts QEMU with `args` plus a QMP socket of our own, and resolves once QEMU
+ * answers on it (machine built, main loop running). The caller owns the
+ * returned process.
  */
 export async function spawnQemu(args: readonly string[], options: SpawnQemuOptions): Promise<VmProcess> {
   const binary = options.binary ?? DEFAULT_QEMU_BINARY;
@@ -166,11 +167,26 @@ async function waitForSocket(
   });
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    if (exit) throw new Error(`QEMU exited (code ${exit.code}, signal ${exit.signal}) before its QMP socket accepted`);
+    if (exit) throw new Error(`QEMU exited (code ${exit.code}, signal ${exit.signal}) before its QMP socket was ready`);
     signal?.throwIfAborted();
-    if (await canConnect(socketPath)) return;
-    if (Date.now() > deadline) throw new Error(`QMP socket ${socketPath} did not accept within ${timeoutMs} ms`);
+    if (await answers(socketPath, Math.max(1, deadline - Date.now()))) return;
+    if (Date.now() > deadline) throw new Error(`QMP socket ${socketPath} was not ready within ${timeoutMs} ms`);
     await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
+/**
+ * QEMU creates the QMP socket, and its monitor thread even greets, before the
+ * machine is built; commands are dispatched only from the main loop. An answer
+ * to query-status means the command line was accepted and QEMU is up.
+ */
+async function answers(socketPath: string, timeoutMs: number): Promise<boolean> {
+  try {
+    await using qmp = await QmpClient.connect(socketPath, { timeoutMs, commandTimeoutMs: timeoutMs });
+    await qmp.execute('query-status');
+    return true;
+  } catch {
+    return false;
   }
 }
 

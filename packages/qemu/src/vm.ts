@@ -67,7 +67,8 @@ export function buildVmArgs(def: VmDefinition, options: { accel: Accel; incoming
 }
 
 /**
- * Starts a VM from its definition and resolves once its QMP socket accepts.
+ * Starts a VM from its definition and resolves once QEMU answers on its
+ * QMP socket.
  * Dispose the returned handle to stop it.
  *
  * @example
