@@ -58,7 +58,8 @@ export function evolve(s: JobState, e: JobEvent): JobState {
       return { ...base, kind: 'restore', status: 'requested', restoreRequest: e.data.request, vm: e.data.vm, imagePath: e.data.request.image, requestedAt: e.at };
     case 'SaveRejected':
     case 'RestoreRejected':
-      return { ...base, status: 'rejected', rejection: e.data };
+      // A request refused by its schema has no Requested event before it.
+      return { ...base, kind: s.kind ?? (e.type === 'SaveRejected' ? 'save' : 'restore'), status: 'rejected', rejection: e.data };
     case 'SaveScheduled':
     case 'RestoreScheduled':
       return { ...base, status: 'scheduled', host: e.data.host, attempt: e.data.attempt, fencingToken: e.data.fencingToken, deadlineAt: e.data.deadlineAt, notBefore: undefined };

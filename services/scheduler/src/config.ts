@@ -1,0 +1,25 @@
+import { z } from 'zod';
+import { BusEnv, parseEnv } from '@vmsave/bus';
+
+const ms = (def: number) => z.coerce.number().int().min(1).default(def);
+
+export const SchedulerEnv = BusEnv.extend({
+  /** Concurrent jobs per host unless the host announces its own limit. */
+  VMSAVE_HOST_LIMIT: z.coerce.number().int().min(1).max(64).default(2),
+  VMSAVE_MAX_ATTEMPTS: z.coerce.number().int().min(1).max(20).default(3),
+  VMSAVE_RETRY_BASE_MS: ms(2000),
+  VMSAVE_RETRY_MAX_MS: ms(60_000),
+  /** A job whose executor sent no heartbeat naming it for this long is lost. */
+  VMSAVE_HEARTBEAT_TIMEOUT_MS: ms(15_000),
+  VMSAVE_HOST_OFFLINE_MS: ms(30_000),
+  VMSAVE_LEASE_TTL_MS: ms(30_000),
+  /** How long past its deadline a silent job may run before the scheduler fails it. */
+  VMSAVE_DEADLINE_GRACE_MS: ms(30_000),
+  VMSAVE_TICK_MS: ms(1000),
+});
+export type SchedulerConfig = z.infer<typeof SchedulerEnv>;
+
+/** Parse the scheduler's settings once; the error names the variable and the rule. */
+export function loadConfig(env: Record<string, string | undefined> = process.env): SchedulerConfig {
+  return parseEnv(SchedulerEnv, env, 'scheduler');
+}
