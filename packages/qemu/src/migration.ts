@@ -369,11 +369,31 @@ async function runMigration(qmp: QmpClient, direction: MigrationDirection, optio
     events.end();
     if (qmp.runState === 'running') {
       const cleanup = { timeoutMs: ctx.timeoutMs };
-      if (fdsetId !== undefined) await qmp.removeFd(fdsetId, undefined, cleanup).catch(() => undefined);
+      if (fdsetId !== undefined) await removeFdset(qmp, fdsetId, ctx.timeoutMs);
       if (oldBandwidth !== undefined) {
         await qmp.execute('migrate-set-parameters', { 'max-bandwidth': oldBandwidth }, cleanup).catch(() => undefined);
       }
     }
+  }
+}
+
+/**
+ * remove-fd closes our fds at once, but the set lingers (empty) while the
+ * migration channel still holds its dup of them; QEMU closes that in a bottom
+ * half after the status turns terminal. Wait briefly for the set to go, so
+ * callers see a clean query-fdsets; a lingering empty set is harmless.
+ */
+async function removeFdset(qmp: QmpClient, fdsetId: number, timeoutMs: number): Promise<void> {
+  try {
+    await qmp.removeFd(fdsetId, undefined, { timeoutMs });
+  } catch {
+    return; // already gone, or QEMU gone
+  }
+  const deadline = performance.now() + 2_000;
+  while (performance.now() < deadline) {
+    const sets = await qmp.execute<Array<{ 'fdset-id': number }>>('query-fdsets', undefined, { timeoutMs }).catch(() => []);
+    if (!sets.some((set) => set['fdset-id'] === fdsetId)) return;
+    await new Promise((resolve) => setTimeout(resolve, 10));
   }
 }
 
