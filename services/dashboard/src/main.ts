@@ -1,0 +1,36 @@
+import { Bus, createLogger } from '@vmsave/bus';
+import { connectRedis } from '@vmsave/store';
+import { loadConfig } from './config.ts';
+import { createDashboard } from './server.ts';
+
+const log = createLogger('dashboard');
+
+async function main(): Promise<void> {
+  const config = loadConfig();
+  const bus = await Bus.connect(config.bus);
+  await bus.ensureStreams();
+  const redis = await connectRedis(config.redisUrl, { name: 'dashboard' });
+  const app = await createDashboard({ bus, redis, prefix: config.redisPrefix, token: config.token, log, project: config.project });
+  await app.listen({ host: config.host, port: config.port });
+  log.info({ host: config.host, port: config.port, prefix: config.redisPrefix, project: config.project, auth: config.token ? 'token' : 'none' }, 'dashboard listening');
+
+  let stopping = false;
+  const stop = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal }, 'stopping');
+    // Reverse order of start: HTTP (ends live streams, stops the projection), Redis, NATS.
+    await app.close().catch((err) => log.error({ err }, 'closing the HTTP server failed'));
+    await redis.quit().catch(() => redis.disconnect());
+    await bus.close();
+    log.info('stopped');
+    process.exit(0);
+  };
+  process.once('SIGTERM', () => void stop('SIGTERM'));
+  process.once('SIGINT', () => void stop('SIGINT'));
+}
+
+main().catch((err) => {
+  log.fatal({ err }, 'dashboard failed to start');
+  process.exit(1);
+});

@@ -1,0 +1,170 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { HostAnnouncement, messages, subjects } from '@vmsave/contracts';
+import { publishValidated } from '@vmsave/bus';
+import { createDashboard } from '../src/index.ts';
+import { publishAll, projected, quiet, saveJob, startDashboard, uniq, type Harness } from './helpers.ts';
+
+let h: Harness;
+const vm = uniq('vm');
+const vm2 = uniq('vm');
+const hostA = uniq('host-a');
+const hostB = uniq('host-b');
+const ok = saveJob(vm, hostA);
+const failed = saveJob(vm, hostB);
+const rejected = saveJob(vm, hostA);
+const running = saveJob(vm2, hostA);
+const queued = saveJob(vm2, hostB);
+
+beforeAll(async () => {
+  h = await startDashboard();
+  const last = await publishAll(h.bus, [
+    ok.requested(), ok.scheduled(), ok.started(), ok.completed(), ok.verified(),
+    failed.requested(), failed.scheduled(), failed.started(), failed.failed(),
+    rejected.requested(), rejected.rejected(),
+    running.requested(), running.scheduled(), running.started(),
+    queued.requested(), queued.scheduled(),
+  ]);
+  await projected(h, last);
+});
+afterAll(async () => {
+  await h?.close();
+});
+
+const get = async (url: string, headers: Record<string, string> = {}) => {
+  const res = await h.app.inject({ method: 'GET', url, headers });
+  return { status: res.statusCode, body: res.json() as any, headers: res.headers };
+};
+
+describe('GET /api/jobs', () => {
+  it('lists a VM’s jobs newest first, with the total and the log position they include', async () => {
+    const r = await get(`/api/jobs?vm=${vm}`);
+    expect(r.status).toBe(200);
+    expect(r.body.items.map((j: any) => j.jobId)).toEqual([rejected.jobId, failed.jobId, ok.jobId]);
+    expect(r.body.total).toBe(3);
+    expect(r.body.cursor).toBeGreaterThan(0);
+    expect(r.body.items[2]).toMatchObject({ status: 'verified', host: hostA, format: 'sparse', result: { bytes: expect.any(Number), blocks: expect.any(Number) } });
+  });
+
+  it('filters by state (one or several), by host, and by VM and host together', async () => {
+    expect((await get(`/api/jobs?vm=${vm}&state=failed`)).body.items.map((j: any) => j.jobId)).toEqual([failed.jobId]);
+    const problems = await get(`/api/jobs?vm=${vm}&state=failed,rejected`);
+    expect(problems.body.items.map((j: any) => j.status).sort()).toEqual(['failed', 'rejected']);
+    expect(problems.body.items.find((j: any) => j.status === 'failed').lastFailure).toMatchObject({ code: 'ENOSPC', stage: 'migrate', reason: 'No space left on device' });
+    expect(problems.body.items.find((j: any) => j.status === 'rejected').rejection).toMatchObject({ rule: 'one-job-per-vm' });
+    expect((await get(`/api/jobs?host=${hostB}`)).body.items.map((j: any) => j.jobId).sort()).toEqual([failed.jobId, queued.jobId].sort());
+    const both = await get(`/api/jobs?vm=${vm2}&host=${hostA}`);
+    expect(both.body.items.map((j: any) => j.jobId)).toEqual([running.jobId]);
+    expect(both.body.total).toBe(1);
+    expect((await get(`/api/jobs?host=${hostA}&state=running&state=scheduled`)).body.items.map((j: any) => j.jobId)).toEqual([running.jobId]);
+  });
+
+  it('pages with limit and offset', async () => {
+    const p1 = await get(`/api/jobs?vm=${vm}&limit=2`);
+    const p2 = await get(`/api/jobs?vm=${vm}&limit=2&offset=2`);
+    expect(p1.body.items).toHaveLength(2);
+    expect(p2.body.items.map((j: any) => j.jobId)).toEqual([ok.jobId]);
+    expect(p2.body.total).toBe(3);
+    const s2 = await get(`/api/jobs?vm=${vm}&state=failed,rejected,verified&limit=1&offset=1`);
+    expect(s2.body.items.map((j: any) => j.jobId)).toEqual([failed.jobId]);
+    expect(s2.body.total).toBe(3);
+  });
+
+  it('refuses bad parameters with a 400 that names the parameter', async () => {
+    const cases: Array<[string, RegExp]> = [
+      ['/api/jobs?limit=0', /limit/],
+      ['/api/jobs?limit=abc', /limit: must be a number/],
+      ['/api/jobs?limit=9999', /limit/],
+      ['/api/jobs?offset=-1', /offset/],
+      ['/api/jobs?state=done', /state.*must be one or more of requested/],
+      ['/api/jobs?vm=bad%20name', /vm: VM name/],
+      ['/api/jobs?host=a.b', /host: host name/],
+    ];
+    for (const [url, re] of cases) {
+      const r = await get(url);
+      expect(r.status, url).toBe(400);
+      expect(r.body.error).toBe('invalid-request');
+      expect(r.body.message, url).toMatch(re);
+    }
+    const badId = await get('/api/jobs/has.dots');
+    expect(badId.status).toBe(400);
+    expect(badId.body.message).toMatch(/id: job id/);
+    const badSince = await get('/api/stream?since=minus-one');
+    expect(badSince.status).toBe(400);
+    expect(badSince.body.message).toMatch(/since/);
+    const badHeader = await get('/api/stream', { 'last-event-id': 'x' });
+    expect(badHeader.status).toBe(400);
+    expect(badHeader.body.message).toMatch(/Last-Event-ID/);
+  });
+});
+
+describe('GET /api/jobs/:id', () => {
+  it('returns the job and its whole history from the log, in order', async () => {
+    const r = await get(`/api/jobs/${ok.jobId}`);
+    expect(r.status).toBe(200);
+    expect(r.body.job).toMatchObject({ jobId: ok.jobId, status: 'verified', vm, host: hostA });
+    expect(r.body.job.checks.map((c: any) => [c.name, c.status])).toContainEqual(['sparseness', 'warn']);
+    expect(r.body.events.map((e: any) => e.event.type)).toEqual(['SaveRequested', 'SaveScheduled', 'SaveStarted', 'SaveCompleted', 'ImageVerified']);
+    const seqs = r.body.events.map((e: any) => e.seq);
+    expect([...seqs].sort((a: number, b: number) => a - b)).toEqual(seqs);
+  });
+
+  it('answers 404 for a job nobody has heard of', async () => {
+    const r = await get(`/api/jobs/${saveJob(vm, hostA).jobId}`);
+    expect(r.status).toBe(404);
+  });
+});
+
+describe('GET /api/hosts and /api/images/latest/:vm', () => {
+  it('shows the latest announcement of a host with its running and queued jobs', async () => {
+    const announce = (freeBytes: number) =>
+      publishValidated(h.bus, messages.hostAnnouncement, subjects.host(hostA), HostAnnouncement.parse({
+        host: hostA, executorId: 'e1', at: new Date().toISOString(), startedAt: new Date().toISOString(),
+        qemu: { version: '10.1.0', mappedRam: true, directIo: true, machines: ['q35'], accel: 'kvm' },
+        imageDir: '/images', freeBytes, maxConcurrentJobs: 2, vms: [],
+      }));
+    await announce(1);
+    await announce(2); // the stream keeps the last one per host
+    const r = await get('/api/hosts');
+    expect(r.status).toBe(200);
+    const a = r.body.hosts.find((x: any) => x.host === hostA);
+    expect(a).toMatchObject({ running: 1, queued: 0, limit: 2, announcement: { freeBytes: 2, qemu: { mappedRam: true } } });
+    const b = r.body.hosts.find((x: any) => x.host === hostB);
+    expect(b).toMatchObject({ running: 0, queued: 1 });
+    expect(b.announcement).toBeUndefined();
+    await h.bus.jsm.streams.purge('VMSAVE_HOSTS', { filter: subjects.host(hostA) });
+  });
+
+  it('returns the latest verified image of a VM, 404 when there is none', async () => {
+    const r = await get(`/api/images/latest/${vm}`);
+    expect(r.status).toBe(200);
+    expect(r.body).toMatchObject({ vm, jobId: ok.jobId, host: hostA, format: 'sparse' });
+    expect((await get(`/api/images/latest/${vm2}`)).status).toBe(404);
+    expect((await get('/api/images/latest/-bad')).body.message).toMatch(/vm: VM name/);
+  });
+});
+
+describe('access token', () => {
+  it('when set, refuses every page, API and stream request without it and accepts a bearer header, ?token= or the cookie it sets', async () => {
+    const token = uniq('secret-token-');
+    const app = await createDashboard({ bus: h.bus, redis: h.redis, prefix: h.prefix, token, log: quiet, project: false });
+    await app.ready();
+    try {
+      for (const url of ['/', '/index.html', '/app.js', '/api/jobs', `/api/jobs/${ok.jobId}`, '/api/hosts', '/api/stream', '/vendor/uplot.esm.js']) {
+        const r = await app.inject({ url });
+        expect(r.statusCode, url).toBe(401);
+        expect(r.headers['www-authenticate']).toMatch(/^Bearer/);
+      }
+      expect((await app.inject({ url: '/api/jobs', headers: { authorization: 'Bearer wrong-token-000000' } })).statusCode).toBe(401);
+      expect((await app.inject({ url: '/api/jobs?token=wrong' })).statusCode).toBe(401);
+      expect((await app.inject({ url: `/api/jobs?vm=${vm}`, headers: { authorization: `Bearer ${token}` } })).json().total).toBe(3);
+      const page = await app.inject({ url: `/?token=${token}` });
+      expect(page.statusCode).toBe(200);
+      expect(page.headers['content-type']).toMatch(/text\/html/);
+      const cookie = String(page.headers['set-cookie']).split(';')[0]!;
+      expect((await app.inject({ url: '/app.js', headers: { cookie } })).statusCode).toBe(200);
+      expect((await app.inject({ url: '/healthz' })).statusCode).toBe(200);
+    } finally {
+      await app.close();
+    }
+  });
+});
