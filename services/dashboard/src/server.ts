@@ -115,7 +115,13 @@ export async function createDashboard(opts: DashboardOptions): Promise<FastifyIn
   let projecting: Promise<void> | undefined;
 
   // Fastify's own request lines are off: they would print a ?token= query. The onResponse hook logs redacted ones.
-  const app: FastifyInstance = Fastify({ loggerInstance: log as FastifyBaseLogger, logController: new LogController({ disableRequestLogging: true }), return503OnClosing: true });
+  const app: FastifyInstance = Fastify({
+    loggerInstance: log as FastifyBaseLogger,
+    logController: new LogController({ disableRequestLogging: true }),
+    return503OnClosing: true,
+    // On close, also drop kept-alive browser connections instead of waiting for them to time out.
+    forceCloseConnections: true,
+  });
 
   /* ---------- access ---------- */
 

@@ -39,7 +39,9 @@ export async function startDashboard(opts: Partial<DashboardOptions> = {}): Prom
   return {
     bus, redis, prefix, app, projection,
     async close() {
+      const t0 = Date.now();
       await app.close();
+      if (process.env.VMSAVE_TEST_LOG) console.log('app.close ms', Date.now() - t0);
       await projection.clear();
       await redis.del(keys(prefix).appliedSeq);
       redis.disconnect();
