@@ -1,0 +1,41 @@
+import os from 'node:os';
+import path from 'node:path';
+import { z } from 'zod';
+import { BusEnv, parseEnv } from '@vmsave/bus';
+
+const bool = z.enum(['true', 'false', '1', '0']).transform((v) => v === 'true' || v === '1');
+
+export const ExecutorEnv = BusEnv.extend({
+  /** This host's name on the bus (`vmsave.work.<host>`). */
+  VMSAVE_HOST: z.string().regex(/^[A-Za-z0-9_-][A-Za-z0-9_:-]{0,127}$/, 'letters, digits, _ - : only').default(os.hostname().replace(/[^A-Za-z0-9_-]/g, '-')),
+  /** Base directory; the three below default to subdirectories of it. */
+  VMSAVE_STATE_DIR: z.string().default(path.resolve('.vmsave', 'executor')),
+  VMSAVE_QMP_DIR: z.string().optional(),
+  VMSAVE_IMAGE_DIR: z.string().optional(),
+  VMSAVE_VM_DIR: z.string().optional(),
+  VMSAVE_SHARED_IMAGE_DIR: bool.default(false),
+  VMSAVE_MAX_CONCURRENT: z.coerce.number().int().min(1).max(64).default(2),
+  VMSAVE_KEEP_PARTIAL: bool.default(false),
+  VMSAVE_ANNOUNCE_MS: z.coerce.number().int().min(100).default(10_000),
+  VMSAVE_HEARTBEAT_MS: z.coerce.number().int().min(100).default(2000),
+});
+
+export interface ExecutorConfig extends z.infer<typeof ExecutorEnv> {
+  qmpDir: string;
+  imageDir: string;
+  vmDir: string;
+  jobsDir: string;
+}
+
+/** Parse the executor's settings once; the error names the variable and the rule. */
+export function loadConfig(env: Record<string, string | undefined> = process.env): ExecutorConfig {
+  const c = parseEnv(ExecutorEnv, env, 'executor');
+  const base = path.resolve(c.VMSAVE_STATE_DIR);
+  return {
+    ...c,
+    qmpDir: path.resolve(c.VMSAVE_QMP_DIR ?? path.join(base, 'qmp')),
+    imageDir: path.resolve(c.VMSAVE_IMAGE_DIR ?? path.join(base, 'images')),
+    vmDir: path.resolve(c.VMSAVE_VM_DIR ?? path.join(base, 'vms')),
+    jobsDir: path.join(base, 'jobs'),
+  };
+}

@@ -1,0 +1,151 @@
+import { stat, unlink } from 'node:fs/promises';
+import { closeSync } from 'node:fs';
+import type { QmpClient } from '@vmsave/qmp';
+import { pauseIfRunning, queryStatus, resume, saveToFds, MigrationAbortedError, type MigrationProgress, type MigrationStats } from '@vmsave/qemu';
+import { createImage, finalizeImage, openStreamFds, updateDescriptor, ImageExistsError, type ImageDescriptorInput } from '@vmsave/image';
+import type { QemuCapabilities, SaveFormat, VmDefinition } from '@vmsave/contracts';
+import { classify, OpCancelled, OpError, type OpStage } from './errors.ts';
+
+export interface SaveVmOptions {
+  qmp: QmpClient;
+  /** Where the image goes; it must not exist. */
+  imagePath: string;
+  format: SaveFormat;
+  channels: number;
+  directIo: boolean;
+  after: 'running' | 'paused' | 'quit';
+  vm: VmDefinition;
+  host: string;
+  jobId: string;
+  hostCaps?: QemuCapabilities;
+  /** Keep a failed save's partial image (still marked partial) instead of deleting it. */
+  keepPartial?: boolean;
+  signal?: AbortSignal;
+  onProgress?(p: MigrationProgress): void;
+  onStage?(stage: OpStage | 'started', info?: { wasRunning: boolean; streamOffset: number }): void;
+}
+
+export interface SaveVmResult {
+  imagePath: string;
+  format: SaveFormat;
+  wasRunning: boolean;
+  vmState: 'running' | 'paused' | 'quit';
+  /** Logical size and allocated 512-byte blocks of the finished image. */
+  bytes: number;
+  blocks: number;
+  durationMs: number;
+  ramBytes: number;
+  stats: MigrationStats;
+}
+
+/**
+ * Save a VM's memory state to a vmsave image (DESIGN §4, executor): pause, write the partial
+ * header, pass two fds in an fdset, migrate, fdatasync, flip the magic, then leave the VM as
+ * asked. On any failure the migration is cancelled, the partial image removed (or kept),
+ * and a VM that was running runs again. Throws OpError (OpCancelled when `signal` aborted
+ * with reason `'cancelled'`).
+ */
+export async function saveVm(o: SaveVmOptions): Promise<SaveVmResult> {
+  const t0 = performance.now();
+  const { qmp, signal } = o;
+  let stage: OpStage = 'pause';
+  let wasRunning = false;
+  let created = false;
+  let fds: { buffered: number; direct?: number } | undefined;
+  const closeFds = () => {
+    for (const fd of [fds?.buffered, fds?.direct]) if (fd !== undefined) try { closeSync(fd); } catch { /* already closed */ }
+    fds = undefined;
+  };
+  try {
+    const status = await queryStatus(qmp, { signal });
+    if (status.status === 'postmigrate') {
+      // A completed save leaves QEMU in postmigrate; it refuses a new migrate until cont+stop.
+      await qmp.execute('cont', undefined, { signal });
+      await qmp.execute('stop', undefined, { signal });
+    } else if (status.status === 'inmigrate') {
+      throw new OpError(`VM ${o.vm.name} is ${status.status}; nothing to save`, 'pause', 'vm-state', false);
+    }
+    wasRunning = await pauseIfRunning(qmp, { signal });
+
+    stage = 'image';
+    const qemuVersion = o.hostCaps?.version ?? 'unknown';
+    const descriptor: ImageDescriptorInput = {
+      descriptorVersion: 1,
+      vm: o.vm,
+      format: o.format,
+      qemu: {
+        version: qemuVersion,
+        capabilities: o.format === 'sparse' ? { 'mapped-ram': true, multifd: true, events: true } : { 'mapped-ram': false, multifd: false, events: true },
+        parameters: { 'multifd-channels': o.format === 'sparse' ? o.channels : null, 'direct-io': o.directIo, 'max-bandwidth': 0 },
+        hostCapabilities: o.hostCaps,
+      },
+      host: o.host,
+      jobId: o.jobId,
+      createdAt: new Date().toISOString(),
+    };
+    const img = await createImage(o.imagePath, { format: o.format, channels: o.format === 'sparse' ? o.channels : 0, directIo: o.directIo, wasRunning, descriptor });
+    created = true;
+    fds = await openStreamFds(o.imagePath, { mode: 'save', directIo: o.directIo });
+    o.onStage?.('started', { wasRunning, streamOffset: img.streamOffset });
+
+    stage = 'migrate';
+    const stats = await saveToFds(qmp, {
+      fds,
+      offset: img.streamOffset,
+      format: o.format,
+      channels: o.channels,
+      directIo: o.directIo,
+      signal,
+      onProgress: o.onProgress,
+    });
+    closeFds();
+
+    stage = 'finalize';
+    await updateDescriptor(o.imagePath, { ...img.descriptor, completedAt: new Date().toISOString() });
+    await finalizeImage(o.imagePath);
+    const st = await stat(o.imagePath);
+
+    stage = 'resume';
+    let vmState: SaveVmResult['vmState'] = 'paused';
+    if (o.after === 'running') {
+      await resume(qmp, { signal });
+      vmState = 'running';
+    } else if (o.after === 'quit') {
+      await qmp.execute('quit').catch(() => undefined);
+      vmState = 'quit';
+    }
+    return {
+      imagePath: o.imagePath, format: o.format, wasRunning, vmState, bytes: st.size, blocks: st.blocks,
+      durationMs: performance.now() - t0, ramBytes: o.vm.memoryMiB * 1024 * 1024, stats,
+    };
+  } catch (err) {
+    closeFds();
+    let imageKept: string | undefined;
+    if (created && !(err instanceof ImageExistsError)) {
+      if (o.keepPartial) imageKept = o.imagePath;
+      else await unlink(o.imagePath).catch(() => undefined);
+    }
+    // Never leave a VM that was running paused while its QEMU is alive.
+    let vmResumed = false;
+    if (wasRunning && stage !== 'resume') {
+      try {
+        await resume(qmp);
+        vmResumed = true;
+      } catch { /* QEMU gone or unresponsive: reported as vmResumed=false */ }
+    }
+    const reason = signal?.aborted ? signal.reason : undefined;
+    if (reason === 'cancelled' || (err instanceof MigrationAbortedError && reason === 'cancelled')) {
+      throw new OpCancelled('save cancelled', stage, 'cancelled', false, { cause: err, vmResumed, imageKept });
+    }
+    if (reason === 'deadline') {
+      throw new OpError('save ran past its deadline', 'deadline', 'deadline-exceeded', false, { cause: err, vmResumed, imageKept });
+    }
+    if (err instanceof OpError) {
+      err.vmResumed = vmResumed;
+      err.imageKept = imageKept;
+      throw err;
+    }
+    const c = classify(err);
+    throw new OpError(c.message, stage, c.code, c.retryable, { cause: err, vmResumed, imageKept });
+  }
+}

@@ -1,0 +1,99 @@
+import { mkdir, readdir, readFile, writeFile, rename } from 'node:fs/promises';
+import path from 'node:path';
+import { VmDefinition, type VmSummary } from '@vmsave/contracts';
+import { QmpClient, QmpTimeoutError } from '@vmsave/qmp';
+import { launchVm, type Accel, type VmProcess } from '@vmsave/qemu';
+
+/**
+ * The VMs of one host: definitions (`<vmDir>/<name>.json`) and their QMP sockets
+ * (`<qmpDir>/<name>.qmp`). QEMU's QMP socket serves one client at a time, so the registry
+ * connects only for a moment and never while a job holds the VM (`busy`).
+ */
+export class VmRegistry {
+  private readonly procs = new Map<string, VmProcess>();
+  readonly busy = new Set<string>();
+
+  constructor(readonly vmDir: string, readonly qmpDir: string, private readonly accel: Accel) {}
+
+  async init(): Promise<void> {
+    await mkdir(this.vmDir, { recursive: true });
+    await mkdir(this.qmpDir, { recursive: true });
+  }
+
+  socketOf(name: string): string {
+    return path.join(this.qmpDir, `${name}.qmp`);
+  }
+
+  async define(def: VmDefinition): Promise<VmDefinition> {
+    const d = VmDefinition.parse(def);
+    const file = path.join(this.vmDir, `${d.name}.json`);
+    await writeFile(`${file}.tmp`, JSON.stringify(d, null, 2));
+    await rename(`${file}.tmp`, file);
+    return d;
+  }
+
+  async get(name: string): Promise<VmDefinition | undefined> {
+    try {
+      return VmDefinition.parse(JSON.parse(await readFile(path.join(this.vmDir, `${name}.json`), 'utf8')));
+    } catch {
+      return undefined;
+    }
+  }
+
+  async definitions(): Promise<VmDefinition[]> {
+    const out: VmDefinition[] = [];
+    for (const f of (await readdir(this.vmDir)).filter((f) => f.endsWith('.json')).sort()) {
+      const d = await this.get(f.slice(0, -5));
+      if (d) out.push(d);
+    }
+    return out;
+  }
+
+  /** Start a defined VM (paused with `-S` when asked) unless its QMP socket already answers. */
+  async start(name: string, opts: { paused?: boolean } = {}): Promise<VmProcess> {
+    const def = await this.get(name);
+    if (!def) throw new Error(`no VM definition named ${name}`);
+    if ((await this.status(name)) !== 'stopped') throw new Error(`VM ${name} is already running`);
+    const vm = await launchVm(def, { qmpSocketPath: this.socketOf(name), startPaused: opts.paused, accel: this.accel });
+    this.adopt(name, vm);
+    return vm;
+  }
+
+  /** Keep a QEMU started elsewhere in this process (a restore) so its stderr stays readable. */
+  adopt(name: string, vm: VmProcess): void {
+    this.procs.set(name, vm);
+    void vm.exited.then(() => { if (this.procs.get(name) === vm) this.procs.delete(name); });
+  }
+
+  process(name: string): VmProcess | undefined {
+    return this.procs.get(name);
+  }
+
+  /** QEMU's run state, `busy` while a job holds the VM, or `stopped` when nothing answers. */
+  async status(name: string): Promise<string> {
+    if (this.busy.has(name)) return 'busy';
+    try {
+      const qmp = await QmpClient.connect(this.socketOf(name), { timeoutMs: 1000 });
+      try {
+        return (await qmp.execute<{ status: string }>('query-status', undefined, { timeoutMs: 1000 })).status;
+      } finally {
+        await qmp.close();
+      }
+    } catch (err) {
+      // A socket that accepts but sends no greeting is held by another QMP client.
+      return err instanceof QmpTimeoutError ? 'qmp-busy' : 'stopped';
+    }
+  }
+
+  async summaries(): Promise<VmSummary[]> {
+    const defs = await this.definitions();
+    return Promise.all(defs.map(async (d) => ({
+      name: d.name, uuid: d.uuid, machine: d.machine, memoryMiB: d.memoryMiB, vcpus: d.vcpus,
+      status: await this.status(d.name), qmpSocket: this.socketOf(d.name),
+    })));
+  }
+
+  async stopAll(): Promise<void> {
+    await Promise.allSettled([...this.procs.values()].map((p) => p.kill('SIGTERM')));
+  }
+}
