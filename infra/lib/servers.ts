@@ -1,0 +1,187 @@
+/**
+ * Private NATS and Redis servers for `npm start` and the infra tests: started as child
+ * processes on loopback, with the project's configuration and generated passwords.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { accessSync, constants, mkdirSync } from 'node:fs';
+import { createServer, connect as tcpConnect } from 'node:net';
+import { delimiter, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { randomBytes } from 'node:crypto';
+import { roles, passwordVar, type Role } from '../nats/permissions.ts';
+
+export const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
+export const NATS_CONF = join(REPO_ROOT, 'infra/nats/nats.conf');
+export const REDIS_CONF = join(REPO_ROOT, 'infra/redis/redis.conf');
+
+/** A random secret of letters and digits (the same alphabet infra/setup.sh uses). */
+export function generateSecret(length = 32): string {
+  const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789';
+  const bytes = randomBytes(length * 2);
+  let out = '';
+  // Rejection sampling keeps the distribution uniform.
+  for (const b of bytes) {
+    if (b < 248 && out.length < length) out += alphabet[b % 62];
+  }
+  return out.length === length ? out : generateSecret(length);
+}
+
+/** Fresh passwords for every NATS role, keyed by role. */
+export function generateNatsPasswords(): Record<Role, string> {
+  return Object.fromEntries(roles.map((r) => [r, generateSecret()])) as Record<Role, string>;
+}
+
+/** Does something accept TCP connections at host:port (within `timeoutMs`)? */
+export function portAnswers(host: string, port: number, timeoutMs = 1000): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = tcpConnect({ host, port });
+    const done = (ok: boolean) => {
+      s.destroy();
+      resolve(ok);
+    };
+    s.setTimeout(timeoutMs, () => done(false));
+    s.once('connect', () => done(true));
+    s.once('error', () => done(false));
+  });
+}
+
+/** A TCP port that is free on loopback right now. */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const addr = srv.address();
+      srv.close(() => (addr && typeof addr === 'object' ? resolve(addr.port) : reject(new Error('no port'))));
+    });
+  });
+}
+
+/** Find an executable on PATH, then in the sbin directories Debian installs daemons into. */
+export function findExecutable(name: string): string | undefined {
+  const dirs = [...(process.env.PATH ?? '').split(delimiter), '/usr/local/sbin', '/usr/sbin', '/sbin'];
+  for (const d of dirs) {
+    if (!d) continue;
+    const p = join(d, name);
+    try {
+      accessSync(p, constants.X_OK);
+      return p;
+    } catch {
+      // not here
+    }
+  }
+  return undefined;
+}
+
+export interface RunningServer {
+  name: string;
+  port: number;
+  process: ChildProcess;
+  /** The last lines the server wrote (for error messages). */
+  output(): string;
+  /** SIGTERM, then SIGKILL after `graceMs`; resolves once the process is gone. */
+  stop(graceMs?: number): Promise<void>;
+}
+
+function track(name: string, port: number, child: ChildProcess, ready: RegExp, timeoutMs: number): Promise<RunningServer> {
+  const lines: string[] = [];
+  let exited = false;
+  const exitP = new Promise<void>((resolve) =>
+    child.once('exit', () => {
+      exited = true;
+      resolve();
+    }),
+  );
+  const server: RunningServer = {
+    name,
+    port,
+    process: child,
+    output: () => lines.join('\n'),
+    async stop(graceMs = 10_000) {
+      if (exited) return;
+      child.kill('SIGTERM');
+      const t = setTimeout(() => child.kill('SIGKILL'), graceMs);
+      await exitP;
+      clearTimeout(t);
+    },
+  };
+  return new Promise((resolve, reject) => {
+    let settled = false;
+    const timer = setTimeout(() => fail(new Error(`${name} did not become ready within ${timeoutMs} ms:\n${server.output()}`)), timeoutMs);
+    const fail = (err: Error) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      void server.stop(1000).then(() => reject(err));
+    };
+    const onData = (chunk: Buffer) => {
+      for (const line of chunk.toString('utf8').split('\n')) {
+        if (!line) continue;
+        lines.push(line);
+        if (lines.length > 50) lines.shift();
+        if (!settled && ready.test(line)) {
+          settled = true;
+          clearTimeout(timer);
+          resolve(server);
+        }
+      }
+    };
+    child.stdout?.on('data', onData);
+    child.stderr?.on('data', onData);
+    child.once('error', (err) => fail(new Error(`${name} could not be started: ${err.message}`)));
+    child.once('exit', (code, signal) => fail(new Error(`${name} exited (${signal ?? `code ${code}`}) before it was ready:\n${server.output()}`)));
+  });
+}
+
+export interface NatsServerOptions {
+  port: number;
+  /** JetStream store directory (created if missing). */
+  storeDir: string;
+  passwords: Record<Role, string>;
+  host?: string;
+  timeoutMs?: number;
+}
+
+/**
+ * Start `nats-server` with infra/nats/nats.conf: JetStream on, the role users with their
+ * permissions, passwords passed in the server's environment (never on its command line).
+ */
+export function startNatsServer(opts: NatsServerOptions): Promise<RunningServer> {
+  const bin = findExecutable('nats-server');
+  if (!bin) return Promise.reject(new Error('nats-server is not installed: run `npm run setup`'));
+  mkdirSync(opts.storeDir, { recursive: true });
+  const env: NodeJS.ProcessEnv = { PATH: process.env.PATH ?? '' };
+  for (const r of roles) env[passwordVar(r)] = opts.passwords[r];
+  const child = spawn(bin, ['-c', NATS_CONF, '-a', opts.host ?? '127.0.0.1', '-p', String(opts.port), '-js', '-sd', opts.storeDir], {
+    env,
+    stdio: ['ignore', 'pipe', 'pipe'],
+    // Own process group: a Ctrl-C in the terminal reaches start.ts only, which stops servers last.
+    detached: true,
+  });
+  return track('nats-server', opts.port, child, /Server is ready/, opts.timeoutMs ?? 20_000);
+}
+
+export interface RedisServerOptions {
+  port: number;
+  dataDir: string;
+  password: string;
+  host?: string;
+  timeoutMs?: number;
+}
+
+/**
+ * Start `redis-server` with infra/redis/redis.conf; the password is written to its stdin
+ * (`redis-server FILE … -` reads more configuration from stdin), so it never shows in `ps`.
+ */
+export function startRedisServer(opts: RedisServerOptions): Promise<RunningServer> {
+  const bin = findExecutable('redis-server');
+  if (!bin) return Promise.reject(new Error('redis-server is not installed: run `npm run setup`'));
+  if (!/^[A-Za-z0-9]+$/.test(opts.password)) return Promise.reject(new Error('the Redis password must be letters and digits only'));
+  mkdirSync(opts.dataDir, { recursive: true });
+  const child = spawn(bin, [REDIS_CONF, '--bind', opts.host ?? '127.0.0.1', '--port', String(opts.port), '--dir', opts.dataDir, '-'], {
+    stdio: ['pipe', 'pipe', 'pipe'],
+    detached: true,
+  });
+  child.stdin?.end(`requirepass ${opts.password}\n`);
+  return track('redis-server', opts.port, child, /Ready to accept connections/, opts.timeoutMs ?? 20_000);
+}

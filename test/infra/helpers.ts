@@ -1,0 +1,80 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { PermissionViolationError } from '@nats-io/nats-core';
+import { Bus } from '@vmsave/bus';
+import { waitFor } from '@vmsave/testkit';
+import { freePort, generateNatsPasswords, startNatsServer, type RunningServer } from '../../infra/lib/servers.ts';
+import type { Role } from '../../infra/nats/permissions.ts';
+
+/** A private nats-server with the project's config, fresh passwords, a temp store; never the shared one. */
+export interface PrivateNats {
+  url: string;
+  passwords: Record<Role, string>;
+  server: RunningServer;
+  stop(): Promise<void>;
+}
+
+export async function startPrivateNats(): Promise<PrivateNats> {
+  const dir = mkdtempSync(join(tmpdir(), 'vmsave-infra-nats-'));
+  const passwords = generateNatsPasswords();
+  const port = await freePort();
+  const server = await startNatsServer({ port, storeDir: join(dir, 'js'), passwords });
+  return {
+    url: `nats://127.0.0.1:${port}`,
+    passwords,
+    server,
+    async stop() {
+      await server.stop();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** A connection as one role, with every permission violation the server reported. */
+export interface RoleConnection {
+  role: Role;
+  bus: Bus;
+  nc: NatsConnection;
+  violations: PermissionViolationError[];
+  close(): Promise<void>;
+}
+
+export async function connectAs(nats: PrivateNats, role: Role): Promise<RoleConnection> {
+  const bus = await Bus.connect({ servers: nats.url, user: role, pass: nats.passwords[role], name: `infra-test-${role}` });
+  const violations: PermissionViolationError[] = [];
+  void (async () => {
+    for await (const s of bus.nc.status()) {
+      if (s.type === 'error' && s.error instanceof PermissionViolationError) violations.push(s.error);
+    }
+  })();
+  return { role, bus, nc: bus.nc, violations, close: () => bus.close() };
+}
+
+/** Raw connection (for authentication tests). */
+export function rawConnect(url: string, user?: string, pass?: string): Promise<NatsConnection> {
+  return connect({ servers: url, user, pass, reconnect: false, timeout: 5000 });
+}
+
+/** A core publish the server must refuse: the violation arrives asynchronously on the status stream. */
+export async function expectPublishDenied(c: RoleConnection, subject: string): Promise<void> {
+  c.nc.publish(subject, 'x');
+  await c.nc.flush();
+  await waitFor(`${c.role}: permission violation for publish to ${subject}`, () => c.violations.find((v) => v.operation === 'publish' && v.subject === subject), 5000);
+}
+
+/** A subscription the server must refuse (the subscription ends with the error). */
+export async function expectSubscribeDenied(c: RoleConnection, subject: string): Promise<void> {
+  c.nc.subscribe(subject);
+  await c.nc.flush();
+  await waitFor(`${c.role}: permission violation for subscription to ${subject}`, () => c.violations.find((v) => v.operation === 'subscription' && v.subject === subject), 5000);
+}
+
+/** Nothing was refused for this subject (checked after a round trip to the server). */
+export async function expectNoViolation(c: RoleConnection, subject: string): Promise<void> {
+  await c.nc.flush();
+  await new Promise((r) => setTimeout(r, 50));
+  const v = c.violations.find((x) => x.subject === subject);
+  if (v) throw new Error(`${c.role}: unexpected permission violation: ${v.message}`);
+}
