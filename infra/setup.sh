@@ -80,14 +80,25 @@ if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.j
   npm ci --no-audit --no-fund
 fi
 
-# Local secrets (generated, never committed).
+# Local secrets (generated, never committed): one line per secret in .vmsave/env (mode 600).
+# A secret already there is kept; a missing one is added, so re-running set-up after an upgrade
+# only fills in what is new. Consumed by `npm start` (infra/start.ts) and docker-compose.yml:
+#   VMSAVE_DASHBOARD_TOKEN        bearer token of the dashboard
+#   VMSAVE_NATS_PASS_<ROLE>       NATS password of each role in infra/nats/nats.conf
+#   VMSAVE_REDIS_PASS             Redis password (requirepass) of the private/compose Redis
 mkdir -p .vmsave
-if [ ! -f .vmsave/env ]; then
-  gen() { head -c 24 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 24; }
-  {
-    echo "VMSAVE_DASHBOARD_TOKEN=$(gen)"
-  } > .vmsave/env
-  chmod 600 .vmsave/env
-  log "generated .vmsave/env"
-fi
+chmod 700 .vmsave
+touch .vmsave/env
+chmod 600 .vmsave/env
+gen() { head -c 48 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 32; }
+added=()
+for key in VMSAVE_DASHBOARD_TOKEN \
+  VMSAVE_NATS_PASS_CLIENT VMSAVE_NATS_PASS_SCHEDULER VMSAVE_NATS_PASS_EXECUTOR \
+  VMSAVE_NATS_PASS_VERIFIER VMSAVE_NATS_PASS_DASHBOARD VMSAVE_REDIS_PASS; do
+  if ! grep -q "^${key}=" .vmsave/env; then
+    echo "${key}=$(gen)" >> .vmsave/env
+    added+=("$key")
+  fi
+done
+[ ${#added[@]} -eq 0 ] || log "generated ${added[*]} into .vmsave/env"
 log "ok"
