@@ -83,7 +83,7 @@ export interface RunningServer {
   stop(graceMs?: number): Promise<void>;
 }
 
-function track(name: string, port: number, child: ChildProcess, ready: RegExp, timeoutMs: number): Promise<RunningServer> {
+function track(name: string, port: number, child: ChildProcess, ready: RegExp, timeoutMs: number, onLine?: (line: string) => void): Promise<RunningServer> {
   const lines: string[] = [];
   let exited = false;
   const exitP = new Promise<void>((resolve) =>
@@ -119,6 +119,7 @@ function track(name: string, port: number, child: ChildProcess, ready: RegExp, t
         if (!line) continue;
         lines.push(line);
         if (lines.length > 50) lines.shift();
+        onLine?.(line);
         if (!settled && ready.test(line)) {
           settled = true;
           clearTimeout(timer);
@@ -140,6 +141,8 @@ export interface NatsServerOptions {
   passwords: Record<Role, string>;
   host?: string;
   timeoutMs?: number;
+  /** Every line the server logs (e.g. to show warnings and permission violations). */
+  onLine?: (line: string) => void;
 }
 
 /**
@@ -158,7 +161,7 @@ export function startNatsServer(opts: NatsServerOptions): Promise<RunningServer>
     // Own process group: a Ctrl-C in the terminal reaches start.ts only, which stops servers last.
     detached: true,
   });
-  return track('nats-server', opts.port, child, /Server is ready/, opts.timeoutMs ?? 20_000);
+  return track('nats-server', opts.port, child, /Server is ready/, opts.timeoutMs ?? 20_000, opts.onLine);
 }
 
 export interface RedisServerOptions {
@@ -167,6 +170,7 @@ export interface RedisServerOptions {
   password: string;
   host?: string;
   timeoutMs?: number;
+  onLine?: (line: string) => void;
 }
 
 /**
@@ -183,5 +187,5 @@ export function startRedisServer(opts: RedisServerOptions): Promise<RunningServe
     detached: true,
   });
   child.stdin?.end(`requirepass ${opts.password}\n`);
-  return track('redis-server', opts.port, child, /Ready to accept connections/, opts.timeoutMs ?? 20_000);
+  return track('redis-server', opts.port, child, /Ready to accept connections/, opts.timeoutMs ?? 20_000, opts.onLine);
 }

@@ -103,7 +103,8 @@ export const permissions: Record<Role, RolePermissions> = {
   },
   verifier: {
     purpose: 'checks every finished image, publishes the verdict as events',
-    publish: [subjects.evtAll, subjects.dlqAll, ...jsInfo, ...ensureStreams, ...consumeStream(streams.events.name)],
+    // Reads host announcements to know what each host's QEMU supports (format compatibility).
+    publish: [subjects.evtAll, subjects.dlqAll, ...jsInfo, ...ensureStreams, ...consumeStream(streams.events.name), ...readStream(streams.hosts.name)],
     subscribe: [subjects.evtAll, INBOX],
   },
   dashboard: {

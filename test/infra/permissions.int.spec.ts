@@ -190,6 +190,11 @@ describe('verifier', () => {
     expect(a.stream).toBe(streams.events.name);
   });
 
+  it('reads host announcements (what each host\'s QEMU supports)', async () => {
+    const hosts = await as.verifier.bus.js.consumers.get(streams.hosts.name, { deliver_policy: DeliverPolicy.LastPerSubject });
+    expect((await hosts.next({ expires: 5000 }))?.subject).toBe(subjects.host(host));
+  });
+
   it('is refused work, commands, heartbeats and the work queue', async () => {
     await expectJsPublishDenied(as.verifier, subjects.work(host));
     await expectJsPublishDenied(as.verifier, subjects.cmd.save);
@@ -227,5 +232,11 @@ describe('dashboard', () => {
     await expect(as.dashboard.bus.jsm.streams.delete(streams.events.name)).rejects.toThrow(DENIED);
     await expect(as.dashboard.bus.jsm.consumers.delete(streams.events.name, 'verifier')).rejects.toThrow(DENIED);
     await expect(as.dashboard.bus.jsm.consumers.add(streams.commands.name, { durable_name: 'thief', ack_policy: AckPolicy.Explicit })).rejects.toThrow(DENIED);
+  });
+});
+
+describe('the server log', () => {
+  it('names the user and subject of each refusal (what an operator greps for)', () => {
+    expect(nats.server.output()).toMatch(/\[ERR\].*Violation.*User "dashboard"/);
   });
 });

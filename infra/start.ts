@@ -1,0 +1,339 @@
+/**
+ * `npm start`: run the whole vmsave stack on this machine.
+ *
+ * 1. Loads `.vmsave/env` (secrets from `npm run setup`); variables already set in the
+ *    environment win over the file.
+ * 2. NATS: when something answers at NATS_URL (default nats://127.0.0.1:4222) it is used as is,
+ *    with whatever NATS_USER / NATS_PASS the environment has. Otherwise a private
+ *    `nats-server` is started on that (loopback) port with infra/nats/nats.conf (JetStream, one
+ *    user per role) and its data under `.vmsave/nats/`; each service then connects as its role.
+ * 3. Redis: the same with REDIS_URL (default redis://127.0.0.1:6379); a private `redis-server`
+ *    uses VMSAVE_REDIS_PASS and keeps its data under `.vmsave/redis/`.
+ * 4. Starts every service that has `services/<name>/src/main.ts`, in the order scheduler,
+ *    verifier, executor, dashboard (a service without one is skipped). Lines a service writes
+ *    are passed through: pino JSON lines unchanged (they name their service), any other line
+ *    prefixed with `[name] `.
+ * 5. Ctrl-C / SIGTERM stops the services in reverse order (SIGTERM, SIGKILL after a grace
+ *    period), then the private servers. A service that dies is reported and the others keep
+ *    running; when every service has died, start.ts stops the servers and exits 1.
+ *
+ * `--check [--check-seconds N]`: start everything, wait N seconds (5), print a status table,
+ * stop it all; exit 0 only when every started service was still running.
+ *
+ * Overrides: VMSAVE_DATA_DIR (default `<repo>/.vmsave`) holds `env`, `nats/`, `redis/`;
+ * VMSAVE_STOP_GRACE_MS (10000) is how long a service may take to stop.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { createInterface } from 'node:readline';
+import { passwordVar, roles, type Role } from './nats/permissions.ts';
+import { readEnvFile } from './lib/env-file.ts';
+import { REPO_ROOT, portAnswers, startNatsServer, startRedisServer, type RunningServer } from './lib/servers.ts';
+import { isLoopback, natsEndpoints, redactUrl, redisEndpoint, redisUrlWithPassword } from './lib/urls.ts';
+
+/** Services in start order; each connects to NATS as the role of the same name. */
+const SERVICES = ['scheduler', 'verifier', 'executor', 'dashboard'] as const satisfies readonly Role[];
+type ServiceName = (typeof SERVICES)[number];
+
+const say = (msg: string) => process.stderr.write(`[start] ${msg}\n`);
+
+class StartError extends Error {
+  override name = 'StartError';
+}
+
+interface Args {
+  check: boolean;
+  checkSeconds: number;
+}
+
+function parseArgs(argv: string[]): Args {
+  const args: Args = { check: false, checkSeconds: 5 };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a === '--check') args.check = true;
+    else if (a === '--check-seconds') {
+      args.checkSeconds = Number(argv[++i]);
+      if (!Number.isFinite(args.checkSeconds) || args.checkSeconds <= 0) throw new StartError('--check-seconds needs a positive number');
+    } else if (a === '--help' || a === '-h') {
+      process.stdout.write('usage: npm start [-- --check [--check-seconds N]]\n');
+      process.exit(0);
+    } else throw new StartError(`unknown argument ${a} (try --help)`);
+  }
+  return args;
+}
+
+interface Service {
+  name: ServiceName;
+  /** Path of its `src/main.ts`. */
+  main: string;
+  child?: ChildProcess;
+  startedAt?: number;
+  /** Set once the process has exited. */
+  exit?: { code: number | null; signal: NodeJS.Signals | null };
+  exited?: Promise<void>;
+}
+
+interface Stack {
+  env: NodeJS.ProcessEnv;
+  dataDir: string;
+  nats: { url: string; server?: RunningServer; passwords?: Record<Role, string> };
+  redis: { url: string; server?: RunningServer };
+  services: Service[];
+  stopping: boolean;
+}
+
+async function anyAnswers(endpoints: { host: string; port: number }[]): Promise<boolean> {
+  const answers = await Promise.all(endpoints.map((e) => portAnswers(e.host, e.port)));
+  return answers.some(Boolean);
+}
+
+function need(env: NodeJS.ProcessEnv, key: string, dataDir: string): string {
+  const v = env[key];
+  if (!v) throw new StartError(`${key} is not set and not in ${join(dataDir, 'env')}: run \`npm run setup\` to generate local secrets`);
+  return v;
+}
+
+async function startNats(stack: Stack): Promise<void> {
+  const url = stack.env.NATS_URL || 'nats://127.0.0.1:4222';
+  const endpoints = natsEndpoints(url);
+  if (endpoints.length === 0) throw new StartError(`NATS_URL "${url}" names no server`);
+  if (await anyAnswers(endpoints)) {
+    stack.nats = { url };
+    say(`using NATS at ${redactUrl(url)}${stack.env.NATS_USER ? ` as ${stack.env.NATS_USER}` : ''}`);
+    return;
+  }
+  const first = endpoints[0]!;
+  if (!isLoopback(first.host)) throw new StartError(`nothing answers at NATS_URL ${redactUrl(url)}, and ${first.host} is not this machine: start NATS there or fix NATS_URL`);
+  const passwords = Object.fromEntries(roles.map((r) => [r, need(stack.env, passwordVar(r), stack.dataDir)])) as Record<Role, string>;
+  const storeDir = join(stack.dataDir, 'nats');
+  say(`nothing answers at ${redactUrl(url)}: starting a private nats-server on 127.0.0.1:${first.port} (data in ${storeDir})`);
+  // Warnings and errors only (permission violations show as `[ERR] … Violation`); the banner stays quiet.
+  const onLine = (line: string) => {
+    if (/\[(WRN|ERR|FTL)\]/.test(line) && !/Plaintext passwords/.test(line)) process.stderr.write(`[nats] ${line}\n`);
+  };
+  const server = await startNatsServer({ port: first.port, storeDir, passwords, onLine });
+  stack.nats = { url: `nats://127.0.0.1:${first.port}`, server, passwords };
+}
+
+async function startRedis(stack: Stack): Promise<void> {
+  const url = stack.env.REDIS_URL || 'redis://127.0.0.1:6379';
+  const ep = redisEndpoint(url);
+  if (await portAnswers(ep.host, ep.port)) {
+    stack.redis = { url };
+    say(`using Redis at ${redactUrl(url)}`);
+    return;
+  }
+  if (!isLoopback(ep.host)) throw new StartError(`nothing answers at REDIS_URL ${redactUrl(url)}, and ${ep.host} is not this machine: start Redis there or fix REDIS_URL`);
+  const password = need(stack.env, 'VMSAVE_REDIS_PASS', stack.dataDir);
+  const dataDir = join(stack.dataDir, 'redis');
+  say(`nothing answers at ${redactUrl(url)}: starting a private redis-server on 127.0.0.1:${ep.port} (data in ${dataDir})`);
+  // Redis marks warnings with `#`.
+  const onLine = (line: string) => {
+    if (/^\d+:[A-Z] .* # /.test(line)) process.stderr.write(`[redis] ${line}\n`);
+  };
+  const server = await startRedisServer({ port: ep.port, dataDir, password, onLine });
+  const local = new URL(url);
+  local.hostname = '127.0.0.1';
+  stack.redis = { url: redisUrlWithPassword(local.toString(), password), server };
+}
+
+/** The environment of one service: no other role's secrets, its own NATS user when the NATS is ours. */
+function serviceEnv(stack: Stack, name: ServiceName): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = { ...stack.env };
+  for (const r of roles) delete env[passwordVar(r)];
+  delete env.VMSAVE_REDIS_PASS;
+  if (stack.nats.server && stack.nats.passwords) {
+    env.NATS_URL = stack.nats.url;
+    env.NATS_USER = name;
+    env.NATS_PASS = stack.nats.passwords[name];
+  }
+  if (stack.redis.server) env.REDIS_URL = stack.redis.url;
+  // The executor's VMs, QMP sockets and images live under the data directory unless configured.
+  if (name === 'executor') env.VMSAVE_STATE_DIR ||= join(stack.dataDir, 'executor');
+  return env;
+}
+
+function pipeLines(name: string, from: NodeJS.ReadableStream | null, to: NodeJS.WritableStream): void {
+  if (!from) return;
+  const rl = createInterface({ input: from, crlfDelay: Infinity });
+  rl.on('line', (line) => {
+    // pino lines carry their service already and stay machine-readable; anything else is labelled.
+    to.write(line.startsWith('{') ? `${line}\n` : `[${name}] ${line}\n`);
+  });
+}
+
+function startService(stack: Stack, svc: Service, tsxLoader: string, onExit: (svc: Service) => void): void {
+  const child = spawn(process.execPath, ['--import', tsxLoader, svc.main], {
+    // From the repository root, so relative paths in a service's settings mean the same for all.
+    cwd: REPO_ROOT,
+    env: serviceEnv(stack, svc.name),
+    stdio: ['ignore', 'pipe', 'pipe'],
+    // Own process group: a terminal's Ctrl-C reaches start.ts only, which stops services in order.
+    detached: true,
+  });
+  svc.child = child;
+  svc.startedAt = Date.now();
+  pipeLines(svc.name, child.stdout, process.stdout);
+  pipeLines(svc.name, child.stderr, process.stderr);
+  svc.exited = new Promise((resolveExit) => {
+    child.once('exit', (code, signal) => {
+      svc.exit = { code, signal };
+      resolveExit();
+      onExit(svc);
+    });
+    child.once('error', (err) => {
+      say(`${svc.name} could not be started: ${err.message}`);
+      if (!svc.exit) {
+        svc.exit = { code: null, signal: null };
+        resolveExit();
+        onExit(svc);
+      }
+    });
+  });
+  say(`started ${svc.name} (pid ${child.pid})${stack.nats.server ? ` as NATS user ${svc.name}` : ''}`);
+}
+
+async function stopService(svc: Service, graceMs: number): Promise<void> {
+  const child = svc.child;
+  if (!child || svc.exit) return;
+  say(`stopping ${svc.name}`);
+  child.kill('SIGTERM');
+  const timer = setTimeout(() => {
+    say(`${svc.name} did not stop within ${graceMs} ms: killing it`);
+    killGroup(child, 'SIGKILL');
+  }, graceMs);
+  await svc.exited;
+  clearTimeout(timer);
+}
+
+function killGroup(child: ChildProcess, signal: NodeJS.Signals): void {
+  if (child.pid === undefined) return;
+  try {
+    process.kill(-child.pid, signal);
+  } catch {
+    child.kill(signal);
+  }
+}
+
+function describeExit(svc: Service): string {
+  if (!svc.exit) return 'running';
+  return svc.exit.signal ? `exited (${svc.exit.signal})` : `exited (code ${svc.exit.code})`;
+}
+
+async function stopAll(stack: Stack): Promise<void> {
+  const grace = Number(stack.env.VMSAVE_STOP_GRACE_MS ?? 10_000) || 10_000;
+  for (const svc of [...stack.services].reverse()) await stopService(svc, grace);
+  for (const s of [stack.redis.server, stack.nats.server]) {
+    if (!s) continue;
+    say(`stopping private ${s.name}`);
+    await s.stop(grace);
+  }
+}
+
+function printTable(stack: Stack, skipped: ServiceName[]): void {
+  const rows: [string, string, string][] = [['component', 'state', 'detail']];
+  rows.push(['nats', stack.nats.server ? 'private' : 'external', stack.nats.server ? `127.0.0.1:${stack.nats.server.port}, one user per role` : redactUrl(stack.nats.url)]);
+  rows.push(['redis', stack.redis.server ? 'private' : 'external', stack.redis.server ? `127.0.0.1:${stack.redis.server.port}, password` : redactUrl(stack.redis.url)]);
+  for (const svc of stack.services) {
+    const up = svc.startedAt ? `${((Date.now() - svc.startedAt) / 1000).toFixed(1)} s` : '';
+    rows.push([svc.name, describeExit(svc), svc.exit ? '' : `pid ${svc.child?.pid}, up ${up}`]);
+  }
+  for (const name of skipped) rows.push([name, 'skipped', `no services/${name}/src/main.ts`]);
+  const w = [0, 1, 2].map((i) => Math.max(...rows.map((r) => r[i]!.length)));
+  const line = (r: string[]) => r.map((c, i) => c.padEnd(w[i]!)).join('  ').trimEnd();
+  process.stdout.write(`${line(rows[0]!)}\n${w.map((n) => '-'.repeat(n)).join('  ')}\n${rows.slice(1).map(line).join('\n')}\n`);
+}
+
+async function main(): Promise<number> {
+  const args = parseArgs(process.argv.slice(2));
+  const dataDir = resolve(process.env.VMSAVE_DATA_DIR || join(REPO_ROOT, '.vmsave'));
+  const fromFile = readEnvFile(join(dataDir, 'env'));
+  if (!fromFile) say(`no ${join(dataDir, 'env')} (run \`npm run setup\`): using the environment only`);
+  const stack: Stack = {
+    env: { ...fromFile, ...process.env },
+    dataDir,
+    nats: { url: '' },
+    redis: { url: '' },
+    services: [],
+    stopping: false,
+  };
+
+  let finish!: (code: number) => void;
+  const finished = new Promise<number>((r) => (finish = r));
+  const shutdown = async (why: string, code: number) => {
+    if (stack.stopping) return;
+    stack.stopping = true;
+    say(`${why}: stopping everything`);
+    await stopAll(stack);
+    finish(code);
+  };
+  let signals = 0;
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+    process.on(sig, () => {
+      if (++signals > 1) {
+        say(`${sig} again: killing everything now`);
+        for (const svc of stack.services) if (svc.child && !svc.exit) killGroup(svc.child, 'SIGKILL');
+        for (const s of [stack.redis.server, stack.nats.server]) if (s) killGroup(s.process, 'SIGKILL');
+        process.exit(130);
+      }
+      void shutdown(sig, 0);
+    });
+  }
+  // Last resort if start.ts itself fails: leave no process behind.
+  process.on('exit', () => {
+    for (const svc of stack.services) if (svc.child && !svc.exit) killGroup(svc.child, 'SIGKILL');
+    for (const s of [stack.redis.server, stack.nats.server]) if (s && s.process.exitCode === null && s.process.signalCode === null) killGroup(s.process, 'SIGKILL');
+  });
+
+  try {
+    await startNats(stack);
+    await startRedis(stack);
+  } catch (err) {
+    await stopAll(stack);
+    throw err;
+  }
+  if (stack.stopping) return finished;
+
+  const skipped: ServiceName[] = [];
+  for (const name of SERVICES) {
+    const main = join(REPO_ROOT, 'services', name, 'src', 'main.ts');
+    if (existsSync(main)) stack.services.push({ name, main });
+    else skipped.push(name);
+  }
+  if (skipped.length) say(`skipping ${skipped.join(', ')}: no src/main.ts`);
+  if (stack.services.length === 0) say('no service to start: the servers keep running until Ctrl-C');
+
+  const tsxLoader = import.meta.resolve('tsx');
+  const onExit = (svc: Service) => {
+    if (stack.stopping) {
+      say(`${svc.name} ${describeExit(svc)}`);
+      return;
+    }
+    const alive = stack.services.filter((s) => !s.exit);
+    say(`!!! ${svc.name} ${describeExit(svc)} unexpectedly; ${alive.length ? `still running: ${alive.map((s) => s.name).join(', ')}` : 'no service is left'}`);
+    if (alive.length === 0 && !args.check) void shutdown('every service has died', 1);
+  };
+  for (const svc of stack.services) {
+    if (stack.stopping) break;
+    startService(stack, svc, tsxLoader, onExit);
+  }
+
+  if (args.check) {
+    await Promise.race([new Promise((r) => setTimeout(r, args.checkSeconds * 1000)), finished]);
+    if (!stack.stopping) {
+      printTable(stack, skipped);
+      const dead = stack.services.filter((s) => s.exit);
+      await shutdown('check done', dead.length ? 1 : 0);
+    }
+  }
+  return finished;
+}
+
+main().then(
+  (code) => process.exit(code),
+  (err) => {
+    say(err instanceof StartError ? err.message : `failed: ${(err as Error)?.stack ?? String(err)}`);
+    process.exit(1);
+  },
+);
