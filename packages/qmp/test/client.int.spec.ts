@@ -1,6 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { constants, openSync, closeSync, writeFileSync, existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -36,8 +37,20 @@ async function startQemu(name: string): Promise<{ child: ChildProcess; socket: s
   );
   children.add(child);
   child.once('exit', () => children.delete(child));
-  for (let i = 0; i < 500 && !existsSync(socket); i++) await new Promise((r) => setTimeout(r, 10));
+  // The socket file appears at bind(), a moment before listen(): wait until a connect succeeds.
+  for (let i = 0; i < 500 && !(existsSync(socket) && (await accepts(socket))); i++) await new Promise((r) => setTimeout(r, 10));
   return { child, socket };
+}
+
+function accepts(socket: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const probe = net.createConnection(socket);
+    probe.once('connect', () => {
+      probe.destroy();
+      resolve(true);
+    });
+    probe.once('error', () => resolve(false));
+  });
 }
 
 function killAndWait(child: ChildProcess, signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
