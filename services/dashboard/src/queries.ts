@@ -28,7 +28,7 @@ export const ACTIVE: ReadonlySet<string> = new Set(['requested', 'scheduled', 'r
  */
 export class ReadModels {
   private readonly k;
-  private loadCache: { at: number; value: Promise<Map<string, HostLoad>> } | undefined;
+  private loadCache: { at: number; seq: number; value: Promise<Map<string, HostLoad>> } | undefined;
 
   constructor(readonly projection: Projection, private readonly redis: Redis, prefix: string) {
     this.k = keys(prefix);
@@ -56,12 +56,17 @@ export class ReadModels {
     return { items, total };
   }
 
-  /** Running and queued jobs per host (cached for a second: it walks every job). */
-  hostLoads(): Promise<Map<string, HostLoad>> {
+  /**
+   * Running and queued jobs per host. It walks every job, so the answer is reused while the
+   * read models have not moved (for at most five seconds).
+   */
+  async hostLoads(): Promise<Map<string, HostLoad>> {
+    const seq = await this.projection.appliedSeq();
     const now = Date.now();
-    if (!this.loadCache || now - this.loadCache.at > 1_000) {
-      this.loadCache = { at: now, value: this.computeLoads() };
-      this.loadCache.value.catch(() => (this.loadCache = undefined));
+    if (!this.loadCache || this.loadCache.seq !== seq || now - this.loadCache.at > 5_000) {
+      const value = this.computeLoads();
+      this.loadCache = { at: now, seq, value };
+      value.catch(() => (this.loadCache = undefined));
     }
     return this.loadCache.value;
   }

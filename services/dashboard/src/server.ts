@@ -221,7 +221,7 @@ export async function createDashboard(opts: DashboardOptions): Promise<FastifyIn
       'x-accel-buffering': 'no',
     });
     raw.on('close', () => ac.abort());
-    log.debug({ from }, 'live stream opened');
+    log.debug({ from, resumed: resume !== undefined }, 'live stream opened');
     try {
       await serveStream(raw, from, { bus, projection, watermark, progress, log }, ac.signal);
     } finally {
