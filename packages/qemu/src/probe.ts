@@ -82,7 +82,7 @@ async function runProbe(binary: string): Promise<QemuCapabilities> {
   try {
     await using vm = await spawnQemu(
       ['-machine', 'none', ...accel, '-S', '-display', 'none', '-nodefaults', '-no-user-config'],
-      { binary, qmpSocketPath: path.join(dir, 'probe.qmp'), cwd: dir },
+      { binary, qmpSocketPath: path.join(dir, 'probe.qmp'), cwd: dir, killWithParent: true },
     ).catch((error: unknown) => {
       throw new QemuProbeError(`cannot start ${binary} to probe it`, { cause: error });
     });

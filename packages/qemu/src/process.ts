@@ -39,6 +39,13 @@ export interface SpawnQemuOptions {
   /** How much of QEMU's stderr to keep. Default 64 KiB. */
   stderrLimitBytes?: number;
   signal?: AbortSignal;
+  /**
+   * Have the kernel SIGKILL QEMU when the process that started it dies
+   * (PR_SET_PDEATHSIG through util-linux `setpriv`), so a crashed caller
+   * leaves no QEMU behind. For probes and tests; VMs that must outlive the
+   * executor leave it off (default).
+   */
+  killWithParent?: boolean;
 }
 
 /** Keeps the last `limit` bytes written to it. */
@@ -92,7 +99,11 @@ export async function spawnQemu(args: readonly string[], options: SpawnQemuOptio
   const argv = [binary, ...args, '-qmp', `unix:${qemuOptValue(socketPath)},server=on,wait=off`];
   const stderr = new TailBuffer(options.stderrLimitBytes ?? 64 * 1024);
 
-  const child = spawn(binary, argv.slice(1), {
+  // setpriv execs QEMU in place: the pid stays QEMU's.
+  const [command, commandArgs] = options.killWithParent
+    ? ['setpriv', ['--pdeathsig', 'KILL', '--', ...argv]]
+    : [binary, argv.slice(1)];
+  const child = spawn(command, commandArgs, {
     cwd: options.cwd,
     stdio: ['ignore', 'ignore', 'pipe'],
   });

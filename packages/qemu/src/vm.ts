@@ -1,6 +1,6 @@
 import { QemuInvalidArgumentError } from './errors.ts';
 import { detectAccel, type Accel } from './probe.ts';
-import { qemuOptValue, spawnQemu, type VmProcess } from './process.ts';
+import { qemuOptValue, spawnQemu, type SpawnQemuOptions, type VmProcess } from './process.ts';
 
 /** What vmsave needs to (re)start a VM. */
 export interface VmDefinition {
@@ -28,6 +28,8 @@ export interface LaunchOptions {
   readyTimeoutMs?: number;
   stderrLimitBytes?: number;
   signal?: AbortSignal;
+  /** See {@link SpawnQemuOptions.killWithParent}. Default false. */
+  killWithParent?: boolean;
 }
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
@@ -87,5 +89,6 @@ export async function launchVm(def: VmDefinition, options: LaunchOptions): Promi
     readyTimeoutMs: options.readyTimeoutMs,
     stderrLimitBytes: options.stderrLimitBytes,
     signal: options.signal,
+    killWithParent: options.killWithParent,
   });
 }

@@ -68,7 +68,7 @@ beforeAll(async () => {
     '-device',
     `loader,file=${scratch.path('pattern.bin')},addr=${PATTERN_ADDR},force-raw=on`,
   ]);
-  source = scratch.vm(await launchVm(def, { qmpSocketPath: scratch.path('source.qmp'), startPaused: true, accel }));
+  source = scratch.vm(await launchVm(def, { qmpSocketPath: scratch.path('source.qmp'), startPaused: true, accel, killWithParent: true }));
   sourceQmp = scratch.qmp(await source.connectQmp());
   sourceMemory = await pmem(sourceQmp, 'source-memory.bin');
 });
@@ -159,6 +159,7 @@ describe('saveToFds / restoreFromFds on real QEMU', () => {
         incoming: 'defer',
         startPaused: true,
         accel,
+        killWithParent: true,
       }),
     );
     const targetQmp = perTest.qmp(await target.connectQmp());
@@ -199,7 +200,7 @@ describe('saveToFds / restoreFromFds on real QEMU', () => {
     await saveToFds(sourceQmp, { fds: { buffered: fd }, offset: STREAM_OFFSET, format: 'legacy' });
 
     const target = perTest.vm(
-      await launchVm(testVm('mismatch', RAM_MIB), { qmpSocketPath: perTest.path('t.qmp'), incoming: 'defer', startPaused: true, accel }),
+      await launchVm(testVm('mismatch', RAM_MIB), { qmpSocketPath: perTest.path('t.qmp'), incoming: 'defer', startPaused: true, accel, killWithParent: true }),
     );
     const qmp = perTest.qmp(await target.connectQmp());
     const readFd = perTest.open(image, constants.O_RDONLY);
@@ -225,7 +226,7 @@ describe('saveToFds / restoreFromFds on real QEMU', () => {
     const fd = perTest.open(image, constants.O_WRONLY);
     await saveToFds(sourceQmp, { fds: { buffered: fd }, offset: STREAM_OFFSET, format: 'legacy' });
     const target = perTest.vm(
-      await launchVm(testVm('exit-on-error', RAM_MIB), { qmpSocketPath: perTest.path('t.qmp'), incoming: 'defer', startPaused: true, accel }),
+      await launchVm(testVm('exit-on-error', RAM_MIB), { qmpSocketPath: perTest.path('t.qmp'), incoming: 'defer', startPaused: true, accel, killWithParent: true }),
     );
     const qmp = perTest.qmp(await target.connectQmp());
     const error = await restoreFromFds(qmp, {
@@ -247,7 +248,7 @@ describe('failed saves', () => {
     const vm = perTest.vm(
       await launchVm(
         testVm('blocked', 64, ['-object', 'memory-backend-ram,id=shm,size=1M,share=on', '-device', 'ivshmem-plain,memdev=shm']),
-        { qmpSocketPath: perTest.path('blocked.qmp'), startPaused: true, accel },
+        { qmpSocketPath: perTest.path('blocked.qmp'), startPaused: true, accel, killWithParent: true },
       ),
     );
     const qmp = perTest.qmp(await vm.connectQmp());
@@ -261,7 +262,7 @@ describe('failed saves', () => {
   });
 
   it('an fd QEMU cannot use fails the save with QEMU\'s reason and removes the fdset', async () => {
-    const vm = perTest.vm(await launchVm(testVm('devfull', 64), { qmpSocketPath: perTest.path('full.qmp'), startPaused: true, accel }));
+    const vm = perTest.vm(await launchVm(testVm('devfull', 64), { qmpSocketPath: perTest.path('full.qmp'), startPaused: true, accel, killWithParent: true }));
     const qmp = perTest.qmp(await vm.connectQmp());
     // /dev/full is write-only-openable but cannot be truncated to the stream offset.
     const fd = perTest.open('/dev/full', constants.O_WRONLY);
@@ -299,6 +300,7 @@ describe('failed saves', () => {
       await spawnQemu(['--fsize=1048576', 'qemu-system-x86_64', ...buildVmArgs(def, { accel, startPaused: true })], {
         binary: 'prlimit',
         qmpSocketPath: perTest.path('efbig.qmp'),
+        killWithParent: true,
       }),
     );
     const qmp = perTest.qmp(await vm.connectQmp());
@@ -328,7 +330,7 @@ describe('failed saves', () => {
     let error: unknown;
     for (let attempt = 0; attempt < 3 && !(error instanceof QemuExitedError); attempt++) {
       const def = testVm('dies', 64, ['-device', `loader,file=${scratch.path('pattern.bin')},addr=${PATTERN_ADDR},force-raw=on`]);
-      const vm = perTest.vm(await launchVm(def, { qmpSocketPath: perTest.path(`dies-${attempt}.qmp`), startPaused: true, accel }));
+      const vm = perTest.vm(await launchVm(def, { qmpSocketPath: perTest.path(`dies-${attempt}.qmp`), startPaused: true, accel, killWithParent: true }));
       const qmp = perTest.qmp(await vm.connectQmp());
       const image = perTest.path(`dies-${attempt}.img`);
       writeFileSync(image, header());
@@ -348,7 +350,7 @@ describe('failed saves', () => {
   });
 
   it('a QEMU that stops answering fails with a deadline', async () => {
-    const vm = perTest.vm(await launchVm(testVm('frozen', 64), { qmpSocketPath: perTest.path('frozen.qmp'), startPaused: true, accel }));
+    const vm = perTest.vm(await launchVm(testVm('frozen', 64), { qmpSocketPath: perTest.path('frozen.qmp'), startPaused: true, accel, killWithParent: true }));
     const qmp = perTest.qmp(await vm.connectQmp());
     process.kill(vm.pid, 'SIGSTOP');
     try {

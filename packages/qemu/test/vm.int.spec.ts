@@ -46,7 +46,7 @@ describe('probeQemu / detectAccel', () => {
 describe('launchVm', () => {
   it('starts a VM with its own QMP socket, pauses and resumes it, and stops it on dispose', async () => {
     const def = testVm('lifecycle', 64);
-    const vm = scratch.vm(await launchVm(def, { qmpSocketPath: scratch.path('life.qmp'), accel }));
+    const vm = scratch.vm(await launchVm(def, { qmpSocketPath: scratch.path('life.qmp'), accel, killWithParent: true }));
     expect(vm.pid).toBeGreaterThan(0);
     expect(vm.argv).toContain(def.uuid);
     const qmp = scratch.qmp(await vm.connectQmp());
@@ -71,7 +71,7 @@ describe('launchVm', () => {
 
   it('starts paused and waiting for an incoming migration; resume refuses that state', async () => {
     const vm = scratch.vm(
-      await launchVm(testVm('incoming', 64), { qmpSocketPath: scratch.path('in.qmp'), accel, incoming: 'defer', startPaused: true }),
+      await launchVm(testVm('incoming', 64), { qmpSocketPath: scratch.path('in.qmp'), accel, incoming: 'defer', startPaused: true, killWithParent: true }),
     );
     const qmp = scratch.qmp(await vm.connectQmp());
     expect(await qmp.execute('query-status')).toMatchObject({ status: 'inmigrate', running: false });
@@ -83,6 +83,7 @@ describe('launchVm', () => {
     const error = await launchVm(testVm('broken', 64, ['-device', 'no-such-device']), {
       qmpSocketPath: scratch.path('broken.qmp'),
       accel,
+      killWithParent: true,
     }).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(QemuLaunchError);
     expect(error).toMatchObject({ code: 'LAUNCH_FAILED', stage: 'launch' });
@@ -92,7 +93,7 @@ describe('launchVm', () => {
 
   it('refuses a QMP socket path another QEMU is serving', async () => {
     const socket = scratch.path('shared.qmp');
-    scratch.vm(await launchVm(testVm('first', 64), { qmpSocketPath: socket, accel, startPaused: true }));
-    await expect(launchVm(testVm('second', 64), { qmpSocketPath: socket, accel, startPaused: true })).rejects.toThrow(/in use/);
+    scratch.vm(await launchVm(testVm('first', 64), { qmpSocketPath: socket, accel, startPaused: true, killWithParent: true }));
+    await expect(launchVm(testVm('second', 64), { qmpSocketPath: socket, accel, startPaused: true, killWithParent: true })).rejects.toThrow(/in use/);
   });
 });
