@@ -1,1 +1,1 @@
-export {};
+export { VmsaveClient } from './client.ts';

@@ -35,6 +35,7 @@ export const subjects = {
   workAll: `${ROOT}.work.*`,
   evt: (jobId: string, type: string) => `${ROOT}.evt.${token('job id', jobId)}.${token('event type', type)}`,
   evtOfJob: (jobId: string) => `${ROOT}.evt.${token('job id', jobId)}.>`,
+  evtOfType: (type: string) => `${ROOT}.evt.*.${token('event type', type)}`,
   evtAll: `${ROOT}.evt.>`,
   host: (host: string) => `${ROOT}.host.${token('host', host)}`,
   hostAll: `${ROOT}.host.*`,

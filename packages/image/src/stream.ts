@@ -478,8 +478,11 @@ export function bitmapBytes(usedLength: number): number {
   return Math.ceil(usedLength / TARGET_PAGE_SIZE / 64) * 8;
 }
 
+/** The block a CONTINUE record refers to; QEMU keeps it across RAM section parts (ram.c's last_sent_block). */
+const lastBlock = new WeakMap<RamInfo, RamBlock>();
+
 async function ramRecords(c: Cursor, ram: RamInfo, stop: StopFn): Promise<void> {
-  let current: RamBlock | undefined;
+  let current: RamBlock | undefined = lastBlock.get(ram);
   for (;;) {
     const at = c.pos;
     const v = await c.be64();
@@ -500,6 +503,7 @@ async function ramRecords(c: Cursor, ram: RamInfo, stop: StopFn): Promise<void> 
       const name = await c.latin1(await c.u8());
       current = ram.blocks.find((b) => b.name === name);
       if (!current) stop('stream.ram', `page record at offset ${at} names unknown RAM block "${name}"`, at);
+      lastBlock.set(ram, current!);
     } else if (!current) {
       stop('stream.ram', `page record at offset ${at} continues a block but none was named before`, at);
     }

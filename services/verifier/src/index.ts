@@ -1,1 +1,2 @@
-export {};
+export { Verifier } from './verifier.ts';
+export { loadConfig, VerifierEnv, type VerifierConfig } from './config.ts';

@@ -1,0 +1,1 @@
+export { Stack, REPO, type HostDirs, type ServiceName } from './stack.ts';

@@ -1,0 +1,140 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createWriteStream } from 'node:fs';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { HostAnnouncement, VmDefinition } from '@vmsave/contracts';
+import { Bus, readHosts } from '@vmsave/bus';
+import { launchVm, detectAccel, type VmProcess } from '@vmsave/qemu';
+import { VmsaveClient } from '@vmsave/cli';
+import { testUrls, uniq, waitFor } from '@vmsave/testkit';
+
+export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
+const TSX = path.join(REPO, 'node_modules', 'tsx', 'dist', 'loader.mjs');
+
+export type ServiceName = 'scheduler' | 'verifier' | `executor:${string}`;
+
+export interface HostDirs {
+  stateDir: string;
+  vmDir: string;
+  qmpDir: string;
+  imageDir: string;
+}
+
+/**
+ * A real vmsave stack for end-to-end tests: the scheduler, the verifier and one executor per
+ * host, each its own process, on the real NATS and Redis, with real QEMU VMs the test starts.
+ * Host names are unique per stack so runs never share work queues.
+ */
+export class Stack {
+  readonly procs = new Map<ServiceName, ChildProcess>();
+  readonly vms: VmProcess[] = [];
+  readonly hosts: string[];
+  bus!: Bus;
+  client!: VmsaveClient;
+  env: Record<string, string> = {};
+  private constructor(readonly dir: string, hostNames: string[], private readonly extraEnv: Record<string, string>) {
+    const tag = uniq('e2e').replace(/[^A-Za-z0-9_-]/g, '');
+    this.hosts = hostNames.map((h) => `${h}-${tag}`);
+  }
+
+  static async start(opts: { hosts: string[]; env?: Record<string, string>; hostEnv?: Record<string, Record<string, string>> }): Promise<Stack> {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'vmsave-e2e-'));
+    const s = new Stack(dir, opts.hosts, opts.env ?? {});
+    const { natsUrl, redisUrl } = await testUrls();
+    s.env = {
+      NATS_URL: natsUrl,
+      REDIS_URL: redisUrl,
+      VMSAVE_REDIS_PREFIX: path.basename(dir).replace(/[^A-Za-z0-9_-]/g, '_'),
+      VMSAVE_LOG_LEVEL: 'debug',
+      VMSAVE_HEARTBEAT_MS: '500',
+      VMSAVE_ANNOUNCE_MS: '1000',
+      VMSAVE_HEARTBEAT_TIMEOUT_MS: '6000',
+      VMSAVE_HOST_OFFLINE_MS: '15000',
+      VMSAVE_RETRY_BASE_MS: '500',
+      VMSAVE_TICK_MS: '250',
+      ...opts.env,
+    };
+    s.bus = await Bus.connect({ servers: natsUrl, name: 'e2e' });
+    await s.bus.ensureStreams();
+    s.client = new VmsaveClient(s.bus);
+    for (const [i, h] of s.hosts.entries()) {
+      const d = s.dirs(h);
+      for (const p of [d.vmDir, d.qmpDir, d.imageDir]) await mkdir(p, { recursive: true });
+      await s.startService(`executor:${h}`, opts.hostEnv?.[opts.hosts[i]!]);
+    }
+    await s.startService('scheduler');
+    await s.startService('verifier');
+    return s;
+  }
+
+  /** The real host name of a short name given to `start`. */
+  host(short: string): string {
+    return this.hosts.find((h) => h.startsWith(`${short}-`)) ?? short;
+  }
+
+  dirs(host: string): HostDirs {
+    const stateDir = path.join(this.dir, host);
+    return { stateDir, vmDir: path.join(stateDir, 'vms'), qmpDir: path.join(stateDir, 'qmp'), imageDir: path.join(stateDir, 'images') };
+  }
+
+  logFile(name: ServiceName): string {
+    return path.join(this.dir, `${name.replace(':', '-')}.log`);
+  }
+
+  async log(name: ServiceName): Promise<string> {
+    return readFile(this.logFile(name), 'utf8').catch(() => '');
+  }
+
+  async startService(name: ServiceName, env: Record<string, string> = {}): Promise<ChildProcess> {
+    const [svc, host] = name.split(':') as [string, string | undefined];
+    const extra: Record<string, string> = host ? { VMSAVE_HOST: host, VMSAVE_STATE_DIR: this.dirs(host).stateDir } : {};
+    const out = createWriteStream(this.logFile(name), { flags: 'a' });
+    const child = spawn(process.execPath, ['--import', TSX, path.join(REPO, 'services', svc, 'src', 'main.ts')], {
+      cwd: REPO,
+      env: { ...process.env, ...this.env, ...this.extraEnv, ...extra, ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    child.stdout!.pipe(out);
+    child.stderr!.pipe(out);
+    this.procs.set(name, child);
+    return child;
+  }
+
+  async kill(name: ServiceName, signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
+    const p = this.procs.get(name);
+    if (!p || p.exitCode !== null || p.signalCode !== null) return;
+    const gone = new Promise((r) => p.once('exit', r));
+    p.kill(signal);
+    await gone;
+  }
+
+  /** Write a VM definition into a host's VM directory and start its QEMU (owned by the test). */
+  async startVm(short: string, def: VmDefinition, opts: { paused?: boolean } = {}): Promise<VmProcess> {
+    const d = this.dirs(this.host(short));
+    await writeFile(path.join(d.vmDir, `${def.name}.json`), JSON.stringify(def));
+    const vm = await launchVm(def, { qmpSocketPath: path.join(d.qmpDir, `${def.name}.qmp`), startPaused: opts.paused, accel: await detectAccel() });
+    this.vms.push(vm);
+    return vm;
+  }
+
+  /** Wait until a host has announced itself with every named VM in a live state. */
+  async waitForHost(short: string, vmNames: string[] = [], timeoutMs = 60_000): Promise<HostAnnouncement> {
+    const host = this.host(short);
+    return waitFor(`host ${host} to announce ${vmNames.join(', ')}`, async () => {
+      for await (const a of readHosts(this.bus)) {
+        if (a.host === host && vmNames.every((n) => a.vms.some((v) => v.name === n && v.status !== 'stopped'))) return a;
+      }
+      return undefined;
+    }, timeoutMs, 300);
+  }
+
+  async stop(): Promise<void> {
+    for (const name of [...this.procs.keys()].reverse()) await this.kill(name, 'SIGTERM').catch(() => undefined);
+    for (const vm of this.vms) await vm.kill().catch(() => undefined);
+    for (const h of this.hosts) await this.bus.jsm.consumers.delete('VMSAVE_WORK', `executor-${h}`).catch(() => undefined);
+    await this.bus.close();
+    if (!process.env.VMSAVE_KEEP_E2E) await rm(this.dir, { recursive: true, force: true });
+  }
+}
