@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createWriteStream } from 'node:fs';
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -133,8 +133,21 @@ export class Stack {
   async stop(): Promise<void> {
     for (const name of [...this.procs.keys()].reverse()) await this.kill(name, 'SIGTERM').catch(() => undefined);
     for (const vm of this.vms) await vm.kill().catch(() => undefined);
+    await killProcessesUnder(this.dir);
     for (const h of this.hosts) await this.bus.jsm.consumers.delete('VMSAVE_WORK', `executor-${h}`).catch(() => undefined);
     await this.bus.close();
     if (!process.env.VMSAVE_KEEP_E2E) await rm(this.dir, { recursive: true, force: true });
   }
+}
+
+/** Kill every process whose command line mentions `dir` (QEMUs the executors started, e.g. restores). */
+export async function killProcessesUnder(dir: string): Promise<number> {
+  let n = 0;
+  for (const pid of (await readdir('/proc')).filter((p) => /^\d+$/.test(p))) {
+    const cmd = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
+    if (cmd.includes(dir) && Number(pid) !== process.pid) {
+      try { process.kill(Number(pid), 'SIGKILL'); n++; } catch { /* gone */ }
+    }
+  }
+  return n;
 }
