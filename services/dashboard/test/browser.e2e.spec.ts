@@ -151,4 +151,30 @@ describe.skipIf(!haveChromium)('the dashboard page in headless Chromium', () => 
     }
     expect(pageErrors.filter((e) => !/ERR_CONNECTION_REFUSED|net::/.test(e))).toEqual([]);
   });
+
+  it('stays usable with 1,000 jobs: one page of rows in the DOM, paging, and live updates in place', async () => {
+    const vm = uniq('many');
+    const jobs = Array.from({ length: 1000 }, () => saveJob(vm, host));
+    for (let i = 0; i < jobs.length; i += 100) {
+      await Promise.all(jobs.slice(i, i + 100).map((j) => publishAll(h.bus, [j.requested()])));
+    }
+    await page.goto(`${base}/?token=${token}`);
+    await page.locator('#filters input[name="vm"]').fill(vm);
+    await poll(() => page.locator('#range').textContent()).toBe('1–50 of 1,000');
+    expect(await page.locator('#jobs tbody tr').count()).toBe(50);
+
+    // A job on the page changes: its row is updated, not re-created.
+    const newest = page.locator('#jobs tbody tr').first();
+    const id = (await newest.getAttribute('data-job-id'))!;
+    await newest.evaluate((tr) => ((tr as unknown as { dataset: Record<string, string> }).dataset.marker = 'same-element'));
+    const j = jobs.find((x) => x.jobId === id)!;
+    await publishAll(h.bus, [j.scheduled(), j.started()]);
+    await poll(() => page.locator(`tr[data-job-id="${id}"] .c-state`).textContent()).toBe('running');
+    expect(await page.locator(`tr[data-job-id="${id}"]`).getAttribute('data-marker')).toBe('same-element');
+
+    await page.locator('#next').click();
+    await poll(() => page.locator('#range').textContent()).toBe('51–100 of 1,000');
+    expect(await page.locator('#jobs tbody tr').count()).toBe(50);
+    expect(pageErrors).toEqual([]);
+  });
 });

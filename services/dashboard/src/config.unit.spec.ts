@@ -1,0 +1,34 @@
+import { describe, expect, it } from 'vitest';
+import { loadConfig } from './config.ts';
+
+describe('loadConfig', () => {
+  it('binds to localhost with no token and runs the projection by default', () => {
+    expect(loadConfig({})).toMatchObject({
+      bus: { servers: 'nats://127.0.0.1:4222', name: 'dashboard' },
+      redisUrl: 'redis://127.0.0.1:6379',
+      redisPrefix: 'vmsave',
+      host: '127.0.0.1',
+      port: 8080,
+      token: undefined,
+      project: true,
+    });
+  });
+
+  it('reads every variable, an empty one counting as unset', () => {
+    const c = loadConfig({
+      NATS_URL: 'nats://a:4222,nats://b:4222', REDIS_URL: 'redis://r:6380/2', VMSAVE_DASHBOARD_HOST: '0.0.0.0', VMSAVE_DASHBOARD_PORT: '9000',
+      VMSAVE_DASHBOARD_TOKEN: 'a-long-enough-token', VMSAVE_REDIS_PREFIX: 'staging', VMSAVE_DASHBOARD_PROJECT: 'false', NATS_USER: '',
+    });
+    expect(c).toMatchObject({ host: '0.0.0.0', port: 9000, token: 'a-long-enough-token', redisPrefix: 'staging', project: false, redisUrl: 'redis://r:6380/2' });
+    expect(c.bus.servers).toBe('nats://a:4222,nats://b:4222');
+    expect(c.bus.user).toBeUndefined();
+  });
+
+  it('names the variable at fault', () => {
+    expect(() => loadConfig({ VMSAVE_DASHBOARD_PORT: 'eighty' })).toThrow(/VMSAVE_DASHBOARD_PORT/);
+    expect(() => loadConfig({ VMSAVE_DASHBOARD_PORT: '70000' })).toThrow(/VMSAVE_DASHBOARD_PORT/);
+    expect(() => loadConfig({ VMSAVE_DASHBOARD_TOKEN: 'short' })).toThrow(/VMSAVE_DASHBOARD_TOKEN: at least 16/);
+    expect(() => loadConfig({ VMSAVE_DASHBOARD_PROJECT: 'maybe' })).toThrow(/VMSAVE_DASHBOARD_PROJECT/);
+    expect(() => loadConfig({ VMSAVE_REDIS_PREFIX: 'a b' })).toThrow(/VMSAVE_REDIS_PREFIX/);
+  });
+});
