@@ -128,9 +128,9 @@ async function startRedis(stack: Stack): Promise<void> {
   const password = need(stack.env, 'VMSAVE_REDIS_PASS', stack.dataDir);
   const dataDir = join(stack.dataDir, 'redis');
   say(`nothing answers at ${redactUrl(url)}: starting a private redis-server on 127.0.0.1:${ep.port} (data in ${dataDir})`);
-  // Redis marks warnings with `#`.
+  // Redis logs its start-up banner at warning level too: show real warnings and errors only.
   const onLine = (line: string) => {
-    if (/^\d+:[A-Z] .* # /.test(line)) process.stderr.write(`[redis] ${line}\n`);
+    if (/ # .*(WARNING|error|fail|can't|cannot|bad )/i.test(line)) process.stderr.write(`[redis] ${line}\n`);
   };
   const server = await startRedisServer({ port: ep.port, dataDir, password, onLine });
   const local = new URL(url);
@@ -268,15 +268,19 @@ async function main(): Promise<number> {
     await stopAll(stack);
     finish(code);
   };
-  let signals = 0;
+  let firstSignalAt = 0;
   for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
     process.on(sig, () => {
-      if (++signals > 1) {
+      // A terminal's Ctrl-C can arrive twice within milliseconds (from the terminal and relayed
+      // by npm / tsx): only a signal a moment after the first means "kill it now".
+      if (firstSignalAt && Date.now() - firstSignalAt < 1000) return;
+      if (firstSignalAt) {
         say(`${sig} again: killing everything now`);
         for (const svc of stack.services) if (svc.child && !svc.exit) killGroup(svc.child, 'SIGKILL');
         for (const s of [stack.redis.server, stack.nats.server]) if (s) killGroup(s.process, 'SIGKILL');
         process.exit(130);
       }
+      firstSignalAt = Date.now();
       void shutdown(sig, 0);
     });
   }
