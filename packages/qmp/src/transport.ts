@@ -47,14 +47,32 @@ function loadUsocket(): USocketModule {
   return usocketModule;
 }
 
+/**
+ * HAZARD (usocket 1.1.0): its native wrapper embeds the uv_poll handle and calls uv_close on
+ * it in close() and in its GC destructor; if the wrapper is collected before libuv runs the
+ * close, libuv touches freed memory and the process aborts (`uv__finish_close: Assertion`).
+ * So every native wrapper we saw connected is kept reachable here until well after it closed.
+ */
+const graveyard = new Set<unknown>();
+const GRAVE_MS = 2_000;
+
+function bury(wrap: unknown): void {
+  if (!wrap) return;
+  graveyard.add(wrap);
+  setTimeout(() => graveyard.delete(wrap), GRAVE_MS).unref();
+}
+
 class UsocketTransport implements QmpTransport {
   #socket: USocketLike;
+  /** The native wrapper, held so it outlives its own close (see `graveyard`). */
+  #wrap: unknown;
   #handlers: TransportHandlers | undefined;
   #closed = false;
   #closeError: Error | undefined;
 
   constructor(socket: USocketLike) {
     this.#socket = socket;
+    this.#wrap = (socket as { _wrap?: unknown })._wrap;
     // usocket emits 'error' then 'close' on failure, but only 'end' on EOF
     // (it emits 'close' at EOF only after our own shutdown). Any of them ends us.
     socket.on('error', (err) => this.#finish(err instanceof Error ? err : new Error(String(err))));
@@ -85,8 +103,6 @@ class UsocketTransport implements QmpTransport {
   }
 
   close(): void {
-    if (this.#closed) return;
-    this.#socket.destroy();
     this.#finish();
   }
 
@@ -95,6 +111,8 @@ class UsocketTransport implements QmpTransport {
     this.#closed = true;
     this.#closeError = error;
     this.#socket.destroy();
+    bury(this.#wrap);
+    this.#wrap = undefined;
     this.#handlers?.onClose(error);
   }
 }
@@ -123,8 +141,11 @@ export const connectUnixSocket: TransportFactory = (socketPath, signal) => {
     };
     socket.once('connected', () => {
       cleanup();
-      if (aborted) socket.destroy();
-      else resolve(new UsocketTransport(socket));
+      if (aborted) {
+        const wrap = (socket as { _wrap?: unknown })._wrap;
+        socket.destroy();
+        bury(wrap);
+      } else resolve(new UsocketTransport(socket));
     });
     socket.once('error', (err) => {
       cleanup();
