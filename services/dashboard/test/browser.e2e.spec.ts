@@ -8,6 +8,7 @@ import { HostAnnouncement, messages, subjects } from '@vmsave/contracts';
 import { publishCore, publishValidated } from '@vmsave/bus';
 import { createDashboard } from '../src/index.ts';
 import { GiB, publishAll, quiet, saveJob, startDashboard, uniq, type Harness } from './helpers.ts';
+import { startPrivateNats } from './private-nats.ts';
 
 const CHROMIUM = '/usr/bin/chromium';
 const haveChromium = existsSync(CHROMIUM);
@@ -16,6 +17,7 @@ if (!haveChromium) console.warn(`skipping the browser test: no Chromium at ${CHR
 const artifacts = fileURLToPath(new URL('../test-results/', import.meta.url));
 
 let h: Harness;
+let nats: Awaited<ReturnType<typeof startPrivateNats>>;
 let context: BrowserContext;
 let page: Page;
 let profile: string;
@@ -28,7 +30,10 @@ const poll = <T>(fn: () => Promise<T>, opts: { timeout?: number } = {}) => expec
 
 describe.skipIf(!haveChromium)('the dashboard page in headless Chromium', () => {
   beforeAll(async () => {
-    h = await startDashboard({ token });
+    // This test asserts each state of its jobs, so it keeps the log to itself when it can.
+    nats = await startPrivateNats();
+    if (!nats) console.warn('no nats-server on PATH: the browser test uses the shared NATS, where running services may act on its jobs');
+    h = await startDashboard({ token }, { natsUrl: nats?.url });
     await h.app.listen({ host: '127.0.0.1', port: 0 });
     const addr = h.app.server.address();
     base = `http://127.0.0.1:${typeof addr === 'object' && addr ? addr.port : 0}`;
@@ -49,6 +54,7 @@ describe.skipIf(!haveChromium)('the dashboard page in headless Chromium', () => 
     await context?.close();
     if (profile) rmSync(profile, { recursive: true, force: true });
     await h?.close();
+    await nats?.stop();
   });
 
   it('shows a save live from request to verified, with its progress and checks, without a reload', async () => {

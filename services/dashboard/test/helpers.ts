@@ -25,8 +25,10 @@ export interface Harness {
  * A dashboard on a fresh Redis prefix whose read models start at the current end of the
  * shared event log (so a test sees only the jobs published after it started).
  */
-export async function startDashboard(opts: Partial<DashboardOptions> = {}): Promise<Harness> {
-  const { natsUrl, redisUrl } = await testUrls();
+export async function startDashboard(opts: Partial<DashboardOptions> = {}, env: { natsUrl?: string } = {}): Promise<Harness> {
+  const urls = await testUrls();
+  const { redisUrl } = urls;
+  const natsUrl = env.natsUrl ?? urls.natsUrl;
   const bus = await Bus.connect({ servers: natsUrl, name: 'dashboard-test' });
   await bus.ensureStreams();
   const redis = await connectRedis(redisUrl);

