@@ -130,7 +130,8 @@ function track(name: string, port: number, child: ChildProcess, ready: RegExp, t
     child.stdout?.on('data', onData);
     child.stderr?.on('data', onData);
     child.once('error', (err) => fail(new Error(`${name} could not be started: ${err.message}`)));
-    child.once('exit', (code, signal) => fail(new Error(`${name} exited (${signal ?? `code ${code}`}) before it was ready:\n${server.output()}`)));
+    // 'close', not 'exit': by then everything the server wrote has been read (its last words say why).
+    child.once('close', (code, signal) => fail(new Error(`${name} exited (${signal ?? `code ${code}`}) before it was ready:\n${server.output()}`)));
   });
 }
 

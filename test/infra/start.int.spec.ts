@@ -7,9 +7,8 @@ import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createInbox } from '@nats-io/nats-core';
-import { jobIdFor, messages, subjects } from '@vmsave/contracts';
-import { Bus, publishValidated, readLog } from '@vmsave/bus';
+import { Bus } from '@vmsave/bus';
+import { VmsaveClient } from '@vmsave/cli';
 import { uniq, waitFor } from '@vmsave/testkit';
 import { REPO_ROOT, freePort, generateNatsPasswords, generateSecret, portAnswers } from '../../infra/lib/servers.ts';
 import { passwordVar, roles, type Role } from '../../infra/nats/permissions.ts';
@@ -49,6 +48,15 @@ function startStack(args: string[], env: Record<string, string>, dir = dataDir):
   return { child, output: () => out, exited };
 }
 
+/** Wait for the stack's output to show something; on timeout the error carries the output's tail. */
+async function waitForOutput(run: Run, what: string, check: (out: string) => boolean, timeoutMs = 60_000): Promise<void> {
+  try {
+    await waitFor(what, () => check(run.output()), timeoutMs, 100);
+  } catch (err) {
+    throw new Error(`${(err as Error).message}\n--- npm start output (tail) ---\n${run.output().slice(-4000)}`);
+  }
+}
+
 async function ports() {
   const nats = await freePort();
   const redis = await freePort();
@@ -77,29 +85,26 @@ describe('npm start', () => {
     expect(await portAnswers('127.0.0.1', p.redis)).toBe(false);
   });
 
-  it('runs the stack with role users: a client request reaches the scheduler, which answers and logs it; SIGTERM stops cleanly', async () => {
+  it('runs the stack with role users: the client library request reaches the scheduler, which answers and logs it; SIGTERM stops cleanly', async () => {
     const p = await ports();
     const run = startStack([], p.env);
     try {
-      await waitFor('every service started', () => present.every((s) => run.output().includes(`started ${s} (pid`)), 60_000);
-      if (present.includes('scheduler')) await waitFor('the scheduler running', () => run.output().includes('"msg":"scheduler running"'), 60_000);
+      await waitForOutput(run, 'every service started', (out) => present.every((s) => out.includes(`started ${s} (pid`)));
+      if (present.includes('scheduler')) await waitForOutput(run, 'the scheduler running', (out) => out.includes('"msg":"scheduler running"'));
 
       const bus = await Bus.connect({ servers: p.env.NATS_URL, user: 'client', pass: passwords.client, name: 'start-test-client' });
       try {
+        // The client library, as the `client` role: publish, admission reply on its inbox, the job's log.
+        const client = new VmsaveClient(bus);
         const requestId = uniq('req');
-        const inbox = createInbox();
-        const replies = bus.nc.subscribe(inbox, { max: 1 });
-        await bus.nc.flush();
-        await publishValidated(bus, messages.saveRequest, subjects.cmd.save, { requestId, vm: 'no-such-vm' }, { msgId: requestId, replyTo: inbox });
+        const { jobId, admission } = await client.save({ requestId, vm: 'no-such-vm' }, { admissionTimeoutMs: 30_000 });
         if (present.includes('scheduler')) {
-          for await (const m of replies) expect(m.json<{ requestId?: string }>()).toMatchObject({ requestId });
-          const jobId = jobIdFor('save', requestId);
-          const types = await waitFor('an event of the job in the log', async () => {
-            const seen: string[] = [];
-            for await (const e of readLog(bus, { filter: subjects.evtOfJob(jobId) })) seen.push(e.event.type);
-            return seen.length ? seen : undefined;
+          expect(admission).toMatchObject({ requestId });
+          const history = await waitFor('the job in the log', async () => {
+            const h = await client.history(jobId);
+            return h.length ? h : undefined;
           }, 30_000, 200);
-          expect(types[0]).toBe('SaveRequested');
+          expect(history[0]!.type).toBe('SaveRequested');
         }
       } finally {
         await bus.close();
