@@ -3,12 +3,15 @@
  *
  * 1. Loads `.vmsave/env` (secrets from `npm run setup`); variables already set in the
  *    environment win over the file.
- * 2. NATS: when something answers at NATS_URL (default nats://127.0.0.1:4222) it is used as is,
- *    with whatever NATS_USER / NATS_PASS the environment has. Otherwise a private
+ * 2. NATS: when something answers at NATS_URL (default nats://127.0.0.1:4222) it is used, with
+ *    whatever NATS_USER / NATS_PASS the environment has; if none is set and the server refuses
+ *    anonymous clients (a private server an earlier run left behind, docker compose's), each
+ *    service connects as its role with the generated passwords. Otherwise a private
  *    `nats-server` is started on that (loopback) port with infra/nats/nats.conf (JetStream, one
  *    user per role) and its data under `.vmsave/nats/`; each service then connects as its role.
- * 3. Redis: the same with REDIS_URL (default redis://127.0.0.1:6379); a private `redis-server`
- *    uses VMSAVE_REDIS_PASS and keeps its data under `.vmsave/redis/`.
+ * 3. Redis: the same with REDIS_URL (default redis://127.0.0.1:6379; VMSAVE_REDIS_PASS is added
+ *    when the server answers NOAUTH); a private `redis-server` uses VMSAVE_REDIS_PASS and keeps
+ *    its data under `.vmsave/redis/`.
  * 4. Starts every service that has `services/<name>/src/main.ts`, in the order scheduler,
  *    verifier, executor, dashboard (a service without one is skipped). Lines a service writes
  *    are passed through: pino JSON lines unchanged (they name their service), any other line
@@ -29,7 +32,7 @@ import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { passwordVar, roles, type Role } from './nats/permissions.ts';
 import { readEnvFile } from './lib/env-file.ts';
-import { REPO_ROOT, portAnswers, startNatsServer, startRedisServer, type RunningServer } from './lib/servers.ts';
+import { REPO_ROOT, natsRequiresAuth, portAnswers, redisRequiresAuth, startNatsServer, startRedisServer, type RunningServer } from './lib/servers.ts';
 import { isLoopback, natsEndpoints, redactUrl, redisEndpoint, redisUrlWithPassword } from './lib/urls.ts';
 
 /** Services in start order; each connects to NATS as the role of the same name. */
@@ -99,6 +102,15 @@ async function startNats(stack: Stack): Promise<void> {
   const endpoints = natsEndpoints(url);
   if (endpoints.length === 0) throw new StartError(`NATS_URL "${url}" names no server`);
   if (await anyAnswers(endpoints)) {
+    const servers = url.split(',').map((s) => s.trim()).filter(Boolean);
+    // A server with users but no credentials given (one an earlier `npm start` left behind, or
+    // docker compose's): connect each service as its role with the generated passwords.
+    if (!stack.env.NATS_USER && roles.every((r) => stack.env[passwordVar(r)]) && (await natsRequiresAuth(servers))) {
+      const passwords = Object.fromEntries(roles.map((r) => [r, stack.env[passwordVar(r)]!])) as Record<Role, string>;
+      stack.nats = { url, passwords };
+      say(`using NATS at ${redactUrl(url)}, which requires users: each service connects as its role`);
+      return;
+    }
     stack.nats = { url };
     say(`using NATS at ${redactUrl(url)}${stack.env.NATS_USER ? ` as ${stack.env.NATS_USER}` : ''}`);
     return;
@@ -120,6 +132,12 @@ async function startRedis(stack: Stack): Promise<void> {
   const url = stack.env.REDIS_URL || 'redis://127.0.0.1:6379';
   const ep = redisEndpoint(url);
   if (await portAnswers(ep.host, ep.port)) {
+    const password = stack.env.VMSAVE_REDIS_PASS;
+    if (!new URL(url).password && password && (await redisRequiresAuth(ep.host, ep.port))) {
+      stack.redis = { url: redisUrlWithPassword(url, password) };
+      say(`using Redis at ${redactUrl(url)} with the generated password (it requires one)`);
+      return;
+    }
     stack.redis = { url };
     say(`using Redis at ${redactUrl(url)}`);
     return;
@@ -143,12 +161,12 @@ function serviceEnv(stack: Stack, name: ServiceName): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = { ...stack.env };
   for (const r of roles) delete env[passwordVar(r)];
   delete env.VMSAVE_REDIS_PASS;
-  if (stack.nats.server && stack.nats.passwords) {
+  if (stack.nats.passwords) {
     env.NATS_URL = stack.nats.url;
     env.NATS_USER = name;
     env.NATS_PASS = stack.nats.passwords[name];
   }
-  if (stack.redis.server) env.REDIS_URL = stack.redis.url;
+  env.REDIS_URL = stack.redis.url;
   // The executor's VMs, QMP sockets and images live under the data directory unless configured.
   if (name === 'executor') env.VMSAVE_STATE_DIR ||= join(stack.dataDir, 'executor');
   return env;
@@ -191,7 +209,7 @@ function startService(stack: Stack, svc: Service, tsxLoader: string, onExit: (sv
       }
     });
   });
-  say(`started ${svc.name} (pid ${child.pid})${stack.nats.server ? ` as NATS user ${svc.name}` : ''}`);
+  say(`started ${svc.name} (pid ${child.pid})${stack.nats.passwords ? ` as NATS user ${svc.name}` : ''}`);
 }
 
 async function stopService(svc: Service, graceMs: number): Promise<void> {

@@ -190,3 +190,37 @@ export function startRedisServer(opts: RedisServerOptions): Promise<RunningServe
   child.stdin?.end(`requirepass ${opts.password}\n`);
   return track('redis-server', opts.port, child, /Ready to accept connections/, opts.timeoutMs ?? 20_000, opts.onLine);
 }
+
+/**
+ * Does the NATS server at `servers` refuse a connection without credentials? (Then it is one
+ * with users, e.g. a private server left running by an earlier `npm start`, or docker compose's.)
+ */
+export async function natsRequiresAuth(servers: string[]): Promise<boolean> {
+  const { connect } = await import('@nats-io/transport-node');
+  try {
+    const nc = await connect({ servers, reconnect: false, timeout: 3000, name: 'vmsave-start-probe' });
+    await nc.close();
+    return false;
+  } catch (err) {
+    return /authoriz/i.test(String((err as Error)?.message ?? err));
+  }
+}
+
+/** Does the Redis at host:port answer `PING` with NOAUTH (a password is required)? */
+export function redisRequiresAuth(host: string, port: number, timeoutMs = 2000): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = tcpConnect({ host, port });
+    let buf = '';
+    const done = (v: boolean) => {
+      s.destroy();
+      resolve(v);
+    };
+    s.setTimeout(timeoutMs, () => done(false));
+    s.once('connect', () => s.write('PING\r\n'));
+    s.on('data', (d: Buffer) => {
+      buf += d.toString('utf8');
+      if (buf.includes('\r\n')) done(buf.startsWith('-NOAUTH'));
+    });
+    s.once('error', () => done(false));
+  });
+}

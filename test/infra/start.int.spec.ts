@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Bus } from '@vmsave/bus';
 import { VmsaveClient } from '@vmsave/cli';
 import { uniq, waitFor } from '@vmsave/testkit';
-import { REPO_ROOT, freePort, generateNatsPasswords, generateSecret, portAnswers } from '../../infra/lib/servers.ts';
+import { REPO_ROOT, freePort, generateNatsPasswords, generateSecret, portAnswers, startNatsServer, startRedisServer } from '../../infra/lib/servers.ts';
 import { passwordVar, roles, type Role } from '../../infra/nats/permissions.ts';
 
 const SERVICES = ['scheduler', 'verifier', 'executor', 'dashboard'];
@@ -24,11 +24,12 @@ interface Run {
 
 let dataDir: string;
 let passwords: Record<Role, string>;
+let redisPass: string;
 
 beforeAll(() => {
   dataDir = mkdtempSync(join(tmpdir(), 'vmsave-start-'));
   passwords = generateNatsPasswords();
-  const lines = [`VMSAVE_DASHBOARD_TOKEN=${generateSecret()}`, ...roles.map((r) => `${passwordVar(r)}=${passwords[r]}`), `VMSAVE_REDIS_PASS=${generateSecret()}`];
+  const lines = [`VMSAVE_DASHBOARD_TOKEN=${generateSecret()}`, ...roles.map((r) => `${passwordVar(r)}=${passwords[r]}`), `VMSAVE_REDIS_PASS=${(redisPass = generateSecret())}`];
   writeFileSync(join(dataDir, 'env'), `${lines.join('\n')}\n`, { mode: 0o600 });
 });
 afterAll(() => rmSync(dataDir, { recursive: true, force: true }));
@@ -119,6 +120,31 @@ describe('npm start', () => {
     expect(out).not.toContain('unexpectedly');
     expect(await portAnswers('127.0.0.1', p.nats)).toBe(false);
     expect(await portAnswers('127.0.0.1', p.redis)).toBe(false);
+  });
+
+  it('uses servers that already run with vmsave\'s users (a left-over private pair, docker compose\'s) with each role\'s credentials', async () => {
+    const p = await ports();
+    const dir = mkdtempSync(join(tmpdir(), 'vmsave-start-ext-'));
+    const nats = await startNatsServer({ port: p.nats, storeDir: join(dir, 'nats'), passwords });
+    const redis = await startRedisServer({ port: p.redis, dataDir: join(dir, 'redis'), password: redisPass });
+    try {
+      const run = startStack(['--check', '--check-seconds', '4'], p.env);
+      const code = await run.exited;
+      const out = run.output();
+      expect(code, out).toBe(0);
+      expect(out).toContain('which requires users: each service connects as its role');
+      expect(out).toContain('with the generated password (it requires one)');
+      expect(out).toMatch(/nats\s+external/);
+      for (const s of present) expect(out).toMatch(new RegExp(`^${s}\\s+running`, 'm'));
+      expect(nats.output()).not.toMatch(/Violation/);
+      // Not ours: still running.
+      expect(await portAnswers('127.0.0.1', p.nats)).toBe(true);
+      expect(await portAnswers('127.0.0.1', p.redis)).toBe(true);
+    } finally {
+      await redis.stop();
+      await nats.stop();
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('refuses to start a private NATS without the generated secrets, naming the fix', async () => {
