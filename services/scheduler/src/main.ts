@@ -9,7 +9,7 @@ const bus = await Bus.connect(busOptions(cfg, 'scheduler'));
 await bus.ensureStreams();
 const redis = await connectRedis(cfg.REDIS_URL, { name: 'scheduler' });
 const scheduler = new Scheduler(bus, redis, cfg, log);
-await scheduler.start();
+await scheduler.start(() => void shutdown('lost-leadership'));
 log.info({ nats: cfg.NATS_URL, hostLimit: cfg.VMSAVE_HOST_LIMIT }, 'scheduler running');
 
 let stopping = false;

@@ -9,7 +9,7 @@ import {
   type Bus, type Logger, type MessageContext, type Outcome,
 } from '@vmsave/bus';
 import { decide, decideRetry, evolve, initialState, isTerminal, type JobCommand, type JobState } from '@vmsave/jobs';
-import { Leases } from '@vmsave/store';
+import { Leases, type Lease } from '@vmsave/store';
 import type { SchedulerConfig } from './config.ts';
 import {
   admitRestore, admitSave, defaultDeadlineMs, pickNext, retryDelayMs,
@@ -17,6 +17,8 @@ import {
 } from './policy.ts';
 
 const SOURCE = 'scheduler';
+/** The lease that makes one scheduler the active one (not a valid VM name, so never a VM's lease). */
+const LEADER = '_scheduler';
 const ACTIVE = new Set(['scheduled', 'running']);
 
 /**
@@ -41,6 +43,7 @@ export class Scheduler {
   private readonly ac = new AbortController();
   private tasks: Promise<unknown>[] = [];
   private startedAtMs = Date.now();
+  private readonly id = `scheduler-${process.pid}-${Math.random().toString(36).slice(2, 8)}`;
 
   constructor(
     private readonly bus: Bus,
@@ -51,9 +54,31 @@ export class Scheduler {
     this.leases = new Leases(redis, cfg.VMSAVE_REDIS_PREFIX);
   }
 
-  /** Rebuild from the log, then follow hosts, heartbeats, events and commands until `stop()`. */
-  async start(): Promise<void> {
+  private leader?: Lease;
+
+  /**
+   * Become the one active scheduler (a Redis lease; a second scheduler waits as a standby),
+   * rebuild from the log, then follow hosts, heartbeats, events and commands until `stop()`.
+   * `onLostLeadership` is called if the lease is ever lost; the process should then exit.
+   */
+  async start(onLostLeadership: () => void = () => undefined): Promise<void> {
     const signal = this.ac.signal;
+    for (let waited = false; !this.leader; waited = true) {
+      this.leader = await this.leases.acquire(LEADER, this.id, this.cfg.VMSAVE_LEASE_TTL_MS);
+      if (this.leader) break;
+      if (!waited) this.log.warn({ holder: await this.leases.holder(LEADER) }, 'another scheduler is active; standing by');
+      await new Promise((r) => setTimeout(r, Math.max(200, this.cfg.VMSAVE_LEASE_TTL_MS / 3)));
+      if (signal.aborted) return;
+    }
+    const renew = setInterval(() => {
+      void this.leases.renew(this.leader!, this.cfg.VMSAVE_LEASE_TTL_MS).then((ok) => {
+        if (!ok && !signal.aborted) {
+          this.log.error('lost the scheduler lease to another scheduler; stopping');
+          onLostLeadership();
+        }
+      }, (err) => this.log.warn({ err }, 'could not renew the scheduler lease'));
+    }, Math.max(100, this.cfg.VMSAVE_LEASE_TTL_MS / 3));
+    signal.addEventListener('abort', () => clearInterval(renew), { once: true });
     this.startedAtMs = Date.now();
     let lastSeq = 0;
     for await (const { seq, event } of readLog(this.bus)) {
@@ -109,6 +134,7 @@ export class Scheduler {
     this.ac.abort();
     await Promise.allSettled(this.tasks);
     await this.chain.catch(() => undefined);
+    if (this.leader) await this.leases.release(this.leader).catch(() => false);
   }
 
   /** Run state changes one at a time. */

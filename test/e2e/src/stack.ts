@@ -91,7 +91,9 @@ export class Stack {
     const [svc, host] = name.split(':') as [string, string | undefined];
     const extra: Record<string, string> = host ? { VMSAVE_HOST: host, VMSAVE_STATE_DIR: this.dirs(host).stateDir } : {};
     const out = createWriteStream(this.logFile(name), { flags: 'a' });
-    const child = spawn(process.execPath, ['--import', TSX, path.join(REPO, 'services', svc, 'src', 'main.ts')], {
+    // setpriv --pdeathsig: a service dies with the test process, even when that is killed, so no
+    // orphaned scheduler keeps acting on the shared bus after a crashed run.
+    const child = spawn('setpriv', ['--pdeathsig', 'KILL', '--', process.execPath, '--import', TSX, path.join(REPO, 'services', svc, 'src', 'main.ts')], {
       cwd: REPO,
       env: { ...process.env, ...this.env, ...this.extraEnv, ...extra, ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
@@ -114,7 +116,7 @@ export class Stack {
   async startVm(short: string, def: VmDefinition, opts: { paused?: boolean } = {}): Promise<VmProcess> {
     const d = this.dirs(this.host(short));
     await writeFile(path.join(d.vmDir, `${def.name}.json`), JSON.stringify(def));
-    const vm = await launchVm(def, { qmpSocketPath: path.join(d.qmpDir, `${def.name}.qmp`), startPaused: opts.paused, accel: await detectAccel() });
+    const vm = await launchVm(def, { qmpSocketPath: path.join(d.qmpDir, `${def.name}.qmp`), startPaused: opts.paused, accel: await detectAccel(), readyTimeoutMs: 90_000 });
     this.vms.push(vm);
     return vm;
   }
