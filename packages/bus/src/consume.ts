@@ -79,6 +79,7 @@ export async function runConsumer<S extends z.ZodType>(bus: Bus, spec: ConsumerS
   const concurrency = spec.concurrency ?? 1;
   const messages = await consumer.consume({ max_messages: Math.max(concurrency, 1) * 2 });
   spec.signal?.addEventListener('abort', () => void messages.close(), { once: true });
+  if (spec.signal?.aborted) void messages.close();
 
   const inflight = new Set<Promise<void>>();
   for await (const m of messages) {

@@ -15,6 +15,8 @@ export async function* readHosts(bus: Bus, opts: { follow?: boolean; signal?: Ab
   const messages = await consumer.consume();
   const stop = () => void messages.close();
   opts.signal?.addEventListener('abort', stop, { once: true });
+  // An abort that came while the consumer was being set up.
+  if (opts.signal?.aborted) stop();
   try {
     for await (const m of messages) {
       try {

@@ -43,6 +43,8 @@ export async function* readLog(bus: Bus, opts: ReadLogOptions = {}): AsyncGenera
   const messages = await consumer.consume();
   const stop = () => void messages.close();
   opts.signal?.addEventListener('abort', stop, { once: true });
+  // An abort that came while the consumer was being set up.
+  if (opts.signal?.aborted) stop();
   try {
     for await (const m of messages) {
       try {
