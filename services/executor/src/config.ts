@@ -18,6 +18,12 @@ export const ExecutorEnv = BusEnv.extend({
   VMSAVE_KEEP_PARTIAL: bool.default(false),
   VMSAVE_ANNOUNCE_MS: z.coerce.number().int().min(100).default(10_000),
   VMSAVE_HEARTBEAT_MS: z.coerce.number().int().min(100).default(2000),
+  /** VM names (comma-separated) started at boot when defined and not running; they outlive the executor. */
+  VMSAVE_AUTOSTART: z.string().default('').transform((v, ctx) => {
+    const names = v.split(',').map((s) => s.trim()).filter(Boolean);
+    for (const n of names) if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/.test(n)) ctx.addIssue({ code: 'custom', message: `"${n}" is not a VM name` });
+    return names;
+  }),
 });
 
 export interface ExecutorConfig extends z.infer<typeof ExecutorEnv> {

@@ -79,6 +79,7 @@ export class Executor {
     await this.init();
     const signal = this.ac.signal;
     await this.reconcile();
+    await this.autostart();
     await this.announce();
     const announce = setInterval(() => void this.announce().catch((err) => this.log.warn({ err }, 'announce failed')), this.cfg.VMSAVE_ANNOUNCE_MS);
     const hb = setInterval(() => this.heartbeat(), this.cfg.VMSAVE_HEARTBEAT_MS);
@@ -123,6 +124,23 @@ export class Executor {
     while (this.inflight.size && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
     this.ac.abort();
     await Promise.allSettled(this.tasks);
+  }
+
+  /** Start the VMs named in VMSAVE_AUTOSTART that are defined and not running (detached: they outlive us). */
+  private async autostart(): Promise<void> {
+    for (const name of this.cfg.VMSAVE_AUTOSTART) {
+      try {
+        if (!(await this.vms.get(name))) {
+          this.log.warn({ vm: name }, 'autostart: no such VM definition');
+          continue;
+        }
+        if ((await this.vms.status(name)) !== 'stopped') continue;
+        const vm = await this.vms.start(name, { detached: true });
+        this.log.info({ vm: name, pid: vm.pid }, 'autostarted VM');
+      } catch (err) {
+        this.log.warn({ vm: name, err: (err as Error).message }, 'autostart failed');
+      }
+    }
   }
 
   /* ---------------- bus presence ---------------- */

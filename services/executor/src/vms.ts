@@ -3,6 +3,7 @@ import path from 'node:path';
 import { VmDefinition, type VmSummary } from '@vmsave/contracts';
 import { QmpClient, QmpTimeoutError } from '@vmsave/qmp';
 import { launchVm, type Accel, type VmProcess } from '@vmsave/qemu';
+import { launchDetached } from './detached.ts';
 
 /**
  * The VMs of one host: definitions (`<vmDir>/<name>.json`) and their QMP sockets
@@ -13,7 +14,7 @@ export class VmRegistry {
   private readonly procs = new Map<string, VmProcess>();
   readonly busy = new Set<string>();
 
-  constructor(readonly vmDir: string, readonly qmpDir: string, private readonly accel: Accel) {}
+  constructor(readonly vmDir: string, readonly qmpDir: string, private readonly accel: Accel, readonly logDir: string = path.join(path.dirname(qmpDir), 'logs')) {}
 
   async init(): Promise<void> {
     await mkdir(this.vmDir, { recursive: true });
@@ -49,12 +50,23 @@ export class VmRegistry {
     return out;
   }
 
-  /** Start a defined VM (paused with `-S` when asked) unless its QMP socket already answers. */
-  async start(name: string, opts: { paused?: boolean } = {}): Promise<VmProcess> {
+  /** Where a detached VM's QEMU writes its stderr. */
+  logOf(name: string): string {
+    return path.join(this.logDir, `${name}.log`);
+  }
+
+  /**
+   * Start a defined VM (paused with `-S` when asked) unless its QMP socket already answers.
+   * `detached`: the QEMU gets its own session and no pipes, so it outlives this process
+   * (the CLI's `vm start`, autostart); its stderr goes to {@link logOf}.
+   */
+  async start(name: string, opts: { paused?: boolean; detached?: boolean } = {}): Promise<VmProcess> {
     const def = await this.get(name);
     if (!def) throw new Error(`no VM definition named ${name}`);
     if ((await this.status(name)) !== 'stopped') throw new Error(`VM ${name} is already running`);
-    const vm = await launchVm(def, { qmpSocketPath: this.socketOf(name), startPaused: opts.paused, accel: this.accel });
+    const vm = opts.detached
+      ? await launchDetached(def, { qmpSocketPath: this.socketOf(name), startPaused: opts.paused, accel: this.accel, logFile: this.logOf(name) })
+      : await launchVm(def, { qmpSocketPath: this.socketOf(name), startPaused: opts.paused, accel: this.accel });
     this.adopt(name, vm);
     return vm;
   }

@@ -1,6 +1,6 @@
 import { closeSync } from 'node:fs';
 import type { QmpClient } from '@vmsave/qmp';
-import { launchVm, restoreFromFds, resume, type Accel, type MigrationProgress, type MigrationStats, type VmProcess } from '@vmsave/qemu';
+import { launchVm, restoreFromFds, resume, type Accel, type LaunchOptions, type MigrationProgress, type MigrationStats, type VmProcess } from '@vmsave/qemu';
 import { checkRestorable, openStreamFds, readImage, verifyImage, type ImageInfo } from '@vmsave/image';
 import type { QemuCapabilities, VmDefinition } from '@vmsave/contracts';
 import { classify, OpCancelled, OpError, type OpStage } from './errors.ts';
@@ -21,6 +21,8 @@ export interface RestoreImageOptions {
   /** Run the verifier's checks as the gate before QEMU starts (default true). */
   verify?: boolean;
   accel?: Accel;
+  /** How QEMU is started (default `launchVm`, a child of this process); e.g. `launchDetached`. */
+  launch?(definition: VmDefinition, options: LaunchOptions): Promise<VmProcess>;
   signal?: AbortSignal;
   onProgress?(p: MigrationProgress): void;
 }
@@ -78,7 +80,7 @@ export async function restoreImage(o: RestoreImageOptions): Promise<RestoreImage
     const socket = o.prepare ? await o.prepare(definition, image) : o.qmpSocketPath;
     if (!socket) throw new OpError('no QMP socket path for the restored VM', 'prepare', 'config', false);
     stage = 'start-qemu';
-    vm = await launchVm(definition, { qmpSocketPath: socket, incoming: 'defer', accel: o.accel, signal: o.signal });
+    vm = await (o.launch ?? launchVm)(definition, { qmpSocketPath: socket, incoming: 'defer', accel: o.accel, signal: o.signal });
     qmp = await vm.connectQmp();
     stage = 'restore';
     const h = image.header;
