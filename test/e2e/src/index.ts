@@ -1,1 +1,2 @@
 export { Stack, REPO, type HostDirs, type ServiceName } from './stack.ts';
+export { recordFault, writeReliabilityDoc, type FaultRow } from './report.ts';

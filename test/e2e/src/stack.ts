@@ -39,10 +39,12 @@ export class Stack {
     this.hosts = hostNames.map((h) => `${h}-${tag}`);
   }
 
-  static async start(opts: { hosts: string[]; env?: Record<string, string>; hostEnv?: Record<string, Record<string, string>> }): Promise<Stack> {
+  static async start(opts: { hosts: string[]; env?: Record<string, string>; hostEnv?: Record<string, Record<string, string>>; natsUrl?: string; replicas?: number }): Promise<Stack> {
     const dir = await mkdtemp(path.join(os.tmpdir(), 'vmsave-e2e-'));
     const s = new Stack(dir, opts.hosts, opts.env ?? {});
-    const { natsUrl, redisUrl } = await testUrls();
+    const urls = await testUrls();
+    const natsUrl = opts.natsUrl ?? urls.natsUrl;
+    const redisUrl = urls.redisUrl;
     s.env = {
       NATS_URL: natsUrl,
       REDIS_URL: redisUrl,
@@ -54,9 +56,11 @@ export class Stack {
       VMSAVE_HOST_OFFLINE_MS: '15000',
       VMSAVE_RETRY_BASE_MS: '500',
       VMSAVE_TICK_MS: '250',
+      VMSAVE_LEASE_TTL_MS: '5000',
       ...opts.env,
     };
-    s.bus = await Bus.connect({ servers: natsUrl, name: 'e2e' });
+    if (opts.replicas) s.env.NATS_REPLICAS = String(opts.replicas);
+    s.bus = await Bus.connect({ servers: natsUrl, name: 'e2e', replicas: opts.replicas });
     await s.bus.ensureStreams();
     s.client = new VmsaveClient(s.bus);
     for (const [i, h] of s.hosts.entries()) {
