@@ -45,8 +45,12 @@ export async function* readLog(bus: Bus, opts: ReadLogOptions = {}): AsyncGenera
   opts.signal?.addEventListener('abort', stop, { once: true });
   // An abort that came while the consumer was being set up.
   if (opts.signal?.aborted) stop();
+  // An ordered consumer that resets (missed heartbeat, reconnect) can deliver a sequence again.
+  let last = fromSeq - 1;
   try {
     for await (const m of messages) {
+      if (m.seq <= last) continue;
+      last = m.seq;
       try {
         yield { seq: m.seq, event: decodeMessage(JobEvent, m.data, `${m.subject} #${m.seq}`) };
       } catch (err) {
