@@ -1,0 +1,243 @@
+import { jobIdFor, type JobEventType } from '@vmsave/contracts';
+
+/**
+ * One example payload per message, fixed (no clock, no random ids) so the generated document is
+ * stable. The generator validates each against its zod schema and its published JSON Schema.
+ */
+
+export const exampleIds = {
+  saveRequestId: 'evacuate-host-a-2025-06-01-web-1',
+  restoreRequestId: 'restore-web-1-2025-06-01',
+  cancelRequestId: 'cancel-evacuate-host-a-web-1',
+  host: 'host-a',
+  vm: 'web-1',
+} as const;
+
+export const saveJobId = jobIdFor('save', exampleIds.saveRequestId);
+export const restoreJobId = jobIdFor('restore', exampleIds.restoreRequestId);
+const imagePath = `/var/lib/vmsave/images/web-1-${saveJobId}.vmsave`;
+const at = (s: number) => new Date(Date.UTC(2025, 5, 1, 12, 0, s)).toISOString();
+
+export const saveRequestExample = {
+  schemaVersion: 1,
+  requestId: exampleIds.saveRequestId,
+  vm: exampleIds.vm,
+  format: 'sparse',
+  channels: 4,
+  directIo: false,
+  after: 'quit',
+  priority: 'high',
+  deadlineMs: 600_000,
+  requestedBy: 'control-plane/evacuate-host-a',
+};
+
+/** The smallest save request: every other field has a default. */
+export const minimalSaveRequestExample = { requestId: 'hibernate-web-2-2025-06-01', vm: 'web-2' };
+
+export const restoreRequestExample = {
+  schemaVersion: 1,
+  requestId: exampleIds.restoreRequestId,
+  image: imagePath,
+  host: exampleIds.host,
+  after: 'running',
+  priority: 'normal',
+  requestedBy: 'control-plane/evacuate-host-a',
+};
+
+export const cancelRequestExample = {
+  schemaVersion: 1,
+  requestId: exampleIds.cancelRequestId,
+  jobId: saveJobId,
+  reason: 'maintenance window moved',
+};
+
+export const admissionAcceptedExample = { outcome: 'accepted', requestId: exampleIds.saveRequestId, jobId: saveJobId, duplicate: false };
+export const admissionRejectedExample = {
+  outcome: 'rejected',
+  requestId: 'hibernate-web-9-2025-06-01',
+  jobId: jobIdFor('save', 'hibernate-web-9-2025-06-01'),
+  rule: 'vm-exists',
+  field: 'vm',
+  message: 'vm: no announced host has a VM named "web-9"',
+};
+
+const checks = [
+  { name: 'header.magic', status: 'pass', detail: 'VMSAVE01, version 1' },
+  { name: 'descriptor.checksum', status: 'pass', detail: 'crc32c matches' },
+  { name: 'format.matches-stream', status: 'pass', detail: 'sparse header and mapped-ram stream' },
+  { name: 'sparseness', status: 'pass', detail: '61.2 MiB allocated of 128.0 MiB logical' },
+];
+
+const envelope = (type: JobEventType, jobId: string, second: number, source: string, data: Record<string, unknown>) => ({
+  eventId: `${jobId}.${type}.example`,
+  type,
+  schemaVersion: 1,
+  jobId,
+  at: at(second),
+  source,
+  data,
+});
+
+const scheduled = { host: exampleIds.host, attempt: 1, fencingToken: 7, deadlineAt: at(600) };
+const vmDefinition = {
+  name: exampleIds.vm,
+  uuid: '0b7a3c52-6f0e-4d36-9a57-3b1b2a6c9d10',
+  machine: 'q35',
+  memoryMiB: 128,
+  vcpus: 1,
+  args: ['-nographic'],
+};
+
+export const eventExamples: Record<JobEventType, Record<string, unknown>> = {
+  SaveRequested: envelope('SaveRequested', saveJobId, 0, 'scheduler', {
+    request: { ...saveRequestExample },
+  }),
+  SaveRejected: envelope('SaveRejected', admissionRejectedExample.jobId, 0, 'scheduler', {
+    rule: 'vm-exists',
+    field: 'vm',
+    message: 'vm: no announced host has a VM named "web-9"',
+  }),
+  SaveScheduled: envelope('SaveScheduled', saveJobId, 0, 'scheduler', scheduled),
+  SaveStarted: envelope('SaveStarted', saveJobId, 1, `executor@${exampleIds.host}`, {
+    host: exampleIds.host, attempt: 1, fencingToken: 7, imagePath, format: 'sparse', channels: 4, directIo: false, wasRunning: true, ramBytes: 134_217_728,
+  }),
+  SaveCompleted: envelope('SaveCompleted', saveJobId, 3, `executor@${exampleIds.host}`, {
+    host: exampleIds.host,
+    attempt: 1,
+    fencingToken: 7,
+    imagePath,
+    format: 'sparse',
+    bytes: 135_266_304,
+    blocks: 125_352,
+    durationMs: 1840,
+    throughputBytesPerSec: 72_943_000,
+    vmState: 'quit',
+    qemu: { totalTimeMs: 1702, ramTotal: 134_217_728, ramTransferred: 64_180_224, ramNormalPages: 15_669, ramDuplicatePages: 17_099, mbps: 301.6 },
+  }),
+  SaveFailed: envelope('SaveFailed', saveJobId, 2, `executor@${exampleIds.host}`, {
+    attempt: 1,
+    stage: 'migrate',
+    reason: 'Unable to write to file: No space left on device',
+    code: 'ENOSPC',
+    retryable: false,
+    host: exampleIds.host,
+    fencingToken: 7,
+    vmResumed: true,
+    imageKept: imagePath,
+  }),
+  SaveRetrying: envelope('SaveRetrying', saveJobId, 3, 'scheduler', { attempt: 2, delayMs: 1000, lastCode: 'executor-lost' }),
+  SaveCancelRequested: envelope('SaveCancelRequested', saveJobId, 2, 'scheduler', {
+    reason: 'maintenance window moved',
+    requestId: exampleIds.cancelRequestId,
+  }),
+  SaveCancelled: envelope('SaveCancelled', saveJobId, 2, `executor@${exampleIds.host}`, {
+    reason: 'maintenance window moved',
+    vmResumed: true,
+    stage: 'migrate',
+  }),
+  ImageVerified: envelope('ImageVerified', saveJobId, 4, 'verifier', { imagePath, host: exampleIds.host, checks }),
+  ImageRejected: envelope('ImageRejected', saveJobId, 4, 'verifier', {
+    imagePath,
+    host: exampleIds.host,
+    checks: [...checks.slice(0, 3), { name: 'sparseness', status: 'fail', detail: 'pages region is dense: 128.0 MiB allocated of 128.0 MiB (copied without --sparse?)' }],
+  }),
+  RestoreRequested: envelope('RestoreRequested', restoreJobId, 10, 'scheduler', {
+    request: { ...restoreRequestExample },
+    sourceJobId: saveJobId,
+    vm: exampleIds.vm,
+  }),
+  RestoreRejected: envelope('RestoreRejected', restoreJobId, 10, 'scheduler', {
+    rule: 'image-known',
+    field: 'image',
+    message: 'image: no save in the log wrote "web-1.vmsave"; name the host that holds it (host)',
+  }),
+  RestoreScheduled: envelope('RestoreScheduled', restoreJobId, 10, 'scheduler', scheduled),
+  RestoreStarted: envelope('RestoreStarted', restoreJobId, 11, `executor@${exampleIds.host}`, {
+    host: exampleIds.host, attempt: 1, fencingToken: 8, imagePath, format: 'sparse', vm: vmDefinition,
+  }),
+  RestoreCompleted: envelope('RestoreCompleted', restoreJobId, 13, `executor@${exampleIds.host}`, {
+    host: exampleIds.host,
+    attempt: 1,
+    fencingToken: 8,
+    imagePath,
+    vm: exampleIds.vm,
+    durationMs: 1320,
+    vmState: 'running',
+    qmpSocket: '/var/lib/vmsave/qmp/web-1.qmp',
+  }),
+  RestoreFailed: envelope('RestoreFailed', restoreJobId, 12, `executor@${exampleIds.host}`, {
+    attempt: 1,
+    stage: 'start-qemu',
+    reason: 'QEMU exited with code 1 before listening on QMP',
+    code: 'qemu-start-failed',
+    retryable: true,
+    host: exampleIds.host,
+    fencingToken: 8,
+    qemuStderr: 'qemu-system-x86_64: -machine q35: unsupported machine type',
+  }),
+  RestoreRetrying: envelope('RestoreRetrying', restoreJobId, 13, 'scheduler', { attempt: 2, delayMs: 1000, lastCode: 'qemu-start-failed' }),
+  RestoreCancelRequested: envelope('RestoreCancelRequested', restoreJobId, 11, 'scheduler', { reason: 'no longer needed', requestId: 'cancel-restore-web-1' }),
+  RestoreCancelled: envelope('RestoreCancelled', restoreJobId, 11, 'scheduler', { reason: 'no longer needed', stage: 'requested' }),
+};
+
+export const workExample = {
+  kind: 'save',
+  jobId: saveJobId,
+  attempt: 1,
+  fencingToken: 7,
+  host: exampleIds.host,
+  deadlineAt: at(600),
+  format: 'sparse',
+  request: { ...saveRequestExample },
+};
+
+export const hostAnnouncementExample = {
+  schemaVersion: 1,
+  host: exampleIds.host,
+  executorId: 'executor-host-a-5f1c',
+  at: at(0),
+  startedAt: at(-3600),
+  qemu: { version: '10.0.2', mappedRam: true, directIo: true, machines: ['pc-q35-10.0', 'q35', 'pc-i440fx-10.0', 'pc'], accel: 'kvm' },
+  imageDir: '/var/lib/vmsave/images',
+  sharedImageDir: false,
+  freeBytes: 412_316_860_416,
+  throughputBytesPerSec: 800_000_000,
+  maxConcurrentJobs: 2,
+  vms: [
+    { name: exampleIds.vm, uuid: vmDefinition.uuid, machine: 'pc-q35-10.0', memoryMiB: 128, vcpus: 1, status: 'running', qmpSocket: '/var/lib/vmsave/qmp/web-1.qmp' },
+  ],
+};
+
+export const heartbeatExample = {
+  schemaVersion: 1,
+  host: exampleIds.host,
+  executorId: 'executor-host-a-5f1c',
+  at: at(2),
+  jobs: [{ jobId: saveJobId, attempt: 1, stage: 'migrate', fencingToken: 7 }],
+};
+
+export const progressExample = {
+  jobId: saveJobId,
+  at: at(2),
+  host: exampleIds.host,
+  stage: 'migrate',
+  status: 'active',
+  totalBytes: 134_217_728,
+  transferredBytes: 41_943_040,
+  remainingBytes: 92_274_688,
+  bytesPerSec: 72_943_000,
+  etaMs: 1265,
+};
+
+export const controlRequestExample = { action: 'cancel', jobId: saveJobId, reason: 'maintenance window moved' };
+export const controlReplyExample = { ok: true, message: 'migration cancelled' };
+
+export const deadLetterExample = {
+  service: 'scheduler',
+  subject: 'vmsave.cmd.save',
+  reason: 'SaveRequest: channels: Invalid input: expected number, received string',
+  payload: '{"requestId":"bad-1","vm":"web-1","channels":"lots"}',
+  payloadEncoding: 'utf8',
+  streamSeq: 4711,
+  at: at(5),
+};
