@@ -15,7 +15,7 @@ export const exampleIds = {
 
 export const saveJobId = jobIdFor('save', exampleIds.saveRequestId);
 export const restoreJobId = jobIdFor('restore', exampleIds.restoreRequestId);
-const imagePath = `/var/lib/vmsave/images/web-1-${saveJobId}.vmsave`;
+const imagePath = '/var/lib/vmsave/images/evacuation/web-1.vmsave';
 const at = (s: number) => new Date(Date.UTC(2025, 5, 1, 12, 0, s)).toISOString();
 
 export const saveRequestExample = {
@@ -27,6 +27,7 @@ export const saveRequestExample = {
   directIo: false,
   after: 'quit',
   priority: 'high',
+  image: 'evacuation/web-1.vmsave',
   deadlineMs: 600_000,
   requestedBy: 'control-plane/evacuate-host-a',
 };
@@ -41,6 +42,7 @@ export const restoreRequestExample = {
   host: exampleIds.host,
   after: 'running',
   priority: 'normal',
+  deadlineMs: 300_000,
   requestedBy: 'control-plane/evacuate-host-a',
 };
 
@@ -177,7 +179,7 @@ export const eventExamples: Record<JobEventType, Record<string, unknown>> = {
   }),
   RestoreRetrying: envelope('RestoreRetrying', restoreJobId, 13, 'scheduler', { attempt: 2, delayMs: 1000, lastCode: 'qemu-start-failed' }),
   RestoreCancelRequested: envelope('RestoreCancelRequested', restoreJobId, 11, 'scheduler', { reason: 'no longer needed', requestId: 'cancel-restore-web-1' }),
-  RestoreCancelled: envelope('RestoreCancelled', restoreJobId, 11, 'scheduler', { reason: 'no longer needed', stage: 'requested' }),
+  RestoreCancelled: envelope('RestoreCancelled', restoreJobId, 11, 'scheduler', { reason: 'no longer needed', vmResumed: false, stage: 'requested' }),
 };
 
 export const workExample = {

@@ -1,0 +1,113 @@
+#!/usr/bin/env node
+// Print vmsave's event log, one line per event, from a given stream sequence on.
+// Stranger code: the NATS client, ajv and the JSON Schemas only (no vmsave package).
+//
+//   node examples/tail-events.mjs                       # everything, then follow
+//   node examples/tail-events.mjs --from-seq 1200       # from stream sequence 1200 on
+//   node examples/tail-events.mjs --job s-0123456789abcdef0123 --no-follow
+//   node examples/tail-events.mjs --type ImageRejected --json
+//
+// Options: --from-seq N, --job JOBID, --type TYPE, --no-follow (stop at the end of the log),
+// --count N (stop after N events), --json (one JSON object per line instead of text).
+// Connects to NATS_URL as NATS_USER / NATS_PASS (if set).
+import { pathToFileURL } from 'node:url';
+import { parseArgs } from 'node:util';
+import { DeliverPolicy, jetstream, jetstreamManager } from '@nats-io/jetstream';
+import { connectToVmsave } from './save-and-follow.mjs';
+import { loadSchemas } from './schemas.mjs';
+
+/**
+ * Read the log (`vmsave.evt.>` in stream VMSAVE_EVT) with an ordered consumer: an ephemeral,
+ * flow-controlled reader that starts at `fromSeq` and keeps the stream's order across reconnects.
+ * Each event is checked against its JSON Schema; one that fails is still delivered, with `invalid`.
+ * Yields `{ seq, subject, event, invalid? }`.
+ */
+export async function* tailEvents(nc, { fromSeq = 1, jobId, type, follow = true, signal, schemas = loadSchemas() } = {}) {
+  const filter = `vmsave.evt.${jobId ?? '*'}.${type ?? '*'}`;
+  if (!follow) {
+    const info = await (await jetstreamManager(nc)).streams.info('VMSAVE_EVT');
+    if (info.state.last_seq < fromSeq) return;
+  }
+  const consumer = await jetstream(nc).consumers.get('VMSAVE_EVT', {
+    filter_subjects: filter, // a string: an array needs NATS ≥ 2.10
+    ...(fromSeq > 1 ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: fromSeq } : { deliver_policy: DeliverPolicy.All }),
+  });
+  if (!follow && (await consumer.info(true)).num_pending === 0) return;
+  const messages = await consumer.consume();
+  const stop = () => void messages.close();
+  signal?.addEventListener('abort', stop, { once: true });
+  if (signal?.aborted) stop();
+  try {
+    for await (const m of messages) {
+      let event;
+      let invalid;
+      try {
+        event = m.json();
+        invalid = schemas.errors(event?.type, event);
+      } catch (err) {
+        invalid = String(err.message ?? err);
+      }
+      yield { seq: m.seq, subject: m.subject, event, ...(invalid ? { invalid } : {}) };
+      if (!follow && m.info.pending === 0) break;
+    }
+  } finally {
+    signal?.removeEventListener('abort', stop);
+    await messages.close();
+  }
+}
+
+/** A short, human summary of an event's data. */
+export function summarize(e) {
+  const d = e.data ?? {};
+  switch (e.type) {
+    case 'SaveRequested': return `vm=${d.request?.vm} format=${d.request?.format} by=${d.request?.requestedBy ?? '-'}`;
+    case 'RestoreRequested': return `image=${d.request?.image} vm=${d.vm ?? '-'}`;
+    case 'SaveRejected': case 'RestoreRejected': return `rule=${d.rule}${d.field ? ` field=${d.field}` : ''}: ${d.message}`;
+    case 'SaveScheduled': case 'RestoreScheduled': return `host=${d.host} attempt=${d.attempt}`;
+    case 'SaveStarted': return `host=${d.host} format=${d.format} ram=${d.ramBytes}B image=${d.imagePath}`;
+    case 'RestoreStarted': return `host=${d.host} vm=${d.vm?.name} image=${d.imagePath}`;
+    case 'SaveCompleted': return `bytes=${d.bytes} allocated=${d.blocks * 512}B in ${d.durationMs}ms vm=${d.vmState}`;
+    case 'RestoreCompleted': return `vm=${d.vm} ${d.vmState} in ${d.durationMs}ms`;
+    case 'SaveFailed': case 'RestoreFailed': return `stage=${d.stage} code=${d.code} retryable=${d.retryable}: ${d.reason}`;
+    case 'SaveRetrying': case 'RestoreRetrying': return `attempt=${d.attempt} in ${d.delayMs}ms after ${d.lastCode}`;
+    case 'ImageVerified': case 'ImageRejected': {
+      const failed = (d.checks ?? []).filter((c) => c.status === 'fail').map((c) => c.name);
+      return `${d.checks?.length ?? 0} checks${failed.length ? `, failed: ${failed.join(', ')}` : ''}`;
+    }
+    default: return d.reason ? `reason=${d.reason}` : '';
+  }
+}
+
+async function main() {
+  const { values } = parseArgs({
+    options: {
+      'from-seq': { type: 'string' }, job: { type: 'string' }, type: { type: 'string' },
+      'no-follow': { type: 'boolean' }, count: { type: 'string' }, json: { type: 'boolean' },
+    },
+  });
+  const limit = values.count ? Number(values.count) : Infinity;
+  const ac = new AbortController();
+  process.once('SIGINT', () => ac.abort());
+  process.once('SIGTERM', () => ac.abort());
+  const nc = await connectToVmsave({ name: 'vmsave-tail-events' });
+  let n = 0;
+  try {
+    for await (const { seq, event, invalid } of tailEvents(nc, {
+      fromSeq: values['from-seq'] ? Number(values['from-seq']) : 1,
+      jobId: values.job,
+      type: values.type,
+      follow: !values['no-follow'],
+      signal: ac.signal,
+    })) {
+      if (values.json) console.log(JSON.stringify({ seq, ...(invalid ? { invalid } : {}), event }));
+      else console.log(`#${seq} ${event?.at} ${event?.jobId} ${event?.type} ${event ? summarize(event) : ''}${invalid ? `  !! ${invalid}` : ''}`);
+      if (++n >= limit) break;
+    }
+  } finally {
+    await nc.drain();
+  }
+}
+
+if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
+  main().catch((err) => { console.error(err); process.exitCode = 2; });
+}
