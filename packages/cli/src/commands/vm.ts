@@ -1,0 +1,96 @@
+/** `vm list|create|start`: this host's executor directories, like virsh on the host. */
+import { readFile } from 'node:fs/promises';
+import { VmDefinition } from '@vmsave/contracts';
+import { VmRegistry } from '@vmsave/executor';
+import { bool, int, str, type Command } from '../cli.ts';
+import { CliError, EXIT, UsageError } from '../errors.ts';
+import { table } from '../format.ts';
+import { localConfig, localHost } from '../local.ts';
+import { randomUUID } from 'node:crypto';
+
+const listCommand: Command = {
+  name: 'vm list',
+  summary: 'VM definitions on this host and whether their QEMU runs',
+  usage: 'vm list',
+  help: [],
+  options: {},
+  async run(ctx) {
+    const cfg = localConfig(ctx.env);
+    const vms = new VmRegistry(cfg.vmDir, cfg.qmpDir, 'tcg');
+    await vms.init();
+    const list = await vms.summaries();
+    ctx.emit({ vmDir: cfg.vmDir, qmpDir: cfg.qmpDir, vms: list });
+    if (!ctx.json) {
+      ctx.stdout.write(table(['name', 'status', 'MiB', 'vcpus', 'machine', 'uuid'], list.map((v) => [v.name, v.status, String(v.memoryMiB), String(v.vcpus), v.machine, v.uuid]), { right: [2, 3] }));
+      if (list.length === 0) ctx.note(`no VM definitions in ${cfg.vmDir} (vmsave vm create --help)`);
+    }
+    return EXIT.ok;
+  },
+};
+
+const createCommand: Command = {
+  name: 'vm create',
+  summary: 'write a validated VM definition into this host\'s VM directory',
+  usage: 'vm create --name NAME [--memory MiB] [--vcpus N] [--machine TYPE] [--uuid U] [--arg A]… | vm create --file def.json',
+  help: [
+    ['--name NAME', 'VM name (letters, digits, . _ -)'],
+    ['--memory MiB', 'RAM in MiB (default 256)'],
+    ['--vcpus N', 'vCPUs (default 1)'],
+    ['--machine TYPE', 'machine type (default q35)'],
+    ['--uuid U', 'default: a new one'],
+    ['--arg A', 'an extra QEMU argument; repeat it (e.g. --arg=-device --arg=virtio-rng-pci)'],
+    ['--file F', 'a whole definition as JSON'],
+    ['--force', 'replace an existing definition'],
+  ],
+  options: { name: { type: 'string' }, memory: { type: 'string' }, vcpus: { type: 'string' }, machine: { type: 'string' }, uuid: { type: 'string' }, arg: { type: 'string', multiple: true }, file: { type: 'string' }, force: { type: 'boolean' } },
+  async run(ctx, v) {
+    let input: unknown;
+    const file = str(v, 'file');
+    if (file) {
+      if (str(v, 'name') || str(v, 'memory') || v.arg) throw new UsageError('vm create: give either --file or --name/--memory/…, not both');
+      try {
+        input = JSON.parse(await readFile(file, 'utf8'));
+      } catch (err) {
+        throw new UsageError(`vm create: --file ${file}: ${(err as Error).message}`);
+      }
+    } else {
+      if (!str(v, 'name')) throw new UsageError('vm create: give --name NAME (or --file def.json)');
+      input = {
+        name: str(v, 'name'), uuid: str(v, 'uuid') ?? randomUUID(), machine: str(v, 'machine') ?? 'q35',
+        memoryMiB: int(v, 'memory', { min: 16, max: 4 * 1024 * 1024 }) ?? 256, vcpus: int(v, 'vcpus', { min: 1, max: 1024 }) ?? 1,
+        args: (v.arg as string[] | undefined) ?? [],
+      };
+    }
+    const r = VmDefinition.safeParse(input);
+    if (!r.success) throw new UsageError(`vm create: ${r.error.issues.map((i) => `${i.path.join('.') || 'definition'}: ${i.message}`).join('; ')}`);
+    const cfg = localConfig(ctx.env);
+    const vms = new VmRegistry(cfg.vmDir, cfg.qmpDir, 'tcg');
+    await vms.init();
+    if ((await vms.get(r.data.name)) && !bool(v, 'force')) throw new CliError(`VM ${r.data.name} is already defined in ${cfg.vmDir} (--force replaces it)`);
+    const def = await vms.define(r.data);
+    ctx.emit({ definition: def, file: `${cfg.vmDir}/${def.name}.json` });
+    ctx.say(`defined ${def.name} (${def.memoryMiB} MiB, ${def.vcpus} vCPU, ${def.machine}) in ${cfg.vmDir}`);
+    return EXIT.ok;
+  },
+};
+
+const startCommand: Command = {
+  name: 'vm start',
+  summary: 'start a defined VM; its QEMU outlives this command (KVM when usable)',
+  usage: 'vm start NAME [--paused]',
+  help: [['--paused', 'start with vCPUs stopped (-S)']],
+  options: { paused: { type: 'boolean' } },
+  positionals: { min: 1, max: 1, names: 'NAME' },
+  async run(ctx, v, [name]) {
+    const host = await localHost(ctx.env);
+    if (!(await host.vms.get(name!))) throw new CliError(`no VM definition named ${name} in ${host.cfg.vmDir} (vmsave vm list)`);
+    const status = await host.vms.status(name!);
+    if (status !== 'stopped') throw new CliError(`VM ${name} already runs (${status}) on ${host.vms.socketOf(name!)}`);
+    const vm = await host.vms.start(name!, { paused: bool(v, 'paused'), detached: true });
+    ctx.emit({ vm: name, pid: vm.pid, qmpSocket: vm.qmpSocketPath, accel: host.accel, log: host.vms.logOf(name!) });
+    ctx.say(`started ${name}: pid ${vm.pid}, ${host.accel}, QMP ${vm.qmpSocketPath}, log ${host.vms.logOf(name!)}`);
+    return EXIT.ok;
+  },
+};
+
+export const vmCommands: Command[] = [listCommand, createCommand, startCommand];
