@@ -87,6 +87,8 @@ async function main() {
   });
   const limit = values.count ? Number(values.count) : Infinity;
   const ac = new AbortController();
+  // `… | head` closes the pipe: stop quietly.
+  process.stdout.on('error', (err) => { if (err.code === 'EPIPE') ac.abort(); else throw err; });
   process.once('SIGINT', () => ac.abort());
   process.once('SIGTERM', () => ac.abort());
   const nc = await connectToVmsave({ name: 'vmsave-tail-events' });
@@ -101,7 +103,7 @@ async function main() {
     })) {
       if (values.json) console.log(JSON.stringify({ seq, ...(invalid ? { invalid } : {}), event }));
       else console.log(`#${seq} ${event?.at} ${event?.jobId} ${event?.type} ${event ? summarize(event) : ''}${invalid ? `  !! ${invalid}` : ''}`);
-      if (++n >= limit) break;
+      if (++n >= limit || ac.signal.aborted) break;
     }
   } finally {
     await nc.drain();
