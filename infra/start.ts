@@ -23,12 +23,19 @@
  * `--check [--check-seconds N]`: start everything, wait N seconds (5), print a status table,
  * stop it all; exit 0 only when every started service was still running.
  *
+ * First run: when the executor's VM directory holds no definition, a small `demo` VM (256 MiB,
+ * q35, no disk, RAM content from a generated file under the executor's state directory) is
+ * defined there; whenever that `demo` definition exists and VMSAVE_AUTOSTART is unset, the
+ * executor starts it at boot (VMSAVE_AUTOSTART=demo), so `npx vmsave demo` has a VM to work on.
+ * VMSAVE_NO_DEMO=1 turns this off.
+ *
  * Overrides: VMSAVE_DATA_DIR (default `<repo>/.vmsave`) holds `env`, `nats/`, `redis/`;
  * VMSAVE_STOP_GRACE_MS (10000) is how long a service may take to stop.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import { writeDemoVm } from '@vmsave/cli/demo-vm';
+import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { passwordVar, roles, type Role } from './nats/permissions.ts';
 import { readEnvFile } from './lib/env-file.ts';
@@ -168,8 +175,27 @@ function serviceEnv(stack: Stack, name: ServiceName): NodeJS.ProcessEnv {
   }
   env.REDIS_URL = stack.redis.url;
   // The executor's VMs, QMP sockets and images live under the data directory unless configured.
-  if (name === 'executor') env.VMSAVE_STATE_DIR ||= join(stack.dataDir, 'executor');
+  if (name === 'executor') {
+    env.VMSAVE_STATE_DIR ||= join(stack.dataDir, 'executor');
+    if (!env.VMSAVE_NO_DEMO && !env.VMSAVE_AUTOSTART && existsSync(join(executorVmDir(stack), 'demo.json'))) env.VMSAVE_AUTOSTART = 'demo';
+  }
   return env;
+}
+
+function executorVmDir(stack: Stack): string {
+  const stateDir = resolve(REPO_ROOT, stack.env.VMSAVE_STATE_DIR || join(stack.dataDir, 'executor'));
+  return resolve(REPO_ROOT, stack.env.VMSAVE_VM_DIR || join(stateDir, 'vms'));
+}
+
+/** First run: define the `demo` VM when the executor has no VM at all (see the header). */
+async function defineDemoVm(stack: Stack): Promise<void> {
+  if (stack.env.VMSAVE_NO_DEMO) return;
+  const vmDir = executorVmDir(stack);
+  if (existsSync(vmDir) && readdirSync(vmDir).some((f) => f.endsWith('.json'))) return;
+  mkdirSync(vmDir, { recursive: true });
+  const def = await writeDemoVm(join(dirname(vmDir), 'demo'), { name: 'demo', memoryMiB: 256 });
+  writeFileSync(join(vmDir, 'demo.json'), JSON.stringify(def, null, 2));
+  say(`no VM defined yet: defined "demo" (${def.memoryMiB} MiB, ${def.machine}) in ${vmDir}; the executor starts it (try \`npx vmsave demo\`)`);
 }
 
 function pipeLines(name: string, from: NodeJS.ReadableStream | null, to: NodeJS.WritableStream): void {
@@ -316,6 +342,7 @@ async function main(): Promise<number> {
     throw err;
   }
   if (stack.stopping) return finished;
+  await defineDemoVm(stack);
 
   const skipped: ServiceName[] = [];
   for (const name of SERVICES) {
