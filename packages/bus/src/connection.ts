@@ -2,6 +2,8 @@ import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { jetstream, jetstreamManager, RetentionPolicy, StorageType, DiscardPolicy, type JetStreamClient, type JetStreamManager, type StreamConfig } from '@nats-io/jetstream';
 import { nanos } from '@nats-io/nats-core';
 import { allStreams, type StreamDefinition } from '@vmsave/contracts';
+import { retryTransient } from './retry.ts';
+import type { Logger } from './logger.ts';
 
 export interface BusOptions {
   /** Comma-separated server URLs (a cluster: list every node). */
@@ -12,6 +14,8 @@ export interface BusOptions {
   name: string;
   /** JetStream replicas for the streams this connection creates (3 on a three-node cluster). */
   replicas?: number;
+  /** Where connection changes (disconnect, reconnect) are logged. */
+  log?: Logger;
 }
 
 /**
@@ -31,6 +35,23 @@ export class Bus implements AsyncDisposable {
     readonly options: BusOptions,
   ) {}
 
+  private readonly reconnectListeners = new Set<() => void>();
+
+  /** Called after every reconnect (the client may have missed core-NATS messages meanwhile). */
+  onReconnect(fn: () => void): () => void {
+    this.reconnectListeners.add(fn);
+    return () => this.reconnectListeners.delete(fn);
+  }
+
+  private watchStatus(): void {
+    void (async () => {
+      for await (const s of this.nc.status()) {
+        if (s.type === 'disconnect' || s.type === 'reconnect') this.options.log?.warn({ nats: s.type, server: (s as { server?: string }).server }, `NATS ${s.type}`);
+        if (s.type === 'reconnect') for (const fn of this.reconnectListeners) fn();
+      }
+    })().catch(() => undefined);
+  }
+
   static async connect(options: BusOptions): Promise<Bus> {
     const nc = await connect({
       servers: options.servers.split(',').map((s) => s.trim()).filter(Boolean),
@@ -41,12 +62,15 @@ export class Bus implements AsyncDisposable {
       reconnectTimeWait: 500,
     });
     const jsm = await jetstreamManager(nc);
-    return new Bus(nc, jetstream(nc), jsm, options);
+    const bus = new Bus(nc, jetstream(nc), jsm, options);
+    bus.watchStatus();
+    return bus;
   }
 
   /** Create or update every vmsave stream; safe to call from every service at start. */
   async ensureStreams(defs: readonly StreamDefinition[] = allStreams): Promise<void> {
-    for (const def of defs) await ensureStream(this.jsm, def, this.options.replicas ?? 1);
+    // A forming cluster answers "no suitable peers" until every node has joined.
+    for (const def of defs) await retryTransient(() => ensureStream(this.jsm, def, this.options.replicas ?? 1), { totalMs: 60_000 });
   }
 
   async close(): Promise<void> {

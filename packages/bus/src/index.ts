@@ -7,3 +7,4 @@ export { BusError, BusValidationError, BusPublishError, isRetryable } from './er
 export { createLogger, type Logger } from './logger.ts';
 export { BusEnv, parseEnv, busOptions } from './env.ts';
 export { readHosts } from './hosts.ts';
+export { retryTransient, isTransient } from './retry.ts';

@@ -3,6 +3,7 @@ import { JobEvent, streams, subjects } from '@vmsave/contracts';
 import type { Bus } from './connection.ts';
 import { decodeMessage } from './validate.ts';
 import { BusValidationError } from './errors.ts';
+import { retryTransient } from './retry.ts';
 
 export interface LoggedEvent {
   seq: number;
@@ -27,20 +28,20 @@ export interface ReadLogOptions {
  */
 export async function* readLog(bus: Bus, opts: ReadLogOptions = {}): AsyncGenerator<LoggedEvent> {
   const filter = opts.filter ?? subjects.evtAll;
-  const info = await bus.jsm.streams.info(streams.events.name);
+  const info = await retryTransient(() => bus.jsm.streams.info(streams.events.name), { signal: opts.signal });
   const lastSeq = info.state.last_seq;
   const fromSeq = Math.max(1, opts.fromSeq ?? 1);
   if (!opts.follow && (lastSeq === 0 || fromSeq > lastSeq)) return;
-  const consumer = await bus.js.consumers.get(streams.events.name, {
+  const consumer = await retryTransient(() => bus.js.consumers.get(streams.events.name, {
     filter_subjects: filter,
     ...(fromSeq > 1 ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: fromSeq } : { deliver_policy: DeliverPolicy.All }),
-  });
+  }), { signal: opts.signal });
   // An empty match set would never deliver anything: check first.
   if (!opts.follow) {
-    const ci = await consumer.info(true);
+    const ci = await retryTransient(() => consumer.info(true), { signal: opts.signal });
     if (ci.num_pending === 0) return;
   }
-  const messages = await consumer.consume();
+  const messages = await retryTransient(() => consumer.consume(), { signal: opts.signal });
   const stop = () => void messages.close();
   opts.signal?.addEventListener('abort', stop, { once: true });
   // An abort that came while the consumer was being set up.

@@ -5,6 +5,7 @@ import type { z } from 'zod';
 import type { Bus } from './connection.ts';
 import { BusPublishError } from './errors.ts';
 import { encodeMessage } from './validate.ts';
+import { retryTransient } from './retry.ts';
 
 /**
  * Validate and publish to a JetStream subject. `msgId` becomes `Nats-Msg-Id`: the server drops
@@ -18,13 +19,15 @@ export async function publishValidated<S extends z.ZodType>(
   opts: { msgId?: string; replyTo?: string; timeoutMs?: number } = {},
 ): Promise<{ ack: PubAck; value: z.infer<S> }> {
   const { value: parsed, data } = encodeMessage(def.schema, value, def.name);
-  let h;
+  let h: ReturnType<typeof natsHeaders> | undefined;
   if (opts.replyTo) {
     h = natsHeaders();
     h.set('Vmsave-Reply-To', opts.replyTo);
   }
   try {
-    const ack = await bus.js.publish(subject, data, { msgID: opts.msgId, headers: h, timeout: opts.timeoutMs ?? 10_000 });
+    // Retrying is safe only with a msgID (the server drops the duplicate); without one, publish once.
+    const publish = () => bus.js.publish(subject, data, { msgID: opts.msgId, headers: h, timeout: opts.timeoutMs ?? 10_000 });
+    const ack = opts.msgId ? await retryTransient(publish) : await publish();
     return { ack, value: parsed };
   } catch (cause) {
     throw new BusPublishError(`publish to ${subject} failed: ${(cause as Error).message}`, { cause });
@@ -36,7 +39,7 @@ export async function publishEvent(bus: Bus, event: JobEvent): Promise<PubAck> {
   const parsed = JobEvent.parse(event);
   const data = new TextEncoder().encode(JSON.stringify(parsed));
   try {
-    return await bus.js.publish(subjects.evt(parsed.jobId, parsed.type), data, { msgID: parsed.eventId, timeout: 10_000 });
+    return await retryTransient(() => bus.js.publish(subjects.evt(parsed.jobId, parsed.type), data, { msgID: parsed.eventId, timeout: 10_000 }));
   } catch (cause) {
     throw new BusPublishError(`publish of ${parsed.type} for ${parsed.jobId} failed: ${(cause as Error).message}`, { cause });
   }

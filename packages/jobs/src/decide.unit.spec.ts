@@ -149,3 +149,17 @@ describe('restore jobs', () => {
     expect(initialState()).toMatchObject({ status: 'none', attempt: 0, version: 0 });
   });
 });
+
+describe('final states are final', () => {
+  it('given a verified job, when a stray SaveFailed arrives (a second scheduler, a stale executor), then evolve keeps it verified', () => {
+    const s = fold([makeEvent('SaveFailed', J, { ...failed(true), attempt: 1 }, at())], given('verified'));
+    expect(s.status).toBe('verified');
+  });
+  it('given a failed job, when SaveRetrying arrives, then it is queued again', () => {
+    const s = fold([makeEvent('SaveRetrying', J, { attempt: 2, delayMs: 0, lastCode: 'x' }, at())], given('failed'));
+    expect(s.status).toBe('requested');
+  });
+  it('given a cancelled job, when a late SaveCompleted arrives, then it stays cancelled', () => {
+    expect(fold([makeEvent('SaveCompleted', J, completed, at())], given('cancelled')).status).toBe('cancelled');
+  });
+});

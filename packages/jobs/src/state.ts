@@ -49,6 +49,9 @@ export const isTerminal = (s: JobState): boolean =>
  */
 export function evolve(s: JobState, e: JobEvent): JobState {
   const base = { ...s, version: s.version + 1, updatedAt: e.at, jobId: e.jobId };
+  // A final state is final: late or stray events (a stale executor, a second scheduler) are
+  // counted but change nothing. A failed job may only be retried.
+  if (isTerminal(s) && !(s.status === 'failed' && (e.type === 'SaveRetrying' || e.type === 'RestoreRetrying'))) return base;
   switch (e.type) {
     case 'SaveRequested':
       if (s.status !== 'none') return base;

@@ -84,7 +84,8 @@ export class Executor {
     const announce = setInterval(() => void this.announce().catch((err) => this.log.warn({ err }, 'announce failed')), this.cfg.VMSAVE_ANNOUNCE_MS);
     const hb = setInterval(() => this.heartbeat(), this.cfg.VMSAVE_HEARTBEAT_MS);
     this.heartbeat();
-    signal.addEventListener('abort', () => { clearInterval(announce); clearInterval(hb); }, { once: true });
+    const off = this.bus.onReconnect(() => this.heartbeat());
+    signal.addEventListener('abort', () => { clearInterval(announce); clearInterval(hb); off(); }, { once: true });
 
     const ctl = this.bus.nc.subscribe(subjects.control(this.host));
     signal.addEventListener('abort', () => ctl.unsubscribe(), { once: true });
@@ -184,6 +185,13 @@ export class Executor {
     const history = await eventsOfJob(this.bus, w.jobId);
     if (history.some(({ event: e }) => closesAttempt(e, w.attempt))) {
       log.info('work for an attempt that is already closed; skipping');
+      return ack();
+    }
+    const running = this.inflight.get(w.jobId);
+    if (running) {
+      // A redelivery while the first delivery still runs (e.g. after a NATS failover lost the
+      // in-progress signal): the running one owns the work.
+      log.warn({ runningAttempt: running.attempt }, 'work item redelivered while it runs here; ignoring the copy');
       return ack();
     }
     if (this.cancelled.has(w.jobId)) {

@@ -4,7 +4,7 @@ import { Executor } from './executor.ts';
 
 const log = createLogger('executor');
 const cfg = loadConfig();
-const bus = await Bus.connect(busOptions(cfg, `executor-${cfg.VMSAVE_HOST}`));
+const bus = await Bus.connect({ ...busOptions(cfg, `executor-${cfg.VMSAVE_HOST}`), log });
 await bus.ensureStreams();
 const executor = new Executor(bus, cfg, log);
 await executor.start();

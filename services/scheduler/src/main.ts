@@ -5,7 +5,7 @@ import { Scheduler } from './scheduler.ts';
 
 const log = createLogger('scheduler');
 const cfg = loadConfig();
-const bus = await Bus.connect(busOptions(cfg, 'scheduler'));
+const bus = await Bus.connect({ ...busOptions(cfg, 'scheduler'), log });
 await bus.ensureStreams();
 const redis = await connectRedis(cfg.REDIS_URL, { name: 'scheduler' });
 const scheduler = new Scheduler(bus, redis, cfg, log);

@@ -89,6 +89,13 @@ export class Scheduler {
     const active = [...this.jobs.values()].filter((j) => ACTIVE.has(j.status)).length;
     this.log.info({ jobs: this.jobs.size, active, hosts: this.hosts.size, lastSeq }, 'scheduler rebuilt its view from the log');
 
+    // While this scheduler was cut off it heard no heartbeats: that silence says nothing about executors.
+    const off = this.bus.onReconnect(() => {
+      const now = Date.now();
+      for (const id of this.seen.keys()) this.seen.set(id, now);
+      for (const h of this.heartbeats.values()) h.atMs = now;
+    });
+    signal.addEventListener('abort', off, { once: true });
     const hb = this.bus.nc.subscribe(subjects.heartbeatAll);
     signal.addEventListener('abort', () => hb.unsubscribe(), { once: true });
     this.tasks.push(

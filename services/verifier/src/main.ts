@@ -4,7 +4,7 @@ import { Verifier } from './verifier.ts';
 
 const log = createLogger('verifier');
 const cfg = loadConfig();
-const bus = await Bus.connect(busOptions(cfg, 'verifier'));
+const bus = await Bus.connect({ ...busOptions(cfg, 'verifier'), log });
 await bus.ensureStreams();
 const verifier = new Verifier(bus, cfg, log);
 await verifier.start();

@@ -113,7 +113,10 @@ export class Stack {
     if (!p || p.exitCode !== null || p.signalCode !== null) return;
     const gone = new Promise((r) => p.once('exit', r));
     p.kill(signal);
+    // A service that does not stop within 15 s is killed: tests must never hang on shutdown.
+    const timer = setTimeout(() => p.kill('SIGKILL'), 15_000);
     await gone;
+    clearTimeout(timer);
   }
 
   /** Write a VM definition into a host's VM directory and start its QEMU (owned by the test). */
