@@ -8,8 +8,12 @@
  *   npm run bench -- -- --ram 1024 --reps 1             # quick (the second -- is turbo's)
  *   VMSAVE_BENCH_RAM=1024 VMSAVE_BENCH_REPS=1 npm run bench
  *   options: --ram MiB  --reps N  --modes legacy,sparse,…  --states idle,dirty  --out FILE.md  --keep
+ *            --bus private|shared (default private: a nats-server of its own; shared: NATS_URL)
  */
+import { spawn, type ChildProcess } from 'node:child_process';
 import { randomFillSync, randomUUID } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import net from 'node:net';
 import { mkdir, mkdtemp, open, readFile, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -19,11 +23,11 @@ import { verifyImage } from '@vmsave/image';
 import { launchVm, probeQemu, type VmProcess } from '@vmsave/qemu';
 import { selectModes, type Mode } from './modes.ts';
 import { quitVm, rawRestore, rawSave } from './raw.ts';
-import { renderChart, renderSection, spliceSection, type OpDiag, type RawSample, type Results, type VmState, type VmsaveSample } from './report.ts';
+import { renderChart, renderSection, spliceSection, type OpDiag, type RawSample, type Results, type TimelineEntry, type VmState, type VmsaveSample } from './report.ts';
 import { dirtyRegions, parseArgs, positiveInt } from './stats.ts';
 import { CpuSampler, blockDevice, describeMachine, diskCounters, diskDelta, dropCaches, findPid, measureDisk } from './sys.ts';
 
-const args = parseArgs(process.argv.slice(2), ['ram', 'reps', 'modes', 'states', 'out', 'keep']);
+const args = parseArgs(process.argv.slice(2), ['ram', 'reps', 'modes', 'states', 'out', 'keep', 'bus']);
 const env = process.env;
 const ramMiB = positiveInt(args.ram ?? env.VMSAVE_BENCH_RAM, 'ram', 4096);
 const reps = positiveInt(args.reps ?? env.VMSAVE_BENCH_REPS, 'reps', 3);
@@ -33,6 +37,9 @@ for (const s of states) if (s !== 'idle' && s !== 'dirty') throw new Error(`--st
 const outMd = path.resolve(REPO, args.out ?? env.VMSAVE_BENCH_OUT ?? 'docs/benchmarks.md');
 const outDir = path.join(path.dirname(outMd), 'benchmarks');
 const keep = args.keep === 'true';
+/** `private` (default): a nats-server of the benchmark's own, so other people's traffic on the shared bus does not land in the numbers. */
+const busMode = args.bus ?? env.VMSAVE_BENCH_BUS ?? 'private';
+if (busMode !== 'private' && busMode !== 'shared') throw new Error(`--bus must be private or shared, got ${busMode}`);
 /** 87.5 % of RAM (3.5 GiB of 4 GiB), rounded to whole MiB. */
 const dirtyMiB = Math.floor(ramMiB * 0.875);
 const MiB = 1024 * 1024;
@@ -48,6 +55,7 @@ const command = ['npm run bench', ...(args.ram ? [`--ram ${ramMiB}`] : []), ...(
 const work = await mkdtemp(path.join(os.tmpdir(), 'vmsave-bench-'));
 const myVms = new Set<VmProcess>();
 let stack: Stack | undefined;
+let nats: ChildProcess | undefined;
 let cleaning = false;
 
 async function cleanup(): Promise<void> {
@@ -55,8 +63,17 @@ async function cleanup(): Promise<void> {
   cleaning = true;
   for (const vm of myVms) await vm.kill().catch(() => undefined);
   await stack?.stop().catch((err) => log(`stack stop: ${(err as Error).message}`));
+  if (nats && nats.exitCode === null) {
+    const gone = new Promise((r) => nats!.once('exit', r));
+    nats.kill('SIGTERM');
+    await gone;
+  }
   if (!keep) await rm(work, { recursive: true, force: true });
 }
+process.on('unhandledRejection', (err) => {
+  console.error('unhandled rejection:', err);
+  void cleanup().finally(() => process.exit(1));
+});
 for (const sig of ['SIGINT', 'SIGTERM'] as const) {
   process.once(sig, () => {
     log(`${sig}: cleaning up`);
@@ -102,6 +119,14 @@ async function main(): Promise<void> {
   };
   await disk();
 
+  if (busMode === 'private') {
+    const url = await startPrivateNats();
+    process.env.NATS_URL = url;
+    notes.push('The bus is a private nats-server (JetStream, file storage on the same disk) started by the benchmark, so that other users of the shared NATS do not put their traffic into the numbers; Redis is the shared one under a key prefix of its own. `--bus shared` uses NATS_URL instead.');
+    log(`private NATS at ${url}`);
+  } else {
+    notes.push(`The bus is the shared NATS at ${env.NATS_URL ?? 'nats://127.0.0.1:4222'}: other users\' traffic (and their schedulers on the same command stream) may show in the numbers.`);
+  }
   stack = await Stack.start({ hosts: ['bench'], env: { VMSAVE_LOG_LEVEL: 'info' } });
   const host = stack.host('bench');
   const dirs = stack.dirs(host);
@@ -110,7 +135,7 @@ async function main(): Promise<void> {
 
   for (const state of states) {
     const name = `bench-${state}-${randomUUID().slice(0, 8)}`;
-    const def: VmDefinition = { name, uuid: randomUUID(), machine: caps.machines.find((m) => m.startsWith('pc-q35')) ?? 'q35', memoryMiB: ramMiB, vcpus: 1, args: [] } as VmDefinition;
+    const def: VmDefinition = { name, uuid: randomUUID(), machine: caps.machines.find((m) => m.startsWith('pc-q35')) ?? 'q35', memoryMiB: ramMiB, vcpus: 1, args: ['-name', 'debug-threads=on'] } as VmDefinition;
     const socket = path.join(dirs.qmpDir, `${name}.qmp`);
     // The executor knows the VM by its definition file; the benchmark starts the first QEMU.
     await writeFile(path.join(dirs.vmDir, `${name}.json`), JSON.stringify(def));
@@ -162,6 +187,37 @@ async function main(): Promise<void> {
   console.log(renderSection(results));
 }
 
+/** A nats-server with JetStream on a free port, its store under the work directory; dies with us. */
+async function startPrivateNats(): Promise<string> {
+  const port = await new Promise<number>((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const p = (srv.address() as net.AddressInfo).port;
+      srv.close(() => resolve(p));
+    });
+  });
+  const bin = ['/usr/sbin/nats-server', '/usr/local/bin/nats-server', '/usr/bin/nats-server'].find((b) => existsSync(b)) ?? 'nats-server';
+  const child = spawn('setpriv', ['--pdeathsig', 'KILL', '--', bin, '-a', '127.0.0.1', '-p', String(port), '-js', '-sd', path.join(work, 'nats')], { stdio: ['ignore', 'ignore', 'pipe'] });
+  nats = child;
+  let stderr = '';
+  child.stderr!.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-4000)));
+  const end = Date.now() + 15_000;
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`nats-server exited (${child.exitCode}): ${stderr}`);
+    const ok = await new Promise<boolean>((resolve) => {
+      const sock = net.connect(port, '127.0.0.1', () => {
+        sock.destroy();
+        resolve(true);
+      });
+      sock.once('error', () => resolve(false));
+    });
+    if (ok) return `nats://127.0.0.1:${port}`;
+    if (Date.now() > end) throw new Error(`nats-server did not listen on ${port}: ${stderr}`);
+    await sleep(50);
+  }
+}
+
 async function writeRandom(file: string, bytes: number): Promise<void> {
   const fh = await open(file, 'w');
   try {
@@ -196,15 +252,20 @@ async function vmsaveCycle(s: Stack, state: VmState, mode: Mode, rep: number, vm
   let saveS = 0;
   let verifiedS: number | undefined;
   let verified: boolean | undefined;
+  let saveTimeline: TimelineEntry[] = [];
+  const restoreTimeline: TimelineEntry[] = [];
   const save = await measured(socket, device, async () => {
     for (let attempt = 1; ; attempt++) {
       const requestId = `bench-${randomUUID()}`;
       const jobId = jobIdFor('save', requestId);
       let savedAt = 0;
       const t0 = performance.now();
+      const wall0 = Date.now();
+      saveTimeline = [];
       const done = s.client.waitForJob(jobId, {
         timeoutMs: 600_000,
         onEvent: (e) => {
+          saveTimeline.push({ type: e.type, atMs: Date.parse(e.at) - wall0, seenMs: Date.now() - wall0 });
           if (e.type === 'SaveCompleted') {
             savedAt = performance.now();
             saved = e;
@@ -241,13 +302,15 @@ async function vmsaveCycle(s: Stack, state: VmState, mode: Mode, rep: number, vm
   const restore = await measured(socket, device, async () => {
     const requestId = `bench-${randomUUID()}`;
     const t0 = performance.now();
-    const { jobId, admission } = await s.client.restore({ requestId, image: path.basename(image), after: 'running' });
+    const wall0 = Date.now();
+    const { jobId, admission } = await s.client.restore({ requestId, image: path.basename(image), host: s.host('bench'), after: 'running' });
     if (admission?.outcome !== 'accepted') throw new Error(`restore not admitted: ${JSON.stringify(admission)}`);
     let completed: Extract<JobEvent, { type: 'RestoreCompleted' }> | undefined;
     let at = 0;
     const final = await s.client.waitForJob(jobId, {
       timeoutMs: 600_000,
       onEvent: (e) => {
+        restoreTimeline.push({ type: e.type, atMs: Date.parse(e.at) - wall0, seenMs: Date.now() - wall0 });
         if (e.type === 'RestoreCompleted') {
           at = performance.now();
           completed = e;
@@ -273,7 +336,7 @@ async function vmsaveCycle(s: Stack, state: VmState, mode: Mode, rep: number, vm
   return {
     state, mode: mode.id, rep, saveS, saveExecutorS: saved.data.durationMs / 1000, verifiedS, verified,
     bytes: saved.data.bytes, blocks: saved.data.blocks, restoreS, restoreExecutorS, gateColdS, cacheDropped: dropped,
-    save: save.diag, restore: restore.diag,
+    save: save.diag, restore: restore.diag, saveTimeline, restoreTimeline,
   };
 }
 

@@ -7,8 +7,9 @@
  * O_DIRECT file by dd with aligned 4 MiB blocks (what libvirt does with its iohelper for
  * `--bypass-cache`), and read back the same way.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, constants as C, openSync, fdatasyncSync } from 'node:fs';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, constants as C, open as openCb, openSync, fdatasyncSync } from 'node:fs';
+import { promisify } from 'node:util';
 import { stat, unlink } from 'node:fs/promises';
 import { launchVm, restoreFromFds, saveToFds, type VmDefinition, type VmProcess } from '@vmsave/qemu';
 import { QmpClient } from '@vmsave/qmp';
@@ -51,7 +52,7 @@ export async function rawSave(socket: string, imagePath: string, mode: RawMode):
   await using qmp = await connectQmp(socket);
   const st = await qmp.execute<{ status: string }>('query-status');
   if (st.status === 'running') await qmp.execute('stop');
-  if (mode.pipeDirect) return pipeDirectSave(qmp, imagePath, t0);
+  if (mode.pipeDirect) return await pipeDirectSave(qmp, imagePath, t0);
 
   const buffered = openSync(imagePath, C.O_WRONLY | C.O_CREAT | C.O_EXCL, 0o600);
   const direct = mode.directIo ? openSync(imagePath, C.O_WRONLY | C.O_DIRECT) : undefined;
@@ -82,9 +83,12 @@ export async function rawSave(socket: string, imagePath: string, mode: RawMode):
 }
 
 const DD_BS = '4M';
+const run = promisify(execFile);
+const openAsync = promisify(openCb) as (path: string, flags: number) => Promise<number>;
 
+/** Settles when the child exits (rejects unless with 0); marked handled so a kill after another error cannot crash the run. */
 function waitExit(child: ChildProcess, what: string): Promise<void> {
-  return new Promise((resolve, reject) => {
+  const p = new Promise<void>((resolve, reject) => {
     if (child.exitCode !== null) {
       if (child.exitCode === 0) resolve();
       else reject(new Error(`${what} exited with ${child.exitCode}`));
@@ -92,16 +96,12 @@ function waitExit(child: ChildProcess, what: string): Promise<void> {
     }
     let err = '';
     child.stderr?.on('data', (d: Buffer) => (err += d.toString()));
-    child.once('close', (code) => (code === 0 ? resolve() : reject(new Error(`${what} exited with ${code}: ${err.trim()}`))));
+    child.once('close', (code, signal) => (code === 0 ? resolve() : reject(new Error(`${what} exited with ${code ?? signal}: ${err.trim()}`))));
   });
+  p.catch(() => undefined);
+  return p;
 }
 
-/** The fd of a child's stdio pipe end that this process holds (libuv keeps it in the handle). */
-function pipeFd(stream: unknown): number {
-  const fd = (stream as { _handle?: { fd?: number } })._handle?.fd;
-  if (typeof fd !== 'number' || fd < 0) throw new Error('cannot get the fd of a child pipe');
-  return fd;
-}
 
 async function pollMigration(qmp: QmpClient, what: string): Promise<void> {
   for (;;) {
@@ -124,20 +124,26 @@ async function legacyCaps(qmp: QmpClient, save: boolean): Promise<void> {
 }
 
 /**
- * QEMU writes the legacy stream into a pipe (`getfd` + `fd:` URI); dd drains it into the image
+ * QEMU writes the legacy stream into a FIFO (`getfd` + `fd:` URI); dd drains it into the image
  * with O_DIRECT in full 4 MiB blocks (it clears O_DIRECT for a short last block) and
  * fdatasyncs at the end, so saveS already includes the sync.
  */
 async function pipeDirectSave(qmp: QmpClient, imagePath: string, t0: number): Promise<RawSaveResult> {
-  const dd = spawn('dd', [`of=${imagePath}`, `bs=${DD_BS}`, 'iflag=fullblock', 'oflag=direct', 'conv=fdatasync', 'status=none'], {
-    stdio: ['pipe', 'ignore', 'pipe'],
+  const fifo = `${imagePath}.fifo`;
+  await run('mkfifo', ['-m', '600', fifo]);
+  const dd = spawn('dd', [`if=${fifo}`, `of=${imagePath}`, `bs=${DD_BS}`, 'iflag=fullblock', 'oflag=direct', 'conv=fdatasync', 'status=none'], {
+    stdio: ['ignore', 'ignore', 'pipe'],
   });
   const done = waitExit(dd, 'dd (O_DIRECT writer)');
+  let fd: number | undefined;
   try {
     await legacyCaps(qmp, true);
-    await qmp.getfd('bench-pipe', pipeFd(dd.stdin));
+    // Opening a FIFO blocks until the other side opens it: async, so dd can start meanwhile.
+    fd = await openAsync(fifo, C.O_WRONLY);
+    await qmp.getfd('bench-pipe', fd);
     // QEMU has its own copy now; ours must go or dd never sees EOF.
-    dd.stdin!.destroy();
+    closeSync(fd);
+    fd = undefined;
     const tm = performance.now();
     await qmp.execute('migrate', { uri: 'fd:bench-pipe' });
     await pollMigration(qmp, 'pipe save');
@@ -149,6 +155,34 @@ async function pipeDirectSave(qmp: QmpClient, imagePath: string, t0: number): Pr
   } catch (err) {
     dd.kill('SIGKILL');
     throw err;
+  } finally {
+    if (fd !== undefined) closeSync(fd);
+    await unlink(fifo).catch(() => undefined);
+  }
+}
+
+/** The read side: dd reads the image with O_DIRECT into a FIFO that QEMU reads (`fd:` URI). */
+async function pipeDirectRestore(qmp: QmpClient, imagePath: string): Promise<void> {
+  const fifo = `${imagePath}.fifo`;
+  await run('mkfifo', ['-m', '600', fifo]);
+  const dd = spawn('dd', [`if=${imagePath}`, `of=${fifo}`, `bs=${DD_BS}`, 'iflag=direct', 'status=none'], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const done = waitExit(dd, 'dd (O_DIRECT reader)');
+  let fd: number | undefined;
+  try {
+    await legacyCaps(qmp, false);
+    fd = await openAsync(fifo, C.O_RDONLY);
+    await qmp.getfd('bench-pipe', fd);
+    closeSync(fd);
+    fd = undefined;
+    await qmp.execute('migrate-incoming', { uri: 'fd:bench-pipe', 'exit-on-error': false });
+    await pollMigration(qmp, 'pipe restore');
+    await done;
+  } catch (err) {
+    dd.kill('SIGKILL');
+    throw err;
+  } finally {
+    if (fd !== undefined) closeSync(fd);
+    await unlink(fifo).catch(() => undefined);
   }
 }
 
@@ -170,19 +204,7 @@ export async function rawRestore(def: VmDefinition, socket: string, imagePath: s
     const qmp = await vm.connectQmp();
     try {
       if (mode.pipeDirect) {
-        const dd = spawn('dd', [`if=${imagePath}`, `bs=${DD_BS}`, 'iflag=direct', 'status=none'], { stdio: ['ignore', 'pipe', 'pipe'] });
-        const done = waitExit(dd, 'dd (O_DIRECT reader)');
-        try {
-          await legacyCaps(qmp, false);
-          await qmp.getfd('bench-pipe', pipeFd(dd.stdout));
-          dd.stdout!.destroy();
-          await qmp.execute('migrate-incoming', { uri: 'fd:bench-pipe', 'exit-on-error': false });
-          await pollMigration(qmp, 'pipe restore');
-          await done;
-        } catch (err) {
-          dd.kill('SIGKILL');
-          throw err;
-        }
+        await pipeDirectRestore(qmp, imagePath);
       } else {
         const buffered = openSync(imagePath, C.O_RDONLY);
         const direct = mode.directIo ? openSync(imagePath, C.O_RDONLY | C.O_DIRECT) : undefined;

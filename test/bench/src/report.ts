@@ -12,6 +12,13 @@ export interface OpDiag {
   disk?: DiskDelta;
 }
 
+/** One event of a job as the client saw it: `atMs` is the event's own timestamp, `seenMs` its arrival, both from publishing. */
+export interface TimelineEntry {
+  type: string;
+  atMs: number;
+  seenMs: number;
+}
+
 /** One save + restore of one VM state in one mode through vmsave (the bus). */
 export interface VmsaveSample {
   state: VmState;
@@ -35,6 +42,8 @@ export interface VmsaveSample {
   cacheDropped: boolean;
   save: OpDiag;
   restore: OpDiag;
+  saveTimeline?: TimelineEntry[];
+  restoreTimeline?: TimelineEntry[];
 }
 
 export interface RawSample {
@@ -217,6 +226,44 @@ export function diagTable(r: Results, state: VmState): string {
   );
 }
 
+/** Milliseconds between steps of a job, from the events' own timestamps (same clock: one machine). */
+export function steps(tl: TimelineEntry[] | undefined, kind: 'Save' | 'Restore'): Record<string, number> | undefined {
+  if (!tl) return undefined;
+  const first = (t: string) => tl.find((e) => e.type === `${kind}${t}`);
+  const last = (t: string) => [...tl].reverse().find((e) => e.type === `${kind}${t}`);
+  const req = first('Requested');
+  const sch = last('Scheduled');
+  const st = first('Started');
+  const done = first('Completed');
+  if (!req || !sch || !st || !done) return undefined;
+  return {
+    admit: req.atMs,
+    schedule: sch.atMs - req.atMs,
+    start: st.atMs - sch.atMs,
+    run: done.atMs - st.atMs,
+    deliver: done.seenMs - done.atMs,
+  };
+}
+
+/** Where vmsave's time goes between publishing and the client seeing the completion (medians, ms). */
+export function stepsTable(r: Results, state: VmState): string {
+  const rows: string[][] = [];
+  for (const row of rowsOf(r, state)) {
+    if (row.vmsave.length === 0) continue;
+    for (const kind of ['Save', 'Restore'] as const) {
+      const st = row.vmsave.map((s) => steps(kind === 'Save' ? s.saveTimeline : s.restoreTimeline, kind));
+      const m = (k: string) => fmtNum(median(st.map((x) => x?.[k])), 0);
+      const total = median(row.vmsave.map((s) => (kind === 'Save' ? s.saveS : s.restoreS)));
+      const exec = median(row.vmsave.map((s) => (kind === 'Save' ? s.saveExecutorS : s.restoreExecutorS)));
+      rows.push([row.mode.label, kind.toLowerCase(), m('admit'), m('schedule'), m('start'), m('run'), m('deliver'), fmtNum(total !== undefined ? total * 1000 : undefined, 0), fmtNum(exec !== undefined ? exec * 1000 : undefined, 0)]);
+    }
+  }
+  return markdownTable(
+    ['mode', 'op', 'publish → Requested', 'Requested → Scheduled', 'Scheduled → Started', 'Started → Completed', 'Completed → client', 'client total', 'executor durationMs'],
+    rows,
+  );
+}
+
 export function diskTable(r: Results): string {
   const rows = r.disk.map((d, i) => [
     `#${i + 1}`, fmtNum(d.directWrite / GiB, 2), fmtNum(d.directRead / GiB, 2), fmtNum(d.coldBufferedRead !== undefined ? d.coldBufferedRead / GiB : undefined, 2), fmtNum(d.bytes / GiB, 1),
@@ -255,6 +302,10 @@ export function renderSection(r: Results): string {
     lines.push(`Raw QEMU anchor and vmsave's own timings (${state}):`);
     lines.push('');
     lines.push(anchorTable(r, state));
+    lines.push('');
+    lines.push(`Where vmsave's time goes (${state}; ms, medians; from the events' timestamps — save: Scheduled → Started is the executor taking the work, connecting QMP, pausing and creating the image; Started → Completed is QEMU's migration plus fdatasync and finalize; restore: Scheduled → Started includes the verify gate, Started → Completed is starting QEMU, the migration and cont):`);
+    lines.push('');
+    lines.push(stepsTable(r, state));
     lines.push('');
     lines.push(`What limits it (${state}; medians; CPU from /proc/PID/task/*/stat of the QEMU, disk from /proc/diskstats over the operation):`);
     lines.push('');

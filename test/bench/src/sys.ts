@@ -166,6 +166,7 @@ export class CpuSampler {
   private readonly t0 = performance.now();
   /** When the QEMU appeared after sampling started, its CPU is counted from zero. */
   private fromZero = false;
+  private seenProcess = false;
 
   constructor(private readonly needle: string, private readonly everyMs = 100) {}
 
@@ -186,12 +187,15 @@ export class CpuSampler {
     this.firstProcess ??= this.fromZero ? 0 : total;
     this.lastProcess = total;
     const tids = await readdir(`/proc/${this.pid}/task`).catch(() => [] as string[]);
+    // Threads present at the first sample count from their value then; threads born later from zero.
+    const baseline = !this.seenProcess && !this.fromZero;
     for (const tid of tids) {
       const s = parseStat(await readFile(`/proc/${this.pid}/task/${tid}/stat`, 'utf8').catch(() => ''));
       if (!s) continue;
-      if (!this.first.has(tid)) this.first.set(tid, { name: s.comm, cpuS: this.fromZero || this.last.size > 0 ? 0 : s.cpuS });
+      if (!this.first.has(tid)) this.first.set(tid, { name: s.comm, cpuS: baseline ? s.cpuS : 0 });
       this.last.set(tid, { name: s.comm, cpuS: s.cpuS });
     }
+    this.seenProcess = true;
   }
 
   async stop(): Promise<CpuReport> {
@@ -204,7 +208,7 @@ export class CpuSampler {
     for (const [tid, end] of this.last) {
       const cpuS = end.cpuS - (this.first.get(tid)?.cpuS ?? 0);
       // Multifd threads are numbered (multifdsend_0, mig/src/send_1, …): group them by kind.
-      const kind = end.name.replace(/_\d+$/, '_N').replace(/\/\d+$/, '/N').replace(/\d+$/, 'N');
+      const kind = /send|recv|multifd/.test(end.name) ? end.name.replace(/\d+$/, 'N') : end.name;
       byName.set(kind, (byName.get(kind) ?? 0) + cpuS);
       if (!busiest || cpuS > busiest.cpuS) busiest = { name: end.name, cpuS };
     }
