@@ -26,7 +26,8 @@ export const ImagePath = z
   .string()
   .min(1)
   .max(1024)
-  .refine((p) => !/[\0\n\r]/.test(p), 'image path: must not contain NUL or line breaks');
+  // A regex (not a refinement) so that the published JSON Schema carries the rule too.
+  .regex(/^[^\0\n\r]+$/, 'image path: must not contain NUL or line breaks');
 
 export const Priority = z.enum(['high', 'normal', 'low']);
 export type Priority = z.infer<typeof Priority>;
