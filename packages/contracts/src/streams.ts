@@ -50,6 +50,8 @@ export const streams = {
     storage: 'file',
     duplicateWindowMs: 60 * 1000,
     maxMsgsPerSubject: 1,
+    // Executors re-announce every few seconds; a host silent for a day is gone from the fleet.
+    maxAgeMs: DAY,
     description: 'The latest announcement of each executor host.',
   },
   deadLetters: {

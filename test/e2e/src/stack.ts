@@ -13,7 +13,7 @@ import { testUrls, uniq, waitFor } from '@vmsave/testkit';
 export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 const TSX = path.join(REPO, 'node_modules', 'tsx', 'dist', 'loader.mjs');
 
-export type ServiceName = 'scheduler' | 'verifier' | `executor:${string}`;
+export type ServiceName = 'scheduler' | 'verifier' | 'dashboard' | `executor:${string}`;
 
 export interface HostDirs {
   stateDir: string;
