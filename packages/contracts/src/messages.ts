@@ -28,7 +28,7 @@ export const messages = {
   hostAnnouncement: define('HostAnnouncement', subjects.hostAll, HostAnnouncement),
   heartbeat: define('Heartbeat', subjects.heartbeatAll, Heartbeat),
   progress: define('ProgressSample', subjects.progressAll, ProgressSample),
-  controlRequest: define('ControlRequest', 'vmsave.ctl.*', ControlRequest),
+  controlRequest: define('ControlRequest', subjects.controlAll, ControlRequest),
   controlReply: define('ControlReply', '(reply subject of a control request)', ControlReply),
   deadLetter: define('DeadLetter', subjects.dlqAll, DeadLetter),
 } as const;

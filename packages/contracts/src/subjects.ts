@@ -44,6 +44,7 @@ export const subjects = {
   progress: (jobId: string) => `${ROOT}.progress.${token('job id', jobId)}`,
   progressAll: `${ROOT}.progress.*`,
   control: (host: string) => `${ROOT}.ctl.${token('host', host)}`,
+  controlAll: `${ROOT}.ctl.*`,
   dlq: (service: string) => `${ROOT}.dlq.${token('service', service)}`,
   dlqAll: `${ROOT}.dlq.*`,
 } as const;
