@@ -19,10 +19,10 @@ import os from 'node:os';
 import path from 'node:path';
 import { jobIdFor, type JobEvent, type VmDefinition } from '@vmsave/contracts';
 import { Stack, REPO } from '@vmsave/e2e';
-import { verifyImage } from '@vmsave/image';
+import { readImage, verifyImage } from '@vmsave/image';
 import { launchVm, probeQemu, type VmProcess } from '@vmsave/qemu';
 import { selectModes, type Mode } from './modes.ts';
-import { quitVm, rawRestore, rawSave } from './raw.ts';
+import { quitVm, rawRestore, rawSave, type RawMode } from './raw.ts';
 import { renderChart, renderSection, spliceSection, type OpDiag, type RawSample, type Results, type TimelineEntry, type VmState, type VmsaveSample } from './report.ts';
 import { dirtyRegions, parseArgs, positiveInt } from './stats.ts';
 import { CpuSampler, blockDevice, describeMachine, diskCounters, diskDelta, dropCaches, findPid, measureDisk } from './sys.ts';
@@ -105,7 +105,7 @@ async function main(): Promise<void> {
   const notes: string[] = [];
   const results: Results = {
     startedAt: new Date(started).toISOString(), command, ramMiB, dirtyMiB, reps, machine, imageDirNote,
-    dropCachesPermitted: canDrop, disk: [], modes, vmsave: [], raw: [], notes,
+    dropCachesPermitted: canDrop, disk: [], modes, vmsave: [], raw: [], failures: [], notes,
   };
 
   // Random bytes: a source for dd (kept for the run) and one file per RAM region for the dirty VM.
@@ -159,14 +159,24 @@ async function main(): Promise<void> {
 
     for (let rep = 0; rep < reps; rep++) {
       for (const mode of modes) {
+        // A failed sample is recorded and the VM brought back from whatever image is left, so one
+        // failure (e.g. a QEMU that stopped answering under I/O load) does not end the run.
         if (!mode.pipeDirect) {
-          const v = await vmsaveCycle(stack, state, mode, rep, name, socket, dev?.name, canDrop);
-          results.vmsave.push(v);
-          log(`${state} ${mode.id} #${rep + 1} vmsave: save ${v.saveS.toFixed(3)} s (executor ${v.saveExecutorS.toFixed(3)}), restore ${v.restoreS.toFixed(3)} s (executor ${v.restoreExecutorS.toFixed(3)}, gate cold ${v.gateColdS?.toFixed(3) ?? '—'}), ${v.bytes} B, ${v.blocks} blocks`);
+          try {
+            const v = await vmsaveCycle(stack, state, mode, rep, name, socket, dev?.name, canDrop);
+            results.vmsave.push(v);
+            log(`${state} ${mode.id} #${rep + 1} vmsave: save ${v.saveS.toFixed(3)} s (executor ${v.saveExecutorS.toFixed(3)}), restore ${v.restoreS.toFixed(3)} s (executor ${v.restoreExecutorS.toFixed(3)}, gate cold ${v.gateColdS?.toFixed(3) ?? '—'}), ${v.bytes} B, ${v.blocks} blocks`);
+          } catch (err) {
+            await failed(results, state, mode, rep, 'vmsave', err, def, socket);
+          }
         }
-        const r = await rawCycle(state, mode, rep, def, socket, dev?.name, canDrop);
-        results.raw.push(r);
-        log(`${state} ${mode.id} #${rep + 1} raw: save ${r.saveS.toFixed(3)} s (+sync ${r.saveSyncS.toFixed(3)}), restore ${r.restoreMigrateS.toFixed(3)} s (+start ${r.restoreS.toFixed(3)}), ${r.bytes} B, ${r.blocks} blocks`);
+        try {
+          const r = await rawCycle(state, mode, rep, def, socket, dev?.name, canDrop);
+          results.raw.push(r);
+          log(`${state} ${mode.id} #${rep + 1} raw: save ${r.saveS.toFixed(3)} s (+sync ${r.saveSyncS.toFixed(3)}), restore ${r.restoreMigrateS.toFixed(3)} s (+start ${r.restoreS.toFixed(3)}), ${r.bytes} B, ${r.blocks} blocks`);
+        } catch (err) {
+          await failed(results, state, mode, rep, 'raw', err, def, socket);
+        }
         await writeFile(path.join(work, 'partial.json'), JSON.stringify(results));
       }
     }
@@ -216,6 +226,24 @@ async function startPrivateNats(): Promise<string> {
     if (Date.now() > end) throw new Error(`nats-server did not listen on ${port}: ${stderr}`);
     await sleep(50);
   }
+}
+
+/** The image of the cycle in progress, to bring the VM back from when a restore fails. */
+let pendingImage: { path: string; mode: RawMode; offset: number } | undefined;
+
+async function failed(results: Results, state: VmState, mode: Mode, rep: number, which: 'vmsave' | 'raw', err: unknown, def: VmDefinition, socket: string): Promise<void> {
+  const message = (err instanceof Error ? err.message : String(err)).slice(0, 600);
+  results.failures.push({ state, mode: mode.id, rep, path: which, error: message });
+  log(`${state} ${mode.id} #${rep + 1} ${which} FAILED: ${message}`);
+  const pid = await findPid(socket);
+  if (pid !== undefined) return;
+  const img = pendingImage;
+  if (!img) throw new Error(`the VM is gone and no image is left to bring it back: ${message}`);
+  const r = await rawRestore(def, socket, img.path, img.mode, img.offset);
+  myVms.add(r.vm);
+  await rm(img.path, { force: true });
+  pendingImage = undefined;
+  log(`${state}: VM brought back from ${path.basename(img.path)}`);
 }
 
 async function writeRandom(file: string, bytes: number): Promise<void> {
@@ -290,6 +318,8 @@ async function vmsaveCycle(s: Stack, state: VmState, mode: Mode, rep: number, vm
   });
   if (!saved) throw new Error('no SaveCompleted');
   const image = saved.data.imagePath;
+  const header = (await readImage(image)).header;
+  pendingImage = { path: image, mode: { format: header.format, channels: Math.max(1, header.channels), directIo: header.directIo }, offset: header.streamOffset };
   if (verified === false) throw new Error(`the verifier rejected ${image}`);
 
   // The source must be gone before its name can be restored.
@@ -332,6 +362,7 @@ async function vmsaveCycle(s: Stack, state: VmState, mode: Mode, rep: number, vm
     if (!v.ok) throw new Error(`verifyImage failed on ${image}`);
   }
   await rm(image, { force: true });
+  pendingImage = undefined;
 
   return {
     state, mode: mode.id, rep, saveS, saveExecutorS: saved.data.durationMs / 1000, verifiedS, verified,
@@ -343,12 +374,14 @@ async function vmsaveCycle(s: Stack, state: VmState, mode: Mode, rep: number, vm
 async function rawCycle(state: VmState, mode: Mode, rep: number, def: VmDefinition, socket: string, device: string | undefined, canDrop: boolean): Promise<RawSample> {
   const image = path.join(work, `raw-${state}-${mode.id}-${rep}.img`);
   const save = await measured(socket, device, () => rawSave(socket, image, mode));
+  pendingImage = { path: image, mode, offset: 0 };
   await quitVm(socket, await findPid(socket));
   const dropped = canDrop ? await dropCaches() : false;
   const restore = await measured(socket, device, () => rawRestore(def, socket, image, mode));
   myVms.add(restore.value.vm);
   void restore.value.vm.exited.then(() => myVms.delete(restore.value.vm));
   await unlink(image);
+  pendingImage = undefined;
   const sv = save.value;
   const rs = restore.value;
   return {

@@ -196,7 +196,7 @@ export interface RawRestoreResult {
   vm: VmProcess;
 }
 
-export async function rawRestore(def: VmDefinition, socket: string, imagePath: string, mode: RawMode): Promise<RawRestoreResult> {
+export async function rawRestore(def: VmDefinition, socket: string, imagePath: string, mode: RawMode, offset = 0): Promise<RawRestoreResult> {
   const t0 = performance.now();
   const vm = await launchVm(def, { qmpSocketPath: socket, incoming: 'defer', killWithParent: true, readyTimeoutMs: 60_000 });
   try {
@@ -211,7 +211,7 @@ export async function rawRestore(def: VmDefinition, socket: string, imagePath: s
         try {
           await restoreFromFds(qmp, {
             fds: direct === undefined ? { buffered } : { buffered, direct },
-            offset: 0,
+            offset,
             format: mode.format,
             channels: mode.channels,
             directIo: mode.directIo,

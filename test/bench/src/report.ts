@@ -79,6 +79,8 @@ export interface Results {
   modes: Mode[];
   vmsave: VmsaveSample[];
   raw: RawSample[];
+  /** Samples that failed (not in the medians), with the reason. */
+  failures: Array<{ state: VmState; mode: string; rep: number; path: 'vmsave' | 'raw'; error: string }>;
   notes: string[];
 }
 
@@ -310,6 +312,12 @@ export function renderSection(r: Results): string {
     lines.push(`What limits it (${state}; medians; CPU from /proc/PID/task/*/stat of the QEMU, disk from /proc/diskstats over the operation):`);
     lines.push('');
     lines.push(diagTable(r, state));
+  }
+  if (r.failures.length) {
+    lines.push('');
+    lines.push(`Failed samples (left out of the medians; the VM was brought back from the image and the run went on):`);
+    lines.push('');
+    lines.push(markdownTable(['state', 'mode', 'rep', 'path', 'error'], r.failures.map((f) => [f.state, f.mode, String(f.rep + 1), f.path, f.error.replaceAll('\n', ' ')]), ['l', 'l', 'r', 'l', 'l']));
   }
   if (r.notes.length) {
     lines.push('');

@@ -98,6 +98,7 @@ describe('the main table', () => {
     modes: selectModes('legacy'),
     vmsave: [v(2, 2), v(2.2, 2.4), v(1.8, 2.2)],
     raw: [raw(2, 2), raw(2, 2), raw(2.1, 2.1)],
+    failures: [],
     notes: [],
   });
   it('uses medians of each path for the ratios (save against raw with fdatasync)', () => {
