@@ -31,6 +31,8 @@ const ACTIVE = new Set(['scheduled', 'running']);
  */
 export class Scheduler {
   readonly jobs = new Map<string, JobState>();
+  /** Jobs not yet final: the only ones placement and the watchdog look at (the log holds many more). */
+  private readonly open = new Set<string>();
   readonly hosts = new Map<string, HostView>();
   private readonly heartbeats = new Map<string, { atMs: number; jobs: Set<string> }>();
   /** Last time each active job was known alive (scheduled, or named in a heartbeat). */
@@ -82,11 +84,11 @@ export class Scheduler {
     this.startedAtMs = Date.now();
     let lastSeq = 0;
     for await (const { seq, event } of readLog(this.bus)) {
-      this.jobs.set(event.jobId, evolve(this.jobs.get(event.jobId) ?? initialState(), event));
+      this.put(event.jobId, evolve(this.jobs.get(event.jobId) ?? initialState(), event));
       lastSeq = seq;
     }
     for await (const a of readHosts(this.bus)) this.hosts.set(a.host, { announcement: a, lastSeenMs: Date.parse(a.at) });
-    const active = [...this.jobs.values()].filter((j) => ACTIVE.has(j.status)).length;
+    const active = [...this.openJobs()].filter((j) => ACTIVE.has(j.status)).length;
     this.log.info({ jobs: this.jobs.size, active, hosts: this.hosts.size, lastSeq }, 'scheduler rebuilt its view from the log');
 
     // While this scheduler was cut off it heard no heartbeats: that silence says nothing about executors.
@@ -142,6 +144,16 @@ export class Scheduler {
     await Promise.allSettled(this.tasks);
     await this.chain.catch(() => undefined);
     if (this.leader) await this.leases.release(this.leader).catch(() => false);
+  }
+
+  private put(jobId: string, s: JobState): void {
+    this.jobs.set(jobId, s);
+    if (s.status === 'none' || isTerminal(s) || s.status === 'completed') this.open.delete(jobId);
+    else this.open.add(jobId);
+  }
+
+  private *openJobs(): Iterable<JobState> {
+    for (const id of this.open) yield this.jobs.get(id)!;
   }
 
   /** Run state changes one at a time. */
@@ -292,7 +304,7 @@ export class Scheduler {
   private async apply(e: JobEvent): Promise<void> {
     const before = this.jobs.get(e.jobId) ?? initialState();
     const s = evolve(before, e);
-    this.jobs.set(e.jobId, s);
+    this.put(e.jobId, s);
     const log = this.log.child({ jobId: e.jobId });
     switch (e.type) {
       case 'SaveFailed':
@@ -358,14 +370,14 @@ export class Scheduler {
     const queue: QueuedJob[] = [];
     const activePerHost = new Map<string, number>();
     const busyVms = new Set<string>();
-    for (const s of this.jobs.values()) {
+    for (const s of this.openJobs()) {
       if (ACTIVE.has(s.status) && s.host) {
         activePerHost.set(s.host, (activePerHost.get(s.host) ?? 0) + 1);
         const vm = s.vm ?? this.placement.get(s.jobId!)?.vm;
         if (vm) busyVms.add(vm);
       }
     }
-    for (const s of this.jobs.values()) {
+    for (const s of [...this.openJobs()]) {
       if (s.status !== 'requested') continue;
       const p = this.place(s);
       if (!p) continue;
@@ -422,7 +434,7 @@ export class Scheduler {
 
   private async tick(): Promise<void> {
     const now = Date.now();
-    for (const s of [...this.jobs.values()]) {
+    for (const s of [...this.openJobs()]) {
       if (!ACTIVE.has(s.status) || !s.host || isTerminal(s)) continue;
       const jobId = s.jobId!;
       if (!this.seen.has(jobId)) this.seen.set(jobId, Math.max(this.startedAtMs, Date.parse(s.updatedAt ?? '') || 0));
