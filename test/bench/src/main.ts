@@ -57,6 +57,8 @@ const myVms = new Set<VmProcess>();
 let stack: Stack | undefined;
 let nats: ChildProcess | undefined;
 let cleaning = false;
+/** The image of the cycle in progress, to bring the VM back from when a restore fails. */
+let pendingImage: { path: string; mode: RawMode; offset: number } | undefined;
 
 async function cleanup(): Promise<void> {
   if (cleaning) return;
@@ -227,9 +229,6 @@ async function startPrivateNats(): Promise<string> {
     await sleep(50);
   }
 }
-
-/** The image of the cycle in progress, to bring the VM back from when a restore fails. */
-let pendingImage: { path: string; mode: RawMode; offset: number } | undefined;
 
 async function failed(results: Results, state: VmState, mode: Mode, rep: number, which: 'vmsave' | 'raw', err: unknown, def: VmDefinition, socket: string): Promise<void> {
   const message = (err instanceof Error ? err.message : String(err)).slice(0, 600);

@@ -375,7 +375,7 @@ export function renderChart(r: Results, state: VmState = 'dirty'): string {
   parts.push(`<rect width="${width}" height="${height}" fill="white"/>`);
   parts.push(`<text x="${width / 2}" y="20" text-anchor="middle" font-size="14" font-weight="bold">${escXml(`Save and restore GiB/s per mode — ${state} VM (${state === 'dirty' ? `${r.dirtyMiB} MiB data in ` : ''}${r.ramMiB} MiB), medians of ${r.reps}`)}</text>`);
   series.forEach((s, i) => {
-    const lx = left + i * 150 - 200;
+    const lx = 40 + i * 215;
     parts.push(`<rect x="${lx}" y="32" width="12" height="12" fill="${s.color}"/><text x="${lx + 16}" y="42">${escXml(s.name)}</text>`);
   });
   for (let t = 0; t <= scaleMax + 1e-9; t += scaleMax > 2 ? 0.5 : 0.25) {
