@@ -77,13 +77,36 @@ export class Projection {
     return (await this.redis.hget(this.k.imageIndex, `${host}\0${imagePath}`)) ?? undefined;
   }
 
-  /** Follow the log from the stored sequence until `signal` aborts. */
+  /**
+   * Follow the log from the stored sequence until `signal` aborts. If the read models vanish
+   * underneath (Redis flushed or replaced), it notices at the next event and replays the log
+   * from the start, so they are rebuilt without a restart.
+   */
   async run(bus: Bus, opts: { signal?: AbortSignal; log?: Logger; onApplied?: (e: LoggedEvent) => void } = {}): Promise<void> {
-    const from = (await this.appliedSeq()) + 1;
-    opts.log?.info({ from }, 'projection resuming');
-    for await (const e of readLog(bus, { fromSeq: from, follow: true, signal: opts.signal, onInvalid: (seq, err) => opts.log?.warn({ seq, err: err.message }, 'skipping invalid event') })) {
-      await this.apply(e);
-      opts.onApplied?.(e);
+    while (!opts.signal?.aborted) {
+      const from = (await this.appliedSeq()) + 1;
+      opts.log?.info({ from }, from === 1 ? 'projection building from the start of the log' : 'projection resuming');
+      const ac = new AbortController();
+      const stop = () => ac.abort();
+      opts.signal?.addEventListener('abort', stop, { once: true });
+      let flushed = false;
+      let appliedHere = 0;
+      try {
+        for await (const e of readLog(bus, { fromSeq: from, follow: true, signal: ac.signal, onInvalid: (seq, err) => opts.log?.warn({ seq, err: err.message }, 'skipping invalid event') })) {
+          if (appliedHere > 0 && (await this.redis.exists(this.k.appliedSeq)) === 0) {
+            opts.log?.warn({ seq: e.seq }, 'read models vanished (Redis flushed?); rebuilding from the log');
+            flushed = true;
+            break;
+          }
+          await this.apply(e);
+          appliedHere++;
+          opts.onApplied?.(e);
+        }
+      } finally {
+        opts.signal?.removeEventListener('abort', stop);
+        ac.abort();
+      }
+      if (!flushed) return;
     }
   }
 

@@ -73,12 +73,18 @@ export class Scheduler {
       if (signal.aborted) return;
     }
     const renew = setInterval(() => {
-      void this.leases.renew(this.leader!, this.cfg.VMSAVE_LEASE_TTL_MS).then((ok) => {
-        if (!ok && !signal.aborted) {
-          this.log.error('lost the scheduler lease to another scheduler; stopping');
+      void (async () => {
+        if (await this.leases.renew(this.leader!, this.cfg.VMSAVE_LEASE_TTL_MS)) return;
+        // The lease vanished (Redis flushed or restarted): take it again unless another scheduler has.
+        const again = await this.leases.acquire(LEADER, this.id, this.cfg.VMSAVE_LEASE_TTL_MS);
+        if (again) {
+          this.leader = again;
+          this.log.warn('scheduler lease was gone (Redis flushed?); re-acquired it');
+        } else if (!signal.aborted) {
+          this.log.error({ holder: await this.leases.holder(LEADER) }, 'lost the scheduler lease to another scheduler; stopping');
           onLostLeadership();
         }
-      }, (err) => this.log.warn({ err }, 'could not renew the scheduler lease'));
+      })().catch((err) => this.log.warn({ err }, 'could not renew the scheduler lease'));
     }, Math.max(100, this.cfg.VMSAVE_LEASE_TTL_MS / 3));
     signal.addEventListener('abort', () => clearInterval(renew), { once: true });
     this.startedAtMs = Date.now();

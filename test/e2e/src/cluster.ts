@@ -51,8 +51,9 @@ export class NatsCluster {
     const n = this.nodes[i]!;
     await mkdir(n.dir, { recursive: true });
     const routes = this.nodes.filter((o) => o !== n).map((o) => `nats://127.0.0.1:${o.clusterPort}`).join(',');
-    n.proc = spawn('setpriv', ['--pdeathsig', 'KILL', '--', 'nats-server', '-a', '127.0.0.1', '-p', String(n.port), '-js', '-sd', n.dir, '-n', n.name,
-      '--cluster_name', 'vmsave-test', '--cluster', `nats://127.0.0.1:${n.clusterPort}`, '--routes', routes], { stdio: 'ignore' });
+    // One node is a plain server with file storage; more form a cluster.
+    const clusterArgs = this.nodes.length > 1 ? ['--cluster_name', 'vmsave-test', '--cluster', `nats://127.0.0.1:${n.clusterPort}`, '--routes', routes] : [];
+    n.proc = spawn('setpriv', ['--pdeathsig', 'KILL', '--', 'nats-server', '-a', '127.0.0.1', '-p', String(n.port), '-js', '-sd', n.dir, '-n', n.name, ...clusterArgs], { stdio: 'ignore' });
     await waitFor(`NATS node ${n.name}`, () => answers(n.port), 20_000, 100);
   }
 

@@ -5,7 +5,7 @@ import { Redis } from 'ioredis';
 import type { JobEvent } from '@vmsave/contracts';
 import { QmpClient } from '@vmsave/qmp';
 import { makePattern, patternVm, testUrls, uniq, waitFor, MiB } from '@vmsave/testkit';
-import { Stack } from '../src/index.ts';
+import { Stack, recordFault } from '../src/index.ts';
 
 let stack: Stack;
 const name = (p: string) => uniq(p).replace(/[^A-Za-z0-9_-]/g, '');
@@ -113,5 +113,10 @@ describe('scheduler with two real executors', () => {
     const redis = new Redis(redisUrl);
     await waitFor('the VM lease to be released', async () => (await redis.exists(`${stack.env.VMSAVE_REDIS_PREFIX}:lease:${big}`)) === 0, 30_000);
     redis.disconnect();
+    await recordFault({
+      fault: 'executor SIGKILL', injection: 'SIGKILL of the executor while its save is running (migrate under way), then a restart',
+      checked: 'the restarted executor closes the attempt (SaveFailed executor-restarted, VM resumed); the retry ends the job; VM running; lease released',
+      result: 'pass', detail: `${types.join(' → ')}; final ${f.status}`,
+    });
   });
 });

@@ -1,0 +1,105 @@
+/** Percentiles, medians and the Markdown the load benchmark prints and writes. */
+
+/** Nearest-rank percentile (p in 0..100) of unsorted values; NaN for none. */
+export function percentile(values: readonly number[], p: number): number {
+  if (!values.length) return NaN;
+  const s = [...values].sort((a, b) => a - b);
+  const rank = Math.ceil((p / 100) * s.length);
+  return s[Math.min(s.length - 1, Math.max(0, rank - 1))]!;
+}
+
+export const median = (values: readonly number[]): number => percentile(values, 50);
+
+export interface RunResult {
+  requests: number;
+  vms: number;
+  hosts: number;
+  slots: number;
+  /** Requests whose SaveScheduled arrived (all of them unless the run timed out). */
+  scheduled: number;
+  admitted: number;
+  rejected: number;
+  /** SaveFailed events (e.g. the watchdog calling an executor lost): 0 in a healthy run. */
+  failed: number;
+  timedOut: boolean;
+  /** JetStream acks of the publishes, per second (what the bus absorbs). */
+  publishPerSec: number;
+  /** SaveRequested in the log per second, from the first publish to the last SaveRequested. */
+  admittedPerSec: number;
+  /** SaveScheduled per second, from the first publish to the last SaveScheduled. */
+  scheduledPerSec: number;
+  /** Admission rate over the first and the last tenth of the requests (how it degrades with the backlog). */
+  admittedPerSecFirstTenth: number;
+  admittedPerSecLastTenth: number;
+  /** Publish → SaveRequested, ms. */
+  admitP50: number;
+  admitP99: number;
+  /** Publish → SaveScheduled, ms: all requests, and the first `slots` (no queueing behind the host limit). */
+  schedP50: number;
+  schedP99: number;
+  schedMax: number;
+  firstP50: number;
+  firstP99: number;
+  firstMax: number;
+  /** First publish → last SaveCompleted, s. */
+  wallS: number;
+  schedulerCpuS: number;
+  /** Scheduler CPU time over wall time (1.0 = one core busy all the time). */
+  schedulerCpuShare: number;
+  schedulerRssMiB: number;
+  schedulerPeakRssMiB: number;
+  natsCpuS: number;
+  benchCpuS: number;
+  loadAvg: number;
+}
+
+const f0 = (n: number): string => (Number.isFinite(n) ? Math.round(n).toLocaleString('en-US') : '–');
+const f1 = (n: number): string => (Number.isFinite(n) ? n.toFixed(1) : '–');
+const f2 = (n: number): string => (Number.isFinite(n) ? n.toFixed(2) : '–');
+const ms = (n: number): string => (!Number.isFinite(n) ? '–' : n >= 10_000 ? `${(n / 1000).toFixed(1)} s` : `${Math.round(n)} ms`);
+
+/** The median of each field over repetitions of one size. */
+export function medianRun(runs: readonly RunResult[]): RunResult {
+  const first = runs[0]!;
+  const out = { ...first } as Record<string, unknown>;
+  for (const k of Object.keys(first) as (keyof RunResult)[]) {
+    if (typeof first[k] === 'number') out[k] = median(runs.map((r) => r[k] as number));
+  }
+  out.timedOut = runs.some((r) => r.timedOut);
+  return out as unknown as RunResult;
+}
+
+export function sizeLabel(r: Pick<RunResult, 'requests' | 'vms' | 'hosts'>): string {
+  return `${f0(r.requests)} req / ${f0(r.vms)} VMs / ${r.hosts} hosts`;
+}
+
+/** Two tables (throughput and cost; latency), one row per size. */
+export function renderTables(rows: readonly { result: RunResult; reps: number }[]): string {
+  const t1 = [
+    '| size | admitted req/s | admitted req/s, first → last tenth | SaveScheduled/s | publish acks/s | wall (to last SaveCompleted) | scheduler CPU | CPU per request | scheduler RSS (peak) |',
+    '|---|---:|---:|---:|---:|---:|---:|---:|---:|',
+    ...rows.map(({ result: r }) => `| ${sizeLabel(r)}${r.timedOut ? ` (timed out: ${f0(r.scheduled)} scheduled)` : ''} | ${f0(r.admittedPerSec)} | ${f0(r.admittedPerSecFirstTenth)} → ${f0(r.admittedPerSecLastTenth)} | ${f0(r.scheduledPerSec)} | ${f0(r.publishPerSec)} | ${f1(r.wallS)} s | ${f1(r.schedulerCpuS)} s (${Math.round(r.schedulerCpuShare * 100)} % of a core) | ${f2((r.schedulerCpuS * 1000) / r.requests)} ms | ${f0(r.schedulerRssMiB)} MiB (${f0(r.schedulerPeakRssMiB)}) |`),
+  ];
+  const t2 = [
+    '| size | slots (hosts × limit) | publish → SaveRequested p50 / p99 | publish → SaveScheduled p50 / p99 / max | first *slots* requests (no queueing) p50 / p99 / max |',
+    '|---|---:|---:|---:|---:|',
+    ...rows.map(({ result: r }) => `| ${sizeLabel(r)} | ${r.slots} | ${ms(r.admitP50)} / ${ms(r.admitP99)} | ${ms(r.schedP50)} / ${ms(r.schedP99)} / ${ms(r.schedMax)} | ${ms(r.firstP50)} / ${ms(r.firstP99)} / ${ms(r.firstMax)} |`),
+  ];
+  const t3 = [
+    '| size | repetitions | rejected | SaveFailed (watchdog) | nats-server CPU | benchmark process CPU | load average at start |',
+    '|---|---:|---:|---:|---:|---:|---:|',
+    ...rows.map(({ result: r, reps }) => `| ${sizeLabel(r)} | ${reps} | ${r.rejected} | ${r.failed} | ${f1(r.natsCpuS)} s | ${f1(r.benchCpuS)} s | ${f2(r.loadAvg)} |`),
+  ];
+  return [t1.join('\n'), t2.join('\n'), t3.join('\n')].join('\n\n');
+}
+
+export const BEGIN = '<!-- load-bench:begin (written by npm run bench:load -w @vmsave/scheduler; edits here are overwritten) -->';
+export const END = '<!-- load-bench:end -->';
+
+/** Replace what lies between the markers (or append a section with them). */
+export function splice(doc: string, body: string, heading: string): string {
+  const i = doc.indexOf(BEGIN.slice(0, 22));
+  const j = doc.indexOf(END);
+  if (i >= 0 && j > i) return `${doc.slice(0, i)}${BEGIN}\n${body}\n${doc.slice(j)}`;
+  return `${doc.trimEnd()}\n\n${heading}\n\n${BEGIN}\n${body}\n${END}\n`;
+}
