@@ -280,6 +280,7 @@ async function vmsaveCycle(s: Stack, state: VmState, mode: Mode, rep: number, vm
   let verifiedS: number | undefined;
   let verified: boolean | undefined;
   let saveTimeline: TimelineEntry[] = [];
+  let failReason = '';
   const restoreTimeline: TimelineEntry[] = [];
   const save = await measured(socket, device, async () => {
     for (let attempt = 1; ; attempt++) {
@@ -293,6 +294,7 @@ async function vmsaveCycle(s: Stack, state: VmState, mode: Mode, rep: number, vm
         timeoutMs: 600_000,
         onEvent: (e) => {
           saveTimeline.push({ type: e.type, atMs: Date.parse(e.at) - wall0, seenMs: Date.now() - wall0 });
+          if (e.type === 'SaveFailed' || e.type === 'SaveRejected') failReason = `${e.type}: ${'reason' in e.data ? e.data.reason : e.data.message}`;
           if (e.type === 'SaveCompleted') {
             savedAt = performance.now();
             saved = e;
@@ -308,7 +310,7 @@ async function vmsaveCycle(s: Stack, state: VmState, mode: Mode, rep: number, vm
       }
       if (admission?.outcome !== 'accepted') throw new Error(`save not admitted: ${JSON.stringify(admission)}`);
       const final = await done;
-      if (!saved) throw new Error(`save ${jobId} ended ${final.status}: ${JSON.stringify(final)}`);
+      if (!saved) throw new Error(`save ${jobId} ended ${final.status}: ${failReason || JSON.stringify(final)}`);
       saveS = (savedAt - t0) / 1000;
       verifiedS = (performance.now() - t0) / 1000;
       verified = final.status === 'verified';
@@ -340,13 +342,14 @@ async function vmsaveCycle(s: Stack, state: VmState, mode: Mode, rep: number, vm
       timeoutMs: 600_000,
       onEvent: (e) => {
         restoreTimeline.push({ type: e.type, atMs: Date.parse(e.at) - wall0, seenMs: Date.now() - wall0 });
+        if (e.type === 'RestoreFailed' || e.type === 'RestoreRejected') failReason = `${e.type}: ${'reason' in e.data ? e.data.reason : e.data.message}`;
         if (e.type === 'RestoreCompleted') {
           at = performance.now();
           completed = e;
         }
       },
     });
-    if (!completed) throw new Error(`restore ${jobId} ended ${final.status}: ${JSON.stringify(final)}`);
+    if (!completed) throw new Error(`restore ${jobId} ended ${final.status}: ${failReason || JSON.stringify(final)}`);
     restoreS = (at - t0) / 1000;
     restoreExecutorS = completed.data.durationMs / 1000;
   });

@@ -63,6 +63,7 @@ export async function rawSave(socket: string, imagePath: string, mode: RawMode):
       format: mode.format,
       channels: mode.channels,
       directIo: mode.directIo,
+      commandTimeoutMs: 180_000,
     });
     const t1 = performance.now();
     fdatasyncSync(buffered);
@@ -216,6 +217,10 @@ export async function rawRestore(def: VmDefinition, socket: string, imagePath: s
             channels: mode.channels,
             directIo: mode.directIo,
             process: vm,
+            // QEMU's main loop serves QMP and also runs the RAM load: on a slow disk it can stay
+            // silent for longer than the driver's 10 s default (see docs/benchmarks.md).
+            commandTimeoutMs: 180_000,
+            stallTimeoutMs: 180_000,
           });
         } finally {
           closeSync(buffered);
