@@ -29,7 +29,7 @@ export async function writeReliabilityDoc(): Promise<string> {
   const md = [
     '# Reliability: faults and bad input',
     '',
-    `Produced by the fault suite (\`test/e2e/test/faults.e2e.spec.ts\`, part of \`npm test\`) on ${new Date().toISOString().slice(0, 10)}; regenerate with \`VMSAVE_WRITE_DOCS=1 npm test -w @vmsave/e2e\`. Every row is a real injection against the real NATS, Redis and QEMU.`,
+    `Produced by the end-to-end suite (\`test/e2e/test/*.e2e.spec.ts\`: faults, recovery, scheduler; part of \`npm test\`) on ${new Date().toISOString().slice(0, 10)}; regenerate with \`VMSAVE_WRITE_DOCS=1 npm test -w @vmsave/e2e\`. Every row is a real injection against the real NATS, Redis and QEMU.`,
     '',
     '| fault | how it was injected | what was checked | result | detail |',
     '|---|---|---|---|---|',
