@@ -34,37 +34,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   . /etc/os-release
   codename=${VERSION_CODENAME:-bookworm}
-  bp="/etc/apt/sources.list.d/vmsave-${codename}-backports.sources"
-  if ! grep -rqs "${codename}-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
-    # Derive the backports entry from the first existing Debian archive entry for $codename
-    # (deb822 .sources or one-line sources.list), keeping its URI and keyring.
-    uri=""; keyring=""
-    for f in /etc/apt/sources.list.d/*.sources; do
-      [ -f "$f" ] || continue
-      uri=$(awk -v c="$codename" '
-        BEGIN{RS=""; FS="\n"}
-        { u=""; s=""; k="";
-          for(i=1;i<=NF;i++){
-            if($i ~ /^URIs:/){u=$i; sub(/^URIs:[ \t]*/,"",u); split(u,a," "); u=a[1]}
-            if($i ~ /^Suites:/){s=" " $i " "}
-            if($i ~ /^Signed-By:/){k=$i; sub(/^Signed-By:[ \t]*/,"",k)}
-          }
-          if(u!="" && index(s," " c " ")>0 && u !~ /security/){print u "|" k; exit}
-        }' "$f")
-      [ -n "$uri" ] && break
-    done
-    if [ -n "$uri" ]; then
-      keyring=${uri#*|}; uri=${uri%%|*}
-    elif [ -f /etc/apt/sources.list ]; then
-      uri=$(awk -v c="$codename" '$1=="deb" && $0 !~ /security/ { for(i=2;i<=NF;i++) if($i ~ /^[a-z]+:\/\//){ if($(i+1)==c){print $i; exit} } }' /etc/apt/sources.list)
-    fi
-    [ -n "$uri" ] || { log "could not find a Debian source entry for ${codename} to derive backports from"; exit 1; }
-    log "adding ${codename}-backports from the machine's own Debian source"
-    {
-      echo "Types: deb"; echo "URIs: ${uri}"; echo "Suites: ${codename}-backports"; echo "Components: main"
-      [ -n "$keyring" ] && echo "Signed-By: ${keyring}"
-    } | $SUDO tee "$bp" >/dev/null
-  fi
+  # The backports suite is derived from the machine's own Debian source entry (URI and keyring);
+  # the same script serves the container images.
+  $SUDO bash "$here/infra/docker/add-backports.sh"
   log "installing ${missing[*]}"
   $SUDO apt-get update -qq
   pkgs=(); bppkgs=()
