@@ -154,10 +154,13 @@ async function main(): Promise<void> {
       }
     }
     log(`${state}: starting ${name}`);
-    const first = await launchVm({ ...def, args: [...def.args, ...loaderArgs] }, { qmpSocketPath: socket, killWithParent: true, readyTimeoutMs: 120_000 });
-    myVms.add(first);
-    for (const f of loaderFiles) await unlink(f);
-    await stack.waitForHost('bench', [name]);
+    // The random files stay until the state is done: a failed sample is replaced by a fresh VM.
+    const relaunch = async (): Promise<void> => {
+      const vm = await launchVm({ ...def, args: [...def.args, ...loaderArgs] }, { qmpSocketPath: socket, killWithParent: true, readyTimeoutMs: 120_000 });
+      myVms.add(vm);
+      await stack!.waitForHost('bench', [name]);
+    };
+    await relaunch();
 
     for (let rep = 0; rep < reps; rep++) {
       for (const mode of modes) {
@@ -169,7 +172,7 @@ async function main(): Promise<void> {
             results.vmsave.push(v);
             log(`${state} ${mode.id} #${rep + 1} vmsave: save ${v.saveS.toFixed(3)} s (executor ${v.saveExecutorS.toFixed(3)}), restore ${v.restoreS.toFixed(3)} s (executor ${v.restoreExecutorS.toFixed(3)}, gate cold ${v.gateColdS?.toFixed(3) ?? '—'}), ${v.bytes} B, ${v.blocks} blocks`);
           } catch (err) {
-            await failed(results, state, mode, rep, 'vmsave', err, def, socket);
+            await failed(results, state, mode, rep, 'vmsave', err, relaunch, socket);
           }
         }
         try {
@@ -177,13 +180,14 @@ async function main(): Promise<void> {
           results.raw.push(r);
           log(`${state} ${mode.id} #${rep + 1} raw: save ${r.saveS.toFixed(3)} s (+sync ${r.saveSyncS.toFixed(3)}), restore ${r.restoreMigrateS.toFixed(3)} s (+start ${r.restoreS.toFixed(3)}), ${r.bytes} B, ${r.blocks} blocks`);
         } catch (err) {
-          await failed(results, state, mode, rep, 'raw', err, def, socket);
+          await failed(results, state, mode, rep, 'raw', err, relaunch, socket);
         }
         await writeFile(path.join(work, 'partial.json'), JSON.stringify(results));
       }
     }
-    // The last restored VM of this state goes.
+    // The last restored VM of this state goes, and the random files.
     await quitVm(socket, await findPid(socket));
+    for (const f of loaderFiles) await unlink(f);
     if (state !== states[states.length - 1]) await disk();
   }
   await disk();
@@ -230,19 +234,24 @@ async function startPrivateNats(): Promise<string> {
   }
 }
 
-async function failed(results: Results, state: VmState, mode: Mode, rep: number, which: 'vmsave' | 'raw', err: unknown, def: VmDefinition, socket: string): Promise<void> {
+async function failed(results: Results, state: VmState, mode: Mode, rep: number, which: 'vmsave' | 'raw', err: unknown, relaunch: () => Promise<void>, socket: string): Promise<void> {
   const message = (err instanceof Error ? err.message : String(err)).slice(0, 600);
   results.failures.push({ state, mode: mode.id, rep, path: which, error: message });
   log(`${state} ${mode.id} #${rep + 1} ${which} FAILED: ${message}`);
-  const pid = await findPid(socket);
-  if (pid !== undefined) return;
-  const img = pendingImage;
-  if (!img) throw new Error(`the VM is gone and no image is left to bring it back: ${message}`);
-  const r = await rawRestore(def, socket, img.path, img.mode, img.offset);
-  myVms.add(r.vm);
-  await rm(img.path, { force: true });
+  if (pendingImage) await rm(pendingImage.path, { force: true });
   pendingImage = undefined;
-  log(`${state}: VM brought back from ${path.basename(img.path)}`);
+  // Whatever is left on the socket (a half-restored or paused QEMU) goes; a fresh VM in the same state replaces it.
+  const pid = await findPid(socket);
+  if (pid !== undefined) {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      /* gone */
+    }
+    await sleep(500);
+  }
+  await relaunch();
+  log(`${state}: a fresh VM replaces the failed one`);
 }
 
 async function writeRandom(file: string, bytes: number): Promise<void> {
