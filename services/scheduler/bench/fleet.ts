@@ -6,6 +6,7 @@
  * attempt and fencing token, so the scheduler sees the slot free again.
  */
 import { randomUUID } from 'node:crypto';
+import { setMaxListeners } from 'node:events';
 import { makeEvent, messages, streams, subjects, WorkItem, type Heartbeat } from '@vmsave/contracts';
 import { ack, publishCore, publishEvent, publishValidated, runConsumer, type Bus, type Logger } from '@vmsave/bus';
 
@@ -40,7 +41,10 @@ export class Fleet {
   /** Errors in the simulated executors (a publish that failed); they should stay 0. */
   errors = 0;
 
-  constructor(private readonly bus: Bus, private readonly spec: FleetSpec, private readonly log: Logger) {}
+  constructor(private readonly bus: Bus, private readonly spec: FleetSpec, private readonly log: Logger) {
+    // One work consumer per host listens on this signal.
+    setMaxListeners(0, this.ac.signal);
+  }
 
   /** Announce every host (awaited: the scheduler reads announcements when it starts). */
   async announce(): Promise<void> {

@@ -31,7 +31,11 @@ export async function summarizeProfile(file: string, root: string, top = 15): Pr
   for (const n of p.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
   const selfUs = new Map<number, number>();
   for (let i = 0; i < p.samples.length; i++) selfUs.set(p.samples[i]!, (selfUs.get(p.samples[i]!) ?? 0) + (p.timeDeltas[i] ?? 0));
-  const key = (n: ProfileNode) => `${n.callFrame.functionName || '(anonymous)'}\t${n.callFrame.url.replace(`file://${root}/`, '').replace(root + '/', '')}:${n.callFrame.lineNumber + 1}`;
+  // Line numbers of tsx-compiled TypeScript do not match the source: name the file only.
+  const key = (n: ProfileNode) => {
+    const file = n.callFrame.url.replace(`file://${root}/`, '').replace(`${root}/`, '');
+    return `${n.callFrame.functionName || '(anonymous)'}\t${file.endsWith('.ts') ? file : `${file}:${n.callFrame.lineNumber + 1}`}`;
+  };
   const self = new Map<string, number>();
   const total = new Map<string, number>();
   let allUs = 0;
@@ -67,16 +71,16 @@ export async function inclusiveMs(file: string, names: readonly string[]): Promi
   const byId = new Map(p.nodes.map((n) => [n.id, n]));
   const parent = new Map<number, number>();
   for (const n of p.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
-  const out: Record<string, number> = Object.fromEntries(names.map((n) => [n, 0]));
+  const out = new Map(names.map((n) => [n, 0]));
   for (let i = 0; i < p.samples.length; i++) {
     const seen = new Set<string>();
     for (let cur: number | undefined = p.samples[i]; cur !== undefined; cur = parent.get(cur)) {
       const fn = byId.get(cur)!.callFrame.functionName;
-      if (fn in out && !seen.has(fn)) {
+      if (out.has(fn) && !seen.has(fn)) {
         seen.add(fn);
-        out[fn]! += (p.timeDeltas[i] ?? 0) / 1000;
+        out.set(fn, out.get(fn)! + (p.timeDeltas[i] ?? 0) / 1000);
       }
     }
   }
-  return out;
+  return Object.fromEntries(out);
 }

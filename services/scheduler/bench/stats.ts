@@ -21,6 +21,10 @@ export interface RunResult {
   rejected: number;
   /** SaveFailed events (e.g. the watchdog calling an executor lost): 0 in a healthy run. */
   failed: number;
+  /** Of those, SaveFailed for an attempt whose SaveCompleted was already in the log. */
+  failedAfterCompleted: number;
+  /** Work items the simulated executors received (more than `requests` when jobs were retried). */
+  workItems: number;
   timedOut: boolean;
   /** JetStream acks of the publishes, per second (what the bus absorbs). */
   publishPerSec: number;
@@ -51,6 +55,9 @@ export interface RunResult {
   natsCpuS: number;
   benchCpuS: number;
   loadAvg: number;
+  /** Arrival of SaveScheduled in the benchmark minus the event's own timestamp, ms (part of every latency above). */
+  followLagP50: number;
+  followLagP99: number;
 }
 
 const f0 = (n: number): string => (Number.isFinite(n) ? Math.round(n).toLocaleString('en-US') : '–');
@@ -86,9 +93,9 @@ export function renderTables(rows: readonly { result: RunResult; reps: number }[
     ...rows.map(({ result: r }) => `| ${sizeLabel(r)} | ${r.slots} | ${ms(r.admitP50)} / ${ms(r.admitP99)} | ${ms(r.schedP50)} / ${ms(r.schedP99)} / ${ms(r.schedMax)} | ${ms(r.firstP50)} / ${ms(r.firstP99)} / ${ms(r.firstMax)} |`),
   ];
   const t3 = [
-    '| size | repetitions | rejected | SaveFailed (watchdog) | nats-server CPU | benchmark process CPU | load average at start |',
-    '|---|---:|---:|---:|---:|---:|---:|',
-    ...rows.map(({ result: r, reps }) => `| ${sizeLabel(r)} | ${reps} | ${r.rejected} | ${r.failed} | ${f1(r.natsCpuS)} s | ${f1(r.benchCpuS)} s | ${f2(r.loadAvg)} |`),
+    '| size | repetitions | rejected | SaveFailed (of them after that attempt\'s SaveCompleted) | work items received | log follower lag p50 / p99 | nats-server CPU | benchmark process CPU | load average at start |',
+    '|---|---:|---:|---:|---:|---:|---:|---:|---:|',
+    ...rows.map(({ result: r, reps }) => `| ${sizeLabel(r)} | ${reps} | ${r.rejected} | ${f0(r.failed)} (${f0(r.failedAfterCompleted)}) | ${f0(r.workItems)} | ${ms(r.followLagP50)} / ${ms(r.followLagP99)} | ${f1(r.natsCpuS)} s | ${f1(r.benchCpuS)} s | ${f2(r.loadAvg)} |`),
   ];
   return [t1.join('\n'), t2.join('\n'), t3.join('\n')].join('\n\n');
 }

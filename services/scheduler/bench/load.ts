@@ -1,0 +1,359 @@
+/**
+ * Load benchmark of the scheduler (not a test): many save requests against simulated executors.
+ *
+ *   npm run bench:load -w @vmsave/scheduler
+ *   npm run bench:load -w @vmsave/scheduler -- --sizes 1000/100/5 --reps 3
+ *   options: --sizes R/V/H,…  (requests/VMs/hosts; default 1000/100/5,10000/1000/50)
+ *            --reps N  --window N (publishes awaiting their JetStream ack; 256)  --save-ms 20-50
+ *            --host-limit N (2)  --tick-ms N (1000)  --timeout-s N (per run; 600)  --log-level info
+ *            --cpu-prof DIR (profile the scheduler; a summary is printed)  --out FILE.md|-  --keep
+ *            --nats-server BIN  --redis-server BIN
+ *
+ * Per run it starts a private nats-server (JetStream in a temporary directory) and redis-server
+ * (no persistence), announces the hosts, starts the real scheduler as a child process, publishes
+ * the requests as fast as JetStream acks them, and follows the event log, timestamping the
+ * arrival of each job's SaveRequested, SaveScheduled and SaveCompleted.
+ */
+import { execFileSync } from 'node:child_process';
+import { existsSync, rmSync } from 'node:fs';
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { jobIdFor, messages, subjects } from '@vmsave/contracts';
+import { Bus, createLogger, publishValidated, readLog } from '@vmsave/bus';
+import { Fleet, hostName, vmName } from './fleet.ts';
+import { REPO, killAllNow, startNats, startRedis, startScheduler, stop, stopAll, tail, usage, type Proc } from './procs.ts';
+import { inclusiveMs, summarizeProfile } from './profile.ts';
+import { medianRun, percentile, renderTables, sizeLabel, splice, type RunResult } from './stats.ts';
+
+/* ---------------- options ---------------- */
+
+function parseArgs(argv: string[]): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (!a.startsWith('--')) throw new Error(`unexpected argument ${a}`);
+    const [k, v] = a.slice(2).split('=', 2) as [string, string | undefined];
+    if (v !== undefined) out[k] = v;
+    else if (argv[i + 1] !== undefined && !argv[i + 1]!.startsWith('--')) out[k] = argv[++i]!;
+    else out[k] = 'true';
+  }
+  return out;
+}
+
+const KNOWN = ['sizes', 'reps', 'window', 'save-ms', 'host-limit', 'tick-ms', 'timeout-s', 'log-level', 'cpu-prof', 'out', 'keep', 'nats-server', 'redis-server'];
+const args = parseArgs(process.argv.slice(2));
+for (const k of Object.keys(args)) if (!KNOWN.includes(k)) throw new Error(`unknown option --${k} (known: ${KNOWN.map((x) => `--${x}`).join(' ')})`);
+
+const int = (name: string, def: number, min = 1): number => {
+  const v = args[name] === undefined ? def : Number(args[name]);
+  if (!Number.isInteger(v) || v < min) throw new Error(`--${name}: an integer ≥ ${min}, got ${args[name]}`);
+  return v;
+};
+
+interface Size { requests: number; vms: number; hosts: number }
+const sizes: Size[] = (args.sizes ?? '1000/100/5,10000/1000/50').split(',').map((s) => {
+  const [requests, vms, hosts] = s.trim().split('/').map(Number) as [number, number, number];
+  if (![requests, vms, hosts].every((n) => Number.isInteger(n) && n > 0) || hosts > vms) throw new Error(`--sizes: "${s}" is not requests/VMs/hosts (hosts ≤ VMs)`);
+  return { requests, vms, hosts };
+});
+const reps = int('reps', 1);
+const pubWindow = int('window', 256);
+const hostLimit = int('host-limit', 2);
+const tickMs = int('tick-ms', 1000);
+const timeoutS = int('timeout-s', 600);
+const logLevel = args['log-level'] ?? 'info';
+const saveMs = (args['save-ms'] ?? '20-50').split('-').map(Number) as [number, number];
+if (saveMs.length !== 2 || !saveMs.every((n) => Number.isFinite(n) && n >= 0) || saveMs[0] > saveMs[1]) throw new Error(`--save-ms: MIN-MAX in ms, got ${args['save-ms']}`);
+/** Where `node --cpu-prof` writes the scheduler's profiles (kept: they are the point); a bare --cpu-prof means a temporary directory. */
+const cpuProfDir = args['cpu-prof'] === undefined ? undefined : args['cpu-prof'] === 'true' ? path.join(os.tmpdir(), `vmsave-load-prof-${process.pid}`) : path.resolve(args['cpu-prof']);
+const outMd = args.out === '-' ? undefined : path.resolve(REPO, args.out ?? 'docs/scheduler.md');
+const keep = args.keep === 'true';
+const natsBin = args['nats-server'] ?? 'nats-server';
+const redisBin = args['redis-server'] ?? 'redis-server';
+
+const say = (msg: string): void => console.log(`[load ${new Date().toISOString().slice(11, 19)}] ${msg}`);
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+const quiet = createLogger('load-bench', { level: 'warn', destination: process.stderr });
+
+/* ---------------- cleanup ---------------- */
+
+const dirs = new Set<string>();
+let cleaning: Promise<void> | undefined;
+function cleanup(): Promise<void> {
+  cleaning ??= (async () => {
+    await stopAll();
+    if (!keep) for (const d of dirs) await rm(d, { recursive: true, force: true }).catch(() => undefined);
+  })();
+  return cleaning;
+}
+for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(sig, () => {
+    say(`${sig}: stopping the scheduler, nats-server and redis-server, removing the temporary directories`);
+    void cleanup().finally(() => process.exit(130));
+  });
+}
+process.on('exit', () => {
+  killAllNow();
+  if (!keep) for (const d of dirs) rmSync(d, { recursive: true, force: true });
+});
+
+/* ---------------- one run ---------------- */
+
+async function runOnce(size: Size, rep: number): Promise<RunResult> {
+  const { requests, vms, hosts } = size;
+  const slots = hosts * hostLimit;
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'vmsave-load-'));
+  dirs.add(dir);
+  const loadAvg = os.loadavg()[0]!;
+  const nats = await startNats(dir, natsBin);
+  const redis = await startRedis(dir, redisBin);
+  const bus = await Bus.connect({ servers: nats.url, name: 'load-bench' });
+  let scheduler: Proc | undefined;
+  const fleet = new Fleet(bus, { hosts, vms, hostLimit, saveMs }, quiet);
+  const ac = new AbortController();
+  try {
+    await bus.ensureStreams();
+    await fleet.announce();
+    fleet.start();
+    scheduler = await startScheduler(dir, {
+      NATS_URL: nats.url, REDIS_URL: redis.url, VMSAVE_HOST_LIMIT: String(hostLimit), VMSAVE_TICK_MS: String(tickMs), VMSAVE_LOG_LEVEL: logLevel,
+    }, { cpuProfDir });
+    const pid = scheduler.child.pid!;
+    say(`run ${rep + 1}/${reps} of ${sizeLabel(size)}: nats ${nats.url}, redis ${redis.url}, scheduler pid ${pid}`);
+
+    // Per request (by index): publish time, and arrival of its events in the log.
+    const tPub = new Float64Array(requests).fill(NaN);
+    const tReq = new Float64Array(requests).fill(NaN);
+    const tSched = new Float64Array(requests).fill(NaN);
+    const tDone = new Float64Array(requests).fill(NaN);
+    const index = new Map<string, number>();
+    const tag = `${Date.now().toString(36)}-${rep}`;
+    const requestId = (i: number) => `load-${tag}-${i}`;
+    for (let i = 0; i < requests; i++) index.set(jobIdFor('save', requestId(i)), i);
+    /** Arrival in this process minus the event's own `at` (same clock): how far the log follower lags. */
+    const lag: number[] = [];
+    /** For the first `slots` requests: when the scheduler stamped SaveRequested and SaveScheduled (performance clock). */
+    const atReq = new Float64Array(slots).fill(NaN);
+    const atSched = new Float64Array(slots).fill(NaN);
+    const toPerf = (iso: string) => Date.parse(iso) - performance.timeOrigin;
+    let nReq = 0, nSched = 0, nDone = 0, nRejected = 0, nFailed = 0, nFailedAfterCompleted = 0;
+    /** `jobId.attempt` of every SaveCompleted: a SaveFailed for one of them is the watchdog misjudging a finished save. */
+    const completedAttempts = new Set<string>();
+    let wake: (() => void) | undefined;
+    const follower = (async () => {
+      for await (const { event } of readLog(bus, { follow: true, signal: ac.signal })) {
+        const now = performance.now();
+        const i = index.get(event.jobId);
+        if (i === undefined) continue;
+        switch (event.type) {
+          case 'SaveRequested':
+            if (Number.isNaN(tReq[i]!)) { tReq[i] = now; nReq++; }
+            if (i < slots) atReq[i] = toPerf(event.at);
+            break;
+          case 'SaveScheduled':
+            if (Number.isNaN(tSched[i]!)) { tSched[i] = now; nSched++; }
+            if (i < slots) atSched[i] = toPerf(event.at);
+            lag.push(now - toPerf(event.at));
+            break;
+          case 'SaveCompleted':
+            if (Number.isNaN(tDone[i]!)) { tDone[i] = now; nDone++; }
+            completedAttempts.add(`${event.jobId}.${event.data.attempt}`);
+            break;
+          case 'SaveRejected': nRejected++; break;
+          case 'SaveFailed':
+            nFailed++;
+            if (completedAttempts.has(`${event.jobId}.${event.data.attempt}`)) nFailedAfterCompleted++;
+            break;
+          default:
+        }
+        wake?.();
+      }
+    })().catch((err) => { if (!ac.signal.aborted) say(`log follower failed: ${(err as Error).message}`); });
+
+    const u0 = await usage(pid);
+    const n0 = await usage(nats.proc.child.pid!);
+    const b0 = process.cpuUsage();
+    const start = performance.now();
+    let lastAck = start;
+    let next = 0;
+    const publisher = async () => {
+      while (next < requests) {
+        const i = next++;
+        const id = requestId(i);
+        tPub[i] = performance.now();
+        await publishValidated(bus, messages.saveRequest, subjects.cmd.save, { requestId: id, vm: vmName(i % vms) }, { msgId: id });
+        lastAck = performance.now();
+      }
+    };
+    const publishing = Promise.all(Array.from({ length: Math.min(pubWindow, requests) }, publisher));
+
+    // Progress every 5 s, with the scheduler's CPU share over the interval.
+    let prevCpu = u0.cpuMs, prevAt = start;
+    const progress = setInterval(() => {
+      void usage(pid).then((u) => {
+        const now = performance.now();
+        say(`  ${((now - start) / 1000).toFixed(0)} s: published ${Math.min(next, requests)}, requested ${nReq}, scheduled ${nSched}, completed ${nDone} (work received ${fleet.received}), rejected ${nRejected}, failed ${nFailed}; scheduler CPU ${Math.round(((u.cpuMs - prevCpu) / (now - prevAt)) * 100)} %, RSS ${Math.round(u.rssBytes / 2 ** 20)} MiB`);
+        prevCpu = u.cpuMs;
+        prevAt = now;
+      }, () => undefined);
+    }, 5000);
+
+    await publishing;
+    const published = performance.now();
+    const deadline = start + timeoutS * 1000;
+    let timedOut = false;
+    while (nDone + nRejected < requests) {
+      if (performance.now() > deadline) {
+        timedOut = true;
+        break;
+      }
+      if (scheduler.child.exitCode !== null) throw new Error(`the scheduler exited (${scheduler.child.exitCode}): ${tail(scheduler.logFile)}`);
+      await new Promise<void>((r) => { wake = r; setTimeout(r, 500); });
+      wake = undefined;
+    }
+    clearInterval(progress);
+    const u1 = await usage(pid);
+    const n1 = await usage(nats.proc.child.pid!);
+    const b1 = process.cpuUsage(b0);
+    const end = performance.now();
+    if (timedOut) say(`  timed out after ${timeoutS} s: ${nReq} requested, ${nSched} scheduled, ${nDone} completed of ${requests}`);
+
+    const since = (ts: Float64Array, upto = requests) => {
+      const out: number[] = [];
+      for (let i = 0; i < upto; i++) if (!Number.isNaN(ts[i]!)) out.push(ts[i]! - tPub[i]!);
+      return out;
+    };
+    const reqArrivals = [...tReq].filter((t) => !Number.isNaN(t)).sort((a, b) => a - b);
+    const lastOf = (ts: Float64Array) => Math.max(...[...ts].filter((t) => !Number.isNaN(t)));
+    const tenth = Math.max(1, Math.floor(requests / 10));
+    const sched = since(tSched);
+    const first = since(tSched, Math.min(slots, requests));
+    const admit = since(tReq);
+    const wallMs = (nDone ? lastOf(tDone) : end) - start;
+    const result: RunResult = {
+      requests, vms, hosts, slots,
+      scheduled: nSched, admitted: nReq, rejected: nRejected, failed: nFailed, failedAfterCompleted: nFailedAfterCompleted, workItems: fleet.received, timedOut,
+      publishPerSec: requests / ((lastAck - start) / 1000),
+      admittedPerSec: nReq / (((nReq ? lastOf(tReq) : end) - start) / 1000),
+      scheduledPerSec: nSched / (((nSched ? lastOf(tSched) : end) - start) / 1000),
+      admittedPerSecFirstTenth: reqArrivals.length >= tenth ? tenth / ((reqArrivals[tenth - 1]! - start) / 1000) : NaN,
+      admittedPerSecLastTenth: reqArrivals.length === requests ? tenth / ((reqArrivals[requests - 1]! - reqArrivals[requests - 1 - tenth]!) / 1000) : NaN,
+      admitP50: percentile(admit, 50), admitP99: percentile(admit, 99),
+      schedP50: percentile(sched, 50), schedP99: percentile(sched, 99), schedMax: percentile(sched, 100),
+      firstP50: percentile(first, 50), firstP99: percentile(first, 99), firstMax: percentile(first, 100),
+      wallS: wallMs / 1000,
+      schedulerCpuS: (u1.cpuMs - u0.cpuMs) / 1000,
+      schedulerCpuShare: (u1.cpuMs - u0.cpuMs) / (end - start),
+      schedulerRssMiB: u1.rssBytes / 2 ** 20,
+      schedulerPeakRssMiB: u1.peakRssBytes / 2 ** 20,
+      natsCpuS: (n1.cpuMs - n0.cpuMs) / 1000,
+      benchCpuS: (b1.user + b1.system) / 1e6,
+      loadAvg,
+      followLagP50: percentile(lag, 50),
+      followLagP99: percentile(lag, 99),
+    };
+    say(`  done in ${((end - start) / 1000).toFixed(1)} s (publishing took ${((published - start) / 1000).toFixed(1)} s): admitted ${Math.round(result.admittedPerSec)}/s, scheduled ${Math.round(result.scheduledPerSec)}/s, publish → SaveScheduled p50 ${Math.round(result.schedP50)} ms p99 ${Math.round(result.schedP99)} ms; first ${slots}: p50 ${Math.round(result.firstP50)} ms p99 ${Math.round(result.firstP99)} ms; scheduler CPU ${result.schedulerCpuS.toFixed(1)} s`);
+    const firstN = Math.min(slots, requests);
+    const part = (a: (i: number) => number) => { const v = Array.from({ length: firstN }, (_, i) => a(i)).filter(Number.isFinite); return `p50 ${Math.round(percentile(v, 50))} / max ${Math.round(percentile(v, 100))} ms`; };
+    say(`  first ${firstN} requests, where the time goes: publish → scheduler stamps SaveRequested ${part((i) => atReq[i]! - tPub[i]!)}; → stamps SaveScheduled ${part((i) => atSched[i]! - atReq[i]!)}; → seen here ${part((i) => tSched[i]! - atSched[i]!)}`);
+    say(`  log follower lag behind SaveScheduled's own timestamp, all jobs: p50 ${Math.round(result.followLagP50)} ms, p99 ${Math.round(result.followLagP99)} ms`);
+    if (fleet.errors) say(`  ${fleet.errors} simulated saves could not publish their events`);
+    ac.abort();
+    await follower;
+    return result;
+  } finally {
+    ac.abort();
+    if (scheduler) await stop(scheduler);
+    await fleet.stop();
+    await bus.close();
+    await stop(redis.proc);
+    await stop(nats.proc);
+    if (!keep) {
+      await rm(dir, { recursive: true, force: true });
+      dirs.delete(dir);
+    } else say(`  kept ${dir}`);
+  }
+}
+
+/* ---------------- the report ---------------- */
+
+function version(bin: string, flag: string): string {
+  try {
+    return execFileSync(bin, [flag], { encoding: 'utf8' }).trim().split('\n')[0]!;
+  } catch {
+    return `${bin}: unknown version`;
+  }
+}
+
+async function machine(): Promise<string> {
+  const osName = await readFile('/etc/os-release', 'utf8').then((t) => /^PRETTY_NAME="?([^"\n]*)/m.exec(t)?.[1] ?? 'Linux', () => os.type());
+  const cpus = os.cpus();
+  return `${cpus.length} × ${cpus[0]?.model.trim() ?? 'CPU'}, ${Math.round(os.totalmem() / 2 ** 30)} GiB RAM, ${osName} (kernel ${os.release()}), Node ${process.versions.node}, ${version(natsBin, '--version')}, ${version(redisBin, '--version').replace(/ sha=.*$/, '')}`;
+}
+
+async function main(): Promise<void> {
+  const began = Date.now();
+  const rows: { result: RunResult; reps: number }[] = [];
+  const profiles: string[] = [];
+  for (const size of sizes) {
+    const runs: RunResult[] = [];
+    for (let r = 0; r < reps; r++) {
+      const before = cpuProfDir && existsSync(cpuProfDir) ? new Set(await readdir(cpuProfDir)) : new Set<string>();
+      runs.push(await runOnce(size, r));
+      if (cpuProfDir) {
+        await sleep(500);
+        const fresh = (await readdir(cpuProfDir).catch(() => [] as string[])).filter((f) => f.endsWith('.cpuprofile') && !before.has(f));
+        for (const f of fresh) {
+          const d = await describeProfile(path.join(cpuProfDir, f), size);
+          if (d) profiles.push(d);
+        }
+      }
+    }
+    rows.push({ result: medianRun(runs), reps });
+  }
+  const tables = renderTables(rows);
+  const took = (Date.now() - began) / 1000;
+  const command = `npm run bench:load -w @vmsave/scheduler${process.argv.length > 2 ? ` -- ${process.argv.slice(2).join(' ')}` : ''}`;
+  const body = [
+    `Run ${new Date().toISOString().slice(0, 16).replace('T', ' ')} UTC with \`${command}\` (${(took / 60).toFixed(1)} min in all).`,
+    '',
+    `Machine: ${await machine()}.`,
+    `Settings: VMSAVE_HOST_LIMIT ${hostLimit}, VMSAVE_TICK_MS ${tickMs}, scheduler log level ${logLevel} (to a file), publish window ${pubWindow}, simulated save ${saveMs[0]}–${saveMs[1]} ms, ${reps} run(s) per size${reps > 1 ? ' (medians of the runs)' : ''}.`,
+    '',
+    tables,
+    ...(profiles.length ? ['', ...profiles] : []),
+  ].join('\n');
+  console.log(`\n${body}\n`);
+  if (outMd) {
+    const doc = existsSync(outMd) ? await readFile(outMd, 'utf8') : '# Scheduler\n';
+    await writeFile(outMd, splice(doc, body, '## Load benchmark: results'));
+    say(`written to ${path.relative(REPO, outMd)}`);
+  }
+  if (cpuProfDir) say(`scheduler CPU profiles in ${cpuProfDir} (open them in Chrome DevTools or speedscope)`);
+  say(`total ${(took / 60).toFixed(1)} min`);
+}
+
+async function describeProfile(file: string, size: Size): Promise<string | undefined> {
+  const { totalMs, idleMs, hot } = await summarizeProfile(file, REPO, 12);
+  // tsx's module loader runs in a worker thread with a profile of its own: leave out an idle thread.
+  if (totalMs - idleMs < 0.05 * totalMs) return undefined;
+  const inc = await inclusiveMs(file, ['pump', 'pickNext', 'place', 'onCommand', 'onLogEvent', 'tick', 'dispatch']);
+  return [
+    `CPU profile of the scheduler at ${sizeLabel(size)} (\`--cpu-prof\`, whole process life: ${(totalMs / 1000).toFixed(1)} s, of it idle ${(idleMs / 1000).toFixed(1)} s). Inclusive: ${Object.entries(inc).map(([k, v]) => `${k} ${(v / 1000).toFixed(1)} s`).join(', ')}.`,
+    '',
+    '| function | where | self | inclusive | share of busy time |',
+    '|---|---|---:|---:|---:|',
+    ...hot.map((h) => `| \`${h.name}\` | ${h.where.replace(/^.*node_modules\//, 'node_modules/')} | ${(h.selfMs / 1000).toFixed(2)} s | ${(h.totalMs / 1000).toFixed(2)} s | ${Math.round(h.share * 100)} % |`),
+  ].join('\n');
+}
+
+try {
+  await main();
+} catch (err) {
+  console.error(err);
+  process.exitCode = 1;
+} finally {
+  await cleanup();
+}
