@@ -138,7 +138,7 @@ export function mainTable(r: Results, state: VmState): string {
       const sv = rates(bytes, raw.map((s) => s.saveSyncS));
       const rs = rates(bytes, raw.map((s) => s.restoreMigrateS));
       return [
-        `${mode.label} ‡`, `(raw ${fmtSummary(summarize(raw.map((s) => s.saveSyncS)))})`, `(raw ${fmtSummary(summarize(raw.map((s) => s.restoreS)))})`,
+        mode.pipeDirect ? `${mode.label} ‡` : `${mode.label} (every vmsave sample failed; raw QEMU shown)`, `(raw ${fmtSummary(summarize(raw.map((s) => s.saveSyncS)))})`, `(raw ${fmtSummary(summarize(raw.map((s) => s.restoreS)))})`,
         fmtInt(median(raw.map((s) => s.bytes))), fmtInt(median(raw.map((s) => s.blocks))),
         `(raw ${fmtSummary(summarize(sv), 2)})`, `(raw ${fmtSummary(summarize(rs), 2)})`, '—', '—',
         `(raw ${fmtPct(ratio(median(sv), lim.write !== undefined ? lim.write / GiB : undefined))})`,
@@ -315,7 +315,7 @@ export function renderSection(r: Results): string {
   }
   if (r.failures.length) {
     lines.push('');
-    lines.push(`Failed samples (left out of the medians; the VM was brought back from the image and the run went on):`);
+    lines.push(`Failed samples (left out of the medians: the save and restore of that repetition; a fresh VM in the same state replaced the lost one and the run went on):`);
     lines.push('');
     lines.push(markdownTable(['state', 'mode', 'rep', 'path', 'error'], r.failures.map((f) => [f.state, f.mode, String(f.rep + 1), f.path, f.error.replaceAll('\n', ' ')]), ['l', 'l', 'r', 'l', 'l']));
   }
