@@ -45,6 +45,7 @@ export {
 export { checkRestorable, type RestoreVerdict, type RestoreRefusal, type RestoreRefusalCode } from './restorable.ts';
 export {
   LIBVIRT_HEADER_SIZE,
+  LIBVIRT_MAX_DATA,
   LIBVIRT_FORMATS,
   decodeLibvirtHeader,
   encodeLibvirtHeader,

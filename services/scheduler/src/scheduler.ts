@@ -5,7 +5,7 @@ import {
   type CancelRequest, type JobEvent, type RestoreRequest, type SaveRequest, type WorkItem,
 } from '@vmsave/contracts';
 import {
-  ack, BusValidationError, decodeMessage, describeIssues, publishEvent, publishValidated, readHosts, readLog, runConsumer,
+  ack, BusValidationError, decodeMessage, describeIssues, eventsOfJob, publishEvent, publishValidated, readHosts, readLog, runConsumer,
   type Bus, type Logger, type MessageContext, type Outcome,
 } from '@vmsave/bus';
 import { decide, decideRetry, evolve, initialState, isTerminal, type JobCommand, type JobState } from '@vmsave/jobs';
@@ -120,11 +120,13 @@ export class Scheduler {
         for await (const a of readHosts(this.bus, { follow: true, signal })) {
           const prev = this.hosts.get(a.host);
           this.hosts.set(a.host, { announcement: a, lastSeenMs: Math.max(Date.parse(a.at), prev?.lastSeenMs ?? 0) });
-          void this.serial(() => this.pump());
+          this.requestPump();
         }
       })(),
       (async () => {
         for await (const { event } of readLog(this.bus, { fromSeq: lastSeq + 1, follow: true, signal })) {
+          // Our own events come back through the log; they were applied when appended.
+          if (this.own.delete(event.eventId)) continue;
           await this.serial(() => this.onLogEvent(event));
         }
       })(),
@@ -216,7 +218,7 @@ export class Scheduler {
       log.info({ host: adm.host, format: adm.format }, 'save admitted');
     }
     this.reply(ctx, this.answer(jobId, false));
-    await this.pump();
+    this.requestPump();
     return ack();
   }
 
@@ -238,7 +240,7 @@ export class Scheduler {
       log.info({ host: adm.host }, 'restore admitted');
     }
     this.reply(ctx, this.answer(jobId, false));
-    await this.pump();
+    this.requestPump();
     return ack();
   }
 
@@ -296,15 +298,21 @@ export class Scheduler {
   }
 
   private async append(e: JobEvent): Promise<void> {
-    await publishEvent(this.bus, e);
+    // Marked before publishing: the log may deliver the echo before the publish ack returns.
     this.own.add(e.eventId);
+    try {
+      await publishEvent(this.bus, e);
+    } catch (err) {
+      this.own.delete(e.eventId);
+      throw err;
+    }
     await this.apply(e);
   }
 
   private async onLogEvent(e: JobEvent): Promise<void> {
-    if (this.own.delete(e.eventId)) return;
     await this.apply(e);
-    await this.pump();
+    // Only events that free a slot or queue a job call for placement.
+    if (e.type !== 'SaveStarted' && e.type !== 'RestoreStarted') this.requestPump();
   }
 
   private async apply(e: JobEvent): Promise<void> {
@@ -321,7 +329,7 @@ export class Scheduler {
         const r = await this.emit(s, { type: 'Retry', delayMs, maxAttempts: this.cfg.VMSAVE_MAX_ATTEMPTS });
         if (r.length) {
           log.info({ delayMs, attempt: s.attempt + 1, code: e.data.code }, 'retrying after a retryable failure');
-          setTimeout(() => void this.serial(() => this.pump()), delayMs + 10).unref();
+          setTimeout(() => this.requestPump(), delayMs + 10).unref();
         }
         return;
       }
@@ -366,6 +374,18 @@ export class Scheduler {
     const p = { host: adm.host, vm: 'vm' in adm && typeof adm.vm === 'string' ? adm.vm : s.vm, ramBytes: 'ramBytes' in adm ? adm.ramBytes : 0 };
     this.placement.set(s.jobId!, p);
     return p;
+  }
+
+  private pumpQueued = false;
+
+  /** Ask for one placement pass; any number of requests before it runs make one pass. */
+  private requestPump(): void {
+    if (this.pumpQueued || this.ac.signal.aborted) return;
+    this.pumpQueued = true;
+    void this.serial(async () => {
+      this.pumpQueued = false;
+      await this.pump();
+    }).catch((err) => this.log.error({ err }, 'placement failed'));
   }
 
   private limitOf = (host: string): number => this.hosts.get(host)?.announcement.maxConcurrentJobs ?? this.cfg.VMSAVE_HOST_LIMIT;
@@ -456,6 +476,12 @@ export class Scheduler {
       const silentMs = now - this.seen.get(jobId)!;
       const deadline = s.deadlineAt ? Date.parse(s.deadlineAt) + this.cfg.VMSAVE_DEADLINE_GRACE_MS : Infinity;
       if (silentMs > this.cfg.VMSAVE_HEARTBEAT_TIMEOUT_MS) {
+        // The attempt may have ended while its events still wait in our queue: ask the log first.
+        const closed = (await eventsOfJob(this.bus, jobId)).map((l) => l.event).filter((e) => e.type.endsWith('Completed') || e.type.endsWith('Failed') || e.type.endsWith('Cancelled'));
+        if (closed.length) {
+          for (const e of closed) if (!this.own.has(e.eventId)) await this.apply(e);
+          if (!ACTIVE.has(this.jobs.get(jobId)!.status)) continue;
+        }
         this.log.warn({ jobId, host: s.host, silentMs }, 'executor lost: no heartbeat for this job');
         await this.fail(s, 'lost', 'executor-lost', `executor on ${s.host} sent no heartbeat for this job for ${Math.round(silentMs / 1000)} s`, true);
       } else if (now > deadline) {
@@ -463,7 +489,7 @@ export class Scheduler {
         await this.fail(s, 'deadline', 'deadline-exceeded', `job ran past its deadline ${s.deadlineAt}`, false);
       }
     }
-    await this.pump();
+    this.requestPump();
   }
 
   private async fail(s: JobState, stage: 'lost' | 'deadline', code: string, reason: string, retryable: boolean): Promise<void> {
