@@ -444,7 +444,18 @@ async function follow(
   let lastChange = performance.now();
   for (;;) {
     eventSeen = false;
-    const info = await call<Record<string, unknown>>(ctx, 'transfer', 'query-migrate');
+    let info: Record<string, unknown>;
+    try {
+      info = await call<Record<string, unknown>>(ctx, 'transfer', 'query-migrate');
+    } catch (err) {
+      // A restoring QEMU answers QMP from the main loop that is busy loading memory, so a
+      // query can time out while the load progresses. While QEMU lives, only the stall
+      // deadline ends a restore.
+      const original = err instanceof StagedError ? err.original : err;
+      const alive = ctx.options.process ? ctx.options.process.exitStatus === undefined : ctx.qmp.runState === 'running';
+      if (direction === 'restore' && original instanceof QmpTimeoutError && alive && performance.now() - lastChange <= stallMs) continue;
+      throw err;
+    }
     const sample = toProgress(direction, info, performance.now() - startedAt);
     options.onProgress?.(sample);
     if (sample.status === 'completed') return info;
