@@ -107,7 +107,8 @@ async function handleOne<S extends z.ZodType>(bus: Bus, spec: ConsumerSpec<S>, m
     if (err instanceof BusValidationError) {
       spec.log.warn({ subject: m.subject, seq: m.seq, issues: err.issues }, 'invalid message, dead-lettered');
       await deadLetter(bus, spec.service, { subject: m.subject, data: m.data, seq: m.seq }, err.message);
-      m.term(err.message.slice(0, 256));
+      // No reason on the TERM: NATS 2.9 ignores "+TERM <reason>" and redelivers (the reason is in the dead letter).
+      m.term();
       await Promise.resolve(spec.onInvalid?.(err, ctx)).catch(() => undefined);
       return;
     }
@@ -133,6 +134,7 @@ function settle<S extends z.ZodType>(bus: Bus, spec: ConsumerSpec<S>, m: JsMsg, 
       return;
     case 'term':
       void deadLetter(bus, spec.service, { subject: m.subject, data: m.data, seq: m.seq }, outcome.reason);
-      m.term(outcome.reason.slice(0, 256));
+      // No reason on the TERM: NATS 2.9 ignores "+TERM <reason>" and redelivers (the reason is in the dead letter).
+      m.term();
   }
 }

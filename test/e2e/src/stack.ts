@@ -70,6 +70,11 @@ export class Stack {
     }
     await s.startService('scheduler');
     await s.startService('verifier');
+    // The scheduler rebuilds its view from the whole log before it takes commands: wait for it,
+    // so a test's first request is not timed against that replay.
+    for (const name of ['scheduler', 'verifier', ...s.hosts.map((h) => `executor:${h}` as const)] as ServiceName[]) {
+      await s.waitForLog(name, /"msg":"(scheduler|verifier|executor) running"/, 180_000);
+    }
     return s;
   }
 
@@ -89,6 +94,15 @@ export class Stack {
 
   async log(name: ServiceName): Promise<string> {
     return readFile(this.logFile(name), 'utf8').catch(() => '');
+  }
+
+  /** Wait until a service's log has a line matching `re` (fails early if the process exits). */
+  async waitForLog(name: ServiceName, re: RegExp, timeoutMs = 60_000): Promise<void> {
+    await waitFor(`${name} to log ${re}`, async () => {
+      const p = this.procs.get(name);
+      if (p && p.exitCode !== null) throw new Error(`${name} exited with ${p.exitCode}: ${(await this.log(name)).slice(-2000)}`);
+      return re.test(await this.log(name));
+    }, timeoutMs, 200);
   }
 
   async startService(name: ServiceName, env: Record<string, string> = {}): Promise<ChildProcess> {
