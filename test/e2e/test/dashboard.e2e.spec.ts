@@ -72,9 +72,11 @@ describe.runIf(existsSync(CHROMIUM))('the ops dashboard on the real stack, in he
     await sampler;
     await row.click();
     await page.locator('#detail:not([hidden])').waitFor();
-    const checks = await page.locator('#detail table.checks tbody tr td:first-child').allTextContents();
-    expect(checks).toEqual(expect.arrayContaining(['header.magic', 'format.matches-stream', 'stream.complete']));
-    expect(await page.locator('#detail .timeline .what').allTextContents()).toEqual(['SaveRequested', 'SaveScheduled', 'SaveStarted', 'SaveCompleted', 'ImageVerified']);
+    // The detail panel fills in once its request for the job's history answers.
+    await expect.poll(() => page.locator('#detail table.checks tbody tr td:first-child').allTextContents(), { timeout: 30_000 })
+      .toEqual(expect.arrayContaining(['header.magic', 'format.matches-stream', 'stream.complete']));
+    await expect.poll(() => page.locator('#detail .timeline .what').allTextContents(), { timeout: 30_000 })
+      .toEqual(['SaveRequested', 'SaveScheduled', 'SaveStarted', 'SaveCompleted', 'ImageVerified']);
     mkdirSync(path.join(REPO, 'test-results'), { recursive: true });
     await page.screenshot({ path: path.join(REPO, 'test-results', 'dashboard-real-stack.png'), fullPage: true });
     expect(errors).toEqual([]);
