@@ -39,7 +39,8 @@ function startStack(args: string[], env: Record<string, string>, dir = dataDir):
   for (const k of ['NATS_URL', 'REDIS_URL', 'NATS_USER', 'NATS_PASS']) delete base[k];
   const child = spawn(process.execPath, ['--import', 'tsx', 'infra/start.ts', ...args], {
     cwd: REPO_ROOT,
-    env: { ...base, VMSAVE_DATA_DIR: dir, VMSAVE_DASHBOARD_PORT: '0', VMSAVE_LOG_LEVEL: 'info', ...env },
+    // No demo VM: the start tests check the services; an autostarted QEMU would outlive them.
+    env: { ...base, VMSAVE_DATA_DIR: dir, VMSAVE_DASHBOARD_PORT: '0', VMSAVE_LOG_LEVEL: 'info', VMSAVE_NO_DEMO: '1', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let out = '';
