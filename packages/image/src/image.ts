@@ -180,11 +180,8 @@ export async function readImage(path: string): Promise<ImageInfo> {
   }
 }
 
-/**
- * Mark an image complete: fdatasync the file (QEMU's writes included), flip the magic to
- * `VMSVDONE`, fdatasync again. Throws ImageStateError if it is already complete.
- */
-export async function finalizeImage(path: string): Promise<ImageHeader> {
+/** Open an image read-write and read its header (bounds-checked), for an in-place rewrite. */
+async function openForRewrite(path: string): Promise<{ fh: fsp.FileHandle; size: number; header: ImageHeader }> {
   let fh: fsp.FileHandle;
   try {
     fh = await fsp.open(path, C.O_RDWR);
@@ -195,6 +192,21 @@ export async function finalizeImage(path: string): Promise<ImageHeader> {
     const size = (await fh.stat()).size;
     const src: ByteSource = { size, read: async (p, l) => (await fh.read(Buffer.alloc(Math.max(0, Math.min(l, size - p))), 0, Math.max(0, Math.min(l, size - p)), p)).buffer };
     const { header } = await readHeaderAndDescriptor(src, path);
+    return { fh, size, header };
+  } catch (err) {
+    await fh.close().catch(() => {});
+    if (err instanceof ImageError) throw err;
+    throw ioError('cannot read', path, err);
+  }
+}
+
+/**
+ * Mark an image complete: fdatasync the file (QEMU's writes included), flip the magic to
+ * `VMSVDONE`, fdatasync again. Throws ImageStateError if it is already complete.
+ */
+export async function finalizeImage(path: string): Promise<ImageHeader> {
+  const { fh, size, header } = await openForRewrite(path);
+  try {
     if (header.complete) throw new ImageStateError(`image ${path} is already complete`, { path });
     if (size <= header.streamOffset) throw new ImageStateError(`image ${path} has no QEMU stream after offset ${header.streamOffset}: nothing to finalize`, { path });
     await fh.datasync();
@@ -216,16 +228,8 @@ export async function finalizeImage(path: string): Promise<ImageHeader> {
 export async function updateDescriptor(path: string, input: ImageDescriptorInput): Promise<ImageInfo> {
   const descBytes = encodeDescriptor(input);
   const descriptor = decodeDescriptor(descBytes);
-  let fh: fsp.FileHandle;
+  const { fh, size, header } = await openForRewrite(path);
   try {
-    fh = await fsp.open(path, C.O_RDWR);
-  } catch (err) {
-    throw ioError('cannot open', path, err);
-  }
-  try {
-    const size = (await fh.stat()).size;
-    const src: ByteSource = { size, read: async (p, l) => (await fh.read(Buffer.alloc(Math.max(0, Math.min(l, size - p))), 0, Math.max(0, Math.min(l, size - p)), p)).buffer };
-    const { header } = await readHeaderAndDescriptor(src, path);
     if (descriptor.format !== header.format) {
       throw new DescriptorError(`new descriptor says format "${descriptor.format}" but the image is "${header.format}"`, { path });
     }
