@@ -26,6 +26,15 @@ export function generateSecret(length = 32): string {
   return out.length === length ? out : generateSecret(length);
 }
 
+/**
+ * A value for a `$VARIABLE` of nats.conf. nats-server parses a variable's value as a config
+ * value, so a secret such as `2fX…` is a parse error and `true` a boolean; quoted, it is
+ * always the string itself.
+ */
+export function natsConfString(value: string): string {
+  return `"${value}"`;
+}
+
 /** Fresh passwords for every NATS role, keyed by role. */
 export function generateNatsPasswords(): Record<Role, string> {
   return Object.fromEntries(roles.map((r) => [r, generateSecret()])) as Record<Role, string>;
@@ -155,7 +164,11 @@ export function startNatsServer(opts: NatsServerOptions): Promise<RunningServer>
   if (!bin) return Promise.reject(new Error('nats-server is not installed: run `npm run setup`'));
   mkdirSync(opts.storeDir, { recursive: true });
   const env: NodeJS.ProcessEnv = { PATH: process.env.PATH ?? '' };
-  for (const r of roles) env[passwordVar(r)] = opts.passwords[r];
+  for (const r of roles) {
+    const password = opts.passwords[r];
+    if (!/^[A-Za-z0-9]+$/.test(password)) return Promise.reject(new Error(`the NATS password of role ${r} must be letters and digits only`));
+    env[passwordVar(r)] = natsConfString(password);
+  }
   const child = spawn(bin, ['-c', NATS_CONF, '-a', opts.host ?? '127.0.0.1', '-p', String(opts.port), '-js', '-sd', opts.storeDir], {
     env,
     stdio: ['ignore', 'pipe', 'pipe'],

@@ -16,9 +16,8 @@ export interface PrivateNats {
   stop(): Promise<void>;
 }
 
-export async function startPrivateNats(): Promise<PrivateNats> {
+export async function startPrivateNats(passwords: Record<Role, string> = generateNatsPasswords()): Promise<PrivateNats> {
   const dir = mkdtempSync(join(tmpdir(), 'vmsave-infra-nats-'));
-  const passwords = generateNatsPasswords();
   const port = await freePort();
   const server = await startNatsServer({ port, storeDir: join(dir, 'js'), passwords });
   return {

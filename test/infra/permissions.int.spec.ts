@@ -54,6 +54,22 @@ describe('authentication', () => {
     await expect(rawConnect(nats.url, 'scheduler', nats.passwords.client)).rejects.toThrow(/authorization/i);
   });
 
+  it('accepts generated passwords that nats.conf would otherwise read as a number or a boolean', async () => {
+    // Regression: `$VMSAVE_NATS_PASS_<ROLE>` is parsed as a config value; a secret starting with a
+    // digit failed the server's start (about half of the generated password sets did).
+    const tricky = { client: '2fXq9', scheduler: 'true', executor: '0x1F', verifier: '1e5', dashboard: '42' } satisfies Record<Role, string>;
+    const other = await startPrivateNats(tricky);
+    try {
+      for (const r of roles) {
+        const nc = await rawConnect(other.url, r, tricky[r]);
+        expect(nc.info?.server_id, r).toBeTruthy();
+        await nc.close();
+      }
+    } finally {
+      await other.stop();
+    }
+  });
+
   it('every service role may create or update the streams it relies on (Bus.ensureStreams at start)', async () => {
     for (const r of ['scheduler', 'executor', 'verifier', 'dashboard'] as const) await as[r].bus.ensureStreams();
     expect((await as.dashboard.bus.jsm.streams.info(streams.commands.name)).config.subjects).toEqual([...streams.commands.subjects]);
