@@ -6,6 +6,7 @@ import type { Logger } from './logger.ts';
 import { BusValidationError, isRetryable } from './errors.ts';
 import { decodeMessage } from './validate.ts';
 import { deadLetter } from './publish.ts';
+import { isTransient, retryTransient } from './retry.ts';
 
 /** What a handler wants done with a message. Errors thrown map to these too (see `settle`). */
 export type Outcome =
@@ -69,24 +70,48 @@ export async function runConsumer<S extends z.ZodType>(bus: Bus, spec: ConsumerS
     max_deliver: spec.maxDeliver ?? 20,
     filter_subject: spec.filterSubject,
   };
-  try {
-    await bus.jsm.consumers.info(spec.stream, spec.durable);
-    await bus.jsm.consumers.update(spec.stream, spec.durable, { ack_wait: config.ack_wait, max_deliver: config.max_deliver });
-  } catch {
-    await bus.jsm.consumers.add(spec.stream, config);
-  }
-  const consumer = await bus.js.consumers.get(spec.stream, spec.durable);
-  const concurrency = spec.concurrency ?? 1;
-  const messages = await consumer.consume({ max_messages: Math.max(concurrency, 1) * 2 });
-  spec.signal?.addEventListener('abort', () => void messages.close(), { once: true });
-  if (spec.signal?.aborted) void messages.close();
-
   const inflight = new Set<Promise<void>>();
-  for await (const m of messages) {
-    const p = handleOne(bus, spec, m).finally(() => inflight.delete(p));
-    inflight.add(p);
-    if (inflight.size >= concurrency) await Promise.race(inflight);
-    if (spec.signal?.aborted) break;
+  const concurrency = spec.concurrency ?? 1;
+  // The loop goes on until abort: when the consume iterator ends or fails by itself (the server
+  // restarted, the consumer vanished), the consumer is ensured again and consumption resumes.
+  let consuming = false;
+  for (let attempt = 0; !spec.signal?.aborted; attempt++) {
+    try {
+      await retryTransient(async () => {
+        try {
+          await bus.jsm.consumers.info(spec.stream, spec.durable);
+          await bus.jsm.consumers.update(spec.stream, spec.durable, { ack_wait: config.ack_wait, max_deliver: config.max_deliver });
+        } catch (err) {
+          if (isTransient(err)) throw err;
+          await bus.jsm.consumers.add(spec.stream, config);
+        }
+      }, { signal: spec.signal });
+      const consumer = await retryTransient(() => bus.js.consumers.get(spec.stream, spec.durable), { signal: spec.signal });
+      const messages = await consumer.consume({ max_messages: Math.max(concurrency, 1) * 2 });
+      consuming = true;
+      const stop = () => void messages.close();
+      spec.signal?.addEventListener('abort', stop, { once: true });
+      if (spec.signal?.aborted) stop();
+      try {
+        for await (const m of messages) {
+          attempt = 0;
+          const p = handleOne(bus, spec, m).finally(() => inflight.delete(p));
+          inflight.add(p);
+          if (inflight.size >= concurrency) await Promise.race(inflight);
+          if (spec.signal?.aborted) break;
+        }
+      } finally {
+        spec.signal?.removeEventListener('abort', stop);
+      }
+      if (spec.signal?.aborted || bus.nc.isClosed()) break;
+      spec.log.warn({ stream: spec.stream, durable: spec.durable }, 'consumer stopped delivering; consuming again');
+    } catch (err) {
+      // A consumer that cannot be set up at all (permissions, bad config) is the caller's error.
+      if (!consuming) throw err;
+      if (spec.signal?.aborted || bus.nc.isClosed()) break;
+      spec.log.warn({ err: (err as Error)?.message ?? String(err), stream: spec.stream, durable: spec.durable, attempt }, 'consumer failed; consuming again');
+    }
+    await new Promise((r) => setTimeout(r, Math.min(5000, 100 * 2 ** attempt)));
   }
   await Promise.allSettled(inflight);
 }

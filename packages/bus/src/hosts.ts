@@ -4,16 +4,34 @@ import type { Bus } from './connection.ts';
 import { decodeMessage } from './validate.ts';
 import { BusValidationError } from './errors.ts';
 import { retryTransient } from './retry.ts';
+import { resumable, type ResumableOptions } from './follow.ts';
+
+export interface ReadHostsOptions {
+  /** Keep yielding new announcements until `signal` aborts (reopened after NATS restarts). */
+  follow?: boolean;
+  signal?: AbortSignal;
+  /** With `follow`: told when the read is reopened after NATS went away (for a log line). */
+  onResume?: ResumableOptions['onResume'];
+}
 
 /**
  * The latest announcement of every host (the stream keeps one per subject), then, with
  * `follow`, each new one. Invalid entries are skipped.
  */
-export async function* readHosts(bus: Bus, opts: { follow?: boolean; signal?: AbortSignal } = {}): AsyncGenerator<HostAnnouncement> {
+export async function* readHosts(bus: Bus, opts: ReadHostsOptions = {}): AsyncGenerator<HostAnnouncement> {
+  const read = opts.follow
+    ? resumable((after, signal) => readHostsOnce(bus, { ...opts, signal }, after), (h) => h.seq, { signal: opts.signal, onResume: opts.onResume, reopenOn: (fn) => bus.onReconnect(fn) })
+    : readHostsOnce(bus, opts, undefined);
+  for await (const h of read) yield h.announcement;
+}
+
+/** One ordered consumer over the hosts stream: the latest per host, or everything after `after`. */
+async function* readHostsOnce(bus: Bus, opts: ReadHostsOptions, after: number | undefined): AsyncGenerator<{ seq: number; announcement: HostAnnouncement }> {
   const info = await retryTransient(() => bus.jsm.streams.info(streams.hosts.name), { signal: opts.signal });
   if (!opts.follow && info.state.messages === 0) return;
-  const consumer = await retryTransient(() => bus.js.consumers.get(streams.hosts.name, { deliver_policy: DeliverPolicy.LastPerSubject }), { signal: opts.signal });
-  const messages = await consumer.consume();
+  const start = after === undefined ? { deliver_policy: DeliverPolicy.LastPerSubject } : { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: after + 1 };
+  const consumer = await retryTransient(() => bus.js.consumers.get(streams.hosts.name, start), { signal: opts.signal });
+  const messages = await retryTransient(() => consumer.consume(), { signal: opts.signal });
   const stop = () => void messages.close();
   opts.signal?.addEventListener('abort', stop, { once: true });
   // An abort that came while the consumer was being set up.
@@ -21,7 +39,7 @@ export async function* readHosts(bus: Bus, opts: { follow?: boolean; signal?: Ab
   try {
     for await (const m of messages) {
       try {
-        yield decodeMessage(HostAnnouncement, m.data, m.subject);
+        yield { seq: m.seq, announcement: decodeMessage(HostAnnouncement, m.data, m.subject) };
       } catch (err) {
         if (!(err instanceof BusValidationError)) throw err;
       }

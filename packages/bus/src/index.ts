@@ -6,5 +6,6 @@ export { decodeMessage, encodeMessage, describeIssues } from './validate.ts';
 export { BusError, BusValidationError, BusPublishError, isRetryable } from './errors.ts';
 export { createLogger, type Logger } from './logger.ts';
 export { BusEnv, parseEnv, busOptions } from './env.ts';
-export { readHosts } from './hosts.ts';
+export { readHosts, type ReadHostsOptions } from './hosts.ts';
+export { resumable, type ResumableOptions } from './follow.ts';
 export { retryTransient, isTransient } from './retry.ts';

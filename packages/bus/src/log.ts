@@ -4,6 +4,7 @@ import type { Bus } from './connection.ts';
 import { decodeMessage } from './validate.ts';
 import { BusValidationError } from './errors.ts';
 import { retryTransient } from './retry.ts';
+import { resumable, type ResumableOptions } from './follow.ts';
 
 export interface LoggedEvent {
   seq: number;
@@ -20,13 +21,25 @@ export interface ReadLogOptions {
   signal?: AbortSignal;
   /** Called for an entry that does not parse as an event (it is skipped, never fatal). */
   onInvalid?: (seq: number, err: BusValidationError) => void;
+  /** With `follow`: told when the read is reopened after NATS went away (for a log line). */
+  onResume?: ResumableOptions['onResume'];
 }
 
 /**
  * Read the event log in order with an ephemeral ordered consumer. Without `follow` it ends
- * once it has read everything present when it started.
+ * once it has read everything present when it started; with `follow` it goes on until `signal`
+ * aborts, reopening the read where it stopped when NATS restarts (see `resumable`).
  */
-export async function* readLog(bus: Bus, opts: ReadLogOptions = {}): AsyncGenerator<LoggedEvent> {
+export function readLog(bus: Bus, opts: ReadLogOptions = {}): AsyncGenerator<LoggedEvent> {
+  if (!opts.follow) return readLogOnce(bus, opts);
+  return resumable((after, signal) => readLogOnce(bus, { ...opts, signal, fromSeq: after === undefined ? opts.fromSeq : after + 1 }), (e) => e.seq, {
+    signal: opts.signal,
+    onResume: opts.onResume,
+    reopenOn: (fn) => bus.onReconnect(fn),
+  });
+}
+
+async function* readLogOnce(bus: Bus, opts: ReadLogOptions): AsyncGenerator<LoggedEvent> {
   const filter = opts.filter ?? subjects.evtAll;
   const info = await retryTransient(() => bus.jsm.streams.info(streams.events.name), { signal: opts.signal });
   const lastSeq = info.state.last_seq;

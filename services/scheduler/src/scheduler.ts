@@ -117,14 +117,14 @@ export class Scheduler {
         }
       })(),
       (async () => {
-        for await (const a of readHosts(this.bus, { follow: true, signal })) {
+        for await (const a of readHosts(this.bus, { follow: true, signal, onResume: this.resumed('host announcements') })) {
           const prev = this.hosts.get(a.host);
           this.hosts.set(a.host, { announcement: a, lastSeenMs: Math.max(Date.parse(a.at), prev?.lastSeenMs ?? 0) });
           this.requestPump();
         }
       })(),
       (async () => {
-        for await (const { event } of readLog(this.bus, { fromSeq: lastSeq + 1, follow: true, signal })) {
+        for await (const { event } of readLog(this.bus, { fromSeq: lastSeq + 1, follow: true, signal, onResume: this.resumed('event log') })) {
           // Our own events come back through the log; they were applied when appended.
           if (this.own.delete(event.eventId)) continue;
           await this.serial(() => this.onLogEvent(event));
@@ -165,6 +165,11 @@ export class Scheduler {
   }
 
   /** Run state changes one at a time. */
+  /** A log line for a following read reopened after NATS went away. */
+  private resumed(what: string) {
+    return (err: unknown, attempt: number) => this.log.warn({ err: (err as Error)?.message ?? String(err), attempt }, `${what}: read reopened`);
+  }
+
   private serial<T>(fn: () => Promise<T> | T): Promise<T> {
     const p = this.chain.then(fn, fn);
     this.chain = p.catch(() => undefined);
