@@ -4,7 +4,7 @@ import {
   type CancelRequestInput, type JobEvent, type RestoreRequestInput, type SaveRequestInput,
 } from '@vmsave/contracts';
 import { decodeMessage, eventsOfJob, publishValidated, readLog, type Bus } from '@vmsave/bus';
-import { fold, isTerminal, type JobState } from '@vmsave/jobs';
+import { fold, isFinal, type JobState } from '@vmsave/jobs';
 
 /**
  * The client side of the bus: publish requests (deduplicated by request id), get the
@@ -73,14 +73,15 @@ export class VmsaveClient {
   }
 
   /**
-   * Follow a job until `until` holds (default: terminal, or a completed restore) or the time is up.
+   * Follow a job until `until` holds (default: final — terminal with no retry to come, or a
+   * completed restore) or the time is up.
    * `onEvent` sees every event, `onProgress` every progress sample.
    */
   async waitForJob(
     jobId: string,
     opts: { until?: (s: JobState) => boolean; timeoutMs?: number; onEvent?: (e: JobEvent, s: JobState) => void; onProgress?: (p: ProgressSample) => void; signal?: AbortSignal } = {},
   ): Promise<JobState> {
-    const until = opts.until ?? isTerminal;
+    const until = opts.until ?? isFinal;
     const ac = new AbortController();
     const timer = setTimeout(() => ac.abort(), opts.timeoutMs ?? 10 * 60_000);
     opts.signal?.addEventListener('abort', () => ac.abort(), { once: true });

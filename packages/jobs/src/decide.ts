@@ -1,5 +1,5 @@
 import {
-  makeEvent, type JobEvent, type JobEventType, type RestoreRequest, type SaveRequest, type VerificationCheck,
+  makeEvent, type JobEvent, type JobEventType, type RestoreRequest, type SaveRequest, type VerificationCheck, type ImageFingerprint, type FailureStage,
   SaveStartedData, SaveCompletedData, SaveFailedData, RestoreStartedData, RestoreCompletedData, RestoreFailedData,
 } from '@vmsave/contracts';
 import type { z } from 'zod';
@@ -22,7 +22,7 @@ export type JobCommand =
   | { type: 'Retry'; delayMs: number; maxAttempts: number }
   | { type: 'Cancel'; reason: string; requestId?: string }
   | { type: 'ConfirmCancelled'; reason: string; vmResumed?: boolean; stage?: string }
-  | { type: 'RecordVerification'; imagePath: string; host?: string; checks: VerificationCheck[] };
+  | { type: 'RecordVerification'; imagePath: string; host?: string; checks: VerificationCheck[]; fingerprint?: ImageFingerprint };
 
 export type Decision =
   | { ok: true; events: JobEvent[]; duplicate?: boolean }
@@ -111,7 +111,7 @@ export function decide(cmd: JobCommand, s: JobState, meta: DecideMeta): Decision
     case 'RecordVerification': {
       if (s.kind !== 'save' || s.status !== 'completed') return refuse('illegal-transition', `cannot verify a ${s.kind} job that is ${s.status}`);
       const failed = cmd.checks.some((c) => c.status === 'fail');
-      return ok(ev(failed ? 'ImageRejected' : 'ImageVerified', { imagePath: cmd.imagePath, host: cmd.host, checks: cmd.checks }));
+      return ok(ev(failed ? 'ImageRejected' : 'ImageVerified', { imagePath: cmd.imagePath, host: cmd.host, checks: cmd.checks, fingerprint: cmd.fingerprint }));
     }
   }
 }
@@ -120,10 +120,21 @@ export function decide(cmd: JobCommand, s: JobState, meta: DecideMeta): Decision
 export function decideRetry(cmd: Extract<JobCommand, { type: 'Retry' }>, s: JobState, meta: DecideMeta): Decision {
   if (s.status !== 'failed' || !s.lastFailure) return refuse('illegal-transition', `cannot retry a ${s.status} job`);
   if (!s.lastFailure.retryable) return refuse('not-retryable', `${s.lastFailure.code} is not retryable`);
-  if (s.attempt >= cmd.maxAttempts) return refuse('max-attempts', `gave up after ${s.attempt} attempts`);
   const P = s.kind === 'restore' ? 'Restore' : 'Save';
+  const at = meta.now ?? new Date();
+  if (s.attempt >= cmd.maxAttempts) {
+    // The job ends here, and says so: the last failure again, no longer retryable, so a client
+    // that waits for a final state knows no retry follows.
+    const f = s.lastFailure;
+    const data = {
+      attempt: s.attempt, stage: f.stage as FailureStage, code: f.code, retryable: false, host: s.host,
+      reason: `gave up after ${s.attempt} attempt${s.attempt === 1 ? '' : 's'}: ${f.reason}`,
+      ...(P === 'Save' && f.vmResumed !== undefined ? { vmResumed: f.vmResumed } : {}),
+    };
+    return { ok: true, events: [makeEvent(`${P}Failed` as const, s.jobId!, data as never, { source: meta.source, at, eventId: `${s.jobId}.${s.attempt}.${P}Failed.final` })] };
+  }
   return {
     ok: true,
-    events: [makeEvent(`${P}Retrying` as const, s.jobId!, { attempt: s.attempt + 1, delayMs: cmd.delayMs, lastCode: s.lastFailure.code }, { source: meta.source, at: meta.now ?? new Date() })],
+    events: [makeEvent(`${P}Retrying` as const, s.jobId!, { attempt: s.attempt + 1, delayMs: cmd.delayMs, lastCode: s.lastFailure.code }, { source: meta.source, at, eventId: `${s.jobId}.${s.attempt + 1}.${P}Retrying` })],
   };
 }

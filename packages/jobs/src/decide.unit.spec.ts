@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { SaveRequest, RestoreRequest, makeEvent, type JobEvent } from '@vmsave/contracts';
 import { decide, decideRetry, type JobCommand } from './decide.ts';
-import { fold, initialState, isTerminal, type JobState } from './state.ts';
+import { fold, initialState, isTerminal, isFinal, type JobState } from './state.ts';
 
 const T0 = new Date('2026-01-01T00:00:00Z');
 const meta = { source: 'test', now: T0 };
@@ -114,8 +114,21 @@ describe('retries', () => {
     const s = fold([...histories.running!, makeEvent('SaveFailed', J, failed(false), at())]);
     expect(decideRetry({ type: 'Retry', delayMs: 1, maxAttempts: 3 }, s, meta)).toMatchObject({ ok: false, rule: 'not-retryable' });
   });
-  it('given the last attempt failed, when retry, then refused as max-attempts', () => {
-    expect(decideRetry({ type: 'Retry', delayMs: 1, maxAttempts: 1 }, given('failed'), meta)).toMatchObject({ ok: false, rule: 'max-attempts' });
+  it('given the last attempt failed, when retry, then the failure is repeated as not retryable and the job is final', () => {
+    const before = given('failed');
+    expect(before.lastFailure?.retryable).toBe(true);
+    expect(isFinal(before)).toBe(false);
+    const d = decideRetry({ type: 'Retry', delayMs: 1, maxAttempts: 1 }, before, meta);
+    expect(d.ok && d.events).toMatchObject([{ type: 'SaveFailed', eventId: `${J}.1.SaveFailed.final`, data: { attempt: 1, retryable: false, code: before.lastFailure!.code, reason: expect.stringMatching(/^gave up after 1 attempt: /) } }]);
+    const s = fold(d.ok ? d.events : [], before);
+    expect(s).toMatchObject({ status: 'failed', lastFailure: { retryable: false } });
+    expect(isFinal(s)).toBe(true);
+    expect(decideRetry({ type: 'Retry', delayMs: 1, maxAttempts: 1 }, s, meta)).toMatchObject({ ok: false, rule: 'not-retryable' });
+  });
+  it('given a failed job, a stale attempt\'s failure or a retryable repeat changes nothing', () => {
+    const before = given('failed');
+    expect(fold([makeEvent('SaveFailed', J, { ...failed(false), attempt: 9 }, at())], before)).toEqual({ ...before, version: before.version + 1, updatedAt: expect.any(String) });
+    expect(fold([makeEvent('SaveFailed', J, failed(true), at())], before).lastFailure).toEqual(before.lastFailure);
   });
   it('given a running job, when retry, then refused', () => {
     expect(decideRetry({ type: 'Retry', delayMs: 1, maxAttempts: 3 }, given('running'), meta)).toMatchObject({ ok: false, rule: 'illegal-transition' });

@@ -44,14 +44,25 @@ export const isTerminal = (s: JobState): boolean =>
   s.status !== 'none' && (TERMINAL.has(s.status) || (s.kind === 'restore' && s.status === 'completed'));
 
 /**
+ * Over for good: terminal, and not a failure the scheduler may still retry (a retryable failure
+ * is followed by `…Retrying`, or repeated as not retryable when the scheduler gives up). What a
+ * client waits for.
+ */
+export const isFinal = (s: JobState): boolean => isTerminal(s) && !(s.status === 'failed' && s.lastFailure?.retryable === true);
+
+const givesUp = (s: JobState, e: JobEvent): boolean =>
+  (e.type === 'SaveFailed' || e.type === 'RestoreFailed') && e.data.attempt === s.attempt && s.lastFailure?.retryable === true && !e.data.retryable;
+
+/**
  * Fold one event into a job's state. Pure and total: an event that does not apply to the state
  * (out of order, or a stale attempt) leaves the state as it is, so replaying any log is safe.
  */
 export function evolve(s: JobState, e: JobEvent): JobState {
   const base = { ...s, version: s.version + 1, updatedAt: e.at, jobId: e.jobId };
   // A final state is final: late or stray events (a stale executor, a second scheduler) are
-  // counted but change nothing. A failed job may only be retried.
-  if (isTerminal(s) && !(s.status === 'failed' && (e.type === 'SaveRetrying' || e.type === 'RestoreRetrying'))) return base;
+  // counted but change nothing. A failed job may only be retried, or given up (its failure
+  // repeated as not retryable).
+  if (isTerminal(s) && !(s.status === 'failed' && (e.type === 'SaveRetrying' || e.type === 'RestoreRetrying' || givesUp(s, e)))) return base;
   switch (e.type) {
     case 'SaveRequested':
       if (s.status !== 'none') return base;
