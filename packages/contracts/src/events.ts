@@ -83,7 +83,13 @@ export const SaveCompletedData = z.object({
   blocks: z.number().int().min(0),
   durationMs: z.number().min(0),
   throughputBytesPerSec: z.number().min(0),
+  /** How the VM was left: as the request's `after` asked, unless `afterError` says otherwise (`quit`: its QEMU is gone). */
   vmState: z.enum(['running', 'paused', 'quit']),
+  /**
+   * Why the VM could not be left as asked once the image was complete (e.g. its QEMU died before
+   * it could be resumed). The image is good either way: the save succeeded.
+   */
+  afterError: z.string().optional(),
   qemu: QemuMigrationStats,
 });
 export const SaveFailedData = Failure.extend({
@@ -94,7 +100,20 @@ export const SaveFailedData = Failure.extend({
 export const SaveRetryingData = z.object({ attempt: z.number().int().min(2), delayMs: z.number().int().min(0), lastCode: z.string() });
 export const CancelRequestedData = z.object({ reason: z.string(), requestId: z.string().optional() });
 export const SaveCancelledData = z.object({ reason: z.string(), vmResumed: z.boolean().optional(), stage: z.string().optional() });
-export const ImageVerifiedData = z.object({ imagePath: z.string(), host: HostName.optional(), checks: z.array(VerificationCheck) });
+/**
+ * The image file as the verifier found it, unchanged from before its checks to after them. A
+ * restore gate that finds the same inode, size, mtime and ctime need not read the image again
+ * (ctime cannot be set back without changing the clock). Integers as decimal strings (nanoseconds).
+ */
+export const ImageFingerprint = z.object({
+  ino: z.string().regex(/^\d+$/, 'decimal digits'),
+  size: z.number().int().min(0),
+  mtimeNs: z.string().regex(/^\d+$/, 'decimal digits'),
+  ctimeNs: z.string().regex(/^\d+$/, 'decimal digits'),
+});
+export type ImageFingerprint = z.infer<typeof ImageFingerprint>;
+
+export const ImageVerifiedData = z.object({ imagePath: z.string(), host: HostName.optional(), checks: z.array(VerificationCheck), fingerprint: ImageFingerprint.optional() });
 export const ImageRejectedData = ImageVerifiedData;
 
 export const RestoreRequestedData = z.object({ request: RestoreRequest, sourceJobId: JobId.optional(), vm: z.string().optional() });
@@ -117,6 +136,11 @@ export const RestoreCompletedData = z.object({
   durationMs: z.number().min(0),
   vmState: z.enum(['running', 'paused']),
   qmpSocket: z.string().optional(),
+  /**
+   * The check before QEMU started: `full` ran every verifier check on the image; `quick` read
+   * its header and descriptor only, because the file is unchanged since the verifier passed it.
+   */
+  gate: z.enum(['full', 'quick']).optional(),
 });
 export const RestoreFailedData = Failure.extend({ qemuStderr: z.string().optional() });
 export const RestoreRetryingData = SaveRetryingData;

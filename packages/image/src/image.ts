@@ -6,7 +6,7 @@
  */
 import { closeSync, constants as C, open as openCb, promises as fsp } from 'node:fs';
 import { promisify } from 'node:util';
-import type { SaveFormat } from '@vmsave/contracts';
+import type { ImageFingerprint, SaveFormat } from '@vmsave/contracts';
 import { decodeDescriptor, encodeDescriptor, type ImageDescriptor, type ImageDescriptorInput } from './descriptor.ts';
 import { DescriptorError, ImageError, ImageExistsError, ImageStateError, ioError } from './errors.ts';
 import {
@@ -250,4 +250,22 @@ export async function updateDescriptor(path: string, input: ImageDescriptorInput
   } finally {
     await fh.close().catch(() => {});
   }
+}
+
+/**
+ * The file's identity and last change (ImageFingerprint): taken by the verifier before and after
+ * its checks, compared by the restore gate to trust that verification instead of reading again.
+ */
+export async function fingerprintImage(path: string): Promise<ImageFingerprint> {
+  try {
+    const st = await fsp.stat(path, { bigint: true });
+    return { ino: String(st.ino), size: Number(st.size), mtimeNs: String(st.mtimeNs), ctimeNs: String(st.ctimeNs) };
+  } catch (err) {
+    throw ioError('stat', path, err);
+  }
+}
+
+/** Same file, unchanged: equal inode, size, mtime and ctime. */
+export function sameFingerprint(a: ImageFingerprint, b: ImageFingerprint): boolean {
+  return a.ino === b.ino && a.size === b.size && a.mtimeNs === b.mtimeNs && a.ctimeNs === b.ctimeNs;
 }

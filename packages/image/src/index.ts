@@ -36,6 +36,8 @@ export {
   readImageHeader,
   readImage,
   readImageFrom,
+  fingerprintImage,
+  sameFingerprint,
   DEFAULT_RESERVE_BYTES,
   type CreateImageOptions,
   type CreatedImage,

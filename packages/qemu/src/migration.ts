@@ -65,6 +65,12 @@ export interface MigrationOptions {
   channels?: number;
   /** Page I/O with O_DIRECT (sparse only; needs `fds.direct`). */
   directIo?: boolean;
+  /**
+   * Save only: QEMU's `max-bandwidth` in bytes/s for this migration (0 = unlimited, the
+   * default; QEMU's own default of 128 MiB/s would make every save crawl). The previous value
+   * is put back afterwards.
+   */
+  maxBandwidth?: number;
   signal?: AbortSignal;
   onProgress?(sample: MigrationProgress): void;
   /** How often to poll query-migrate (capped at 500 ms). Default 250. */
@@ -181,7 +187,7 @@ export function buildMigrationUri(fdsetId: number, offset: number): string {
  */
 export function planMigration(
   direction: MigrationDirection,
-  options: Pick<MigrationOptions, 'format' | 'channels' | 'directIo' | 'offset' | 'fds'>,
+  options: Pick<MigrationOptions, 'format' | 'channels' | 'directIo' | 'offset' | 'fds' | 'maxBandwidth'>,
   support: MigrationSupport,
 ): MigrationPlan {
   const { format } = options;
@@ -196,6 +202,10 @@ export function planMigration(
     throw new QemuInvalidArgumentError(`channels must be an integer in 1..255, got ${options.channels}`);
   }
   if (directIo && !sparse) throw new QemuInvalidArgumentError('direct IO needs the sparse (mapped-ram) format');
+  const maxBandwidth = options.maxBandwidth ?? 0;
+  if (!Number.isSafeInteger(maxBandwidth) || maxBandwidth < 0) {
+    throw new QemuInvalidArgumentError(`maxBandwidth must be a non-negative integer (bytes/s), got ${options.maxBandwidth}`);
+  }
   if (directIo && options.fds.direct === undefined) {
     // QEMU 10 answers `migrate` with {} and then segfaults when the fdset lacks the O_DIRECT fd.
     throw new QemuInvalidArgumentError('direct IO needs both fds: fds.direct (O_DIRECT) and fds.buffered');
@@ -224,7 +234,7 @@ export function planMigration(
   if (typeof compression === 'string' && compression !== 'none') preParameters['multifd-compression'] = 'none';
 
   const parameters: Record<string, unknown> = {};
-  if (direction === 'save') parameters['max-bandwidth'] = 0;
+  if (direction === 'save') parameters['max-bandwidth'] = maxBandwidth;
   if (sparse) parameters['multifd-channels'] = channels;
   if (hasDirectIoParam) parameters['direct-io'] = directIo;
 

@@ -35,6 +35,12 @@ describe('planMigration', () => {
     expect(plan.channels).toBe(1);
   });
 
+  it('a save bandwidth cap is passed as max-bandwidth; a negative or fractional one is refused', () => {
+    expect(planMigration('save', { format: 'legacy', offset: 0, fds, maxBandwidth: 32 * 2 ** 20 }, QEMU_10).parameters['max-bandwidth']).toBe(32 * 2 ** 20);
+    expect(() => planMigration('save', { format: 'legacy', offset: 0, fds, maxBandwidth: -1 }, QEMU_10)).toThrow(/maxBandwidth/);
+    expect(() => planMigration('save', { format: 'legacy', offset: 0, fds, maxBandwidth: 1.5 }, QEMU_10)).toThrow(/maxBandwidth/);
+  });
+
   it('sparse save: mapped-ram + multifd on, 1 channel unless asked (like libvirt)', () => {
     const plan = planMigration('save', { format: 'sparse', offset: 0, fds }, QEMU_10);
     expect(plan.capabilities).toContainEqual({ capability: 'mapped-ram', state: true });

@@ -2,6 +2,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { z } from 'zod';
 import { BusEnv, parseEnv } from '@vmsave/bus';
+import { savePoints, type SavePoint } from './ops/save.ts';
 
 const bool = z.enum(['true', 'false', '1', '0']).transform((v) => v === 'true' || v === '1');
 
@@ -16,6 +17,18 @@ export const ExecutorEnv = BusEnv.extend({
   VMSAVE_SHARED_IMAGE_DIR: bool.default(false),
   VMSAVE_MAX_CONCURRENT: z.coerce.number().int().min(1).max(64).default(2),
   VMSAVE_KEEP_PARTIAL: bool.default(false),
+  /** Cap on each save's write rate in bytes/s, so saves leave disk bandwidth to the VMs (0: unlimited). */
+  VMSAVE_SAVE_MAX_BANDWIDTH: z.coerce.number().int().min(0).default(0),
+  /**
+   * Fault injection for the fault suite, never set in production: at each listed point of a save
+   * (before-migrate, after-completed) the executor creates `<state>/jobs/<jobId>.hold.<point>` and
+   * waits until that file is removed, so a test can kill or restart something exactly there.
+   */
+  VMSAVE_FAILPOINTS: z.string().default('').transform((v, ctx) => {
+    const points = v.split(',').map((s) => s.trim()).filter(Boolean);
+    for (const p of points) if (!(savePoints as readonly string[]).includes(p)) ctx.addIssue({ code: 'custom', message: `"${p}" is not a failpoint (${savePoints.join(', ')})` });
+    return points as SavePoint[];
+  }),
   VMSAVE_ANNOUNCE_MS: z.coerce.number().int().min(100).default(10_000),
   VMSAVE_HEARTBEAT_MS: z.coerce.number().int().min(100).default(2000),
   /** VM names (comma-separated) started at boot when defined and not running; they outlive the executor. */

@@ -1,19 +1,19 @@
-import { mkdir, readdir, readFile, realpath, rm, statfs, unlink, writeFile, lstat } from 'node:fs/promises';
+import { access, mkdir, readdir, readFile, realpath, rm, statfs, unlink, writeFile, lstat } from 'node:fs/promises';
 import path from 'node:path';
 import { randomUUID } from 'node:crypto';
 import {
   ControlReply, ControlRequest, WorkItem, makeEvent, messages, subjects, streams,
-  type JobEvent, type QemuCapabilities, type RestoreWork, type SaveWork, type VmDefinition,
+  type ImageFingerprint, type JobEvent, type QemuCapabilities, type RestoreWork, type SaveWork, type VmDefinition,
 } from '@vmsave/contracts';
 import {
   ack, decodeMessage, eventsOfJob, publishCore, publishEvent, publishValidated, runConsumer,
   type Bus, type Logger, type MessageContext, type Outcome,
 } from '@vmsave/bus';
 import { probeQemu, detectAccel, resume, type Accel, type MigrationProgress } from '@vmsave/qemu';
-import { QmpClient } from '@vmsave/qmp';
+import { QmpClient, QmpTimeoutError } from '@vmsave/qmp';
 import type { ExecutorConfig } from './config.ts';
 import { VmRegistry } from './vms.ts';
-import { saveVm } from './ops/save.ts';
+import { saveVm, type SavePoint } from './ops/save.ts';
 import { restoreImage } from './ops/restore.ts';
 import { OpCancelled, OpError, classify } from './ops/errors.ts';
 
@@ -208,7 +208,7 @@ export class Executor {
     const working = setInterval(() => ctx.working(), 5000);
     try {
       if (w.kind === 'save') await this.runSave(w, job, log);
-      else await this.runRestore(w, job, log);
+      else await this.runRestore(w, job, history.map((h) => h.event), log);
     } finally {
       clearTimeout(timer);
       clearInterval(working);
@@ -273,18 +273,24 @@ export class Executor {
       try {
         qmp = await QmpClient.connect(this.vms.socketOf(req.vm), { timeoutMs: 5000 });
       } catch (err) {
-        throw new OpError(`cannot reach VM ${req.vm}'s QMP socket: ${(err as Error).message}`, 'connect', 'qmp-unreachable', true, { cause: err });
+        // A socket that accepts but does not greet is held by another QMP client: that passes.
+        // Nothing listening means no QEMU: retrying cannot help.
+        if (err instanceof QmpTimeoutError) throw new OpError(`VM ${req.vm}'s QMP socket is held by another client: ${err.message}`, 'connect', 'qmp-busy', true, { cause: err });
+        throw new OpError(`VM ${req.vm} is not running on host ${this.host} (its QMP socket does not answer: ${(err as Error).message}); start it or restore it from an image`, 'connect', 'vm-not-running', false, { cause: err });
       }
       await this.record({ jobId: w.jobId, attempt: w.attempt, fencingToken: w.fencingToken, kind: 'save', vm: req.vm, imagePath });
       const result = await saveVm({
         qmp, imagePath, format: w.format, channels: req.channels, directIo: req.directIo, after: req.after, vm: def,
-        host: this.host, jobId: w.jobId, hostCaps: this.caps, keepPartial: this.cfg.VMSAVE_KEEP_PARTIAL, signal: job.ac.signal,
+        host: this.host, jobId: w.jobId, hostCaps: this.caps, keepPartial: this.cfg.VMSAVE_KEEP_PARTIAL,
+        maxBandwidth: this.cfg.VMSAVE_SAVE_MAX_BANDWIDTH, signal: job.ac.signal,
         onProgress: this.progress(w, job, 'save'),
+        checkpoint: (point) => this.failpoint(point, w.jobId, job.ac.signal, log),
         onStage: (stage, info) => {
           job.stage = stage;
-          if (stage === 'started' && info) {
-            wasRunning = info.wasRunning;
-            void this.record({ jobId: w.jobId, attempt: w.attempt, fencingToken: w.fencingToken, kind: 'save', vm: req.vm, imagePath, wasRunning });
+          wasRunning = info.wasRunning;
+          // Recorded as soon as the VM is paused: after a crash, only a VM that was running is resumed.
+          if (stage === 'paused') void this.record({ jobId: w.jobId, attempt: w.attempt, fencingToken: w.fencingToken, kind: 'save', vm: req.vm, imagePath, wasRunning });
+          if (stage === 'started') {
             void this.emit('SaveStarted', w, {
               host: this.host, attempt: w.attempt, fencingToken: w.fencingToken, imagePath, format: w.format,
               channels: w.format === 'sparse' ? req.channels : 1, directIo: req.directIo, wasRunning, ramBytes: def.memoryMiB * 1024 * 1024,
@@ -298,10 +304,11 @@ export class Executor {
       await this.emit('SaveCompleted', w, {
         host: this.host, attempt: w.attempt, fencingToken: w.fencingToken, imagePath, format: w.format,
         bytes: result.bytes, blocks: result.blocks, durationMs: Math.round(result.durationMs),
-        throughputBytesPerSec: secs > 0 ? result.ramBytes / secs : 0, vmState: result.vmState,
+        throughputBytesPerSec: secs > 0 ? result.ramBytes / secs : 0, vmState: result.vmState, afterError: result.afterError,
         qemu: { totalTimeMs: s.totalTimeMs, ramTotal: s.ram?.total, ramTransferred: s.ram?.transferred, ramNormalPages: s.ram?.normal, ramDuplicatePages: s.ram?.duplicate, mbps: s.ram?.mbps },
       });
-      log.info({ imagePath, bytes: result.bytes, blocks: result.blocks, durationMs: Math.round(result.durationMs) }, 'save completed');
+      log.info({ imagePath, bytes: result.bytes, blocks: result.blocks, durationMs: Math.round(result.durationMs), vmState: result.vmState }, 'save completed');
+      if (result.afterError) log.warn({ vmState: result.vmState, after: req.after }, `save completed, but the VM could not be left as asked: ${result.afterError}`);
     } catch (err) {
       await this.saveFailed(w, err, imagePath, wasRunning, log);
     } finally {
@@ -326,13 +333,25 @@ export class Executor {
     log.warn({ stage: e.stage, code: e.code, vmResumed: e.vmResumed, imagePath }, `save failed: ${e.message}`);
   }
 
-  private async runRestore(w: RestoreWork, job: InFlight, log: Logger): Promise<void> {
+  /** The fingerprint the verifier recorded for `imagePath` when it passed the save that wrote it. */
+  private async verifiedFingerprint(history: JobEvent[], imagePath: string): Promise<ImageFingerprint | undefined> {
+    const requested = history.find((e) => e.type === 'RestoreRequested');
+    const source = requested?.type === 'RestoreRequested' ? requested.data.sourceJobId : undefined;
+    if (!source) return undefined;
+    const verdicts = (await eventsOfJob(this.bus, source)).map((l) => l.event).filter((e) => e.type === 'ImageVerified' || e.type === 'ImageRejected');
+    const last = verdicts.at(-1);
+    return last?.type === 'ImageVerified' && last.data.imagePath === imagePath ? last.data.fingerprint : undefined;
+  }
+
+  private async runRestore(w: RestoreWork, job: InFlight, history: JobEvent[], log: Logger): Promise<void> {
     let imagePath = '';
     try {
       imagePath = await this.resolveImagePath(w.request.image);
+      const verifiedAs = await this.verifiedFingerprint(history, imagePath);
       await this.record({ jobId: w.jobId, attempt: w.attempt, fencingToken: w.fencingToken, kind: 'restore', imagePath });
       const result = await restoreImage({
         imagePath,
+        verifiedAs,
         hostCaps: this.caps,
         after: w.request.after,
         accel: this.accel,
@@ -352,9 +371,9 @@ export class Executor {
       await result.qmp.close();
       await this.emit('RestoreCompleted', w, {
         host: this.host, attempt: w.attempt, fencingToken: w.fencingToken, imagePath, vm: result.definition.name,
-        durationMs: Math.round(result.durationMs), vmState: result.vmState, qmpSocket: this.vms.socketOf(result.definition.name),
+        durationMs: Math.round(result.durationMs), vmState: result.vmState, qmpSocket: this.vms.socketOf(result.definition.name), gate: result.gate,
       });
-      log.info({ imagePath, vm: result.definition.name, durationMs: Math.round(result.durationMs) }, 'restore completed');
+      log.info({ imagePath, vm: result.definition.name, durationMs: Math.round(result.durationMs), gate: result.gate }, 'restore completed');
     } catch (err) {
       const e = err instanceof OpError ? err : new OpError(classify(err).message, 'restore', classify(err).code, classify(err).retryable, { cause: err });
       if (e instanceof OpCancelled) {
@@ -367,6 +386,19 @@ export class Executor {
       });
       log.warn({ stage: e.stage, code: e.code }, `restore failed: ${e.message}`);
     }
+  }
+
+  /** A failpoint of VMSAVE_FAILPOINTS: hold at `point` until the test removes the hold file. */
+  private async failpoint(point: SavePoint, jobId: string, signal: AbortSignal, log: Logger): Promise<void> {
+    if (!this.cfg.VMSAVE_FAILPOINTS.includes(point)) return;
+    const file = path.join(this.cfg.jobsDir, `${jobId}.hold.${point}`);
+    await writeFile(file, '');
+    log.warn({ failpoint: point, file }, `failpoint ${point}: holding until ${file} is removed`);
+    while (await access(file).then(() => true, () => false)) {
+      if (signal.aborted) throw new Error(`aborted at failpoint ${point}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    log.warn({ failpoint: point }, `failpoint ${point}: released`);
   }
 
   /** Publish an event of this attempt; its id is derived from job, attempt and type, so a retried publish is deduplicated. */
@@ -382,6 +414,7 @@ export class Executor {
    */
   async reconcile(): Promise<void> {
     for (const f of await readdir(this.cfg.jobsDir)) {
+      if (f.includes('.hold.')) await unlink(path.join(this.cfg.jobsDir, f)).catch(() => undefined);
       if (!f.endsWith('.json')) continue;
       let r: JobRecord;
       try {

@@ -4,7 +4,7 @@ import { constants } from 'node:fs';
 import fs from 'node:fs';
 import path from 'node:path';
 import { detectAccel, launchVm, probeQemu, type VmProcess } from '@vmsave/qemu';
-import { readImageHeader, type ImageHeader } from '@vmsave/image';
+import { fingerprintImage, readImageHeader, type ImageHeader } from '@vmsave/image';
 import type { QemuCapabilities } from '@vmsave/contracts';
 import { OpError, restoreImage, saveVm } from '../src/index.ts';
 import { MiB, PATTERN_SIZE, guestMemory, makePattern, patternVm, tempDir } from './helpers.ts';
@@ -139,6 +139,42 @@ describe('the restore gate refuses before QEMU starts', () => {
     fs.truncateSync(copy, (await stat(legacy)).size - 100);
     const e = await refuse(copy);
     expect(e.code).toMatch(/^image-check-/);
+  });
+
+  it('an image changed since it was verified gets the full gate, whatever fingerprint the caller trusts', async () => {
+    const copy = `${legacy}.changed`;
+    fs.copyFileSync(legacy, copy);
+    const verifiedAs = await fingerprintImage(copy);
+    // Damage the end of the stream (the VM description) in place: same inode and size.
+    const fd = fs.openSync(copy, 'r+');
+    fs.writeSync(fd, Buffer.from('!!'), 0, 2, (await stat(copy)).size - 2);
+    fs.closeSync(fd);
+    const e = await refuse(copy, { verifiedAs });
+    expect(e.code).toMatch(/^image-check-/);
+  });
+});
+
+describe('the quick gate', () => {
+  it('an image unchanged since it was verified is restored after reading only its header; a copy of it gets the full gate', async () => {
+    const { def, qmp } = await runningSource('quick', 64);
+    const imagePath = path.join(dir, 'quick.vmsave');
+    await saveVm({ qmp, imagePath, format: 'legacy', channels: 1, directIo: false, after: 'running', vm: def, host: 'h', jobId: 'jq', hostCaps: caps });
+    await qmp.close();
+    const verifiedAs = await fingerprintImage(imagePath);
+    const quick = await restoreImage({ imagePath, verifiedAs, qmpSocketPath: path.join(dir, 'quick-r1.qmp'), hostCaps: caps, after: 'paused', accel: await accelP });
+    vms.push(quick.vm);
+    expect(quick.gate).toBe('quick');
+    expect((await guestMemory(quick.qmp, dir)).equals(pattern)).toBe(true);
+    await quick.qmp.close();
+    await quick.vm.kill();
+
+    const copy = `${imagePath}.copy`;
+    fs.copyFileSync(imagePath, copy);
+    const full = await restoreImage({ imagePath: copy, verifiedAs, qmpSocketPath: path.join(dir, 'quick-r2.qmp'), hostCaps: caps, after: 'paused', accel: await accelP });
+    vms.push(full.vm);
+    expect(full.gate).toBe('full');
+    await full.qmp.close();
+    await full.vm.kill();
   });
 });
 

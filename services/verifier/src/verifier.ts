@@ -1,8 +1,8 @@
 import { access } from 'node:fs/promises';
-import { JobEvent, streams, subjects, type HostAnnouncement, type VerificationCheck } from '@vmsave/contracts';
+import { JobEvent, streams, subjects, type HostAnnouncement, type ImageFingerprint, type VerificationCheck } from '@vmsave/contracts';
 import { ack, eventsOfJob, publishEvent, readHosts, runConsumer, type Bus, type Logger, type Outcome } from '@vmsave/bus';
 import { decide, fold } from '@vmsave/jobs';
-import { verifyImage } from '@vmsave/image';
+import { fingerprintImage, sameFingerprint, verifyImage } from '@vmsave/image';
 import type { VerifierConfig } from './config.ts';
 
 const SOURCE = 'verifier';
@@ -26,7 +26,7 @@ export class Verifier {
   async start(): Promise<void> {
     const signal = this.ac.signal;
     void (async () => {
-      for await (const a of readHosts(this.bus, { follow: true, signal })) this.hosts.set(a.host, a);
+      for await (const a of readHosts(this.bus, { follow: true, signal, onResume: (err, attempt) => this.log.warn({ err: (err as Error)?.message, attempt }, 'host announcements: read reopened') })) this.hosts.set(a.host, a);
     })().catch((err) => this.log.warn({ err }, 'host announcements stopped'));
     this.task = runConsumer(this.bus, {
       stream: streams.events.name,
@@ -58,6 +58,7 @@ export class Verifier {
       return ack();
     }
     let checks: VerificationCheck[];
+    let fingerprint: ImageFingerprint | undefined;
     const exists = await access(imagePath).then(() => true, () => false);
     if (!exists) {
       checks = [{ name: 'image.exists', status: 'fail', detail: `${imagePath} is not readable here (moved or deleted after the save?)` }];
@@ -65,13 +66,17 @@ export class Verifier {
       const keepAlive = setInterval(working, 5000);
       try {
         const hostCaps = this.hosts.get(host)?.qemu;
+        const before = await fingerprintImage(imagePath).catch(() => undefined);
         const r = await verifyImage(imagePath, { hostCaps });
         checks = r.checks.map((c) => ({ name: c.name, status: c.status, detail: c.detail }));
+        // Only a file that did not change while it was read may be trusted later by its fingerprint.
+        const after = await fingerprintImage(imagePath).catch(() => undefined);
+        if (before && after && sameFingerprint(before, after)) fingerprint = after;
       } finally {
         clearInterval(keepAlive);
       }
     }
-    const d = decide({ type: 'RecordVerification', imagePath, host, checks }, state, { source: SOURCE });
+    const d = decide({ type: 'RecordVerification', imagePath, host, checks, fingerprint }, state, { source: SOURCE });
     if (!d.ok) {
       log.warn({ rule: d.rule }, d.message);
       return ack();

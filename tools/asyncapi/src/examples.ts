@@ -114,6 +114,7 @@ export const eventExamples: Record<JobEventType, Record<string, unknown>> = {
     durationMs: 1840,
     throughputBytesPerSec: 72_943_000,
     vmState: 'quit',
+    afterError: 'QEMU went away before the VM could be resumed (the image is complete)',
     qemu: { totalTimeMs: 1702, ramTotal: 134_217_728, ramTransferred: 64_180_224, ramNormalPages: 15_669, ramDuplicatePages: 17_099, mbps: 301.6 },
   }),
   SaveFailed: envelope('SaveFailed', saveJobId, 2, `executor@${exampleIds.host}`, {
@@ -137,11 +138,17 @@ export const eventExamples: Record<JobEventType, Record<string, unknown>> = {
     vmResumed: true,
     stage: 'migrate',
   }),
-  ImageVerified: envelope('ImageVerified', saveJobId, 4, 'verifier', { imagePath, host: exampleIds.host, checks }),
+  ImageVerified: envelope('ImageVerified', saveJobId, 4, 'verifier', {
+    imagePath,
+    host: exampleIds.host,
+    checks,
+    fingerprint: { ino: '1835029', size: 139460608, mtimeNs: '1795849970108123456', ctimeNs: '1795849970108123456' },
+  }),
   ImageRejected: envelope('ImageRejected', saveJobId, 4, 'verifier', {
     imagePath,
     host: exampleIds.host,
     checks: [...checks.slice(0, 3), { name: 'sparseness', status: 'fail', detail: 'pages region is dense: 128.0 MiB allocated of 128.0 MiB (copied without --sparse?)' }],
+    fingerprint: { ino: '1835029', size: 139460608, mtimeNs: '1795849970108123456', ctimeNs: '1795849970108123456' },
   }),
   RestoreRequested: envelope('RestoreRequested', restoreJobId, 10, 'scheduler', {
     request: { ...restoreRequestExample },
@@ -166,6 +173,7 @@ export const eventExamples: Record<JobEventType, Record<string, unknown>> = {
     durationMs: 1320,
     vmState: 'running',
     qmpSocket: '/var/lib/vmsave/qmp/web-1.qmp',
+    gate: 'quick',
   }),
   RestoreFailed: envelope('RestoreFailed', restoreJobId, 12, `executor@${exampleIds.host}`, {
     attempt: 1,

@@ -1,8 +1,8 @@
 import { closeSync } from 'node:fs';
 import type { QmpClient } from '@vmsave/qmp';
 import { launchVm, restoreFromFds, resume, type Accel, type LaunchOptions, type MigrationProgress, type MigrationStats, type VmProcess } from '@vmsave/qemu';
-import { checkRestorable, openStreamFds, readImage, verifyImage, type ImageInfo } from '@vmsave/image';
-import type { QemuCapabilities, VmDefinition } from '@vmsave/contracts';
+import { checkRestorable, fingerprintImage, openStreamFds, readImage, sameFingerprint, verifyImage, type ImageInfo } from '@vmsave/image';
+import type { ImageFingerprint, QemuCapabilities, VmDefinition } from '@vmsave/contracts';
 import { classify, OpCancelled, OpError, type OpStage } from './errors.ts';
 
 export interface RestoreImageOptions {
@@ -20,6 +20,12 @@ export interface RestoreImageOptions {
   after: 'running' | 'paused' | 'as-saved';
   /** Run the verifier's checks as the gate before QEMU starts (default true). */
   verify?: boolean;
+  /**
+   * The fingerprint the verifier recorded when it passed this image (ImageVerified). When the
+   * file still has it, the gate reads only the header and descriptor: the checks already ran on
+   * exactly these bytes, and a legacy image would otherwise be read whole before QEMU reads it.
+   */
+  verifiedAs?: ImageFingerprint;
   accel?: Accel;
   /** How QEMU is started (default `launchVm`, a child of this process); e.g. `launchDetached`. */
   launch?(definition: VmDefinition, options: LaunchOptions): Promise<VmProcess>;
@@ -33,6 +39,8 @@ export interface RestoreImageResult {
   definition: VmDefinition;
   image: ImageInfo;
   vmState: 'running' | 'paused';
+  /** Which gate ran before QEMU started (see `verifiedAs`). */
+  gate: 'full' | 'quick';
   durationMs: number;
   stats: MigrationStats;
 }
@@ -60,7 +68,9 @@ export async function restoreImage(o: RestoreImageOptions): Promise<RestoreImage
     const why = verdict.refusals.map((r) => r.message).join('; ');
     throw new OpError(`refusing to restore ${o.imagePath}: ${why}`, 'prepare', `image-${verdict.refusals[0]!.code}`, false);
   }
-  if (o.verify !== false) {
+  const unchanged = o.verifiedAs !== undefined && sameFingerprint(await fingerprintImage(o.imagePath).catch(() => ({ ino: '', size: -1, mtimeNs: '', ctimeNs: '' })), o.verifiedAs);
+  const gate = o.verify === false || unchanged ? 'quick' : 'full';
+  if (gate === 'full') {
     // The verifier is the gate: QEMU crashes or "completes" with garbage on some damaged images.
     const v = await verifyImage(o.imagePath, { hostCaps: o.hostCaps });
     const failed = v.checks.filter((c) => c.status === 'fail');
@@ -99,7 +109,7 @@ export async function restoreImage(o: RestoreImageOptions): Promise<RestoreImage
     stage = 'resume';
     const run = o.after === 'running' || (o.after === 'as-saved' && h.wasRunning);
     if (run) await resume(qmp, { signal: o.signal });
-    return { vm, qmp, definition, image, vmState: run ? 'running' : 'paused', durationMs: performance.now() - t0, stats };
+    return { vm, qmp, definition, image, vmState: run ? 'running' : 'paused', gate, durationMs: performance.now() - t0, stats };
   } catch (err) {
     closeFds();
     const stderr = vm?.stderr();

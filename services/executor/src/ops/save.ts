@@ -20,16 +20,30 @@ export interface SaveVmOptions {
   hostCaps?: QemuCapabilities;
   /** Keep a failed save's partial image (still marked partial) instead of deleting it. */
   keepPartial?: boolean;
+  /** Cap on the save's write rate in bytes/s (0 or absent: unlimited). */
+  maxBandwidth?: number;
   signal?: AbortSignal;
   onProgress?(p: MigrationProgress): void;
-  onStage?(stage: OpStage | 'started', info?: { wasRunning: boolean; streamOffset: number }): void;
+  /** `paused`: the VM is paused (or was already); `started`: the image exists and migrate comes next. */
+  onStage?(stage: 'paused' | 'started', info: { wasRunning: boolean; streamOffset?: number }): void;
+  /**
+   * Awaited at each point of a save where a crash matters (fault injection: the executor's
+   * VMSAVE_FAILPOINTS). Throwing fails the save like any error at that point.
+   */
+  checkpoint?(point: SavePoint): Promise<void>;
 }
+
+/** Points of a save the fault suite injects at: before `migrate`, and after QEMU completed but before the magic flips. */
+export const savePoints = ['before-migrate', 'after-completed'] as const;
+export type SavePoint = (typeof savePoints)[number];
 
 export interface SaveVmResult {
   imagePath: string;
   format: SaveFormat;
   wasRunning: boolean;
   vmState: 'running' | 'paused' | 'quit';
+  /** Why the VM could not be left as `after` asked (the image is complete regardless). */
+  afterError?: string;
   /** Logical size and allocated 512-byte blocks of the finished image. */
   bytes: number;
   blocks: number;
@@ -66,6 +80,7 @@ export async function saveVm(o: SaveVmOptions): Promise<SaveVmResult> {
       throw new OpError(`VM ${o.vm.name} is ${status.status}; nothing to save`, 'pause', 'vm-state', false);
     }
     wasRunning = await pauseIfRunning(qmp, { signal });
+    o.onStage?.('paused', { wasRunning });
 
     stage = 'image';
     const qemuVersion = o.hostCaps?.version ?? 'unknown';
@@ -76,7 +91,7 @@ export async function saveVm(o: SaveVmOptions): Promise<SaveVmResult> {
       qemu: {
         version: qemuVersion,
         capabilities: o.format === 'sparse' ? { 'mapped-ram': true, multifd: true, events: true } : { 'mapped-ram': false, multifd: false, events: true },
-        parameters: { 'multifd-channels': o.format === 'sparse' ? o.channels : null, 'direct-io': o.directIo, 'max-bandwidth': 0 },
+        parameters: { 'multifd-channels': o.format === 'sparse' ? o.channels : null, 'direct-io': o.directIo, 'max-bandwidth': o.maxBandwidth ?? 0 },
         hostCapabilities: o.hostCaps,
       },
       host: o.host,
@@ -87,6 +102,7 @@ export async function saveVm(o: SaveVmOptions): Promise<SaveVmResult> {
     created = true;
     fds = await openStreamFds(o.imagePath, { mode: 'save', directIo: o.directIo });
     o.onStage?.('started', { wasRunning, streamOffset: img.streamOffset });
+    await o.checkpoint?.('before-migrate');
 
     stage = 'migrate';
     const stats = await saveToFds(qmp, {
@@ -95,27 +111,37 @@ export async function saveVm(o: SaveVmOptions): Promise<SaveVmResult> {
       format: o.format,
       channels: o.channels,
       directIo: o.directIo,
+      maxBandwidth: o.maxBandwidth,
       signal,
       onProgress: o.onProgress,
     });
     closeFds();
 
     stage = 'finalize';
+    await o.checkpoint?.('after-completed');
     await updateDescriptor(o.imagePath, { ...img.descriptor, completedAt: new Date().toISOString() });
     await finalizeImage(o.imagePath);
     const st = await stat(o.imagePath);
 
+    // The image is complete and synced: the save has succeeded whatever happens to the VM now
+    // (a cancel that arrives this late changes nothing). Leave the VM as asked, or say why not.
     stage = 'resume';
     let vmState: SaveVmResult['vmState'] = 'paused';
-    if (o.after === 'running') {
-      await resume(qmp, { signal });
-      vmState = 'running';
-    } else if (o.after === 'quit') {
-      await qmp.execute('quit').catch(() => undefined);
-      vmState = 'quit';
+    let afterError: string | undefined;
+    try {
+      if (o.after === 'running') {
+        await resume(qmp);
+        vmState = 'running';
+      } else if (o.after === 'quit') {
+        await qmp.execute('quit').catch(() => undefined);
+        vmState = 'quit';
+      }
+    } catch (err) {
+      afterError = classify(err).message;
+      vmState = await queryStatus(qmp).then((s) => (s.running ? 'running' : 'paused'), () => 'quit' as const);
     }
     return {
-      imagePath: o.imagePath, format: o.format, wasRunning, vmState, bytes: st.size, blocks: st.blocks,
+      imagePath: o.imagePath, format: o.format, wasRunning, vmState, afterError, bytes: st.size, blocks: st.blocks,
       durationMs: performance.now() - t0, ramBytes: o.vm.memoryMiB * 1024 * 1024, stats,
     };
   } catch (err) {
