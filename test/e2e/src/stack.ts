@@ -29,6 +29,7 @@ export interface HostDirs {
  */
 export class Stack {
   readonly procs = new Map<ServiceName, ChildProcess>();
+  private readonly serviceEnv = new Map<ServiceName, Record<string, string>>();
   readonly vms: VmProcess[] = [];
   readonly hosts: string[];
   bus!: Bus;
@@ -105,7 +106,9 @@ export class Stack {
     }, timeoutMs, 200);
   }
 
-  async startService(name: ServiceName, env: Record<string, string> = {}): Promise<ChildProcess> {
+  /** Start (or restart) a service; a restart without `env` gets the env its first start had. */
+  async startService(name: ServiceName, env: Record<string, string> | undefined = this.serviceEnv.get(name)): Promise<ChildProcess> {
+    if (env) this.serviceEnv.set(name, env);
     const [svc, host] = name.split(':') as [string, string | undefined];
     const extra: Record<string, string> = host ? { VMSAVE_HOST: host, VMSAVE_STATE_DIR: this.dirs(host).stateDir } : {};
     const out = createWriteStream(this.logFile(name), { flags: 'a' });
