@@ -11,10 +11,10 @@
  *            --bus private|shared (default private: a nats-server of its own; shared: NATS_URL)
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { randomFillSync, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import net from 'node:net';
-import { mkdir, mkdtemp, open, readFile, rm, stat, unlink, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { jobIdFor, type JobEvent, type VmDefinition } from '@vmsave/contracts';
@@ -25,7 +25,7 @@ import { selectModes, type Mode } from './modes.ts';
 import { quitVm, rawRestore, rawSave, type RawMode } from './raw.ts';
 import { renderChart, renderSection, spliceSection, type OpDiag, type RawSample, type Results, type TimelineEntry, type VmState, type VmsaveSample } from './report.ts';
 import { dirtyRegions, parseArgs, positiveInt } from './stats.ts';
-import { CpuSampler, blockDevice, describeMachine, diskCounters, diskDelta, dropCaches, findPid, measureDisk } from './sys.ts';
+import { CpuSampler, blockDevice, describeMachine, diskCounters, diskDelta, dropCaches, findPid, measureDisk, writeRandom } from './sys.ts';
 
 const args = parseArgs(process.argv.slice(2), ['ram', 'reps', 'modes', 'states', 'out', 'keep', 'bus']);
 const env = process.env;
@@ -252,20 +252,6 @@ async function failed(results: Results, state: VmState, mode: Mode, rep: number,
   }
   await relaunch();
   log(`${state}: a fresh VM replaces the failed one`);
-}
-
-async function writeRandom(file: string, bytes: number): Promise<void> {
-  const fh = await open(file, 'w');
-  try {
-    const chunk = Buffer.allocUnsafe(Math.min(bytes, 64 * MiB));
-    for (let at = 0; at < bytes; at += chunk.length) {
-      const n = Math.min(chunk.length, bytes - at);
-      randomFillSync(chunk, 0, n);
-      await fh.write(chunk, 0, n, at);
-    }
-  } finally {
-    await fh.close();
-  }
 }
 
 /** Measures one operation: QEMU CPU by thread and the disk's counters around `fn`. */

@@ -4,7 +4,8 @@
  * disk's own sequential O_DIRECT bandwidth measured with dd.
  */
 import { execFile, execFileSync } from 'node:child_process';
-import { readFile, readdir, stat, writeFile } from 'node:fs/promises';
+import { randomFillSync } from 'node:crypto';
+import { open, readFile, readdir, stat, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import { promisify } from 'node:util';
 
@@ -274,5 +275,20 @@ export async function measureDisk(dir: string, source: string, bytes: number, ca
     return { directWrite: total / w, directRead: total / r, coldBufferedRead: cold, bytes: total, blockSize: '4 MiB' };
   } finally {
     await run('rm', ['-f', file]).catch(() => undefined);
+  }
+}
+
+/** A file of `bytes` random bytes (incompressible RAM content for the dirty VM, dd's source). */
+export async function writeRandom(file: string, bytes: number): Promise<void> {
+  const fh = await open(file, 'w');
+  try {
+    const chunk = Buffer.allocUnsafe(Math.min(bytes, 64 * 1024 * 1024));
+    for (let at = 0; at < bytes; at += chunk.length) {
+      const n = Math.min(chunk.length, bytes - at);
+      randomFillSync(chunk, 0, n);
+      await fh.write(chunk, 0, n, at);
+    }
+  } finally {
+    await fh.close();
   }
 }
