@@ -22,9 +22,9 @@ export function describeEvent(e: JobEvent): string {
     case 'RestoreStarted':
       return `${e.data.format} from ${e.data.imagePath} into ${e.data.vm.name}`;
     case 'SaveCompleted':
-      return `${fmtBytes(e.data.bytes)} (${fmtBytes(e.data.blocks * 512)} allocated) in ${fmtSeconds(e.data.durationMs)} s, ${fmtRate(e.data.throughputBytesPerSec)}; VM ${e.data.vmState}`;
+      return `${fmtBytes(e.data.bytes)} (${fmtBytes(e.data.blocks * 512)} allocated) in ${fmtSeconds(e.data.durationMs)} s, ${fmtRate(e.data.throughputBytesPerSec)}; VM ${e.data.vmState}${e.data.afterError ? ` (not as asked: ${e.data.afterError})` : ''}`;
     case 'RestoreCompleted':
-      return `${e.data.vm} ${e.data.vmState} in ${fmtSeconds(e.data.durationMs)} s`;
+      return `${e.data.vm} ${e.data.vmState} in ${fmtSeconds(e.data.durationMs)} s${e.data.gate === 'quick' ? ' (image unchanged since verified: quick gate)' : ''}`;
     case 'SaveFailed':
     case 'RestoreFailed':
       return `at ${e.data.stage} (${e.data.code}${e.data.retryable ? ', retryable' : ''}): ${e.data.reason}`;

@@ -429,8 +429,8 @@ function summarize(e) {
     case 'SaveScheduled': case 'RestoreScheduled': return `host ${d.host}, attempt ${d.attempt}, deadline ${fmtWhen(d.deadlineAt)}`;
     case 'SaveStarted': return `${d.format}, ${d.channels} channel(s), direct IO ${d.directIo ? 'on' : 'off'}, RAM ${fmtBytes(d.ramBytes)}, VM was ${d.wasRunning ? 'running' : 'paused'} → ${d.imagePath}`;
     case 'RestoreStarted': return `${d.format} image ${d.imagePath} → VM ${d.vm.name}`;
-    case 'SaveCompleted': return `${fmtBytes(d.bytes)} written, ${fmtBytes(d.blocks * 512)} allocated, ${fmtDuration(d.durationMs)} at ${fmtRate(d.throughputBytesPerSec)}, VM left ${d.vmState}`;
-    case 'RestoreCompleted': return `VM ${d.vm} ${d.vmState} after ${fmtDuration(d.durationMs)}`;
+    case 'SaveCompleted': return `${fmtBytes(d.bytes)} written, ${fmtBytes(d.blocks * 512)} allocated, ${fmtDuration(d.durationMs)} at ${fmtRate(d.throughputBytesPerSec)}, VM left ${d.vmState}${d.afterError ? ` (not as asked: ${d.afterError})` : ''}`;
+    case 'RestoreCompleted': return `VM ${d.vm} ${d.vmState} after ${fmtDuration(d.durationMs)}${d.gate ? `, ${d.gate === 'quick' ? 'quick gate (unchanged since verified)' : 'full verification gate'}` : ''}`;
     case 'SaveFailed': case 'RestoreFailed': return `${d.stage} · ${d.code}: ${d.reason}${d.retryable ? ' (retryable)' : ''}${'vmResumed' in d ? `, VM ${d.vmResumed ? 'resumed' : 'not resumed'}` : ''}`;
     case 'SaveRejected': case 'RestoreRejected': return `${d.rule}${d.field ? ` (${d.field})` : ''}: ${d.message}`;
     case 'SaveRetrying': case 'RestoreRetrying': return `attempt ${d.attempt} in ${fmtDuration(d.delayMs)} after ${d.lastCode}`;

@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdir } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
 import { waitFor } from '@vmsave/testkit';
@@ -28,7 +28,15 @@ export class NatsCluster {
 
   static async start(dir: string, size = 3): Promise<NatsCluster> {
     const c = new NatsCluster(dir);
-    for (let i = 0; i < size; i++) c.nodes.push({ name: `n${i + 1}`, port: await freePort(), clusterPort: await freePort(), dir: path.join(dir, `n${i + 1}`) });
+    // freePort may hand out a port it gave before (it is free again once probed): keep them distinct.
+    const taken = new Set<number>();
+    const distinctPort = async (): Promise<number> => {
+      for (;;) {
+        const p = await freePort();
+        if (!taken.has(p)) return taken.add(p), p;
+      }
+    };
+    for (let i = 0; i < size; i++) c.nodes.push({ name: `n${i + 1}`, port: await distinctPort(), clusterPort: await distinctPort(), dir: path.join(dir, `n${i + 1}`) });
     for (let i = 0; i < size; i++) await c.startNode(i);
     await waitFor('the cluster to elect a JetStream meta leader', async () => {
       const { Bus } = await import('@vmsave/bus');
@@ -53,8 +61,13 @@ export class NatsCluster {
     const routes = this.nodes.filter((o) => o !== n).map((o) => `nats://127.0.0.1:${o.clusterPort}`).join(',');
     // One node is a plain server with file storage; more form a cluster.
     const clusterArgs = this.nodes.length > 1 ? ['--cluster_name', 'vmsave-test', '--cluster', `nats://127.0.0.1:${n.clusterPort}`, '--routes', routes] : [];
-    n.proc = spawn('setpriv', ['--pdeathsig', 'KILL', '--', 'nats-server', '-a', '127.0.0.1', '-p', String(n.port), '-js', '-sd', n.dir, '-n', n.name, ...clusterArgs], { stdio: 'ignore' });
-    await waitFor(`NATS node ${n.name}`, () => answers(n.port), 20_000, 100);
+    // The server's own log goes next to its store, so a node that does not come up says why.
+    const log = path.join(n.dir, 'server.log');
+    n.proc = spawn('setpriv', ['--pdeathsig', 'KILL', '--', 'nats-server', '-a', '127.0.0.1', '-p', String(n.port), '-js', '-sd', n.dir, '-n', n.name, '-l', log, ...clusterArgs], { stdio: 'ignore' });
+    await waitFor(`NATS node ${n.name}`, () => answers(n.port), 20_000, 100).catch(async (err: Error) => {
+      const tail = (await readFile(log, 'utf8').catch(() => '')).split('\n').slice(-8).join('\n');
+      throw new Error(`${err.message}; its log ends:\n${tail}`);
+    });
   }
 
   async killNode(i: number): Promise<void> {

@@ -1,4 +1,4 @@
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { REPO } from './stack.ts';
 
@@ -11,6 +11,11 @@ export interface FaultRow {
 }
 
 const OUT = path.join(REPO, 'test-results', 'reliability.json');
+
+/** Forget the rows of earlier runs (the suite's global setup). */
+export async function resetFaults(): Promise<void> {
+  await rm(OUT, { force: true });
+}
 
 /** Record one fault's outcome; the suite's rows become docs/reliability.md (see `writeReliabilityDoc`). */
 export async function recordFault(row: FaultRow): Promise<void> {
@@ -29,7 +34,7 @@ export async function writeReliabilityDoc(): Promise<string> {
   const md = [
     '# Reliability: faults and bad input',
     '',
-    `Produced by the end-to-end suite (\`test/e2e/test/*.e2e.spec.ts\`: faults, recovery, scheduler; part of \`npm test\`) on ${new Date().toISOString().slice(0, 10)}; regenerate with \`VMSAVE_WRITE_DOCS=1 npm test -w @vmsave/e2e\`. Every row is a real injection against the real NATS, Redis and QEMU.`,
+    `Produced by the end-to-end suite (\`test/e2e/test/*.e2e.spec.ts\`) on ${new Date().toISOString().slice(0, 10)}${process.env.VMSAVE_SOAK === '1' ? ' with \`VMSAVE_SOAK=1\` (the cluster, the 200-VM load and the soak rows are on-demand; \`npm test\` runs the rest, with a 12-VM load)' : ''}; regenerate with \`VMSAVE_SOAK=1 VMSAVE_WRITE_DOCS=1 npm test -w @vmsave/e2e\`. Every row is a real injection against the real NATS, Redis and QEMU; the fault-at-a-point rows use the executor's failpoints (\`VMSAVE_FAILPOINTS\`) to hold a save exactly there while the fault is injected.`,
     '',
     '| fault | how it was injected | what was checked | result | detail |',
     '|---|---|---|---|---|',

@@ -8,7 +8,7 @@ import { jobIdFor, messages, streams, subjects, SaveRequest } from '@vmsave/cont
 import { publishValidated } from '@vmsave/bus';
 import { QmpClient } from '@vmsave/qmp';
 import { makePattern, patternVm, uniq, waitFor, MiB } from '@vmsave/testkit';
-import { Stack, recordFault, writeReliabilityDoc } from '../src/index.ts';
+import { Stack, recordFault } from '../src/index.ts';
 
 let stack: Stack;
 let tmpfs = '';
@@ -49,7 +49,6 @@ beforeAll(async () => {
 afterAll(async () => {
   if (tmpfs) try { execFileSync('umount', ['-l', tmpfs], { stdio: 'ignore' }); } catch { /* already gone */ }
   await stack?.stop();
-  await writeReliabilityDoc();
 });
 
 describe('faults and bad input on the real stack', () => {
