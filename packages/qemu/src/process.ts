@@ -92,6 +92,21 @@ export function qemuOptValue(value: string): string {
  * answers on it (machine built, main loop running). The caller owns the
  * returned process.
  */
+/**
+ * A command line that runs `argv` with only stdin, stdout and stderr inherited.
+ *
+ * HAZARD: Node marks its own fds close-on-exec, but the QMP client's native socket module does
+ * not, and a QEMU spawned while such a connection is open (a restore while another VM is being
+ * saved, a VM started while the executor checks others) inherits it. That QEMU then keeps the
+ * other VM's QMP connection open after we close ours, and since QMP serves one client at a time,
+ * that VM never greets anyone again until the inheriting QEMU exits. bash closes every fd above 2,
+ * then execs in place (the pid stays QEMU's).
+ */
+export function execWithoutInheritedFds(argv: readonly string[]): [string, string[]] {
+  const script = 'for f in /proc/$$/fd/*; do n=${f##*/}; if [ "$n" -gt 2 ]; then eval "exec $n>&-"; fi; done; exec "$@"';
+  return ['bash', ['-c', script, 'vmsave-exec', ...argv]];
+}
+
 export async function spawnQemu(args: readonly string[], options: SpawnQemuOptions): Promise<VmProcess> {
   const binary = options.binary ?? DEFAULT_QEMU_BINARY;
   const socketPath = options.qmpSocketPath;
@@ -99,10 +114,11 @@ export async function spawnQemu(args: readonly string[], options: SpawnQemuOptio
   const argv = [binary, ...args, '-qmp', `unix:${qemuOptValue(socketPath)},server=on,wait=off`];
   const stderr = new TailBuffer(options.stderrLimitBytes ?? 64 * 1024);
 
-  // setpriv execs QEMU in place: the pid stays QEMU's.
+  // setpriv and bash exec QEMU in place: the pid stays QEMU's.
+  const [shell, script] = execWithoutInheritedFds(argv);
   const [command, commandArgs] = options.killWithParent
-    ? ['setpriv', ['--pdeathsig', 'KILL', '--', ...argv]]
-    : [binary, argv.slice(1)];
+    ? ['setpriv', ['--pdeathsig', 'KILL', '--', shell, ...script]]
+    : [shell, script];
   const child = spawn(command, commandArgs, {
     cwd: options.cwd,
     stdio: ['ignore', 'ignore', 'pipe'],

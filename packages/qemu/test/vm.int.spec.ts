@@ -1,4 +1,5 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { readdirSync, readlinkSync } from 'node:fs';
 import {
   QemuLaunchError,
   QemuStateError,
@@ -44,6 +45,17 @@ describe('probeQemu / detectAccel', () => {
 });
 
 describe('launchVm', () => {
+  it('a QEMU started while another VM\'s QMP connection is open does not inherit it (that VM greets again once we close)', async () => {
+    const a = scratch.vm(await launchVm(testVm('holder', 64), { qmpSocketPath: scratch.path('holder.qmp'), accel, killWithParent: true, startPaused: true }));
+    const held = await a.connectQmp();
+    const b = scratch.vm(await launchVm(testVm('child', 64), { qmpSocketPath: scratch.path('child.qmp'), accel, killWithParent: true, startPaused: true }));
+    expect(readdirSync(`/proc/${b.pid}/fd`).map((fd) => Number(fd)).filter((fd) => fd > 2 && readlinkSync(`/proc/${b.pid}/fd/${fd}`).startsWith('socket:')).length).toBeLessThanOrEqual(2);
+    await held.close();
+    // Had B inherited our socket, A would still see a client and never greet.
+    const again = scratch.qmp(await a.connectQmp({ timeoutMs: 3000 }));
+    expect(await again.execute('query-status')).toMatchObject({ status: 'prelaunch' });
+  });
+
   it('starts a VM with its own QMP socket, pauses and resumes it, and stops it on dispose', async () => {
     const def = testVm('lifecycle', 64);
     const vm = scratch.vm(await launchVm(def, { qmpSocketPath: scratch.path('life.qmp'), accel, killWithParent: true }));

@@ -2,6 +2,7 @@ import { StringDecoder } from 'node:string_decoder';
 import {
   QmpAbortedError,
   QmpCommandError,
+  QmpBusyError,
   QmpConnectError,
   QmpDisconnectedError,
   QmpError,
@@ -88,7 +89,7 @@ const DEFAULTS = {
  * be passed with a command (`add-fd`, `getfd`), which Node's `net` cannot do.
  *
  * A QMP socket serves one client at a time: while another client is connected,
- * no greeting arrives and `connect` fails with a {@link QmpConnectError} after
+ * no greeting arrives and `connect` fails with a {@link QmpBusyError} after
  * its deadline.
  *
  * @example
@@ -178,8 +179,10 @@ export class QmpClient implements AsyncDisposable {
       if (options.signal?.aborted) throw new QmpAbortedError('connect', options.signal.reason);
       if (error instanceof QmpError) throw error;
       if (deadline.aborted) {
-        throw new QmpConnectError(socketPath, `no QMP greeting within ${timeoutMs} ms (is another client connected?)`);
+        throw new QmpBusyError(socketPath, `no QMP greeting within ${timeoutMs} ms (is another client connected?)`);
       }
+      // A full backlog: QEMU is there, busy with another client.
+      if ((error as { code?: unknown }).code === 'EAGAIN') throw new QmpBusyError(socketPath, error.message, { cause: error });
       throw new QmpConnectError(socketPath, error.message, { cause: error });
     };
 

@@ -4,7 +4,8 @@
  *
  * ```
  * QmpError                      code            retryable
- *  ├── QmpConnectError          CONNECT         yes   socket absent, refused, or no greeting
+ *  ├── QmpConnectError          CONNECT         yes   socket absent or refused (no QEMU listening)
+ *  │    └── QmpBusyError        CONNECT         yes   QEMU listens but serves another client (no greeting)
  *  ├── QmpProtocolError         PROTOCOL        no    malformed or unexpected message
  *  ├── QmpCommandError          COMMAND         no    QEMU answered {"error": {class, desc}}
  *  ├── QmpTimeoutError          TIMEOUT         yes   no answer within the deadline
@@ -40,13 +41,22 @@ export class QmpError extends Error {
 }
 
 export class QmpConnectError extends QmpError {
-  override readonly name = 'QmpConnectError';
+  override readonly name: string = 'QmpConnectError';
   readonly socketPath: string;
 
   constructor(socketPath: string, message: string, options?: QmpErrorOptions) {
     super(`cannot connect to QMP socket ${socketPath}: ${message}`, 'CONNECT', true, options);
     this.socketPath = socketPath;
   }
+}
+
+/**
+ * The socket has a QEMU behind it, but it does not greet us: QMP serves one client at a time and
+ * another one holds it (or its connection backlog is full). Unlike a plain QmpConnectError this
+ * says the VM is there.
+ */
+export class QmpBusyError extends QmpConnectError {
+  override readonly name = 'QmpBusyError';
 }
 
 export class QmpProtocolError extends QmpError {

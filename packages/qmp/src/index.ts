@@ -11,6 +11,7 @@ export {
 export { QmpEventStream, type QmpEvent, type EventStreamOptions } from './events.ts';
 export {
   QmpError,
+  QmpBusyError,
   QmpConnectError,
   QmpProtocolError,
   QmpCommandError,

@@ -1,4 +1,5 @@
 import { createRequire } from 'node:module';
+import net from 'node:net';
 
 /**
  * A byte stream to QEMU that can carry file descriptors (SCM_RIGHTS) with a
@@ -117,8 +118,47 @@ class UsocketTransport implements QmpTransport {
   }
 }
 
-/** The default transport: a unix stream socket through the `usocket` native addon. */
-export const connectUnixSocket: TransportFactory = (socketPath, signal) => {
+/**
+ * Connects with Node's own (non-blocking, cancellable) socket and resolves once QEMU greets on it,
+ * then closes it. Rejects with the socket's error (ENOENT, ECONNREFUSED, EAGAIN for a full
+ * backlog) or the signal's reason.
+ */
+function probeGreeting(socketPath: string, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const socket = net.createConnection(socketPath);
+    const done = (error?: unknown): void => {
+      signal?.removeEventListener('abort', onAbort);
+      socket.destroy();
+      if (error === undefined) resolve();
+      else reject(error);
+    };
+    const onAbort = (): void => done(signal?.reason);
+    signal?.addEventListener('abort', onAbort, { once: true });
+    let text = '';
+    socket.on('data', (chunk: Buffer) => {
+      text += chunk.toString('utf8');
+      if (text.includes('{"QMP"')) done();
+    });
+    socket.once('error', (err) => done(err));
+    socket.once('close', () => done(new Error('QEMU closed the connection before greeting')));
+  });
+}
+
+/**
+ * The default transport: a unix stream socket through the `usocket` native addon.
+ *
+ * HAZARD: usocket connects with a blocking connect() on a libuv pool thread. When QEMU serves
+ * another client its backlog (1) fills, and a blocking connect waits until that client leaves,
+ * forever if it never does; a few such waits take the whole pool, and with it every fs call of
+ * the process. So Node's own socket asks first: only a QEMU that greeted (and so had room) gets
+ * the native connect.
+ */
+export const connectUnixSocket: TransportFactory = async (socketPath, signal) => {
+  await probeGreeting(socketPath, signal);
+  return connectUsocket(socketPath, signal);
+};
+
+const connectUsocket: TransportFactory = (socketPath, signal) => {
   const { USocket } = loadUsocket();
   return new Promise<QmpTransport>((resolve, reject) => {
     if (signal?.aborted) {

@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { constants, openSync, closeSync, writeFileSync, existsSync } from 'node:fs';
+import { constants, openSync, closeSync, writeFileSync, existsSync, promises } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
@@ -8,6 +8,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import {
   QmpClient,
   QmpCommandError,
+  QmpBusyError,
   QmpConnectError,
   QmpDisconnectedError,
   findQmpServerProcess,
@@ -162,11 +163,20 @@ describe('QmpClient against a real QEMU', () => {
     await expect(qmp.execute('query-status')).rejects.toMatchObject({ code: 'DISCONNECTED' });
   });
 
-  it('gets no greeting while another client holds the socket', async () => {
+  it('gets no greeting while another client holds the socket (busy), unlike a socket with no QEMU', async () => {
     const { socket } = await startQemu('busy');
     await using first = await QmpClient.connect(socket);
-    await expect(QmpClient.connect(socket, { timeoutMs: 300 })).rejects.toBeInstanceOf(QmpConnectError);
+    await expect(QmpClient.connect(socket, { timeoutMs: 300 })).rejects.toBeInstanceOf(QmpBusyError);
     await expect(first.execute('query-status')).resolves.toBeDefined();
+    // Asking a busy QEMU again and again must not tie up libuv's pool threads (usocket connects
+    // there, blocking): fs calls of this process still complete.
+    for (let i = 0; i < 6; i++) await expect(QmpClient.connect(socket, { timeoutMs: 200 })).rejects.toBeInstanceOf(QmpBusyError);
+    const stat = promises.stat(socket).then(() => 'answered');
+    expect(await Promise.race([stat, new Promise((r) => setTimeout(() => r('pool blocked'), 2000))])).toBe('answered');
+    // Nothing at all behind a path is not "busy": the VM is not there.
+    const absent = await QmpClient.connect(`${socket}.absent`, { timeoutMs: 300 }).catch((e: unknown) => e);
+    expect(absent).toBeInstanceOf(QmpConnectError);
+    expect(absent).not.toBeInstanceOf(QmpBusyError);
   });
 
   it('finds the QEMU process serving a socket, with its command line', async () => {

@@ -4,7 +4,7 @@ import { lstat, mkdir, unlink } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
 import { QmpClient } from '@vmsave/qmp';
-import { DEFAULT_QEMU_BINARY, QemuLaunchError, buildVmArgs, qemuOptValue, type Accel, type LaunchOptions, type VmDefinition, type VmExit, type VmProcess } from '@vmsave/qemu';
+import { DEFAULT_QEMU_BINARY, QemuLaunchError, buildVmArgs, execWithoutInheritedFds, qemuOptValue, type Accel, type LaunchOptions, type VmDefinition, type VmExit, type VmProcess } from '@vmsave/qemu';
 
 export interface DetachedLaunchOptions extends Pick<LaunchOptions, 'qmpSocketPath' | 'incoming' | 'startPaused' | 'binary' | 'readyTimeoutMs' | 'signal'> {
   accel: Accel;
@@ -27,7 +27,7 @@ export async function launchDetached(def: VmDefinition, o: DetachedLaunchOptions
   const argv = [binary, ...args, '-qmp', `unix:${qemuOptValue(socketPath)},server=on,wait=off`];
   const logFd = openSync(o.logFile, 'a');
   const logStart = statSync(o.logFile).size;
-  const child = spawn(binary, argv.slice(1), { detached: true, stdio: ['ignore', 'ignore', logFd] });
+  const child = spawn(...execWithoutInheritedFds(argv), { detached: true, stdio: ['ignore', 'ignore', logFd] });
   closeSync(logFd);
   child.unref();
 

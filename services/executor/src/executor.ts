@@ -10,7 +10,7 @@ import {
   type Bus, type Logger, type MessageContext, type Outcome,
 } from '@vmsave/bus';
 import { probeQemu, detectAccel, resume, type Accel, type MigrationProgress } from '@vmsave/qemu';
-import { QmpClient, QmpTimeoutError } from '@vmsave/qmp';
+import { QmpBusyError, QmpClient } from '@vmsave/qmp';
 import type { ExecutorConfig } from './config.ts';
 import { VmRegistry } from './vms.ts';
 import { saveVm, type SavePoint } from './ops/save.ts';
@@ -146,7 +146,20 @@ export class Executor {
 
   /* ---------------- bus presence ---------------- */
 
-  async announce(): Promise<void> {
+  private announcing: Promise<void> | undefined;
+
+  /**
+   * Publish this host's announcement. One at a time: on a host with many VMs asking each QEMU its
+   * state can outlast the interval, and a second round would find every QEMU busy with the first.
+   */
+  announce(): Promise<void> {
+    this.announcing ??= this.announceOnce().finally(() => {
+      this.announcing = undefined;
+    });
+    return this.announcing;
+  }
+
+  private async announceOnce(): Promise<void> {
     const fs = await statfs(this.cfg.imageDir);
     await publishValidated(this.bus, messages.hostAnnouncement, subjects.host(this.host), {
       host: this.host, executorId: this.executorId, at: new Date().toISOString(), startedAt: this.startedAt,
@@ -275,7 +288,7 @@ export class Executor {
       } catch (err) {
         // A socket that accepts but does not greet is held by another QMP client: that passes.
         // Nothing listening means no QEMU: retrying cannot help.
-        if (err instanceof QmpTimeoutError) throw new OpError(`VM ${req.vm}'s QMP socket is held by another client: ${err.message}`, 'connect', 'qmp-busy', true, { cause: err });
+        if (err instanceof QmpBusyError) throw new OpError(`VM ${req.vm}'s QMP socket is held by another client: ${err.message}`, 'connect', 'qmp-busy', true, { cause: err });
         throw new OpError(`VM ${req.vm} is not running on host ${this.host} (its QMP socket does not answer: ${(err as Error).message}); start it or restore it from an image`, 'connect', 'vm-not-running', false, { cause: err });
       }
       await this.record({ jobId: w.jobId, attempt: w.attempt, fencingToken: w.fencingToken, kind: 'save', vm: req.vm, imagePath });

@@ -1,7 +1,7 @@
 import { mkdir, readdir, readFile, writeFile, rename } from 'node:fs/promises';
 import path from 'node:path';
 import { VmDefinition, type VmSummary } from '@vmsave/contracts';
-import { QmpClient, QmpTimeoutError } from '@vmsave/qmp';
+import { QmpBusyError, QmpClient, QmpTimeoutError } from '@vmsave/qmp';
 import { launchVm, type Accel, type VmProcess } from '@vmsave/qemu';
 import { launchDetached } from './detached.ts';
 
@@ -92,17 +92,24 @@ export class VmRegistry {
         await qmp.close();
       }
     } catch (err) {
-      // A socket that accepts but sends no greeting is held by another QMP client.
-      return err instanceof QmpTimeoutError ? 'qmp-busy' : 'stopped';
+      // A QEMU that does not greet us, or does not answer, serves another QMP client: it is there.
+      return err instanceof QmpBusyError || err instanceof QmpTimeoutError ? 'qmp-busy' : 'stopped';
     }
   }
 
+  /** Every defined VM with its state, asking at most 16 QEMUs at a time (a host may have hundreds). */
   async summaries(): Promise<VmSummary[]> {
     const defs = await this.definitions();
-    return Promise.all(defs.map(async (d) => ({
-      name: d.name, uuid: d.uuid, machine: d.machine, memoryMiB: d.memoryMiB, vcpus: d.vcpus,
-      status: await this.status(d.name), qmpSocket: this.socketOf(d.name),
-    })));
+    const out: VmSummary[] = new Array(defs.length);
+    let next = 0;
+    const worker = async () => {
+      for (let i = next++; i < defs.length; i = next++) {
+        const d = defs[i]!;
+        out[i] = { name: d.name, uuid: d.uuid, machine: d.machine, memoryMiB: d.memoryMiB, vcpus: d.vcpus, status: await this.status(d.name), qmpSocket: this.socketOf(d.name) };
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(16, defs.length) }, worker));
+    return out;
   }
 
   async stopAll(): Promise<void> {

@@ -118,5 +118,5 @@ describe(`load: ${N} small VMs on one host, limit ${LIMIT}`, () => {
       result: 'pass',
       detail: `saves: ${JSON.stringify(saveCounts)} in ${saveSecs.toFixed(1)} s (${((N / saveSecs) * 60).toFixed(0)}/min, at most ${maxSaves} at once); restores: ${JSON.stringify(restoreCounts)} in ${restoreSecs.toFixed(1)} s (at most ${maxRestores} at once)`,
     });
-  });
+  }, 2 * (120_000 + N * 4_000));
 });
