@@ -68,7 +68,8 @@ export async function restoreImage(o: RestoreImageOptions): Promise<RestoreImage
     const why = verdict.refusals.map((r) => r.message).join('; ');
     throw new OpError(`refusing to restore ${o.imagePath}: ${why}`, 'prepare', `image-${verdict.refusals[0]!.code}`, false);
   }
-  const unchanged = o.verifiedAs !== undefined && sameFingerprint(await fingerprintImage(o.imagePath).catch(() => ({ ino: '', size: -1, mtimeNs: '', ctimeNs: '' })), o.verifiedAs);
+  const current = o.verifiedAs && (await fingerprintImage(o.imagePath).catch(() => undefined));
+  const unchanged = !!current && sameFingerprint(current, o.verifiedAs!);
   const gate = o.verify === false || unchanged ? 'quick' : 'full';
   if (gate === 'full') {
     // The verifier is the gate: QEMU crashes or "completes" with garbage on some damaged images.

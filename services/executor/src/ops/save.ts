@@ -153,7 +153,7 @@ export async function saveVm(o: SaveVmOptions): Promise<SaveVmResult> {
     }
     // Never leave a VM that was running paused while its QEMU is alive.
     let vmResumed = false;
-    if (wasRunning && stage !== 'resume') {
+    if (wasRunning) {
       try {
         await resume(qmp);
         vmResumed = true;
