@@ -1,2 +1,3 @@
 export { evolve, fold, initialState, isTerminal, isFinal, TERMINAL, type JobState, type JobStatus } from './state.ts';
 export { decide, decideRetry, type JobCommand, type Decision, type DecideMeta } from './decide.ts';
+export { JOB_STATUSES, ACTIVE_STATUSES, ON_HOST_STATUSES, closesAttempt } from './rules.ts';
