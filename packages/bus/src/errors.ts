@@ -3,7 +3,8 @@
  *
  *   BusError                  root: code, retryable, cause
  *   ├── BusValidationError    a message does not match its schema (never retryable)
- *   └── BusPublishError       the server did not take a publish (retryable)
+ *   ├── BusPublishError       the server did not take a publish (retryable)
+ *   └── BusRequestTimeout     no answer to a core request in time (retryable)
  */
 export class BusError extends Error {
   override name = 'BusError';
@@ -34,4 +35,12 @@ export class BusPublishError extends BusError {
 /** Whether an error thrown by a handler may succeed if the message is delivered again. */
 export function isRetryable(err: unknown): boolean {
   return typeof err === 'object' && err !== null && (err as { retryable?: unknown }).retryable === true;
+}
+
+/** No answer within the time given (or no one listening). Retryable: the peer may come back. */
+export class BusRequestTimeout extends BusError {
+  override name = 'BusRequestTimeout';
+  constructor(subject: string, timeoutMs: number, options?: { cause?: unknown }) {
+    super(`no answer on ${subject} within ${timeoutMs} ms`, 'request-timeout', true, options);
+  }
 }
