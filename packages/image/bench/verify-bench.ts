@@ -8,7 +8,7 @@
 import { readFileSync, promises as fsp } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { verifyImage } from '../src/index.ts';
+import { verifyImage } from '../src/node/index.ts';
 import { makeVmsaveImage } from '../test/fixtures.ts';
 
 const rchar = (): number => Number(/rchar:\s*(\d+)/.exec(readFileSync('/proc/self/io', 'utf8'))![1]);

@@ -1,6 +1,10 @@
 /**
- * @vmsave/image — vmsave's image format (writer, reader, restore gate), libvirt save-image
- * reading, a QEMU migration stream walker, and the image verifier.
+ * @vmsave/image — vmsave's image format (header, descriptor), libvirt save-image headers, a
+ * QEMU migration stream walker, the restore gate and the image verifier, over any `ByteSource`.
+ *
+ * Pure: nothing here opens a file (a unit test walks this entry's module graph). Reading and
+ * writing image files — `createImage`, `finalizeImage`, `readImage`, `verifyImage(path)`, … —
+ * is `@vmsave/image/node`, which re-exports this API too.
  */
 export {
   ImageError,
@@ -28,22 +32,7 @@ export {
   type ImageHeader,
   type HeaderFields,
 } from './header.ts';
-export {
-  createImage,
-  openStreamFds,
-  finalizeImage,
-  updateDescriptor,
-  readImageHeader,
-  readImage,
-  readImageFrom,
-  fingerprintImage,
-  sameFingerprint,
-  DEFAULT_RESERVE_BYTES,
-  type CreateImageOptions,
-  type CreatedImage,
-  type StreamFds,
-  type ImageInfo,
-} from './image.ts';
+export { readImageFrom, sameFingerprint, type ImageInfo } from './read.ts';
 export { checkRestorable, type RestoreVerdict, type RestoreRefusal, type RestoreRefusalCode } from './restorable.ts';
 export {
   LIBVIRT_HEADER_SIZE,
@@ -56,8 +45,7 @@ export {
   type LibvirtHeader,
   type LibvirtFormat,
 } from './libvirt.ts';
-export { type ByteSource, bufferSource } from './source.ts';
-export { openFileSource, type FileSource } from './file-source.ts';
+export { type ByteSource, type VerifySource, type ExtentScan, type Range, bufferSource } from './source.ts';
 export {
   walkStream,
   vmsdStreamSize,
@@ -70,5 +58,4 @@ export {
   type MappedRamHeader,
   type WalkOptions,
 } from './stream.ts';
-export { dataExtents, type ExtentScan, type Range } from './extents.ts';
-export { verifyImage, CHECK_NAMES, type CheckName, type CheckStatus, type VerifyCheck, type VerifyResult, type VerifyOptions } from './verify.ts';
+export { verifySource, CHECK_NAMES, type CheckName, type CheckStatus, type VerifyCheck, type VerifyResult, type VerifyOptions } from './verify.ts';

@@ -22,7 +22,7 @@ describe('libvirt save header', () => {
 
   it('splits XML and cookie and summarises the domain', () => {
     const xml = "<domain><name>web1</name><uuid>u-1</uuid><memory unit='GiB'>4</memory><os><type machine='pc-q35-10.0'>hvm</type></os></domain>";
-    const data = Buffer.concat([Buffer.from(xml + '\0'), Buffer.from('<cookie/>\0'), Buffer.alloc(64)]);
+    const data = Buffer.concat([Buffer.from(`${xml}\0`), Buffer.from('<cookie/>\0'), Buffer.alloc(64)]);
     const h = decodeLibvirtHeader(encodeLibvirtHeader({ complete: true, dataLength: data.length, wasRunning: false, formatCode: 0, cookieOffset: xml.length + 1 }), 92 + data.length);
     const { xml: x, cookie } = parseLibvirtData(data, h);
     expect(x).toBe(xml);

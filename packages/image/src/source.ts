@@ -1,6 +1,6 @@
 /**
  * Random-access byte sources and a bounded cursor over them. Pure: the file-backed
- * source lives in file-source.ts.
+ * source lives in node/file-source.ts.
  */
 
 /** Something that can be read at any offset: a file, a Buffer. */
@@ -9,6 +9,30 @@ export interface ByteSource {
   readonly size: number;
   /** Read up to `length` bytes at `position`; fewer only at the end of the source. */
   read(position: number, length: number): Promise<Uint8Array>;
+}
+
+/** [start, end) byte ranges. */
+export type Range = readonly [number, number];
+
+/** The data extents of a region of a file (SEEK_DATA/SEEK_HOLE), as a file-backed source reports them. */
+export interface ExtentScan {
+  /** Data extents clipped to the scanned range, in order. */
+  extents: Range[];
+  /** False when the filesystem does not support SEEK_DATA/SEEK_HOLE. */
+  supported: boolean;
+  /** True when more than `maxExtents` were found and the scan stopped. */
+  truncated: boolean;
+}
+
+/**
+ * A ByteSource that can also say how it is stored, for the verifier's allocation checks. A file
+ * (node/verify.ts) gives both; a plain buffer gives neither, and those checks are then skipped.
+ */
+export interface VerifySource extends ByteSource {
+  /** Data extents inside [start, end), at most `maxExtents`; without it `mapped-ram.bitmap-vs-extents` is skipped. */
+  dataExtents?(start: number, end: number, maxExtents: number): ExtentScan | Promise<ExtentScan>;
+  /** Bytes allocated on disk (st_blocks × 512); without it `sparseness` is skipped. */
+  allocatedBytes?(): Promise<number>;
 }
 
 /** A ByteSource over an in-memory buffer. */

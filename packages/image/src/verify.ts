@@ -1,16 +1,16 @@
 /**
  * The image verifier: every property of a vmsave or libvirt image that can be checked
- * without restoring it, as named checks. It never throws for a malformed file.
+ * without restoring it, as named checks. It never throws for a malformed image.
+ *
+ * Pure: it reads through a {@link VerifySource}; `verifyImage(path)` in node/verify.ts opens a
+ * file as one (with SEEK_DATA/SEEK_HOLE extents and st_blocks).
  */
-import { promises as fsp } from 'node:fs';
 import type { QemuCapabilities } from '@vmsave/contracts';
 import { decodeDescriptor } from './descriptor.ts';
 import { ImageError } from './errors.ts';
-import { dataExtents, type Range } from './extents.ts';
-import { openFileSource, type FileSource } from './file-source.ts';
-import { FORMAT_VERSION, HEADER_SIZE, MAGIC_COMPLETE, MAGIC_PARTIAL, SUPPORTED_VERSIONS, decodeHeader, hasVmsaveMagic, verifyHeaderChecksum } from './header.ts';
-import { LIBVIRT_MAX_DATA, compressorMagicMatches, decodeLibvirtHeader, domainSummary, hasLibvirtMagic, parseLibvirtData } from './libvirt.ts';
-import { OutOfBounds } from './source.ts';
+import { FORMAT_VERSION, HEADER_SIZE, MAGIC_COMPLETE, MAGIC_PARTIAL, SUPPORTED_VERSIONS, decodeHeader, hasVmsaveMagic, type ImageHeader, verifyHeaderChecksum } from './header.ts';
+import { LIBVIRT_MAX_DATA, compressorMagicMatches, decodeLibvirtHeader, domainSummary, hasLibvirtMagic, type LibvirtHeader, parseLibvirtData } from './libvirt.ts';
+import { OutOfBounds, type Range, type VerifySource } from './source.ts';
 import { TARGET_PAGE_SIZE, bitmapBytes, walkStream, type RamBlock, type StreamCheck, type StreamWalk } from './stream.ts';
 
 /** Stable check names (consumers key on them). */
@@ -88,19 +88,29 @@ interface Container {
 }
 
 /**
- * Verify an image file (vmsave, libvirt, or a bare QEMU stream) and return named checks.
- * Never throws for a malformed file; I/O errors other than reading the file also become failed checks.
+ * Verify an image (vmsave, libvirt, or a bare QEMU stream) read through `src` and return named
+ * checks. Never throws for a malformed image: read errors become failed checks too. Without
+ * `src.dataExtents` / `src.allocatedBytes` (an in-memory buffer) the allocation checks are skipped.
  *
  * @example
- * const r = await verifyImage('/var/lib/vmsave/web1.vmsave', { hostCaps });
+ * const r = await verifySource(bufferSource(bytes), { hostCaps });
  * if (!r.ok) for (const c of r.checks.filter((c) => c.status === 'fail')) console.error(c.name, c.detail);
  */
-export async function verifyImage(path: string, options: VerifyOptions = {}): Promise<VerifyResult> {
+export function verifySource(src: VerifySource, options: VerifyOptions = {}): Promise<VerifyResult> {
+  return runVerification(async () => src, options);
+}
+
+/**
+ * The verifier around an opener: what `open` throws (a file that cannot be opened) becomes the
+ * first failed check, like any later read error; `close` runs once the checks are done.
+ * For the I/O adapters of this package (node/verify.ts); not part of the public surface.
+ */
+export async function runVerification(open: () => Promise<VerifySource & { close?(): Promise<void> }>, options: VerifyOptions): Promise<VerifyResult> {
   const checks = new Checks();
   let kind: VerifyResult['kind'] = 'unknown';
-  let src: FileSource | undefined;
+  let src: (VerifySource & { close?(): Promise<void> }) | undefined;
   try {
-    src = await openFileSource(path);
+    src = await open();
     const head = await src.read(0, 128);
     if (hasVmsaveMagic(head)) {
       kind = 'vmsave';
@@ -131,14 +141,14 @@ export async function verifyImage(path: string, options: VerifyOptions = {}): Pr
     const first = CHECK_NAMES.find((n) => !checks.has(n)) ?? 'stream.complete';
     checks.add(first, 'fail', `verification stopped: ${what}`);
   } finally {
-    await src?.close();
+    await src?.close?.();
   }
   checks.skipRest('not reached: an earlier check failed or this kind of image does not have it');
   const list = checks.sorted();
   return { kind, checks: list, ok: !list.some((c) => c.status === 'fail') };
 }
 
-async function vmsaveHeaderChecks(src: FileSource, head: Uint8Array, checks: Checks): Promise<Container | undefined> {
+async function vmsaveHeaderChecks(src: VerifySource, head: Uint8Array, checks: Checks): Promise<Container | undefined> {
   const magic = Buffer.from(head.subarray(0, 8)).toString('latin1');
   if (magic === MAGIC_COMPLETE) checks.add('header.magic', 'pass', `${MAGIC_COMPLETE}: the save finished and was synced`);
   else {
@@ -148,7 +158,7 @@ async function vmsaveHeaderChecks(src: FileSource, head: Uint8Array, checks: Che
       `${MAGIC_PARTIAL}: the image is partial — QEMU was still writing, the save failed, or it was never finalized (fdatasync + magic flip). Do not restore it; delete it or save again`,
     );
   }
-  let header;
+  let header: ImageHeader;
   try {
     header = decodeHeader(head, src.size);
   } catch (err) {
@@ -185,14 +195,14 @@ async function vmsaveHeaderChecks(src: FileSource, head: Uint8Array, checks: Che
   return c;
 }
 
-async function libvirtHeaderChecks(src: FileSource, head: Uint8Array, checks: Checks): Promise<Container | undefined> {
+async function libvirtHeaderChecks(src: VerifySource, head: Uint8Array, checks: Checks): Promise<Container | undefined> {
   const complete = Buffer.from(head.subarray(0, 16)).toString('latin1') === 'LibvirtQemudSave';
   checks.add(
     'header.magic',
     complete ? 'pass' : 'fail',
     complete ? 'LibvirtQemudSave: libvirt finished writing it' : 'LibvirtQemudPart: libvirt never finished this save (it was interrupted or failed); it cannot be restored',
   );
-  let h;
+  let h: LibvirtHeader;
   try {
     h = decodeLibvirtHeader(await src.read(0, 92), src.size);
   } catch (err) {
@@ -242,7 +252,7 @@ function problemsOf(walk: StreamWalk, ...kinds: StreamCheck[]): string | undefin
   return walk.problems.find((p) => kinds.includes(p.check))?.detail;
 }
 
-async function streamChecks(src: FileSource, container: Container, checks: Checks, options: VerifyOptions): Promise<void> {
+async function streamChecks(src: VerifySource, container: Container, checks: Checks, options: VerifyOptions): Promise<void> {
   const walk = await walkStream(src, container.streamOffset);
   if (!walk.magic) {
     checks.add('stream.magic', 'fail', problemsOf(walk, 'stream.magic') ?? `no QEMU stream at ${container.streamOffset}`);
@@ -386,7 +396,7 @@ function subtract(a: readonly Range[], b: readonly Range[]): { count: number; fi
   return first === undefined ? { count, ranges } : { count, first, ranges };
 }
 
-async function mappedRamChecks(src: FileSource, walk: StreamWalk, checks: Checks, options: VerifyOptions): Promise<BlockStats[] | undefined> {
+async function mappedRamChecks(src: VerifySource, walk: StreamWalk, checks: Checks, options: VerifyOptions): Promise<BlockStats[] | undefined> {
   const layoutProblem = problemsOf(walk, 'mapped-ram.layout');
   const blocks = (walk.ram?.blocks ?? []).filter((b) => b.mappedRam);
   if (layoutProblem) {
@@ -442,7 +452,11 @@ async function mappedRamChecks(src: FileSource, walk: StreamWalk, checks: Checks
     const h = block.mappedRam!;
     const start = h.pagesOffset;
     const end = Math.min(h.pagesOffset + block.usedLength, src.size);
-    const scan = dataExtents(src.fd, start, end, options.maxExtents ?? 1 << 20);
+    if (!src.dataExtents) {
+      checks.add('mapped-ram.bitmap-vs-extents', 'skip', 'the source cannot report data extents (not a file): bitmaps not compared with holes');
+      return stats;
+    }
+    const scan = await src.dataExtents(start, end, options.maxExtents ?? 1 << 20);
     if (!scan.supported) {
       checks.add('mapped-ram.bitmap-vs-extents', 'skip', 'the filesystem does not report holes (SEEK_DATA/SEEK_HOLE unsupported)');
       return stats;
@@ -503,7 +517,7 @@ async function mappedRamChecks(src: FileSource, walk: StreamWalk, checks: Checks
   return stats;
 }
 
-async function sampleNonZero(src: FileSource, unmarked: Array<{ block: RamBlock; ranges: Range[]; count: number }>, max: number): Promise<{ sampled: number; nonZero: boolean; nonZeroOffset?: number }> {
+async function sampleNonZero(src: VerifySource, unmarked: Array<{ block: RamBlock; ranges: Range[]; count: number }>, max: number): Promise<{ sampled: number; nonZero: boolean; nonZeroOffset?: number }> {
   const all: number[] = [];
   for (const u of unmarked) for (const [s, e] of u.ranges) for (let p = s; p < e && all.length < 100_000; p++) all.push(u.block.mappedRam!.pagesOffset + p * TARGET_PAGE_SIZE);
   const step = Math.max(1, Math.floor(all.length / max));
@@ -517,10 +531,14 @@ async function sampleNonZero(src: FileSource, unmarked: Array<{ block: RamBlock;
   return { sampled, nonZero: false };
 }
 
-async function sparseness(src: FileSource, walk: StreamWalk, checks: Checks, stats: BlockStats[] | undefined): Promise<void> {
+async function sparseness(src: VerifySource, walk: StreamWalk, checks: Checks, stats: BlockStats[] | undefined): Promise<void> {
+  if (!src.allocatedBytes) {
+    checks.add('sparseness', 'skip', 'the source cannot report its allocated size (not a file)');
+    return;
+  }
   let allocated: number;
   try {
-    allocated = (await fsp.stat(src.path)).blocks * 512;
+    allocated = await src.allocatedBytes();
   } catch (err) {
     checks.add('sparseness', 'skip', `cannot stat: ${(err as Error).message}`);
     return;

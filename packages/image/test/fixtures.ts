@@ -5,7 +5,7 @@
 import { spawn } from 'node:child_process';
 import { accessSync, constants as C, promises as fsp } from 'node:fs';
 import { join } from 'node:path';
-import { createImage, finalizeImage, encodeLibvirtHeader, type ImageDescriptorInput } from '../src/index.ts';
+import { createImage, finalizeImage, encodeLibvirtHeader, type ImageDescriptorInput } from '../src/node/index.ts';
 import { TinyQmp } from './qmp.ts';
 
 export const PATTERN_ADDR = 0x1000000; // 16 MiB into guest RAM
@@ -130,7 +130,7 @@ export const DOMAIN_XML = `<domain type='kvm'>
 /** A libvirt-layout image: 92-byte header + XML + NUL + cookie + NUL + padding, then QEMU's stream at an unaligned offset. */
 export async function makeLibvirtImage(dir: string, name: string, format: 'legacy' | 'sparse', o: { complete?: boolean } = {}): Promise<string> {
   const path = join(dir, name);
-  const xml = Buffer.from(DOMAIN_XML + '\0');
+  const xml = Buffer.from(`${DOMAIN_XML}\0`);
   const cookie = Buffer.from("<qemu-migration><cpu mode='custom'/></qemu-migration>\n\0");
   const dataLength = xml.length + cookie.length + 4099; // libvirt pads 64 KiB; any size keeps the stream unaligned
   const header = encodeLibvirtHeader({ complete: o.complete ?? true, dataLength, wasRunning: false, formatCode: format === 'sparse' ? 6 : 0, cookieOffset: xml.length });

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CHECK_NAMES, bufferSource, decodeHeader, decodeLibvirtHeader, encodeLibvirtHeader, readImage, verifyImage, walkStream, ImageError } from '../src/index.ts';
+import { CHECK_NAMES, bufferSource, decodeHeader, decodeLibvirtHeader, encodeLibvirtHeader, readImage, verifyImage, walkStream, ImageError } from '../src/node/index.ts';
 import { makeVmsaveImage } from './fixtures.ts';
 
 let dir: string;

@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   DescriptorError, ImageChecksumError, ImageExistsError, ImageStateError, ImageTruncatedError,
   createImage, finalizeImage, openStreamFds, readImage, readImageHeader, updateDescriptor,
-} from '../src/index.ts';
+} from '../src/node/index.ts';
 import { descriptorFor, qemuSave } from './fixtures.ts';
 
 let dir: string;

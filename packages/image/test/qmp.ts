@@ -8,8 +8,7 @@ export class TinyQmp {
     sock.setEncoding('utf8');
     sock.on('data', (chunk: string) => {
       this.buf += chunk;
-      let nl: number;
-      while ((nl = this.buf.indexOf('\n')) >= 0) {
+      for (let nl = this.buf.indexOf('\n'); nl >= 0; nl = this.buf.indexOf('\n')) {
         const line = this.buf.slice(0, nl).trim();
         this.buf = this.buf.slice(nl + 1);
         if (!line) continue;
@@ -45,7 +44,7 @@ export class TinyQmp {
 
   async execute(cmd: string, args?: Record<string, unknown>): Promise<unknown> {
     const reply = this.next();
-    this.sock.write(JSON.stringify(args ? { execute: cmd, arguments: args } : { execute: cmd }) + '\n');
+    this.sock.write(`${JSON.stringify(args ? { execute: cmd, arguments: args } : { execute: cmd })}\n`);
     const r = await reply;
     if ('error' in r) throw new Error(`${cmd}: ${JSON.stringify(r.error)}`);
     return r.return;

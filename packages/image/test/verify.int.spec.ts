@@ -3,7 +3,7 @@ import { promises as fsp } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { encodeHeader, encodeLibvirtHeader, readImage, verifyImage, walkStream, openFileSource, type VerifyResult } from '../src/index.ts';
+import { bufferSource, encodeHeader, encodeLibvirtHeader, readImage, verifyImage, verifySource, walkStream, openFileSource, type VerifyResult } from '../src/node/index.ts';
 import { makeLibvirtImage, makeVmsaveImage } from './fixtures.ts';
 
 const hostCaps = { version: '10.0.2', mappedRam: true, directIo: true, machines: ['pc-q35-10.0', 'q35'], accel: 'kvm' as const };
@@ -69,6 +69,19 @@ describe('verifyImage on fresh images made by QEMU', () => {
     expect(status(r, 'format.restorable-here')).toBe('fail');
     expect(detail(r, 'format.restorable-here')).toMatch(/mapped-ram.*pc-q35-10.0/);
     expect(status((await verifyImage(img.sparse)), 'format.restorable-here')).toBe('skip');
+  });
+});
+
+describe('verifySource: the same checks over bytes in memory', () => {
+  it.each(['sparse', 'legacy', 'lvSparse'] as const)('%s: as verifyImage on the file, without the two allocation checks', async (k) => {
+    const onFile = await verifyImage(img[k], { hostCaps });
+    const inMemory = await verifySource(bufferSource(await fsp.readFile(img[k])), { hostCaps });
+    const allocation = ['mapped-ram.bitmap-vs-extents', 'sparseness'];
+    const strip = (r: VerifyResult) => r.checks.filter((c) => !allocation.includes(c.name));
+    expect(strip(inMemory)).toEqual(strip(onFile));
+    expect(inMemory.ok).toBe(true);
+    expect(status(inMemory, 'sparseness')).toBe('skip');
+    if (k !== 'legacy') expect(detail(inMemory, 'mapped-ram.bitmap-vs-extents')).toMatch(/cannot report data extents/);
   });
 });
 

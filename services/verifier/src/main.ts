@@ -1,13 +1,10 @@
-import { Bus, busOptions, createLogger } from '@vmsave/bus';
+import { createLogger } from '@vmsave/bus';
 import { loadConfig } from './config.ts';
-import { Verifier } from './verifier.ts';
+import { startVerifier } from './service.ts';
 
 const log = createLogger('verifier');
 const cfg = loadConfig();
-const bus = await Bus.connect({ ...busOptions(cfg, 'verifier'), log });
-await bus.ensureStreams();
-const verifier = new Verifier(bus, cfg, log);
-await verifier.start();
+const service = await startVerifier(cfg, log);
 log.info({ hosts: cfg.VMSAVE_VERIFY_HOSTS }, 'verifier running');
 
 let stopping = false;
@@ -15,8 +12,7 @@ async function shutdown(signal: string): Promise<void> {
   if (stopping) return;
   stopping = true;
   log.info({ signal }, 'verifier stopping');
-  await verifier.stop();
-  await bus.close();
+  await service.stop();
   process.exit(0);
 }
 process.on('SIGTERM', () => void shutdown('SIGTERM'));

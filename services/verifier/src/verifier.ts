@@ -1,39 +1,41 @@
-import { access } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { access, realpath, stat } from 'node:fs/promises';
 import { JobEvent, streams, subjects, type HostAnnouncement, type ImageFingerprint, type VerificationCheck } from '@vmsave/contracts';
 import { ack, eventsOfJob, publishEvent, readHosts, runConsumer, type Bus, type Logger, type Outcome } from '@vmsave/bus';
-import { decide, fold } from '@vmsave/jobs';
-import { fingerprintImage, sameFingerprint, verifyImage } from '@vmsave/image';
+import { fold } from '@vmsave/jobs';
+import { fingerprintImage, sameFingerprint, verifyImage } from '@vmsave/image/node';
 import type { VerifierConfig } from './config.ts';
-
-const SOURCE = 'verifier';
+import { checksOf, hostFilter, planVerification, preCheck, recordVerification, trustedFingerprint } from './decisions.ts';
 
 /**
  * Verifies every image a save completed: on `SaveCompleted` it runs the image checks and
  * appends `ImageVerified` or `ImageRejected` with every check. Redelivery is harmless: the
- * job's history is folded first and a job already verified is skipped.
+ * job's history is folded first and a job already verified is skipped. It reads only regular
+ * files inside an image directory their host announced (decisions.ts `preCheck`).
  */
 export class Verifier {
   private readonly ac = new AbortController();
   private task?: Promise<void>;
   private readonly hosts = new Map<string, HostAnnouncement>();
+  /** Every image directory each host announced since this verifier started (a restarted executor may move it). */
+  private readonly imageDirs = new Map<string, Set<string>>();
   private readonly readable: (host: string) => boolean;
 
   constructor(private readonly bus: Bus, private readonly cfg: VerifierConfig, private readonly log: Logger) {
-    const list = cfg.VMSAVE_VERIFY_HOSTS.split(',').map((h) => h.trim()).filter(Boolean);
-    this.readable = (h) => list.includes('*') || list.includes(h);
+    this.readable = hostFilter(cfg.VMSAVE_VERIFY_HOSTS);
   }
 
   async start(): Promise<void> {
     const signal = this.ac.signal;
     void (async () => {
-      for await (const a of readHosts(this.bus, { follow: true, signal, onResume: (err, attempt) => this.log.warn({ err: (err as Error)?.message, attempt }, 'host announcements: read reopened') })) this.hosts.set(a.host, a);
+      for await (const a of readHosts(this.bus, { follow: true, signal, onResume: (err, attempt) => this.log.warn({ err: (err as Error)?.message, attempt }, 'host announcements: read reopened') })) this.noteHost(a);
     })().catch((err) => this.log.warn({ err }, 'host announcements stopped'));
     this.task = runConsumer(this.bus, {
       stream: streams.events.name,
       durable: this.cfg.VMSAVE_VERIFIER_NAME,
       filterSubject: subjects.evtOfType('SaveCompleted'),
       schema: JobEvent,
-      service: SOURCE,
+      service: 'verifier',
       concurrency: this.cfg.VMSAVE_VERIFY_CONCURRENCY,
       ackWaitMs: 60_000,
       log: this.log,
@@ -47,36 +49,57 @@ export class Verifier {
     await this.task?.catch(() => undefined);
   }
 
+  private noteHost(a: HostAnnouncement): void {
+    this.hosts.set(a.host, a);
+    let dirs = this.imageDirs.get(a.host);
+    if (!dirs) {
+      dirs = new Set();
+      this.imageDirs.set(a.host, dirs);
+    }
+    dirs.add(a.imageDir);
+  }
+
+  /** The real paths of the host's announced image directories; reads the hosts stream once if the host is not known yet. */
+  private async imageDirsOf(host: string): Promise<string[]> {
+    if (!this.imageDirs.has(host)) for await (const a of readHosts(this.bus, { signal: this.ac.signal })) this.noteHost(a);
+    const real = await Promise.all([...(this.imageDirs.get(host) ?? [])].map((d) => realpath(d).catch(() => undefined)));
+    return real.filter((d): d is string => d !== undefined);
+  }
+
   async onCompleted(e: JobEvent, working: () => void): Promise<Outcome> {
     if (e.type !== 'SaveCompleted') return ack();
     const log = this.log.child({ jobId: e.jobId });
     const { host, imagePath } = e.data;
     if (!this.readable(host)) return ack();
     const state = fold((await eventsOfJob(this.bus, e.jobId)).map((l) => l.event));
-    if (state.status !== 'completed') {
-      log.info({ status: state.status }, 'job is not waiting for verification; skipping');
+    const plan = planVerification(e, state, this.readable);
+    if (!plan.verify) {
+      log.info({ status: state.status, reason: plan.reason }, `${plan.detail}; skipping`);
       return ack();
     }
     let checks: VerificationCheck[];
     let fingerprint: ImageFingerprint | undefined;
-    const exists = await access(imagePath).then(() => true, () => false);
-    if (!exists) {
-      checks = [{ name: 'image.exists', status: 'fail', detail: `${imagePath} is not readable here (moved or deleted after the save?)` }];
+    const readable = await access(imagePath, constants.R_OK).then(() => true, () => false);
+    const realPath = readable ? await realpath(imagePath).catch(() => undefined) : undefined;
+    const regularFile = realPath ? await stat(realPath).then((s) => s.isFile(), () => false) : undefined;
+    const refused = preCheck({ imagePath, readable, realPath, regularFile, imageDirs: readable ? await this.imageDirsOf(host) : [], host });
+    if (refused) {
+      checks = [refused];
     } else {
       const keepAlive = setInterval(working, 5000);
       try {
+        // The checked real path, not the name: a symlink swapped in after preCheck is not followed.
+        const file = realPath ?? imagePath;
         const hostCaps = this.hosts.get(host)?.qemu;
-        const before = await fingerprintImage(imagePath).catch(() => undefined);
-        const r = await verifyImage(imagePath, { hostCaps });
-        checks = r.checks.map((c) => ({ name: c.name, status: c.status, detail: c.detail }));
-        // Only a file that did not change while it was read may be trusted later by its fingerprint.
-        const after = await fingerprintImage(imagePath).catch(() => undefined);
-        if (before && after && sameFingerprint(before, after)) fingerprint = after;
+        const before = await fingerprintImage(file).catch(() => undefined);
+        checks = checksOf(await verifyImage(file, { hostCaps }));
+        const after = await fingerprintImage(file).catch(() => undefined);
+        fingerprint = trustedFingerprint(before, after, sameFingerprint);
       } finally {
         clearInterval(keepAlive);
       }
     }
-    const d = decide({ type: 'RecordVerification', imagePath, host, checks, fingerprint }, state, { source: SOURCE });
+    const d = recordVerification(state, { imagePath, host, checks, ...(fingerprint ? { fingerprint } : {}) });
     if (!d.ok) {
       log.warn({ rule: d.rule }, d.message);
       return ack();

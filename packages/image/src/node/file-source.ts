@@ -1,7 +1,7 @@
 /** File-backed ByteSource (the I/O adapter for the pure parsers). */
 import { promises as fsp } from 'node:fs';
-import { ioError } from './errors.ts';
-import type { ByteSource } from './source.ts';
+import { ioError } from '../errors.ts';
+import type { ByteSource } from '../source.ts';
 
 /** A ByteSource over an open file; close it when done (`await using` works too). */
 export interface FileSource extends ByteSource, AsyncDisposable {

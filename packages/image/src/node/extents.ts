@@ -3,6 +3,7 @@
  * Node's fs has no SEEK_DATA/SEEK_HOLE; fs-ext's seekSync passes whence through unchanged.
  */
 import { createRequire } from 'node:module';
+import type { ExtentScan, Range } from '../source.ts';
 
 const require = createRequire(import.meta.url);
 const { seekSync } = require('fs-ext') as { seekSync(fd: number, offset: number, whence: number): number };
@@ -10,17 +11,6 @@ const { seekSync } = require('fs-ext') as { seekSync(fd: number, offset: number,
 export const SEEK_DATA = 3;
 export const SEEK_HOLE = 4;
 
-/** [start, end) byte ranges. */
-export type Range = readonly [number, number];
-
-export interface ExtentScan {
-  /** Data extents clipped to the scanned range, in order. */
-  extents: Range[];
-  /** False when the filesystem does not support SEEK_DATA/SEEK_HOLE. */
-  supported: boolean;
-  /** True when more than `maxExtents` were found and the scan stopped. */
-  truncated: boolean;
-}
 
 function errno(err: unknown): string | undefined {
   return typeof err === 'object' && err !== null && 'code' in err ? String((err as { code: unknown }).code) : undefined;

@@ -1,5 +1,5 @@
 /**
- * Writer and reader of vmsave images (the file I/O around header.ts and descriptor.ts).
+ * Writer and reader of vmsave image files (the file I/O around header.ts, descriptor.ts and read.ts).
  *
  * Life of an image: `createImage` (partial magic, descriptor) → `openStreamFds` → QEMU
  * writes the stream at `streamOffset` → `finalizeImage` (fdatasync, flip magic, fdatasync).
@@ -7,19 +7,11 @@
 import { closeSync, constants as C, open as openCb, promises as fsp } from 'node:fs';
 import { promisify } from 'node:util';
 import type { ImageFingerprint, SaveFormat } from '@vmsave/contracts';
-import { decodeDescriptor, encodeDescriptor, type ImageDescriptor, type ImageDescriptorInput } from './descriptor.ts';
-import { DescriptorError, ImageError, ImageExistsError, ImageStateError, ioError } from './errors.ts';
-import {
-  HEADER_SIZE,
-  MAGIC_OFFSET,
-  STREAM_ALIGNMENT,
-  decodeHeader,
-  encodeHeader,
-  magicBytes,
-  verifyHeaderChecksum,
-  type ImageHeader,
-} from './header.ts';
-import { Cursor, type ByteSource } from './source.ts';
+import { decodeDescriptor, encodeDescriptor, type ImageDescriptor, type ImageDescriptorInput } from '../descriptor.ts';
+import { DescriptorError, ImageError, ImageExistsError, ImageStateError, ioError } from '../errors.ts';
+import { HEADER_SIZE, MAGIC_OFFSET, STREAM_ALIGNMENT, decodeHeader, encodeHeader, magicBytes, type ImageHeader } from '../header.ts';
+import { readHeaderAndDescriptor, readImageFrom, type ImageInfo } from '../read.ts';
+import type { ByteSource } from '../source.ts';
 import { openFileSource } from './file-source.ts';
 
 const openFd = promisify(openCb) as (path: string, flags: number) => Promise<number>;
@@ -132,34 +124,6 @@ export async function openStreamFds(path: string, options: { mode: 'save' | 'res
   }
 }
 
-async function readHeaderAndDescriptor(src: ByteSource, path?: string): Promise<{ header: ImageHeader; headerBuf: Uint8Array; descBytes: Uint8Array }> {
-  const c = new Cursor(src, 0);
-  const headerBuf = await src.read(0, HEADER_SIZE);
-  const header = decodeHeader(headerBuf, src.size);
-  c.seek(header.descriptorOffset);
-  const descBytes = await c.bytes(header.descriptorLength);
-  try {
-    verifyHeaderChecksum(headerBuf, descBytes);
-  } catch (err) {
-    if (err instanceof ImageError && path) (err as { path: string | undefined }).path = path;
-    throw err;
-  }
-  return { header, headerBuf, descBytes };
-}
-
-export interface ImageInfo {
-  header: ImageHeader;
-  descriptor: ImageDescriptor;
-  /** Logical file size. */
-  size: number;
-}
-
-/** Read and check a vmsave image's header and descriptor from any ByteSource. Throws typed ImageErrors. */
-export async function readImageFrom(src: ByteSource): Promise<ImageInfo> {
-  const { header, descBytes } = await readHeaderAndDescriptor(src);
-  return { header, descriptor: decodeDescriptor(descBytes), size: src.size };
-}
-
 /** Read and bounds-check a vmsave image header (the checksum is verified, which needs the descriptor bytes). */
 export async function readImageHeader(path: string): Promise<ImageHeader> {
   const src = await openFileSource(path);
@@ -263,9 +227,4 @@ export async function fingerprintImage(path: string): Promise<ImageFingerprint> 
   } catch (err) {
     throw ioError('stat', path, err);
   }
-}
-
-/** Same file, unchanged: equal inode, size, mtime and ctime. */
-export function sameFingerprint(a: ImageFingerprint, b: ImageFingerprint): boolean {
-  return a.ino === b.ino && a.size === b.size && a.mtimeNs === b.mtimeNs && a.ctimeNs === b.ctimeNs;
 }
