@@ -41,7 +41,8 @@ describe('offline save --qmp → inspect → verify → restore', () => {
       await qmp.execute('cont');
       return await guestMemory(qmp, dir);
     })();
-    const env = { VMSAVE_STATE_DIR: path.join(dir, 'state') };
+    // VMSAVE_HOST names this host in the image, as the executor's saves do.
+    const env = { VMSAVE_STATE_DIR: path.join(dir, 'state'), VMSAVE_HOST: 'offline-host-1' };
     const image = path.join(dir, 'ext.vmsave');
 
     const save = await vmsave(['save', '--qmp', source.qmpSocketPath, '--out', image, '--format', 'sparse', '--after', 'quit', '--json'], env);
@@ -54,18 +55,19 @@ describe('offline save --qmp → inspect → verify → restore', () => {
 
     const inspect = await vmsave(['inspect', image, '--json'], env);
     expect(inspect.code, inspect.stderr).toBe(0);
-    const ins = inspect.json<{ kind: string; header: { complete: boolean; format: string }; descriptor: { vm: { name: string; uuid: string; machine: string; memoryMiB: number; vcpus: number; args: string[] } } }>();
+    const ins = inspect.json<{ kind: string; header: { complete: boolean; format: string }; descriptor: { host: string; vm: { name: string; uuid: string; machine: string; memoryMiB: number; vcpus: number; args: string[] } } }>();
     expect(ins.kind).toBe('vmsave');
     expect(ins.header).toMatchObject({ complete: true, format: 'sparse' });
     expect(ins.descriptor.vm).toMatchObject({ name: 'ext-vm', uuid: def.uuid, memoryMiB: 96, vcpus: 1, machine: expect.stringMatching(/q35/) });
+    expect(ins.descriptor.host).toBe('offline-host-1');
     expect(ins.descriptor.vm.args).toEqual([...def.args, ...extra]);
     const human = await vmsave(['inspect', image], env);
     expect(human.stdout).toMatch(/virtio-rng-pci,id=rng0/);
 
     const verify = await vmsave(['verify', image, '--json'], env);
     expect(verify.code, verify.stderr).toBe(0);
-    const v = verify.json<{ ok: boolean; kind: string; checks: { name: string; status: string }[] }>();
-    expect(v).toMatchObject({ ok: true, kind: 'vmsave' });
+    const v = verify.json<{ ok: boolean; kind: string; source: string; format: string; checks: { name: string; status: string }[] }>();
+    expect(v).toMatchObject({ ok: true, kind: 'vmsave', source: 'vmsave', format: 'sparse' });
     expect(v.checks.filter((c) => c.status !== 'pass' && c.status !== 'skip')).toEqual([]);
     expect(v.checks.map((c) => c.name)).toEqual(expect.arrayContaining(['header.magic', 'format.matches-stream', 'mapped-ram.layout', 'sparseness']));
 

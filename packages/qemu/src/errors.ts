@@ -32,17 +32,7 @@ export type QemuErrorCode =
   | 'QEMU_EXITED';
 
 /** Where in a launch or migration an error happened. */
-export type QemuStage =
-  | 'launch'
-  | 'probe'
-  | 'runstate'
-  | 'prepare'
-  | 'add-fd'
-  | 'set-capabilities'
-  | 'set-parameters'
-  | 'migrate'
-  | 'transfer'
-  | 'cleanup';
+export type QemuStage = 'launch' | 'probe' | 'runstate' | 'prepare' | 'add-fd' | 'set-capabilities' | 'set-parameters' | 'migrate' | 'transfer' | 'cleanup';
 
 export interface QemuErrorOptions {
   cause?: unknown;
@@ -155,15 +145,7 @@ export class MigrationAbortedError extends MigrationError {
 export class QemuExitedError extends MigrationError {
   override readonly name = 'QemuExitedError';
   constructor(direction: MigrationDirection, stage: QemuStage, qemuReason: string | undefined, options?: QemuErrorOptions) {
-    super(
-      `QEMU went away during ${direction}${qemuReason ? `: ${qemuReason}` : ''}`,
-      'QEMU_EXITED',
-      stage,
-      true,
-      direction,
-      qemuReason,
-      options,
-    );
+    super(`QEMU went away during ${direction}${qemuReason ? `: ${qemuReason}` : ''}`, 'QEMU_EXITED', stage, true, direction, qemuReason, options);
   }
 }
 

@@ -5,6 +5,8 @@ export { pauseIfRunning, resume, queryStatus, type VmStatus } from './runstate.t
 export {
   saveToFds,
   restoreFromFds,
+  cancelMigration,
+  abandonMigration,
   planMigration,
   buildMigrationUri,
   toProgress,

@@ -1,12 +1,6 @@
 import { constants } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import {
-  QmpAbortedError,
-  QmpCommandError,
-  QmpDisconnectedError,
-  QmpTimeoutError,
-  type QmpClient,
-} from '@vmsave/qmp';
+import { QmpAbortedError, QmpCommandError, QmpDisconnectedError, QmpTimeoutError, type QmpClient } from '@vmsave/qmp';
 import {
   MigrationAbortedError,
   MigrationCancelledError,
@@ -341,8 +335,7 @@ async function runMigration(qmp: QmpClient, direction: MigrationDirection, optio
 
     stage = 'add-fd';
     const opaque = `vmsave ${direction}`;
-    fdsetId = (await qmp.addFd(options.fds.buffered, { opaque: `${opaque} buffered`, ...callOptions(ctx) }).catch(rethrow(ctx, stage)))
-      .fdsetId;
+    fdsetId = (await qmp.addFd(options.fds.buffered, { opaque: `${opaque} buffered`, ...callOptions(ctx) }).catch(rethrow(ctx, stage))).fdsetId;
     if (plan.directIo && options.fds.direct !== undefined) {
       await qmp.addFd(options.fds.direct, { fdsetId, opaque: `${opaque} direct`, ...callOptions(ctx) }).catch(rethrow(ctx, stage));
     }
@@ -431,11 +424,7 @@ function rethrow(_ctx: Context, stage: QemuStage): (error: unknown) => never {
   };
 }
 
-async function follow(
-  ctx: Context,
-  events: AsyncIterable<unknown> & { end(): void },
-  startedAt: number,
-): Promise<Record<string, unknown>> {
+async function follow(ctx: Context, events: AsyncIterable<unknown> & { end(): void }, startedAt: number): Promise<Record<string, unknown>> {
   const { options, direction } = ctx;
   const intervalMs = Math.max(10, Math.min(options.progressIntervalMs ?? 250, 500));
   const stallMs = options.stallTimeoutMs ?? (direction === 'save' ? 60_000 : 120_000);
@@ -511,21 +500,41 @@ async function follow(
 }
 
 async function cancel(ctx: Context): Promise<void> {
-  const { qmp } = ctx;
+  await cancelMigration(ctx.qmp, { timeoutMs: ctx.timeoutMs });
+}
+
+/**
+ * `migrate_cancel`, then wait (≤ 5 s) until QEMU has let go of the migration (and with it the
+ * fdset's fds) so the set can be removed. Quiet when there is nothing to cancel or QEMU is gone.
+ */
+export async function cancelMigration(qmp: QmpClient, options: { timeoutMs?: number } = {}): Promise<void> {
   if (qmp.runState !== 'running') return;
-  const opts = { timeoutMs: ctx.timeoutMs };
+  const opts = { timeoutMs: options.timeoutMs ?? DEFAULT_COMMAND_TIMEOUT_MS };
   try {
     await qmp.execute('migrate_cancel', undefined, opts);
   } catch {
     return; // nothing to cancel, or QEMU gone
   }
-  // Wait for QEMU to let go of the fdset's fds before it is removed.
   const deadline = performance.now() + 5_000;
   while (performance.now() < deadline && qmp.runState === 'running') {
     const info = await qmp.execute<{ status?: string }>('query-migrate', undefined, opts).catch(() => undefined);
     if (!info || info.status === undefined || !ACTIVE_STATUSES.has(info.status)) return;
     await new Promise((resolve) => setTimeout(resolve, 50));
   }
+}
+
+/**
+ * For a caller that lost track of a migration (a crashed executor, back up): cancel whatever
+ * migration this QEMU still runs and remove every fdset, as {@link saveToFds} does on a failure.
+ * Returns the migration status found (`none` when QEMU reported none).
+ */
+export async function abandonMigration(qmp: QmpClient, options: { timeoutMs?: number } = {}): Promise<{ status: string }> {
+  const timeoutMs = options.timeoutMs ?? DEFAULT_COMMAND_TIMEOUT_MS;
+  const status = (await qmp.execute<{ status?: string }>('query-migrate', undefined, { timeoutMs })).status ?? 'none';
+  if (ACTIVE_STATUSES.has(status)) await cancelMigration(qmp, { timeoutMs });
+  const sets = await qmp.execute<Array<{ 'fdset-id': number }>>('query-fdsets', undefined, { timeoutMs }).catch(() => []);
+  for (const set of sets) await removeFdset(qmp, set['fdset-id'], timeoutMs);
+  return { status };
 }
 
 async function processStderr(ctx: Context, waitForExit: boolean): Promise<string | undefined> {
@@ -630,13 +639,7 @@ export function toProgress(direction: MigrationDirection, info: Record<string, u
   };
 }
 
-function toStats(
-  direction: MigrationDirection,
-  options: MigrationOptions,
-  plan: MigrationPlan,
-  info: Record<string, unknown>,
-  wallTimeMs: number,
-): MigrationStats {
+function toStats(direction: MigrationDirection, options: MigrationOptions, plan: MigrationPlan, info: Record<string, unknown>, wallTimeMs: number): MigrationStats {
   const ram = ramOf(info);
   return {
     direction,

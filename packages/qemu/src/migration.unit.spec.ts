@@ -1,13 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { QemuError, QemuInvalidArgumentError, QemuUnsupportedError } from './errors.ts';
-import {
-  buildMigrationUri,
-  incomingFailureReason,
-  planMigration,
-  stderrErrors,
-  toProgress,
-  type MigrationSupport,
-} from './migration.ts';
+import { buildMigrationUri, incomingFailureReason, planMigration, stderrErrors, toProgress, type MigrationSupport } from './migration.ts';
 
 const QEMU_10: MigrationSupport = {
   capabilities: new Map([
@@ -56,9 +49,7 @@ describe('planMigration', () => {
   });
 
   it('refuses direct IO without sparse, and without the O_DIRECT fd (QEMU would crash)', () => {
-    expect(() => planMigration('save', { format: 'legacy', offset: 0, fds: { buffered: 3, direct: 4 }, directIo: true }, QEMU_10)).toThrow(
-      QemuInvalidArgumentError,
-    );
+    expect(() => planMigration('save', { format: 'legacy', offset: 0, fds: { buffered: 3, direct: 4 }, directIo: true }, QEMU_10)).toThrow(QemuInvalidArgumentError);
     expect(() => planMigration('save', { format: 'sparse', offset: 0, fds, directIo: true }, QEMU_10)).toThrow(/both fds/);
   });
 
@@ -90,9 +81,7 @@ describe('planMigration', () => {
     expect(error).toBeInstanceOf(QemuError);
     expect(error).toMatchObject({ code: 'UNSUPPORTED', retryable: false, stage: 'prepare' });
     const noDirect = { ...QEMU_10, parameters: { 'max-bandwidth': 1 } };
-    expect(() => planMigration('save', { format: 'sparse', offset: 0, fds: { buffered: 3, direct: 4 }, directIo: true }, noDirect)).toThrow(
-      QemuUnsupportedError,
-    );
+    expect(() => planMigration('save', { format: 'sparse', offset: 0, fds: { buffered: 3, direct: 4 }, directIo: true }, noDirect)).toThrow(QemuUnsupportedError);
     // legacy on an old QEMU leaves the missing capabilities alone
     expect(planMigration('save', { format: 'legacy', offset: 0, fds }, old).capabilities).toEqual([
       { capability: 'events', state: true },
@@ -122,13 +111,17 @@ describe('buildMigrationUri', () => {
 
 describe('toProgress', () => {
   it('reads ram counters, defaulting to 0 when a restoring QEMU reports none', () => {
-    expect(
-      toProgress(
-        'save',
-        { status: 'active', ram: { total: 100, transferred: 40, remaining: 60, mbps: 8.5, normal: 9, duplicate: 16 } },
-        12,
-      ),
-    ).toEqual({ direction: 'save', status: 'active', total: 100, transferred: 40, remaining: 60, mbps: 8.5, normal: 9, duplicate: 16, elapsedMs: 12 });
+    expect(toProgress('save', { status: 'active', ram: { total: 100, transferred: 40, remaining: 60, mbps: 8.5, normal: 9, duplicate: 16 } }, 12)).toEqual({
+      direction: 'save',
+      status: 'active',
+      total: 100,
+      transferred: 40,
+      remaining: 60,
+      mbps: 8.5,
+      normal: 9,
+      duplicate: 16,
+      elapsedMs: 12,
+    });
     expect(toProgress('restore', { status: 'completed' }, 3)).toMatchObject({ status: 'completed', total: 0, transferred: 0 });
     expect(toProgress('restore', {}, 0).status).toBe('none');
   });
@@ -143,10 +136,7 @@ describe('failure reasons from stderr', () => {
   ].join('\n');
 
   it('keeps error lines, drops warnings and the program prefix', () => {
-    expect(stderrErrors(stderr)).toEqual([
-      'Capability mapped-ram is on, but received capability is off',
-      'load of migration failed: Invalid argument',
-    ]);
+    expect(stderrErrors(stderr)).toEqual(['Capability mapped-ram is on, but received capability is off', 'load of migration failed: Invalid argument']);
   });
 
   it('puts the cause QEMU printed before its generic error-desc', () => {

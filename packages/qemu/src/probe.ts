@@ -80,17 +80,17 @@ async function runProbe(binary: string): Promise<QemuCapabilities> {
   // KVM first, TCG as QEMU's own fallback: query-kvm then says which one won.
   const accel = (await kvmDeviceUsable()) ? ['-accel', 'kvm', '-accel', 'tcg'] : ['-accel', 'tcg'];
   try {
-    await using vm = await spawnQemu(
-      ['-machine', 'none', ...accel, '-S', '-display', 'none', '-nodefaults', '-no-user-config'],
-      { binary, qmpSocketPath: path.join(dir, 'probe.qmp'), cwd: dir, killWithParent: true },
-    ).catch((error: unknown) => {
+    await using vm = await spawnQemu(['-machine', 'none', ...accel, '-S', '-display', 'none', '-nodefaults', '-no-user-config'], {
+      binary,
+      qmpSocketPath: path.join(dir, 'probe.qmp'),
+      cwd: dir,
+      killWithParent: true,
+    }).catch((error: unknown) => {
       throw new QemuProbeError(`cannot start ${binary} to probe it`, { cause: error });
     });
     try {
       await using qmp = await vm.connectQmp({ timeoutMs: 10_000, commandTimeoutMs: 10_000 });
-      const version = await qmp.execute<{ qemu: { major: number; minor: number; micro: number }; package: string }>(
-        'query-version',
-      );
+      const version = await qmp.execute<{ qemu: { major: number; minor: number; micro: number }; package: string }>('query-version');
       const capabilities = await qmp.execute<Array<{ capability: string }>>('query-migrate-capabilities');
       const parameters = await qmp.execute<Record<string, unknown>>('query-migrate-parameters');
       const machines = await qmp.execute<MachineInfo[]>('query-machines');

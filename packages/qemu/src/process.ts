@@ -1,8 +1,10 @@
-import { spawn } from 'node:child_process';
-import { lstat, unlink } from 'node:fs/promises';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, openSync, readFileSync, statSync } from 'node:fs';
+import { lstat, mkdir, unlink } from 'node:fs/promises';
 import net from 'node:net';
+import path from 'node:path';
 import { QmpClient, type ConnectOptions, type QmpClientOptions } from '@vmsave/qmp';
-import { QemuLaunchError } from './errors.ts';
+import { QemuInvalidArgumentError, QemuLaunchError } from './errors.ts';
 
 export const DEFAULT_QEMU_BINARY = 'qemu-system-x86_64';
 
@@ -34,7 +36,7 @@ export interface SpawnQemuOptions {
   binary?: string;
   /** Working directory of QEMU. */
   cwd?: string;
-  /** How long to wait for QEMU to answer on its QMP socket. Default 15 000 ms. */
+  /** How long to wait for QEMU to answer on its QMP socket. Default 15 000 ms (60 000 ms detached). */
   readyTimeoutMs?: number;
   /** How much of QEMU's stderr to keep. Default 64 KiB. */
   stderrLimitBytes?: number;
@@ -43,9 +45,16 @@ export interface SpawnQemuOptions {
    * Have the kernel SIGKILL QEMU when the process that started it dies
    * (PR_SET_PDEATHSIG through util-linux `setpriv`), so a crashed caller
    * leaves no QEMU behind. For probes and tests; VMs that must outlive the
-   * executor leave it off (default).
+   * executor leave it off (default). Excludes `detached`.
    */
   killWithParent?: boolean;
+  /**
+   * Start a QEMU that outlives the caller (`vmsave vm start`, `vmsave restore --local`, the
+   * executor's autostart): its own session (a terminal's Ctrl-C does not reach it), no pipes
+   * (stderr is appended to `logFile`, and `stderr()` reads back what this run wrote there), and
+   * no reference keeping the caller's event loop alive. Everything else is the same launcher.
+   */
+  detached?: { logFile: string };
 }
 
 /** Keeps the last `limit` bytes written to it. */
@@ -88,11 +97,6 @@ export function qemuOptValue(value: string): string {
 }
 
 /**
- * Starts QEMU with `args` plus a QMP socket of our own, and resolves once QEMU
- * answers on it (machine built, main loop running). The caller owns the
- * returned process.
- */
-/**
  * A command line that runs `argv` with only stdin, stdout and stderr inherited.
  *
  * HAZARD: Node marks its own fds close-on-exec, but the QMP client's native socket module does
@@ -103,27 +107,45 @@ export function qemuOptValue(value: string): string {
  * then execs in place (the pid stays QEMU's).
  */
 export function execWithoutInheritedFds(argv: readonly string[]): [string, string[]] {
+  // biome-ignore lint/suspicious/noTemplateCurlyInString: a bash script; ${f##*/} is bash's, not a template.
   const script = 'for f in /proc/$$/fd/*; do n=${f##*/}; if [ "$n" -gt 2 ]; then eval "exec $n>&-"; fi; done; exec "$@"';
   return ['bash', ['-c', script, 'vmsave-exec', ...argv]];
 }
 
+/**
+ * Starts QEMU with `args` plus a QMP socket of our own, and resolves once QEMU
+ * answers on it (machine built, main loop running). The caller owns the
+ * returned process; with `detached` it outlives the caller (see
+ * {@link SpawnQemuOptions.detached}), otherwise it is a child whose stderr is piped.
+ */
 export async function spawnQemu(args: readonly string[], options: SpawnQemuOptions): Promise<VmProcess> {
   const binary = options.binary ?? DEFAULT_QEMU_BINARY;
   const socketPath = options.qmpSocketPath;
+  if (options.detached && options.killWithParent) throw new QemuInvalidArgumentError('a detached QEMU outlives its caller: killWithParent and detached exclude each other');
   await removeStaleSocket(socketPath);
   const argv = [binary, ...args, '-qmp', `unix:${qemuOptValue(socketPath)},server=on,wait=off`];
-  const stderr = new TailBuffer(options.stderrLimitBytes ?? 64 * 1024);
 
   // setpriv and bash exec QEMU in place: the pid stays QEMU's.
   const [shell, script] = execWithoutInheritedFds(argv);
-  const [command, commandArgs] = options.killWithParent
-    ? ['setpriv', ['--pdeathsig', 'KILL', '--', shell, ...script]]
-    : [shell, script];
-  const child = spawn(command, commandArgs, {
-    cwd: options.cwd,
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
-  child.stderr.on('data', (chunk: Buffer) => stderr.push(chunk));
+  const [command, commandArgs] = options.killWithParent ? ['setpriv', ['--pdeathsig', 'KILL', '--', shell, ...script]] : [shell, script];
+  // Detached: its own session, stderr appended to the log file, unreferenced, so nothing of ours
+  // keeps it or is kept by it. Otherwise a child whose stderr we read from a pipe.
+  const log = options.detached ? await openLog(options.detached.logFile) : undefined;
+  let child: ChildProcess;
+  try {
+    child = spawn(command, commandArgs, { cwd: options.cwd, detached: log !== undefined, stdio: ['ignore', 'ignore', log?.fd ?? 'pipe'] });
+  } finally {
+    if (log) closeSync(log.fd);
+  }
+  let stderr: () => string;
+  if (log) {
+    child.unref();
+    stderr = () => readLogTail(log.file, log.start);
+  } else {
+    const tail = new TailBuffer(options.stderrLimitBytes ?? 64 * 1024);
+    child.stderr!.on('data', (chunk: Buffer) => tail.push(chunk));
+    stderr = () => tail.toString();
+  }
 
   let exitStatus: VmExit | undefined;
   let spawnError: Error | undefined;
@@ -133,7 +155,7 @@ export async function spawnQemu(args: readonly string[], options: SpawnQemuOptio
       exitStatus ??= { code: null, signal: null };
       resolve(exitStatus);
     });
-    // 'close' (not 'exit') so that stderr has been read to the end.
+    // 'close' (not 'exit') so that a piped stderr has been read to the end.
     child.once('close', (code, signal) => {
       exitStatus = { code, signal };
       resolve(exitStatus);
@@ -151,7 +173,7 @@ export async function spawnQemu(args: readonly string[], options: SpawnQemuOptio
     },
     qmpSocketPath: socketPath,
     argv,
-    stderr: () => stderr.toString(),
+    stderr,
     exited,
     get exitStatus() {
       return exitStatus;
@@ -170,24 +192,35 @@ export async function spawnQemu(args: readonly string[], options: SpawnQemuOptio
   };
 
   try {
-    await waitForSocket(socketPath, exited, options.readyTimeoutMs ?? 15_000, options.signal);
+    await waitForSocket(socketPath, exited, options.readyTimeoutMs ?? (options.detached ? 60_000 : 15_000), options.signal);
   } catch (error) {
     await kill('SIGKILL');
     await unlink(socketPath).catch(() => undefined);
     if (spawnError) throw new QemuLaunchError(`cannot start ${binary}: ${spawnError.message}`, { cause: spawnError });
-    const text = stderr.toString();
     const message = error instanceof Error ? error.message : String(error);
-    throw new QemuLaunchError(message, { cause: error, stderr: text });
+    throw new QemuLaunchError(message, { cause: error, stderr: stderr() });
   }
   return vm;
 }
 
-async function waitForSocket(
-  socketPath: string,
-  exited: Promise<VmExit>,
-  timeoutMs: number,
-  signal: AbortSignal | undefined,
-): Promise<void> {
+/** Opens (creating its directory) the log a detached QEMU appends its stderr to; `start` is where this run's output begins. */
+async function openLog(file: string): Promise<{ file: string; fd: number; start: number }> {
+  await mkdir(path.dirname(file), { recursive: true });
+  const fd = openSync(file, 'a');
+  return { file, fd, start: statSync(file).size };
+}
+
+/** What a detached QEMU wrote to its log since `start` (the last 64 KiB). */
+function readLogTail(file: string, start: number): string {
+  try {
+    const text = readFileSync(file).subarray(start).toString('utf8');
+    return text.length > 64 * 1024 ? `[…]${text.slice(-64 * 1024)}` : text;
+  } catch {
+    return '';
+  }
+}
+
+async function waitForSocket(socketPath: string, exited: Promise<VmExit>, timeoutMs: number, signal: AbortSignal | undefined): Promise<void> {
   let exit: VmExit | undefined;
   void exited.then((e) => {
     exit = e;

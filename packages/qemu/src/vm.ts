@@ -30,6 +30,8 @@ export interface LaunchOptions {
   signal?: AbortSignal;
   /** See {@link SpawnQemuOptions.killWithParent}. Default false. */
   killWithParent?: boolean;
+  /** QEMU outlives the caller, stderr to `logFile`: see {@link SpawnQemuOptions.detached}. */
+  detached?: { logFile: string };
 }
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
@@ -90,5 +92,6 @@ export async function launchVm(def: VmDefinition, options: LaunchOptions): Promi
     stderrLimitBytes: options.stderrLimitBytes,
     signal: options.signal,
     killWithParent: options.killWithParent,
+    detached: options.detached,
   });
 }

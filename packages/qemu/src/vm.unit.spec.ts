@@ -41,13 +41,7 @@ describe('buildVmArgs', () => {
   });
 
   it('refuses definitions QEMU would misparse', () => {
-    for (const bad of [
-      { uuid: 'not-a-uuid' },
-      { machine: 'q35,accel=tcg' },
-      { memoryMiB: 0 },
-      { vcpus: 1.5 },
-      { name: '' },
-    ]) {
+    for (const bad of [{ uuid: 'not-a-uuid' }, { machine: 'q35,accel=tcg' }, { memoryMiB: 0 }, { vcpus: 1.5 }, { name: '' }]) {
       expect(() => buildVmArgs({ ...def, ...bad }, { accel: 'kvm' })).toThrow(QemuInvalidArgumentError);
     }
   });

@@ -32,7 +32,10 @@ const STREAM_OFFSET = 0x1000;
 function makePattern(size: number): Buffer {
   const out = Buffer.allocUnsafe(size);
   for (let i = 0; i < size / 32; i++) {
-    createHash('sha256').update(`vmsave-${i}`).digest().copy(out, i * 32);
+    createHash('sha256')
+      .update(`vmsave-${i}`)
+      .digest()
+      .copy(out, i * 32);
   }
   return out;
 }
@@ -64,10 +67,7 @@ beforeAll(async () => {
   writeFileSync(scratch.path('pattern.bin'), pattern);
   // The loader copies the pattern into guest RAM at reset, before any vCPU runs:
   // known non-zero memory without a guest OS. Restore targets never get it.
-  const def = testVm('pattern-source', RAM_MIB, [
-    '-device',
-    `loader,file=${scratch.path('pattern.bin')},addr=${PATTERN_ADDR},force-raw=on`,
-  ]);
+  const def = testVm('pattern-source', RAM_MIB, ['-device', `loader,file=${scratch.path('pattern.bin')},addr=${PATTERN_ADDR},force-raw=on`]);
   source = scratch.vm(await launchVm(def, { qmpSocketPath: scratch.path('source.qmp'), startPaused: true, accel, killWithParent: true }));
   sourceQmp = scratch.qmp(await source.connectQmp());
   sourceMemory = await pmem(sourceQmp, 'source-memory.bin');
@@ -193,7 +193,7 @@ describe('saveToFds / restoreFromFds on real QEMU', () => {
     });
   });
 
-  it('refuses to restore an image in the other format, with QEMU\'s reason, and leaves no fdset', async () => {
+  it("refuses to restore an image in the other format, with QEMU's reason, and leaves no fdset", async () => {
     const image = perTest.path('legacy.img');
     writeFileSync(image, header());
     const fd = perTest.open(image, constants.O_WRONLY);
@@ -204,18 +204,14 @@ describe('saveToFds / restoreFromFds on real QEMU', () => {
     );
     const qmp = perTest.qmp(await target.connectQmp());
     const readFd = perTest.open(image, constants.O_RDONLY);
-    const error = await restoreFromFds(qmp, { fds: { buffered: readFd }, offset: STREAM_OFFSET, format: 'sparse', process: target }).catch(
-      (e: unknown) => e,
-    );
+    const error = await restoreFromFds(qmp, { fds: { buffered: readFd }, offset: STREAM_OFFSET, format: 'sparse', process: target }).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(MigrationFailedError);
     expect(error).toMatchObject({ code: 'MIGRATION_FAILED', direction: 'restore', stage: 'transfer', retryable: false });
     expect((error as MigrationFailedError).qemuReason).toMatch(/mapped-ram/);
     expect(await qmp.execute('query-fdsets')).toEqual([]);
 
     // A QEMU whose incoming migration failed cannot take another one.
-    const again = await restoreFromFds(qmp, { fds: { buffered: readFd }, offset: STREAM_OFFSET, format: 'legacy', process: target }).catch(
-      (e: unknown) => e,
-    );
+    const again = await restoreFromFds(qmp, { fds: { buffered: readFd }, offset: STREAM_OFFSET, format: 'legacy', process: target }).catch((e: unknown) => e);
     expect(again).toBeInstanceOf(QemuError);
     expect(await qmp.execute('query-fdsets')).toEqual([]);
   });
@@ -244,12 +240,14 @@ describe('saveToFds / restoreFromFds on real QEMU', () => {
 });
 
 describe('failed saves', () => {
-  it('a migration blocker fails the save with QEMU\'s reason, touching nothing', async () => {
+  it("a migration blocker fails the save with QEMU's reason, touching nothing", async () => {
     const vm = perTest.vm(
-      await launchVm(
-        testVm('blocked', 64, ['-object', 'memory-backend-ram,id=shm,size=1M,share=on', '-device', 'ivshmem-plain,memdev=shm']),
-        { qmpSocketPath: perTest.path('blocked.qmp'), startPaused: true, accel, killWithParent: true },
-      ),
+      await launchVm(testVm('blocked', 64, ['-object', 'memory-backend-ram,id=shm,size=1M,share=on', '-device', 'ivshmem-plain,memdev=shm']), {
+        qmpSocketPath: perTest.path('blocked.qmp'),
+        startPaused: true,
+        accel,
+        killWithParent: true,
+      }),
     );
     const qmp = perTest.qmp(await vm.connectQmp());
     const fd = perTest.open(perTest.path('blocked.img'), constants.O_WRONLY | constants.O_CREAT);
@@ -261,7 +259,7 @@ describe('failed saves', () => {
     expect(await qmp.execute('query-status')).toMatchObject({ status: 'prelaunch' });
   });
 
-  it('an fd QEMU cannot use fails the save with QEMU\'s reason and removes the fdset', async () => {
+  it("an fd QEMU cannot use fails the save with QEMU's reason and removes the fdset", async () => {
     const vm = perTest.vm(await launchVm(testVm('devfull', 64), { qmpSocketPath: perTest.path('full.qmp'), startPaused: true, accel, killWithParent: true }));
     const qmp = perTest.qmp(await vm.connectQmp());
     // /dev/full is write-only-openable but cannot be truncated to the stream offset.
@@ -293,7 +291,7 @@ describe('failed saves', () => {
     expect(noDirect).toBeInstanceOf(QemuInvalidArgumentError);
   });
 
-  it('a write error mid-transfer fails the save with QEMU\'s reason and removes the fdset', async () => {
+  it("a write error mid-transfer fails the save with QEMU's reason and removes the fdset", async () => {
     // RLIMIT_FSIZE: writes past 1 MiB fail with EFBIG (QEMU ignores SIGXFSZ).
     const def = testVm('efbig', 64, ['-device', `loader,file=${scratch.path('pattern.bin')},addr=${PATTERN_ADDR},force-raw=on`]);
     const vm = perTest.vm(
@@ -371,9 +369,7 @@ describe('failed saves', () => {
     const controller = new AbortController();
     controller.abort(new Error('operator cancelled'));
     const fd = perTest.open(perTest.path('aborted.img'), constants.O_WRONLY | constants.O_CREAT);
-    const error = await saveToFds(sourceQmp, { fds: { buffered: fd }, offset: 0, format: 'legacy', signal: controller.signal }).catch(
-      (e: unknown) => e,
-    );
+    const error = await saveToFds(sourceQmp, { fds: { buffered: fd }, offset: 0, format: 'legacy', signal: controller.signal }).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(MigrationAbortedError);
     expect((error as Error).cause).toEqual(new Error('operator cancelled'));
     expect(await sourceQmp.execute('query-fdsets')).toEqual([]);

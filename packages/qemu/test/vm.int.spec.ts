@@ -1,15 +1,6 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { readdirSync, readlinkSync } from 'node:fs';
-import {
-  QemuLaunchError,
-  QemuStateError,
-  detectAccel,
-  launchVm,
-  pauseIfRunning,
-  probeQemu,
-  resume,
-  type Accel,
-} from '@vmsave/qemu';
+import { QemuLaunchError, QemuStateError, detectAccel, launchVm, pauseIfRunning, probeQemu, resume, type Accel } from '@vmsave/qemu';
 import { findQmpServerProcess } from '@vmsave/qmp';
 import { Scratch, testAccel, testVm } from './helpers.ts';
 
@@ -45,11 +36,15 @@ describe('probeQemu / detectAccel', () => {
 });
 
 describe('launchVm', () => {
-  it('a QEMU started while another VM\'s QMP connection is open does not inherit it (that VM greets again once we close)', async () => {
+  it("a QEMU started while another VM's QMP connection is open does not inherit it (that VM greets again once we close)", async () => {
     const a = scratch.vm(await launchVm(testVm('holder', 64), { qmpSocketPath: scratch.path('holder.qmp'), accel, killWithParent: true, startPaused: true }));
     const held = await a.connectQmp();
     const b = scratch.vm(await launchVm(testVm('child', 64), { qmpSocketPath: scratch.path('child.qmp'), accel, killWithParent: true, startPaused: true }));
-    expect(readdirSync(`/proc/${b.pid}/fd`).map((fd) => Number(fd)).filter((fd) => fd > 2 && readlinkSync(`/proc/${b.pid}/fd/${fd}`).startsWith('socket:')).length).toBeLessThanOrEqual(2);
+    expect(
+      readdirSync(`/proc/${b.pid}/fd`)
+        .map((fd) => Number(fd))
+        .filter((fd) => fd > 2 && readlinkSync(`/proc/${b.pid}/fd/${fd}`).startsWith('socket:')).length,
+    ).toBeLessThanOrEqual(2);
     await held.close();
     // Had B inherited our socket, A would still see a client and never greet.
     const again = scratch.qmp(await a.connectQmp({ timeoutMs: 3000 }));
@@ -82,16 +77,14 @@ describe('launchVm', () => {
   });
 
   it('starts paused and waiting for an incoming migration; resume refuses that state', async () => {
-    const vm = scratch.vm(
-      await launchVm(testVm('incoming', 64), { qmpSocketPath: scratch.path('in.qmp'), accel, incoming: 'defer', startPaused: true, killWithParent: true }),
-    );
+    const vm = scratch.vm(await launchVm(testVm('incoming', 64), { qmpSocketPath: scratch.path('in.qmp'), accel, incoming: 'defer', startPaused: true, killWithParent: true }));
     const qmp = scratch.qmp(await vm.connectQmp());
     expect(await qmp.execute('query-status')).toMatchObject({ status: 'inmigrate', running: false });
     expect(await pauseIfRunning(qmp)).toBe(false);
     await expect(resume(qmp)).rejects.toBeInstanceOf(QemuStateError);
   });
 
-  it('fails with QEMU\'s stderr when QEMU refuses the command line', async () => {
+  it("fails with QEMU's stderr when QEMU refuses the command line", async () => {
     const error = await launchVm(testVm('broken', 64, ['-device', 'no-such-device']), {
       qmpSocketPath: scratch.path('broken.qmp'),
       accel,

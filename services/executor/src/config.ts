@@ -2,13 +2,16 @@ import os from 'node:os';
 import path from 'node:path';
 import { z } from 'zod';
 import { BusEnv, parseEnv } from '@vmsave/bus';
-import { savePoints, type SavePoint } from './ops/save.ts';
+import { savePoints, type SavePoint } from '@vmsave/ops';
 
 const bool = z.enum(['true', 'false', '1', '0']).transform((v) => v === 'true' || v === '1');
 
 export const ExecutorEnv = BusEnv.extend({
   /** This host's name on the bus (`vmsave.work.<host>`). */
-  VMSAVE_HOST: z.string().regex(/^[A-Za-z0-9_-][A-Za-z0-9_:-]{0,127}$/, 'letters, digits, _ - : only').default(os.hostname().replace(/[^A-Za-z0-9_-]/g, '-')),
+  VMSAVE_HOST: z
+    .string()
+    .regex(/^[A-Za-z0-9_-][A-Za-z0-9_:-]{0,127}$/, 'letters, digits, _ - : only')
+    .default(os.hostname().replace(/[^A-Za-z0-9_-]/g, '-')),
   /** Base directory; the three below default to subdirectories of it. */
   VMSAVE_STATE_DIR: z.string().default(path.resolve('.vmsave', 'executor')),
   VMSAVE_QMP_DIR: z.string().optional(),
@@ -24,19 +27,31 @@ export const ExecutorEnv = BusEnv.extend({
    * (before-migrate, after-completed) the executor creates `<state>/jobs/<jobId>.hold.<point>` and
    * waits until that file is removed, so a test can kill or restart something exactly there.
    */
-  VMSAVE_FAILPOINTS: z.string().default('').transform((v, ctx) => {
-    const points = v.split(',').map((s) => s.trim()).filter(Boolean);
-    for (const p of points) if (!(savePoints as readonly string[]).includes(p)) ctx.addIssue({ code: 'custom', message: `"${p}" is not a failpoint (${savePoints.join(', ')})` });
-    return points as SavePoint[];
-  }),
+  VMSAVE_FAILPOINTS: z
+    .string()
+    .default('')
+    .transform((v, ctx) => {
+      const points = v
+        .split(',')
+        .map((s) => s.trim())
+        .filter(Boolean);
+      for (const p of points) if (!(savePoints as readonly string[]).includes(p)) ctx.addIssue({ code: 'custom', message: `"${p}" is not a failpoint (${savePoints.join(', ')})` });
+      return points as SavePoint[];
+    }),
   VMSAVE_ANNOUNCE_MS: z.coerce.number().int().min(100).default(10_000),
   VMSAVE_HEARTBEAT_MS: z.coerce.number().int().min(100).default(2000),
   /** VM names (comma-separated) started at boot when defined and not running; they outlive the executor. */
-  VMSAVE_AUTOSTART: z.string().default('').transform((v, ctx) => {
-    const names = v.split(',').map((s) => s.trim()).filter(Boolean);
-    for (const n of names) if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/.test(n)) ctx.addIssue({ code: 'custom', message: `"${n}" is not a VM name` });
-    return names;
-  }),
+  VMSAVE_AUTOSTART: z
+    .string()
+    .default('')
+    .transform((v, ctx) => {
+      const names = v
+        .split(',')
+        .map((s) => s.trim())
+        .filter(Boolean);
+      for (const n of names) if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/.test(n)) ctx.addIssue({ code: 'custom', message: `"${n}" is not a VM name` });
+      return names;
+    }),
 });
 
 export interface ExecutorConfig extends z.infer<typeof ExecutorEnv> {

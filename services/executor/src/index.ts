@@ -1,6 +1,3 @@
-export { saveVm, type SaveVmOptions, type SaveVmResult } from './ops/save.ts';
-export { restoreImage, type RestoreImageOptions, type RestoreImageResult } from './ops/restore.ts';
-export { OpError, OpCancelled, classify, type OpStage } from './ops/errors.ts';
+/** The executor service; `main.ts` is its one wiring place. Exported for tests that wire it the same way. */
+export { Executor, type ExecutorDeps } from './executor.ts';
 export { loadConfig, ExecutorEnv, type ExecutorConfig } from './config.ts';
-export { VmRegistry } from './vms.ts';
-export { launchDetached, type DetachedLaunchOptions } from './detached.ts';

@@ -1,4 +1,7 @@
+import { mkdir } from 'node:fs/promises';
 import { Bus, busOptions, createLogger } from '@vmsave/bus';
+import { detectAccel, probeQemu } from '@vmsave/qemu';
+import { JobJournal, VmRegistry } from '@vmsave/ops';
 import { loadConfig } from './config.ts';
 import { Executor } from './executor.ts';
 
@@ -6,7 +9,17 @@ const log = createLogger('executor');
 const cfg = loadConfig();
 const bus = await Bus.connect({ ...busOptions(cfg, `executor-${cfg.VMSAVE_HOST}`), log });
 await bus.ensureStreams();
-const executor = new Executor(bus, cfg, log);
+
+const accel = await detectAccel();
+const q = await probeQemu();
+const caps = { version: q.version, mappedRam: q.mappedRam, directIo: q.directIo, machines: q.machines, accel };
+const vms = new VmRegistry({ vmDir: cfg.vmDir, qmpDir: cfg.qmpDir, accel });
+const journal = new JobJournal(cfg.jobsDir);
+await vms.init();
+await journal.init();
+await mkdir(cfg.imageDir, { recursive: true });
+
+const executor = new Executor({ bus, cfg, log, vms, journal, caps });
 await executor.start();
 
 let stopping = false;

@@ -1,7 +1,7 @@
 /**
  * `npm run bench:ab -w @vmsave/bench`: what vmsave's save path costs on top of QEMU's own, with
- * everything else equal. One QEMU and one memory content; the executor's `saveVm` (pause, image
- * header, fdset, migrate, descriptor rewrite, fdatasync, magic flip) and the raw anchor
+ * everything else equal. One QEMU and one memory content; `saveVm` from `@vmsave/ops`, what the
+ * executor runs (pause, image header, fdset, migrate, descriptor rewrite, fdatasync, magic flip), and the raw anchor
  * (`saveToFds` + one fdatasync, stream at offset 0) take turns in ABBA order, so drift of the
  * disk hits both alike. No bus: the bus's share is in `npm run bench`'s job timelines.
  *
@@ -12,7 +12,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import type { VmDefinition } from '@vmsave/contracts';
-import { saveVm } from '@vmsave/executor';
+import { saveVm } from '@vmsave/ops';
 import { detectAccel, launchVm, probeQemu } from '@vmsave/qemu';
 import { QmpClient } from '@vmsave/qmp';
 import { selectModes } from './modes.ts';

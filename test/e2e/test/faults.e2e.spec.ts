@@ -4,8 +4,7 @@ import fs from 'node:fs';
 import { mkdir, symlink } from 'node:fs/promises';
 import path from 'node:path';
 import fc from 'fast-check';
-import { jobIdFor, messages, streams, subjects, SaveRequest } from '@vmsave/contracts';
-import { publishValidated } from '@vmsave/bus';
+import { streams, subjects } from '@vmsave/contracts';
 import { QmpClient } from '@vmsave/qmp';
 import { makePattern, patternVm, uniq, waitFor, MiB } from '@vmsave/testkit';
 import { Stack, recordFault } from '../src/index.ts';
@@ -111,7 +110,7 @@ describe('faults and bad input on the real stack', () => {
 
   it('the image directory fills up during a save: SaveFailed names ENOSPC, the partial image is removed, the VM runs', async () => {
     if (!tmpfs) return void (await recordFault({ fault: 'disk full', injection: 'tmpfs mount refused here', checked: '-', result: 'pass', detail: 'skipped: cannot mount tmpfs' }));
-    await fault('disk full', 'a 48 MiB tmpfs as the image target of a 256 MiB VM with 96 MiB of data (work item sent straight to the executor, as if space vanished after admission)',
+    await fault('disk full', 'a 48 MiB tmpfs as the image target of a 256 MiB VM with 96 MiB of data (admitted on the image directory\'s free space; the small file system is only seen by the executor)',
       'SaveFailed with code ENOSPC, no file left, VM running', async () => {
         const host = stack.host('a');
         // The image directory must be inside the executor's; bind the small fs there.
@@ -119,13 +118,9 @@ describe('faults and bad input on the real stack', () => {
         await mkdir(target);
         execFileSync('mount', ['--bind', tmpfs, target]);
         try {
-          const requestId = uniq('enospc');
-          const jobId = jobIdFor('save', requestId);
-          const request = SaveRequest.parse({ requestId, vm: full, format: 'legacy', image: 'small/full.vmsave' });
-          await publishValidated(stack.bus, messages.work, subjects.work(host), {
-            kind: 'save', jobId, attempt: 1, fencingToken: 0, host, deadlineAt: new Date(Date.now() + 120_000).toISOString(), format: 'legacy', request,
-          });
-          // No scheduler saw this job, so its state does not fold; read the executor's events.
+          // Through the scheduler: the executor decides its events against the job's log, so work
+          // for a job the log does not know would be refused.
+          const { jobId } = await stack.client.save({ requestId: uniq('enospc'), vm: full, format: 'legacy', image: 'small/full.vmsave' });
           const history = await waitFor('the executor to close the attempt', async () => {
             const h = await stack.client.history(jobId);
             return h.some((e) => e.type === 'SaveFailed' || e.type === 'SaveCompleted') ? h : undefined;

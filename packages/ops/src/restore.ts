@@ -1,7 +1,7 @@
 import { closeSync } from 'node:fs';
 import type { QmpClient } from '@vmsave/qmp';
-import { launchVm, restoreFromFds, resume, type Accel, type LaunchOptions, type MigrationProgress, type MigrationStats, type VmProcess } from '@vmsave/qemu';
-import { checkRestorable, fingerprintImage, openStreamFds, readImage, sameFingerprint, verifyImage, type ImageInfo } from '@vmsave/image';
+import { launchVm, restoreFromFds, resume, type Accel, type MigrationProgress, type MigrationStats, type VmProcess } from '@vmsave/qemu';
+import { checkRestorable, fingerprintImage, openStreamFds, readImage, sameFingerprint, verifyImage, type ImageInfo } from '@vmsave/image/node';
 import type { ImageFingerprint, QemuCapabilities, VmDefinition } from '@vmsave/contracts';
 import { classify, OpCancelled, OpError, type OpStage } from './errors.ts';
 
@@ -27,8 +27,12 @@ export interface RestoreImageOptions {
    */
   verifiedAs?: ImageFingerprint;
   accel?: Accel;
-  /** How QEMU is started (default `launchVm`, a child of this process); e.g. `launchDetached`. */
-  launch?(definition: VmDefinition, options: LaunchOptions): Promise<VmProcess>;
+  /**
+   * Start the restored QEMU detached (it outlives this process, stderr appended to the file
+   * `logFileOf` names for the definition started: `vmsave restore --local`); default a child of
+   * this process whose stderr is piped.
+   */
+  detached?: { logFileOf(definition: VmDefinition): string };
   signal?: AbortSignal;
   onProgress?(p: MigrationProgress): void;
 }
@@ -84,14 +88,26 @@ export async function restoreImage(o: RestoreImageOptions): Promise<RestoreImage
   let qmp: QmpClient | undefined;
   let fds: { buffered: number; direct?: number } | undefined;
   const closeFds = () => {
-    for (const fd of [fds?.buffered, fds?.direct]) if (fd !== undefined) try { closeSync(fd); } catch { /* closed */ }
+    for (const fd of [fds?.buffered, fds?.direct])
+      if (fd !== undefined)
+        try {
+          closeSync(fd);
+        } catch {
+          /* closed */
+        }
     fds = undefined;
   };
   try {
     const socket = o.prepare ? await o.prepare(definition, image) : o.qmpSocketPath;
     if (!socket) throw new OpError('no QMP socket path for the restored VM', 'prepare', 'config', false);
     stage = 'start-qemu';
-    vm = await (o.launch ?? launchVm)(definition, { qmpSocketPath: socket, incoming: 'defer', accel: o.accel, signal: o.signal });
+    vm = await launchVm(definition, {
+      qmpSocketPath: socket,
+      incoming: 'defer',
+      accel: o.accel,
+      signal: o.signal,
+      detached: o.detached && { logFile: o.detached.logFileOf(definition) },
+    });
     qmp = await vm.connectQmp();
     stage = 'restore';
     const h = image.header;
@@ -117,7 +133,8 @@ export async function restoreImage(o: RestoreImageOptions): Promise<RestoreImage
     await qmp?.close().catch(() => undefined);
     await vm?.kill().catch(() => undefined);
     if (o.signal?.aborted && o.signal.reason === 'cancelled') throw new OpCancelled('restore cancelled', stage, 'cancelled', false, { cause: err, qemuStderr: stderr });
-    if (o.signal?.aborted && o.signal.reason === 'deadline') throw new OpError('restore ran past its deadline', 'deadline', 'deadline-exceeded', false, { cause: err, qemuStderr: stderr });
+    if (o.signal?.aborted && o.signal.reason === 'deadline')
+      throw new OpError('restore ran past its deadline', 'deadline', 'deadline-exceeded', false, { cause: err, qemuStderr: stderr });
     const c = classify(err);
     throw new OpError(c.message, stage, c.code, c.retryable, { cause: err, qemuStderr: stderr });
   }

@@ -2,7 +2,7 @@ import { stat, unlink } from 'node:fs/promises';
 import { closeSync } from 'node:fs';
 import type { QmpClient } from '@vmsave/qmp';
 import { pauseIfRunning, queryStatus, resume, saveToFds, MigrationAbortedError, type MigrationProgress, type MigrationStats } from '@vmsave/qemu';
-import { createImage, finalizeImage, openStreamFds, updateDescriptor, ImageExistsError, type ImageDescriptorInput } from '@vmsave/image';
+import { createImage, finalizeImage, openStreamFds, updateDescriptor, ImageExistsError, type ImageDescriptorInput } from '@vmsave/image/node';
 import type { QemuCapabilities, SaveFormat, VmDefinition } from '@vmsave/contracts';
 import { classify, OpCancelled, OpError, type OpStage } from './errors.ts';
 
@@ -28,7 +28,7 @@ export interface SaveVmOptions {
   onStage?(stage: 'paused' | 'started', info: { wasRunning: boolean; streamOffset?: number }): void;
   /**
    * Awaited at each point of a save where a crash matters (fault injection: the executor's
-   * VMSAVE_FAILPOINTS). Throwing fails the save like any error at that point.
+   * failpoints). Throwing fails the save like any error at that point.
    */
   checkpoint?(point: SavePoint): Promise<void>;
 }
@@ -67,7 +67,13 @@ export async function saveVm(o: SaveVmOptions): Promise<SaveVmResult> {
   let created = false;
   let fds: { buffered: number; direct?: number } | undefined;
   const closeFds = () => {
-    for (const fd of [fds?.buffered, fds?.direct]) if (fd !== undefined) try { closeSync(fd); } catch { /* already closed */ }
+    for (const fd of [fds?.buffered, fds?.direct])
+      if (fd !== undefined)
+        try {
+          closeSync(fd);
+        } catch {
+          /* already closed */
+        }
     fds = undefined;
   };
   try {
@@ -138,11 +144,22 @@ export async function saveVm(o: SaveVmOptions): Promise<SaveVmResult> {
       }
     } catch (err) {
       afterError = classify(err).message;
-      vmState = await queryStatus(qmp).then((s) => (s.running ? 'running' : 'paused'), () => 'quit' as const);
+      vmState = await queryStatus(qmp).then(
+        (s) => (s.running ? 'running' : 'paused'),
+        () => 'quit' as const,
+      );
     }
     return {
-      imagePath: o.imagePath, format: o.format, wasRunning, vmState, afterError, bytes: st.size, blocks: st.blocks,
-      durationMs: performance.now() - t0, ramBytes: o.vm.memoryMiB * 1024 * 1024, stats,
+      imagePath: o.imagePath,
+      format: o.format,
+      wasRunning,
+      vmState,
+      afterError,
+      bytes: st.size,
+      blocks: st.blocks,
+      durationMs: performance.now() - t0,
+      ramBytes: o.vm.memoryMiB * 1024 * 1024,
+      stats,
     };
   } catch (err) {
     closeFds();
@@ -157,7 +174,9 @@ export async function saveVm(o: SaveVmOptions): Promise<SaveVmResult> {
       try {
         await resume(qmp);
         vmResumed = true;
-      } catch { /* QEMU gone or unresponsive: reported as vmResumed=false */ }
+      } catch {
+        /* QEMU gone or unresponsive: reported as vmResumed=false */
+      }
     }
     const reason = signal?.aborted ? signal.reason : undefined;
     if (reason === 'cancelled' || (err instanceof MigrationAbortedError && reason === 'cancelled')) {

@@ -3,7 +3,17 @@ import path from 'node:path';
 import { VmDefinition, type VmSummary } from '@vmsave/contracts';
 import { QmpBusyError, QmpClient, QmpTimeoutError } from '@vmsave/qmp';
 import { launchVm, type Accel, type VmProcess } from '@vmsave/qemu';
-import { launchDetached } from './detached.ts';
+
+export interface VmRegistryOptions {
+  /** Definitions, `<vmDir>/<name>.json`. */
+  vmDir: string;
+  /** QMP sockets, `<qmpDir>/<name>.qmp`. */
+  qmpDir: string;
+  /** Where a detached VM's QEMU writes its stderr; default `<qmpDir>/../logs`. */
+  logDir?: string;
+  /** The accelerator VMs start with; default detected when a VM starts (`detectAccel`). */
+  accel?: Accel;
+}
 
 /**
  * The VMs of one host: definitions (`<vmDir>/<name>.json`) and their QMP sockets
@@ -13,8 +23,17 @@ import { launchDetached } from './detached.ts';
 export class VmRegistry {
   private readonly procs = new Map<string, VmProcess>();
   readonly busy = new Set<string>();
+  readonly vmDir: string;
+  readonly qmpDir: string;
+  readonly logDir: string;
+  private readonly accel: Accel | undefined;
 
-  constructor(readonly vmDir: string, readonly qmpDir: string, private readonly accel: Accel, readonly logDir: string = path.join(path.dirname(qmpDir), 'logs')) {}
+  constructor(o: VmRegistryOptions) {
+    this.vmDir = o.vmDir;
+    this.qmpDir = o.qmpDir;
+    this.logDir = o.logDir ?? path.join(path.dirname(o.qmpDir), 'logs');
+    this.accel = o.accel;
+  }
 
   async init(): Promise<void> {
     await mkdir(this.vmDir, { recursive: true });
@@ -64,9 +83,12 @@ export class VmRegistry {
     const def = await this.get(name);
     if (!def) throw new Error(`no VM definition named ${name}`);
     if ((await this.status(name)) !== 'stopped') throw new Error(`VM ${name} is already running`);
-    const vm = opts.detached
-      ? await launchDetached(def, { qmpSocketPath: this.socketOf(name), startPaused: opts.paused, accel: this.accel, logFile: this.logOf(name) })
-      : await launchVm(def, { qmpSocketPath: this.socketOf(name), startPaused: opts.paused, accel: this.accel });
+    const vm = await launchVm(def, {
+      qmpSocketPath: this.socketOf(name),
+      startPaused: opts.paused,
+      accel: this.accel,
+      detached: opts.detached ? { logFile: this.logOf(name) } : undefined,
+    });
     this.adopt(name, vm);
     return vm;
   }
@@ -74,7 +96,9 @@ export class VmRegistry {
   /** Keep a QEMU started elsewhere in this process (a restore) so its stderr stays readable. */
   adopt(name: string, vm: VmProcess): void {
     this.procs.set(name, vm);
-    void vm.exited.then(() => { if (this.procs.get(name) === vm) this.procs.delete(name); });
+    void vm.exited.then(() => {
+      if (this.procs.get(name) === vm) this.procs.delete(name);
+    });
   }
 
   process(name: string): VmProcess | undefined {

@@ -1,10 +1,9 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { chmod, mkdir, stat, readdir } from 'node:fs/promises';
-import { constants } from 'node:fs';
 import fs from 'node:fs';
 import path from 'node:path';
 import { detectAccel, launchVm, probeQemu, type VmProcess } from '@vmsave/qemu';
-import { fingerprintImage, readImageHeader, type ImageHeader } from '@vmsave/image';
+import { fingerprintImage, readImageHeader, type ImageHeader } from '@vmsave/image/node';
 import type { QemuCapabilities } from '@vmsave/contracts';
 import { OpError, restoreImage, saveVm } from '../src/index.ts';
 import { MiB, PATTERN_SIZE, guestMemory, makePattern, patternVm, tempDir } from './helpers.ts';
@@ -17,7 +16,7 @@ const vms: VmProcess[] = [];
 const pattern = makePattern();
 
 beforeAll(async () => {
-  ({ dir, cleanup } = await tempDir('vmsave-exec-'));
+  ({ dir, cleanup } = await tempDir('vmsave-ops-'));
   const q = await probeQemu();
   caps = { version: q.version, mappedRam: q.mappedRam, directIo: q.directIo, machines: q.machines, accel: await accelP };
 });
@@ -54,8 +53,18 @@ describe('save and restore with real QEMU', () => {
       const stages: string[] = [];
       let progress = 0;
       const r = await saveVm({
-        qmp, imagePath, format: m.format, channels: m.channels, directIo: m.directIo, after: 'running', vm: def, host: 'h', jobId: `j-${name}`,
-        hostCaps: caps, onStage: (s) => stages.push(s), onProgress: () => progress++,
+        qmp,
+        imagePath,
+        format: m.format,
+        channels: m.channels,
+        directIo: m.directIo,
+        after: 'running',
+        vm: def,
+        host: 'h',
+        jobId: `j-${name}`,
+        hostCaps: caps,
+        onStage: (s) => stages.push(s),
+        onProgress: () => progress++,
       });
       expect(r).toMatchObject({ wasRunning: true, vmState: 'running', format: m.format });
       expect(stages).toContain('started');
@@ -105,7 +114,10 @@ describe('the restore gate refuses before QEMU starts', () => {
   };
 
   it('a header whose format disagrees with the stream (sparse header on a legacy stream, and the reverse)', async () => {
-    for (const [src, flipTo] of [[legacy, 1], [sparse, 0]] as const) {
+    for (const [src, flipTo] of [
+      [legacy, 1],
+      [sparse, 0],
+    ] as const) {
       const copy = `${src}.flipped`;
       fs.copyFileSync(src, copy);
       const fd = fs.openSync(copy, 'r+');
@@ -128,7 +140,7 @@ describe('the restore gate refuses before QEMU starts', () => {
   });
 
   it('a RAM-size mismatch with the definition it would start', async () => {
-    const { descriptor } = await import('@vmsave/image').then((m) => m.readImage(sparse));
+    const { descriptor } = await import('@vmsave/image/node').then((m) => m.readImage(sparse));
     const e = await refuse(sparse, { definition: { ...descriptor.vm, memoryMiB: 128 } });
     expect(e.code).toBe('image-ram-size');
   });
@@ -179,14 +191,16 @@ describe('the quick gate', () => {
 });
 
 describe('failed saves leave the VM running and no complete image', () => {
-  it('a non-migratable device: QEMU\'s reason, VM resumed, partial image removed', async () => {
+  it("a non-migratable device: QEMU's reason, VM resumed, partial image removed", async () => {
     const def = await patternVm(dir, 'blocked', 64, pattern);
     def.args.push('-object', 'memory-backend-ram,id=shm,size=1M,share=on', '-device', 'ivshmem-plain,memdev=shm');
     const vm = await launchVm(def, { qmpSocketPath: path.join(dir, 'blocked.qmp'), accel: await accelP });
     vms.push(vm);
     const qmp = await vm.connectQmp();
     const imagePath = path.join(dir, 'blocked.vmsave');
-    const e = await saveVm({ qmp, imagePath, format: 'sparse', channels: 1, directIo: false, after: 'running', vm: def, host: 'h', jobId: 'jb', hostCaps: caps }).catch((x: unknown) => x);
+    const e = await saveVm({ qmp, imagePath, format: 'sparse', channels: 1, directIo: false, after: 'running', vm: def, host: 'h', jobId: 'jb', hostCaps: caps }).catch(
+      (x: unknown) => x,
+    );
     expect(e).toBeInstanceOf(OpError);
     expect(e).toMatchObject({ stage: 'migrate', retryable: false, vmResumed: true });
     expect((e as OpError).message).toMatch(/ivshmem/);
@@ -203,7 +217,9 @@ describe('failed saves leave the VM running and no complete image', () => {
     // root ignores directory modes; a path under a file is unwritable for everyone.
     const target = process.getuid?.() === 0 ? path.join(dir, 'rodir-file', 'x.vmsave') : path.join(ro, 'x.vmsave');
     if (process.getuid?.() === 0) fs.writeFileSync(path.join(dir, 'rodir-file'), '');
-    const e = await saveVm({ qmp, imagePath: target, format: 'legacy', channels: 1, directIo: false, after: 'running', vm: def, host: 'h', jobId: 'jr', hostCaps: caps }).catch((x: unknown) => x);
+    const e = await saveVm({ qmp, imagePath: target, format: 'legacy', channels: 1, directIo: false, after: 'running', vm: def, host: 'h', jobId: 'jr', hostCaps: caps }).catch(
+      (x: unknown) => x,
+    );
     expect(e).toMatchObject({ stage: 'image', vmResumed: true });
     expect((e as OpError).code).toMatch(/^E[A-Z]+/);
     expect((await qmp.execute<{ status: string }>('query-status')).status).toBe('running');
@@ -215,8 +231,22 @@ describe('failed saves leave the VM running and no complete image', () => {
     const imagePath = path.join(dir, 'killed.vmsave');
     let killed = false;
     const e = await saveVm({
-      qmp, imagePath, format: 'legacy', channels: 1, directIo: false, after: 'running', vm: def, host: 'h', jobId: 'jk', hostCaps: caps,
-      onStage: (s) => { if (s === 'started' && !killed) { killed = true; void vm.kill('SIGKILL'); } },
+      qmp,
+      imagePath,
+      format: 'legacy',
+      channels: 1,
+      directIo: false,
+      after: 'running',
+      vm: def,
+      host: 'h',
+      jobId: 'jk',
+      hostCaps: caps,
+      onStage: (s) => {
+        if (s === 'started' && !killed) {
+          killed = true;
+          void vm.kill('SIGKILL');
+        }
+      },
     }).catch((x: unknown) => x);
     expect(e).toBeInstanceOf(OpError);
     expect((e as OpError).vmResumed).toBe(false);

@@ -1,0 +1,11 @@
+import { defineConfig } from 'vitest/config';
+
+export default defineConfig({
+  test: {
+    include: ['src/**/*.spec.ts', 'test/**/*.spec.ts'],
+    testTimeout: 180_000,
+    hookTimeout: 180_000,
+    // Integration files boot real QEMU VMs; on 2 cores they are kinder run one at a time.
+    fileParallelism: false,
+  },
+});
