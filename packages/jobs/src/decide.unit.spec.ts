@@ -45,6 +45,7 @@ const commands: Record<string, JobCommand> = {
 };
 
 /** The full transition matrix: state × command → the event produced, `[]` (idempotent no-op) or the rule broken. */
+// biome-ignore format: aligned state × command table
 const matrix: Record<string, Record<string, string>> = {
   none:      { RequestSave: 'SaveRequested', Reject: '!job-unknown', Schedule: '!job-unknown', StartSave: '!job-unknown', CompleteSave: '!job-unknown', FailSave: '!job-unknown', Cancel: '!job-unknown', ConfirmCancelled: '!job-unknown', RecordVerification: '!job-unknown' },
   requested: { RequestSave: '[]', Reject: 'SaveRejected', Schedule: 'SaveScheduled', StartSave: '!illegal-transition', CompleteSave: '!illegal-transition', FailSave: '!illegal-transition', Cancel: 'SaveCancelled', ConfirmCancelled: '!illegal-transition', RecordVerification: '!illegal-transition' },

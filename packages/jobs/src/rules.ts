@@ -3,6 +3,9 @@ import type { JobStatus } from './state.ts';
 
 /** Every job status, in the order a job moves through them (the one list every reader uses). */
 export const JOB_STATUSES = ['requested', 'scheduled', 'running', 'completed', 'verified', 'rejected', 'failed', 'cancelled'] as const satisfies readonly JobStatus[];
+// Compile-time check that the list names every status (a new status must be added here).
+const _everyStatus: Exclude<JobStatus, (typeof JOB_STATUSES)[number]> extends never ? true : never = true;
+void _everyStatus;
 
 /** Waiting for a host or on one: what the dashboard calls active. */
 export const ACTIVE_STATUSES: ReadonlySet<JobStatus> = new Set(['requested', 'scheduled', 'running']);

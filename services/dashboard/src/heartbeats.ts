@@ -1,25 +1,20 @@
 import { messages, subjects } from '@vmsave/contracts';
-import { decodeMessage, type Bus } from '@vmsave/bus';
+import { subscribeValidated, type Bus, type TypedSubscription } from '@vmsave/bus';
 
 /** Remembers when each host's executor last sent a heartbeat (core NATS `vmsave.hb.*`). */
 export class HeartbeatWatch {
   private readonly last = new Map<string, { at: string; jobs: number }>();
-  private sub: ReturnType<Bus['nc']['subscribe']> | undefined;
+  private sub: TypedSubscription<unknown> | undefined;
 
   constructor(private readonly bus: Bus) {}
 
   start(): void {
     if (this.sub) return;
-    this.sub = this.bus.nc.subscribe(subjects.heartbeatAll);
+    // An invalid heartbeat is the scheduler's concern; here it is skipped.
+    const sub = subscribeValidated(this.bus, messages.heartbeat, subjects.heartbeatAll);
+    this.sub = sub;
     void (async () => {
-      for await (const m of this.sub!) {
-        try {
-          const hb = decodeMessage(messages.heartbeat.schema, m.data, m.subject);
-          this.last.set(hb.host, { at: hb.at, jobs: hb.jobs.length });
-        } catch {
-          // An invalid heartbeat is the scheduler's concern (it dead-letters); here it is ignored.
-        }
-      }
+      for await (const { value: hb } of sub) this.last.set(hb.host, { at: hb.at, jobs: hb.jobs.length });
     })();
   }
 

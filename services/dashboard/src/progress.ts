@@ -1,5 +1,5 @@
 import { messages, subjects, type ProgressSample } from '@vmsave/contracts';
-import { decodeMessage, type Bus, type Logger } from '@vmsave/bus';
+import { subscribeValidated, type Bus, type Logger, type TypedSubscription } from '@vmsave/bus';
 
 export interface ThroughputPoint {
   /** Unix time, seconds. */
@@ -36,7 +36,7 @@ export class ProgressHub implements AsyncDisposable {
   private readonly throttleMs: number;
   private readonly staleMs: number;
   private readonly historySeconds: number;
-  private sub: ReturnType<Bus['nc']['subscribe']> | undefined;
+  private sub: TypedSubscription<ProgressSample> | undefined;
   private ticker: NodeJS.Timeout | undefined;
 
   constructor(private readonly bus: Bus, private readonly opts: ProgressHubOptions = {}) {
@@ -47,15 +47,12 @@ export class ProgressHub implements AsyncDisposable {
 
   start(): void {
     if (this.sub) return;
-    this.sub = this.bus.nc.subscribe(subjects.progressAll);
+    const sub = subscribeValidated(this.bus, messages.progress, subjects.progressAll, {
+      onInvalid: (err, subject) => this.opts.log?.debug({ subject, err: err.message }, 'ignoring invalid progress sample'),
+    });
+    this.sub = sub;
     void (async () => {
-      for await (const m of this.sub!) {
-        try {
-          this.accept(decodeMessage(messages.progress.schema, m.data, m.subject));
-        } catch (err) {
-          this.opts.log?.debug({ subject: m.subject, err: (err as Error).message }, 'ignoring invalid progress sample');
-        }
-      }
+      for await (const { value } of sub) this.accept(value);
     })();
     this.ticker = setInterval(() => this.tick(), 1_000);
     this.ticker.unref();
@@ -94,7 +91,10 @@ export class ProgressHub implements AsyncDisposable {
     this.latest.set(sample.jobId, { sample, receivedAt: now });
     if (this.pending.has(sample.jobId)) return; // the trailing send will pick up this sample
     const wait = (this.lastSent.get(sample.jobId) ?? 0) + this.throttleMs - now;
-    if (wait <= 0) return this.emit(sample.jobId);
+    if (wait <= 0) {
+      this.emit(sample.jobId);
+      return;
+    }
     const t = setTimeout(() => {
       this.pending.delete(sample.jobId);
       this.emit(sample.jobId);

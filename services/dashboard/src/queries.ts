@@ -1,7 +1,7 @@
 import type { Redis } from 'ioredis';
 import type { HostAnnouncement } from '@vmsave/contracts';
 import { keys, type JobView, type Projection } from '@vmsave/store';
-import type { JobStatus } from '@vmsave/jobs';
+import { ON_HOST_STATUSES, type JobStatus } from '@vmsave/jobs';
 
 export interface JobFilter {
   states?: readonly JobStatus[];
@@ -18,9 +18,6 @@ export interface JobPage {
 }
 
 const CHUNK = 500;
-
-/** Active states: a job that may still occupy a host. */
-export const ACTIVE: ReadonlySet<string> = new Set(['requested', 'scheduled', 'running']);
 
 /**
  * Queries over the store's read models that the store's own API does not answer directly
@@ -42,7 +39,7 @@ export class ReadModels {
       return { items, total };
     }
     // Filter while walking the index newest first; the page is cut out of the matches.
-    const states = f.states && f.states.length ? new Set<string>(f.states) : undefined;
+    const states = f.states?.length ? new Set<string>(f.states) : undefined;
     const match = (j: JobView) => (!states || states.has(j.status)) && (!f.host || j.host === f.host) && (!f.vm || j.vm === f.vm);
     const items: JobView[] = [];
     let total = 0;
@@ -75,7 +72,7 @@ export class ReadModels {
     const loads = new Map<string, HostLoad>();
     for await (const chunk of this.walk(this.k.jobsAll)) {
       for (const j of chunk) {
-        if (!j.host || (j.status !== 'running' && j.status !== 'scheduled')) continue;
+        if (!j.host || !ON_HOST_STATUSES.has(j.status as JobStatus)) continue;
         const l = loads.get(j.host) ?? { running: 0, queued: 0 };
         if (j.status === 'running') l.running++;
         else l.queued++;

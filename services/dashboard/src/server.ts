@@ -1,5 +1,5 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyRequest } from 'fastify';
@@ -8,7 +8,7 @@ import type { Redis } from 'ioredis';
 import { z } from 'zod';
 import { HostName, JobId, VmName } from '@vmsave/contracts';
 import { eventsOfJob, readHosts, type Bus, type Logger } from '@vmsave/bus';
-import { fold, type JobStatus } from '@vmsave/jobs';
+import { closesAttempt, fold, JOB_STATUSES } from '@vmsave/jobs';
 import { Projection, type JobView } from '@vmsave/store';
 import { ProgressHub } from './progress.ts';
 import { HeartbeatWatch } from './heartbeats.ts';
@@ -29,10 +29,7 @@ export interface DashboardOptions {
   progressThrottleMs?: number;
 }
 
-const STATES = ['requested', 'scheduled', 'running', 'completed', 'verified', 'rejected', 'failed', 'cancelled'] as const satisfies readonly JobStatus[];
-// Compile-time check that every job status can be filtered on.
-const _everyStatus: Exclude<JobStatus, (typeof STATES)[number]> extends never ? true : never = true;
-void _everyStatus;
+const STATES = JOB_STATUSES;
 
 /** `a,b` or repeated parameters, as a list of trimmed non-empty strings. */
 const list = z.preprocess(
@@ -237,10 +234,9 @@ export async function createDashboard(opts: DashboardOptions): Promise<FastifyIn
 
   /* ---------- the page ---------- */
 
-  // uPlot is served from node_modules so the page works offline (no CDN).
+  // uPlot's script is in the bundle; its style sheet is served from node_modules (no CDN).
   const require = createRequire(import.meta.url);
   const vendor = {
-    'uplot.esm.js': { type: 'text/javascript; charset=utf-8', body: readFileSync(require.resolve('uplot/dist/uPlot.esm.js')) },
     'uplot.min.css': { type: 'text/css; charset=utf-8', body: readFileSync(require.resolve('uplot/dist/uPlot.min.css')) },
   } as const;
   app.get('/vendor/:file', async (req, reply) => {
@@ -248,7 +244,9 @@ export async function createDashboard(opts: DashboardOptions): Promise<FastifyIn
     if (!f) throw new DashboardHttpError(404, 'not-found', 'no such file');
     return reply.type(f.type).header('cache-control', 'public, max-age=86400').send(f.body);
   });
-  await app.register(fastifyStatic, { root: fileURLToPath(new URL('../public/', import.meta.url)), index: 'index.html', cacheControl: false });
+  // The bundled script (`dist/public/app.js`) first, then the static files of `public/`.
+  const bundleDir = await pageBundle(log);
+  await app.register(fastifyStatic, { root: [bundleDir, fileURLToPath(new URL('../public/', import.meta.url))], index: 'index.html', cacheControl: false });
   app.addHook('onSend', async (req, reply, payload) => {
     if (!req.url.startsWith('/api/') && !req.url.startsWith('/vendor/')) reply.header('cache-control', 'no-cache');
     return payload;
@@ -268,7 +266,8 @@ export async function createDashboard(opts: DashboardOptions): Promise<FastifyIn
           log: plog,
           onApplied: ({ seq, event }) => {
             watermark.advance(seq);
-            if (['SaveCompleted', 'SaveFailed', 'SaveCancelled', 'RestoreCompleted', 'RestoreFailed', 'RestoreCancelled'].includes(event.type)) progress.forget(event.jobId);
+            // The attempt that reported progress is over: its transfer no longer counts.
+            if (closesAttempt(event, 'attempt' in event.data ? event.data.attempt : 0)) progress.forget(event.jobId);
           },
         })
         .catch((err) => {
@@ -292,4 +291,22 @@ export async function createDashboard(opts: DashboardOptions): Promise<FastifyIn
   });
 
   return app;
+}
+
+/**
+ * Where the page's bundled script is. Run from the sources (dev, tests) the bundle is built
+ * first when it is missing or older than its inputs; an installed package ships it built.
+ * (This file is `src/server.ts` or `dist/server.js`: the package root is one level up either way.)
+ */
+async function pageBundle(log: Logger): Promise<string> {
+  const dir = fileURLToPath(new URL('../dist/public/', import.meta.url));
+  const script = new URL('../scripts/build-browser.mjs', import.meta.url);
+  if (existsSync(fileURLToPath(new URL('../src/browser/main.ts', import.meta.url))) && existsSync(fileURLToPath(script))) {
+    const { ensureBrowserBundle } = (await import(script.href)) as { ensureBrowserBundle(): Promise<{ built: boolean; why?: string }> };
+    const r = await ensureBrowserBundle();
+    if (r.built) log.info({ dir, why: r.why }, 'built the page bundle');
+  } else if (!existsSync(`${dir}app.js`)) {
+    throw new Error(`the dashboard page's bundle ${dir}app.js is missing: run npm run build -w @vmsave/dashboard`);
+  }
+  return dir;
 }

@@ -1,8 +1,7 @@
 import type { ServerResponse } from 'node:http';
-import { DeliverPolicy } from '@nats-io/jetstream';
-import { BusValidationError, decodeMessage, eventsOfJob, type Bus, type LoggedEvent, type Logger } from '@vmsave/bus';
+import { eventsOfJob, readLog, type Bus, type Logger } from '@vmsave/bus';
 import { fold } from '@vmsave/jobs';
-import { JobEvent, streams, subjects } from '@vmsave/contracts';
+import type { JobEvent } from '@vmsave/contracts';
 import type { JobView, Projection } from '@vmsave/store';
 import type { ProgressHub } from './progress.ts';
 
@@ -106,7 +105,14 @@ export async function serveStream(raw: ServerResponse, from: number, deps: Strea
 
   try {
     await write(`retry: 2000\n: from ${from}\n\n`);
-    for await (const { seq, event } of followLog(bus, from + 1, signal, log)) {
+    const events = readLog(bus, {
+      fromSeq: from + 1,
+      follow: true,
+      signal,
+      onInvalid: (seq, err) => log.warn({ seq, err: err.message }, 'skipping invalid event'),
+      onResume: (err, attempt) => log.warn({ err: (err as Error)?.message ?? String(err), attempt }, 'live stream: log read reopened'),
+    });
+    for await (const { seq, event } of events) {
       const job = await viewAt(seq, event);
       if (signal.aborted) break;
       await write(sseFrame('job', { seq, event, job }, seq));
@@ -118,34 +124,5 @@ export async function serveStream(raw: ServerResponse, from: number, deps: Strea
     offTick();
     clearInterval(keepAlive);
     if (!raw.writableEnded) raw.end();
-  }
-}
-
-/**
- * Follow the event log from `fromSeq` with an ordered consumer until `signal` aborts.
- * (Like the bus's `readLog` with `follow`, but it also stops when the signal aborted while the
- * consumer was being set up, which is when a browser that reconnects quickly goes away.)
- */
-async function* followLog(bus: Bus, fromSeq: number, signal: AbortSignal, log: Logger): AsyncGenerator<LoggedEvent> {
-  const consumer = await bus.js.consumers.get(streams.events.name, {
-    filter_subjects: subjects.evtAll,
-    ...(fromSeq > 1 ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: fromSeq } : { deliver_policy: DeliverPolicy.All }),
-  });
-  const messages = await consumer.consume();
-  const stop = () => void messages.close();
-  signal.addEventListener('abort', stop, { once: true });
-  if (signal.aborted) stop();
-  try {
-    for await (const m of messages) {
-      try {
-        yield { seq: m.seq, event: decodeMessage(JobEvent, m.data, `${m.subject} #${m.seq}`) };
-      } catch (err) {
-        if (!(err instanceof BusValidationError)) throw err;
-        log.warn({ seq: m.seq, err: err.message }, 'skipping invalid event');
-      }
-    }
-  } finally {
-    signal.removeEventListener('abort', stop);
-    await messages.close();
   }
 }

@@ -1,8 +1,10 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { HostAnnouncement, messages, subjects } from '@vmsave/contracts';
-import { eventsOfJob, publishValidated } from '@vmsave/bus';
+import { HostAnnouncement, messages, subjects, type ImageRejected, type ImageVerified } from '@vmsave/contracts';
+import { eventsOfJob, publishValidated, type LoggedEvent } from '@vmsave/bus';
 import { fold, type JobState } from '@vmsave/jobs';
+import type { JobView } from '@vmsave/store';
 import { createDashboard } from '../src/index.ts';
+import type { HostRow } from '../src/queries.ts';
 import { publishAll, projected, quiet, saveJob, startDashboard, uniq, type Harness } from './helpers.ts';
 
 let h: Harness;
@@ -24,6 +26,21 @@ const truth = new Map<string, JobState>();
 const statusOf = (j: { jobId: string }) => truth.get(j.jobId)!.status;
 const ids = (list: Array<{ jobId: string }>) => list.map((j) => j.jobId);
 
+/** A job as the API answers it (every job it lists has an id). */
+type ApiJob = JobView & { jobId: string };
+/** The fields of the API's answers that these tests read; each answer has some of them. */
+interface ApiBody {
+  items: ApiJob[];
+  total: number;
+  cursor: number;
+  job: ApiJob;
+  events: LoggedEvent[];
+  hosts: HostRow[];
+  error: string;
+  message: string;
+}
+type Verdict = LoggedEvent & { event: ImageVerified | ImageRejected };
+
 beforeAll(async () => {
   h = await startDashboard();
   const last = await publishAll(h.bus, [
@@ -43,14 +60,14 @@ afterAll(async () => {
 
 const get = async (url: string, headers: Record<string, string> = {}) => {
   const res = await h.app.inject({ method: 'GET', url, headers });
-  return { status: res.statusCode, body: res.json() as any, headers: res.headers };
+  return { status: res.statusCode, body: res.json<ApiBody>(), headers: res.headers };
 };
 
 describe('GET /api/jobs', () => {
   it('lists a VM’s jobs newest first, with the total and the log position they include', async () => {
     const r = await get(`/api/jobs?vm=${vm}`);
     expect(r.status).toBe(200);
-    expect(r.body.items.map((j: any) => j.jobId)).toEqual([rejected.jobId, failed.jobId, ok.jobId]);
+    expect(r.body.items.map((j) => j.jobId)).toEqual([rejected.jobId, failed.jobId, ok.jobId]);
     expect(r.body.total).toBe(3);
     expect(r.body.cursor).toBeGreaterThan(0);
     expect(r.body.items[2]).toMatchObject({ status: statusOf(ok), host: hostA, format: 'sparse', result: { bytes: expect.any(Number), blocks: expect.any(Number) } });
@@ -70,16 +87,16 @@ describe('GET /api/jobs', () => {
       expected((j) => truth.get(j.jobId)!.host === hostA && ['running', 'scheduled'].includes(statusOf(j))),
     );
     // Each reason is there to read (when nothing else overrode this test's outcome).
-    const byId = new Map((await get(`/api/jobs?vm=${vm}`)).body.items.map((j: any) => [j.jobId, j]));
-    if (statusOf(failed) === 'failed') expect((byId.get(failed.jobId) as any).lastFailure).toMatchObject({ code: 'ENOSPC', stage: 'migrate', reason: 'No space left on device' });
-    expect((byId.get(rejected.jobId) as any).rejection).toMatchObject({ rule: expect.any(String), message: expect.any(String) });
+    const byId = new Map((await get(`/api/jobs?vm=${vm}`)).body.items.map((j) => [j.jobId, j] as const));
+    if (statusOf(failed) === 'failed') expect(byId.get(failed.jobId)!.lastFailure).toMatchObject({ code: 'ENOSPC', stage: 'migrate', reason: 'No space left on device' });
+    expect(byId.get(rejected.jobId)!.rejection).toMatchObject({ rule: expect.any(String), message: expect.any(String) });
   });
 
   it('pages with limit and offset', async () => {
     const p1 = await get(`/api/jobs?vm=${vm}&limit=2`);
     const p2 = await get(`/api/jobs?vm=${vm}&limit=2&offset=2`);
     expect(p1.body.items).toHaveLength(2);
-    expect(p2.body.items.map((j: any) => j.jobId)).toEqual([ok.jobId]);
+    expect(p2.body.items.map((j) => j.jobId)).toEqual([ok.jobId]);
     expect(p2.body.total).toBe(3);
     const everything = 'requested,scheduled,running,completed,verified,rejected,failed,cancelled';
     const s2 = await get(`/api/jobs?vm=${vm}&state=${everything}&limit=1&offset=1`);
@@ -120,13 +137,13 @@ describe('GET /api/jobs/:id', () => {
     const r = await get(`/api/jobs/${ok.jobId}`);
     expect(r.status).toBe(200);
     expect(r.body.job).toMatchObject({ jobId: ok.jobId, status: statusOf(ok), vm, host: hostA });
-    const verdicts = r.body.events.filter((e: any) => /^Image(Verified|Rejected)$/.test(e.event.type));
-    expect(r.body.job.checks).toEqual(verdicts.at(-1).event.data.checks);
-    const types = r.body.events.filter((e: any) => e.event.source === 'dashboard-test').map((e: any) => e.event.type);
+    const verdicts = r.body.events.filter((e): e is Verdict => /^Image(Verified|Rejected)$/.test(e.event.type));
+    expect(r.body.job.checks).toEqual(verdicts.at(-1)!.event.data.checks);
+    const types = r.body.events.filter((e) => e.event.source === 'dashboard-test').map((e) => e.event.type);
     expect(types).toEqual(['SaveRequested', 'SaveScheduled', 'SaveStarted', 'SaveCompleted', 'ImageVerified']);
-    const seqs = r.body.events.map((e: any) => e.seq);
+    const seqs = r.body.events.map((e) => e.seq);
     expect([...seqs].sort((a: number, b: number) => a - b)).toEqual(seqs);
-    expect(r.body.job).toMatchObject(JSON.parse(JSON.stringify(fold(r.body.events.map((e: any) => e.event)))));
+    expect(r.body.job).toMatchObject(JSON.parse(JSON.stringify(fold(r.body.events.map((e) => e.event)))));
   });
 
   it('answers 404 for a job nobody has heard of', async () => {
@@ -147,10 +164,10 @@ describe('GET /api/hosts and /api/images/latest/:vm', () => {
     await announce(2); // the stream keeps the last one per host
     const r = await get('/api/hosts');
     expect(r.status).toBe(200);
-    const a = r.body.hosts.find((x: any) => x.host === hostA);
+    const a = r.body.hosts.find((x) => x.host === hostA);
     const count = (host: string, status: string) => all.filter((j) => truth.get(j.jobId)!.host === host && statusOf(j) === status).length;
     expect(a).toMatchObject({ running: count(hostA, 'running'), queued: count(hostA, 'scheduled'), limit: 2, announcement: { freeBytes: 2, qemu: { mappedRam: true } } });
-    const b = r.body.hosts.find((x: any) => x.host === hostB) ?? { running: 0, queued: 0 };
+    const b: Partial<HostRow> = r.body.hosts.find((x) => x.host === hostB) ?? { running: 0, queued: 0 };
     expect(b).toMatchObject({ running: count(hostB, 'running'), queued: count(hostB, 'scheduled') });
     expect(b.announcement).toBeUndefined();
     await h.bus.jsm.streams.purge('VMSAVE_HOSTS', { filter: subjects.host(hostA) });

@@ -10,7 +10,10 @@ export const quiet = createLogger('dashboard-test', { level: process.env.VMSAVE_
 const source = { source: 'dashboard-test' };
 // Jobs are ordered by request time in milliseconds: give each request its own millisecond.
 let lastAt = 0;
-const requestTime = () => new Date((lastAt = Math.max(Date.now(), lastAt + 1)));
+const requestTime = () => {
+  lastAt = Math.max(Date.now(), lastAt + 1);
+  return new Date(lastAt);
+};
 
 export interface Harness {
   bus: Bus;

@@ -21,8 +21,7 @@ export async function openSse(url: string, headers: Record<string, string> = {})
     try {
       for await (const chunk of body as unknown as AsyncIterable<Uint8Array>) {
         buf += decoder.decode(chunk, { stream: true });
-        let end;
-        while ((end = buf.indexOf('\n\n')) >= 0) {
+        for (let end = buf.indexOf('\n\n'); end >= 0; end = buf.indexOf('\n\n')) {
           const block = buf.slice(0, end);
           buf = buf.slice(end + 2);
           const msg: SseMessage = { event: 'message', data: '' };

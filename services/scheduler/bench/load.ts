@@ -22,7 +22,7 @@ import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { jobIdFor, messages, subjects } from '@vmsave/contracts';
 import { Bus, createLogger, publishValidated, readLog } from '@vmsave/bus';
-import { Fleet, hostName, vmName } from './fleet.ts';
+import { Fleet, vmName } from './fleet.ts';
 import { REPO, killAllNow, startNats, startRedis, startScheduler, stop, stopAll, tail, usage, type Proc } from './procs.ts';
 import { inclusiveMs, summarizeProfile } from './profile.ts';
 import { medianRun, percentile, renderTables, sizeLabel, splice, type RunResult } from './stats.ts';

@@ -10,9 +10,11 @@ import { performance } from 'node:perf_hooks';
 import { makeEvent, type JobEvent } from '@vmsave/contracts';
 import { createLogger, type Bus } from '@vmsave/bus';
 import { evolve, initialState } from '@vmsave/jobs';
-import type { Redis } from 'ioredis';
+import type { Leases } from '@vmsave/store';
 import { loadConfig } from '../src/config.ts';
-import { Scheduler } from '../src/scheduler.ts';
+import { Journal } from '../src/journal.ts';
+import { Placement } from '../src/placement.ts';
+import { SchedulerState } from '../src/state.ts';
 import { pickNext, type QueuedJob } from '../src/policy.ts';
 import { hostName, hostOfVm, vmName } from './fleet.ts';
 import { percentile } from './stats.ts';
@@ -23,17 +25,16 @@ const backlogs = opt('backlogs', '1000,5000,10000').split(',').map(Number);
 const hosts = Number(opt('hosts', '50'));
 const vms = 1000;
 
-/** The scheduler's private state, reached into for this probe only. */
-interface Inside {
-  jobs: Map<string, ReturnType<typeof initialState>>;
-  put(jobId: string, s: ReturnType<typeof initialState>): void;
-  hosts: Map<string, { announcement: unknown; lastSeenMs: number }>;
-  pump(): Promise<void>;
-}
 
 async function measure(n: number): Promise<{ pumpMs: number[]; pickMs: number[] }> {
   const cfg = loadConfig({});
-  const s = new Scheduler({} as Bus, {} as Redis, cfg, createLogger('pump-cost', { level: 'silent' })) as unknown as Inside;
+  // The scheduler's state and its placement part, without NATS or Redis (nothing is dispatched).
+  const log = createLogger('pump-cost', { level: 'silent' });
+  const state = new SchedulerState();
+  const deps = { bus: {} as Bus, state, leases: {} as Leases, cfg, log };
+  const journal = new Journal({ ...deps, wake: () => undefined });
+  const placement = new Placement({ ...deps, journal, signal: new AbortController().signal });
+  const s = { hosts: state.hosts as Map<string, { announcement: unknown; lastSeenMs: number }>, put: state.put.bind(state), pump: () => placement.pump() };
   const now = new Date().toISOString();
   for (let h = 0; h < hosts; h++) {
     s.hosts.set(hostName(h), {

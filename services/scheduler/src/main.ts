@@ -1,27 +1,111 @@
-import { Bus, busOptions, createLogger } from '@vmsave/bus';
-import { connectRedis } from '@vmsave/store';
+/**
+ * The scheduler's wiring: configuration, connections, the parts and the reads that feed them.
+ *
+ *   leadership  one active scheduler per deployment (a Redis lease); a second one stands by
+ *   journal     event intake and job state: decide, append, fold the log, retries
+ *   admission   commands on `vmsave.cmd.*`, answered on `Vmsave-Reply-To`
+ *   placement   which host, and handing out work within limits (`policy.ts`'s `pickNext`)
+ *   watchdog    heartbeats, lost executors, deadlines
+ *
+ * All state is folded from the event log (plus host announcements and heartbeats), so a
+ * restarted scheduler resumes where the log says; every change runs through `state.serial`.
+ */
+import { z } from 'zod';
+import { messages, streams, subjects } from '@vmsave/contracts';
+import { Bus, busOptions, createLogger, readHosts, readLog, runConsumer, subscribeValidated } from '@vmsave/bus';
+import { ON_HOST_STATUSES } from '@vmsave/jobs';
+import { connectRedis, Leases } from '@vmsave/store';
+import { Admission } from './admission.ts';
 import { loadConfig } from './config.ts';
-import { Scheduler } from './scheduler.ts';
+import { Journal, SOURCE } from './journal.ts';
+import { Leadership } from './leadership.ts';
+import { Placement } from './placement.ts';
+import { SchedulerState } from './state.ts';
+import { Watchdog } from './watchdog.ts';
 
 const log = createLogger('scheduler');
 const cfg = loadConfig();
 const bus = await Bus.connect({ ...busOptions(cfg, 'scheduler'), log });
 await bus.ensureStreams();
 const redis = await connectRedis(cfg.REDIS_URL, { name: 'scheduler' });
-const scheduler = new Scheduler(bus, redis, cfg, log);
-await scheduler.start(() => void shutdown('lost-leadership'));
-log.info({ nats: cfg.NATS_URL, hostLimit: cfg.VMSAVE_HOST_LIMIT }, 'scheduler running');
+const leases = new Leases(redis, cfg.VMSAVE_REDIS_PREFIX);
+const ac = new AbortController();
+const signal = ac.signal;
+const tasks: Promise<unknown>[] = [];
 
 let stopping = false;
-async function shutdown(signal: string): Promise<void> {
+let leadership: Leadership | undefined;
+const state = new SchedulerState();
+async function shutdown(why: string): Promise<void> {
   if (stopping) return;
   stopping = true;
-  log.info({ signal }, 'scheduler stopping');
-  // Reverse order of start: stop consuming, then drain the bus, then Redis.
-  await scheduler.stop();
+  log.info({ signal: why }, 'scheduler stopping');
+  // Reverse order of start: stop consuming and following, let queued changes finish, give up
+  // the lease, then drain the bus, then Redis.
+  ac.abort();
+  await Promise.allSettled(tasks);
+  await state.settled();
+  await leadership?.release();
   await bus.close();
   redis.disconnect();
   process.exit(0);
 }
 process.on('SIGTERM', () => void shutdown('SIGTERM'));
 process.on('SIGINT', () => void shutdown('SIGINT'));
+
+const id = `scheduler-${process.pid}-${Math.random().toString(36).slice(2, 8)}`;
+leadership = await Leadership.acquire(leases, { id, ttlMs: cfg.VMSAVE_LEASE_TTL_MS, log, signal, onLost: () => void shutdown('lost-leadership') });
+if (!leadership) await new Promise(() => undefined); // stopped while standing by: shutdown exits
+
+// The parts call each other only through these: `wake` asks for a placement pass.
+const wake = () => placement.requestPump();
+const journal = new Journal({ bus, state, leases, cfg, log, wake });
+const placement = new Placement({ bus, state, journal, leases, cfg, log, signal });
+const watchdog = new Watchdog({ bus, state, journal, leases, cfg, log, wake });
+const admission = new Admission({ bus, state, journal, placement, log });
+
+state.startedAtMs = Date.now();
+const lastSeq = await journal.rebuild();
+await placement.rebuildHosts();
+const active = [...state.openJobs()].filter((j) => j.status !== 'none' && ON_HOST_STATUSES.has(j.status)).length;
+log.info({ jobs: state.jobs.size, active, hosts: state.hosts.size, lastSeq }, 'scheduler rebuilt its view from the log');
+
+/** A log line for a following read reopened after NATS went away. */
+const resumed = (what: string) => (err: unknown, attempt: number) => log.warn({ err: (err as Error)?.message ?? String(err), attempt }, `${what}: read reopened`);
+
+const off = bus.onReconnect(() => watchdog.onReconnect());
+signal.addEventListener('abort', off, { once: true });
+const heartbeats = subscribeValidated(bus, messages.heartbeat, subjects.heartbeatAll, {
+  signal,
+  onInvalid: (err, subject) => log.warn({ err: err.message, subject }, 'invalid heartbeat ignored'),
+});
+tasks.push(
+  (async () => {
+    for await (const { value } of heartbeats) watchdog.onHeartbeat(value);
+  })(),
+  (async () => {
+    for await (const a of readHosts(bus, { follow: true, signal, onResume: resumed('host announcements') })) placement.onAnnouncement(a);
+  })(),
+  (async () => {
+    for await (const { event } of readLog(bus, { fromSeq: lastSeq + 1, follow: true, signal, onResume: resumed('event log') })) {
+      // Our own events come back through the log; they were applied when appended.
+      if (state.own.delete(event.eventId)) continue;
+      await state.serial(() => journal.onLogEvent(event));
+    }
+  })(),
+  runConsumer(bus, {
+    stream: streams.commands.name,
+    durable: 'scheduler',
+    filterSubject: subjects.cmd.all,
+    schema: z.unknown(),
+    service: SOURCE,
+    log,
+    signal,
+    handler: (raw, ctx) => state.serial(() => admission.handle(raw, ctx)),
+    onInvalid: (err, ctx) => admission.refuseUnreadable(err, ctx),
+  }),
+);
+const tick = setInterval(() => void state.serial(() => watchdog.tick()).catch((err) => log.error({ err }, 'tick failed')), cfg.VMSAVE_TICK_MS);
+signal.addEventListener('abort', () => clearInterval(tick), { once: true });
+await state.serial(() => placement.pump());
+log.info({ nats: cfg.NATS_URL, hostLimit: cfg.VMSAVE_HOST_LIMIT }, 'scheduler running');

@@ -1,5 +1,6 @@
 import path from 'node:path';
 import type { HostAnnouncement, Priority, RestoreRequest, SaveFormat, SaveRequest, VmSummary } from '@vmsave/contracts';
+import { fmtBytes } from '@vmsave/jobs';
 
 /** A broken admission rule, as it goes into SaveRejected / RestoreRejected. */
 export interface Refusal {
@@ -183,8 +184,4 @@ export function pickNext(queue: readonly QueuedJob[], activePerHost: ReadonlyMap
     if (j.vm) vms.add(j.vm);
   }
   return out;
-}
-
-function fmtBytes(n: number): string {
-  return n >= 1024 ** 3 ? `${(n / 1024 ** 3).toFixed(1)} GiB` : `${Math.round(n / MiB)} MiB`;
 }

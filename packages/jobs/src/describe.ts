@@ -1,0 +1,85 @@
+/** One-line descriptions of events and job states for people (CLI and dashboard). Pure. */
+import type { JobEvent } from '@vmsave/contracts';
+import type { JobState } from './state.ts';
+import { fmtBytes, fmtRate, fmtSeconds } from './format.ts';
+
+export function describeEvent(e: JobEvent): string {
+  switch (e.type) {
+    case 'SaveRequested': {
+      const r = e.data.request;
+      return `save ${r.vm} format=${r.format} channels=${r.channels}${r.directIo ? ' direct-io' : ''} after=${r.after} priority=${r.priority}`;
+    }
+    case 'RestoreRequested':
+      return `restore ${e.data.request.image}${e.data.request.host ? ` on ${e.data.request.host}` : ''}${e.data.vm ? ` (vm ${e.data.vm})` : ''} after=${e.data.request.after}`;
+    case 'SaveRejected':
+    case 'RestoreRejected':
+      return `rejected (${e.data.rule}${e.data.field ? `, ${e.data.field}` : ''}): ${e.data.message}`;
+    case 'SaveScheduled':
+    case 'RestoreScheduled':
+      return `on ${e.data.host}, attempt ${e.data.attempt}, deadline ${e.data.deadlineAt}`;
+    case 'SaveStarted':
+      return `${e.data.format}, ${e.data.channels} channel(s)${e.data.directIo ? ', direct IO' : ''}, to ${e.data.imagePath} (${fmtBytes(e.data.ramBytes)} RAM, ${e.data.wasRunning ? 'was running' : 'was paused'})`;
+    case 'RestoreStarted':
+      return `${e.data.format} from ${e.data.imagePath} into ${e.data.vm.name}`;
+    case 'SaveCompleted':
+      return `${fmtBytes(e.data.bytes)} (${fmtBytes(e.data.blocks * 512)} allocated) in ${fmtSeconds(e.data.durationMs)} s, ${fmtRate(e.data.throughputBytesPerSec)}; VM ${e.data.vmState}${e.data.afterError ? ` (not as asked: ${e.data.afterError})` : ''}`;
+    case 'RestoreCompleted':
+      return `${e.data.vm} ${e.data.vmState} in ${fmtSeconds(e.data.durationMs)} s${e.data.gate === 'quick' ? ' (image unchanged since verified: quick gate)' : e.data.gate === 'full' ? ' (full verification gate)' : ''}`;
+    case 'SaveFailed':
+    case 'RestoreFailed':
+      return `at ${e.data.stage} (${e.data.code}${e.data.retryable ? ', retryable' : ''}): ${e.data.reason}${'vmResumed' in e.data && e.data.vmResumed !== undefined ? `; VM ${e.data.vmResumed ? 'resumed' : 'NOT resumed'}` : ''}`;
+    case 'SaveRetrying':
+    case 'RestoreRetrying':
+      return `attempt ${e.data.attempt} in ${fmtSeconds(e.data.delayMs)} s after ${e.data.lastCode}`;
+    case 'SaveCancelRequested':
+    case 'RestoreCancelRequested':
+      return e.data.reason;
+    case 'SaveCancelled':
+    case 'RestoreCancelled':
+      return `${e.data.reason}${e.data.stage ? ` (at ${e.data.stage})` : ''}`;
+    case 'ImageVerified':
+    case 'ImageRejected': {
+      const n = (s: string) => e.data.checks.filter((c) => c.status === s).length;
+      const failed = e.data.checks.filter((c) => c.status === 'fail');
+      const counts = `${n('pass')} pass, ${n('warn')} warn, ${n('fail')} fail, ${n('skip')} skip`;
+      return failed.length ? `${failed.length} check(s) failed: ${failed.map((c) => c.name).join(', ')} (${counts})` : `${n('pass')} checks passed (${counts})`;
+    }
+  }
+}
+
+/** The JSON shape of a job for `--json` and other tools (stable keys). */
+export function jobJson(s: JobState) {
+  return {
+    jobId: s.jobId,
+    kind: s.kind,
+    status: s.status,
+    vm: s.vm,
+    host: s.host,
+    attempt: s.attempt,
+    format: s.format,
+    imagePath: s.imagePath,
+    requestedAt: s.requestedAt,
+    updatedAt: s.updatedAt,
+    result: s.result,
+    lastFailure: s.lastFailure,
+    rejection: s.rejection,
+    checks: s.checks,
+  };
+}
+
+/** The summary line of a finished or current job. */
+export function describeState(s: JobState): string {
+  const what = `${s.kind ?? 'job'} ${s.jobId}${s.vm ? ` (${s.vm})` : ''}`;
+  switch (s.status) {
+    case 'verified':
+      return `${what} verified: ${s.imagePath} ${s.result?.bytes !== undefined ? `${fmtBytes(s.result.bytes)}, ${fmtBytes((s.result.blocks ?? 0) * 512)} allocated, ` : ''}${fmtSeconds(s.result?.durationMs)} s`;
+    case 'completed':
+      return `${what} completed${s.host ? ` on ${s.host}` : ''} in ${fmtSeconds(s.result?.durationMs)} s`;
+    case 'failed':
+      return `${what} failed at ${s.lastFailure?.stage} (${s.lastFailure?.code}): ${s.lastFailure?.reason}`;
+    case 'rejected':
+      return `${what} rejected (${s.rejection?.rule}): ${s.rejection?.message}`;
+    default:
+      return `${what} ${s.status}`;
+  }
+}

@@ -1,0 +1,106 @@
+import type { JobEvent } from '@vmsave/contracts';
+import { publishEvent, readLog, type Bus, type Logger } from '@vmsave/bus';
+import { decide, decideRetry, evolve, initialState, type JobCommand, type JobState } from '@vmsave/jobs';
+import type { Leases } from '@vmsave/store';
+import type { SchedulerConfig } from './config.ts';
+import { retryDelayMs } from './policy.ts';
+import type { SchedulerState } from './state.ts';
+
+export const SOURCE = 'scheduler';
+
+export interface JournalDeps {
+  bus: Bus;
+  state: SchedulerState;
+  leases: Leases;
+  cfg: SchedulerConfig;
+  log: Logger;
+  /** Ask for a placement pass (a slot freed, a job queued again). */
+  wake: () => void;
+}
+
+/**
+ * Event intake and job state: decides commands against a job and appends the events, folds
+ * every event of the log (its own and others') into the state, and reacts to the ones that end
+ * an attempt (release the VM lease; retry a retryable failure after a backoff).
+ */
+export class Journal {
+  constructor(private readonly d: JournalDeps) {}
+
+  /** Fold the whole log into the state; returns the last sequence read. */
+  async rebuild(): Promise<number> {
+    const { bus, state } = this.d;
+    let lastSeq = 0;
+    for await (const { seq, event } of readLog(bus)) {
+      state.put(event.jobId, evolve(state.jobs.get(event.jobId) ?? initialState(), event));
+      lastSeq = seq;
+    }
+    return lastSeq;
+  }
+
+  /** Decide a command against a job and append what it produces. */
+  async emit(s: JobState, cmd: JobCommand, eventId?: string): Promise<JobEvent[]> {
+    const d = cmd.type === 'Retry' ? decideRetry(cmd, s, { source: SOURCE }) : decide(cmd, s, { source: SOURCE });
+    if (!d.ok) {
+      this.d.log.warn({ jobId: s.jobId, rule: d.rule }, `not applied: ${d.message}`);
+      return [];
+    }
+    for (const [i, e] of d.events.entries()) await this.append(eventId && i === 0 ? { ...e, eventId } : e);
+    return d.events;
+  }
+
+  async append(e: JobEvent): Promise<void> {
+    const { own } = this.d.state;
+    // Marked before publishing: the log may deliver the echo before the publish ack returns.
+    own.add(e.eventId);
+    try {
+      await publishEvent(this.d.bus, e);
+    } catch (err) {
+      own.delete(e.eventId);
+      throw err;
+    }
+    await this.apply(e);
+  }
+
+  /** An event another service appended (ours were applied when appended). */
+  async onLogEvent(e: JobEvent): Promise<void> {
+    await this.apply(e);
+    // Only events that free a slot or queue a job call for placement.
+    if (e.type !== 'SaveStarted' && e.type !== 'RestoreStarted') this.d.wake();
+  }
+
+  async apply(e: JobEvent): Promise<void> {
+    const { state, cfg } = this.d;
+    const before = state.jobs.get(e.jobId) ?? initialState();
+    const s = evolve(before, e);
+    state.put(e.jobId, s);
+    const log = this.d.log.child({ jobId: e.jobId });
+    switch (e.type) {
+      case 'SaveFailed':
+      case 'RestoreFailed': {
+        if (before.status === s.status) return;
+        await this.releaseLease(before);
+        const delayMs = retryDelayMs(s.attempt + 1, cfg.VMSAVE_RETRY_BASE_MS, cfg.VMSAVE_RETRY_MAX_MS);
+        const r = await this.emit(s, { type: 'Retry', delayMs, maxAttempts: cfg.VMSAVE_MAX_ATTEMPTS });
+        if (r.length) {
+          log.info({ delayMs, attempt: s.attempt + 1, code: e.data.code }, 'retrying after a retryable failure');
+          setTimeout(() => this.d.wake(), delayMs + 10).unref();
+        }
+        return;
+      }
+      case 'SaveCompleted':
+      case 'RestoreCompleted':
+      case 'SaveCancelled':
+      case 'RestoreCancelled':
+        if (before.status !== s.status) await this.releaseLease(before);
+        return;
+      default:
+    }
+  }
+
+  private async releaseLease(s: JobState): Promise<void> {
+    const { state, leases } = this.d;
+    const vm = state.vmOf(s);
+    state.seen.delete(s.jobId!);
+    if (vm && s.fencingToken !== undefined) await leases.release({ vm, owner: s.jobId!, token: s.fencingToken }).catch(() => false);
+  }
+}

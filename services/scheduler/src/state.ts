@@ -1,0 +1,58 @@
+import type { JobState } from '@vmsave/jobs';
+import { isTerminal } from '@vmsave/jobs';
+import type { HostView } from './policy.ts';
+
+/** Host and VM an admitted job was placed on (recomputed after a restart). */
+export interface Placed {
+  host: string;
+  vm?: string;
+  ramBytes: number;
+}
+
+/**
+ * What the scheduler knows, folded from the event log, host announcements and heartbeats. Every
+ * change runs through `serial`, one at a time; the parts (admission, journal, placement,
+ * watchdog) share this one object and hold no state of their own that another part reads.
+ */
+export class SchedulerState {
+  readonly jobs = new Map<string, JobState>();
+  /** Jobs not yet final: the only ones placement and the watchdog look at (the log holds many more). */
+  private readonly open = new Set<string>();
+  readonly hosts = new Map<string, HostView>();
+  readonly heartbeats = new Map<string, { atMs: number; jobs: Set<string> }>();
+  /** Last time each active job was known alive (scheduled, or named in a heartbeat). */
+  readonly seen = new Map<string, number>();
+  readonly placement = new Map<string, Placed>();
+  /** Ids of events this scheduler appended: their echo from the log is skipped. */
+  readonly own = new Set<string>();
+  /** When this scheduler became the active one (a job's silence before that says nothing). */
+  startedAtMs = Date.now();
+  private chain: Promise<unknown> = Promise.resolve();
+
+  put(jobId: string, s: JobState): void {
+    this.jobs.set(jobId, s);
+    if (s.status === 'none' || isTerminal(s) || s.status === 'completed') this.open.delete(jobId);
+    else this.open.add(jobId);
+  }
+
+  *openJobs(): Iterable<JobState> {
+    for (const id of this.open) yield this.jobs.get(id)!;
+  }
+
+  /** The VM a job works on: from its events, else from where it was placed. */
+  vmOf(s: JobState): string | undefined {
+    return s.vm ?? this.placement.get(s.jobId!)?.vm;
+  }
+
+  /** Run state changes one at a time. */
+  serial<T>(fn: () => Promise<T> | T): Promise<T> {
+    const p = this.chain.then(fn, fn);
+    this.chain = p.catch(() => undefined);
+    return p;
+  }
+
+  /** Resolves once every change queued so far has run. */
+  async settled(): Promise<void> {
+    await this.chain.catch(() => undefined);
+  }
+}

@@ -1,0 +1,86 @@
+import type { Heartbeat } from '@vmsave/contracts';
+import { eventsOfJob, type Bus, type Logger } from '@vmsave/bus';
+import { closesAttempt, isTerminal, ON_HOST_STATUSES, type JobState } from '@vmsave/jobs';
+import type { Leases } from '@vmsave/store';
+import type { SchedulerConfig } from './config.ts';
+import { askExecutorToCancel } from './control.ts';
+import type { Journal } from './journal.ts';
+import type { SchedulerState } from './state.ts';
+
+export interface WatchdogDeps {
+  bus: Bus;
+  state: SchedulerState;
+  journal: Journal;
+  leases: Leases;
+  cfg: SchedulerConfig;
+  log: Logger;
+  /** Ask for a placement pass after a tick. */
+  wake: () => void;
+}
+
+const onHost = (s: JobState): boolean => s.status !== 'none' && ON_HOST_STATUSES.has(s.status);
+
+/**
+ * Liveness and deadlines: heartbeats keep a job (and its VM lease) alive; a job whose executor
+ * is silent too long is failed as lost (retryable), one past its deadline is cancelled and failed.
+ */
+export class Watchdog {
+  constructor(private readonly d: WatchdogDeps) {}
+
+  onHeartbeat(h: Heartbeat): void {
+    const { state } = this.d;
+    const now = Date.now();
+    state.heartbeats.set(h.host, { atMs: now, jobs: new Set(h.jobs.map((j) => j.jobId)) });
+    const host = state.hosts.get(h.host);
+    if (host) host.lastSeenMs = now;
+    for (const j of h.jobs) if (state.seen.has(j.jobId)) state.seen.set(j.jobId, now);
+  }
+
+  /** While this scheduler was cut off it heard no heartbeats: that silence says nothing about executors. */
+  onReconnect(): void {
+    const { state } = this.d;
+    const now = Date.now();
+    for (const id of state.seen.keys()) state.seen.set(id, now);
+    for (const h of state.heartbeats.values()) h.atMs = now;
+  }
+
+  async tick(): Promise<void> {
+    const { state, cfg, leases } = this.d;
+    const now = Date.now();
+    for (const s of [...state.openJobs()]) {
+      if (!onHost(s) || !s.host || isTerminal(s)) continue;
+      const jobId = s.jobId!;
+      if (!state.seen.has(jobId)) state.seen.set(jobId, Math.max(state.startedAtMs, Date.parse(s.updatedAt ?? '') || 0));
+      const hb = state.heartbeats.get(s.host);
+      if (hb && now - hb.atMs < cfg.VMSAVE_HEARTBEAT_TIMEOUT_MS && hb.jobs.has(jobId)) {
+        state.seen.set(jobId, hb.atMs);
+        const vm = state.vmOf(s);
+        if (vm && s.fencingToken !== undefined) {
+          const lease = { vm, owner: jobId, token: s.fencingToken, expiresAt: 0 };
+          if (!(await leases.renew(lease, cfg.VMSAVE_LEASE_TTL_MS))) await leases.acquire(vm, jobId, cfg.VMSAVE_LEASE_TTL_MS);
+        }
+      }
+      const silentMs = now - state.seen.get(jobId)!;
+      const deadline = s.deadlineAt ? Date.parse(s.deadlineAt) + cfg.VMSAVE_DEADLINE_GRACE_MS : Infinity;
+      if (silentMs > cfg.VMSAVE_HEARTBEAT_TIMEOUT_MS) {
+        // The attempt may have ended while its events still wait in our queue: ask the log first.
+        const closed = (await eventsOfJob(this.d.bus, jobId)).map((l) => l.event).filter((e) => closesAttempt(e, s.attempt));
+        if (closed.length) {
+          for (const e of closed) if (!state.own.has(e.eventId)) await this.d.journal.apply(e);
+          if (!onHost(state.jobs.get(jobId)!)) continue;
+        }
+        this.d.log.warn({ jobId, host: s.host, silentMs }, 'executor lost: no heartbeat for this job');
+        await this.fail(s, 'lost', 'executor-lost', `executor on ${s.host} sent no heartbeat for this job for ${Math.round(silentMs / 1000)} s`, true);
+      } else if (now > deadline) {
+        await askExecutorToCancel(this.d.bus, this.d.log, s.host, jobId, 'deadline exceeded');
+        await this.fail(s, 'deadline', 'deadline-exceeded', `job ran past its deadline ${s.deadlineAt}`, false);
+      }
+    }
+    this.d.wake();
+  }
+
+  private async fail(s: JobState, stage: 'lost' | 'deadline', code: string, reason: string, retryable: boolean): Promise<void> {
+    const base = { attempt: s.attempt, stage, code, reason, retryable, host: s.host, fencingToken: s.fencingToken };
+    await this.d.journal.emit(s, s.kind === 'save' ? { type: 'FailSave', data: { ...base, vmResumed: false } } : { type: 'FailRestore', data: base });
+  }
+}
