@@ -2,29 +2,16 @@
  * The `vmsave` command: argument parsing, dispatch, and the one place that maps errors to
  * one line on stderr and an exit code (see errors.ts).
  */
-import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { parseArgs } from 'node:util';
 import { CliError, EXIT, UsageError, oneLine } from './errors.ts';
 import type { Ctx } from './context.ts';
+import type { Command, Values } from './options.ts';
 import { busCommands } from './commands/bus.ts';
-import { offlineCommands } from './commands/offline.ts';
+import { imageCommands } from './commands/image.ts';
 import { vmCommands } from './commands/vm.ts';
 import { demoCommand } from './commands/demo.ts';
 
-export type Options = NonNullable<ParseArgsConfig['options']>;
-export type Values = Record<string, string | boolean | string[] | undefined>;
-
-export interface Command {
-  name: string;
-  summary: string;
-  usage: string;
-  /** Option lines for --help: [flag, description]. */
-  help: [string, string][];
-  options: Options;
-  positionals?: { min: number; max: number; names: string };
-  run(ctx: Ctx, values: Values, positionals: string[]): Promise<number>;
-}
-
-export const commands: Command[] = [...busCommands, ...offlineCommands, ...vmCommands, demoCommand];
+export const commands: Command[] = [...busCommands, ...imageCommands, ...vmCommands, demoCommand];
 
 /** Commands that have sub-commands: `vm list`. */
 const GROUPS = new Set(['vm']);
@@ -52,9 +39,10 @@ export function mainHelp(): string {
   ].join('\n');
 }
 
-export function commandHelp(c: Command): string {
-  const w = Math.max(0, ...c.help.map(([f]) => f.length));
-  return [`usage: vmsave ${c.usage}`, '', c.summary, '', ...(c.help.length ? ['options:', ...c.help.map(([f, d]) => `  ${f.padEnd(w)}  ${d}`)] : []), `  ${'--json'.padEnd(w)}  machine-readable output on stdout`, `  ${'--help'.padEnd(w)}  this text`, ''].join('\n');
+export async function commandHelp(c: Command): Promise<string> {
+  const help = typeof c.help === 'function' ? await c.help() : c.help;
+  const w = Math.max(0, ...help.map(([f]) => f.length));
+  return [`usage: vmsave ${c.usage}`, '', c.summary, '', ...(help.length ? ['options:', ...help.map(([f, d]) => `  ${f.padEnd(w)}  ${d}`)] : []), `  ${'--json'.padEnd(w)}  machine-readable output on stdout`, `  ${'--help'.padEnd(w)}  this text`, ''].join('\n');
 }
 
 /** Run one command line; returns the exit code (never throws). */
@@ -66,7 +54,7 @@ export async function run(argv: string[], ctx: Ctx): Promise<number> {
       return name ? EXIT.ok : EXIT.usage;
     }
     if (!cmd) throw new UsageError(GROUPS.has(name) ? `${name}: give a sub-command (${commands.filter((c) => c.name.startsWith(`${name} `)).map((c) => c.name.split(' ')[1]).join(', ')})` : `unknown command "${name}" (try vmsave --help)`);
-    let parsed;
+    let parsed: { values: unknown; positionals: string[] };
     try {
       parsed = parseArgs({ args: rest, options: { ...cmd.options, json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } }, allowPositionals: true, strict: true });
     } catch (err) {
@@ -74,7 +62,7 @@ export async function run(argv: string[], ctx: Ctx): Promise<number> {
     }
     const values = parsed.values as Values;
     if (values.help) {
-      ctx.stdout.write(commandHelp(cmd));
+      ctx.stdout.write(await commandHelp(cmd));
       return EXIT.ok;
     }
     ctx.json = values.json === true;
@@ -92,25 +80,4 @@ export async function run(argv: string[], ctx: Ctx): Promise<number> {
   } finally {
     await ctx.close();
   }
-}
-
-/* ---------- option helpers ---------- */
-
-export const str = (v: Values, k: string): string | undefined => (typeof v[k] === 'string' ? (v[k] as string) : undefined);
-export const bool = (v: Values, k: string): boolean => v[k] === true;
-
-export function int(v: Values, k: string, range: { min: number; max: number }): number | undefined {
-  const s = str(v, k);
-  if (s === undefined) return undefined;
-  if (!/^-?\d+$/.test(s)) throw new UsageError(`--${k} needs a whole number, got "${s}"`);
-  const n = Number(s);
-  if (n < range.min || n > range.max) throw new UsageError(`--${k} must be between ${range.min} and ${range.max}, got ${n}`);
-  return n;
-}
-
-export function oneOf<T extends string>(v: Values, k: string, allowed: readonly T[]): T | undefined {
-  const s = str(v, k);
-  if (s === undefined) return undefined;
-  if (!(allowed as readonly string[]).includes(s)) throw new UsageError(`--${k} must be one of ${allowed.join(', ')}, got "${s}"`);
-  return s as T;
 }

@@ -1,10 +1,18 @@
-import { Bus, busOptions } from '@vmsave/bus';
-import { VmsaveClient } from './client.ts';
-import { loadCliConfig, type CliConfig } from './config.ts';
+// Only types at the top: this module is loaded for `--help` too, which must not load NATS code.
+import type { Bus } from '@vmsave/bus';
+import type { VmsaveClient } from '@vmsave/client';
+import type { CliConfig, loadCliConfig } from './config.ts';
 import { UnreachableError } from './errors.ts';
-import { ProgressBar } from './format.ts';
+import type { ProgressBar } from './terminal.ts';
 
-/** What a command gets: its output streams, environment, and a bus connected on first use. */
+/** What `prepare()` loaded: the modules behind the synchronous `cfg` and `bar()`. */
+let settings: typeof loadCliConfig | undefined;
+let Bar: typeof ProgressBar | undefined;
+
+/**
+ * What a command gets: its output streams, environment, and a bus connected on first use.
+ * A command's `run` sees it after `prepare()` (the `lazy` wrapper in options.ts calls it).
+ */
 export class Ctx {
   json = false;
   progress?: ProgressBar;
@@ -19,8 +27,23 @@ export class Ctx {
     readonly env: Record<string, string | undefined> = process.env,
   ) {}
 
+  /**
+   * Load what `cfg` and `bar()` need (once per process; the settings are parsed on the first
+   * `cfg`). `settings: false` skips the settings module, which pulls in the NATS client, for
+   * commands that read no settings (inspect, verify).
+   */
+  async prepare(opts: { settings?: boolean } = {}): Promise<void> {
+    const [config, terminal] = await Promise.all([
+      opts.settings === false || settings ? undefined : import('./config.ts'),
+      Bar ? undefined : import('./terminal.ts'),
+    ]);
+    settings ??= config?.loadCliConfig;
+    Bar ??= terminal?.ProgressBar;
+  }
+
   get cfg(): CliConfig {
-    this.cfg_ ??= loadCliConfig(this.env);
+    if (!settings) throw new Error('Ctx.cfg read before prepare() (or by a command declared without settings)');
+    this.cfg_ ??= settings(this.env);
     return this.cfg_;
   }
 
@@ -30,7 +53,8 @@ export class Ctx {
 
   /** A progress bar on stderr (drawn only when stderr is a TTY and output is not --json). */
   bar(): ProgressBar {
-    this.progress ??= new ProgressBar(this.stderr);
+    if (!Bar) throw new Error('Ctx.bar() before prepare()');
+    this.progress ??= new Bar(this.stderr);
     return this.progress;
   }
 
@@ -56,6 +80,8 @@ export class Ctx {
 
   async bus(): Promise<Bus> {
     if (this.bus_) return this.bus_;
+    await this.prepare();
+    const { Bus, busOptions } = await import('@vmsave/bus');
     const c = this.cfg;
     const connect = (user?: string, pass?: string) =>
       withTimeout(Bus.connect({ ...busOptions(c, 'vmsave-cli'), ...(user ? { user, pass } : {}) }), 10_000, `NATS at ${c.NATS_URL} did not answer within 10 s`);
@@ -77,7 +103,8 @@ export class Ctx {
   }
 
   async client(): Promise<VmsaveClient> {
-    return new VmsaveClient(await this.bus());
+    const [{ VmsaveClient }, bus] = await Promise.all([import('@vmsave/client'), this.bus()]);
+    return new VmsaveClient(bus);
   }
 
   async close(): Promise<void> {

@@ -1,10 +1,14 @@
+import { readdirSync, readFileSync } from 'node:fs';
+import path from 'node:path';
 import { PassThrough } from 'node:stream';
+import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { run } from '../src/cli.ts';
 import { Ctx } from '../src/context.ts';
 import { definitionFromCmdline, parseMemoryMiB, parseQemuOpts } from '../src/cmdline.ts';
-import { EXIT } from '../src/errors.ts';
-import { fmtDuration, progressLine, table } from '../src/format.ts';
+import { EXIT, UsageError } from '../src/errors.ts';
+import { bool, int, oneOf, str } from '../src/options.ts';
+import { table } from '../src/terminal.ts';
 import { lines, vmsave } from './helpers.ts';
 
 async function cli(args: string[], env: Record<string, string> = {}) {
@@ -56,13 +60,6 @@ describe('definitionFromCmdline', () => {
 });
 
 describe('terminal output', () => {
-  it('draws a progress line with bytes, GiB/s and ETA', () => {
-    const l = progressLine({ label: 'save', totalBytes: 4 * 2 ** 30, doneBytes: 2 ** 30, bytesPerSec: 2 ** 30 });
-    expect(l).toBe(`save [${'#'.repeat(8)}${'.'.repeat(22)}]  25%  1.00 GiB / 4.00 GiB  1.00 GiB/s  ETA 00:03`);
-    expect(fmtDuration(3_725_000)).toBe('1:02:05');
-    expect(fmtDuration(NaN)).toBe('--:--');
-  });
-
   it('pads tables', () => {
     expect(table(['a', 'bb'], [['xxx', '1']], { right: [1] })).toBe('a    bb\n---  --\nxxx   1\n');
   });
@@ -105,7 +102,30 @@ describe('arguments', () => {
       expect(r.stdout, c).toMatch(new RegExp(`^usage: vmsave ${c}`));
     }
     expect((await cli(['vm', 'create', '--help'])).stdout).toMatch(/--arg A/);
+    expect((await cli(['jobs', '--help'])).stdout).toMatch(/--state S +only these states \(requested, scheduled, .*cancelled\)/);
     expect((await cli([])).code).toBe(EXIT.usage);
+  });
+
+  it('int, oneOf, str and bool read parsed options; a bad value names the flag and the rule', () => {
+    const v = { channels: '4', format: 'sparse', wait: true, big: '99', frac: '1.5' };
+    expect([int(v, 'channels', { min: 1, max: 64 }), oneOf(v, 'format', ['legacy', 'sparse'] as const), str(v, 'format'), bool(v, 'wait'), bool(v, 'format'), int(v, 'none', { min: 0, max: 1 })])
+      .toEqual([4, 'sparse', 'sparse', true, false, undefined]);
+    expect(() => int(v, 'big', { min: 1, max: 64 })).toThrow(new UsageError('--big must be between 1 and 64, got 99'));
+    expect(() => int(v, 'frac', { min: 1, max: 64 })).toThrow(/--frac needs a whole number, got "1.5"/);
+    expect(() => oneOf(v, 'format', ['legacy'] as const)).toThrow(/--format must be one of legacy, got "sparse"/);
+  });
+});
+
+describe('module graph', () => {
+  const src = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../src');
+  const importsOf = (file: string) => [...readFileSync(file, 'utf8').matchAll(/(?:from|import\()\s*'([^']+)'/g)].map((m) => m[1]!);
+
+  it('cli.ts imports the commands, the commands import options.ts, never cli.ts', () => {
+    expect(importsOf(path.join(src, 'cli.ts'))).toEqual(expect.arrayContaining(['./options.ts', './commands/bus.ts', './commands/image.ts', './commands/vm.ts', './commands/demo.ts']));
+    for (const dir of ['commands', 'run']) {
+      for (const f of readdirSync(path.join(src, dir))) expect(importsOf(path.join(src, dir, f)), `${dir}/${f}`).not.toContain('../cli.ts');
+    }
+    expect(importsOf(path.join(src, 'options.ts')).filter((i) => i.includes('commands') || i.includes('cli.ts'))).toEqual([]);
   });
 });
 

@@ -12,10 +12,13 @@ export interface CliResult {
   json<T = Record<string, unknown>>(): T;
 }
 
-/** Run the real CLI as a child process (`node bin/vmsave.js …`). */
+/**
+ * Run the real CLI as a child process (`node bin/vmsave.js …`), from its sources: a bundle in
+ * dist/ may be older than the code under test (`bin.int.spec.ts` tests a fresh bundle).
+ */
 export function vmsave(args: string[], env: Record<string, string> = {}, opts: { cwd?: string; timeoutMs?: number } = {}): Promise<CliResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [BIN, ...args], { cwd: opts.cwd, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [BIN, ...args], { cwd: opts.cwd, env: { ...process.env, VMSAVE_CLI_FROM_SOURCE: '1', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d) => (stdout += d));

@@ -33,7 +33,10 @@ export class NatsCluster {
     const distinctPort = async (): Promise<number> => {
       for (;;) {
         const p = await freePort();
-        if (!taken.has(p)) return taken.add(p), p;
+        if (!taken.has(p)) {
+          taken.add(p);
+          return p;
+        }
       }
     };
     for (let i = 0; i < size; i++) c.nodes.push({ name: `n${i + 1}`, port: await distinctPort(), clusterPort: await distinctPort(), dir: path.join(dir, `n${i + 1}`) });

@@ -34,7 +34,7 @@ export async function writeReliabilityDoc(): Promise<string> {
   const md = [
     '# Reliability: faults and bad input',
     '',
-    `Produced by the end-to-end suite (\`test/e2e/test/*.e2e.spec.ts\`) on ${new Date().toISOString().slice(0, 10)}${process.env.VMSAVE_SOAK === '1' ? ' with \`VMSAVE_SOAK=1\` (the cluster, the 200-VM load and the soak rows are on-demand; \`npm test\` runs the rest, with a 12-VM load)' : ''}; regenerate with \`VMSAVE_SOAK=1 VMSAVE_WRITE_DOCS=1 npm test -w @vmsave/e2e\`. Every row is a real injection against the real NATS, Redis and QEMU; the fault-at-a-point rows use the executor's failpoints (\`VMSAVE_FAILPOINTS\`) to hold a save exactly there while the fault is injected.`,
+    `Produced by the end-to-end suite (\`test/e2e/test/*.e2e.spec.ts\`) on ${new Date().toISOString().slice(0, 10)}${process.env.VMSAVE_SOAK === '1' ? ' with `VMSAVE_SOAK=1` (the cluster, the 200-VM load and the soak rows are on-demand; `npm test` runs the rest, with a 12-VM load)' : ''}; regenerate with \`VMSAVE_SOAK=1 VMSAVE_WRITE_DOCS=1 npm test -w @vmsave/e2e\`. Every row is a real injection against the real NATS, Redis and QEMU; the fault-at-a-point rows use the executor's failpoints (\`VMSAVE_FAILPOINTS\`) to hold a save exactly there while the fault is injected.`,
     '',
     '| fault | how it was injected | what was checked | result | detail |',
     '|---|---|---|---|---|',

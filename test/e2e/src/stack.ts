@@ -7,7 +7,7 @@ import { fileURLToPath } from 'node:url';
 import type { HostAnnouncement, VmDefinition } from '@vmsave/contracts';
 import { Bus, readHosts } from '@vmsave/bus';
 import { launchVm, detectAccel, type VmProcess } from '@vmsave/qemu';
-import { VmsaveClient } from '@vmsave/cli';
+import { VmsaveClient } from '@vmsave/client';
 import { testUrls, uniq, waitFor } from '@vmsave/testkit';
 
 export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
@@ -114,7 +114,9 @@ export class Stack {
     const out = createWriteStream(this.logFile(name), { flags: 'a' });
     // setpriv --pdeathsig: a service dies with the test process, even when that is killed, so no
     // orphaned scheduler keeps acting on the shared bus after a crashed run.
-    const child = spawn('setpriv', ['--pdeathsig', 'KILL', '--', process.execPath, '--import', TSX, path.join(REPO, 'services', svc, 'src', 'main.ts')], {
+    // --conditions=development: the service's imports of other packages resolve to their sources
+    // (the `development` entry of their exports), as in the tests, not to a possibly stale dist/.
+    const child = spawn('setpriv', ['--pdeathsig', 'KILL', '--', process.execPath, '--conditions=development', '--import', TSX, path.join(REPO, 'services', svc, 'src', 'main.ts')], {
       cwd: REPO,
       env: { ...process.env, ...this.env, ...this.extraEnv, ...extra, ...env },
       stdio: ['ignore', 'pipe', 'pipe'],

@@ -20,7 +20,7 @@ import path from 'node:path';
 import type { Redis } from 'ioredis';
 import { ProgressSample, subjects, type JobEvent } from '@vmsave/contracts';
 import { decodeMessage } from '@vmsave/bus';
-import { readImageHeader } from '@vmsave/image';
+import { readImageHeader } from '@vmsave/image/node';
 import { QmpClient } from '@vmsave/qmp';
 import type { VmProcess } from '@vmsave/qemu';
 import { connectRedis } from '@vmsave/store';

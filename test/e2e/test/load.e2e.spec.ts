@@ -63,7 +63,10 @@ function maxConcurrent(histories: JobEvent[][], started: JobEvent['type'], ended
   edges.sort((a, b) => a[0] - b[0] || a[1] - b[1]);
   let now = 0;
   let max = 0;
-  for (const [, d] of edges) max = Math.max(max, (now += d));
+  for (const [, d] of edges) {
+    now += d;
+    max = Math.max(max, now);
+  }
   return max;
 }
 

@@ -69,7 +69,7 @@ describe('a save request through the bus, on the real stack', () => {
       const c = await stack.bus.js.consumers.get(streams.deadLetters.name, { filter_subjects: subjects.dlq('scheduler'), opt_start_seq: seq + 1, deliver_policy: 'by_start_sequence' as never });
       const m = await c.next({ expires: 1000 });
       const d = m ? DeadLetter.parse(m.json()) : undefined;
-      return d && d.payload.includes(requestId) ? d : undefined;
+      return d?.payload.includes(requestId) ? d : undefined;
     }, 20_000, 200);
     expect(letter.reason).toMatch(/channels/);
     const { jobIdFor } = await import('@vmsave/contracts');

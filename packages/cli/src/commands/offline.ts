@@ -1,29 +1,21 @@
 /**
- * Local commands without the bus (like `virsh save` / `virsh restore`): the executor's own
- * save and restore procedures run in this process; `inspect` and `verify` read image files.
+ * Local save and restore without the bus (like `virsh save` / `virsh restore`): the executor's
+ * own procedures run in this process. Loaded only when `save --qmp` or `restore --local` runs
+ * (their options are declared in `./bus.ts`; `inspect` and `verify` are `./image.ts`).
  */
 import { randomUUID } from 'node:crypto';
 import { readFile, stat } from 'node:fs/promises';
-import os from 'node:os';
 import path from 'node:path';
 import { VmDefinition, type SaveFormat } from '@vmsave/contracts';
-import { launchDetached, OpError, restoreImage, saveVm, VmRegistry } from '@vmsave/executor';
-import { decodeLibvirtHeader, domainSummary, LIBVIRT_HEADER_SIZE, parseLibvirtData, readImage, verifyImage, type ImageInfo } from '@vmsave/image';
+import { OpError, restoreImage, saveVm } from '@vmsave/ops';
 import { findQmpServerProcess, QmpClient } from '@vmsave/qmp';
 import type { MigrationProgress } from '@vmsave/qemu';
-import { bool, int, oneOf, str, type Command, type Values } from '../cli.ts';
+import { bool, int, oneOf, str, type Values } from '../options.ts';
 import type { Ctx } from '../context.ts';
 import { definitionFromCmdline } from '../cmdline.ts';
 import { CliError, EXIT, JobFailedError, RejectedError, UsageError } from '../errors.ts';
-import { fmtBytes, fmtRate, fmtSeconds, table } from '../format.ts';
+import { fmtBytes, fmtRate, fmtSeconds } from '@vmsave/jobs';
 import { localHost } from '../local.ts';
-
-export const OFFLINE_SAVE_OPTIONS = {
-  qmp: { type: 'string' }, out: { type: 'string' }, 'vm-def': { type: 'string' },
-} as const;
-export const OFFLINE_RESTORE_OPTIONS = {
-  'qmp-dir': { type: 'string' }, 'vm-def': { type: 'string' },
-} as const;
 
 function progressHandler(ctx: Ctx, label: string) {
   if (!ctx.tty) return undefined;
@@ -87,7 +79,7 @@ export async function offlineSave(ctx: Ctx, v: Values): Promise<number> {
   let result;
   try {
     result = await saveVm({
-      qmp, imagePath, format, channels, directIo, after, vm: definition, host: os.hostname().replace(/[^A-Za-z0-9_-]/g, '-'),
+      qmp, imagePath, format, channels, directIo, after, vm: definition, host: host.cfg.host,
       jobId: `local-${randomUUID()}`, hostCaps: host.caps, signal: ctx.signal, onProgress: progressHandler(ctx, `save ${format}`),
     });
   } catch (err) {
@@ -108,10 +100,10 @@ export async function offlineSave(ctx: Ctx, v: Values): Promise<number> {
 export async function offlineRestore(ctx: Ctx, v: Values, file: string): Promise<number> {
   if (str(v, 'host') !== undefined || bool(v, 'wait')) throw new UsageError('restore: --host and --wait are for bus restores, not local ones');
   const after = oneOf(v, 'after', ['running', 'paused', 'as-saved'] as const) ?? 'as-saved';
-  const host = await localHost(ctx.env);
-  const qmpDir = path.resolve(str(v, 'qmp-dir') ?? host.cfg.qmpDir);
-  const registry = new VmRegistry(host.cfg.vmDir, qmpDir, host.accel, path.join(path.dirname(host.cfg.qmpDir), 'logs'));
-  await registry.init();
+  const qmpDirOpt = str(v, 'qmp-dir');
+  const host = await localHost(ctx.env, { qmpDir: qmpDirOpt === undefined ? undefined : path.resolve(qmpDirOpt) });
+  const registry = host.vms;
+  const qmpDir = registry.qmpDir;
   const imagePath = path.resolve(file);
   await stat(imagePath).catch(() => { throw new CliError(`no such image: ${file}`); });
   const definition = str(v, 'vm-def') ? await readDefinitionFile(str(v, 'vm-def')!) : undefined;
@@ -124,7 +116,8 @@ export async function offlineRestore(ctx: Ctx, v: Values, file: string): Promise
         if (status !== 'stopped') throw new OpError(`VM ${d.name} already runs here (${status}, socket ${registry.socketOf(d.name)}); stop it first`, 'prepare', 'vm-running', false);
         return registry.socketOf(d.name);
       },
-      launch: (d, o) => launchDetached(d, { ...o, accel: host.accel, logFile: registry.logOf(d.name) }),
+      // The restored QEMU outlives this command.
+      detached: { logFileOf: (d) => registry.logOf(d.name) },
     });
   } catch (err) {
     ctx.progress?.clear();
@@ -144,95 +137,3 @@ export async function offlineRestore(ctx: Ctx, v: Values, file: string): Promise
   ctx.say(`restored ${result.definition.name} from ${imagePath} in ${fmtSeconds(result.durationMs)} s: ${result.vmState}, pid ${result.vm.pid}, QMP ${socket}`);
   return EXIT.ok;
 }
-
-async function inspectLibvirt(file: string) {
-  const { open } = await import('node:fs/promises');
-  const fh = await open(file, 'r');
-  try {
-    const size = (await fh.stat()).size;
-    const head = Buffer.alloc(LIBVIRT_HEADER_SIZE);
-    await fh.read(head, 0, LIBVIRT_HEADER_SIZE, 0);
-    const h = decodeLibvirtHeader(head, size);
-    const data = Buffer.alloc(Math.min(h.dataLength, 64 * 1024 * 1024));
-    await fh.read(data, 0, data.length, LIBVIRT_HEADER_SIZE);
-    const { xml } = parseLibvirtData(data, h);
-    return { kind: 'libvirt' as const, size, header: h, domain: domainSummary(xml), xml };
-  } finally {
-    await fh.close();
-  }
-}
-
-const inspectCommand: Command = {
-  name: 'inspect',
-  summary: 'show an image\'s header and recorded VM definition (vmsave and libvirt images)',
-  usage: 'inspect FILE',
-  help: [],
-  options: {},
-  positionals: { min: 1, max: 1, names: 'FILE' },
-  async run(ctx, _v, [file]) {
-    await stat(file!).catch(() => { throw new CliError(`no such file: ${file}`); });
-    let info: ImageInfo | undefined;
-    let vmsaveErr: unknown;
-    try {
-      info = await readImage(file!);
-    } catch (err) {
-      vmsaveErr = err;
-    }
-    if (info) {
-      const h = info.header;
-      const d = info.descriptor;
-      ctx.emit({ kind: 'vmsave', size: info.size, header: h, descriptor: d });
-      ctx.say([
-        `${file}: vmsave image, ${h.complete ? 'complete' : 'PARTIAL (never restorable)'}, version ${h.version}, ${fmtBytes(info.size)}`,
-        `  format      ${h.format}${h.format === 'sparse' ? `, ${h.channels} channel(s)` : ''}${h.directIo ? ', direct IO' : ''}, VM was ${h.wasRunning ? 'running' : 'paused'}`,
-        `  stream at   ${h.streamOffset}`,
-        `  written by  QEMU ${d.qemu.version} on ${d.host}, job ${d.jobId}, ${d.createdAt}${d.completedAt ? ` → ${d.completedAt}` : ''}`,
-        `  vm          ${d.vm.name}  uuid ${d.vm.uuid}`,
-        `  machine     ${d.vm.machine}, ${d.vm.memoryMiB} MiB, ${d.vm.vcpus} vCPU(s)`,
-        `  args        ${d.vm.args.length ? d.vm.args.map((a) => (/[\s'"]/.test(a) ? JSON.stringify(a) : a)).join(' ') : '(none)'}`,
-      ].join('\n'));
-      return EXIT.ok;
-    }
-    try {
-      const l = await inspectLibvirt(file!);
-      ctx.emit({ kind: l.kind, size: l.size, header: l.header, domain: l.domain });
-      ctx.say([
-        `${file}: libvirt save image, ${l.header.complete ? 'complete' : 'partial'}, version ${l.header.version}, ${fmtBytes(l.size)}`,
-        `  format      ${l.header.format ?? `unknown (${l.header.formatCode})`}, VM was ${l.header.wasRunning ? 'running' : 'paused'}, stream at ${l.header.streamOffset}`,
-        `  domain      ${l.domain.name ?? '?'}  uuid ${l.domain.uuid ?? '?'}`,
-        `  machine     ${l.domain.machine ?? '?'}, ${l.domain.memoryKiB !== undefined ? `${Math.round(l.domain.memoryKiB / 1024)} MiB` : '?'}`,
-      ].join('\n'));
-      return EXIT.ok;
-    } catch {
-      throw new CliError(`${file} is neither a readable vmsave image nor a libvirt save image: ${(vmsaveErr as Error)?.message ?? 'unknown format'}`);
-    }
-  },
-};
-
-const verifyCommand: Command = {
-  name: 'verify',
-  summary: 'run the verifier\'s checks on an image file (vmsave or libvirt); exit 3 when a check fails',
-  usage: 'verify FILE',
-  help: [],
-  options: {},
-  positionals: { min: 1, max: 1, names: 'FILE' },
-  async run(ctx, _v, [file]) {
-    await stat(file!).catch(() => { throw new CliError(`no such file: ${file}`); });
-    const host = await localHost(ctx.env).catch(() => undefined);
-    const r = await verifyImage(file!, { hostCaps: host?.caps });
-    ctx.emit({ file, kind: r.kind, ok: r.ok, checks: r.checks });
-    if (!ctx.json) {
-      ctx.stdout.write(table(['check', 'status', 'detail'], r.checks.map((c) => [c.name, c.status, c.detail])));
-      ctx.say(r.ok ? `${file}: ${r.kind} image, every check passed or was skipped` : `${file}: ${r.checks.filter((c) => c.status === 'fail').length} check(s) failed`);
-    }
-    if (!r.ok) {
-      const failed = r.checks.filter((c) => c.status === 'fail');
-      // One line on stderr; under --json stdout keeps the single result document.
-      ctx.stderr.write(`vmsave: ${file} failed ${failed.map((c) => `${c.name} (${c.detail})`).join(', ').replace(/\s*\n\s*/g, ' ')}\n`);
-      return EXIT.rejected;
-    }
-    return EXIT.ok;
-  },
-};
-
-export const offlineCommands: Command[] = [inspectCommand, verifyCommand];

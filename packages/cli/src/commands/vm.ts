@@ -1,11 +1,11 @@
-/** `vm list|create|start`: this host's executor directories, like virsh on the host. */
+/**
+ * `vm list|create|start`: this host's executor directories, like virsh on the host.
+ * `cli.ts` loads this module for `--help` too: what needs QEMU, the VM registry or zod is
+ * imported inside each `run`.
+ */
 import { readFile } from 'node:fs/promises';
-import { VmDefinition } from '@vmsave/contracts';
-import { VmRegistry } from '@vmsave/executor';
-import { bool, int, str, type Command } from '../cli.ts';
+import { bool, int, str, type Command } from '../options.ts';
 import { CliError, EXIT, UsageError } from '../errors.ts';
-import { table } from '../format.ts';
-import { localConfig, localHost } from '../local.ts';
 import { randomUUID } from 'node:crypto';
 
 const listCommand: Command = {
@@ -15,9 +15,9 @@ const listCommand: Command = {
   help: [],
   options: {},
   async run(ctx) {
+    const [{ localConfig, localRegistry }, { table }] = await Promise.all([import('../local.ts'), import('../terminal.ts')]);
     const cfg = localConfig(ctx.env);
-    const vms = new VmRegistry(cfg.vmDir, cfg.qmpDir, 'tcg');
-    await vms.init();
+    const vms = await localRegistry(cfg);
     const list = await vms.summaries();
     ctx.emit({ vmDir: cfg.vmDir, qmpDir: cfg.qmpDir, vms: list });
     if (!ctx.json) {
@@ -61,11 +61,11 @@ const createCommand: Command = {
         args: (v.arg as string[] | undefined) ?? [],
       };
     }
+    const [{ VmDefinition }, { localConfig, localRegistry }] = await Promise.all([import('@vmsave/contracts'), import('../local.ts')]);
     const r = VmDefinition.safeParse(input);
     if (!r.success) throw new UsageError(`vm create: ${r.error.issues.map((i) => `${i.path.join('.') || 'definition'}: ${i.message}`).join('; ')}`);
     const cfg = localConfig(ctx.env);
-    const vms = new VmRegistry(cfg.vmDir, cfg.qmpDir, 'tcg');
-    await vms.init();
+    const vms = await localRegistry(cfg);
     if ((await vms.get(r.data.name)) && !bool(v, 'force')) throw new CliError(`VM ${r.data.name} is already defined in ${cfg.vmDir} (--force replaces it)`);
     const def = await vms.define(r.data);
     ctx.emit({ definition: def, file: `${cfg.vmDir}/${def.name}.json` });
@@ -82,6 +82,7 @@ const startCommand: Command = {
   options: { paused: { type: 'boolean' } },
   positionals: { min: 1, max: 1, names: 'NAME' },
   async run(ctx, v, [name]) {
+    const { localHost } = await import('../local.ts');
     const host = await localHost(ctx.env);
     if (!(await host.vms.get(name!))) throw new CliError(`no VM definition named ${name} in ${host.cfg.vmDir} (vmsave vm list)`);
     const status = await host.vms.status(name!);

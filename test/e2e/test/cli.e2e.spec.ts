@@ -4,10 +4,9 @@
  * errors with their exit codes, and the demo end to end.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Stack } from '@vmsave/e2e';
 import { patternVm } from '@vmsave/testkit';
-import { EXIT } from '../src/errors.ts';
-import { lines, vmsave } from './helpers.ts';
+import { Stack } from '../src/stack.ts';
+import { EXIT, lines, vmsave } from '../src/vmsave-bin.ts';
 
 let stack: Stack;
 let host: string;
@@ -27,7 +26,8 @@ afterAll(async () => {
   await stack?.stop();
 });
 
-describe('vmsave against a running stack', () => {
+// Whole saves and the demo: minutes on a busy machine, also under a bare `npx vitest run`.
+describe('vmsave against a running stack', { timeout: 300_000 }, () => {
   it('hosts --json lists the host with its VM', async () => {
     const r = await vmsave(['hosts', '--json'], env);
     expect(r.code, r.stderr).toBe(0);
