@@ -2,7 +2,8 @@
 # vmsave set-up for Debian 12 (bookworm). Idempotent: quick when everything is present.
 # Installs: nats-server, redis-server, QEMU >= 9.1 (from <codename>-backports, whose apt
 # source is derived from the machine's own Debian source entry), Node dependencies (npm ci),
-# and generates local secrets into .vmsave/env (never committed).
+# builds the TypeScript to JavaScript (npm run build: what `npm start` runs), and generates
+# local secrets into .vmsave/env (never committed).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
@@ -46,11 +47,19 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 qemu-system-x86_64 --version | head -1
 
+# Node itself: the versions package.json's engines names (node-gyp and undici need no newer).
+node -e 'const [a, b] = process.versions.node.split(".").map(Number); process.exit((a === 20 && b >= 19) || (a === 22 && b >= 12) || a > 22 ? 0 : 1)' \
+  || { log "Node $(node --version) is not supported: install Node 20.19+ or 22.12+ (20, 22 and 24 LTS work)"; exit 1; }
+
 # Node dependencies: npm ci when node_modules is missing or older than the lockfile.
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   log "npm ci"
   npm ci --no-audit --no-fund
 fi
+
+# Every package and service compiled to its dist/ (turbo's cache makes an unchanged tree quick).
+log "npm run build"
+npm run build -- --output-logs=errors-only
 
 # Local secrets (generated, never committed): one line per secret in .vmsave/env (mode 600).
 # A secret already there is kept; a missing one is added, so re-running set-up after an upgrade

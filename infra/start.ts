@@ -13,7 +13,10 @@
  *    when the server answers NOAUTH); a private `redis-server` uses VMSAVE_REDIS_PASS and keeps
  *    its data under `.vmsave/redis/`.
  * 4. Starts every service that has `services/<name>/src/main.ts`, in the order scheduler,
- *    verifier, executor, dashboard (a service without one is skipped). Lines a service writes
+ *    verifier, executor, dashboard (a service without one is skipped), as built JavaScript:
+ *    `node services/<name>/dist/main.js` (`npm run build` makes it; a missing one stops
+ *    start.ts with that advice); once each has logged that it runs, start.ts says "every
+ *    service running". Lines a service writes
  *    are passed through: pino JSON lines unchanged (they name their service), any other line
  *    prefixed with `[name] `.
  * 5. Ctrl-C / SIGTERM stops the services in reverse order (SIGTERM, SIGKILL after a grace
@@ -22,6 +25,10 @@
  *
  * `--check [--check-seconds N]`: start everything, wait N seconds (5), print a status table,
  * stop it all; exit 0 only when every started service was still running.
+ *
+ * `--dev` (`npm run dev`, for developers): the services run from their TypeScript sources
+ * through tsx (`node --conditions=development --import tsx services/<name>/src/main.ts`), so
+ * nothing needs building; tsx is a dev dependency, absent from a production install.
  *
  * First run: when the executor's VM directory holds no definition, a small `demo` VM (256 MiB,
  * q35, no disk, RAM content from a generated file under the executor's state directory) is
@@ -55,18 +62,20 @@ class StartError extends Error {
 interface Args {
   check: boolean;
   checkSeconds: number;
+  dev: boolean;
 }
 
 function parseArgs(argv: string[]): Args {
-  const args: Args = { check: false, checkSeconds: 5 };
+  const args: Args = { check: false, checkSeconds: 5, dev: false };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     if (a === '--check') args.check = true;
+    else if (a === '--dev') args.dev = true;
     else if (a === '--check-seconds') {
       args.checkSeconds = Number(argv[++i]);
       if (!Number.isFinite(args.checkSeconds) || args.checkSeconds <= 0) throw new StartError('--check-seconds needs a positive number');
     } else if (a === '--help' || a === '-h') {
-      process.stdout.write('usage: npm start [-- --check [--check-seconds N]]\n');
+      process.stdout.write('usage: npm start [-- --check [--check-seconds N]]   (npm run dev: the same from the sources, with --dev)\n');
       process.exit(0);
     } else throw new StartError(`unknown argument ${a} (try --help)`);
   }
@@ -75,10 +84,12 @@ function parseArgs(argv: string[]): Args {
 
 interface Service {
   name: ServiceName;
-  /** Path of its `src/main.ts`. */
-  main: string;
+  /** Node's arguments that run it: its `dist/main.js`, or (`--dev`) tsx and its `src/main.ts`. */
+  argv: string[];
   child?: ChildProcess;
   startedAt?: number;
+  /** Set when it has logged that it runs (`<name> running`; the dashboard: `dashboard listening`). */
+  ready?: boolean;
   /** Set once the process has exited. */
   exit?: { code: number | null; signal: NodeJS.Signals | null };
   exited?: Promise<void>;
@@ -198,17 +209,18 @@ async function defineDemoVm(stack: Stack): Promise<void> {
   say(`no VM defined yet: defined "demo" (${def.memoryMiB} MiB, ${def.machine}) in ${vmDir}; the executor starts it (try \`npx vmsave demo\`)`);
 }
 
-function pipeLines(name: string, from: NodeJS.ReadableStream | null, to: NodeJS.WritableStream): void {
+function pipeLines(name: string, from: NodeJS.ReadableStream | null, to: NodeJS.WritableStream, onLine?: (line: string) => void): void {
   if (!from) return;
   const rl = createInterface({ input: from, crlfDelay: Infinity });
   rl.on('line', (line) => {
+    onLine?.(line);
     // pino lines carry their service already and stay machine-readable; anything else is labelled.
     to.write(line.startsWith('{') ? `${line}\n` : `[${name}] ${line}\n`);
   });
 }
 
-function startService(stack: Stack, svc: Service, tsxLoader: string, onExit: (svc: Service) => void): void {
-  const child = spawn(process.execPath, ['--import', tsxLoader, svc.main], {
+function startService(stack: Stack, svc: Service, onExit: (svc: Service) => void, onReady: (svc: Service) => void): void {
+  const child = spawn(process.execPath, svc.argv, {
     // From the repository root, so relative paths in a service's settings mean the same for all.
     cwd: REPO_ROOT,
     env: serviceEnv(stack, svc.name),
@@ -218,7 +230,12 @@ function startService(stack: Stack, svc: Service, tsxLoader: string, onExit: (sv
   });
   svc.child = child;
   svc.startedAt = Date.now();
-  pipeLines(svc.name, child.stdout, process.stdout);
+  const running = new RegExp(`"msg":"${svc.name} (running|listening)"`);
+  pipeLines(svc.name, child.stdout, process.stdout, (line) => {
+    if (svc.ready || !running.test(line)) return;
+    svc.ready = true;
+    onReady(svc);
+  });
   pipeLines(svc.name, child.stderr, process.stderr);
   svc.exited = new Promise((resolveExit) => {
     child.once('exit', (code, signal) => {
@@ -235,7 +252,8 @@ function startService(stack: Stack, svc: Service, tsxLoader: string, onExit: (sv
       }
     });
   });
-  say(`started ${svc.name} (pid ${child.pid})${stack.nats.passwords ? ` as NATS user ${svc.name}` : ''}`);
+  const from = svc.argv.at(-1)!.endsWith('.ts') ? ', from its sources' : '';
+  say(`started ${svc.name} (pid ${child.pid}${from})${stack.nats.passwords ? ` as NATS user ${svc.name}` : ''}`);
 }
 
 async function stopService(svc: Service, graceMs: number): Promise<void> {
@@ -291,6 +309,10 @@ function printTable(stack: Stack, skipped: ServiceName[]): void {
 
 async function main(): Promise<number> {
   const args = parseArgs(process.argv.slice(2));
+  if (!args.dev) {
+    const unbuilt = SERVICES.filter((n) => existsSync(join(REPO_ROOT, 'services', n, 'src', 'main.ts')) && !existsSync(join(REPO_ROOT, 'services', n, 'dist', 'main.js')));
+    if (unbuilt.length) throw new StartError(`${unbuilt.map((n) => `services/${n}/dist/main.js`).join(', ')} missing: run npm run build (or npm run setup) first`);
+  }
   const dataDir = resolve(process.env.VMSAVE_DATA_DIR || join(REPO_ROOT, '.vmsave'));
   const fromFile = readEnvFile(join(dataDir, 'env'));
   if (!fromFile) say(`no ${join(dataDir, 'env')} (run \`npm run setup\`): using the environment only`);
@@ -345,15 +367,18 @@ async function main(): Promise<number> {
   await defineDemoVm(stack);
 
   const skipped: ServiceName[] = [];
+  // Sources run through tsx, resolving other packages to their sources too (the `development` export condition).
+  const tsxLoader = args.dev ? import.meta.resolve('tsx') : undefined;
   for (const name of SERVICES) {
-    const main = join(REPO_ROOT, 'services', name, 'src', 'main.ts');
-    if (existsSync(main)) stack.services.push({ name, main });
-    else skipped.push(name);
+    const dir = join(REPO_ROOT, 'services', name);
+    if (!existsSync(join(dir, 'src', 'main.ts'))) {
+      skipped.push(name);
+      continue;
+    }
+    stack.services.push({ name, argv: tsxLoader ? ['--conditions=development', '--import', tsxLoader, join(dir, 'src', 'main.ts')] : [join(dir, 'dist', 'main.js')] });
   }
   if (skipped.length) say(`skipping ${skipped.join(', ')}: no src/main.ts`);
   if (stack.services.length === 0) say('no service to start: the servers keep running until Ctrl-C');
-
-  const tsxLoader = import.meta.resolve('tsx');
   const onExit = (svc: Service) => {
     if (stack.stopping) {
       say(`${svc.name} ${describeExit(svc)}`);
@@ -365,7 +390,9 @@ async function main(): Promise<number> {
   };
   for (const svc of stack.services) {
     if (stack.stopping) break;
-    startService(stack, svc, tsxLoader, onExit);
+    startService(stack, svc, onExit, () => {
+      if (!stack.stopping && stack.services.every((s) => s.ready)) say(`every service running${args.check ? '' : ' (Ctrl-C stops everything)'}`);
+    });
   }
 
   if (args.check) {

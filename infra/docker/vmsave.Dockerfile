@@ -5,7 +5,11 @@
 # `service` runs the scheduler, verifier and dashboard; `executor` adds QEMU from
 # <codename>-backports (derived from the base image's own apt source, like infra/setup.sh).
 # docker-compose.yml builds both. Which service a container runs is its command:
-#   node --import tsx services/<name>/src/main.ts
+#   node services/<name>/dist/main.js
+# The images hold built JavaScript and production dependencies only (no tsx, TypeScript or
+# vitest): the `build` stage compiles the workspace and prunes it to the services
+# (infra/prod-tree.sh, the tree test/infra/prod-install.int.spec.ts installs and starts), the
+# `runtime` stage installs that tree with `npm ci --omit=dev`.
 
 ARG NODE_IMAGE=node:20-bookworm
 
@@ -14,15 +18,22 @@ FROM ${NODE_IMAGE} AS base
 RUN npm install -g npm@11 --no-audit --no-fund
 WORKDIR /app
 
-FROM base AS deps
+FROM base AS build
 COPY . .
-# Dev dependencies included: services run from TypeScript through tsx.
+# Dev dependencies included: the compiler and turbo.
 RUN npm ci --no-audit --no-fund
+RUN npm run build
+RUN bash infra/prod-tree.sh /prod
+
+FROM base AS runtime
+COPY --from=build /prod /app
+# Production dependencies only; the native addons are compiled here, for this image's Node.
+RUN npm ci --omit=dev --no-audit --no-fund && npm cache clean --force
 
 FROM base AS service
-COPY --from=deps /app /app
+COPY --from=runtime /app /app
 USER node
-CMD ["node", "--import", "tsx", "services/scheduler/src/main.ts"]
+CMD ["node", "services/scheduler/dist/main.js"]
 
 FROM base AS executor
 COPY infra/docker/add-backports.sh /usr/local/sbin/vmsave-add-backports
@@ -33,6 +44,6 @@ RUN set -eux; \
     DEBIAN_FRONTEND=noninteractive apt-get install -y -t "${VERSION_CODENAME}-backports" qemu-system-x86 qemu-utils; \
     rm -rf /var/lib/apt/lists/*; \
     qemu-system-x86_64 --version
-COPY --from=deps /app /app
+COPY --from=runtime /app /app
 # Root: QEMU needs /dev/kvm (whose group differs between hosts) and the mounted image directory.
-CMD ["node", "--import", "tsx", "services/executor/src/main.ts"]
+CMD ["node", "services/executor/dist/main.js"]

@@ -3,14 +3,26 @@
  * processes on loopback, with the project's configuration and generated passwords.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { accessSync, constants, mkdirSync } from 'node:fs';
+import { accessSync, constants, existsSync, mkdirSync } from 'node:fs';
 import { createServer, connect as tcpConnect } from 'node:net';
-import { delimiter, join } from 'node:path';
+import { delimiter, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { randomBytes } from 'node:crypto';
 import { roles, passwordVar, type Role } from '../nats/permissions.ts';
 
-export const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
+/**
+ * The repository root: the nearest directory above this module holding `infra/nats/nats.conf`.
+ * Found by walking up because this module runs both as `infra/lib/servers.ts` (tests, `npm run
+ * dev`) and as `infra/dist/lib/servers.js` (`npm start`).
+ */
+export const REPO_ROOT = findRepoRoot(dirname(fileURLToPath(import.meta.url)));
+
+function findRepoRoot(from: string): string {
+  for (let dir = from; ; dir = dirname(dir)) {
+    if (existsSync(join(dir, 'infra', 'nats', 'nats.conf'))) return `${dir}/`;
+    if (dirname(dir) === dir) throw new Error(`no infra/nats/nats.conf in ${from} or any directory above it`);
+  }
+}
 export const NATS_CONF = join(REPO_ROOT, 'infra/nats/nats.conf');
 export const REDIS_CONF = join(REPO_ROOT, 'infra/redis/redis.conf');
 

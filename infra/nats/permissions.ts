@@ -1,7 +1,7 @@
 /**
  * Who may do what on the vmsave bus: one NATS user per role, each with an allow-list of subjects.
  * This file is the source of truth; `infra/nats/nats.conf` is rendered from it
- * (`npx tsx infra/nats/render.ts`) and a test fails when the two differ.
+ * (`npx tsx --conditions=development infra/nats/render.ts`) and a test fails when the two differ.
  *
  * Subjects come from the contracts package, so a renamed subject or stream cannot silently
  * fall out of the permissions.
@@ -127,7 +127,7 @@ const q = (s: string) => JSON.stringify(s);
 export function renderNatsConf(): string {
   const out: string[] = [
     '# vmsave NATS server configuration: JetStream and one user per role.',
-    '# GENERATED from infra/nats/permissions.ts by `npx tsx infra/nats/render.ts`: edit there, not here.',
+    '# GENERATED from infra/nats/permissions.ts by `npx tsx --conditions=development infra/nats/render.ts`: edit there, not here.',
     '#',
     '# Passwords are never in this file: each `$VMSAVE_NATS_PASS_<ROLE>` is read from the server\'s',
     '# environment (infra/setup.sh generates them into .vmsave/env). A missing one stops the server',

@@ -1,16 +1,17 @@
 /**
  * docker-compose.yml checked statically (no Docker engine needed): every build context,
- * Dockerfile and target exists, every command runs a file of this repository, every variable
- * a service is given is one it reads, secrets come only from what `npm run setup` generates,
- * and the executor gets /dev/kvm and the image directory.
+ * Dockerfile and target exists, every command runs a service's built main.js, the images hold
+ * the pruned tree with production dependencies only, every variable a service is given is one
+ * it reads, secrets come only from what `npm run setup` generates, and the executor gets
+ * /dev/kvm and the image directory.
  */
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
 import { BusEnv } from '@vmsave/bus';
-import { REPO_ROOT, NATS_CONF } from '../../infra/lib/servers.ts';
-import { passwordVar, roles, type Role } from '../../infra/nats/permissions.ts';
+import { REPO_ROOT, NATS_CONF } from '@vmsave/infra/servers';
+import { passwordVar, roles, type Role } from '@vmsave/infra/permissions';
 
 interface ComposeService {
   image?: string;
@@ -34,6 +35,7 @@ const APP_DIR = '/app';
 function volumeParts(v: string): { source: string; target: string; mode?: string } {
   const vars: string[] = [];
   const masked = v.replace(/\$\{[^}]*\}/g, (m) => `\u0000${vars.push(m) - 1}\u0000`);
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: NUL is the marker put around each masked ${…} above; it never occurs in a volume string
   const [source, target, mode] = masked.split(':').map((p) => p.replace(/\u0000(\d+)\u0000/g, (_m, i: string) => vars[Number(i)]!));
   return { source: source!, target: target!, mode };
 }
@@ -74,15 +76,39 @@ describe('docker-compose.yml', () => {
     }
   });
 
-  it('runs each service\'s own main.ts from the workspace (the image\'s /app)', () => {
+  it('runs each service\'s own built main.js from the pruned tree (the image\'s /app)', () => {
     for (const name of NODE_SERVICES) {
       const cmd = compose.services[name]!.command!;
-      expect(cmd.slice(0, 3)).toEqual(['node', '--import', 'tsx']);
-      expect(cmd[3]).toBe(`services/${name}/src/main.ts`);
-      expect(existsSync(join(REPO_ROOT, cmd[3]!)), cmd[3]).toBe(true);
+      expect(cmd).toEqual(['node', `services/${name}/dist/main.js`]);
+      // dist/ is built in the image: what exists here is the source it is compiled from.
+      expect(existsSync(join(REPO_ROOT, 'services', name, 'src', 'main.ts')), name).toBe(true);
+      const build = JSON.parse(readFileSync(join(REPO_ROOT, 'services', name, 'tsconfig.build.json'), 'utf8')) as { compilerOptions: { rootDir: string; outDir: string } };
+      expect(build.compilerOptions, name).toMatchObject({ rootDir: 'src', outDir: 'dist' });
     }
     const df = readFileSync(join(REPO_ROOT, 'infra/docker/vmsave.Dockerfile'), 'utf8');
     expect(df).toContain(`WORKDIR ${APP_DIR}`);
+  });
+
+  it('builds in a stage with dev dependencies and runs the pruned tree with production dependencies only', () => {
+    const df = readFileSync(join(REPO_ROOT, 'infra/docker/vmsave.Dockerfile'), 'utf8');
+    const stages = new Map<string, string>();
+    for (const part of df.split(/^(?=FROM )/m).slice(1)) stages.set(/^FROM \S+ AS (\S+)$/m.exec(part)![1]!, part);
+    const build = stages.get('build')!;
+    expect(build).toMatch(/^RUN npm ci --no-audit --no-fund$/m);
+    expect(build).toMatch(/^RUN npm run build$/m);
+    expect(build).toMatch(/^RUN bash infra\/prod-tree\.sh \/prod$/m);
+    expect(readFileSync(join(REPO_ROOT, 'infra/prod-tree.sh'), 'utf8')).toMatch(/turbo prune .*--production/);
+    const runtime = stages.get('runtime')!;
+    expect(runtime).toContain('COPY --from=build /prod /app');
+    expect(runtime).toMatch(/^RUN npm ci --omit=dev /m);
+    for (const target of ['service', 'executor']) {
+      const stage = stages.get(target)!;
+      expect(stage, target).toContain('COPY --from=runtime /app /app');
+      expect(stage, target).not.toContain('--from=build');
+      expect(stage, target).toMatch(/^CMD \["node", "services\/[a-z]+\/dist\/main\.js"\]$/m);
+    }
+    // Comments aside, nothing runs TypeScript.
+    expect(df.split('\n').filter((l) => !l.startsWith('#')).join('\n')).not.toMatch(/--import|tsx/);
   });
 
   it('sets only variables the services read, and connects each as its own NATS role', () => {

@@ -5,8 +5,8 @@ import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { PermissionViolationError } from '@nats-io/nats-core';
 import { Bus } from '@vmsave/bus';
 import { waitFor } from '@vmsave/testkit';
-import { freePort, generateNatsPasswords, startNatsServer, type RunningServer } from '../../infra/lib/servers.ts';
-import type { Role } from '../../infra/nats/permissions.ts';
+import { freePort, generateNatsPasswords, startNatsServer, type RunningServer } from '@vmsave/infra/servers';
+import type { Role } from '@vmsave/infra/permissions';
 
 /** A private nats-server with the project's config, fresh passwords, a temp store; never the shared one. */
 export interface PrivateNats {

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import { parseEnvFile } from '../../infra/lib/env-file.ts';
-import { generateSecret } from '../../infra/lib/servers.ts';
-import { isLoopback, natsEndpoints, redactUrl, redisEndpoint, redisUrlWithPassword } from '../../infra/lib/urls.ts';
+import { parseEnvFile } from '@vmsave/infra/env-file';
+import { generateSecret } from '@vmsave/infra/servers';
+import { isLoopback, natsEndpoints, redactUrl, redisEndpoint, redisUrlWithPassword } from '@vmsave/infra/urls';
 
 describe('infra/lib', () => {
   it('parses .vmsave/env lines, skipping comments and stripping quotes and export', () => {

@@ -1,12 +1,12 @@
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { passwordVar, permissions, renderNatsConf, roles } from '../../infra/nats/permissions.ts';
-import { NATS_CONF } from '../../infra/lib/servers.ts';
+import { passwordVar, permissions, renderNatsConf, roles } from '@vmsave/infra/permissions';
+import { NATS_CONF } from '@vmsave/infra/servers';
 
 describe('infra/nats/nats.conf', () => {
   const committed = readFileSync(NATS_CONF, 'utf8');
 
-  it('is what infra/nats/permissions.ts renders (run `npx tsx infra/nats/render.ts` after a change)', () => {
+  it('is what infra/nats/permissions.ts renders (run `npx tsx --conditions=development infra/nats/render.ts` after a change)', () => {
     expect(committed).toBe(renderNatsConf());
   });
 

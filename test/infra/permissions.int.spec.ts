@@ -15,7 +15,7 @@ import { createInbox } from '@nats-io/nats-core';
 import { SaveRequest, jobIdFor, makeEvent, messages, streams, subjects } from '@vmsave/contracts';
 import { ack, createLogger, publishEvent, publishValidated, readLog, runConsumer } from '@vmsave/bus';
 import { uniq, waitFor } from '@vmsave/testkit';
-import { roles, type Role } from '../../infra/nats/permissions.ts';
+import { roles, type Role } from '@vmsave/infra/permissions';
 import {
   connectAs, expectNoViolation, expectPublishDenied, expectSubscribeDenied, rawConnect, startPrivateNats,
   type PrivateNats, type RoleConnection,

@@ -1,6 +1,8 @@
 /**
- * `npm start` (infra/start.ts) with private NATS and Redis on free loopback ports and a temp
- * data directory holding freshly generated secrets: the shared servers are never touched.
+ * `npm start` (infra/start.ts built to infra/dist/start.js, starting each service's dist/main.js)
+ * with private NATS and Redis on free loopback ports and a temp data directory holding freshly
+ * generated secrets: the shared servers are never touched. Needs `npm run build` (turbo runs the
+ * builds before this package's tests).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -8,10 +10,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Bus } from '@vmsave/bus';
-import { VmsaveClient } from '@vmsave/cli';
+import { VmsaveClient } from '@vmsave/client';
 import { uniq, waitFor } from '@vmsave/testkit';
-import { REPO_ROOT, freePort, generateNatsPasswords, generateSecret, portAnswers, startNatsServer, startRedisServer } from '../../infra/lib/servers.ts';
-import { passwordVar, roles, type Role } from '../../infra/nats/permissions.ts';
+import { REPO_ROOT, freePort, generateNatsPasswords, generateSecret, portAnswers, startNatsServer, startRedisServer } from '@vmsave/infra/servers';
+import { passwordVar, roles, type Role } from '@vmsave/infra/permissions';
 
 const SERVICES = ['scheduler', 'verifier', 'executor', 'dashboard'];
 const present = SERVICES.filter((s) => existsSync(join(REPO_ROOT, 'services', s, 'src', 'main.ts')));
@@ -27,9 +29,13 @@ let passwords: Record<Role, string>;
 let redisPass: string;
 
 beforeAll(() => {
+  for (const f of ['infra/dist/start.js', ...present.map((s) => `services/${s}/dist/main.js`)]) {
+    if (!existsSync(join(REPO_ROOT, f))) throw new Error(`${f} is missing: run npm run build first`);
+  }
   dataDir = mkdtempSync(join(tmpdir(), 'vmsave-start-'));
   passwords = generateNatsPasswords();
-  const lines = [`VMSAVE_DASHBOARD_TOKEN=${generateSecret()}`, ...roles.map((r) => `${passwordVar(r)}=${passwords[r]}`), `VMSAVE_REDIS_PASS=${(redisPass = generateSecret())}`];
+  redisPass = generateSecret();
+  const lines = [`VMSAVE_DASHBOARD_TOKEN=${generateSecret()}`, ...roles.map((r) => `${passwordVar(r)}=${passwords[r]}`), `VMSAVE_REDIS_PASS=${redisPass}`];
   writeFileSync(join(dataDir, 'env'), `${lines.join('\n')}\n`, { mode: 0o600 });
 });
 afterAll(() => rmSync(dataDir, { recursive: true, force: true }));
@@ -37,7 +43,8 @@ afterAll(() => rmSync(dataDir, { recursive: true, force: true }));
 function startStack(args: string[], env: Record<string, string>, dir = dataDir): Run {
   const base = { ...process.env };
   for (const k of ['NATS_URL', 'REDIS_URL', 'NATS_USER', 'NATS_PASS']) delete base[k];
-  const child = spawn(process.execPath, ['--import', 'tsx', 'infra/start.ts', ...args], {
+  // What `npm start` runs (without npm in between, so a signal reaches start.js itself).
+  const child = spawn(process.execPath, ['infra/dist/start.js', ...args], {
     cwd: REPO_ROOT,
     // No demo VM: the start tests check the services; an autostarted QEMU would outlive them.
     env: { ...base, VMSAVE_DATA_DIR: dir, VMSAVE_DASHBOARD_PORT: '0', VMSAVE_LOG_LEVEL: 'info', VMSAVE_NO_DEMO: '1', ...env },
@@ -93,6 +100,8 @@ describe('npm start', () => {
     try {
       await waitForOutput(run, 'every service started', (out) => present.every((s) => out.includes(`started ${s} (pid`)));
       if (present.includes('scheduler')) await waitForOutput(run, 'the scheduler running', (out) => out.includes('"msg":"scheduler running"'));
+      await waitForOutput(run, 'every service running', (out) => out.includes('[start] every service running'));
+      expect(run.output()).not.toContain('from its sources');
 
       const bus = await Bus.connect({ servers: p.env.NATS_URL, user: 'client', pass: passwords.client, name: 'start-test-client' });
       try {
@@ -145,6 +154,18 @@ describe('npm start', () => {
       await redis.stop();
       await nats.stop();
       rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('--dev runs every service from its sources through tsx', async () => {
+    const p = await ports();
+    const run = startStack(['--dev', '--check', '--check-seconds', '5'], p.env);
+    const code = await run.exited;
+    const out = run.output();
+    expect(code, out).toBe(0);
+    for (const s of present) {
+      expect(out).toMatch(new RegExp(`^${s}\\s+running`, 'm'));
+      expect(out).toMatch(new RegExp(`started ${s} \\(pid \\d+, from its sources\\)`));
     }
   });
 

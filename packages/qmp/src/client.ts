@@ -332,8 +332,7 @@ export class QmpClient implements AsyncDisposable {
 
   #onData(chunk: Buffer): void {
     this.#rx += this.#decoder.write(chunk);
-    let newline: number;
-    while ((newline = this.#rx.indexOf('\n')) >= 0) {
+    for (let newline = this.#rx.indexOf('\n'); newline >= 0; newline = this.#rx.indexOf('\n')) {
       const line = this.#rx.slice(0, newline).trim();
       this.#rx = this.#rx.slice(newline + 1);
       if (line.length > 0) this.#onLine(line);

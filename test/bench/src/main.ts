@@ -19,7 +19,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { jobIdFor, type JobEvent, type VmDefinition } from '@vmsave/contracts';
 import { Stack, REPO } from '@vmsave/e2e';
-import { readImage, verifyImage } from '@vmsave/image';
+import { readImage, verifyImage } from '@vmsave/image/node';
 import { launchVm, probeQemu, type VmProcess } from '@vmsave/qemu';
 import { selectModes, type Mode } from './modes.ts';
 import { quitVm, rawRestore, rawSave, type RawMode } from './raw.ts';
@@ -127,7 +127,7 @@ async function main(): Promise<void> {
     notes.push('The bus is a private nats-server (JetStream, file storage on the same disk) started by the benchmark, so that other users of the shared NATS do not put their traffic into the numbers; Redis is the shared one under a key prefix of its own. `--bus shared` uses NATS_URL instead.');
     log(`private NATS at ${url}`);
   } else {
-    notes.push(`The bus is the shared NATS at ${env.NATS_URL ?? 'nats://127.0.0.1:4222'}: other users\' traffic (and their schedulers on the same command stream) may show in the numbers.`);
+    notes.push(`The bus is the shared NATS at ${env.NATS_URL ?? 'nats://127.0.0.1:4222'}: other users' traffic (and their schedulers on the same command stream) may show in the numbers.`);
   }
   stack = await Stack.start({ hosts: ['bench'], env: { VMSAVE_LOG_LEVEL: 'info' } });
   const host = stack.host('bench');

@@ -3,7 +3,7 @@
  */
 import type { CpuReport, DiskBandwidth, DiskDelta, Machine } from './sys.ts';
 import type { Mode } from './modes.ts';
-import { fmtInt, fmtNum, fmtPct, fmtSummary, gibPerSec, markdownTable, median, rates, ratio, summarize, GiB } from './stats.ts';
+import { fmtInt, fmtNum, fmtPct, fmtSummary, markdownTable, median, rates, ratio, summarize, GiB } from './stats.ts';
 
 export type VmState = 'idle' | 'dirty';
 

@@ -81,7 +81,7 @@ export function fmtPct(x: number | undefined): string {
 export function markdownTable(header: readonly string[], rows: readonly (readonly string[])[], align?: readonly ('l' | 'r')[]): string {
   const esc = (s: string): string => s.replaceAll('|', '\\|');
   const sep = header.map((_, i) => ((align?.[i] ?? (i === 0 ? 'l' : 'r')) === 'r' ? '---:' : '---'));
-  return [header, sep, ...rows].map((r) => `| ${r.map((c, i) => (r === sep ? c : esc(c ?? ''))).join(' | ')} |`).join('\n');
+  return [header, sep, ...rows].map((r) => `| ${r.map((c) => (r === sep ? c : esc(c ?? ''))).join(' | ')} |`).join('\n');
 }
 
 /** Parses `--ram 1024 --reps=1 --modes a,b` style arguments; unknown flags are errors. */
