@@ -43,7 +43,7 @@ function volumeParts(v: string): { source: string; target: string; mode?: string
 /** Variables a service reads: the shared bus ones, its own config.ts schema, the log level. */
 function varsRead(service: string): Set<string> {
   const config = readFileSync(join(REPO_ROOT, 'services', service, 'src', 'config.ts'), 'utf8');
-  const own = [...config.matchAll(/^\s*([A-Z][A-Z0-9_]+):\s*z\./gm)].map((m) => m[1]!);
+  const own = [...config.matchAll(/^\s*([A-Z][A-Z0-9_]+):\s*z\s*\./gm)].map((m) => m[1]!);
   return new Set([...Object.keys(BusEnv.shape), ...own, 'VMSAVE_LOG_LEVEL']);
 }
 

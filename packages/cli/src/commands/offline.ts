@@ -7,7 +7,7 @@ import { randomUUID } from 'node:crypto';
 import { readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { VmDefinition, type SaveFormat } from '@vmsave/contracts';
-import { OpError, restoreImage, saveVm } from '@vmsave/ops';
+import { OpError, restoreImage, saveVm, type RestoreImageResult, type SaveVmResult } from '@vmsave/ops';
 import { findQmpServerProcess, QmpClient } from '@vmsave/qmp';
 import type { MigrationProgress } from '@vmsave/qemu';
 import { bool, int, oneOf, str, type Values } from '../options.ts';
@@ -76,7 +76,7 @@ export async function offlineSave(ctx: Ctx, v: Values): Promise<number> {
   const stop = () => ctx.ac.abort('cancelled');
   process.once('SIGINT', stop);
   ctx.cleanups.push(() => { process.off('SIGINT', stop); });
-  let result;
+  let result: SaveVmResult;
   try {
     result = await saveVm({
       qmp, imagePath, format, channels, directIo, after, vm: definition, host: host.cfg.host,
@@ -107,7 +107,7 @@ export async function offlineRestore(ctx: Ctx, v: Values, file: string): Promise
   const imagePath = path.resolve(file);
   await stat(imagePath).catch(() => { throw new CliError(`no such image: ${file}`); });
   const definition = str(v, 'vm-def') ? await readDefinitionFile(str(v, 'vm-def')!) : undefined;
-  let result;
+  let result: RestoreImageResult;
   try {
     result = await restoreImage({
       imagePath, hostCaps: host.caps, after, accel: host.accel, definition, signal: ctx.signal, onProgress: progressHandler(ctx, 'restore'),
