@@ -18,8 +18,21 @@ import { jobIdFor, loadSchemas } from './schemas.mjs';
 const EVENT_STREAM = 'VMSAVE_EVT';
 
 /** Connect as NATS_USER / NATS_PASS (if set) to NATS_URL (comma-separated for a cluster). */
-export function connectToVmsave({ servers = process.env.NATS_URL || 'nats://127.0.0.1:4222', user = process.env.NATS_USER, pass = process.env.NATS_PASS, name = 'vmsave-example' } = {}) {
-  return connect({ servers: servers.split(',').map((s) => s.trim()).filter(Boolean), user, pass, name });
+export function connectToVmsave({
+  servers = process.env.NATS_URL || 'nats://127.0.0.1:4222',
+  user = process.env.NATS_USER,
+  pass = process.env.NATS_PASS,
+  name = 'vmsave-example',
+} = {}) {
+  return connect({
+    servers: servers
+      .split(',')
+      .map((s) => s.trim())
+      .filter(Boolean),
+    user,
+    pass,
+    name,
+  });
 }
 
 /**
@@ -81,7 +94,10 @@ export async function followJob(nc, jobId, { schemas = loadSchemas(), fromSeq, t
   const events = [];
   let end;
   let graceTimer;
-  const timeout = setTimeout(() => { end ??= { outcome: 'timeout' }; void messages.close(); }, timeoutMs);
+  const timeout = setTimeout(() => {
+    end ??= { outcome: 'timeout' };
+    void messages.close();
+  }, timeoutMs);
   try {
     for await (const m of messages) {
       const event = m.json();
@@ -96,8 +112,14 @@ export async function followJob(nc, jobId, { schemas = loadSchemas(), fromSeq, t
       }
       if (event.type.endsWith('Failed')) {
         const failed = { outcome: 'ended', type: event.type };
-        if (!event.data.retryable) { end = failed; break; }
-        graceTimer = setTimeout(() => { end ??= failed; void messages.close(); }, retryGraceMs);
+        if (!event.data.retryable) {
+          end = failed;
+          break;
+        }
+        graceTimer = setTimeout(() => {
+          end ??= failed;
+          void messages.close();
+        }, retryGraceMs);
       }
     }
   } finally {
@@ -111,7 +133,7 @@ export async function followJob(nc, jobId, { schemas = loadSchemas(), fromSeq, t
 async function main(argv) {
   const [kind, json = '{}'] = argv;
   if (kind !== 'save' && kind !== 'restore') {
-    console.error('usage: save-and-follow.mjs save|restore \'<request JSON>\'  (requestId defaults to a fresh one)');
+    console.error("usage: save-and-follow.mjs save|restore '<request JSON>'  (requestId defaults to a fresh one)");
     return 2;
   }
   const request = { requestId: `example-${randomUUID()}`, ...JSON.parse(json) };
@@ -138,5 +160,13 @@ async function main(argv) {
 }
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
-  main(process.argv.slice(2)).then((code) => { process.exitCode = code; }, (err) => { console.error(err); process.exitCode = 2; });
+  main(process.argv.slice(2)).then(
+    (code) => {
+      process.exitCode = code;
+    },
+    (err) => {
+      console.error(err);
+      process.exitCode = 2;
+    },
+  );
 }

@@ -60,35 +60,58 @@ export async function* tailEvents(nc, { fromSeq = 1, jobId, type, follow = true,
 export function summarize(e) {
   const d = e.data ?? {};
   switch (e.type) {
-    case 'SaveRequested': return `vm=${d.request?.vm} format=${d.request?.format} by=${d.request?.requestedBy ?? '-'}`;
-    case 'RestoreRequested': return `image=${d.request?.image} vm=${d.vm ?? '-'}`;
-    case 'SaveRejected': case 'RestoreRejected': return `rule=${d.rule}${d.field ? ` field=${d.field}` : ''}: ${d.message}`;
-    case 'SaveScheduled': case 'RestoreScheduled': return `host=${d.host} attempt=${d.attempt}`;
-    case 'SaveStarted': return `host=${d.host} format=${d.format} ram=${d.ramBytes}B image=${d.imagePath}`;
-    case 'RestoreStarted': return `host=${d.host} vm=${d.vm?.name} image=${d.imagePath}`;
-    case 'SaveCompleted': return `bytes=${d.bytes} allocated=${d.blocks * 512}B in ${d.durationMs}ms vm=${d.vmState}`;
-    case 'RestoreCompleted': return `vm=${d.vm} ${d.vmState} in ${d.durationMs}ms`;
-    case 'SaveFailed': case 'RestoreFailed': return `stage=${d.stage} code=${d.code} retryable=${d.retryable}: ${d.reason}`;
-    case 'SaveRetrying': case 'RestoreRetrying': return `attempt=${d.attempt} in ${d.delayMs}ms after ${d.lastCode}`;
-    case 'ImageVerified': case 'ImageRejected': {
+    case 'SaveRequested':
+      return `vm=${d.request?.vm} format=${d.request?.format} by=${d.request?.requestedBy ?? '-'}`;
+    case 'RestoreRequested':
+      return `image=${d.request?.image} vm=${d.vm ?? '-'}`;
+    case 'SaveRejected':
+    case 'RestoreRejected':
+      return `rule=${d.rule}${d.field ? ` field=${d.field}` : ''}: ${d.message}`;
+    case 'SaveScheduled':
+    case 'RestoreScheduled':
+      return `host=${d.host} attempt=${d.attempt}`;
+    case 'SaveStarted':
+      return `host=${d.host} format=${d.format} ram=${d.ramBytes}B image=${d.imagePath}`;
+    case 'RestoreStarted':
+      return `host=${d.host} vm=${d.vm?.name} image=${d.imagePath}`;
+    case 'SaveCompleted':
+      return `bytes=${d.bytes} allocated=${d.blocks * 512}B in ${d.durationMs}ms vm=${d.vmState}`;
+    case 'RestoreCompleted':
+      return `vm=${d.vm} ${d.vmState} in ${d.durationMs}ms`;
+    case 'SaveFailed':
+    case 'RestoreFailed':
+      return `stage=${d.stage} code=${d.code} retryable=${d.retryable}: ${d.reason}`;
+    case 'SaveRetrying':
+    case 'RestoreRetrying':
+      return `attempt=${d.attempt} in ${d.delayMs}ms after ${d.lastCode}`;
+    case 'ImageVerified':
+    case 'ImageRejected': {
       const failed = (d.checks ?? []).filter((c) => c.status === 'fail').map((c) => c.name);
       return `${d.checks?.length ?? 0} checks${failed.length ? `, failed: ${failed.join(', ')}` : ''}`;
     }
-    default: return d.reason ? `reason=${d.reason}` : '';
+    default:
+      return d.reason ? `reason=${d.reason}` : '';
   }
 }
 
 async function main() {
   const { values } = parseArgs({
     options: {
-      'from-seq': { type: 'string' }, job: { type: 'string' }, type: { type: 'string' },
-      'no-follow': { type: 'boolean' }, count: { type: 'string' }, json: { type: 'boolean' },
+      'from-seq': { type: 'string' },
+      job: { type: 'string' },
+      type: { type: 'string' },
+      'no-follow': { type: 'boolean' },
+      count: { type: 'string' },
+      json: { type: 'boolean' },
     },
   });
   const limit = values.count ? Number(values.count) : Infinity;
   const ac = new AbortController();
   // `… | head` closes the pipe: stop quietly.
-  process.stdout.on('error', (err) => { if (err.code === 'EPIPE') ac.abort(); else throw err; });
+  process.stdout.on('error', (err) => {
+    if (err.code === 'EPIPE') ac.abort();
+    else throw err;
+  });
   process.once('SIGINT', () => ac.abort());
   process.once('SIGTERM', () => ac.abort());
   const nc = await connectToVmsave({ name: 'vmsave-tail-events' });
@@ -111,5 +134,8 @@ async function main() {
 }
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
-  main().catch((err) => { console.error(err); process.exitCode = 2; });
+  main().catch((err) => {
+    console.error(err);
+    process.exitCode = 2;
+  });
 }

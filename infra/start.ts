@@ -120,7 +120,10 @@ async function startNats(stack: Stack): Promise<void> {
   const endpoints = natsEndpoints(url);
   if (endpoints.length === 0) throw new StartError(`NATS_URL "${url}" names no server`);
   if (await anyAnswers(endpoints)) {
-    const servers = url.split(',').map((s) => s.trim()).filter(Boolean);
+    const servers = url
+      .split(',')
+      .map((s) => s.trim())
+      .filter(Boolean);
     // A server with users but no credentials given (one an earlier `npm start` left behind, or
     // docker compose's): connect each service as its role with the generated passwords.
     if (!stack.env.NATS_USER && roles.every((r) => stack.env[passwordVar(r)]) && (await natsRequiresAuth(servers))) {
@@ -303,7 +306,11 @@ function printTable(stack: Stack, skipped: ServiceName[]): void {
   }
   for (const name of skipped) rows.push([name, 'skipped', `no services/${name}/src/main.ts`]);
   const w = [0, 1, 2].map((i) => Math.max(...rows.map((r) => r[i]!.length)));
-  const line = (r: string[]) => r.map((c, i) => c.padEnd(w[i]!)).join('  ').trimEnd();
+  const line = (r: string[]) =>
+    r
+      .map((c, i) => c.padEnd(w[i]!))
+      .join('  ')
+      .trimEnd();
   process.stdout.write(`${line(rows[0]!)}\n${w.map((n) => '-'.repeat(n)).join('  ')}\n${rows.slice(1).map(line).join('\n')}\n`);
 }
 

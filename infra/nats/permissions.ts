@@ -109,14 +109,7 @@ export const permissions: Record<Role, RolePermissions> = {
   },
   dashboard: {
     purpose: 'read-only web view: the event log, hosts, heartbeats, progress, dead letters',
-    publish: [
-      subjects.dlqAll,
-      ...jsInfo,
-      ...ensureStreams,
-      ...readStream(streams.events.name),
-      ...readStream(streams.hosts.name),
-      ...readStream(streams.deadLetters.name),
-    ],
+    publish: [subjects.dlqAll, ...jsInfo, ...ensureStreams, ...readStream(streams.events.name), ...readStream(streams.hosts.name), ...readStream(streams.deadLetters.name)],
     subscribe: [subjects.evtAll, subjects.progressAll, subjects.heartbeatAll, subjects.hostAll, INBOX],
   },
 };
@@ -129,7 +122,7 @@ export function renderNatsConf(): string {
     '# vmsave NATS server configuration: JetStream and one user per role.',
     '# GENERATED from infra/nats/permissions.ts by `npx tsx --conditions=development infra/nats/render.ts`: edit there, not here.',
     '#',
-    '# Passwords are never in this file: each `$VMSAVE_NATS_PASS_<ROLE>` is read from the server\'s',
+    "# Passwords are never in this file: each `$VMSAVE_NATS_PASS_<ROLE>` is read from the server's",
     '# environment (infra/setup.sh generates them into .vmsave/env). A missing one stops the server',
     '# with "variable reference ... can not be found".',
     '#',

@@ -76,7 +76,7 @@ describe('docker-compose.yml', () => {
     }
   });
 
-  it('runs each service\'s own built main.js from the pruned tree (the image\'s /app)', () => {
+  it("runs each service's own built main.js from the pruned tree (the image's /app)", () => {
     for (const name of NODE_SERVICES) {
       const cmd = compose.services[name]!.command!;
       expect(cmd).toEqual(['node', `services/${name}/dist/main.js`]);
@@ -108,7 +108,12 @@ describe('docker-compose.yml', () => {
       expect(stage, target).toMatch(/^CMD \["node", "services\/[a-z]+\/dist\/main\.js"\]$/m);
     }
     // Comments aside, nothing runs TypeScript.
-    expect(df.split('\n').filter((l) => !l.startsWith('#')).join('\n')).not.toMatch(/--import|tsx/);
+    expect(
+      df
+        .split('\n')
+        .filter((l) => !l.startsWith('#'))
+        .join('\n'),
+    ).not.toMatch(/--import|tsx/);
   });
 
   it('sets only variables the services read, and connects each as its own NATS role', () => {

@@ -10,7 +10,7 @@ describe('infra/nats/nats.conf', () => {
     expect(committed).toBe(renderNatsConf());
   });
 
-  it('holds no password, only a reference to each role\'s environment variable', () => {
+  it("holds no password, only a reference to each role's environment variable", () => {
     for (const r of roles) expect(committed).toContain(`password: $${passwordVar(r)},`);
     expect(committed).not.toMatch(/password:\s*"/);
   });

@@ -16,10 +16,7 @@ import { SaveRequest, jobIdFor, makeEvent, messages, streams, subjects } from '@
 import { ack, createLogger, publishEvent, publishValidated, readLog, runConsumer } from '@vmsave/bus';
 import { uniq, waitFor } from '@vmsave/testkit';
 import { roles, type Role } from '@vmsave/infra/permissions';
-import {
-  connectAs, expectNoViolation, expectPublishDenied, expectSubscribeDenied, rawConnect, startPrivateNats,
-  type PrivateNats, type RoleConnection,
-} from './helpers.ts';
+import { connectAs, expectNoViolation, expectPublishDenied, expectSubscribeDenied, rawConnect, startPrivateNats, type PrivateNats, type RoleConnection } from './helpers.ts';
 
 const DENIED = /permissions violation/i;
 const log = createLogger('infra-test', { level: 'silent' });
@@ -99,7 +96,9 @@ describe('client', () => {
     await expectSubscribeDenied(as.client, subjects.cmd.all);
     await expectSubscribeDenied(as.client, 'vmsave.ctl.*');
     await expect(as.client.bus.jsm.consumers.add(streams.commands.name, { durable_name: 'thief', ack_policy: AckPolicy.Explicit })).rejects.toThrow(DENIED);
-    await expect(as.client.bus.jsm.consumers.add(streams.work.name, { name: 'thief', ack_policy: AckPolicy.Explicit, filter_subject: subjects.work(host) })).rejects.toThrow(DENIED);
+    await expect(as.client.bus.jsm.consumers.add(streams.work.name, { name: 'thief', ack_policy: AckPolicy.Explicit, filter_subject: subjects.work(host) })).rejects.toThrow(
+      DENIED,
+    );
   });
 
   it('cannot create, delete or purge streams', async () => {
@@ -114,8 +113,13 @@ describe('scheduler', () => {
     const seen: SaveRequest[] = [];
     const ac = new AbortController();
     const loop = runConsumer(as.scheduler.bus, {
-      stream: streams.commands.name, durable: 'scheduler', filterSubject: subjects.cmd.all, schema: SaveRequest,
-      service: 'scheduler', log, signal: ac.signal,
+      stream: streams.commands.name,
+      durable: 'scheduler',
+      filterSubject: subjects.cmd.all,
+      schema: SaveRequest,
+      service: 'scheduler',
+      log,
+      signal: ac.signal,
       handler: async (m) => {
         seen.push(m);
         return ack();
@@ -168,7 +172,15 @@ describe('executor', () => {
     m!.working();
     expect(await m!.ackAck()).toBe(true);
 
-    await publishEvent(as.executor.bus, makeEvent('SaveStarted', jobId, { host, attempt: 1, fencingToken: 1, imagePath: '/images/vm1.vmsave', format: 'sparse', channels: 1, directIo: false, wasRunning: true, ramBytes: 1 << 20 }, { source: 'executor' }));
+    await publishEvent(
+      as.executor.bus,
+      makeEvent(
+        'SaveStarted',
+        jobId,
+        { host, attempt: 1, fencingToken: 1, imagePath: '/images/vm1.vmsave', format: 'sparse', channels: 1, directIo: false, wasRunning: true, ramBytes: 1 << 20 },
+        { source: 'executor' },
+      ),
+    );
     const h = await as.executor.bus.js.publish(subjects.host(host), enc({ host }));
     expect(h.stream).toBe(streams.hosts.name);
 
@@ -196,7 +208,9 @@ describe('executor', () => {
 describe('verifier', () => {
   it('consumes events with a durable, acks them and publishes its verdict as events', async () => {
     await as.verifier.bus.jsm.consumers.add(streams.events.name, {
-      durable_name: 'verifier', filter_subject: subjects.evtOfJob(jobId), ack_policy: AckPolicy.Explicit,
+      durable_name: 'verifier',
+      filter_subject: subjects.evtOfJob(jobId),
+      ack_policy: AckPolicy.Explicit,
     });
     const consumer = await as.verifier.bus.js.consumers.get(streams.events.name, 'verifier');
     const m = await consumer.next({ expires: 5000 });
@@ -206,7 +220,7 @@ describe('verifier', () => {
     expect(a.stream).toBe(streams.events.name);
   });
 
-  it('reads host announcements (what each host\'s QEMU supports)', async () => {
+  it("reads host announcements (what each host's QEMU supports)", async () => {
     const hosts = await as.verifier.bus.js.consumers.get(streams.hosts.name, { deliver_policy: DeliverPolicy.LastPerSubject });
     expect((await hosts.next({ expires: 5000 }))?.subject).toBe(subjects.host(host));
   });

@@ -50,49 +50,58 @@ describe('the production install', () => {
     console.log(`production node_modules: ${stdout.trim().split(/\s+/)[0]}`);
   });
 
-  it('starts every service with node services/<name>/dist/main.js until it is running, and stops it', async () => {
-    const urls = await testUrls();
-    const id = uniq('prod');
-    const env: NodeJS.ProcessEnv = {
-      PATH: process.env.PATH,
-      HOME: process.env.HOME,
-      NATS_URL: urls.natsUrl,
-      REDIS_URL: urls.redisUrl,
-      VMSAVE_REDIS_PREFIX: id.replace(/[^A-Za-z0-9_-]/g, '_'),
-      VMSAVE_HOST: id.replace(/[^A-Za-z0-9_-]/g, '-'),
-      VMSAVE_STATE_DIR: join(work, 'executor'),
-      VMSAVE_DASHBOARD_PORT: '0',
-      VMSAVE_DASHBOARD_TOKEN: generateSecret(),
-      VMSAVE_LOG_LEVEL: 'info',
-      // No --conditions=development: other packages resolve to their dist/.
-      NODE_OPTIONS: '',
-    };
-    const procs: { name: string; child: ChildProcess; out: () => string; exited: Promise<number | null> }[] = [];
-    try {
-      for (const name of SERVICES) {
-        const child = spawn(process.execPath, [`services/${name}/dist/main.js`], { cwd: app, env, stdio: ['ignore', 'pipe', 'pipe'] });
-        let out = '';
-        child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-        child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
-        const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
-        procs.push({ name, child, out: () => out, exited });
+  it(
+    'starts every service with node services/<name>/dist/main.js until it is running, and stops it',
+    async () => {
+      const urls = await testUrls();
+      const id = uniq('prod');
+      const env: NodeJS.ProcessEnv = {
+        PATH: process.env.PATH,
+        HOME: process.env.HOME,
+        NATS_URL: urls.natsUrl,
+        REDIS_URL: urls.redisUrl,
+        VMSAVE_REDIS_PREFIX: id.replace(/[^A-Za-z0-9_-]/g, '_'),
+        VMSAVE_HOST: id.replace(/[^A-Za-z0-9_-]/g, '-'),
+        VMSAVE_STATE_DIR: join(work, 'executor'),
+        VMSAVE_DASHBOARD_PORT: '0',
+        VMSAVE_DASHBOARD_TOKEN: generateSecret(),
+        VMSAVE_LOG_LEVEL: 'info',
+        // No --conditions=development: other packages resolve to their dist/.
+        NODE_OPTIONS: '',
+      };
+      const procs: { name: string; child: ChildProcess; out: () => string; exited: Promise<number | null> }[] = [];
+      try {
+        for (const name of SERVICES) {
+          const child = spawn(process.execPath, [`services/${name}/dist/main.js`], { cwd: app, env, stdio: ['ignore', 'pipe', 'pipe'] });
+          let out = '';
+          child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+          child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+          const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+          procs.push({ name, child, out: () => out, exited });
+        }
+        for (const p of procs) {
+          // The dashboard says it is listening once its HTTP server is up.
+          const running = new RegExp(`"msg":"${p.name} (running|listening)"`);
+          await waitFor(
+            `${p.name} running`,
+            () => {
+              if (p.child.exitCode !== null) throw new Error(`${p.name} exited with ${p.child.exitCode}:\n${p.out().slice(-3000)}`);
+              return running.test(p.out());
+            },
+            2 * MINUTES,
+            200,
+          ).catch((err: Error) => {
+            throw new Error(`${err.message}\n--- ${p.name} output (tail) ---\n${p.out().slice(-3000)}`);
+          });
+          // Running from the pruned tree, not from the workspace.
+          expect(p.out(), p.name).not.toContain(REPO_ROOT);
+        }
+      } finally {
+        for (const p of procs) p.child.kill('SIGTERM');
+        const codes = await Promise.all(procs.map((p) => p.exited));
+        for (const [i, p] of procs.entries()) expect(codes[i], `${p.name}:\n${p.out().slice(-2000)}`).toBe(0);
       }
-      for (const p of procs) {
-        // The dashboard says it is listening once its HTTP server is up.
-        const running = new RegExp(`"msg":"${p.name} (running|listening)"`);
-        await waitFor(`${p.name} running`, () => {
-          if (p.child.exitCode !== null) throw new Error(`${p.name} exited with ${p.child.exitCode}:\n${p.out().slice(-3000)}`);
-          return running.test(p.out());
-        }, 2 * MINUTES, 200).catch((err: Error) => {
-          throw new Error(`${err.message}\n--- ${p.name} output (tail) ---\n${p.out().slice(-3000)}`);
-        });
-        // Running from the pruned tree, not from the workspace.
-        expect(p.out(), p.name).not.toContain(REPO_ROOT);
-      }
-    } finally {
-      for (const p of procs) p.child.kill('SIGTERM');
-      const codes = await Promise.all(procs.map((p) => p.exited));
-      for (const [i, p] of procs.entries()) expect(codes[i], `${p.name}:\n${p.out().slice(-2000)}`).toBe(0);
-    }
-  }, 5 * MINUTES);
+    },
+    5 * MINUTES,
+  );
 });

@@ -111,10 +111,15 @@ describe('npm start', () => {
         const { jobId, admission } = await client.save({ requestId, vm: 'no-such-vm' }, { admissionTimeoutMs: 30_000 });
         if (present.includes('scheduler')) {
           expect(admission).toMatchObject({ requestId });
-          const history = await waitFor('the job in the log', async () => {
-            const h = await client.history(jobId);
-            return h.length ? h : undefined;
-          }, 30_000, 200);
+          const history = await waitFor(
+            'the job in the log',
+            async () => {
+              const h = await client.history(jobId);
+              return h.length ? h : undefined;
+            },
+            30_000,
+            200,
+          );
           expect(history[0]!.type).toBe('SaveRequested');
         }
       } finally {
@@ -132,7 +137,7 @@ describe('npm start', () => {
     expect(await portAnswers('127.0.0.1', p.redis)).toBe(false);
   });
 
-  it('uses servers that already run with vmsave\'s users (a left-over private pair, docker compose\'s) with each role\'s credentials', async () => {
+  it("uses servers that already run with vmsave's users (a left-over private pair, docker compose's) with each role's credentials", async () => {
     const p = await ports();
     const dir = mkdtempSync(join(tmpdir(), 'vmsave-start-ext-'));
     const nats = await startNatsServer({ port: p.nats, storeDir: join(dir, 'nats'), passwords });

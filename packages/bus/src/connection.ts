@@ -54,7 +54,10 @@ export class Bus implements AsyncDisposable {
 
   static async connect(options: BusOptions): Promise<Bus> {
     const nc = await connect({
-      servers: options.servers.split(',').map((s) => s.trim()).filter(Boolean),
+      servers: options.servers
+        .split(',')
+        .map((s) => s.trim())
+        .filter(Boolean),
       name: options.name,
       user: options.user,
       pass: options.pass,

@@ -9,10 +9,7 @@ import { deadLetter } from './publish.ts';
 import { isTransient, retryTransient } from './retry.ts';
 
 /** What a handler wants done with a message. Errors thrown map to these too (see `settle`). */
-export type Outcome =
-  | { kind: 'ack' }
-  | { kind: 'nak'; delayMs: number }
-  | { kind: 'term'; reason: string };
+export type Outcome = { kind: 'ack' } | { kind: 'nak'; delayMs: number } | { kind: 'term'; reason: string };
 
 export const ack = (): Outcome => ({ kind: 'ack' });
 export const nak = (delayMs: number): Outcome => ({ kind: 'nak', delayMs });
@@ -77,15 +74,18 @@ export async function runConsumer<S extends z.ZodType>(bus: Bus, spec: ConsumerS
   let consuming = false;
   for (let attempt = 0; !spec.signal?.aborted; attempt++) {
     try {
-      await retryTransient(async () => {
-        try {
-          await bus.jsm.consumers.info(spec.stream, spec.durable);
-          await bus.jsm.consumers.update(spec.stream, spec.durable, { ack_wait: config.ack_wait, max_deliver: config.max_deliver });
-        } catch (err) {
-          if (isTransient(err)) throw err;
-          await bus.jsm.consumers.add(spec.stream, config);
-        }
-      }, { signal: spec.signal });
+      await retryTransient(
+        async () => {
+          try {
+            await bus.jsm.consumers.info(spec.stream, spec.durable);
+            await bus.jsm.consumers.update(spec.stream, spec.durable, { ack_wait: config.ack_wait, max_deliver: config.max_deliver });
+          } catch (err) {
+            if (isTransient(err)) throw err;
+            await bus.jsm.consumers.add(spec.stream, config);
+          }
+        },
+        { signal: spec.signal },
+      );
       const consumer = await retryTransient(() => bus.js.consumers.get(spec.stream, spec.durable), { signal: spec.signal });
       const messages = await consumer.consume({ max_messages: Math.max(concurrency, 1) * 2 });
       consuming = true;

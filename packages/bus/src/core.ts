@@ -28,8 +28,10 @@ export interface TypedSubscription<T> extends AsyncIterable<Received<T>> {
   unsubscribe(): void;
 }
 
-const respondWith = (m: Msg) => <S extends z.ZodType>(def: MessageDefinition<S>, value: z.input<S>): boolean =>
-  m.respond(encodeMessage(def.schema, value, def.name).data);
+const respondWith =
+  (m: Msg) =>
+  <S extends z.ZodType>(def: MessageDefinition<S>, value: z.input<S>): boolean =>
+    m.respond(encodeMessage(def.schema, value, def.name).data);
 
 /**
  * Subscribe on core NATS (ephemeral subjects: heartbeats, progress, control, answers) and receive
@@ -100,7 +102,11 @@ export async function requestValidated<Q extends z.ZodType, R extends z.ZodType>
  * on `Vmsave-Reply-To`): subscribe first with `awaitAnswer`, publish with `answer.inbox`, then
  * `await answer.value` (undefined after `timeoutMs`).
  */
-export function awaitAnswer<S extends z.ZodType>(bus: Bus, def: MessageDefinition<S>, opts: { timeoutMs?: number; inbox?: string } = {}): { inbox: string; value: Promise<z.infer<S> | undefined>; cancel(): void } {
+export function awaitAnswer<S extends z.ZodType>(
+  bus: Bus,
+  def: MessageDefinition<S>,
+  opts: { timeoutMs?: number; inbox?: string } = {},
+): { inbox: string; value: Promise<z.infer<S> | undefined>; cancel(): void } {
   const inbox = opts.inbox ?? createInbox();
   const sub = subscribeValidated(bus, def, inbox, { max: 1 });
   const timer = setTimeout(() => sub.unsubscribe(), opts.timeoutMs ?? 10_000);
@@ -112,5 +118,12 @@ export function awaitAnswer<S extends z.ZodType>(bus: Bus, def: MessageDefinitio
       clearTimeout(timer);
     }
   })();
-  return { inbox, value, cancel: () => { clearTimeout(timer); sub.unsubscribe(); } };
+  return {
+    inbox,
+    value,
+    cancel: () => {
+      clearTimeout(timer);
+      sub.unsubscribe();
+    },
+  };
 }

@@ -8,7 +8,10 @@ export const BusEnv = z.object({
   NATS_PASS: z.string().optional(),
   NATS_REPLICAS: z.coerce.number().int().min(1).max(5).default(1),
   REDIS_URL: z.string().min(1).default('redis://127.0.0.1:6379'),
-  VMSAVE_REDIS_PREFIX: z.string().regex(/^[A-Za-z0-9_-]+$/, 'letters, digits, _ and - only').default('vmsave'),
+  VMSAVE_REDIS_PREFIX: z
+    .string()
+    .regex(/^[A-Za-z0-9_-]+$/, 'letters, digits, _ and - only')
+    .default('vmsave'),
 });
 
 /** Parse environment variables with a zod object schema; the error names each variable and its rule. */

@@ -20,7 +20,11 @@ export class BusError extends Error {
 
 export class BusValidationError extends BusError {
   override name = 'BusValidationError';
-  constructor(message: string, readonly issues: string[], options?: { cause?: unknown }) {
+  constructor(
+    message: string,
+    readonly issues: string[],
+    options?: { cause?: unknown },
+  ) {
     super(message, 'invalid-message', false, options);
   }
 }

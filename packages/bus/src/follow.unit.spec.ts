@@ -26,7 +26,13 @@ function flaky(items: number[], plan: Array<{ failAfter: number; throws: boolean
 
 describe('resumable', () => {
   it('reopens after an error or an end, from the position after the last item, skipping repeats', async () => {
-    const { open, opened } = flaky([1, 2, 3, 4, 5, 6], [{ failAfter: 2, throws: true }, { failAfter: 2, throws: false }]);
+    const { open, opened } = flaky(
+      [1, 2, 3, 4, 5, 6],
+      [
+        { failAfter: 2, throws: true },
+        { failAfter: 2, throws: false },
+      ],
+    );
     const resumes: unknown[] = [];
     const got: number[] = [];
     for await (const i of resumable(open, (x) => x, { onResume: (err) => resumes.push((err as Error).message), maxDelayMs: 1 })) {

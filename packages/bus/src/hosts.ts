@@ -20,7 +20,11 @@ export interface ReadHostsOptions {
  */
 export async function* readHosts(bus: Bus, opts: ReadHostsOptions = {}): AsyncGenerator<HostAnnouncement> {
   const read = opts.follow
-    ? resumable((after, signal) => readHostsOnce(bus, { ...opts, signal }, after), (h) => h.seq, { signal: opts.signal, onResume: opts.onResume, reopenOn: (fn) => bus.onReconnect(fn) })
+    ? resumable(
+        (after, signal) => readHostsOnce(bus, { ...opts, signal }, after),
+        (h) => h.seq,
+        { signal: opts.signal, onResume: opts.onResume, reopenOn: (fn) => bus.onReconnect(fn) },
+      )
     : readHostsOnce(bus, opts, undefined);
   for await (const h of read) yield h.announcement;
 }

@@ -32,11 +32,15 @@ export interface ReadLogOptions {
  */
 export function readLog(bus: Bus, opts: ReadLogOptions = {}): AsyncGenerator<LoggedEvent> {
   if (!opts.follow) return readLogOnce(bus, opts);
-  return resumable((after, signal) => readLogOnce(bus, { ...opts, signal, fromSeq: after === undefined ? opts.fromSeq : after + 1 }), (e) => e.seq, {
-    signal: opts.signal,
-    onResume: opts.onResume,
-    reopenOn: (fn) => bus.onReconnect(fn),
-  });
+  return resumable(
+    (after, signal) => readLogOnce(bus, { ...opts, signal, fromSeq: after === undefined ? opts.fromSeq : after + 1 }),
+    (e) => e.seq,
+    {
+      signal: opts.signal,
+      onResume: opts.onResume,
+      reopenOn: (fn) => bus.onReconnect(fn),
+    },
+  );
 }
 
 async function* readLogOnce(bus: Bus, opts: ReadLogOptions): AsyncGenerator<LoggedEvent> {
@@ -45,10 +49,14 @@ async function* readLogOnce(bus: Bus, opts: ReadLogOptions): AsyncGenerator<Logg
   const lastSeq = info.state.last_seq;
   const fromSeq = Math.max(1, opts.fromSeq ?? 1);
   if (!opts.follow && (lastSeq === 0 || fromSeq > lastSeq)) return;
-  const consumer = await retryTransient(() => bus.js.consumers.get(streams.events.name, {
-    filter_subjects: filter,
-    ...(fromSeq > 1 ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: fromSeq } : { deliver_policy: DeliverPolicy.All }),
-  }), { signal: opts.signal });
+  const consumer = await retryTransient(
+    () =>
+      bus.js.consumers.get(streams.events.name, {
+        filter_subjects: filter,
+        ...(fromSeq > 1 ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: fromSeq } : { deliver_policy: DeliverPolicy.All }),
+      }),
+    { signal: opts.signal },
+  );
   // An empty match set would never deliver anything: check first.
   if (!opts.follow) {
     const ci = await retryTransient(() => consumer.info(true), { signal: opts.signal });

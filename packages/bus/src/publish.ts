@@ -52,12 +52,7 @@ export function publishCore<S extends z.ZodType>(bus: Bus, def: MessageDefinitio
 }
 
 /** Park a refused message in `vmsave.dlq.<service>` with the reason; never throws. */
-export async function deadLetter(
-  bus: Bus,
-  service: string,
-  msg: { subject: string; data: Uint8Array; seq?: number },
-  reason: string,
-): Promise<boolean> {
+export async function deadLetter(bus: Bus, service: string, msg: { subject: string; data: Uint8Array; seq?: number }, reason: string): Promise<boolean> {
   let payload: string;
   let payloadEncoding: 'utf8' | 'base64' = 'utf8';
   try {

@@ -7,7 +7,12 @@ export function isTransient(err: unknown): boolean {
   // no responders for a few seconds; look through the whole cause chain.
   for (let e = err as { name?: string; message?: string; code?: unknown; cause?: unknown } | undefined, i = 0; e && i < 6; e = e.cause as typeof e, i++) {
     const text = `${e.name ?? ''} ${e.message ?? String(e)} ${String(e.code ?? '')}`;
-    if (/timeout|no responders|503|cluster not available|jetstream is not enabled|not enabled for account|leader|not current|no suitable peers|insufficient resources|temporarily unavailable|disconnect|CONNECTION_/i.test(text)) return true;
+    if (
+      /timeout|no responders|503|cluster not available|jetstream is not enabled|not enabled for account|leader|not current|no suitable peers|insufficient resources|temporarily unavailable|disconnect|CONNECTION_/i.test(
+        text,
+      )
+    )
+      return true;
   }
   return false;
 }

@@ -46,8 +46,17 @@ describe('bus against a real NATS server', () => {
     const seen: SaveRequest[] = [];
     const ac = new AbortController();
     const loop = runConsumer(bus, {
-      stream: testStream.name, durable: `c-${id}`, filterSubject: subject, schema: SaveRequest, service, log, signal: ac.signal,
-      handler: async (m) => { seen.push(m); return ack(); },
+      stream: testStream.name,
+      durable: `c-${id}`,
+      filterSubject: subject,
+      schema: SaveRequest,
+      service,
+      log,
+      signal: ac.signal,
+      handler: async (m) => {
+        seen.push(m);
+        return ack();
+      },
     });
     bus.nc.publish(subject, new TextEncoder().encode(JSON.stringify({ requestId: 'bad-1', vm: 'vm1', channels: 'many' })));
     bus.nc.publish(subject, new Uint8Array([0xff, 0xfe, 0x00]));

@@ -43,11 +43,15 @@ describe('typed core NATS request/reply and subscribe', () => {
   });
 
   it('refuses to send an invalid request, naming the field', async () => {
-    await expect(requestValidated(bus, messages.controlRequest, `test.${id}.none`, { action: 'explode' } as never, messages.controlReply)).rejects.toBeInstanceOf(BusValidationError);
+    await expect(requestValidated(bus, messages.controlRequest, `test.${id}.none`, { action: 'explode' } as never, messages.controlReply)).rejects.toBeInstanceOf(
+      BusValidationError,
+    );
   });
 
   it('times out with a retryable error when nobody answers', async () => {
-    const err = await requestValidated(bus, messages.controlRequest, `test.${id}.nobody`, { action: 'cancel', jobId: 's-abc', reason: 'x' }, messages.controlReply, { timeoutMs: 300 }).catch((e: unknown) => e);
+    const err = await requestValidated(bus, messages.controlRequest, `test.${id}.nobody`, { action: 'cancel', jobId: 's-abc', reason: 'x' }, messages.controlReply, {
+      timeoutMs: 300,
+    }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(BusRequestTimeout);
     expect((err as BusRequestTimeout).retryable).toBe(true);
   });

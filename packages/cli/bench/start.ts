@@ -59,7 +59,10 @@ async function makeImage(dir: string, ramMiB: number): Promise<string> {
   try {
     const channels = 4;
     const { streamOffset } = await createImage(imagePath, {
-      format: 'sparse', channels, directIo: false, wasRunning: false,
+      format: 'sparse',
+      channels,
+      directIo: false,
+      wasRunning: false,
       descriptor: {
         descriptorVersion: 1,
         vm: { name: 'bench-idle', uuid: '2f0c1f7e-6a3b-4c1d-9e8f-0a1b2c3d4e5f', machine: probe.machineAliases.q35 ?? 'q35', memoryMiB: ramMiB, vcpus: 1, args: [] },

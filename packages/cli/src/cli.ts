@@ -42,7 +42,16 @@ export function mainHelp(): string {
 export async function commandHelp(c: Command): Promise<string> {
   const help = typeof c.help === 'function' ? await c.help() : c.help;
   const w = Math.max(0, ...help.map(([f]) => f.length));
-  return [`usage: vmsave ${c.usage}`, '', c.summary, '', ...(help.length ? ['options:', ...help.map(([f, d]) => `  ${f.padEnd(w)}  ${d}`)] : []), `  ${'--json'.padEnd(w)}  machine-readable output on stdout`, `  ${'--help'.padEnd(w)}  this text`, ''].join('\n');
+  return [
+    `usage: vmsave ${c.usage}`,
+    '',
+    c.summary,
+    '',
+    ...(help.length ? ['options:', ...help.map(([f, d]) => `  ${f.padEnd(w)}  ${d}`)] : []),
+    `  ${'--json'.padEnd(w)}  machine-readable output on stdout`,
+    `  ${'--help'.padEnd(w)}  this text`,
+    '',
+  ].join('\n');
 }
 
 /** Run one command line; returns the exit code (never throws). */
@@ -53,7 +62,15 @@ export async function run(argv: string[], ctx: Ctx): Promise<number> {
       ctx.stdout.write(mainHelp());
       return name ? EXIT.ok : EXIT.usage;
     }
-    if (!cmd) throw new UsageError(GROUPS.has(name) ? `${name}: give a sub-command (${commands.filter((c) => c.name.startsWith(`${name} `)).map((c) => c.name.split(' ')[1]).join(', ')})` : `unknown command "${name}" (try vmsave --help)`);
+    if (!cmd)
+      throw new UsageError(
+        GROUPS.has(name)
+          ? `${name}: give a sub-command (${commands
+              .filter((c) => c.name.startsWith(`${name} `))
+              .map((c) => c.name.split(' ')[1])
+              .join(', ')})`
+          : `unknown command "${name}" (try vmsave --help)`,
+      );
     let parsed: { values: unknown; positionals: string[] };
     try {
       parsed = parseArgs({ args: rest, options: { ...cmd.options, json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } }, allowPositionals: true, strict: true });
@@ -73,7 +90,8 @@ export async function run(argv: string[], ctx: Ctx): Promise<number> {
   } catch (err) {
     ctx.progress?.clear();
     const e = err instanceof CliError ? err : new CliError((err as Error)?.message ?? String(err), EXIT.error, { cause: err });
-    if (ctx.json) ctx.stdout.write(`${JSON.stringify({ error: { message: oneLine(e.message), exitCode: e.exitCode, kind: e.name, ...('rule' in e && e.rule ? { rule: e.rule } : {}) } })}\n`);
+    if (ctx.json)
+      ctx.stdout.write(`${JSON.stringify({ error: { message: oneLine(e.message), exitCode: e.exitCode, kind: e.name, ...('rule' in e && e.rule ? { rule: e.rule } : {}) } })}\n`);
     ctx.stderr.write(`vmsave: ${oneLine(e.message)}\n`);
     if (ctx.env.VMSAVE_DEBUG && err instanceof Error && err.stack) ctx.stderr.write(`${err.stack}\n`);
     return e.exitCode;

@@ -8,9 +8,34 @@ import { VmDefinition, VmName } from '@vmsave/contracts';
 
 /** QEMU options that take no value (every other option takes exactly one). */
 const FLAGS = new Set([
-  'S', 'daemonize', 'nodefaults', 'no-user-config', 'nographic', 'no-reboot', 'no-shutdown', 'enable-kvm', 'snapshot',
-  'no-hpet', 'no-acpi', 's', 'full-screen', 'no-fd-bootchk', 'no-quit', 'only-migratable', 'preconfig', 'usb', 'win2k-hack',
-  'rtc-td-hack', 'no-kvm', 'no-kvm-irqchip', 'no-kvm-pit', 'alt-grab', 'ctrl-grab', 'enable-fips', 'semihosting', 'xen-attach',
+  'S',
+  'daemonize',
+  'nodefaults',
+  'no-user-config',
+  'nographic',
+  'no-reboot',
+  'no-shutdown',
+  'enable-kvm',
+  'snapshot',
+  'no-hpet',
+  'no-acpi',
+  's',
+  'full-screen',
+  'no-fd-bootchk',
+  'no-quit',
+  'only-migratable',
+  'preconfig',
+  'usb',
+  'win2k-hack',
+  'rtc-td-hack',
+  'no-kvm',
+  'no-kvm-irqchip',
+  'no-kvm-pit',
+  'alt-grab',
+  'ctrl-grab',
+  'enable-fips',
+  'semihosting',
+  'xen-attach',
 ]);
 /** Options vmsave always sets itself (buildVmArgs, spawnQemu) or that must not be repeated by a restore. */
 const DROP_FLAGS = new Set(['S', 'daemonize', 'nodefaults', 'no-user-config', 'enable-kvm', 'nographic', 'no-kvm', 'preconfig']);
@@ -30,7 +55,13 @@ export function parseQemuOpts(s: string, implied?: string): Map<string, string> 
   const parts: string[] = [];
   let cur = '';
   for (let i = 0; i < s.length; i++) {
-    if (s[i] === ',' && s[i + 1] === ',') { cur += ','; i++; } else if (s[i] === ',') { parts.push(cur); cur = ''; } else cur += s[i];
+    if (s[i] === ',' && s[i + 1] === ',') {
+      cur += ',';
+      i++;
+    } else if (s[i] === ',') {
+      parts.push(cur);
+      cur = '';
+    } else cur += s[i];
   }
   parts.push(cur);
   parts.forEach((p, i) => {
@@ -69,13 +100,21 @@ export function definitionFromCmdline(argv: readonly string[], fallbackName = 'v
   const opts_: { name: string; value?: string }[] = [];
   for (let i = 1; i < argv.length; i++) {
     const a = argv[i]!;
-    if (!a.startsWith('-')) { dropped.push(a); continue; } // a bare disk image: QEMU's legacy -hda
+    if (!a.startsWith('-')) {
+      dropped.push(a);
+      continue;
+    } // a bare disk image: QEMU's legacy -hda
     const key = a.replace(/^--?/, '');
     if (FLAGS.has(key)) opts_.push({ name: key });
     else opts_.push({ name: key, value: argv[++i] ?? '' });
   }
   // Monitor chardevs: `-mon chardev=ID` names a chardev that goes with it.
-  const monitorChardevs = new Set(opts_.filter((o) => o.name === 'mon').map((o) => parseQemuOpts(o.value ?? '').get('chardev')).filter((c): c is string => !!c));
+  const monitorChardevs = new Set(
+    opts_
+      .filter((o) => o.name === 'mon')
+      .map((o) => parseQemuOpts(o.value ?? '').get('chardev'))
+      .filter((c): c is string => !!c),
+  );
   for (const o of opts_) {
     const shown = o.value === undefined ? `-${o.name}` : `-${o.name} ${o.value}`;
     if (o.name === 'nodefaults') nodefaults = true;
@@ -105,7 +144,11 @@ export function definitionFromCmdline(argv: readonly string[], fallbackName = 'v
       }
       case 'm':
         memoryMiB = parseMemoryMiB(v);
-        { const m = parseQemuOpts(v, 'size'); m.delete('size'); if (m.size) args.push('-m', opts(m)); }
+        {
+          const m = parseQemuOpts(v, 'size');
+          m.delete('size');
+          if (m.size) args.push('-m', opts(m));
+        }
         continue;
       case 'smp': {
         const m = parseQemuOpts(v, 'cpus');
@@ -121,20 +164,35 @@ export function definitionFromCmdline(argv: readonly string[], fallbackName = 'v
         continue;
       case 'chardev': {
         const id = parseQemuOpts(v, 'backend').get('id');
-        if (id && monitorChardevs.has(id)) { dropped.push(shown); continue; }
+        if (id && monitorChardevs.has(id)) {
+          dropped.push(shown);
+          continue;
+        }
         args.push('-chardev', v);
         continue;
       }
       default:
-        if (DROP_WITH_VALUE.has(o.name)) { dropped.push(shown); continue; }
+        if (DROP_WITH_VALUE.has(o.name)) {
+          dropped.push(shown);
+          continue;
+        }
         args.push(`-${o.name}`, v);
     }
   }
-  if (!nodefaults) warnings.push('the source QEMU runs without -nodefaults: vmsave starts restores with -nodefaults, so its default devices (VGA, NIC, …) will be missing; give --vm-def with those devices');
+  if (!nodefaults)
+    warnings.push(
+      'the source QEMU runs without -nodefaults: vmsave starts restores with -nodefaults, so its default devices (VGA, NIC, …) will be missing; give --vm-def with those devices',
+    );
   const parsedName = VmName.safeParse(name);
-  const finalName = parsedName.success ? parsedName.data : (name ?? fallbackName).replace(/[^A-Za-z0-9._-]/g, '-').replace(/^[^A-Za-z0-9]+/, '').slice(0, 63) || 'vm';
+  const finalName = parsedName.success
+    ? parsedName.data
+    : (name ?? fallbackName)
+        .replace(/[^A-Za-z0-9._-]/g, '-')
+        .replace(/^[^A-Za-z0-9]+/, '')
+        .slice(0, 63) || 'vm';
   if (name !== undefined && finalName !== name) warnings.push(`VM name "${name}" is not a vmsave name; recorded as "${finalName}"`);
   const parsed = VmDefinition.safeParse({ name: finalName, uuid: uuid ?? randomUUID(), machine: machine ?? 'pc', memoryMiB, vcpus, args });
-  if (!parsed.success) throw new Error(`the QEMU command line does not make a valid VM definition: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
+  if (!parsed.success)
+    throw new Error(`the QEMU command line does not make a valid VM definition: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
   return { definition: parsed.data, dropped, warnings };
 }

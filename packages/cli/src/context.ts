@@ -33,10 +33,7 @@ export class Ctx {
    * commands that read no settings (inspect, verify).
    */
   async prepare(opts: { settings?: boolean } = {}): Promise<void> {
-    const [config, terminal] = await Promise.all([
-      opts.settings === false || settings ? undefined : import('./config.ts'),
-      Bar ? undefined : import('./terminal.ts'),
-    ]);
+    const [config, terminal] = await Promise.all([opts.settings === false || settings ? undefined : import('./config.ts'), Bar ? undefined : import('./terminal.ts')]);
     settings ??= config?.loadCliConfig;
     Bar ??= terminal?.ProgressBar;
   }
@@ -118,7 +115,12 @@ export class Ctx {
 export async function withTimeout<T>(p: Promise<T>, ms: number, message: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   try {
-    return await Promise.race([p, new Promise<never>((_, reject) => { timer = setTimeout(() => reject(new UnreachableError(message)), ms); })]);
+    return await Promise.race([
+      p,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new UnreachableError(message)), ms);
+      }),
+    ]);
   } finally {
     clearTimeout(timer);
   }

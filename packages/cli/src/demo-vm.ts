@@ -11,7 +11,11 @@ function patternBytes(size: number, seed = 0x5eed): Buffer {
   const b = Buffer.alloc(size);
   let x = seed >>> 0 || 1;
   for (let i = 0; i < size; i += 4) {
-    x ^= x << 13; x >>>= 0; x ^= x >>> 17; x ^= x << 5; x >>>= 0;
+    x ^= x << 13;
+    x >>>= 0;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    x >>>= 0;
     b.writeUInt32LE((x | 0x01010101) >>> 0, i);
   }
   return b;
@@ -30,7 +34,11 @@ export async function writeDemoVm(dir: string, opts: { name?: string; memoryMiB?
   const dataMiB = Math.max(1, Math.min(Math.floor(memoryMiB / 4), memoryMiB - 17));
   await writeFile(file, patternBytes(dataMiB * MiB));
   return {
-    name, uuid: randomUUID(), machine: 'q35', memoryMiB, vcpus: 1,
+    name,
+    uuid: randomUUID(),
+    machine: 'q35',
+    memoryMiB,
+    vcpus: 1,
     args: ['-device', `loader,file=${file.replaceAll(',', ',,')},addr=${16 * MiB},force-raw=on`],
   };
 }

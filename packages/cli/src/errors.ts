@@ -18,21 +18,31 @@ export const EXIT = {
 
 export class CliError extends Error {
   override name = 'CliError';
-  constructor(message: string, readonly exitCode: number = EXIT.error, options: { cause?: unknown } = {}) {
+  constructor(
+    message: string,
+    readonly exitCode: number = EXIT.error,
+    options: { cause?: unknown } = {},
+  ) {
     super(message, options);
   }
 }
 
 export class UsageError extends CliError {
   override name = 'UsageError';
-  constructor(message: string, readonly command?: string) {
+  constructor(
+    message: string,
+    readonly command?: string,
+  ) {
     super(message, EXIT.usage);
   }
 }
 
 export class RejectedError extends CliError {
   override name = 'RejectedError';
-  constructor(message: string, readonly rule?: string) {
+  constructor(
+    message: string,
+    readonly rule?: string,
+  ) {
     super(message, EXIT.rejected);
   }
 }

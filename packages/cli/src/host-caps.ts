@@ -33,12 +33,19 @@ export function stateDirOf(env: Record<string, string | undefined>): string {
 
 /** `name` as the shell would run it: the first executable match on PATH (or the path itself). */
 async function resolveBinary(name: string, env: Record<string, string | undefined>): Promise<string | undefined> {
-  const candidates = name.includes('/') ? [path.resolve(name)] : (env.PATH ?? '').split(':').filter(Boolean).map((d) => path.join(d, name));
+  const candidates = name.includes('/')
+    ? [path.resolve(name)]
+    : (env.PATH ?? '')
+        .split(':')
+        .filter(Boolean)
+        .map((d) => path.join(d, name));
   for (const c of candidates) {
     try {
       await access(c, constants.X_OK);
       return c;
-    } catch { /* next */ }
+    } catch {
+      /* next */
+    }
   }
   return undefined;
 }
@@ -47,7 +54,10 @@ async function keyOf(env: Record<string, string | undefined>): Promise<Key | und
   const binary = await resolveBinary(BINARY, env);
   if (!binary) return undefined;
   const st = await stat(binary);
-  const kvmUsable = await access('/dev/kvm', constants.R_OK | constants.W_OK).then(() => true, () => false);
+  const kvmUsable = await access('/dev/kvm', constants.R_OK | constants.W_OK).then(
+    () => true,
+    () => false,
+  );
   return { binary, mtimeMs: st.mtimeMs, size: st.size, kvmUsable };
 }
 
@@ -69,7 +79,9 @@ export async function cachedProbe(stateDir: string, env: Record<string, string |
     try {
       const entry = JSON.parse(await readFile(file, 'utf8')) as CacheEntry;
       if (entry.version === 1 && sameKey(entry.key, key) && entry.probe?.version) return entry.probe;
-    } catch { /* missing or unreadable: probe */ }
+    } catch {
+      /* missing or unreadable: probe */
+    }
   }
   const { probeQemu } = await import('@vmsave/qemu');
   const probe = await probeQemu(key ? { binary: key.binary } : {});

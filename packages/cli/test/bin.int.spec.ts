@@ -55,7 +55,11 @@ describe('the vmsave bundle', { timeout: 120_000 }, () => {
   it('--help loads no NATS, Redis, QEMU, QMP, image or zod code', () => {
     const inputs = loadedAtStart(meta);
     expect(inputs).toContain('src/cli.ts');
-    expect(inputs.filter((i) => /@nats-io|ioredis|zod|packages\/(qemu|qmp|image|ops|bus|store|client|jobs|contracts)\/|\.\.\/(qemu|qmp|image|ops|bus|store|client|jobs|contracts)\//.test(i))).toEqual([]);
+    expect(
+      inputs.filter((i) =>
+        /@nats-io|ioredis|zod|packages\/(qemu|qmp|image|ops|bus|store|client|jobs|contracts)\/|\.\.\/(qemu|qmp|image|ops|bus|store|client|jobs|contracts)\//.test(i),
+      ),
+    ).toEqual([]);
   });
 
   it('answers like the sources: help, a usage error, verify of a non-image', async () => {

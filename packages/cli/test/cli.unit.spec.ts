@@ -24,27 +24,77 @@ async function cli(args: string[], env: Record<string, string> = {}) {
 
 describe('definitionFromCmdline', () => {
   const argv = [
-    '/usr/bin/qemu-system-x86_64', '-S', '-nodefaults', '-no-user-config', '-name', 'guest=web-1,debug-threads=on',
-    '-uuid', '1b4e28ba-2fa1-11d2-883f-0016d3cca427', '-machine', 'pc-q35-10.0,accel=kvm,usb=off', '-m', 'size=512M,slots=2,maxmem=1G',
-    '-smp', '2,sockets=1,cores=2', '-display', 'none', '-daemonize', '-pidfile', '/run/x.pid',
-    '-chardev', 'socket,id=charmonitor,path=/run/mon.sock,server=on,wait=off', '-mon', 'chardev=charmonitor,id=monitor,mode=control',
-    '-chardev', 'pty,id=serial0', '-device', 'isa-serial,chardev=serial0', '-qmp', 'unix:/run/q.sock,server=on,wait=off',
-    '-incoming', 'defer', '-device', 'virtio-rng-pci', '-object', 'memory-backend-ram,id=m0,size=1M',
+    '/usr/bin/qemu-system-x86_64',
+    '-S',
+    '-nodefaults',
+    '-no-user-config',
+    '-name',
+    'guest=web-1,debug-threads=on',
+    '-uuid',
+    '1b4e28ba-2fa1-11d2-883f-0016d3cca427',
+    '-machine',
+    'pc-q35-10.0,accel=kvm,usb=off',
+    '-m',
+    'size=512M,slots=2,maxmem=1G',
+    '-smp',
+    '2,sockets=1,cores=2',
+    '-display',
+    'none',
+    '-daemonize',
+    '-pidfile',
+    '/run/x.pid',
+    '-chardev',
+    'socket,id=charmonitor,path=/run/mon.sock,server=on,wait=off',
+    '-mon',
+    'chardev=charmonitor,id=monitor,mode=control',
+    '-chardev',
+    'pty,id=serial0',
+    '-device',
+    'isa-serial,chardev=serial0',
+    '-qmp',
+    'unix:/run/q.sock,server=on,wait=off',
+    '-incoming',
+    'defer',
+    '-device',
+    'virtio-rng-pci',
+    '-object',
+    'memory-backend-ram,id=m0,size=1M',
   ];
 
   it('keeps machine, memory, vCPUs and devices, and drops what vmsave sets itself', () => {
     const { definition: d, dropped, warnings } = definitionFromCmdline(argv);
     expect(d).toMatchObject({ name: 'web-1', uuid: '1b4e28ba-2fa1-11d2-883f-0016d3cca427', machine: 'pc-q35-10.0', memoryMiB: 512, vcpus: 2 });
     expect(d.args).toEqual([
-      '-machine', 'usb=off', '-m', 'slots=2,maxmem=1G', '-smp', 'sockets=1,cores=2',
-      '-chardev', 'pty,id=serial0', '-device', 'isa-serial,chardev=serial0', '-device', 'virtio-rng-pci', '-object', 'memory-backend-ram,id=m0,size=1M',
+      '-machine',
+      'usb=off',
+      '-m',
+      'slots=2,maxmem=1G',
+      '-smp',
+      'sockets=1,cores=2',
+      '-chardev',
+      'pty,id=serial0',
+      '-device',
+      'isa-serial,chardev=serial0',
+      '-device',
+      'virtio-rng-pci',
+      '-object',
+      'memory-backend-ram,id=m0,size=1M',
     ]);
-    expect(dropped).toEqual(expect.arrayContaining(['-S', '-daemonize', '-incoming defer', '-pidfile /run/x.pid', '-mon chardev=charmonitor,id=monitor,mode=control', '-qmp unix:/run/q.sock,server=on,wait=off']));
+    expect(dropped).toEqual(
+      expect.arrayContaining([
+        '-S',
+        '-daemonize',
+        '-incoming defer',
+        '-pidfile /run/x.pid',
+        '-mon chardev=charmonitor,id=monitor,mode=control',
+        '-qmp unix:/run/q.sock,server=on,wait=off',
+      ]),
+    );
     expect(d.args.join(' ')).not.toMatch(/charmonitor|accel|incoming|-S\b|qmp/);
     expect(warnings).toEqual([]);
   });
 
-  it('defaults: a new uuid, the fallback name, QEMU\'s default memory; warns without -nodefaults', () => {
+  it("defaults: a new uuid, the fallback name, QEMU's default memory; warns without -nodefaults", () => {
     const { definition: d, warnings } = definitionFromCmdline(['qemu-system-x86_64', '-machine', 'q35', '-m', '1G'], 'from-socket');
     expect(d.name).toBe('from-socket');
     expect(d.uuid).toMatch(/^[0-9a-f-]{36}$/);
@@ -53,7 +103,12 @@ describe('definitionFromCmdline', () => {
   });
 
   it('reads QEMU option syntax', () => {
-    expect(parseQemuOpts('q35,,x,accel=kvm', 'type')).toEqual(new Map([['type', 'q35,x'], ['accel', 'kvm']]));
+    expect(parseQemuOpts('q35,,x,accel=kvm', 'type')).toEqual(
+      new Map([
+        ['type', 'q35,x'],
+        ['accel', 'kvm'],
+      ]),
+    );
     expect([parseMemoryMiB('128'), parseMemoryMiB('2G'), parseMemoryMiB('size=64M'), parseMemoryMiB('524288k')]).toEqual([128, 2048, 64, 512]);
     expect(() => parseMemoryMiB('lots')).toThrow(/memory size/);
   });
@@ -108,8 +163,14 @@ describe('arguments', () => {
 
   it('int, oneOf, str and bool read parsed options; a bad value names the flag and the rule', () => {
     const v = { channels: '4', format: 'sparse', wait: true, big: '99', frac: '1.5' };
-    expect([int(v, 'channels', { min: 1, max: 64 }), oneOf(v, 'format', ['legacy', 'sparse'] as const), str(v, 'format'), bool(v, 'wait'), bool(v, 'format'), int(v, 'none', { min: 0, max: 1 })])
-      .toEqual([4, 'sparse', 'sparse', true, false, undefined]);
+    expect([
+      int(v, 'channels', { min: 1, max: 64 }),
+      oneOf(v, 'format', ['legacy', 'sparse'] as const),
+      str(v, 'format'),
+      bool(v, 'wait'),
+      bool(v, 'format'),
+      int(v, 'none', { min: 0, max: 1 }),
+    ]).toEqual([4, 'sparse', 'sparse', true, false, undefined]);
     expect(() => int(v, 'big', { min: 1, max: 64 })).toThrow(new UsageError('--big must be between 1 and 64, got 99'));
     expect(() => int(v, 'frac', { min: 1, max: 64 })).toThrow(/--frac needs a whole number, got "1.5"/);
     expect(() => oneOf(v, 'format', ['legacy'] as const)).toThrow(/--format must be one of legacy, got "sparse"/);
@@ -121,7 +182,9 @@ describe('module graph', () => {
   const importsOf = (file: string) => [...readFileSync(file, 'utf8').matchAll(/(?:from|import\()\s*'([^']+)'/g)].map((m) => m[1]!);
 
   it('cli.ts imports the commands, the commands import options.ts, never cli.ts', () => {
-    expect(importsOf(path.join(src, 'cli.ts'))).toEqual(expect.arrayContaining(['./options.ts', './commands/bus.ts', './commands/image.ts', './commands/vm.ts', './commands/demo.ts']));
+    expect(importsOf(path.join(src, 'cli.ts'))).toEqual(
+      expect.arrayContaining(['./options.ts', './commands/bus.ts', './commands/image.ts', './commands/vm.ts', './commands/demo.ts']),
+    );
     for (const dir of ['commands', 'run']) {
       for (const f of readdirSync(path.join(src, dir))) expect(importsOf(path.join(src, dir, f)), `${dir}/${f}`).not.toContain('../cli.ts');
     }

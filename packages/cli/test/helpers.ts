@@ -23,12 +23,17 @@ export function vmsave(args: string[], env: Record<string, string> = {}, opts: {
     let stderr = '';
     child.stdout.on('data', (d) => (stdout += d));
     child.stderr.on('data', (d) => (stderr += d));
-    const timer = setTimeout(() => { child.kill('SIGKILL'); reject(new Error(`vmsave ${args.join(' ')} timed out\n${stderr}`)); }, opts.timeoutMs ?? 240_000);
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`vmsave ${args.join(' ')} timed out\n${stderr}`));
+    }, opts.timeoutMs ?? 240_000);
     child.once('error', reject);
     child.once('close', (code) => {
       clearTimeout(timer);
       resolve({
-        code, stdout, stderr,
+        code,
+        stdout,
+        stderr,
         json<T>() {
           const lines = stdout.trim().split('\n');
           try {

@@ -22,7 +22,12 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await source?.kill().catch(() => undefined);
-  for (const pid of pids) try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
+  for (const pid of pids)
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      /* gone */
+    }
   await rm(dir, { recursive: true, force: true });
 });
 
@@ -32,10 +37,28 @@ describe('offline save --qmp → inspect → verify → restore', () => {
     const extra = ['-device', 'virtio-rng-pci,id=rng0', '-device', 'pcie-root-port,id=rp1,chassis=1', '-object', 'memory-backend-ram,id=spare,size=1M'];
     const accel = await detectAccel();
     // Started by the test, not by vmsave, the way another tool would: its own -name/-uuid/-machine/-m/-smp.
-    source = await spawnQemu([
-      '-nodefaults', '-no-user-config', '-display', 'none', '-S', '-name', `guest=${def.name},debug-threads=on`, '-uuid', def.uuid,
-      '-machine', `q35,accel=${accel}`, '-m', `${def.memoryMiB}M`, '-smp', '1', ...def.args, ...extra,
-    ], { qmpSocketPath: path.join(dir, 'source.qmp'), killWithParent: true });
+    source = await spawnQemu(
+      [
+        '-nodefaults',
+        '-no-user-config',
+        '-display',
+        'none',
+        '-S',
+        '-name',
+        `guest=${def.name},debug-threads=on`,
+        '-uuid',
+        def.uuid,
+        '-machine',
+        `q35,accel=${accel}`,
+        '-m',
+        `${def.memoryMiB}M`,
+        '-smp',
+        '1',
+        ...def.args,
+        ...extra,
+      ],
+      { qmpSocketPath: path.join(dir, 'source.qmp'), killWithParent: true },
+    );
     const before = await (async () => {
       await using qmp = await source!.connectQmp();
       await qmp.execute('cont');
@@ -47,7 +70,15 @@ describe('offline save --qmp → inspect → verify → restore', () => {
 
     const save = await vmsave(['save', '--qmp', source.qmpSocketPath, '--out', image, '--format', 'sparse', '--after', 'quit', '--json'], env);
     expect(save.code, save.stderr).toBe(0);
-    const saved = save.json<{ imagePath: string; format: string; bytes: number; blocks: number; vmState: string; definition: { name: string; args: string[] }; dropped: string[] }>();
+    const saved = save.json<{
+      imagePath: string;
+      format: string;
+      bytes: number;
+      blocks: number;
+      vmState: string;
+      definition: { name: string; args: string[] };
+      dropped: string[];
+    }>();
     expect(saved).toMatchObject({ imagePath: image, format: 'sparse', vmState: 'quit', definition: { name: 'ext-vm' } });
     expect(saved.bytes).toBeGreaterThan(0);
     expect(saved.dropped).toEqual(expect.arrayContaining(['-S', expect.stringMatching(/^-qmp unix:/)]));
@@ -55,7 +86,11 @@ describe('offline save --qmp → inspect → verify → restore', () => {
 
     const inspect = await vmsave(['inspect', image, '--json'], env);
     expect(inspect.code, inspect.stderr).toBe(0);
-    const ins = inspect.json<{ kind: string; header: { complete: boolean; format: string }; descriptor: { host: string; vm: { name: string; uuid: string; machine: string; memoryMiB: number; vcpus: number; args: string[] } } }>();
+    const ins = inspect.json<{
+      kind: string;
+      header: { complete: boolean; format: string };
+      descriptor: { host: string; vm: { name: string; uuid: string; machine: string; memoryMiB: number; vcpus: number; args: string[] } };
+    }>();
     expect(ins.kind).toBe('vmsave');
     expect(ins.header).toMatchObject({ complete: true, format: 'sparse' });
     expect(ins.descriptor.vm).toMatchObject({ name: 'ext-vm', uuid: def.uuid, memoryMiB: 96, vcpus: 1, machine: expect.stringMatching(/q35/) });

@@ -48,13 +48,22 @@ async function vmsaveImage(name: string, format: SaveFormat): Promise<string> {
   const file = path.join(dir, name);
   const probe = await probeQemu();
   const { streamOffset } = await createImage(file, {
-    format, channels: format === 'sparse' ? 2 : 0, directIo: false, wasRunning: false,
+    format,
+    channels: format === 'sparse' ? 2 : 0,
+    directIo: false,
+    wasRunning: false,
     descriptor: {
       descriptorVersion: 1,
       vm: { name: 'verify-src', uuid: '6f1c2a4e-7d1b-4e8a-9c3f-2b5d8e9a1f00', machine: probe.machineAliases.q35 ?? 'q35', memoryMiB: 64, vcpus: 1, args: [] },
       format,
-      qemu: { version: probe.version, capabilities: format === 'sparse' ? { 'mapped-ram': true, multifd: true } : {}, parameters: format === 'sparse' ? { 'multifd-channels': 2 } : {} },
-      host: 'test-host', jobId: 'job-verify', createdAt: new Date().toISOString(),
+      qemu: {
+        version: probe.version,
+        capabilities: format === 'sparse' ? { 'mapped-ram': true, multifd: true } : {},
+        parameters: format === 'sparse' ? { 'multifd-channels': 2 } : {},
+      },
+      host: 'test-host',
+      jobId: 'job-verify',
+      createdAt: new Date().toISOString(),
     },
   });
   await qemuStreamInto(file, streamOffset, format);
@@ -62,7 +71,8 @@ async function vmsaveImage(name: string, format: SaveFormat): Promise<string> {
   return file;
 }
 
-const DOMAIN_XML = "<domain type='kvm'><name>verify-src</name><uuid>6f1c2a4e-7d1b-4e8a-9c3f-2b5d8e9a1f00</uuid><memory unit='KiB'>65536</memory><os><type arch='x86_64' machine='pc-q35-10.0'>hvm</type></os></domain>\n";
+const DOMAIN_XML =
+  "<domain type='kvm'><name>verify-src</name><uuid>6f1c2a4e-7d1b-4e8a-9c3f-2b5d8e9a1f00</uuid><memory unit='KiB'>65536</memory><os><type arch='x86_64' machine='pc-q35-10.0'>hvm</type></os></domain>\n";
 
 /** A libvirt save image: 92-byte header, XML, padding; then the stream (`raw`: QEMU's own; `gzip`: any gzip data). */
 async function libvirtImage(name: string, compressor: 'raw' | 'gzip'): Promise<string> {
@@ -95,7 +105,10 @@ describe('vmsave verify --json', { timeout: 120_000 }, () => {
     expect(v).toMatchObject({ file: image, kind: 'vmsave', source: 'vmsave', format: 'sparse', ok: true });
     expect(v.checks.find((c) => c.name === 'format.restorable-here')?.status).toBe('pass');
 
-    const cache = JSON.parse(await readFile(path.join(env.VMSAVE_STATE_DIR!, 'qemu-probe.json'), 'utf8')) as { key: { binary: string }; probe: { version: string; mappedRam: boolean } };
+    const cache = JSON.parse(await readFile(path.join(env.VMSAVE_STATE_DIR!, 'qemu-probe.json'), 'utf8')) as {
+      key: { binary: string };
+      probe: { version: string; mappedRam: boolean };
+    };
     expect(cache.key.binary).toMatch(/qemu-system-x86_64$/);
     expect(cache.probe).toMatchObject({ version: (await probeQemu()).version, mappedRam: true });
 
@@ -104,7 +117,10 @@ describe('vmsave verify --json', { timeout: 120_000 }, () => {
     const again = (await vmsave(['verify', image, '--json'], env)).json<VerifyJson>();
     expect(again.checks.find((c) => c.name === 'format.restorable-here')).toMatchObject({ status: 'fail' });
     // …and a cache whose key no longer matches the binary is probed again.
-    await writeFile(path.join(env.VMSAVE_STATE_DIR!, 'qemu-probe.json'), JSON.stringify({ ...cache, key: { ...cache.key, mtimeMs: 1 }, probe: { ...cache.probe, mappedRam: false } }));
+    await writeFile(
+      path.join(env.VMSAVE_STATE_DIR!, 'qemu-probe.json'),
+      JSON.stringify({ ...cache, key: { ...cache.key, mtimeMs: 1 }, probe: { ...cache.probe, mappedRam: false } }),
+    );
     const reprobed = await vmsave(['verify', image, '--json'], env);
     expect(reprobed.code, reprobed.stderr).toBe(EXIT.ok);
     expect(JSON.parse(await readFile(path.join(env.VMSAVE_STATE_DIR!, 'qemu-probe.json'), 'utf8')).probe.mappedRam).toBe(true);

@@ -1,6 +1,13 @@
 import {
-  jobIdFor, messages, subjects,
-  type AdmissionReply, type CancelRequestInput, type JobEvent, type ProgressSample, type RestoreRequestInput, type SaveRequestInput,
+  jobIdFor,
+  messages,
+  subjects,
+  type AdmissionReply,
+  type CancelRequestInput,
+  type JobEvent,
+  type ProgressSample,
+  type RestoreRequestInput,
+  type SaveRequestInput,
 } from '@vmsave/contracts';
 import { awaitAnswer, eventsOfJob, publishValidated, readLog, subscribeValidated, type Bus } from '@vmsave/bus';
 import { fold, isFinal, type JobState } from '@vmsave/jobs';
@@ -124,9 +131,10 @@ export class VmsaveClient {
     const answer = this.answer();
     let ack: Awaited<ReturnType<typeof publishValidated>>['ack'];
     try {
-      ({ ack } = kind === 'save'
-        ? await publishValidated(this.bus, messages.saveRequest, subjects.cmd.save, req as SaveRequestInput, { msgId: req.requestId, replyTo: answer.inbox })
-        : await publishValidated(this.bus, messages.restoreRequest, subjects.cmd.restore, req as RestoreRequestInput, { msgId: req.requestId, replyTo: answer.inbox }));
+      ({ ack } =
+        kind === 'save'
+          ? await publishValidated(this.bus, messages.saveRequest, subjects.cmd.save, req as SaveRequestInput, { msgId: req.requestId, replyTo: answer.inbox })
+          : await publishValidated(this.bus, messages.restoreRequest, subjects.cmd.restore, req as RestoreRequestInput, { msgId: req.requestId, replyTo: answer.inbox }));
     } catch (err) {
       answer.cancel();
       throw err;
@@ -184,7 +192,10 @@ export class VmsaveClient {
     const timeoutMs = opts.timeoutMs ?? 10 * 60_000;
     const ac = new AbortController();
     let timedOut = false;
-    const timer = setTimeout(() => { timedOut = true; ac.abort(); }, timeoutMs);
+    const timer = setTimeout(() => {
+      timedOut = true;
+      ac.abort();
+    }, timeoutMs);
     const onAbort = () => ac.abort();
     opts.signal?.addEventListener('abort', onAbort, { once: true });
     if (opts.signal?.aborted) ac.abort();
@@ -194,7 +205,11 @@ export class VmsaveClient {
       void (async () => {
         // A bad sample is skipped by subscribeValidated; a throwing callback must not end the stream.
         for await (const { value } of progress) {
-          try { onProgress!(value); } catch { /* the caller's problem, not the wait's */ }
+          try {
+            onProgress!(value);
+          } catch {
+            /* the caller's problem, not the wait's */
+          }
         }
       })().catch(() => undefined);
     }

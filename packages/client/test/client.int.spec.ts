@@ -30,10 +30,15 @@ const event = (jobId: string, type: JobEvent['type'], data: unknown): JobEvent =
  * (a work queue with no consumer here, so it stays there) and answer on its `Vmsave-Reply-To` inbox.
  */
 async function answer(subject: string, requestId: string, reply: AdmissionReply): Promise<void> {
-  const m = await waitFor(`the command ${requestId}`, async () => {
-    const last = await bus.jsm.streams.getMessage(streams.commands.name, { last_by_subj: subject });
-    return last && (last.json<{ requestId: string }>()).requestId === requestId ? last : undefined;
-  }, 10_000, 20);
+  const m = await waitFor(
+    `the command ${requestId}`,
+    async () => {
+      const last = await bus.jsm.streams.getMessage(streams.commands.name, { last_by_subj: subject });
+      return last && last.json<{ requestId: string }>().requestId === requestId ? last : undefined;
+    },
+    10_000,
+    20,
+  );
   publishCore(bus, messages.admissionReply, m.header.get('Vmsave-Reply-To'), reply);
 }
 
@@ -44,7 +49,7 @@ describe('VmsaveClient on a real NATS', () => {
     expect(r).toEqual({ jobId: jobIdFor('save', requestId), duplicate: false, streamSeq: expect.any(Number), admission: undefined });
   });
 
-  it('the admission answer comes back on the request\'s reply inbox', async () => {
+  it("the admission answer comes back on the request's reply inbox", async () => {
     const requestId = uniq('answered');
     const answered = answer(subjects.cmd.save, requestId, { outcome: 'accepted', requestId, jobId: jobIdFor('save', requestId), duplicate: false });
     const r = await client.save({ requestId, vm: 'web-1' }, { admissionTimeoutMs: 10_000 });
@@ -69,7 +74,14 @@ describe('VmsaveClient on a real NATS', () => {
     await publishEvent(bus, event(r1.jobId, 'SaveRequested', { request: { requestId: rejectedId, vm: 'nope' } }));
     await publishEvent(bus, event(r1.jobId, 'SaveRejected', { rule: 'vm-exists', field: 'vm', message: 'no announced host has a VM named "nope"' }));
     const r2 = await client.save({ requestId: rejectedId, vm: 'nope' });
-    expect(r2.admission).toEqual({ outcome: 'rejected', requestId: rejectedId, jobId: r1.jobId, rule: 'vm-exists', field: 'vm', message: 'no announced host has a VM named "nope"' });
+    expect(r2.admission).toEqual({
+      outcome: 'rejected',
+      requestId: rejectedId,
+      jobId: r1.jobId,
+      rule: 'vm-exists',
+      field: 'vm',
+      message: 'no announced host has a VM named "nope"',
+    });
   });
 
   it('waitForJob follows the log to the final state, with live progress; job() and history() fold the same events', async () => {
@@ -80,7 +92,17 @@ describe('VmsaveClient on a real NATS', () => {
     const progress: number[] = [];
     const waiting = client.waitForJob(jobId, { onEvent: (e, s) => seen.push(`${e.type}:${s.status}`), onProgress: (p) => progress.push(p.transferredBytes), timeoutMs: 20_000 });
     await new Promise((r) => setTimeout(r, 300));
-    const sample = { jobId, host: 'h1', stage: 'save', status: 'active', transferredBytes: 1024, totalBytes: 4096, remainingBytes: 3072, bytesPerSec: 1024, at: new Date().toISOString() };
+    const sample = {
+      jobId,
+      host: 'h1',
+      stage: 'save',
+      status: 'active',
+      transferredBytes: 1024,
+      totalBytes: 4096,
+      remainingBytes: 3072,
+      bytesPerSec: 1024,
+      at: new Date().toISOString(),
+    };
     publishCore(bus, messages.progress, subjects.progress(jobId), sample);
     bus.nc.publish(subjects.progress(jobId), new TextEncoder().encode('{"not":"a sample"}'));
     await bus.nc.flush();

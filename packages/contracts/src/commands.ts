@@ -19,7 +19,12 @@ export const SaveRequest = z.object({
   image: ImagePath.optional(),
   priority: Priority.default('normal'),
   /** Give up after this long (default: from RAM size and the host's measured throughput). */
-  deadlineMs: z.number().int().min(1000).max(24 * 3600 * 1000).optional(),
+  deadlineMs: z
+    .number()
+    .int()
+    .min(1000)
+    .max(24 * 3600 * 1000)
+    .optional(),
   requestedBy: z.string().max(256).optional(),
 });
 export type SaveRequest = z.infer<typeof SaveRequest>;
@@ -36,7 +41,12 @@ export const RestoreRequest = z.object({
   /** State to leave the VM in: default as it was when saved. */
   after: z.enum(['running', 'paused', 'as-saved']).default('as-saved'),
   priority: Priority.default('normal'),
-  deadlineMs: z.number().int().min(1000).max(24 * 3600 * 1000).optional(),
+  deadlineMs: z
+    .number()
+    .int()
+    .min(1000)
+    .max(24 * 3600 * 1000)
+    .optional(),
   requestedBy: z.string().max(256).optional(),
 });
 export type RestoreRequest = z.infer<typeof RestoreRequest>;

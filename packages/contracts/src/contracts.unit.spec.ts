@@ -1,7 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import {
-  JobEvent, SaveRequest, RestoreRequest, WorkItem, jobIdFor, makeEvent, parseEventSubject, subjects, upcast, jobEventTypes,
-} from './index.ts';
+import { JobEvent, SaveRequest, RestoreRequest, WorkItem, jobIdFor, makeEvent, parseEventSubject, subjects, upcast, jobEventTypes } from './index.ts';
 
 describe('subjects', () => {
   it('builds event subjects that round-trip', () => {

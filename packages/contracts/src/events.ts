@@ -23,7 +23,20 @@ export const Scheduled = z.object({
 });
 
 export const FailureStage = z.enum([
-  'admission', 'connect', 'prepare', 'pause', 'image', 'migrate', 'finalize', 'resume', 'start-qemu', 'restore', 'verify', 'lost', 'deadline', 'unknown',
+  'admission',
+  'connect',
+  'prepare',
+  'pause',
+  'image',
+  'migrate',
+  'finalize',
+  'resume',
+  'start-qemu',
+  'restore',
+  'verify',
+  'lost',
+  'deadline',
+  'unknown',
 ]);
 export type FailureStage = z.infer<typeof FailureStage>;
 
@@ -46,14 +59,16 @@ export const VerificationCheck = z.object({
 });
 export type VerificationCheck = z.infer<typeof VerificationCheck>;
 
-export const QemuMigrationStats = z.object({
-  totalTimeMs: z.number().optional(),
-  ramTotal: z.number().optional(),
-  ramTransferred: z.number().optional(),
-  ramNormalPages: z.number().optional(),
-  ramDuplicatePages: z.number().optional(),
-  mbps: z.number().optional(),
-}).loose();
+export const QemuMigrationStats = z
+  .object({
+    totalTimeMs: z.number().optional(),
+    ramTotal: z.number().optional(),
+    ramTransferred: z.number().optional(),
+    ramNormalPages: z.number().optional(),
+    ramDuplicatePages: z.number().optional(),
+    mbps: z.number().optional(),
+  })
+  .loose();
 
 /* ---------- event payloads ---------- */
 
@@ -204,10 +219,26 @@ export type RestoreCancelled = z.infer<typeof RestoreCancelled>;
 
 /** Any event in the log (`vmsave.evt.<jobId>.<type>`). */
 export const JobEvent = z.discriminatedUnion('type', [
-  SaveRequested, SaveRejected, SaveScheduled, SaveStarted, SaveCompleted, SaveFailed, SaveRetrying,
-  SaveCancelRequested, SaveCancelled, ImageVerified, ImageRejected,
-  RestoreRequested, RestoreRejected, RestoreScheduled, RestoreStarted, RestoreCompleted, RestoreFailed,
-  RestoreRetrying, RestoreCancelRequested, RestoreCancelled,
+  SaveRequested,
+  SaveRejected,
+  SaveScheduled,
+  SaveStarted,
+  SaveCompleted,
+  SaveFailed,
+  SaveRetrying,
+  SaveCancelRequested,
+  SaveCancelled,
+  ImageVerified,
+  ImageRejected,
+  RestoreRequested,
+  RestoreRejected,
+  RestoreScheduled,
+  RestoreStarted,
+  RestoreCompleted,
+  RestoreFailed,
+  RestoreRetrying,
+  RestoreCancelRequested,
+  RestoreCancelled,
 ]);
 export type JobEvent = z.infer<typeof JobEvent>;
 export type JobEventType = JobEvent['type'];
@@ -216,12 +247,7 @@ export type EventOf<T extends JobEventType> = Extract<JobEvent, { type: T }>;
 export const jobEventTypes = JobEvent.options.map((o) => o.shape.type.value) as JobEventType[];
 
 /** Build an event envelope with a fresh id and the current time (both overridable). */
-export function makeEvent<T extends JobEventType>(
-  type: T,
-  jobId: string,
-  data: EventOf<T>['data'],
-  meta: { source: string; eventId?: string; at?: Date },
-): EventOf<T> {
+export function makeEvent<T extends JobEventType>(type: T, jobId: string, data: EventOf<T>['data'], meta: { source: string; eventId?: string; at?: Date }): EventOf<T> {
   return {
     eventId: meta.eventId ?? newEventId(),
     type,

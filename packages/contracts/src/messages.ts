@@ -36,10 +36,14 @@ export const messages = {
 /** The command definition for a subject on the command stream, if any. */
 export function commandForSubject(subject: string) {
   switch (subject) {
-    case subjects.cmd.save: return messages.saveRequest;
-    case subjects.cmd.restore: return messages.restoreRequest;
-    case subjects.cmd.cancel: return messages.cancelRequest;
-    default: return undefined;
+    case subjects.cmd.save:
+      return messages.saveRequest;
+    case subjects.cmd.restore:
+      return messages.restoreRequest;
+    case subjects.cmd.cancel:
+      return messages.cancelRequest;
+    default:
+      return undefined;
   }
 }
 

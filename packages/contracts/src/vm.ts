@@ -15,7 +15,11 @@ export const VmDefinition = z.object({
   name: VmName,
   uuid: z.uuid(),
   machine: MachineType,
-  memoryMiB: z.number().int().min(16).max(4 * 1024 * 1024),
+  memoryMiB: z
+    .number()
+    .int()
+    .min(16)
+    .max(4 * 1024 * 1024),
   vcpus: z.number().int().min(1).max(1024),
   /** Extra QEMU arguments (devices, backends). vmsave adds its own -qmp, -incoming, -S. */
   args: z.array(z.string().max(4096)).max(512).default([]),

@@ -12,7 +12,10 @@ import { verifyImage } from '../src/node/index.ts';
 import { makeVmsaveImage } from '../test/fixtures.ts';
 
 const rchar = (): number => Number(/rchar:\s*(\d+)/.exec(readFileSync('/proc/self/io', 'utf8'))![1]);
-const sizes = process.argv.slice(2).map(Number).filter((n) => n > 0);
+const sizes = process.argv
+  .slice(2)
+  .map(Number)
+  .filter((n) => n > 0);
 const dir = await fsp.mkdtemp(join(tmpdir(), 'vmsave-bench-'));
 try {
   console.log('RAM MiB | logical bytes | allocated bytes | verify ms (median of 5) | bytes read by verify | ok');

@@ -19,15 +19,7 @@
  * `checkRestorable` returns refusals; neither throws for a malformed file.
  */
 
-export type ImageErrorCode =
-  | 'IMAGE_EXISTS'
-  | 'IMAGE_IO'
-  | 'IMAGE_FORMAT'
-  | 'IMAGE_TRUNCATED'
-  | 'IMAGE_VERSION'
-  | 'IMAGE_CHECKSUM'
-  | 'IMAGE_DESCRIPTOR'
-  | 'IMAGE_STATE';
+export type ImageErrorCode = 'IMAGE_EXISTS' | 'IMAGE_IO' | 'IMAGE_FORMAT' | 'IMAGE_TRUNCATED' | 'IMAGE_VERSION' | 'IMAGE_CHECKSUM' | 'IMAGE_DESCRIPTOR' | 'IMAGE_STATE';
 
 export interface ImageErrorOptions {
   cause?: unknown;

@@ -5,8 +5,14 @@ import { HEADER_SIZE, decodeHeader, encodeHeader, magicBytes, verifyHeaderChecks
 
 const desc = Buffer.from('{"x":1}');
 const fields: HeaderFields = {
-  complete: false, format: 'sparse', channels: 2, wasRunning: true, directIo: true,
-  descriptorOffset: HEADER_SIZE, descriptorLength: desc.length, streamOffset: 4096,
+  complete: false,
+  format: 'sparse',
+  channels: 2,
+  wasRunning: true,
+  directIo: true,
+  descriptorOffset: HEADER_SIZE,
+  descriptorLength: desc.length,
+  streamOffset: 4096,
 };
 
 describe('vmsave header', () => {

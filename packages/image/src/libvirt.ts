@@ -94,7 +94,19 @@ export function domainSummary(xml: string): { name?: string; uuid?: string; memo
   if (uuid) out.uuid = uuid;
   if (mem) {
     const unit = (mem[1] ?? 'KiB').toLowerCase();
-    const factor: Record<string, number> = { b: 1 / 1024, bytes: 1 / 1024, k: 1, kib: 1, m: 1024, mib: 1024, g: 1024 ** 2, gib: 1024 ** 2, kb: 1000 / 1024, mb: 1e6 / 1024, gb: 1e9 / 1024 };
+    const factor: Record<string, number> = {
+      b: 1 / 1024,
+      bytes: 1 / 1024,
+      k: 1,
+      kib: 1,
+      m: 1024,
+      mib: 1024,
+      g: 1024 ** 2,
+      gib: 1024 ** 2,
+      kb: 1000 / 1024,
+      mb: 1e6 / 1024,
+      gb: 1e9 / 1024,
+    };
     out.memoryKiB = Math.round(Number(mem[2]) * (factor[unit] ?? 1));
   }
   if (machine) out.machine = machine;
@@ -118,7 +130,15 @@ export function compressorMagicMatches(format: LibvirtFormat, bytes: Uint8Array)
 }
 
 /** Build a libvirt header (for tests and tools that wrap a stream the way libvirt does). Little-endian. */
-export function encodeLibvirtHeader(h: { complete: boolean; dataLength: number; wasRunning: boolean; formatCode: number; cookieOffset: number; version?: number; bigEndian?: boolean }): Buffer {
+export function encodeLibvirtHeader(h: {
+  complete: boolean;
+  dataLength: number;
+  wasRunning: boolean;
+  formatCode: number;
+  cookieOffset: number;
+  version?: number;
+  bigEndian?: boolean;
+}): Buffer {
   const b = Buffer.alloc(LIBVIRT_HEADER_SIZE);
   b.write(h.complete ? LIBVIRT_MAGIC_COMPLETE : LIBVIRT_MAGIC_PARTIAL, 0, 'latin1');
   const w = (v: number, off: number): number => (h.bigEndian ? b.writeUInt32BE(v, off) : b.writeUInt32LE(v, off));

@@ -16,14 +16,21 @@ describe('libvirt save header', () => {
   });
 
   it('bounds-checks data_len and the version', () => {
-    expect(() => decodeLibvirtHeader(encodeLibvirtHeader({ complete: true, dataLength: 5000, wasRunning: false, formatCode: 0, cookieOffset: 0 }), 1000)).toThrow(ImageTruncatedError);
-    expect(() => decodeLibvirtHeader(encodeLibvirtHeader({ complete: true, dataLength: 5, wasRunning: false, formatCode: 0, cookieOffset: 0, version: 0 }), 1000)).toThrow(ImageVersionError);
+    expect(() => decodeLibvirtHeader(encodeLibvirtHeader({ complete: true, dataLength: 5000, wasRunning: false, formatCode: 0, cookieOffset: 0 }), 1000)).toThrow(
+      ImageTruncatedError,
+    );
+    expect(() => decodeLibvirtHeader(encodeLibvirtHeader({ complete: true, dataLength: 5, wasRunning: false, formatCode: 0, cookieOffset: 0, version: 0 }), 1000)).toThrow(
+      ImageVersionError,
+    );
   });
 
   it('splits XML and cookie and summarises the domain', () => {
     const xml = "<domain><name>web1</name><uuid>u-1</uuid><memory unit='GiB'>4</memory><os><type machine='pc-q35-10.0'>hvm</type></os></domain>";
     const data = Buffer.concat([Buffer.from(`${xml}\0`), Buffer.from('<cookie/>\0'), Buffer.alloc(64)]);
-    const h = decodeLibvirtHeader(encodeLibvirtHeader({ complete: true, dataLength: data.length, wasRunning: false, formatCode: 0, cookieOffset: xml.length + 1 }), 92 + data.length);
+    const h = decodeLibvirtHeader(
+      encodeLibvirtHeader({ complete: true, dataLength: data.length, wasRunning: false, formatCode: 0, cookieOffset: xml.length + 1 }),
+      92 + data.length,
+    );
     const { xml: x, cookie } = parseLibvirtData(data, h);
     expect(x).toBe(xml);
     expect(cookie).toBe('<cookie/>');

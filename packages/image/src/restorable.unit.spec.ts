@@ -8,11 +8,22 @@ const descriptor = ImageDescriptor.parse({
   vm: { name: 'web1', uuid: '6f1c2a4e-7d1b-4e8a-9c3f-2b5d8e9a1f00', machine: 'pc-q35-10.0', memoryMiB: 4096, vcpus: 2 },
   format: 'sparse',
   qemu: { version: '10.0.2', capabilities: { 'mapped-ram': true }, parameters: {} },
-  host: 'h1', jobId: 'j1', createdAt: '2025-01-01T00:00:00Z',
+  host: 'h1',
+  jobId: 'j1',
+  createdAt: '2025-01-01T00:00:00Z',
 });
 const header: ImageHeader = {
-  complete: true, version: 1, headerSize: 128, format: 'sparse', channels: 2, wasRunning: true, directIo: false,
-  descriptorOffset: 128, descriptorLength: 10, streamOffset: 4096, checksum: 0,
+  complete: true,
+  version: 1,
+  headerSize: 128,
+  format: 'sparse',
+  channels: 2,
+  wasRunning: true,
+  directIo: false,
+  descriptorOffset: 128,
+  descriptorLength: 10,
+  streamOffset: 4096,
+  checksum: 0,
 };
 const hostCaps = { version: '10.0.2', mappedRam: true, directIo: true, machines: ['pc-q35-10.0', 'q35'], accel: 'kvm' as const };
 

@@ -187,13 +187,7 @@ interface FoundDescription {
  * Find `0x00 EOF, 0x06, be32 length, {json}` at the end of [start, limit): the description must end
  * exactly at `limit`. When it does not, look for one that ends earlier, to say how much garbage follows.
  */
-async function findDescription(
-  src: ByteSource,
-  start: number,
-  limit: number,
-  maxBytes: number,
-  problems: StreamProblem[],
-): Promise<FoundDescription | undefined> {
+async function findDescription(src: ByteSource, start: number, limit: number, maxBytes: number, problems: StreamProblem[]): Promise<FoundDescription | undefined> {
   const attempt = async (tailLen: number, exact: boolean): Promise<FoundDescription | undefined> => {
     const from = Math.max(start, limit - tailLen);
     const tail = await src.read(from, limit - from);
@@ -209,7 +203,11 @@ async function findDescription(
         const parsed = VmDescription.safeParse(JSON.parse(Buffer.from(tail.subarray(i + 5, end)).toString('utf8')));
         if (parsed.success) return { offset: from + i, length: len, end: from + end, json: parsed.data };
         if (exact) {
-          problems.push({ check: 'stream.devices', offset: from + i + 5, detail: `the VM description at the end of the stream does not have the expected shape: ${z.prettifyError(parsed.error).slice(0, 300)}` });
+          problems.push({
+            check: 'stream.devices',
+            offset: from + i + 5,
+            detail: `the VM description at the end of the stream does not have the expected shape: ${z.prettifyError(parsed.error).slice(0, 300)}`,
+          });
           return undefined;
         }
       } catch {
@@ -323,7 +321,11 @@ export async function walkStream(src: ByteSource, offset: number, options: WalkO
       const t = await c.u8();
       const fid = await c.be32();
       if (t !== SECTION.FOOTER || fid !== id) {
-        stop(check, `section "${name}" (id ${id}) does not end with its footer at offset ${at}: found type 0x${t.toString(16)} id ${fid} — the section's contents are damaged or have an unexpected size`, at);
+        stop(
+          check,
+          `section "${name}" (id ${id}) does not end with its footer at offset ${at}: found type 0x${t.toString(16)} id ${fid} — the section's contents are damaged or have an unexpected size`,
+          at,
+        );
       }
     };
 
@@ -353,9 +355,18 @@ export async function walkStream(src: ByteSource, offset: number, options: WalkO
           check = 'stream.devices';
           what = `device section "${idstr}"`;
           const dev = desc?.json.devices[nextDevice];
-          if (!desc) stop('stream.devices', `device section "${idstr}" at offset ${at} cannot be walked: no VM description ends at the end of the file — the image is truncated (or the stream is damaged)`, at);
+          if (!desc)
+            stop(
+              'stream.devices',
+              `device section "${idstr}" at offset ${at} cannot be walked: no VM description ends at the end of the file — the image is truncated (or the stream is damaged)`,
+              at,
+            );
           if (!dev || dev.name !== idstr || dev.instance_id !== instanceId) {
-            stop('stream.devices', `device section "${idstr}" instance ${instanceId} at offset ${at} does not match the VM description (expected ${dev ? `"${dev.name}" instance ${dev.instance_id}` : 'no more devices'})`, at);
+            stop(
+              'stream.devices',
+              `device section "${idstr}" instance ${instanceId} at offset ${at} does not match the VM description (expected ${dev ? `"${dev.name}" instance ${dev.instance_id}` : 'no more devices'})`,
+              at,
+            );
           }
           nextDevice++;
           let size: number;
@@ -395,7 +406,11 @@ export async function walkStream(src: ByteSource, offset: number, options: WalkO
     }
     if (!walk.ram) stop('stream.ram', 'the stream has no RAM section', walk.eofOffset);
     if (!walk.ram!.endSection) {
-      stop('stream.complete', 'the stream has no RAM END section: QEMU did not finish the save normally (for mapped-ram the bitmaps are written only then, e.g. background-snapshot writes none)', walk.eofOffset);
+      stop(
+        'stream.complete',
+        'the stream has no RAM END section: QEMU did not finish the save normally (for mapped-ram the bitmaps are written only then, e.g. background-snapshot writes none)',
+        walk.eofOffset,
+      );
     }
     if (!desc) {
       const d = walk.eofOffset! + 1 < limit ? 'it is not followed by a well-formed VM description' : 'the VM description that must follow it is missing';
@@ -440,7 +455,7 @@ async function ramStart(c: Cursor, walk: StreamWalk, ram: RamInfo, maxBlocks: nu
       const h: MappedRamHeader = {
         offset: c.pos,
         version: await c.be32(),
-        pageSize: Number(await c.be64() & 0xffffffffn),
+        pageSize: Number((await c.be64()) & 0xffffffffn),
         bitmapOffset: safeNumber(await c.be64()) ?? -1,
         pagesOffset: safeNumber(await c.be64()) ?? -1,
       };
@@ -468,7 +483,9 @@ export function mappedRamHeaderProblems(block: RamBlock, fileEnd: number): strin
   if (h.pagesOffset < 0 || h.pagesOffset % MAPPED_RAM_ALIGNMENT !== 0) p.push(`pages offset ${h.pagesOffset} is not aligned to 1 MiB`);
   else if (h.pagesOffset < bitmapEnd) p.push(`pages offset ${h.pagesOffset} overlaps the bitmap ending at ${bitmapEnd}`);
   if (h.pagesOffset < 0 || h.pagesOffset + block.usedLength > fileEnd) {
-    p.push(`pages region [${h.pagesOffset}, ${h.pagesOffset + block.usedLength}) extends past the end of the file (${fileEnd} bytes): the image is truncated or the header is damaged`);
+    p.push(
+      `pages region [${h.pagesOffset}, ${h.pagesOffset + block.usedLength}) extends past the end of the file (${fileEnd} bytes): the image is truncated or the header is damaged`,
+    );
   }
   return p;
 }

@@ -163,11 +163,19 @@ async function vmsaveHeaderChecks(src: VerifySource, head: Uint8Array, checks: C
     header = decodeHeader(head, src.size);
   } catch (err) {
     const version = head.length >= 12 ? Buffer.from(head.buffer, head.byteOffset, head.length).readUInt32LE(8) : undefined;
-    checks.add('header.version', 'fail', `${(err as Error).message}${version !== undefined && !SUPPORTED_VERSIONS.includes(version) ? '' : ' (header damaged or image truncated)'}`);
+    checks.add(
+      'header.version',
+      'fail',
+      `${(err as Error).message}${version !== undefined && !SUPPORTED_VERSIONS.includes(version) ? '' : ' (header damaged or image truncated)'}`,
+    );
     checks.skipRest('the header could not be decoded');
     return undefined;
   }
-  checks.add('header.version', 'pass', `format version ${header.version} (this reader writes ${FORMAT_VERSION}); ${header.format}, ${header.channels} channel(s)${header.directIo ? ', direct I/O' : ''}, stream at ${header.streamOffset}`);
+  checks.add(
+    'header.version',
+    'pass',
+    `format version ${header.version} (this reader writes ${FORMAT_VERSION}); ${header.format}, ${header.channels} channel(s)${header.directIo ? ', direct I/O' : ''}, stream at ${header.streamOffset}`,
+  );
   const descBytes = await src.read(header.descriptorOffset, header.descriptorLength);
   let checksumOk = false;
   try {
@@ -215,7 +223,11 @@ async function libvirtHeaderChecks(src: VerifySource, head: Uint8Array, checks: 
     checks.skipRest('unknown libvirt image format');
     return undefined;
   }
-  checks.add('header.version', 'pass', `libvirt save image version ${h.version}${h.byteSwapped ? ' (written with the other byte order)' : ''}, format ${h.format}, stream at ${h.streamOffset}, guest was ${h.wasRunning ? 'running' : 'paused'}`);
+  checks.add(
+    'header.version',
+    'pass',
+    `libvirt save image version ${h.version}${h.byteSwapped ? ' (written with the other byte order)' : ''}, format ${h.format}, stream at ${h.streamOffset}, guest was ${h.wasRunning ? 'running' : 'paused'}`,
+  );
   checks.add('header.checksum', 'skip', 'libvirt save images carry no checksum');
   let machine: string | undefined;
   if (h.dataLength > LIBVIRT_MAX_DATA) {
@@ -227,7 +239,11 @@ async function libvirtHeaderChecks(src: VerifySource, head: Uint8Array, checks: 
     if (!xml.trimStart().startsWith('<domain') || !s.name) {
       checks.add('descriptor', 'fail', `the libvirt data region does not start with a <domain> XML with a <name> (${JSON.stringify(xml.slice(0, 40))})`);
     } else {
-      checks.add('descriptor', 'pass', `domain "${s.name}"${s.uuid ? ` (${s.uuid})` : ''}${s.machine ? `, ${s.machine}` : ''}${s.memoryKiB ? `, ${Math.round(s.memoryKiB / 1024)} MiB` : ''}; XML ${xml.length} bytes${cookie ? `, cookie ${cookie.length} bytes` : ''}`);
+      checks.add(
+        'descriptor',
+        'pass',
+        `domain "${s.name}"${s.uuid ? ` (${s.uuid})` : ''}${s.machine ? `, ${s.machine}` : ''}${s.memoryKiB ? `, ${Math.round(s.memoryKiB / 1024)} MiB` : ''}; XML ${xml.length} bytes${cookie ? `, cookie ${cookie.length} bytes` : ''}`,
+      );
     }
   }
   const compressedMatch = compressorMagicMatches(h.format, await src.read(h.streamOffset, 16));
@@ -273,9 +289,14 @@ async function streamChecks(src: VerifySource, container: Container, checks: Che
   const streamFormat = walk.mappedRam ? 'sparse' : 'legacy';
   if (cfgProblem) checks.add('format.matches-stream', 'fail', `the stream's configuration section is damaged: ${cfgProblem}`);
   else if (!walk.hasConfiguration) checks.add('format.matches-stream', 'warn', 'the stream has no configuration section (old machine type?): cannot tell mapped-ram from legacy');
-  else if (!container.expectedFormat) checks.add('format.matches-stream', 'skip', `no container header to compare with; the stream is ${streamFormat} (capabilities: ${walk.capabilities?.join(', ') || 'none'})`);
+  else if (!container.expectedFormat)
+    checks.add('format.matches-stream', 'skip', `no container header to compare with; the stream is ${streamFormat} (capabilities: ${walk.capabilities?.join(', ') || 'none'})`);
   else if (container.expectedFormat === streamFormat) {
-    checks.add('format.matches-stream', 'pass', `header says ${container.expectedFormat}; the stream's configuration ${walk.mappedRam ? 'lists mapped-ram' : 'lists no mapped-ram'} (machine ${walk.machine})`);
+    checks.add(
+      'format.matches-stream',
+      'pass',
+      `header says ${container.expectedFormat}; the stream's configuration ${walk.mappedRam ? 'lists mapped-ram' : 'lists no mapped-ram'} (machine ${walk.machine})`,
+    );
   } else {
     checks.add(
       'format.matches-stream',
@@ -317,9 +338,19 @@ async function streamChecks(src: VerifySource, container: Container, checks: Che
   if (walk.complete && walk.problems.length === 0) {
     const ram = walk.ram!;
     const pages = walk.mappedRam ? '' : `; ${ram.pages.normal} data and ${ram.pages.zero} zero page records`;
-    checks.add('stream.complete', 'pass', `RAM (${ram.blocks.length} blocks, ${human(ram.memSize)}) with its END section, ${walk.devices.length} devices, EOF and the VM description ending exactly at the end of the file (${src.size})${pages}`);
+    checks.add(
+      'stream.complete',
+      'pass',
+      `RAM (${ram.blocks.length} blocks, ${human(ram.memSize)}) with its END section, ${walk.devices.length} devices, EOF and the VM description ending exactly at the end of the file (${src.size})${pages}`,
+    );
   } else {
-    checks.add('stream.complete', 'fail', other ? `${other.detail}${other.check === 'stream.complete' ? '' : ` (found while walking: ${other.check})`}` : 'the stream does not end with EOF and its VM description at the end of the file');
+    checks.add(
+      'stream.complete',
+      'fail',
+      other
+        ? `${other.detail}${other.check === 'stream.complete' ? '' : ` (found while walking: ${other.check})`}`
+        : 'the stream does not end with EOF and its VM description at the end of the file',
+    );
   }
 
   await sparseness(src, walk, checks, blockStats);
@@ -513,11 +544,19 @@ async function mappedRamChecks(src: VerifySource, walk: StreamWalk, checks: Chec
     return stats;
   }
   const set = stats.reduce((s, x) => s + x.setPages, 0);
-  checks.add('mapped-ram.bitmap-vs-extents', truncatedScan ? 'warn' : 'pass', `${set} page(s) marked written, exactly the allocated pages of the pages regions${truncatedScan ? ' (extent scan stopped early: too many extents)' : ''}`);
+  checks.add(
+    'mapped-ram.bitmap-vs-extents',
+    truncatedScan ? 'warn' : 'pass',
+    `${set} page(s) marked written, exactly the allocated pages of the pages regions${truncatedScan ? ' (extent scan stopped early: too many extents)' : ''}`,
+  );
   return stats;
 }
 
-async function sampleNonZero(src: VerifySource, unmarked: Array<{ block: RamBlock; ranges: Range[]; count: number }>, max: number): Promise<{ sampled: number; nonZero: boolean; nonZeroOffset?: number }> {
+async function sampleNonZero(
+  src: VerifySource,
+  unmarked: Array<{ block: RamBlock; ranges: Range[]; count: number }>,
+  max: number,
+): Promise<{ sampled: number; nonZero: boolean; nonZeroOffset?: number }> {
   const all: number[] = [];
   for (const u of unmarked) for (const [s, e] of u.ranges) for (let p = s; p < e && all.length < 100_000; p++) all.push(u.block.mappedRam!.pagesOffset + p * TARGET_PAGE_SIZE);
   const step = Math.max(1, Math.floor(all.length / max));

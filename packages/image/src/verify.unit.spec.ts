@@ -13,9 +13,14 @@ function vmsaveBytes(stream: Uint8Array): Uint8Array {
     vm: { name: 'unit', uuid: '6f1c2a4e-7d1b-4e8a-9c3f-2b5d8e9a1f00', machine: 'pc-q35-10.0', memoryMiB: 64, vcpus: 1, args: [] },
     format: 'legacy',
     qemu: { version: '10.0.2', capabilities: {}, parameters: {} },
-    host: 'h', jobId: 'j', createdAt: '2026-01-01T00:00:00.000Z',
+    host: 'h',
+    jobId: 'j',
+    createdAt: '2026-01-01T00:00:00.000Z',
   });
-  const header = encodeHeader({ complete: true, format: 'legacy', channels: 0, wasRunning: false, directIo: false, descriptorOffset: HEADER_SIZE, descriptorLength: desc.length, streamOffset: 4096 }, desc);
+  const header = encodeHeader(
+    { complete: true, format: 'legacy', channels: 0, wasRunning: false, directIo: false, descriptorOffset: HEADER_SIZE, descriptorLength: desc.length, streamOffset: 4096 },
+    desc,
+  );
   const out = new Uint8Array(4096 + stream.length);
   out.set(header, 0);
   out.set(desc, HEADER_SIZE);
@@ -47,7 +52,13 @@ describe('verifySource (pure, over any ByteSource)', () => {
   });
 
   it('turns a read error into a failed check instead of throwing', async () => {
-    const broken: VerifySource = { size: 1 << 20, read: async () => { throw new Error('EIO'); }, dataExtents: (): ExtentScan => ({ extents: [], supported: true, truncated: false }) };
+    const broken: VerifySource = {
+      size: 1 << 20,
+      read: async () => {
+        throw new Error('EIO');
+      },
+      dataExtents: (): ExtentScan => ({ extents: [], supported: true, truncated: false }),
+    };
     const r = await verifySource(broken);
     expect(r.ok).toBe(false);
     expect(r.checks.find((c) => c.status === 'fail')?.detail).toMatch(/verification stopped: .*EIO/);

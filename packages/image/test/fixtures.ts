@@ -47,11 +47,18 @@ export async function qemuSave(o: SaveOptions): Promise<void> {
   const proc = spawn(
     'qemu-system-x86_64',
     [
-      '-nodefaults', '-display', 'none', '-S',
-      '-machine', `q35,accel=${accel()}`,
-      '-m', String(o.memMiB ?? 64),
-      '-qmp', `unix:${sock},server=on,wait=off`,
-      '-device', `loader,file=${pattern},addr=0x${PATTERN_ADDR.toString(16)}`,
+      '-nodefaults',
+      '-display',
+      'none',
+      '-S',
+      '-machine',
+      `q35,accel=${accel()}`,
+      '-m',
+      String(o.memMiB ?? 64),
+      '-qmp',
+      `unix:${sock},server=on,wait=off`,
+      '-device',
+      `loader,file=${pattern},addr=0x${PATTERN_ADDR.toString(16)}`,
     ],
     { stdio: ['ignore', 'ignore', 'pipe'] },
   );
@@ -105,7 +112,12 @@ export function descriptorFor(format: 'legacy' | 'sparse', memoryMiB = 64): Imag
 }
 
 /** createImage → QEMU writes at streamOffset → finalizeImage. */
-export async function makeVmsaveImage(dir: string, name: string, format: 'legacy' | 'sparse', o: { memMiB?: number; channels?: number; finalize?: boolean; extraCaps?: string[] } = {}): Promise<string> {
+export async function makeVmsaveImage(
+  dir: string,
+  name: string,
+  format: 'legacy' | 'sparse',
+  o: { memMiB?: number; channels?: number; finalize?: boolean; extraCaps?: string[] } = {},
+): Promise<string> {
   const path = join(dir, name);
   const { streamOffset } = await createImage(path, {
     format,
@@ -114,7 +126,15 @@ export async function makeVmsaveImage(dir: string, name: string, format: 'legacy
     wasRunning: false,
     descriptor: descriptorFor(format, o.memMiB ?? 64),
   });
-  await qemuSave({ dir, format, target: path, offset: streamOffset, memMiB: o.memMiB ?? 64, ...(o.channels ? { channels: o.channels } : {}), ...(o.extraCaps ? { extraCaps: o.extraCaps } : {}) });
+  await qemuSave({
+    dir,
+    format,
+    target: path,
+    offset: streamOffset,
+    memMiB: o.memMiB ?? 64,
+    ...(o.channels ? { channels: o.channels } : {}),
+    ...(o.extraCaps ? { extraCaps: o.extraCaps } : {}),
+  });
   if (o.finalize !== false) await finalizeImage(path);
   return path;
 }

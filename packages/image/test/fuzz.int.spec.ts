@@ -26,7 +26,11 @@ beforeAll(async () => {
   sparsePath = await makeVmsaveImage(dir, 'sparse.vmsave', 'sparse', { channels: 1 });
   const size = (await fsp.stat(sparsePath)).size;
   const so = (await readImage(sparsePath)).header.streamOffset;
-  sparseMeta = [[0, 4096], [so, 256], [size - 48_000, 48_000]];
+  sparseMeta = [
+    [0, 4096],
+    [so, 256],
+    [size - 48_000, 48_000],
+  ];
 });
 afterAll(async () => {
   await fsp.rm(dir, { recursive: true, force: true });
@@ -40,7 +44,11 @@ const mutation = (len: number) =>
     fc.record({ kind: fc.constant('be32' as const), at: fc.nat({ max: len - 1 }), value: fc.constantFrom(0, 1, 0x7fffffff, 0xffffffff, 4096, 28) }),
     fc.record({ kind: fc.constant('truncate' as const), at: fc.nat({ max: len }) }),
   );
-type Mutation = { kind: 'write'; at: number; bytes: Uint8Array } | { kind: 'bit'; at: number; bit: number } | { kind: 'be32'; at: number; value: number } | { kind: 'truncate'; at: number };
+type Mutation =
+  | { kind: 'write'; at: number; bytes: Uint8Array }
+  | { kind: 'bit'; at: number; bit: number }
+  | { kind: 'be32'; at: number; value: number }
+  | { kind: 'truncate'; at: number };
 
 function apply(buf: Buffer, muts: Mutation[]): Buffer {
   let out = Buffer.from(buf);
@@ -85,7 +93,12 @@ describe('the header decoders only throw ImageErrors', () => {
       fc.property(fc.uint8Array({ minLength: 0, maxLength: 128 }), fc.nat({ max: 1 << 20 }), fc.boolean(), (bytes, size, libvirt) => {
         const buf = Buffer.alloc(128);
         buf.set(bytes);
-        (libvirt ? encodeLibvirtHeader({ complete: true, dataLength: 0, wasRunning: false, formatCode: 0, cookieOffset: 0 }) : Buffer.from('VMSVDONE')).copy(buf, 0, 0, libvirt ? 16 : 8);
+        (libvirt ? encodeLibvirtHeader({ complete: true, dataLength: 0, wasRunning: false, formatCode: 0, cookieOffset: 0 }) : Buffer.from('VMSVDONE')).copy(
+          buf,
+          0,
+          0,
+          libvirt ? 16 : 8,
+        );
         try {
           if (libvirt) decodeLibvirtHeader(buf, size);
           else decodeHeader(buf, size);

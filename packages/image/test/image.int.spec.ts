@@ -4,8 +4,17 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
-  DescriptorError, ImageChecksumError, ImageExistsError, ImageStateError, ImageTruncatedError,
-  createImage, finalizeImage, openStreamFds, readImage, readImageHeader, updateDescriptor,
+  DescriptorError,
+  ImageChecksumError,
+  ImageExistsError,
+  ImageStateError,
+  ImageTruncatedError,
+  createImage,
+  finalizeImage,
+  openStreamFds,
+  readImage,
+  readImageHeader,
+  updateDescriptor,
 } from '../src/node/index.ts';
 import { descriptorFor, qemuSave } from './fixtures.ts';
 
@@ -26,14 +35,18 @@ describe('vmsave image writer and reader', () => {
     expect(streamOffset % 4096).toBe(0);
     expect(header).toMatchObject({ complete: false, format: 'sparse', channels: 2, directIo: true, wasRunning: true });
     expect((await fsp.stat(path)).size).toBe(streamOffset);
-    await expect(createImage(path, { format: 'sparse', channels: 2, directIo: true, wasRunning: true, descriptor: descriptorFor('sparse') })).rejects.toBeInstanceOf(ImageExistsError);
+    await expect(createImage(path, { format: 'sparse', channels: 2, directIo: true, wasRunning: true, descriptor: descriptorFor('sparse') })).rejects.toBeInstanceOf(
+      ImageExistsError,
+    );
     const img = await readImage(path);
     expect(img.descriptor.vm.name).toBe('fixture');
     expect(img.header.complete).toBe(false);
   });
 
   it('refuses a descriptor whose format differs from the image format', async () => {
-    await expect(createImage(join(dir, 'b.vmsave'), { format: 'legacy', channels: 0, directIo: false, wasRunning: false, descriptor: descriptorFor('sparse') })).rejects.toBeInstanceOf(DescriptorError);
+    await expect(
+      createImage(join(dir, 'b.vmsave'), { format: 'legacy', channels: 0, directIo: false, wasRunning: false, descriptor: descriptorFor('sparse') }),
+    ).rejects.toBeInstanceOf(DescriptorError);
     await expect(fsp.stat(join(dir, 'b.vmsave'))).rejects.toThrow();
   });
 
@@ -62,7 +75,14 @@ describe('vmsave image writer and reader', () => {
 
   it('finalizes after QEMU wrote the stream, and rewrites the descriptor in place', async () => {
     const path = join(dir, 'c.vmsave');
-    const { streamOffset } = await createImage(path, { format: 'legacy', channels: 0, directIo: false, wasRunning: false, descriptor: descriptorFor('legacy'), reserveBytes: 2048 });
+    const { streamOffset } = await createImage(path, {
+      format: 'legacy',
+      channels: 0,
+      directIo: false,
+      wasRunning: false,
+      descriptor: descriptorFor('legacy'),
+      reserveBytes: 2048,
+    });
     await expect(finalizeImage(path)).rejects.toBeInstanceOf(ImageStateError); // no stream yet
     await qemuSave({ dir, format: 'legacy', target: path, offset: streamOffset });
     const before = await fsp.readFile(path);
@@ -79,7 +99,9 @@ describe('vmsave image writer and reader', () => {
     expect(again.descriptor.completedAt).toBe('2025-01-01T00:00:05Z');
     const after = await fsp.readFile(path);
     expect(after.subarray(streamOffset).equals(before.subarray(streamOffset))).toBe(true); // stream untouched
-    await expect(updateDescriptor(path, { ...descriptorFor('legacy'), labels: { a: 'x'.repeat(1000), b: 'y'.repeat(1000), c: 'z'.repeat(1000), d: 'w'.repeat(1000) } })).rejects.toBeInstanceOf(DescriptorError);
+    await expect(
+      updateDescriptor(path, { ...descriptorFor('legacy'), labels: { a: 'x'.repeat(1000), b: 'y'.repeat(1000), c: 'z'.repeat(1000), d: 'w'.repeat(1000) } }),
+    ).rejects.toBeInstanceOf(DescriptorError);
   });
 
   it('throws typed errors for a damaged header and a truncated descriptor', async () => {

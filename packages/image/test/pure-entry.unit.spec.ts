@@ -61,8 +61,14 @@ async function graphOf(entry: string): Promise<{ io: Reach[]; inputs: string[] }
 describe('the pure entry (@vmsave/image)', () => {
   it('reaches no I/O module however deep, no Node built-in from its own modules, nothing under src/node/', async () => {
     const { io, inputs } = await graphOf('../src/index.ts');
-    expect(io.filter((r) => IO.has(r.specifier) || r.specifier.startsWith('fs-ext')), 'I/O modules reached from src/index.ts').toEqual([]);
-    expect(io.filter((r) => OWN.test(r.importer)), 'Node built-ins imported by the pure modules of this package').toEqual([]);
+    expect(
+      io.filter((r) => IO.has(r.specifier) || r.specifier.startsWith('fs-ext')),
+      'I/O modules reached from src/index.ts',
+    ).toEqual([]);
+    expect(
+      io.filter((r) => OWN.test(r.importer)),
+      'Node built-ins imported by the pure modules of this package',
+    ).toEqual([]);
     expect(inputs.filter((p) => p.startsWith('packages/image/src/node/'))).toEqual([]);
     // The graph really was walked: the parsers and the contracts they use are in it.
     expect(inputs).toContain('packages/image/src/stream.ts');

@@ -68,7 +68,7 @@ describe('verifyImage on fresh images made by QEMU', () => {
     const r = await verifyImage(img.sparse, { hostCaps: { ...hostCaps, version: '8.2.0', mappedRam: false, machines: ['q35'] } });
     expect(status(r, 'format.restorable-here')).toBe('fail');
     expect(detail(r, 'format.restorable-here')).toMatch(/mapped-ram.*pc-q35-10.0/);
-    expect(status((await verifyImage(img.sparse)), 'format.restorable-here')).toBe('skip');
+    expect(status(await verifyImage(img.sparse), 'format.restorable-here')).toBe('skip');
   });
 });
 
@@ -102,7 +102,10 @@ describe('each kind of damage is caught by the check named for it', () => {
   });
 
   it('header format disagreeing with the stream → format.matches-stream (checksum still valid)', async () => {
-    for (const [src, wrong] of [[img.sparse, 'legacy'], [img.legacy, 'sparse']] as const) {
+    for (const [src, wrong] of [
+      [img.sparse, 'legacy'],
+      [img.legacy, 'sparse'],
+    ] as const) {
       const p = await copy(src);
       const { header } = await readImage(p);
       const fh = await fsp.open(p, 'r');
@@ -223,8 +226,15 @@ describe('each kind of damage is caught by the check named for it', () => {
 
   it('a compressed libvirt image: the compressor is named, what needs decompressing is skipped', async () => {
     const p = join(dir, `gz-${n++}`);
-    const xml = Buffer.from("<domain><name>z</name></domain>\0");
-    await fsp.writeFile(p, Buffer.concat([encodeLibvirtHeader({ complete: true, dataLength: xml.length, wasRunning: false, formatCode: 1, cookieOffset: 0 }), xml, Buffer.from([0x1f, 0x8b, 8, 0, 0, 0])]));
+    const xml = Buffer.from('<domain><name>z</name></domain>\0');
+    await fsp.writeFile(
+      p,
+      Buffer.concat([
+        encodeLibvirtHeader({ complete: true, dataLength: xml.length, wasRunning: false, formatCode: 1, cookieOffset: 0 }),
+        xml,
+        Buffer.from([0x1f, 0x8b, 8, 0, 0, 0]),
+      ]),
+    );
     const r = await verifyImage(p);
     expect(r.kind).toBe('libvirt');
     expect(status(r, 'stream.magic')).toBe('pass');

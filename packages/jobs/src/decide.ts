@@ -1,6 +1,18 @@
 import {
-  makeEvent, type JobEvent, type JobEventType, type RestoreRequest, type SaveRequest, type VerificationCheck, type ImageFingerprint, type FailureStage,
-  SaveStartedData, SaveCompletedData, SaveFailedData, RestoreStartedData, RestoreCompletedData, RestoreFailedData,
+  makeEvent,
+  type JobEvent,
+  type JobEventType,
+  type RestoreRequest,
+  type SaveRequest,
+  type VerificationCheck,
+  type ImageFingerprint,
+  type FailureStage,
+  SaveStartedData,
+  SaveCompletedData,
+  SaveFailedData,
+  RestoreStartedData,
+  RestoreCompletedData,
+  RestoreFailedData,
 } from '@vmsave/contracts';
 import type { z } from 'zod';
 import { isTerminal, type JobState } from './state.ts';
@@ -24,11 +36,12 @@ export type JobCommand =
   | { type: 'ConfirmCancelled'; reason: string; vmResumed?: boolean; stage?: string }
   | { type: 'RecordVerification'; imagePath: string; host?: string; checks: VerificationCheck[]; fingerprint?: ImageFingerprint };
 
-export type Decision =
-  | { ok: true; events: JobEvent[]; duplicate?: boolean }
-  | { ok: false; rule: string; message: string };
+export type Decision = { ok: true; events: JobEvent[]; duplicate?: boolean } | { ok: false; rule: string; message: string };
 
-export interface DecideMeta { source: string; now?: Date }
+export interface DecideMeta {
+  source: string;
+  now?: Date;
+}
 
 const refuse = (rule: string, message: string): Decision => ({ ok: false, rule, message });
 
@@ -39,8 +52,7 @@ const refuse = (rule: string, message: string): Decision => ({ ok: false, rule, 
 export function decide(cmd: JobCommand, s: JobState, meta: DecideMeta): Decision {
   const now = meta.now ?? new Date();
   // Event payloads are checked by the callers' schemas; the union of types defeats inference here.
-  const ev = (type: JobEventType, data: unknown): JobEvent =>
-    makeEvent(type, s.jobId ?? '', data as never, { source: meta.source, at: now });
+  const ev = (type: JobEventType, data: unknown): JobEvent => makeEvent(type, s.jobId ?? '', data as never, { source: meta.source, at: now });
   const ok = (...events: JobEvent[]): Decision => ({ ok: true, events });
   const P = s.kind === 'restore' ? 'Restore' : 'Save';
 
@@ -73,9 +85,7 @@ export function decide(cmd: JobCommand, s: JobState, meta: DecideMeta): Decision
       if (s.status !== 'scheduled') return refuse('illegal-transition', `cannot start a ${s.status} job`);
       const stale = attemptMatches(cmd.data.attempt, cmd.data.fencingToken);
       if (stale) return stale;
-      return cmd.type === 'StartSave'
-        ? ok(ev('SaveStarted', SaveStartedData.parse(cmd.data)))
-        : ok(ev('RestoreStarted', RestoreStartedData.parse(cmd.data)));
+      return cmd.type === 'StartSave' ? ok(ev('SaveStarted', SaveStartedData.parse(cmd.data))) : ok(ev('RestoreStarted', RestoreStartedData.parse(cmd.data)));
     }
     case 'CompleteSave':
     case 'CompleteRestore': {
@@ -83,18 +93,14 @@ export function decide(cmd: JobCommand, s: JobState, meta: DecideMeta): Decision
       if (s.status !== 'running') return refuse('illegal-transition', `cannot complete a ${s.status} job`);
       const stale = attemptMatches(cmd.data.attempt, cmd.data.fencingToken);
       if (stale) return stale;
-      return cmd.type === 'CompleteSave'
-        ? ok(ev('SaveCompleted', SaveCompletedData.parse(cmd.data)))
-        : ok(ev('RestoreCompleted', RestoreCompletedData.parse(cmd.data)));
+      return cmd.type === 'CompleteSave' ? ok(ev('SaveCompleted', SaveCompletedData.parse(cmd.data))) : ok(ev('RestoreCompleted', RestoreCompletedData.parse(cmd.data)));
     }
     case 'FailSave':
     case 'FailRestore': {
       if ((cmd.type === 'FailSave') !== (s.kind === 'save')) return refuse('wrong-kind', `${cmd.type} on a ${s.kind} job`);
       if (s.status !== 'scheduled' && s.status !== 'running') return refuse('illegal-transition', `cannot fail a ${s.status} job`);
       if (cmd.data.attempt !== s.attempt) return refuse('stale-attempt', `attempt ${cmd.data.attempt} is not the current attempt ${s.attempt}`);
-      return cmd.type === 'FailSave'
-        ? ok(ev('SaveFailed', SaveFailedData.parse(cmd.data)))
-        : ok(ev('RestoreFailed', RestoreFailedData.parse(cmd.data)));
+      return cmd.type === 'FailSave' ? ok(ev('SaveFailed', SaveFailedData.parse(cmd.data))) : ok(ev('RestoreFailed', RestoreFailedData.parse(cmd.data)));
     }
     case 'Retry':
       return refuse('illegal-transition', `cannot retry a ${s.status} job`);
@@ -127,7 +133,11 @@ export function decideRetry(cmd: Extract<JobCommand, { type: 'Retry' }>, s: JobS
     // that waits for a final state knows no retry follows.
     const f = s.lastFailure;
     const data = {
-      attempt: s.attempt, stage: f.stage as FailureStage, code: f.code, retryable: false, host: s.host,
+      attempt: s.attempt,
+      stage: f.stage as FailureStage,
+      code: f.code,
+      retryable: false,
+      host: s.host,
       reason: `gave up after ${s.attempt} attempt${s.attempt === 1 ? '' : 's'}: ${f.reason}`,
       ...(P === 'Save' && f.vmResumed !== undefined ? { vmResumed: f.vmResumed } : {}),
     };
@@ -135,6 +145,13 @@ export function decideRetry(cmd: Extract<JobCommand, { type: 'Retry' }>, s: JobS
   }
   return {
     ok: true,
-    events: [makeEvent(`${P}Retrying` as const, s.jobId!, { attempt: s.attempt + 1, delayMs: cmd.delayMs, lastCode: s.lastFailure.code }, { source: meta.source, at, eventId: `${s.jobId}.${s.attempt + 1}.${P}Retrying` })],
+    events: [
+      makeEvent(
+        `${P}Retrying` as const,
+        s.jobId!,
+        { attempt: s.attempt + 1, delayMs: cmd.delayMs, lastCode: s.lastFailure.code },
+        { source: meta.source, at, eventId: `${s.jobId}.${s.attempt + 1}.${P}Retrying` },
+      ),
+    ],
   };
 }

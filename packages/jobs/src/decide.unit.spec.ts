@@ -12,7 +12,19 @@ const at = (ms = 0) => ({ source: 'test', at: new Date(T0.getTime() + ms) });
 const deadlineAt = new Date(T0.getTime() + 60_000).toISOString();
 
 const started = { host: 'h1', attempt: 1, fencingToken: 7, imagePath: '/img/a', format: 'sparse' as const, channels: 1, directIo: false, wasRunning: true, ramBytes: 1 };
-const completed = { host: 'h1', attempt: 1, fencingToken: 7, imagePath: '/img/a', format: 'sparse' as const, bytes: 10, blocks: 2, durationMs: 5, throughputBytesPerSec: 1, vmState: 'running' as const, qemu: {} };
+const completed = {
+  host: 'h1',
+  attempt: 1,
+  fencingToken: 7,
+  imagePath: '/img/a',
+  format: 'sparse' as const,
+  bytes: 10,
+  blocks: 2,
+  durationMs: 5,
+  throughputBytesPerSec: 1,
+  vmState: 'running' as const,
+  qemu: {},
+};
 const failed = (retryable: boolean) => ({ attempt: 1, stage: 'migrate' as const, reason: 'boom', code: 'qemu-migration-failed', retryable, vmResumed: true });
 const checks = (status: 'pass' | 'fail') => [{ name: 'header.magic', status, detail: 'x' }];
 
@@ -91,7 +103,11 @@ describe('save job decider: details', () => {
     expect(decide(commands.Cancel!, s, meta)).toEqual({ ok: true, events: [], duplicate: true });
   });
   it('given a save job, when a restore-only command comes, then it is refused as the wrong kind', () => {
-    const d = decide({ type: 'CompleteRestore', data: { host: 'h1', attempt: 1, fencingToken: 7, imagePath: 'x', vm: 'v', durationMs: 1, vmState: 'running' } }, given('running'), meta);
+    const d = decide(
+      { type: 'CompleteRestore', data: { host: 'h1', attempt: 1, fencingToken: 7, imagePath: 'x', vm: 'v', durationMs: 1, vmState: 'running' } },
+      given('running'),
+      meta,
+    );
     expect(d).toMatchObject({ ok: false, rule: 'wrong-kind' });
   });
   it('evolve ignores a stale attempt’s completion', () => {
@@ -120,13 +136,19 @@ describe('retries', () => {
     expect(before.lastFailure?.retryable).toBe(true);
     expect(isFinal(before)).toBe(false);
     const d = decideRetry({ type: 'Retry', delayMs: 1, maxAttempts: 1 }, before, meta);
-    expect(d.ok && d.events).toMatchObject([{ type: 'SaveFailed', eventId: `${J}.1.SaveFailed.final`, data: { attempt: 1, retryable: false, code: before.lastFailure!.code, reason: expect.stringMatching(/^gave up after 1 attempt: /) } }]);
+    expect(d.ok && d.events).toMatchObject([
+      {
+        type: 'SaveFailed',
+        eventId: `${J}.1.SaveFailed.final`,
+        data: { attempt: 1, retryable: false, code: before.lastFailure!.code, reason: expect.stringMatching(/^gave up after 1 attempt: /) },
+      },
+    ]);
     const s = fold(d.ok ? d.events : [], before);
     expect(s).toMatchObject({ status: 'failed', lastFailure: { retryable: false } });
     expect(isFinal(s)).toBe(true);
     expect(decideRetry({ type: 'Retry', delayMs: 1, maxAttempts: 1 }, s, meta)).toMatchObject({ ok: false, rule: 'not-retryable' });
   });
-  it('given a failed job, a stale attempt\'s failure or a retryable repeat changes nothing', () => {
+  it("given a failed job, a stale attempt's failure or a retryable repeat changes nothing", () => {
     const before = given('failed');
     expect(fold([makeEvent('SaveFailed', J, { ...failed(false), attempt: 9 }, at())], before)).toEqual({ ...before, version: before.version + 1, updatedAt: expect.any(String) });
     expect(fold([makeEvent('SaveFailed', J, failed(true), at())], before).lastFailure).toEqual(before.lastFailure);
@@ -138,14 +160,25 @@ describe('retries', () => {
 
 describe('restore jobs', () => {
   const R = 'r-1';
-  const rStarted = { host: 'h1', attempt: 1, fencingToken: 1, imagePath: '/img/a', format: 'legacy' as const, vm: { name: 'vm1', uuid: '6f1c1a0e-3b7e-4c55-9d4e-2b1f0c9a8e11', machine: 'q35', memoryMiB: 64, vcpus: 1, args: [] } };
+  const rStarted = {
+    host: 'h1',
+    attempt: 1,
+    fencingToken: 1,
+    imagePath: '/img/a',
+    format: 'legacy' as const,
+    vm: { name: 'vm1', uuid: '6f1c1a0e-3b7e-4c55-9d4e-2b1f0c9a8e11', machine: 'q35', memoryMiB: 64, vcpus: 1, args: [] },
+  };
   const h = [
     makeEvent('RestoreRequested', R, { request: restoreReq, vm: 'vm1' }, at()),
     makeEvent('RestoreScheduled', R, { host: 'h1', attempt: 1, fencingToken: 1, deadlineAt }, at()),
     makeEvent('RestoreStarted', R, rStarted, at()),
   ];
   it('given a running restore, when completed, then the job is terminal and cannot be verified', () => {
-    const d = decide({ type: 'CompleteRestore', data: { host: 'h1', attempt: 1, fencingToken: 1, imagePath: '/img/a', vm: 'vm1', durationMs: 3, vmState: 'running' } }, fold(h), meta);
+    const d = decide(
+      { type: 'CompleteRestore', data: { host: 'h1', attempt: 1, fencingToken: 1, imagePath: '/img/a', vm: 'vm1', durationMs: 3, vmState: 'running' } },
+      fold(h),
+      meta,
+    );
     expect(d.ok && d.events[0]!.type).toBe('RestoreCompleted');
     const s = fold(d.ok ? d.events : [], fold(h));
     expect(isTerminal(s)).toBe(true);
@@ -156,7 +189,11 @@ describe('restore jobs', () => {
     expect(d.ok && d.events[0]!.type).toBe('RestoreCancelled');
   });
   it('given a scheduled restore, when it fails, then RestoreFailed keeps QEMU’s stderr', () => {
-    const d = decide({ type: 'FailRestore', data: { attempt: 1, stage: 'restore', reason: 'x', code: 'qemu-exited', retryable: false, qemuStderr: 'qemu: bad' } }, fold(h.slice(0, 2)), meta);
+    const d = decide(
+      { type: 'FailRestore', data: { attempt: 1, stage: 'restore', reason: 'x', code: 'qemu-exited', retryable: false, qemuStderr: 'qemu: bad' } },
+      fold(h.slice(0, 2)),
+      meta,
+    );
     expect(d.ok && d.events[0]).toMatchObject({ type: 'RestoreFailed', data: { qemuStderr: 'qemu: bad' } });
   });
   it('initial state is empty', () => {

@@ -40,8 +40,7 @@ export interface JobState {
 
 export const initialState = (): JobState => ({ kind: undefined, jobId: undefined, status: 'none', attempt: 0, version: 0 });
 
-export const isTerminal = (s: JobState): boolean =>
-  s.status !== 'none' && (TERMINAL.has(s.status) || (s.kind === 'restore' && s.status === 'completed'));
+export const isTerminal = (s: JobState): boolean => s.status !== 'none' && (TERMINAL.has(s.status) || (s.kind === 'restore' && s.status === 'completed'));
 
 /**
  * Over for good: terminal, and not a failure the scheduler may still retry (a retryable failure
@@ -85,7 +84,12 @@ export function evolve(s: JobState, e: JobEvent): JobState {
       return { ...base, status: 'running', imagePath: e.data.imagePath, format: e.data.format, vm: e.data.vm.name };
     case 'SaveCompleted':
       if (e.data.attempt !== s.attempt) return base;
-      return { ...base, status: 'completed', imagePath: e.data.imagePath, result: { bytes: e.data.bytes, blocks: e.data.blocks, durationMs: e.data.durationMs, throughputBytesPerSec: e.data.throughputBytesPerSec } };
+      return {
+        ...base,
+        status: 'completed',
+        imagePath: e.data.imagePath,
+        result: { bytes: e.data.bytes, blocks: e.data.blocks, durationMs: e.data.durationMs, throughputBytesPerSec: e.data.throughputBytesPerSec },
+      };
     case 'RestoreCompleted':
       if (e.data.attempt !== s.attempt) return base;
       return { ...base, status: 'completed', result: { durationMs: e.data.durationMs } };
@@ -95,7 +99,13 @@ export function evolve(s: JobState, e: JobEvent): JobState {
       return {
         ...base,
         status: 'failed',
-        lastFailure: { stage: e.data.stage, code: e.data.code, reason: e.data.reason, retryable: e.data.retryable, ...('vmResumed' in e.data ? { vmResumed: e.data.vmResumed } : {}) },
+        lastFailure: {
+          stage: e.data.stage,
+          code: e.data.code,
+          reason: e.data.reason,
+          retryable: e.data.retryable,
+          ...('vmResumed' in e.data ? { vmResumed: e.data.vmResumed } : {}),
+        },
       };
     case 'SaveRetrying':
     case 'RestoreRetrying':
@@ -109,7 +119,18 @@ export function evolve(s: JobState, e: JobEvent): JobState {
     case 'ImageVerified':
       return { ...base, status: 'verified', checks: e.data.checks };
     case 'ImageRejected':
-      return { ...base, status: 'rejected', checks: e.data.checks, rejection: { rule: 'verification', message: e.data.checks.filter((c) => c.status === 'fail').map((c) => `${c.name}: ${c.detail}`).join('; ') } };
+      return {
+        ...base,
+        status: 'rejected',
+        checks: e.data.checks,
+        rejection: {
+          rule: 'verification',
+          message: e.data.checks
+            .filter((c) => c.status === 'fail')
+            .map((c) => `${c.name}: ${c.detail}`)
+            .join('; '),
+        },
+      };
   }
 }
 

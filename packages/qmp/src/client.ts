@@ -1,14 +1,5 @@
 import { StringDecoder } from 'node:string_decoder';
-import {
-  QmpAbortedError,
-  QmpCommandError,
-  QmpBusyError,
-  QmpConnectError,
-  QmpDisconnectedError,
-  QmpError,
-  QmpProtocolError,
-  QmpTimeoutError,
-} from './errors.ts';
+import { QmpAbortedError, QmpCommandError, QmpBusyError, QmpConnectError, QmpDisconnectedError, QmpError, QmpProtocolError, QmpTimeoutError } from './errors.ts';
 import { QmpEventStream, type EventStreamOptions, type QmpEvent } from './events.ts';
 import { connectUnixSocket, type QmpTransport, type TransportFactory } from './transport.ts';
 
@@ -260,10 +251,7 @@ export class QmpClient implements AsyncDisposable {
    * never anyone else's.
    */
   events(options: EventStreamOptions = {}): QmpEventStream {
-    const stream = new QmpEventStream(
-      { maxQueue: this.#options.maxEventQueue, ...options },
-      (s) => this.#listeners.delete(s),
-    );
+    const stream = new QmpEventStream({ maxQueue: this.#options.maxEventQueue, ...options }, (s) => this.#listeners.delete(s));
     if (this.#state === 'idle' || this.#state === 'disconnecting') stream.end();
     else if (!stream.ended) this.#listeners.add(stream);
     return stream;
@@ -323,9 +311,7 @@ export class QmpClient implements AsyncDisposable {
       timer = setTimeout(() => settle(new QmpTimeoutError(command, timeoutMs)), timeoutMs);
       signal?.addEventListener('abort', onAbort, { once: true });
       transport.write(line, options.fds).catch((error: unknown) => {
-        settle(
-          new QmpDisconnectedError(`QMP ${command}: write failed`, { command, interrupted: true, cause: error }),
-        );
+        settle(new QmpDisconnectedError(`QMP ${command}: write failed`, { command, interrupted: true, cause: error }));
       });
     });
   }
@@ -386,19 +372,14 @@ export class QmpClient implements AsyncDisposable {
       pending.resolve(message['return']);
     } else if (isObject(message['error'])) {
       const error = message['error'];
-      pending.reject(
-        new QmpCommandError(pending.command, pending.args, String(error['class'] ?? 'GenericError'), String(error['desc'] ?? '')),
-      );
+      pending.reject(new QmpCommandError(pending.command, pending.args, String(error['class'] ?? 'GenericError'), String(error['desc'] ?? '')));
     } else {
       pending.reject(new QmpProtocolError(`reply to ${pending.command} has neither return nor error`, line));
     }
   }
 
   #onTransportClose(error: Error | undefined): void {
-    const reason =
-      this.#state === 'disconnecting'
-        ? undefined
-        : new QmpDisconnectedError('QMP connection lost', error === undefined ? {} : { cause: error });
+    const reason = this.#state === 'disconnecting' ? undefined : new QmpDisconnectedError('QMP connection lost', error === undefined ? {} : { cause: error });
     this.#teardown(reason);
   }
 

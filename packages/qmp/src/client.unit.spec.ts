@@ -1,14 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { QmpClient, type QmpRunState } from './client.ts';
-import {
-  QmpAbortedError,
-  QmpCommandError,
-  QmpConnectError,
-  QmpDisconnectedError,
-  QmpError,
-  QmpProtocolError,
-  QmpTimeoutError,
-} from './errors.ts';
+import { QmpAbortedError, QmpCommandError, QmpConnectError, QmpDisconnectedError, QmpError, QmpProtocolError, QmpTimeoutError } from './errors.ts';
 import type { QmpTransport, TransportHandlers } from './transport.ts';
 
 const GREETING = { QMP: { version: { qemu: { major: 10, minor: 0, micro: 2 }, package: 'test' }, capabilities: ['oob'] } };

@@ -15,14 +15,7 @@
  * ```
  */
 
-export type QmpErrorCode =
-  | 'CONNECT'
-  | 'PROTOCOL'
-  | 'COMMAND'
-  | 'TIMEOUT'
-  | 'ABORTED'
-  | 'DISCONNECTED'
-  | 'INTERRUPTED';
+export type QmpErrorCode = 'CONNECT' | 'PROTOCOL' | 'COMMAND' | 'TIMEOUT' | 'ABORTED' | 'DISCONNECTED' | 'INTERRUPTED';
 
 export interface QmpErrorOptions {
   cause?: unknown;

@@ -45,9 +45,7 @@ export function parseProcNetUnix(text: string): UnixSocketEntry[] {
 export async function findQmpServerProcess(socketPath: string): Promise<QmpServerProcess | undefined> {
   const wanted = new Set([socketPath, path.resolve(socketPath)]);
   const table = parseProcNetUnix(await readFile('/proc/net/unix', 'utf8'));
-  const inodes = new Set(
-    table.filter((e) => e.listening && e.path !== undefined && wanted.has(e.path)).map((e) => `socket:[${e.inode}]`),
-  );
+  const inodes = new Set(table.filter((e) => e.listening && e.path !== undefined && wanted.has(e.path)).map((e) => `socket:[${e.inode}]`));
   if (inodes.size === 0) return undefined;
 
   const pids = (await readdir('/proc')).filter((name) => /^\d+$/.test(name));

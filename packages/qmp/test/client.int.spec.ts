@@ -5,15 +5,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import {
-  QmpClient,
-  QmpCommandError,
-  QmpBusyError,
-  QmpConnectError,
-  QmpDisconnectedError,
-  findQmpServerProcess,
-  type QmpEvent,
-} from '@vmsave/qmp';
+import { QmpClient, QmpCommandError, QmpBusyError, QmpConnectError, QmpDisconnectedError, findQmpServerProcess, type QmpEvent } from '@vmsave/qmp';
 
 // This package cannot depend on @vmsave/qemu (which depends on it): start QEMU by hand.
 let dir: string;
@@ -100,10 +92,7 @@ describe('QmpClient against a real QEMU', () => {
       expect(await qmp.execute('query-fdsets')).toEqual([
         {
           'fdset-id': first.fdsetId,
-          fds: [
-            { fd: first.fd, opaque: 'vmsave test' },
-            { fd: second.fd },
-          ],
+          fds: [{ fd: first.fd, opaque: 'vmsave test' }, { fd: second.fd }],
         },
       ]);
       await qmp.removeFd(first.fdsetId, second.fd);

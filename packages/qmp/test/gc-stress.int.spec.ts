@@ -12,7 +12,10 @@ describe('usocket transport under garbage collection', () => {
   it('survives hundreds of connect/close cycles with forced GC', async () => {
     const dir = await mkdtemp(path.join(os.tmpdir(), 'vmsave-gc-'));
     try {
-      const { stdout } = await promisify(execFile)(process.execPath, ['--expose-gc', '--conditions=development', '--import', 'tsx', path.join(here, 'gc-stress.ts'), dir], { cwd: path.join(here, '..'), timeout: 120_000 });
+      const { stdout } = await promisify(execFile)(process.execPath, ['--expose-gc', '--conditions=development', '--import', 'tsx', path.join(here, 'gc-stress.ts'), dir], {
+        cwd: path.join(here, '..'),
+        timeout: 120_000,
+      });
       expect(stdout).toContain('survived');
     } finally {
       await rm(dir, { recursive: true, force: true });

@@ -38,7 +38,10 @@ return 0`;
  */
 export class Leases {
   private readonly k;
-  constructor(private readonly redis: Redis, prefix = 'vmsave') {
+  constructor(
+    private readonly redis: Redis,
+    prefix = 'vmsave',
+  ) {
     this.k = keys(prefix);
   }
 

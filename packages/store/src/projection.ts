@@ -24,7 +24,10 @@ export interface LatestImage {
  */
 export class Projection {
   readonly k;
-  constructor(private readonly redis: Redis, prefix = 'vmsave') {
+  constructor(
+    private readonly redis: Redis,
+    prefix = 'vmsave',
+  ) {
     this.k = keys(prefix);
   }
 
@@ -92,7 +95,13 @@ export class Projection {
       let flushed = false;
       let appliedHere = 0;
       try {
-        for await (const e of readLog(bus, { fromSeq: from, follow: true, signal: ac.signal, onResume: (err, attempt) => opts.log?.warn({ err: (err as Error)?.message, attempt }, 'event log: read reopened'), onInvalid: (seq, err) => opts.log?.warn({ seq, err: err.message }, 'skipping invalid event') })) {
+        for await (const e of readLog(bus, {
+          fromSeq: from,
+          follow: true,
+          signal: ac.signal,
+          onResume: (err, attempt) => opts.log?.warn({ err: (err as Error)?.message, attempt }, 'event log: read reopened'),
+          onInvalid: (seq, err) => opts.log?.warn({ seq, err: err.message }, 'skipping invalid event'),
+        })) {
           if (appliedHere > 0 && (await this.redis.exists(this.k.appliedSeq)) === 0) {
             opts.log?.warn({ seq: e.seq }, 'read models vanished (Redis flushed?); rebuilding from the log');
             flushed = true;

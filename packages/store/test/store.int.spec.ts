@@ -39,7 +39,14 @@ function saveHistory(vm: string, host: string, outcome: 'verified' | 'failed'): 
   if (outcome === 'failed') {
     events.push(makeEvent('SaveFailed', jobId, { attempt: 1, stage: 'migrate', reason: 'No space left on device', code: 'ENOSPC', retryable: false, vmResumed: true }, s));
   } else {
-    events.push(makeEvent('SaveCompleted', jobId, { ...base, imagePath: `/img/${vm}.vmsave`, format: 'sparse', bytes: 1, blocks: 1, durationMs: 1, throughputBytesPerSec: 1, vmState: 'running', qemu: {} }, s));
+    events.push(
+      makeEvent(
+        'SaveCompleted',
+        jobId,
+        { ...base, imagePath: `/img/${vm}.vmsave`, format: 'sparse', bytes: 1, blocks: 1, durationMs: 1, throughputBytesPerSec: 1, vmState: 'running', qemu: {} },
+        s,
+      ),
+    );
     events.push(makeEvent('ImageVerified', jobId, { imagePath: `/img/${vm}.vmsave`, checks: [{ name: 'header.magic', status: 'pass', detail: 'complete' }] }, s));
   }
   return events;

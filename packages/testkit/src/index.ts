@@ -35,7 +35,11 @@ async function resolveUrls(): Promise<TestUrls> {
     return { natsUrl: env.NATS_URL ?? 'nats://127.0.0.1:4222', redisUrl: env.REDIS_URL ?? 'redis://127.0.0.1:6379' };
   }
   const { GenericContainer, Wait } = await import('testcontainers');
-  const nats = await new GenericContainer('nats:2.10').withCommand(['-js']).withExposedPorts(4222).withWaitStrategy(Wait.forLogMessage(/Server is ready/)).start();
+  const nats = await new GenericContainer('nats:2.10')
+    .withCommand(['-js'])
+    .withExposedPorts(4222)
+    .withWaitStrategy(Wait.forLogMessage(/Server is ready/))
+    .start();
   const redis = await new GenericContainer('redis:7').withExposedPorts(6379).start();
   return {
     natsUrl: `nats://${nats.getHost()}:${nats.getMappedPort(4222)}`,

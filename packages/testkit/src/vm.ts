@@ -21,7 +21,11 @@ export function makePattern(size = PATTERN_SIZE, seed = 1): Buffer {
   const b = Buffer.alloc(size);
   let x = seed >>> 0 || 1;
   for (let i = 0; i < size; i += 4) {
-    x ^= x << 13; x >>>= 0; x ^= x >>> 17; x ^= x << 5; x >>>= 0;
+    x ^= x << 13;
+    x >>>= 0;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    x >>>= 0;
     b.writeUInt32LE((x | 0x01010101) >>> 0, i);
   }
   return b;

@@ -16,8 +16,14 @@ describe('loadConfig', () => {
 
   it('reads every variable, an empty one counting as unset', () => {
     const c = loadConfig({
-      NATS_URL: 'nats://a:4222,nats://b:4222', REDIS_URL: 'redis://r:6380/2', VMSAVE_DASHBOARD_HOST: '0.0.0.0', VMSAVE_DASHBOARD_PORT: '9000',
-      VMSAVE_DASHBOARD_TOKEN: 'a-long-enough-token', VMSAVE_REDIS_PREFIX: 'staging', VMSAVE_DASHBOARD_PROJECT: 'false', NATS_USER: '',
+      NATS_URL: 'nats://a:4222,nats://b:4222',
+      REDIS_URL: 'redis://r:6380/2',
+      VMSAVE_DASHBOARD_HOST: '0.0.0.0',
+      VMSAVE_DASHBOARD_PORT: '9000',
+      VMSAVE_DASHBOARD_TOKEN: 'a-long-enough-token',
+      VMSAVE_REDIS_PREFIX: 'staging',
+      VMSAVE_DASHBOARD_PROJECT: 'false',
+      NATS_USER: '',
     });
     expect(c).toMatchObject({ host: '0.0.0.0', port: 9000, token: 'a-long-enough-token', redisPrefix: 'staging', project: false, redisUrl: 'redis://r:6380/2' });
     expect(c.bus.servers).toBe('nats://a:4222,nats://b:4222');

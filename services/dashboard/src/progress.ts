@@ -39,7 +39,10 @@ export class ProgressHub implements AsyncDisposable {
   private sub: TypedSubscription<ProgressSample> | undefined;
   private ticker: NodeJS.Timeout | undefined;
 
-  constructor(private readonly bus: Bus, private readonly opts: ProgressHubOptions = {}) {
+  constructor(
+    private readonly bus: Bus,
+    private readonly opts: ProgressHubOptions = {},
+  ) {
     this.throttleMs = opts.throttleMs ?? 500;
     this.staleMs = opts.staleMs ?? 5_000;
     this.historySeconds = opts.historySeconds ?? 3_600;
@@ -116,7 +119,8 @@ export class ProgressHub implements AsyncDisposable {
     let jobs = 0;
     for (const [jobId, e] of this.latest) {
       const age = now - e.receivedAt;
-      if (age > this.staleMs * 60) this.forget(jobId); // long gone: drop it
+      if (age > this.staleMs * 60)
+        this.forget(jobId); // long gone: drop it
       else if (age <= this.staleMs) {
         bytesPerSec += e.sample.bytesPerSec;
         jobs++;

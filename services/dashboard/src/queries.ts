@@ -27,7 +27,11 @@ export class ReadModels {
   private readonly k;
   private loadCache: { at: number; seq: number; value: Promise<Map<string, HostLoad>> } | undefined;
 
-  constructor(readonly projection: Projection, private readonly redis: Redis, prefix: string) {
+  constructor(
+    readonly projection: Projection,
+    private readonly redis: Redis,
+    prefix: string,
+  ) {
     this.k = keys(prefix);
   }
 

@@ -33,7 +33,13 @@ const STATES = JOB_STATUSES;
 
 /** `a,b` or repeated parameters, as a list of trimmed non-empty strings. */
 const list = z.preprocess(
-  (v) => (v === undefined ? undefined : (Array.isArray(v) ? v : [v]).flatMap((s) => String(s).split(',')).map((s) => s.trim()).filter(Boolean)),
+  (v) =>
+    v === undefined
+      ? undefined
+      : (Array.isArray(v) ? v : [v])
+          .flatMap((s) => String(s).split(','))
+          .map((s) => s.trim())
+          .filter(Boolean),
   z.array(z.enum(STATES, { error: () => `must be one or more of ${STATES.join(', ')}` })).optional(),
 );
 const integer = (min: number, max: number) =>
@@ -54,7 +60,12 @@ const LastEventId = integer(0, Number.MAX_SAFE_INTEGER);
 /** A request the dashboard refuses, with the parameter at fault. */
 export class DashboardHttpError extends Error {
   override readonly name = 'DashboardHttpError';
-  constructor(readonly statusCode: number, readonly code: string, message: string, readonly issues: string[] = []) {
+  constructor(
+    readonly statusCode: number,
+    readonly code: string,
+    message: string,
+    readonly issues: string[] = [],
+  ) {
     super(message);
   }
 }

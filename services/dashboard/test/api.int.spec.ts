@@ -44,11 +44,22 @@ type Verdict = LoggedEvent & { event: ImageVerified | ImageRejected };
 beforeAll(async () => {
   h = await startDashboard();
   const last = await publishAll(h.bus, [
-    ok.requested(), ok.scheduled(), ok.started(), ok.completed(), ok.verified(),
-    failed.requested(), failed.scheduled(), failed.started(), failed.failed(),
-    rejected.requested(), rejected.rejected(),
-    running.requested(), running.scheduled(), running.started(),
-    queued.requested(), queued.scheduled(),
+    ok.requested(),
+    ok.scheduled(),
+    ok.started(),
+    ok.completed(),
+    ok.verified(),
+    failed.requested(),
+    failed.scheduled(),
+    failed.started(),
+    failed.failed(),
+    rejected.requested(),
+    rejected.rejected(),
+    running.requested(),
+    running.scheduled(),
+    running.started(),
+    queued.requested(),
+    queued.scheduled(),
   ]);
   await projected(h, last);
   for (const j of all) truth.set(j.jobId, fold((await eventsOfJob(h.bus, j.jobId)).map((e) => e.event)));
@@ -155,11 +166,22 @@ describe('GET /api/jobs/:id', () => {
 describe('GET /api/hosts and /api/images/latest/:vm', () => {
   it('shows the latest announcement of a host with its running and queued jobs', async () => {
     const announce = (freeBytes: number) =>
-      publishValidated(h.bus, messages.hostAnnouncement, subjects.host(hostA), HostAnnouncement.parse({
-        host: hostA, executorId: 'e1', at: new Date().toISOString(), startedAt: new Date().toISOString(),
-        qemu: { version: '10.1.0', mappedRam: true, directIo: true, machines: ['q35'], accel: 'kvm' },
-        imageDir: '/images', freeBytes, maxConcurrentJobs: 2, vms: [],
-      }));
+      publishValidated(
+        h.bus,
+        messages.hostAnnouncement,
+        subjects.host(hostA),
+        HostAnnouncement.parse({
+          host: hostA,
+          executorId: 'e1',
+          at: new Date().toISOString(),
+          startedAt: new Date().toISOString(),
+          qemu: { version: '10.1.0', mappedRam: true, directIo: true, machines: ['q35'], accel: 'kvm' },
+          imageDir: '/images',
+          freeBytes,
+          maxConcurrentJobs: 2,
+          vms: [],
+        }),
+      );
     await announce(1);
     await announce(2); // the stream keeps the last one per host
     const r = await get('/api/hosts');

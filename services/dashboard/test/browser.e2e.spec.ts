@@ -47,7 +47,9 @@ describe.skipIf(!haveChromium)('the dashboard page in headless Chromium', () => 
     });
     page = context.pages()[0] ?? (await context.newPage());
     page.on('pageerror', (err) => pageErrors.push(err.message));
-    page.on('console', (m) => { if (m.type() === 'error') pageErrors.push(m.text()); });
+    page.on('console', (m) => {
+      if (m.type() === 'error') pageErrors.push(m.text());
+    });
   });
   afterAll(async () => {
     await h?.bus.jsm.streams.purge('VMSAVE_HOSTS', { filter: subjects.host(host) }).catch(() => undefined);
@@ -64,14 +66,32 @@ describe.skipIf(!haveChromium)('the dashboard page in headless Chromium', () => 
     const rejected = saveJob(vm, host);
     const done = saveJob(uniq('cache'), host);
     await publishAll(h.bus, [
-      done.requested(), done.scheduled(), done.started(), done.completed(), done.verified(),
-      failed.requested(), failed.scheduled(), failed.started(), failed.failed('qemu: Unable to write to file: No space left on device'),
+      done.requested(),
+      done.scheduled(),
+      done.started(),
+      done.completed(),
+      done.verified(),
+      failed.requested(),
+      failed.scheduled(),
+      failed.started(),
+      failed.failed('qemu: Unable to write to file: No space left on device'),
     ]);
-    await publishValidated(h.bus, messages.hostAnnouncement, subjects.host(host), HostAnnouncement.parse({
-      host, executorId: `executor@${host}`, at: new Date().toISOString(), startedAt: new Date().toISOString(),
-      qemu: { version: '10.1.0', mappedRam: true, directIo: true, machines: ['q35'], accel: 'kvm' },
-      imageDir: '/var/lib/vmsave', freeBytes: 412 * GiB, maxConcurrentJobs: 2, vms: [],
-    }));
+    await publishValidated(
+      h.bus,
+      messages.hostAnnouncement,
+      subjects.host(host),
+      HostAnnouncement.parse({
+        host,
+        executorId: `executor@${host}`,
+        at: new Date().toISOString(),
+        startedAt: new Date().toISOString(),
+        qemu: { version: '10.1.0', mappedRam: true, directIo: true, machines: ['q35'], accel: 'kvm' },
+        imageDir: '/var/lib/vmsave',
+        freeBytes: 412 * GiB,
+        maxConcurrentJobs: 2,
+        vms: [],
+      }),
+    );
 
     await page.goto(`${base}/?token=${token}`);
     await page.locator('#live[data-state="live"]').waitFor();
@@ -92,15 +112,29 @@ describe.skipIf(!haveChromium)('the dashboard page in headless Chromium', () => 
     const bar = row.locator('.c-progress progress');
     const sample = (frac: number) =>
       publishCore(h.bus, messages.progress, subjects.progress(job.jobId), {
-        jobId: job.jobId, at: new Date().toISOString(), host, stage: 'migrate', status: 'active',
-        totalBytes: total, transferredBytes: total * frac, remainingBytes: total * (1 - frac), bytesPerSec: 1.7 * GiB, etaMs: ((1 - frac) * total) / (1.7 * GiB) * 1000,
+        jobId: job.jobId,
+        at: new Date().toISOString(),
+        host,
+        stage: 'migrate',
+        status: 'active',
+        totalBytes: total,
+        transferredBytes: total * frac,
+        remainingBytes: total * (1 - frac),
+        bytesPerSec: 1.7 * GiB,
+        etaMs: (((1 - frac) * total) / (1.7 * GiB)) * 1000,
       });
     // The IDL value reflects to the attribute; no attribute means indeterminate.
     const barValue = async () => Number((await bar.getAttribute('value')) ?? 0);
     sample(0.2);
-    await poll(async () => { sample(0.2); return barValue(); }).toBeGreaterThan(0);
+    await poll(async () => {
+      sample(0.2);
+      return barValue();
+    }).toBeGreaterThan(0);
     const early = await barValue();
-    await poll(async () => { sample(0.65); return barValue(); }).toBeGreaterThan(early);
+    await poll(async () => {
+      sample(0.65);
+      return barValue();
+    }).toBeGreaterThan(early);
     await poll(() => row.locator('.c-progress span').textContent()).toMatch(/65% · 1\.70 GiB\/s · ETA/);
 
     // The detail view follows the job live.
@@ -129,10 +163,9 @@ describe.skipIf(!haveChromium)('the dashboard page in headless Chromium', () => 
     await poll(() => page.locator(`tr[data-job-id="${job.jobId}"]`).count()).toBe(0);
     const reasons = page.locator('#jobs tbody td.reason');
     await poll(() => page.locator('#problems-count').textContent()).toBe('2');
-    await poll(() => reasons.allTextContents()).toEqual(expect.arrayContaining([
-      'migrate · ENOSPC: qemu: Unable to write to file: No space left on device',
-      `one-job-per-vm: VM ${vm} already has a job in progress`,
-    ]));
+    await poll(() => reasons.allTextContents()).toEqual(
+      expect.arrayContaining(['migrate · ENOSPC: qemu: Unable to write to file: No space left on device', `one-job-per-vm: VM ${vm} already has a job in progress`]),
+    );
     // The host shows its load and limit.
     await poll(() => page.locator(`#hosts tr[data-host="${host}"] .c-load`).textContent()).toBe('0 running + 0 queued / 2');
     await page.screenshot({ path: join(artifacts, 'dashboard-failures.png'), fullPage: true });
@@ -146,7 +179,10 @@ describe.skipIf(!haveChromium)('the dashboard page in headless Chromium', () => 
     const jobs = Array.from({ length: 4 }, () => saveJob(vm, host));
     await h.app.close(); // drops the page's stream
     await poll(() => page.locator('#live').getAttribute('data-state')).toBe('reconnecting');
-    await publishAll(h.bus, jobs.flatMap((j, i) => (i % 2 ? [j.requested(), j.rejected()] : [j.requested(), j.scheduled()])));
+    await publishAll(
+      h.bus,
+      jobs.flatMap((j, i) => (i % 2 ? [j.requested(), j.rejected()] : [j.requested(), j.scheduled()])),
+    );
 
     h.app = await createDashboard({ bus: h.bus, redis: h.redis, prefix: h.prefix, token, log: quiet, progressThrottleMs: 100 });
     await h.app.listen({ host: '127.0.0.1', port });

@@ -42,7 +42,11 @@ export async function startDashboard(opts: Partial<DashboardOptions> = {}, env: 
   await app.ready();
   const projection = new Projection(redis, prefix);
   return {
-    bus, redis, prefix, app, projection,
+    bus,
+    redis,
+    prefix,
+    app,
+    projection,
     async close() {
       const t0 = Date.now();
       await app.close();
@@ -79,32 +83,60 @@ export function saveJob(vm: string, host: string, req: Partial<SaveRequestInput>
   const base = { host, attempt: 1, fencingToken: 7 };
   const imagePath = `${vm}-${jobId}.vmsave`;
   return {
-    jobId, vm, host, request,
+    jobId,
+    vm,
+    host,
+    request,
     requested: () => makeEvent('SaveRequested', jobId, { request }, { ...source, at: requestTime() }),
     scheduled: () => makeEvent('SaveScheduled', jobId, { ...base, deadlineAt: new Date(Date.now() + 600_000).toISOString() }, source),
     started: () => makeEvent('SaveStarted', jobId, { ...base, imagePath, format: 'sparse', channels: 4, directIo: true, wasRunning: true, ramBytes: 4 * GiB }, source),
     completed: () =>
-      makeEvent('SaveCompleted', jobId, {
-        ...base, imagePath, format: 'sparse', bytes: 4 * GiB + 8192, blocks: (1.5 * GiB) / 512, durationMs: 2600, throughputBytesPerSec: 1.6 * GiB, vmState: 'running', qemu: { totalTimeMs: 2500 },
-      }, source),
+      makeEvent(
+        'SaveCompleted',
+        jobId,
+        {
+          ...base,
+          imagePath,
+          format: 'sparse',
+          bytes: 4 * GiB + 8192,
+          blocks: (1.5 * GiB) / 512,
+          durationMs: 2600,
+          throughputBytesPerSec: 1.6 * GiB,
+          vmState: 'running',
+          qemu: { totalTimeMs: 2500 },
+        },
+        source,
+      ),
     verified: () =>
-      makeEvent('ImageVerified', jobId, {
-        imagePath, host,
-        checks: [
-          { name: 'header.magic', status: 'pass', detail: 'complete image, version 1' },
-          { name: 'descriptor.checksum', status: 'pass', detail: 'sha256 matches' },
-          { name: 'format.compatibility', status: 'pass', detail: 'mapped-ram stream in a sparse image' },
-          { name: 'sparseness', status: 'warn', detail: '37% of the logical size allocated' },
-        ],
-      }, source),
+      makeEvent(
+        'ImageVerified',
+        jobId,
+        {
+          imagePath,
+          host,
+          checks: [
+            { name: 'header.magic', status: 'pass', detail: 'complete image, version 1' },
+            { name: 'descriptor.checksum', status: 'pass', detail: 'sha256 matches' },
+            { name: 'format.compatibility', status: 'pass', detail: 'mapped-ram stream in a sparse image' },
+            { name: 'sparseness', status: 'warn', detail: '37% of the logical size allocated' },
+          ],
+        },
+        source,
+      ),
     imageRejected: () =>
-      makeEvent('ImageRejected', jobId, {
-        imagePath, host,
-        checks: [
-          { name: 'header.magic', status: 'pass', detail: 'complete image, version 1' },
-          { name: 'sparseness', status: 'fail', detail: 'pages region is dense: 100% allocated (copied without --sparse?)' },
-        ],
-      }, source),
+      makeEvent(
+        'ImageRejected',
+        jobId,
+        {
+          imagePath,
+          host,
+          checks: [
+            { name: 'header.magic', status: 'pass', detail: 'complete image, version 1' },
+            { name: 'sparseness', status: 'fail', detail: 'pages region is dense: 100% allocated (copied without --sparse?)' },
+          ],
+        },
+        source,
+      ),
     failed: (reason = 'No space left on device') =>
       makeEvent('SaveFailed', jobId, { attempt: 1, stage: 'migrate', reason, code: 'ENOSPC', retryable: false, vmResumed: true, host }, source),
     rejected: (message = `VM ${vm} already has a job in progress`) => makeEvent('SaveRejected', jobId, { rule: 'one-job-per-vm', field: 'vm', message }, source),

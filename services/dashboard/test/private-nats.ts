@@ -31,7 +31,10 @@ export async function startPrivateNats(): Promise<{ url: string; stop(): Promise
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   const answers = () =>
     new Promise<boolean>((resolve) => {
-      const c = createConnection({ host: '127.0.0.1', port }, () => { c.destroy(); resolve(true); });
+      const c = createConnection({ host: '127.0.0.1', port }, () => {
+        c.destroy();
+        resolve(true);
+      });
       c.on('error', () => resolve(false));
     });
   for (let i = 0; !(await answers()); i++) {

@@ -84,7 +84,10 @@ describe('GET /api/stream', () => {
     const all = [...mine(seen1), ...mine(seen2)];
     const ids = all.map((f) => Number(f.id));
     expect(new Set(ids).size, 'no event delivered twice').toBe(ids.length);
-    expect([...ids].sort((a, b) => a - b), 'in log order').toEqual(ids);
+    expect(
+      [...ids].sort((a, b) => a - b),
+      'in log order',
+    ).toEqual(ids);
     expect(jobIdsOf(all)).toEqual(new Set([...before, ...during, ...after].map((j) => j.jobId)));
     // Each frame carries the job as of its event or later: the last frame of each job shows
     // what the log folds to.
@@ -108,8 +111,16 @@ describe('GET /api/stream', () => {
     const total = 4 * GiB;
     for (let i = 1; i <= 20 && !others.some((m) => m.event === 'progress' && JSON.parse(m.data).transferredBytes >= (total * 10) / 20); i++) {
       publishCore(h.bus, messages.progress, subjects.progress(job.jobId), {
-        jobId: job.jobId, at: new Date().toISOString(), host, stage: 'migrate', status: 'active',
-        totalBytes: total, transferredBytes: (total * i) / 20, remainingBytes: total - (total * i) / 20, bytesPerSec: 1.5 * GiB, etaMs: 1000,
+        jobId: job.jobId,
+        at: new Date().toISOString(),
+        host,
+        stage: 'migrate',
+        status: 'active',
+        totalBytes: total,
+        transferredBytes: (total * i) / 20,
+        remainingBytes: total - (total * i) / 20,
+        bytesPerSec: 1.5 * GiB,
+        etaMs: 1000,
       });
       await new Promise((r) => setTimeout(r, 50));
     }

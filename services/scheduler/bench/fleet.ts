@@ -41,7 +41,11 @@ export class Fleet {
   /** Errors in the simulated executors (a publish that failed); they should stay 0. */
   errors = 0;
 
-  constructor(private readonly bus: Bus, private readonly spec: FleetSpec, private readonly log: Logger) {
+  constructor(
+    private readonly bus: Bus,
+    private readonly spec: FleetSpec,
+    private readonly log: Logger,
+  ) {
     // One work consumer per host listens on this signal.
     setMaxListeners(0, this.ac.signal);
   }
@@ -52,12 +56,21 @@ export class Fleet {
     const perHost: string[][] = Array.from({ length: hosts }, () => []);
     for (let j = 0; j < vms; j++) perHost[hostOfVm(j, hosts)]!.push(vmName(j));
     const at = new Date().toISOString();
-    await Promise.all(perHost.map((names, i) => publishValidated(this.bus, messages.hostAnnouncement, subjects.host(hostName(i)), {
-      host: hostName(i), executorId: `${this.executorId}-${i}`, at, startedAt: this.startedAt,
-      qemu: { version: '10.0.0', mappedRam: true, directIo: true, machines: ['q35'], accel: 'kvm' },
-      imageDir: '/var/lib/vmsave/images', freeBytes: 1024 * 1024 * GiB, throughputBytesPerSec: 1 * GiB,
-      vms: names.map((name) => ({ name, uuid: randomUUID(), machine: 'q35', memoryMiB: 1024, vcpus: 1, status: 'running' })),
-    })));
+    await Promise.all(
+      perHost.map((names, i) =>
+        publishValidated(this.bus, messages.hostAnnouncement, subjects.host(hostName(i)), {
+          host: hostName(i),
+          executorId: `${this.executorId}-${i}`,
+          at,
+          startedAt: this.startedAt,
+          qemu: { version: '10.0.0', mappedRam: true, directIo: true, machines: ['q35'], accel: 'kvm' },
+          imageDir: '/var/lib/vmsave/images',
+          freeBytes: 1024 * 1024 * GiB,
+          throughputBytesPerSec: 1 * GiB,
+          vms: names.map((name) => ({ name, uuid: randomUUID(), machine: 'q35', memoryMiB: 1024, vcpus: 1, status: 'running' })),
+        }),
+      ),
+    );
   }
 
   /** Heartbeats and one work consumer per host, until `stop()`. */
@@ -66,23 +79,25 @@ export class Fleet {
     for (let i = 0; i < hosts; i++) {
       const host = hostName(i);
       this.inflight.set(host, new Map());
-      this.tasks.push(runConsumer(this.bus, {
-        stream: streams.work.name,
-        durable: `executor-${host}`,
-        filterSubject: subjects.work(host),
-        schema: WorkItem,
-        service: `executor-${host}`,
-        concurrency: hostLimit,
-        ackWaitMs: 30_000,
-        log: this.log,
-        signal: this.ac.signal,
-        handler: async (w) => {
-          await this.run(host, w);
-          return ack();
-        },
-      }).catch((err) => {
-        if (!this.ac.signal.aborted) this.log.error({ err, host }, 'work consumer ended');
-      }));
+      this.tasks.push(
+        runConsumer(this.bus, {
+          stream: streams.work.name,
+          durable: `executor-${host}`,
+          filterSubject: subjects.work(host),
+          schema: WorkItem,
+          service: `executor-${host}`,
+          concurrency: hostLimit,
+          ackWaitMs: 30_000,
+          log: this.log,
+          signal: this.ac.signal,
+          handler: async (w) => {
+            await this.run(host, w);
+            return ack();
+          },
+        }).catch((err) => {
+          if (!this.ac.signal.aborted) this.log.error({ err, host }, 'work consumer ended');
+        }),
+      );
     }
     const beat = () => {
       const at = new Date().toISOString();
@@ -104,16 +119,49 @@ export class Fleet {
     const ramBytes = 1024 * 1024 * 1024;
     const format = w.kind === 'save' ? w.format : 'sparse';
     try {
-      await publishEvent(this.bus, makeEvent('SaveStarted', w.jobId, {
-        host, attempt: w.attempt, fencingToken: w.fencingToken, imagePath, format, channels: 1, directIo: false, wasRunning: true, ramBytes,
-      }, { source, eventId: id('SaveStarted') }));
+      await publishEvent(
+        this.bus,
+        makeEvent(
+          'SaveStarted',
+          w.jobId,
+          {
+            host,
+            attempt: w.attempt,
+            fencingToken: w.fencingToken,
+            imagePath,
+            format,
+            channels: 1,
+            directIo: false,
+            wasRunning: true,
+            ramBytes,
+          },
+          { source, eventId: id('SaveStarted') },
+        ),
+      );
       const [lo, hi] = this.spec.saveMs;
       const ms = lo + Math.random() * (hi - lo);
       await sleep(ms);
-      await publishEvent(this.bus, makeEvent('SaveCompleted', w.jobId, {
-        host, attempt: w.attempt, fencingToken: w.fencingToken, imagePath, format, bytes: ramBytes, blocks: ramBytes / 512,
-        durationMs: Math.round(ms), throughputBytesPerSec: ramBytes / (ms / 1000), vmState: 'running', qemu: {},
-      }, { source, eventId: id('SaveCompleted') }));
+      await publishEvent(
+        this.bus,
+        makeEvent(
+          'SaveCompleted',
+          w.jobId,
+          {
+            host,
+            attempt: w.attempt,
+            fencingToken: w.fencingToken,
+            imagePath,
+            format,
+            bytes: ramBytes,
+            blocks: ramBytes / 512,
+            durationMs: Math.round(ms),
+            throughputBytesPerSec: ramBytes / (ms / 1000),
+            vmState: 'running',
+            qemu: {},
+          },
+          { source, eventId: id('SaveCompleted') },
+        ),
+      );
       this.completed++;
     } catch (err) {
       this.errors++;

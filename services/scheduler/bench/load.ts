@@ -52,7 +52,11 @@ const int = (name: string, def: number, min = 1): number => {
   return v;
 };
 
-interface Size { requests: number; vms: number; hosts: number }
+interface Size {
+  requests: number;
+  vms: number;
+  hosts: number;
+}
 const sizes: Size[] = (args.sizes ?? '1000/100/5,10000/1000/50').split(',').map((s) => {
   const [requests, vms, hosts] = s.trim().split('/').map(Number) as [number, number, number];
   if (![requests, vms, hosts].every((n) => Number.isInteger(n) && n > 0) || hosts > vms) throw new Error(`--sizes: "${s}" is not requests/VMs/hosts (hosts ≤ VMs)`);
@@ -67,7 +71,8 @@ const logLevel = args['log-level'] ?? 'info';
 const saveMs = (args['save-ms'] ?? '20-50').split('-').map(Number) as [number, number];
 if (saveMs.length !== 2 || !saveMs.every((n) => Number.isFinite(n) && n >= 0) || saveMs[0] > saveMs[1]) throw new Error(`--save-ms: MIN-MAX in ms, got ${args['save-ms']}`);
 /** Where `node --cpu-prof` writes the scheduler's profiles (kept: they are the point); a bare --cpu-prof means a temporary directory. */
-const cpuProfDir = args['cpu-prof'] === undefined ? undefined : args['cpu-prof'] === 'true' ? path.join(os.tmpdir(), `vmsave-load-prof-${process.pid}`) : path.resolve(args['cpu-prof']);
+const cpuProfDir =
+  args['cpu-prof'] === undefined ? undefined : args['cpu-prof'] === 'true' ? path.join(os.tmpdir(), `vmsave-load-prof-${process.pid}`) : path.resolve(args['cpu-prof']);
 const outMd = args.out === '-' ? undefined : path.resolve(REPO, args.out ?? 'docs/scheduler.md');
 const keep = args.keep === 'true';
 const natsBin = args['nats-server'] ?? 'nats-server';
@@ -117,9 +122,17 @@ async function runOnce(size: Size, rep: number): Promise<RunResult> {
     await bus.ensureStreams();
     await fleet.announce();
     fleet.start();
-    scheduler = await startScheduler(dir, {
-      NATS_URL: nats.url, REDIS_URL: redis.url, VMSAVE_HOST_LIMIT: String(hostLimit), VMSAVE_TICK_MS: String(tickMs), VMSAVE_LOG_LEVEL: logLevel,
-    }, { cpuProfDir });
+    scheduler = await startScheduler(
+      dir,
+      {
+        NATS_URL: nats.url,
+        REDIS_URL: redis.url,
+        VMSAVE_HOST_LIMIT: String(hostLimit),
+        VMSAVE_TICK_MS: String(tickMs),
+        VMSAVE_LOG_LEVEL: logLevel,
+      },
+      { cpuProfDir },
+    );
     const pid = scheduler.child.pid!;
     say(`run ${rep + 1}/${reps} of ${sizeLabel(size)}: nats ${nats.url}, redis ${redis.url}, scheduler pid ${pid}`);
 
@@ -138,7 +151,12 @@ async function runOnce(size: Size, rep: number): Promise<RunResult> {
     const atReq = new Float64Array(slots).fill(NaN);
     const atSched = new Float64Array(slots).fill(NaN);
     const toPerf = (iso: string) => Date.parse(iso) - performance.timeOrigin;
-    let nReq = 0, nSched = 0, nDone = 0, nRejected = 0, nFailed = 0, nFailedAfterCompleted = 0;
+    let nReq = 0,
+      nSched = 0,
+      nDone = 0,
+      nRejected = 0,
+      nFailed = 0,
+      nFailedAfterCompleted = 0;
     /** `jobId.attempt` of every SaveCompleted: a SaveFailed for one of them is the watchdog misjudging a finished save. */
     const completedAttempts = new Set<string>();
     let wake: (() => void) | undefined;
@@ -149,19 +167,30 @@ async function runOnce(size: Size, rep: number): Promise<RunResult> {
         if (i === undefined) continue;
         switch (event.type) {
           case 'SaveRequested':
-            if (Number.isNaN(tReq[i]!)) { tReq[i] = now; nReq++; }
+            if (Number.isNaN(tReq[i]!)) {
+              tReq[i] = now;
+              nReq++;
+            }
             if (i < slots) atReq[i] = toPerf(event.at);
             break;
           case 'SaveScheduled':
-            if (Number.isNaN(tSched[i]!)) { tSched[i] = now; nSched++; }
+            if (Number.isNaN(tSched[i]!)) {
+              tSched[i] = now;
+              nSched++;
+            }
             if (i < slots) atSched[i] = toPerf(event.at);
             lag.push(now - toPerf(event.at));
             break;
           case 'SaveCompleted':
-            if (Number.isNaN(tDone[i]!)) { tDone[i] = now; nDone++; }
+            if (Number.isNaN(tDone[i]!)) {
+              tDone[i] = now;
+              nDone++;
+            }
             completedAttempts.add(`${event.jobId}.${event.data.attempt}`);
             break;
-          case 'SaveRejected': nRejected++; break;
+          case 'SaveRejected':
+            nRejected++;
+            break;
           case 'SaveFailed':
             nFailed++;
             if (completedAttempts.has(`${event.jobId}.${event.data.attempt}`)) nFailedAfterCompleted++;
@@ -170,7 +199,9 @@ async function runOnce(size: Size, rep: number): Promise<RunResult> {
         }
         wake?.();
       }
-    })().catch((err) => { if (!ac.signal.aborted) say(`log follower failed: ${(err as Error).message}`); });
+    })().catch((err) => {
+      if (!ac.signal.aborted) say(`log follower failed: ${(err as Error).message}`);
+    });
 
     const u0 = await usage(pid);
     const n0 = await usage(nats.proc.child.pid!);
@@ -190,14 +221,20 @@ async function runOnce(size: Size, rep: number): Promise<RunResult> {
     const publishing = Promise.all(Array.from({ length: Math.min(pubWindow, requests) }, publisher));
 
     // Progress every 5 s, with the scheduler's CPU share over the interval.
-    let prevCpu = u0.cpuMs, prevAt = start;
+    let prevCpu = u0.cpuMs,
+      prevAt = start;
     const progress = setInterval(() => {
-      void usage(pid).then((u) => {
-        const now = performance.now();
-        say(`  ${((now - start) / 1000).toFixed(0)} s: published ${Math.min(next, requests)}, requested ${nReq}, scheduled ${nSched}, completed ${nDone} (work received ${fleet.received}), rejected ${nRejected}, failed ${nFailed}; scheduler CPU ${Math.round(((u.cpuMs - prevCpu) / (now - prevAt)) * 100)} %, RSS ${Math.round(u.rssBytes / 2 ** 20)} MiB`);
-        prevCpu = u.cpuMs;
-        prevAt = now;
-      }, () => undefined);
+      void usage(pid).then(
+        (u) => {
+          const now = performance.now();
+          say(
+            `  ${((now - start) / 1000).toFixed(0)} s: published ${Math.min(next, requests)}, requested ${nReq}, scheduled ${nSched}, completed ${nDone} (work received ${fleet.received}), rejected ${nRejected}, failed ${nFailed}; scheduler CPU ${Math.round(((u.cpuMs - prevCpu) / (now - prevAt)) * 100)} %, RSS ${Math.round(u.rssBytes / 2 ** 20)} MiB`,
+          );
+          prevCpu = u.cpuMs;
+          prevAt = now;
+        },
+        () => undefined,
+      );
     }, 5000);
 
     await publishing;
@@ -210,7 +247,10 @@ async function runOnce(size: Size, rep: number): Promise<RunResult> {
         break;
       }
       if (scheduler.child.exitCode !== null) throw new Error(`the scheduler exited (${scheduler.child.exitCode}): ${tail(scheduler.logFile)}`);
-      await new Promise<void>((r) => { wake = r; setTimeout(r, 500); });
+      await new Promise<void>((r) => {
+        wake = r;
+        setTimeout(r, 500);
+      });
       wake = undefined;
     }
     clearInterval(progress);
@@ -233,16 +273,30 @@ async function runOnce(size: Size, rep: number): Promise<RunResult> {
     const admit = since(tReq);
     const wallMs = (nDone ? lastOf(tDone) : end) - start;
     const result: RunResult = {
-      requests, vms, hosts, slots,
-      scheduled: nSched, admitted: nReq, rejected: nRejected, failed: nFailed, failedAfterCompleted: nFailedAfterCompleted, workItems: fleet.received, timedOut,
+      requests,
+      vms,
+      hosts,
+      slots,
+      scheduled: nSched,
+      admitted: nReq,
+      rejected: nRejected,
+      failed: nFailed,
+      failedAfterCompleted: nFailedAfterCompleted,
+      workItems: fleet.received,
+      timedOut,
       publishPerSec: requests / ((lastAck - start) / 1000),
       admittedPerSec: nReq / (((nReq ? lastOf(tReq) : end) - start) / 1000),
       scheduledPerSec: nSched / (((nSched ? lastOf(tSched) : end) - start) / 1000),
       admittedPerSecFirstTenth: reqArrivals.length >= tenth ? tenth / ((reqArrivals[tenth - 1]! - start) / 1000) : NaN,
       admittedPerSecLastTenth: reqArrivals.length === requests ? tenth / ((reqArrivals[requests - 1]! - reqArrivals[requests - 1 - tenth]!) / 1000) : NaN,
-      admitP50: percentile(admit, 50), admitP99: percentile(admit, 99),
-      schedP50: percentile(sched, 50), schedP99: percentile(sched, 99), schedMax: percentile(sched, 100),
-      firstP50: percentile(first, 50), firstP99: percentile(first, 99), firstMax: percentile(first, 100),
+      admitP50: percentile(admit, 50),
+      admitP99: percentile(admit, 99),
+      schedP50: percentile(sched, 50),
+      schedP99: percentile(sched, 99),
+      schedMax: percentile(sched, 100),
+      firstP50: percentile(first, 50),
+      firstP99: percentile(first, 99),
+      firstMax: percentile(first, 100),
       wallS: wallMs / 1000,
       schedulerCpuS: (u1.cpuMs - u0.cpuMs) / 1000,
       schedulerCpuShare: (u1.cpuMs - u0.cpuMs) / (end - start),
@@ -254,10 +308,17 @@ async function runOnce(size: Size, rep: number): Promise<RunResult> {
       followLagP50: percentile(lag, 50),
       followLagP99: percentile(lag, 99),
     };
-    say(`  done in ${((end - start) / 1000).toFixed(1)} s (publishing took ${((published - start) / 1000).toFixed(1)} s): admitted ${Math.round(result.admittedPerSec)}/s, scheduled ${Math.round(result.scheduledPerSec)}/s, publish → SaveScheduled p50 ${Math.round(result.schedP50)} ms p99 ${Math.round(result.schedP99)} ms; first ${slots}: p50 ${Math.round(result.firstP50)} ms p99 ${Math.round(result.firstP99)} ms; scheduler CPU ${result.schedulerCpuS.toFixed(1)} s`);
+    say(
+      `  done in ${((end - start) / 1000).toFixed(1)} s (publishing took ${((published - start) / 1000).toFixed(1)} s): admitted ${Math.round(result.admittedPerSec)}/s, scheduled ${Math.round(result.scheduledPerSec)}/s, publish → SaveScheduled p50 ${Math.round(result.schedP50)} ms p99 ${Math.round(result.schedP99)} ms; first ${slots}: p50 ${Math.round(result.firstP50)} ms p99 ${Math.round(result.firstP99)} ms; scheduler CPU ${result.schedulerCpuS.toFixed(1)} s`,
+    );
     const firstN = Math.min(slots, requests);
-    const part = (a: (i: number) => number) => { const v = Array.from({ length: firstN }, (_, i) => a(i)).filter(Number.isFinite); return `p50 ${Math.round(percentile(v, 50))} / max ${Math.round(percentile(v, 100))} ms`; };
-    say(`  first ${firstN} requests, where the time goes: publish → scheduler stamps SaveRequested ${part((i) => atReq[i]! - tPub[i]!)}; → stamps SaveScheduled ${part((i) => atSched[i]! - atReq[i]!)}; → seen here ${part((i) => tSched[i]! - atSched[i]!)}`);
+    const part = (a: (i: number) => number) => {
+      const v = Array.from({ length: firstN }, (_, i) => a(i)).filter(Number.isFinite);
+      return `p50 ${Math.round(percentile(v, 50))} / max ${Math.round(percentile(v, 100))} ms`;
+    };
+    say(
+      `  first ${firstN} requests, where the time goes: publish → scheduler stamps SaveRequested ${part((i) => atReq[i]! - tPub[i]!)}; → stamps SaveScheduled ${part((i) => atSched[i]! - atReq[i]!)}; → seen here ${part((i) => tSched[i]! - atSched[i]!)}`,
+    );
     say(`  log follower lag behind SaveScheduled's own timestamp, all jobs: p50 ${Math.round(result.followLagP50)} ms, p99 ${Math.round(result.followLagP99)} ms`);
     if (fleet.errors) say(`  ${fleet.errors} simulated saves could not publish their events`);
     ac.abort();
@@ -288,7 +349,10 @@ function version(bin: string, flag: string): string {
 }
 
 async function machine(): Promise<string> {
-  const osName = await readFile('/etc/os-release', 'utf8').then((t) => /^PRETTY_NAME="?([^"\n]*)/m.exec(t)?.[1] ?? 'Linux', () => os.type());
+  const osName = await readFile('/etc/os-release', 'utf8').then(
+    (t) => /^PRETTY_NAME="?([^"\n]*)/m.exec(t)?.[1] ?? 'Linux',
+    () => os.type(),
+  );
   const cpus = os.cpus();
   return `${cpus.length} × ${cpus[0]?.model.trim() ?? 'CPU'}, ${Math.round(os.totalmem() / 2 ** 30)} GiB RAM, ${osName} (kernel ${os.release()}), Node ${process.versions.node}, ${version(natsBin, '--version')}, ${version(redisBin, '--version').replace(/ sha=.*$/, '')}`;
 }
@@ -341,11 +405,18 @@ async function describeProfile(file: string, size: Size): Promise<string | undef
   if (totalMs - idleMs < 0.05 * totalMs) return undefined;
   const inc = await inclusiveMs(file, ['pump', 'pickNext', 'place', 'onCommand', 'onLogEvent', 'tick', 'dispatch']);
   return [
-    `CPU profile of the scheduler at ${sizeLabel(size)} (\`--cpu-prof\`, whole process life: ${(totalMs / 1000).toFixed(1)} s, of it idle ${(idleMs / 1000).toFixed(1)} s). Inclusive: ${Object.entries(inc).map(([k, v]) => `${k} ${(v / 1000).toFixed(1)} s`).join(', ')}.`,
+    `CPU profile of the scheduler at ${sizeLabel(size)} (\`--cpu-prof\`, whole process life: ${(totalMs / 1000).toFixed(1)} s, of it idle ${(idleMs / 1000).toFixed(1)} s). Inclusive: ${Object.entries(
+      inc,
+    )
+      .map(([k, v]) => `${k} ${(v / 1000).toFixed(1)} s`)
+      .join(', ')}.`,
     '',
     '| function | where | self | inclusive | share of busy time |',
     '|---|---|---:|---:|---:|',
-    ...hot.map((h) => `| \`${h.name}\` | ${h.where.replace(/^.*node_modules\//, 'node_modules/')} | ${(h.selfMs / 1000).toFixed(2)} s | ${(h.totalMs / 1000).toFixed(2)} s | ${Math.round(h.share * 100)} % |`),
+    ...hot.map(
+      (h) =>
+        `| \`${h.name}\` | ${h.where.replace(/^.*node_modules\//, 'node_modules/')} | ${(h.selfMs / 1000).toFixed(2)} s | ${(h.totalMs / 1000).toFixed(2)} s | ${Math.round(h.share * 100)} % |`,
+    ),
   ].join('\n');
 }
 

@@ -36,11 +36,15 @@ export async function freePort(): Promise<number> {
   });
 }
 
-const answers = (port: number): Promise<boolean> => new Promise((resolve) => {
-  const s = net.connect(port, '127.0.0.1');
-  s.once('connect', () => { s.destroy(); resolve(true); });
-  s.once('error', () => resolve(false));
-});
+const answers = (port: number): Promise<boolean> =>
+  new Promise((resolve) => {
+    const s = net.connect(port, '127.0.0.1');
+    s.once('connect', () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once('error', () => resolve(false));
+  });
 
 function start(name: string, cmd: string, args: string[], logFile: string, opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): Proc {
   const fd = openSync(logFile, 'a');

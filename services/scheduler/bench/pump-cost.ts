@@ -20,11 +20,13 @@ import { hostName, hostOfVm, vmName } from './fleet.ts';
 import { percentile } from './stats.ts';
 
 const argv = process.argv.slice(2);
-const opt = (k: string, d: string) => { const i = argv.indexOf(`--${k}`); return i >= 0 ? argv[i + 1]! : d; };
+const opt = (k: string, d: string) => {
+  const i = argv.indexOf(`--${k}`);
+  return i >= 0 ? argv[i + 1]! : d;
+};
 const backlogs = opt('backlogs', '1000,5000,10000').split(',').map(Number);
 const hosts = Number(opt('hosts', '50'));
 const vms = 1000;
-
 
 async function measure(n: number): Promise<{ pumpMs: number[]; pickMs: number[] }> {
   const cfg = loadConfig({});
@@ -40,8 +42,15 @@ async function measure(n: number): Promise<{ pumpMs: number[]; pickMs: number[] 
     s.hosts.set(hostName(h), {
       lastSeenMs: Date.now(),
       announcement: {
-        schemaVersion: 1, host: hostName(h), executorId: 'x', at: now, startedAt: now, sharedImageDir: false,
-        qemu: { version: '10.0.0', mappedRam: true, directIo: true, machines: ['q35'], accel: 'kvm' }, imageDir: '/images', freeBytes: 2 ** 50,
+        schemaVersion: 1,
+        host: hostName(h),
+        executorId: 'x',
+        at: now,
+        startedAt: now,
+        sharedImageDir: false,
+        qemu: { version: '10.0.0', mappedRam: true, directIo: true, machines: ['q35'], accel: 'kvm' },
+        imageDir: '/images',
+        freeBytes: 2 ** 50,
         vms: Array.from({ length: vms / hosts }, (_, k) => ({ name: vmName(k * hosts + h), uuid: 'u', machine: 'q35', memoryMiB: 1024, vcpus: 1, status: 'running' })),
       },
     });
@@ -52,13 +61,25 @@ async function measure(n: number): Promise<{ pumpMs: number[]; pickMs: number[] 
     const id = `s-busy${h}`;
     const vm = vmName(h % vms);
     add(id, [
-      makeEvent('SaveRequested', id, { request: { schemaVersion: 1, requestId: id, vm, format: 'auto', channels: 1, directIo: false, after: 'running', priority: 'normal' } }, { source: 'probe' }),
+      makeEvent(
+        'SaveRequested',
+        id,
+        { request: { schemaVersion: 1, requestId: id, vm, format: 'auto', channels: 1, directIo: false, after: 'running', priority: 'normal' } },
+        { source: 'probe' },
+      ),
       makeEvent('SaveScheduled', id, { host: hostName(hostOfVm(h % vms, hosts)), attempt: 1, fencingToken: h + 1, deadlineAt: now }, { source: 'probe' }),
     ]);
   }
   for (let i = 0; i < n; i++) {
     const id = `s-q${i}`;
-    add(id, [makeEvent('SaveRequested', id, { request: { schemaVersion: 1, requestId: id, vm: vmName(i % vms), format: 'auto', channels: 1, directIo: false, after: 'running', priority: 'normal' } }, { source: 'probe', at: new Date(Date.now() + i) })]);
+    add(id, [
+      makeEvent(
+        'SaveRequested',
+        id,
+        { request: { schemaVersion: 1, requestId: id, vm: vmName(i % vms), format: 'auto', channels: 1, directIo: false, after: 'running', priority: 'normal' } },
+        { source: 'probe', at: new Date(Date.now() + i) },
+      ),
+    ]);
   }
   const pumpMs: number[] = [];
   for (let k = 0; k < 60; k++) {
@@ -67,7 +88,13 @@ async function measure(n: number): Promise<{ pumpMs: number[]; pickMs: number[] 
     pumpMs.push(performance.now() - t);
   }
   // pickNext alone, on the same queue.
-  const queue: QueuedJob[] = Array.from({ length: n }, (_, i) => ({ jobId: `s-q${i}`, host: hostName(hostOfVm(i % vms, hosts)), vm: vmName(i % vms), priority: 'normal', requestedAtMs: Date.now() + i }));
+  const queue: QueuedJob[] = Array.from({ length: n }, (_, i) => ({
+    jobId: `s-q${i}`,
+    host: hostName(hostOfVm(i % vms, hosts)),
+    vm: vmName(i % vms),
+    priority: 'normal',
+    requestedAtMs: Date.now() + i,
+  }));
   const active = new Map(Array.from({ length: hosts }, (_, h) => [hostName(h), 2] as const));
   const busy = new Set(Array.from({ length: hosts * 2 }, (_, h) => vmName(h)));
   const pickMs: number[] = [];

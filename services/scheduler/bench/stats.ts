@@ -85,17 +85,26 @@ export function renderTables(rows: readonly { result: RunResult; reps: number }[
   const t1 = [
     '| size | admitted req/s | admitted req/s, first → last tenth | SaveScheduled/s | publish acks/s | wall (to last SaveCompleted) | scheduler CPU | CPU per request | scheduler RSS (peak) |',
     '|---|---:|---:|---:|---:|---:|---:|---:|---:|',
-    ...rows.map(({ result: r }) => `| ${sizeLabel(r)}${r.timedOut ? ` (timed out: ${f0(r.scheduled)} scheduled)` : ''} | ${f0(r.admittedPerSec)} | ${f0(r.admittedPerSecFirstTenth)} → ${f0(r.admittedPerSecLastTenth)} | ${f0(r.scheduledPerSec)} | ${f0(r.publishPerSec)} | ${f1(r.wallS)} s | ${f1(r.schedulerCpuS)} s (${Math.round(r.schedulerCpuShare * 100)} % of a core) | ${f2((r.schedulerCpuS * 1000) / r.requests)} ms | ${f0(r.schedulerRssMiB)} MiB (${f0(r.schedulerPeakRssMiB)}) |`),
+    ...rows.map(
+      ({ result: r }) =>
+        `| ${sizeLabel(r)}${r.timedOut ? ` (timed out: ${f0(r.scheduled)} scheduled)` : ''} | ${f0(r.admittedPerSec)} | ${f0(r.admittedPerSecFirstTenth)} → ${f0(r.admittedPerSecLastTenth)} | ${f0(r.scheduledPerSec)} | ${f0(r.publishPerSec)} | ${f1(r.wallS)} s | ${f1(r.schedulerCpuS)} s (${Math.round(r.schedulerCpuShare * 100)} % of a core) | ${f2((r.schedulerCpuS * 1000) / r.requests)} ms | ${f0(r.schedulerRssMiB)} MiB (${f0(r.schedulerPeakRssMiB)}) |`,
+    ),
   ];
   const t2 = [
     '| size | slots (hosts × limit) | publish → SaveRequested p50 / p99 | publish → SaveScheduled p50 / p99 / max | first *slots* requests (no queueing) p50 / p99 / max |',
     '|---|---:|---:|---:|---:|',
-    ...rows.map(({ result: r }) => `| ${sizeLabel(r)} | ${r.slots} | ${ms(r.admitP50)} / ${ms(r.admitP99)} | ${ms(r.schedP50)} / ${ms(r.schedP99)} / ${ms(r.schedMax)} | ${ms(r.firstP50)} / ${ms(r.firstP99)} / ${ms(r.firstMax)} |`),
+    ...rows.map(
+      ({ result: r }) =>
+        `| ${sizeLabel(r)} | ${r.slots} | ${ms(r.admitP50)} / ${ms(r.admitP99)} | ${ms(r.schedP50)} / ${ms(r.schedP99)} / ${ms(r.schedMax)} | ${ms(r.firstP50)} / ${ms(r.firstP99)} / ${ms(r.firstMax)} |`,
+    ),
   ];
   const t3 = [
-    '| size | repetitions | rejected | SaveFailed (of them after that attempt\'s SaveCompleted) | work items received | log follower lag p50 / p99 | nats-server CPU | benchmark process CPU | load average at start |',
+    "| size | repetitions | rejected | SaveFailed (of them after that attempt's SaveCompleted) | work items received | log follower lag p50 / p99 | nats-server CPU | benchmark process CPU | load average at start |",
     '|---|---:|---:|---:|---:|---:|---:|---:|---:|',
-    ...rows.map(({ result: r, reps }) => `| ${sizeLabel(r)} | ${reps} | ${r.rejected} | ${f0(r.failed)} (${f0(r.failedAfterCompleted)}) | ${f0(r.workItems)} | ${ms(r.followLagP50)} / ${ms(r.followLagP99)} | ${f1(r.natsCpuS)} s | ${f1(r.benchCpuS)} s | ${f2(r.loadAvg)} |`),
+    ...rows.map(
+      ({ result: r, reps }) =>
+        `| ${sizeLabel(r)} | ${reps} | ${r.rejected} | ${f0(r.failed)} (${f0(r.failedAfterCompleted)}) | ${f0(r.workItems)} | ${ms(r.followLagP50)} / ${ms(r.followLagP99)} | ${f1(r.natsCpuS)} s | ${f1(r.benchCpuS)} s | ${f2(r.loadAvg)} |`,
+    ),
   ];
   return [t1.join('\n'), t2.join('\n'), t3.join('\n')].join('\n\n');
 }

@@ -78,7 +78,11 @@ export function admitSave(req: SaveRequest, hosts: Iterable<HostView>, opts: Adm
   const ramBytes = vm.memoryMiB * MiB;
   const need = requiredFreeBytes(format.format, ramBytes);
   if (a.freeBytes < need) {
-    return { rule: 'free-space', field: 'vm', message: `host ${a.host} has ${fmtBytes(a.freeBytes)} free in ${a.imageDir}; a ${format.format} save of ${req.vm} (${vm.memoryMiB} MiB RAM) needs up to ${fmtBytes(need)}` };
+    return {
+      rule: 'free-space',
+      field: 'vm',
+      message: `host ${a.host} has ${fmtBytes(a.freeBytes)} free in ${a.imageDir}; a ${format.format} save of ${req.vm} (${vm.memoryMiB} MiB RAM) needs up to ${fmtBytes(need)}`,
+    };
   }
   return { host: a.host, vm, format: format.format, ramBytes };
 }
@@ -89,13 +93,15 @@ export function chooseFormat(req: Pick<SaveRequest, 'format' | 'channels' | 'dir
   let format: SaveFormat;
   if (req.format === 'auto') format = a.qemu.mappedRam ? 'sparse' : 'legacy';
   else format = req.format;
-  if (format === 'sparse' && !a.qemu.mappedRam) return { rule: 'format-supported', field: 'format', message: `format: host ${a.host}'s QEMU ${a.qemu.version} has no mapped-ram; sparse needs QEMU ≥ 9.0` };
+  if (format === 'sparse' && !a.qemu.mappedRam)
+    return { rule: 'format-supported', field: 'format', message: `format: host ${a.host}'s QEMU ${a.qemu.version} has no mapped-ram; sparse needs QEMU ≥ 9.0` };
   if (format === 'legacy' && needsSparse) {
     return req.directIo
       ? { rule: 'direct-io-needs-sparse', field: 'directIo', message: 'directIo: direct IO needs the sparse format (QEMU applies it only with mapped-ram)' }
       : { rule: 'channels-need-sparse', field: 'channels', message: 'channels: more than one channel needs the sparse format' };
   }
-  if (req.directIo && !a.qemu.directIo) return { rule: 'direct-io-supported', field: 'directIo', message: `directIo: host ${a.host}'s QEMU ${a.qemu.version} has no direct-io; it needs QEMU ≥ 9.1` };
+  if (req.directIo && !a.qemu.directIo)
+    return { rule: 'direct-io-supported', field: 'directIo', message: `directIo: host ${a.host}'s QEMU ${a.qemu.version} has no direct-io; it needs QEMU ≥ 9.1` };
   return { format };
 }
 
@@ -128,7 +134,10 @@ export function admitRestore(req: RestoreRequest, hosts: Map<string, HostView>, 
     if (!host) return { rule: 'host-exists', field: 'host', message: `host: no executor has announced host "${req.host}"` };
     image = known.find((k) => k.host === req.host && matches(k, host!.announcement.imageDir));
   } else {
-    image = [...known].reverse().find((k) => { const h = hosts.get(k.host); return !!h && matches(k, h.announcement.imageDir); });
+    image = [...known].reverse().find((k) => {
+      const h = hosts.get(k.host);
+      return !!h && matches(k, h.announcement.imageDir);
+    });
     host = image ? hosts.get(image.host) : undefined;
     if (image && !online(host)) {
       // The writer is away: any host that shares the image directory can restore it.
@@ -168,7 +177,13 @@ export interface QueuedJob {
  * `high` before `normal` before `low`, then first come first served; a `low` job waits while
  * any `high` or `normal` job is queued for its host; one job per VM at a time.
  */
-export function pickNext(queue: readonly QueuedJob[], activePerHost: ReadonlyMap<string, number>, busyVms: ReadonlySet<string>, limitOf: (host: string) => number, nowMs: number): QueuedJob[] {
+export function pickNext(
+  queue: readonly QueuedJob[],
+  activePerHost: ReadonlyMap<string, number>,
+  busyVms: ReadonlySet<string>,
+  limitOf: (host: string) => number,
+  nowMs: number,
+): QueuedJob[] {
   const rank = { high: 0, normal: 1, low: 2 } as const;
   const ready = queue.filter((j) => (j.notBeforeMs ?? 0) <= nowMs).sort((a, b) => rank[a.priority] - rank[b.priority] || a.requestedAtMs - b.requestedAtMs);
   const higherQueued = new Set(queue.filter((j) => j.priority !== 'low').map((j) => j.host));

@@ -7,9 +7,13 @@ const opts = { nowMs: now, hostOfflineMs: 30_000 };
 const host = (name: string, over: Partial<HostAnnouncement> = {}, lastSeenMs = now): HostView => ({
   lastSeenMs,
   announcement: HostAnnouncement.parse({
-    host: name, executorId: 'e', at: new Date(now).toISOString(), startedAt: new Date(now).toISOString(),
+    host: name,
+    executorId: 'e',
+    at: new Date(now).toISOString(),
+    startedAt: new Date(now).toISOString(),
     qemu: { version: '10.0.2', mappedRam: true, directIo: true, machines: ['pc-q35-10.0', 'q35'], accel: 'kvm' },
-    imageDir: `/srv/${name}/images`, freeBytes: 100 * 1024 ** 3,
+    imageDir: `/srv/${name}/images`,
+    freeBytes: 100 * 1024 ** 3,
     vms: [{ name: `${name}-vm`, uuid: 'u', machine: 'q35', memoryMiB: 1024, vcpus: 1, status: 'running' }],
     ...over,
   }),
@@ -59,20 +63,29 @@ describe('admitSave', () => {
 
 describe('checkImagePath', () => {
   it.each([
-    ['x.vmsave', 'x.vmsave'], ['sub/x.vmsave', 'sub/x.vmsave'], ['/d/sub/x', 'sub/x'], ['./x', 'x'],
+    ['x.vmsave', 'x.vmsave'],
+    ['sub/x.vmsave', 'sub/x.vmsave'],
+    ['/d/sub/x', 'sub/x'],
+    ['./x', 'x'],
   ])('accepts %s as %s', (p, rel) => expect(checkImagePath(p, '/d')).toEqual({ rel }));
   it.each(['../x', 'a/../../x', '/e/x', '/d/../x', 'a\nb', 'a\0b', '.', '/d'])('refuses %j', (p) => expect(checkImagePath(p, '/d')).toMatchObject({ rule: 'image-path' }));
 });
 
 describe('admitRestore', () => {
-  const hosts = new Map([['a', host('a')], ['b', host('b', { sharedImageDir: true })]]);
+  const hosts = new Map([
+    ['a', host('a')],
+    ['b', host('b', { sharedImageDir: true })],
+  ]);
   const known = [{ host: 'a', imagePath: '/srv/a/images/vm.vmsave', vm: 'a-vm', jobId: 's-1', verified: true }];
   const req = (o: Record<string, unknown>) => RestoreRequest.parse({ requestId: 'r', ...o });
   it('sends a restore to the host that wrote the image, known from the log', () => {
     expect(admitRestore(req({ image: 'vm.vmsave' }), hosts, known, opts)).toMatchObject({ host: 'a', imageRel: 'vm.vmsave', vm: 'a-vm', sourceJobId: 's-1' });
   });
   it('falls back to a host with a shared image directory when the writer is offline', () => {
-    const h = new Map([['a', host('a', {}, now - 120_000)], ['b', host('b', { sharedImageDir: true })]]);
+    const h = new Map([
+      ['a', host('a', {}, now - 120_000)],
+      ['b', host('b', { sharedImageDir: true })],
+    ]);
     expect(admitRestore(req({ image: 'vm.vmsave' }), h, known, opts)).toMatchObject({ host: 'b' });
   });
   it('refuses an image nobody wrote unless a host is named (image-known)', () => {

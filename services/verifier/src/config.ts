@@ -8,7 +8,10 @@ export const VerifierEnv = BusEnv.extend({
    */
   VMSAVE_VERIFY_HOSTS: z.string().default('*'),
   /** Durable consumer name; verifiers for different hosts need different names. */
-  VMSAVE_VERIFIER_NAME: z.string().regex(/^[A-Za-z0-9_-]+$/).default('verifier'),
+  VMSAVE_VERIFIER_NAME: z
+    .string()
+    .regex(/^[A-Za-z0-9_-]+$/)
+    .default('verifier'),
   VMSAVE_VERIFY_CONCURRENCY: z.coerce.number().int().min(1).max(16).default(2),
 });
 export type VerifierConfig = z.infer<typeof VerifierEnv>;

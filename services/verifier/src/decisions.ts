@@ -19,13 +19,14 @@ export const PRE_CHECKS = ['image.exists', 'image.location'] as const;
  * verifier reads. Images of other hosts are left to their own verifier.
  */
 export function hostFilter(list: string): (host: string) => boolean {
-  const hosts = list.split(',').map((h) => h.trim()).filter(Boolean);
+  const hosts = list
+    .split(',')
+    .map((h) => h.trim())
+    .filter(Boolean);
   return (h) => hosts.includes('*') || hosts.includes(h);
 }
 
-export type Plan =
-  | { verify: true }
-  | { verify: false; reason: 'other-host' | 'not-waiting'; detail: string };
+export type Plan = { verify: true } | { verify: false; reason: 'other-host' | 'not-waiting'; detail: string };
 
 /**
  * Whether a `SaveCompleted` is this verifier's to verify now, given the job's folded history.
@@ -91,16 +92,16 @@ export function checksOf(r: VerifyResult): VerificationCheck[] {
 }
 
 /** Only a file that did not change while it was read may be trusted later by its fingerprint. */
-export function trustedFingerprint(before: ImageFingerprint | undefined, after: ImageFingerprint | undefined, same: (a: ImageFingerprint, b: ImageFingerprint) => boolean): ImageFingerprint | undefined {
+export function trustedFingerprint(
+  before: ImageFingerprint | undefined,
+  after: ImageFingerprint | undefined,
+  same: (a: ImageFingerprint, b: ImageFingerprint) => boolean,
+): ImageFingerprint | undefined {
   return before && after && same(before, after) ? after : undefined;
 }
 
 /** `ImageVerified` when no check failed, `ImageRejected` otherwise, or the rule the job's state breaks. */
-export function recordVerification(
-  state: JobState,
-  v: { imagePath: string; host: string; checks: VerificationCheck[]; fingerprint?: ImageFingerprint },
-  now?: Date,
-): Decision {
+export function recordVerification(state: JobState, v: { imagePath: string; host: string; checks: VerificationCheck[]; fingerprint?: ImageFingerprint }, now?: Date): Decision {
   const cmd = { type: 'RecordVerification' as const, imagePath: v.imagePath, host: v.host, checks: v.checks, ...(v.fingerprint ? { fingerprint: v.fingerprint } : {}) };
   return decide(cmd, state, now ? { source: SOURCE, now } : { source: SOURCE });
 }

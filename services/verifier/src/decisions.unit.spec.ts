@@ -9,7 +9,19 @@ const J = 's-verifier-1';
 const at = { source: 'test', at: T0 };
 const request = SaveRequest.parse({ requestId: 'r1', vm: 'vm1' });
 const started = { host: 'h1', attempt: 1, fencingToken: 3, imagePath: '/img/vm1.vmsave', format: 'sparse' as const, channels: 1, directIo: false, wasRunning: true, ramBytes: 1 };
-const completedData = { host: 'h1', attempt: 1, fencingToken: 3, imagePath: '/img/vm1.vmsave', format: 'sparse' as const, bytes: 10, blocks: 2, durationMs: 5, throughputBytesPerSec: 1, vmState: 'running' as const, qemu: {} };
+const completedData = {
+  host: 'h1',
+  attempt: 1,
+  fencingToken: 3,
+  imagePath: '/img/vm1.vmsave',
+  format: 'sparse' as const,
+  bytes: 10,
+  blocks: 2,
+  durationMs: 5,
+  throughputBytesPerSec: 1,
+  vmState: 'running' as const,
+  qemu: {},
+};
 const completed = makeEvent('SaveCompleted', J, completedData, at) as EventOf<'SaveCompleted'>;
 
 const untilCompleted: JobEvent[] = [
@@ -78,7 +90,15 @@ describe('hostFilter (VMSAVE_VERIFY_HOSTS)', () => {
 });
 
 describe('preCheck: the image is read only if it is a regular file inside an announced image directory', () => {
-  const facts = (f: Partial<PathFacts>): PathFacts => ({ imagePath: '/img/vm1.vmsave', readable: true, realPath: '/img/vm1.vmsave', regularFile: true, imageDirs: ['/img'], host: 'h1', ...f });
+  const facts = (f: Partial<PathFacts>): PathFacts => ({
+    imagePath: '/img/vm1.vmsave',
+    readable: true,
+    realPath: '/img/vm1.vmsave',
+    regularFile: true,
+    imageDirs: ['/img'],
+    host: 'h1',
+    ...f,
+  });
   const cases: Array<[string, Partial<PathFacts>, string | undefined, RegExp?]> = [
     ['a file in the directory', {}, undefined],
     ['a file in a subdirectory', { imagePath: '/img/evac/vm1.vmsave', realPath: '/img/evac/vm1.vmsave' }, undefined],
@@ -107,8 +127,18 @@ describe('preCheck: the image is read only if it is a regular file inside an ann
 
 describe('checksOf and trustedFingerprint', () => {
   it('carries each image check as name, status and detail', () => {
-    const r: VerifyResult = { kind: 'vmsave', ok: false, checks: [{ name: 'header.magic', status: 'pass', detail: 'ok' }, { name: 'stream.complete', status: 'fail', detail: 'cut' }] };
-    expect(checksOf(r)).toEqual([{ name: 'header.magic', status: 'pass', detail: 'ok' }, { name: 'stream.complete', status: 'fail', detail: 'cut' }]);
+    const r: VerifyResult = {
+      kind: 'vmsave',
+      ok: false,
+      checks: [
+        { name: 'header.magic', status: 'pass', detail: 'ok' },
+        { name: 'stream.complete', status: 'fail', detail: 'cut' },
+      ],
+    };
+    expect(checksOf(r)).toEqual([
+      { name: 'header.magic', status: 'pass', detail: 'ok' },
+      { name: 'stream.complete', status: 'fail', detail: 'cut' },
+    ]);
   });
   it('vouches for a fingerprint only when the file did not change while it was read', () => {
     expect(trustedFingerprint(fp, { ...fp }, same)).toEqual(fp);

@@ -21,14 +21,23 @@ export class Verifier {
   private readonly imageDirs = new Map<string, Set<string>>();
   private readonly readable: (host: string) => boolean;
 
-  constructor(private readonly bus: Bus, private readonly cfg: VerifierConfig, private readonly log: Logger) {
+  constructor(
+    private readonly bus: Bus,
+    private readonly cfg: VerifierConfig,
+    private readonly log: Logger,
+  ) {
     this.readable = hostFilter(cfg.VMSAVE_VERIFY_HOSTS);
   }
 
   async start(): Promise<void> {
     const signal = this.ac.signal;
     void (async () => {
-      for await (const a of readHosts(this.bus, { follow: true, signal, onResume: (err, attempt) => this.log.warn({ err: (err as Error)?.message, attempt }, 'host announcements: read reopened') })) this.noteHost(a);
+      for await (const a of readHosts(this.bus, {
+        follow: true,
+        signal,
+        onResume: (err, attempt) => this.log.warn({ err: (err as Error)?.message, attempt }, 'host announcements: read reopened'),
+      }))
+        this.noteHost(a);
     })().catch((err) => this.log.warn({ err }, 'host announcements stopped'));
     this.task = runConsumer(this.bus, {
       stream: streams.events.name,
@@ -79,9 +88,17 @@ export class Verifier {
     }
     let checks: VerificationCheck[];
     let fingerprint: ImageFingerprint | undefined;
-    const readable = await access(imagePath, constants.R_OK).then(() => true, () => false);
+    const readable = await access(imagePath, constants.R_OK).then(
+      () => true,
+      () => false,
+    );
     const realPath = readable ? await realpath(imagePath).catch(() => undefined) : undefined;
-    const regularFile = realPath ? await stat(realPath).then((s) => s.isFile(), () => false) : undefined;
+    const regularFile = realPath
+      ? await stat(realPath).then(
+          (s) => s.isFile(),
+          () => false,
+        )
+      : undefined;
     const refused = preCheck({ imagePath, readable, realPath, regularFile, imageDirs: readable ? await this.imageDirsOf(host) : [], host });
     if (refused) {
       checks = [refused];

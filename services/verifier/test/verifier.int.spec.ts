@@ -37,11 +37,18 @@ async function saveImage(imagePath: string): Promise<void> {
     const qmp = await qemu.connectQmp();
     try {
       const { streamOffset } = await createImage(imagePath, {
-        format: 'sparse', channels: 1, directIo: false, wasRunning: false,
+        format: 'sparse',
+        channels: 1,
+        directIo: false,
+        wasRunning: false,
         descriptor: {
-          descriptorVersion: 1, vm, format: 'sparse',
+          descriptorVersion: 1,
+          vm,
+          format: 'sparse',
           qemu: { version: caps.version, capabilities: { 'mapped-ram': true, multifd: true }, parameters: { 'multifd-channels': 1 } },
-          host, jobId: 'fixture', createdAt: new Date().toISOString(),
+          host,
+          jobId: 'fixture',
+          createdAt: new Date().toISOString(),
         },
       });
       const fds = await openStreamFds(imagePath, { mode: 'save', directIo: false });
@@ -62,7 +69,14 @@ async function saveImage(imagePath: string): Promise<void> {
 async function announce(): Promise<void> {
   const now = new Date().toISOString();
   await publishValidated(bus, messages.hostAnnouncement, subjects.host(host), {
-    host, executorId: uniq('exec'), at: now, startedAt: now, qemu: caps, imageDir, freeBytes: 1 << 30, vms: [],
+    host,
+    executorId: uniq('exec'),
+    at: now,
+    startedAt: now,
+    qemu: caps,
+    imageDir,
+    freeBytes: 1 << 30,
+    vms: [],
   });
 }
 
@@ -72,22 +86,36 @@ async function completedSave(imagePath: string, jobHost = host): Promise<string>
   const jobId = jobIdFor('save', request.requestId);
   const base = { host: jobHost, attempt: 1, fencingToken: 1 };
   const source = { source: 'verifier-test' };
-  const size = await fsp.stat(imagePath).then((s) => s.size, () => 0);
+  const size = await fsp.stat(imagePath).then(
+    (s) => s.size,
+    () => 0,
+  );
   for (const e of [
     makeEvent('SaveRequested', jobId, { request }, source),
     makeEvent('SaveScheduled', jobId, { ...base, deadlineAt: new Date(Date.now() + 600_000).toISOString() }, source),
     makeEvent('SaveStarted', jobId, { ...base, imagePath, format: 'sparse', channels: 1, directIo: false, wasRunning: false, ramBytes: vm.memoryMiB * 1024 * 1024 }, source),
-    makeEvent('SaveCompleted', jobId, { ...base, imagePath, format: 'sparse', bytes: size, blocks: 0, durationMs: 100, throughputBytesPerSec: size * 10, vmState: 'paused', qemu: {} }, source),
-  ]) await publishEvent(bus, e);
+    makeEvent(
+      'SaveCompleted',
+      jobId,
+      { ...base, imagePath, format: 'sparse', bytes: size, blocks: 0, durationMs: 100, throughputBytesPerSec: size * 10, vmState: 'paused', qemu: {} },
+      source,
+    ),
+  ])
+    await publishEvent(bus, e);
   return jobId;
 }
 
 type Verdict = EventOf<'ImageVerified'> | EventOf<'ImageRejected'>;
 async function verdictOf(jobId: string): Promise<Verdict> {
-  return waitFor(`the verdict on job ${jobId}`, async () => {
-    const events = (await eventsOfJob(bus, jobId)).map((l) => l.event);
-    return events.find((e): e is Verdict => e.type === 'ImageVerified' || e.type === 'ImageRejected');
-  }, 60_000, 100);
+  return waitFor(
+    `the verdict on job ${jobId}`,
+    async () => {
+      const events = (await eventsOfJob(bus, jobId)).map((l) => l.event);
+      return events.find((e): e is Verdict => e.type === 'ImageVerified' || e.type === 'ImageRejected');
+    },
+    60_000,
+    100,
+  );
 }
 const failedNames = (v: Verdict) => v.data.checks.filter((c) => c.status === 'fail').map((c) => c.name);
 

@@ -61,7 +61,18 @@ try {
         const t0 = performance.now();
         if (which === 'vmsave') {
           await using qmp = await QmpClient.connect(socket);
-          await saveVm({ qmp, imagePath: image, format: mode.format, channels: mode.channels, directIo: mode.directIo, after: 'paused', vm: def, host: 'ab', jobId: 'ab', hostCaps: caps });
+          await saveVm({
+            qmp,
+            imagePath: image,
+            format: mode.format,
+            channels: mode.channels,
+            directIo: mode.directIo,
+            after: 'paused',
+            vm: def,
+            host: 'ab',
+            jobId: 'ab',
+            hostCaps: caps,
+          });
           times.vmsave.push((performance.now() - t0) / 1000);
         } else {
           times.raw.push((await rawSave(socket, image, mode)).saveSyncS);

@@ -97,7 +97,10 @@ async function main(): Promise<void> {
   const repoInfo = await stat(REPO);
   const machine = await describeMachine(work);
   if (/tmpfs|ramfs/.test(machine.imageDirFs)) throw new Error(`${os.tmpdir()} is ${machine.imageDirFs}: point TMPDIR at a directory on the disk to measure`);
-  const imageDirNote = fsInfo.dev === repoInfo.dev ? 'The temporary directory (os.tmpdir()) is on the same file system as the repository.' : 'The temporary directory (os.tmpdir()) is NOT on the repository\'s file system.';
+  const imageDirNote =
+    fsInfo.dev === repoInfo.dev
+      ? 'The temporary directory (os.tmpdir()) is on the same file system as the repository.'
+      : "The temporary directory (os.tmpdir()) is NOT on the repository's file system.";
   const dev = await blockDevice(work);
   log(`work dir ${work} on ${machine.imageDirFs}; ${imageDirNote}`);
   log(`RAM ${ramMiB} MiB (dirty ${dirtyMiB} MiB), ${reps} rep(s), modes ${modes.map((m) => m.id).join(',')}, states ${states.join(',')}`);
@@ -106,8 +109,20 @@ async function main(): Promise<void> {
   log(`drop_caches ${canDrop ? 'permitted' : 'NOT permitted (restores may hit the page cache)'}`);
   const notes: string[] = [];
   const results: Results = {
-    startedAt: new Date(started).toISOString(), command, ramMiB, dirtyMiB, reps, machine, imageDirNote,
-    dropCachesPermitted: canDrop, disk: [], modes, vmsave: [], raw: [], failures: [], notes,
+    startedAt: new Date(started).toISOString(),
+    command,
+    ramMiB,
+    dirtyMiB,
+    reps,
+    machine,
+    imageDirNote,
+    dropCachesPermitted: canDrop,
+    disk: [],
+    modes,
+    vmsave: [],
+    raw: [],
+    failures: [],
+    notes,
   };
 
   // Random bytes: a source for dd (kept for the run) and one file per RAM region for the dirty VM.
@@ -117,17 +132,23 @@ async function main(): Promise<void> {
   const disk = async (): Promise<void> => {
     const d = await measureDisk(work, ddSource, ddBytes, canDrop);
     results.disk.push(d);
-    log(`disk: O_DIRECT write ${(d.directWrite / 1024 ** 3).toFixed(2)} GiB/s, O_DIRECT read ${(d.directRead / 1024 ** 3).toFixed(2)} GiB/s, cold buffered read ${d.coldBufferedRead ? (d.coldBufferedRead / 1024 ** 3).toFixed(2) : '—'} GiB/s`);
+    log(
+      `disk: O_DIRECT write ${(d.directWrite / 1024 ** 3).toFixed(2)} GiB/s, O_DIRECT read ${(d.directRead / 1024 ** 3).toFixed(2)} GiB/s, cold buffered read ${d.coldBufferedRead ? (d.coldBufferedRead / 1024 ** 3).toFixed(2) : '—'} GiB/s`,
+    );
   };
   await disk();
 
   if (busMode === 'private') {
     const url = await startPrivateNats();
     process.env.NATS_URL = url;
-    notes.push('The bus is a private nats-server (JetStream, file storage on the same disk) started by the benchmark, so that other users of the shared NATS do not put their traffic into the numbers; Redis is the shared one under a key prefix of its own. `--bus shared` uses NATS_URL instead.');
+    notes.push(
+      'The bus is a private nats-server (JetStream, file storage on the same disk) started by the benchmark, so that other users of the shared NATS do not put their traffic into the numbers; Redis is the shared one under a key prefix of its own. `--bus shared` uses NATS_URL instead.',
+    );
     log(`private NATS at ${url}`);
   } else {
-    notes.push(`The bus is the shared NATS at ${env.NATS_URL ?? 'nats://127.0.0.1:4222'}: other users' traffic (and their schedulers on the same command stream) may show in the numbers.`);
+    notes.push(
+      `The bus is the shared NATS at ${env.NATS_URL ?? 'nats://127.0.0.1:4222'}: other users' traffic (and their schedulers on the same command stream) may show in the numbers.`,
+    );
   }
   stack = await Stack.start({ hosts: ['bench'], env: { VMSAVE_LOG_LEVEL: 'info' } });
   const host = stack.host('bench');
@@ -137,7 +158,14 @@ async function main(): Promise<void> {
 
   for (const state of states) {
     const name = `bench-${state}-${randomUUID().slice(0, 8)}`;
-    const def: VmDefinition = { name, uuid: randomUUID(), machine: caps.machines.find((m) => m.startsWith('pc-q35')) ?? 'q35', memoryMiB: ramMiB, vcpus: 1, args: ['-name', 'debug-threads=on'] } as VmDefinition;
+    const def: VmDefinition = {
+      name,
+      uuid: randomUUID(),
+      machine: caps.machines.find((m) => m.startsWith('pc-q35')) ?? 'q35',
+      memoryMiB: ramMiB,
+      vcpus: 1,
+      args: ['-name', 'debug-threads=on'],
+    } as VmDefinition;
     const socket = path.join(dirs.qmpDir, `${name}.qmp`);
     // The executor knows the VM by its definition file; the benchmark starts the first QEMU.
     await writeFile(path.join(dirs.vmDir, `${name}.json`), JSON.stringify(def));
@@ -170,7 +198,9 @@ async function main(): Promise<void> {
           try {
             const v = await vmsaveCycle(stack, state, mode, rep, name, socket, dev?.name, canDrop);
             results.vmsave.push(v);
-            log(`${state} ${mode.id} #${rep + 1} vmsave: save ${v.saveS.toFixed(3)} s (executor ${v.saveExecutorS.toFixed(3)}), restore ${v.restoreS.toFixed(3)} s (executor ${v.restoreExecutorS.toFixed(3)}, gate cold ${v.gateColdS?.toFixed(3) ?? '—'}), ${v.bytes} B, ${v.blocks} blocks`);
+            log(
+              `${state} ${mode.id} #${rep + 1} vmsave: save ${v.saveS.toFixed(3)} s (executor ${v.saveExecutorS.toFixed(3)}), restore ${v.restoreS.toFixed(3)} s (executor ${v.restoreExecutorS.toFixed(3)}, gate cold ${v.gateColdS?.toFixed(3) ?? '—'}), ${v.bytes} B, ${v.blocks} blocks`,
+            );
           } catch (err) {
             await failed(results, state, mode, rep, 'vmsave', err, relaunch, socket);
           }
@@ -178,7 +208,9 @@ async function main(): Promise<void> {
         try {
           const r = await rawCycle(state, mode, rep, def, socket, dev?.name, canDrop);
           results.raw.push(r);
-          log(`${state} ${mode.id} #${rep + 1} raw: save ${r.saveS.toFixed(3)} s (+sync ${r.saveSyncS.toFixed(3)}), restore ${r.restoreMigrateS.toFixed(3)} s (+start ${r.restoreS.toFixed(3)}), ${r.bytes} B, ${r.blocks} blocks`);
+          log(
+            `${state} ${mode.id} #${rep + 1} raw: save ${r.saveS.toFixed(3)} s (+sync ${r.saveSyncS.toFixed(3)}), restore ${r.restoreMigrateS.toFixed(3)} s (+start ${r.restoreS.toFixed(3)}), ${r.bytes} B, ${r.blocks} blocks`,
+          );
         } catch (err) {
           await failed(results, state, mode, rep, 'raw', err, relaunch, socket);
         }
@@ -214,7 +246,9 @@ async function startPrivateNats(): Promise<string> {
     });
   });
   const bin = ['/usr/sbin/nats-server', '/usr/local/bin/nats-server', '/usr/bin/nats-server'].find((b) => existsSync(b)) ?? 'nats-server';
-  const child = spawn('setpriv', ['--pdeathsig', 'KILL', '--', bin, '-a', '127.0.0.1', '-p', String(port), '-js', '-sd', path.join(work, 'nats')], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const child = spawn('setpriv', ['--pdeathsig', 'KILL', '--', bin, '-a', '127.0.0.1', '-p', String(port), '-js', '-sd', path.join(work, 'nats')], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
   nats = child;
   let stderr = '';
   child.stderr!.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-4000)));
@@ -234,7 +268,16 @@ async function startPrivateNats(): Promise<string> {
   }
 }
 
-async function failed(results: Results, state: VmState, mode: Mode, rep: number, which: 'vmsave' | 'raw', err: unknown, relaunch: () => Promise<void>, socket: string): Promise<void> {
+async function failed(
+  results: Results,
+  state: VmState,
+  mode: Mode,
+  rep: number,
+  which: 'vmsave' | 'raw',
+  err: unknown,
+  relaunch: () => Promise<void>,
+  socket: string,
+): Promise<void> {
   const message = (err instanceof Error ? err.message : String(err)).slice(0, 600);
   results.failures.push({ state, mode: mode.id, rep, path: which, error: message });
   log(`${state} ${mode.id} #${rep + 1} ${which} FAILED: ${message}`);
@@ -362,9 +405,23 @@ async function vmsaveCycle(s: Stack, state: VmState, mode: Mode, rep: number, vm
   pendingImage = undefined;
 
   return {
-    state, mode: mode.id, rep, saveS, saveExecutorS: saved.data.durationMs / 1000, verifiedS, verified,
-    bytes: saved.data.bytes, blocks: saved.data.blocks, restoreS, restoreExecutorS, gateColdS, cacheDropped: dropped,
-    save: save.diag, restore: restore.diag, saveTimeline, restoreTimeline,
+    state,
+    mode: mode.id,
+    rep,
+    saveS,
+    saveExecutorS: saved.data.durationMs / 1000,
+    verifiedS,
+    verified,
+    bytes: saved.data.bytes,
+    blocks: saved.data.blocks,
+    restoreS,
+    restoreExecutorS,
+    gateColdS,
+    cacheDropped: dropped,
+    save: save.diag,
+    restore: restore.diag,
+    saveTimeline,
+    restoreTimeline,
   };
 }
 
@@ -382,8 +439,20 @@ async function rawCycle(state: VmState, mode: Mode, rep: number, def: VmDefiniti
   const sv = save.value;
   const rs = restore.value;
   return {
-    state, mode: mode.id, rep, saveS: sv.saveS, saveSyncS: sv.saveSyncS, migrateS: sv.migrateS, syncS: sv.syncS, bytes: sv.bytes, blocks: sv.blocks,
-    restoreLaunchS: rs.launchS, restoreMigrateS: rs.migrateS, restoreS: rs.totalS, cacheDropped: dropped, save: save.diag, restore: restore.diag,
+    state,
+    mode: mode.id,
+    rep,
+    saveS: sv.saveS,
+    saveSyncS: sv.saveSyncS,
+    migrateS: sv.migrateS,
+    syncS: sv.syncS,
+    bytes: sv.bytes,
+    blocks: sv.blocks,
+    restoreLaunchS: rs.launchS,
+    restoreMigrateS: rs.migrateS,
+    restoreS: rs.totalS,
+    cacheDropped: dropped,
+    save: save.diag,
+    restore: restore.diag,
   };
 }
-

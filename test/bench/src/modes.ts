@@ -22,7 +22,10 @@ export const MODES: readonly Mode[] = [
 /** Modes named in a comma-separated list (all when empty); unknown names are an error. */
 export function selectModes(list: string | undefined): Mode[] {
   if (!list || list === 'true') return [...MODES];
-  const ids = list.split(',').map((s) => s.trim()).filter(Boolean);
+  const ids = list
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
   const unknown = ids.filter((id) => !MODES.some((m) => m.id === id));
   if (unknown.length) throw new Error(`unknown mode(s) ${unknown.join(', ')}; known: ${MODES.map((m) => m.id).join(', ')}`);
   return MODES.filter((m) => ids.includes(m.id));

@@ -103,7 +103,6 @@ function waitExit(child: ChildProcess, what: string): Promise<void> {
   return p;
 }
 
-
 async function pollMigration(qmp: QmpClient, what: string): Promise<void> {
   for (;;) {
     const info = await qmp.execute<{ status?: string; 'error-desc'?: string }>('query-migrate');

@@ -120,10 +120,22 @@ export function ratios(row: Row): { save: number | undefined; saveNoSync: number
   const v = (f: (s: VmsaveSample) => number) => median(row.vmsave.map(f));
   const w = (f: (s: RawSample) => number) => median(row.raw.map(f));
   return {
-    save: ratio(v((s) => s.saveS), w((s) => s.saveSyncS)),
-    saveNoSync: ratio(v((s) => s.saveS), w((s) => s.saveS)),
-    restore: ratio(v((s) => s.restoreS), w((s) => s.restoreS)),
-    restoreMigrationOnly: ratio(v((s) => s.restoreS), w((s) => s.restoreMigrateS)),
+    save: ratio(
+      v((s) => s.saveS),
+      w((s) => s.saveSyncS),
+    ),
+    saveNoSync: ratio(
+      v((s) => s.saveS),
+      w((s) => s.saveS),
+    ),
+    restore: ratio(
+      v((s) => s.restoreS),
+      w((s) => s.restoreS),
+    ),
+    restoreMigrationOnly: ratio(
+      v((s) => s.restoreS),
+      w((s) => s.restoreMigrateS),
+    ),
   };
 }
 
@@ -135,19 +147,37 @@ export function mainTable(r: Results, state: VmState): string {
     if (v.length === 0) {
       const raw = row.raw;
       const bytes = raw.map((s) => dataBytes(s.blocks));
-      const sv = rates(bytes, raw.map((s) => s.saveSyncS));
-      const rs = rates(bytes, raw.map((s) => s.restoreMigrateS));
+      const sv = rates(
+        bytes,
+        raw.map((s) => s.saveSyncS),
+      );
+      const rs = rates(
+        bytes,
+        raw.map((s) => s.restoreMigrateS),
+      );
       return [
-        mode.pipeDirect ? `${mode.label} ‡` : `${mode.label} (every vmsave sample failed; raw QEMU shown)`, `(raw ${fmtSummary(summarize(raw.map((s) => s.saveSyncS)))})`, `(raw ${fmtSummary(summarize(raw.map((s) => s.restoreS)))})`,
-        fmtInt(median(raw.map((s) => s.bytes))), fmtInt(median(raw.map((s) => s.blocks))),
-        `(raw ${fmtSummary(summarize(sv), 2)})`, `(raw ${fmtSummary(summarize(rs), 2)})`, '—', '—',
+        mode.pipeDirect ? `${mode.label} ‡` : `${mode.label} (every vmsave sample failed; raw QEMU shown)`,
+        `(raw ${fmtSummary(summarize(raw.map((s) => s.saveSyncS)))})`,
+        `(raw ${fmtSummary(summarize(raw.map((s) => s.restoreS)))})`,
+        fmtInt(median(raw.map((s) => s.bytes))),
+        fmtInt(median(raw.map((s) => s.blocks))),
+        `(raw ${fmtSummary(summarize(sv), 2)})`,
+        `(raw ${fmtSummary(summarize(rs), 2)})`,
+        '—',
+        '—',
         `(raw ${fmtPct(ratio(median(sv), lim.write !== undefined ? lim.write / GiB : undefined))})`,
         `(raw ${fmtPct(ratio(median(rs), lim.read !== undefined ? lim.read / GiB : undefined))})`,
       ];
     }
     const bytes = v.map((s) => dataBytes(s.blocks));
-    const saveRates = rates(bytes, v.map((s) => s.saveS));
-    const restoreRates = rates(bytes, v.map((s) => s.restoreS));
+    const saveRates = rates(
+      bytes,
+      v.map((s) => s.saveS),
+    );
+    const restoreRates = rates(
+      bytes,
+      v.map((s) => s.restoreS),
+    );
     const q = ratios(row);
     return [
       mode.label,
@@ -164,7 +194,19 @@ export function mainTable(r: Results, state: VmState): string {
     ];
   });
   return markdownTable(
-    ['mode', 'save s', 'restore s', 'size (bytes)', 'blocks', 'save GiB/s', 'restore GiB/s', 'save ratio vmsave/raw', 'restore ratio vmsave/raw', 'save / disk write', 'restore / disk read'],
+    [
+      'mode',
+      'save s',
+      'restore s',
+      'size (bytes)',
+      'blocks',
+      'save GiB/s',
+      'restore GiB/s',
+      'save ratio vmsave/raw',
+      'restore ratio vmsave/raw',
+      'save / disk write',
+      'restore / disk read',
+    ],
     rows,
   );
 }
@@ -189,8 +231,16 @@ export function anchorTable(r: Results, state: VmState): string {
   });
   return markdownTable(
     [
-      'mode', 'raw save s', 'raw save + fdatasync s', 'vmsave executor save s', 'vmsave / raw without sync',
-      'raw restore s (migration only)', 'raw restore s (+ QEMU start)', 'vmsave executor restore s', 'restore gate (verifyImage, cold) s', 'vmsave publish → verified s',
+      'mode',
+      'raw save s',
+      'raw save + fdatasync s',
+      'vmsave executor save s',
+      'vmsave / raw without sync',
+      'raw restore s (migration only)',
+      'raw restore s (+ QEMU start)',
+      'vmsave executor restore s',
+      'restore gate (verifyImage, cold) s',
+      'vmsave publish → verified s',
     ],
     rows,
   );
@@ -215,15 +265,40 @@ export function diagTable(r: Results, state: VmState): string {
       const wr = median(diags.map((d) => d.disk?.writeBytes));
       const rd = median(diags.map((d) => d.disk?.readBytes));
       const t = median(secs);
-      const top = diags[0]?.cpu?.threads.slice(0, 3).map((x) => `${x.name} ${fmtNum(x.cpuS, 2)}`).join(', ') ?? '—';
+      const top =
+        diags[0]?.cpu?.threads
+          .slice(0, 3)
+          .map((x) => `${x.name} ${fmtNum(x.cpuS, 2)}`)
+          .join(', ') ?? '—';
       out.push([
-        row.mode.label, path, op, fmtNum(t), fmtNum(cpu, 2), fmtPct(ratio(cpu, t)), `${busiest} ${fmtPct(share)}`, top,
-        fmtPct(util), fmtNum(wr !== undefined ? wr / GiB : undefined, 2), fmtNum(rd !== undefined ? rd / GiB : undefined, 2),
+        row.mode.label,
+        path,
+        op,
+        fmtNum(t),
+        fmtNum(cpu, 2),
+        fmtPct(ratio(cpu, t)),
+        `${busiest} ${fmtPct(share)}`,
+        top,
+        fmtPct(util),
+        fmtNum(wr !== undefined ? wr / GiB : undefined, 2),
+        fmtNum(rd !== undefined ? rd / GiB : undefined, 2),
       ]);
     }
   }
   return markdownTable(
-    ['mode', 'path', 'op', 'wall s', 'QEMU CPU s', 'QEMU CPU / wall', 'busiest thread (CPU / wall)', 'top threads (CPU s, rep 1)', 'disk busy', 'disk GiB written', 'disk GiB read'],
+    [
+      'mode',
+      'path',
+      'op',
+      'wall s',
+      'QEMU CPU s',
+      'QEMU CPU / wall',
+      'busiest thread (CPU / wall)',
+      'top threads (CPU s, rep 1)',
+      'disk busy',
+      'disk GiB written',
+      'disk GiB read',
+    ],
     out,
   );
 }
@@ -257,7 +332,17 @@ export function stepsTable(r: Results, state: VmState): string {
       const m = (k: string) => fmtNum(median(st.map((x) => x?.[k])), 0);
       const total = median(row.vmsave.map((s) => (kind === 'Save' ? s.saveS : s.restoreS)));
       const exec = median(row.vmsave.map((s) => (kind === 'Save' ? s.saveExecutorS : s.restoreExecutorS)));
-      rows.push([row.mode.label, kind.toLowerCase(), m('admit'), m('schedule'), m('start'), m('run'), m('deliver'), fmtNum(total !== undefined ? total * 1000 : undefined, 0), fmtNum(exec !== undefined ? exec * 1000 : undefined, 0)]);
+      rows.push([
+        row.mode.label,
+        kind.toLowerCase(),
+        m('admit'),
+        m('schedule'),
+        m('start'),
+        m('run'),
+        m('deliver'),
+        fmtNum(total !== undefined ? total * 1000 : undefined, 0),
+        fmtNum(exec !== undefined ? exec * 1000 : undefined, 0),
+      ]);
     }
   }
   return markdownTable(
@@ -268,10 +353,20 @@ export function stepsTable(r: Results, state: VmState): string {
 
 export function diskTable(r: Results): string {
   const rows = r.disk.map((d, i) => [
-    `#${i + 1}`, fmtNum(d.directWrite / GiB, 2), fmtNum(d.directRead / GiB, 2), fmtNum(d.coldBufferedRead !== undefined ? d.coldBufferedRead / GiB : undefined, 2), fmtNum(d.bytes / GiB, 1),
+    `#${i + 1}`,
+    fmtNum(d.directWrite / GiB, 2),
+    fmtNum(d.directRead / GiB, 2),
+    fmtNum(d.coldBufferedRead !== undefined ? d.coldBufferedRead / GiB : undefined, 2),
+    fmtNum(d.bytes / GiB, 1),
   ]);
   const lim = diskLimits(r.disk);
-  rows.push(['median', fmtNum(lim.write !== undefined ? lim.write / GiB : undefined, 2), fmtNum(lim.read !== undefined ? lim.read / GiB : undefined, 2), fmtNum(lim.coldRead !== undefined ? lim.coldRead / GiB : undefined, 2), '']);
+  rows.push([
+    'median',
+    fmtNum(lim.write !== undefined ? lim.write / GiB : undefined, 2),
+    fmtNum(lim.read !== undefined ? lim.read / GiB : undefined, 2),
+    fmtNum(lim.coldRead !== undefined ? lim.coldRead / GiB : undefined, 2),
+    '',
+  ]);
   return markdownTable(['dd run', 'O_DIRECT write GiB/s', 'O_DIRECT read GiB/s', 'cold buffered read GiB/s', 'GiB'], rows);
 }
 
@@ -284,11 +379,19 @@ export function renderSection(r: Results): string {
   lines.push(`- Machine: ${m.cpus} × ${m.cpuModel}, ${m.ramGiB} GiB RAM, ${m.os}, kernel ${m.kernel}`);
   lines.push(`- Disk: ${m.disk}; images on ${m.imageDirFs}. ${r.imageDirNote}`);
   lines.push(`- ${m.qemu}; Node ${m.node}; KVM.`);
-  lines.push(`- VM: q35, 1 vCPU, ${r.ramMiB} MiB RAM, no guest OS (SeaBIOS finds nothing to boot). **idle** = freshly started; **dirty** = ${r.dirtyMiB} MiB (${fmtPct(r.dirtyMiB / r.ramMiB)} of RAM) of random bytes loaded into RAM at start.`);
-  lines.push(`- ${r.reps} repetition(s) per mode and state; cells are \`median (min–max)\`. Page cache dropped before every restore (\`sync; echo 3 > /proc/sys/vm/drop_caches\`): **${r.dropCachesPermitted ? 'permitted, done' : 'NOT permitted here: restores may read from the page cache'}**.`);
-  lines.push('- save s / restore s: vmsave through the bus, from publishing the request to the `SaveCompleted` / `RestoreCompleted` event as the client receives it (restore includes starting QEMU and the verify gate).');
+  lines.push(
+    `- VM: q35, 1 vCPU, ${r.ramMiB} MiB RAM, no guest OS (SeaBIOS finds nothing to boot). **idle** = freshly started; **dirty** = ${r.dirtyMiB} MiB (${fmtPct(r.dirtyMiB / r.ramMiB)} of RAM) of random bytes loaded into RAM at start.`,
+  );
+  lines.push(
+    `- ${r.reps} repetition(s) per mode and state; cells are \`median (min–max)\`. Page cache dropped before every restore (\`sync; echo 3 > /proc/sys/vm/drop_caches\`): **${r.dropCachesPermitted ? 'permitted, done' : 'NOT permitted here: restores may read from the page cache'}**.`,
+  );
+  lines.push(
+    '- save s / restore s: vmsave through the bus, from publishing the request to the `SaveCompleted` / `RestoreCompleted` event as the client receives it (restore includes starting QEMU and the verify gate).',
+  );
   lines.push('- GiB/s = bytes the image allocates on disk (blocks × 512) ÷ time; "/ disk" divides that by the dd O_DIRECT write (save) or read (restore) bandwidth below.');
-  lines.push('- save ratio = vmsave save ÷ raw QEMU save **with** fdatasync (vmsave syncs, QEMU does not); restore ratio = vmsave restore ÷ raw QEMU restore including starting QEMU (a restore needs a QEMU either way). Both without-sync / migration-only figures are in the anchor table.');
+  lines.push(
+    '- save ratio = vmsave save ÷ raw QEMU save **with** fdatasync (vmsave syncs, QEMU does not); restore ratio = vmsave restore ÷ raw QEMU restore including starting QEMU (a restore needs a QEMU either way). Both without-sync / migration-only figures are in the anchor table.',
+  );
   lines.push('- ‡ legacy + direct IO is not offered by vmsave: that row is raw QEMU writing into a pipe drained by `dd oflag=direct` (read back with `dd iflag=direct`).');
   lines.push('');
   lines.push('### Disk limits (dd, 4 MiB blocks, on the image directory)');
@@ -305,7 +408,9 @@ export function renderSection(r: Results): string {
     lines.push('');
     lines.push(anchorTable(r, state));
     lines.push('');
-    lines.push(`Where vmsave's time goes (${state}; ms, medians; from the events' timestamps — save: Scheduled → Started is the executor taking the work, connecting QMP, pausing and creating the image; Started → Completed is QEMU's migration plus fdatasync and finalize; restore: Scheduled → Started includes the verify gate, Started → Completed is starting QEMU, the migration and cont):`);
+    lines.push(
+      `Where vmsave's time goes (${state}; ms, medians; from the events' timestamps — save: Scheduled → Started is the executor taking the work, connecting QMP, pausing and creating the image; Started → Completed is QEMU's migration plus fdatasync and finalize; restore: Scheduled → Started includes the verify gate, Started → Completed is starting QEMU, the migration and cont):`,
+    );
     lines.push('');
     lines.push(stepsTable(r, state));
     lines.push('');
@@ -317,7 +422,13 @@ export function renderSection(r: Results): string {
     lines.push('');
     lines.push(`Failed samples (left out of the medians: the save and restore of that repetition; a fresh VM in the same state replaced the lost one and the run went on):`);
     lines.push('');
-    lines.push(markdownTable(['state', 'mode', 'rep', 'path', 'error'], r.failures.map((f) => [f.state, f.mode, String(f.rep + 1), f.path, f.error.replaceAll('\n', ' ')]), ['l', 'l', 'r', 'l', 'l']));
+    lines.push(
+      markdownTable(
+        ['state', 'mode', 'rep', 'path', 'error'],
+        r.failures.map((f) => [f.state, f.mode, String(f.rep + 1), f.path, f.error.replaceAll('\n', ' ')]),
+        ['l', 'l', 'r', 'l', 'l'],
+      ),
+    );
   }
   if (r.notes.length) {
     lines.push('');
@@ -354,10 +465,50 @@ export function renderChart(r: Results, state: VmState = 'dirty'): string {
   const rows = rowsOf(r, state);
   const lim = diskLimits(r.disk);
   const series = [
-    { name: 'vmsave save', color: '#1f77b4', get: (row: Row) => median(rates(row.vmsave.map((s) => dataBytes(s.blocks)), row.vmsave.map((s) => s.saveS))) },
-    { name: 'raw QEMU save (+fdatasync)', color: '#9ecae1', get: (row: Row) => median(rates(row.raw.map((s) => dataBytes(s.blocks)), row.raw.map((s) => s.saveSyncS))) },
-    { name: 'vmsave restore', color: '#d62728', get: (row: Row) => median(rates(row.vmsave.map((s) => dataBytes(s.blocks)), row.vmsave.map((s) => s.restoreS))) },
-    { name: 'raw QEMU restore (+QEMU start)', color: '#fc9272', get: (row: Row) => median(rates(row.raw.map((s) => dataBytes(s.blocks)), row.raw.map((s) => s.restoreS))) },
+    {
+      name: 'vmsave save',
+      color: '#1f77b4',
+      get: (row: Row) =>
+        median(
+          rates(
+            row.vmsave.map((s) => dataBytes(s.blocks)),
+            row.vmsave.map((s) => s.saveS),
+          ),
+        ),
+    },
+    {
+      name: 'raw QEMU save (+fdatasync)',
+      color: '#9ecae1',
+      get: (row: Row) =>
+        median(
+          rates(
+            row.raw.map((s) => dataBytes(s.blocks)),
+            row.raw.map((s) => s.saveSyncS),
+          ),
+        ),
+    },
+    {
+      name: 'vmsave restore',
+      color: '#d62728',
+      get: (row: Row) =>
+        median(
+          rates(
+            row.vmsave.map((s) => dataBytes(s.blocks)),
+            row.vmsave.map((s) => s.restoreS),
+          ),
+        ),
+    },
+    {
+      name: 'raw QEMU restore (+QEMU start)',
+      color: '#fc9272',
+      get: (row: Row) =>
+        median(
+          rates(
+            row.raw.map((s) => dataBytes(s.blocks)),
+            row.raw.map((s) => s.restoreS),
+          ),
+        ),
+    },
   ];
   const values = rows.map((row) => series.map((s) => s.get(row)));
   const maxV = Math.max(0.1, ...values.flat().filter((x): x is number => x !== undefined), (lim.write ?? 0) / GiB, (lim.read ?? 0) / GiB);
@@ -373,7 +524,9 @@ export function renderChart(r: Results, state: VmState = 'dirty'): string {
   const parts: string[] = [];
   parts.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="sans-serif" font-size="12">`);
   parts.push(`<rect width="${width}" height="${height}" fill="white"/>`);
-  parts.push(`<text x="${width / 2}" y="20" text-anchor="middle" font-size="14" font-weight="bold">${escXml(`Save and restore GiB/s per mode — ${state} VM (${state === 'dirty' ? `${r.dirtyMiB} MiB data in ` : ''}${r.ramMiB} MiB), medians of ${r.reps}`)}</text>`);
+  parts.push(
+    `<text x="${width / 2}" y="20" text-anchor="middle" font-size="14" font-weight="bold">${escXml(`Save and restore GiB/s per mode — ${state} VM (${state === 'dirty' ? `${r.dirtyMiB} MiB data in ` : ''}${r.ramMiB} MiB), medians of ${r.reps}`)}</text>`,
+  );
   series.forEach((s, i) => {
     const lx = 40 + i * 215;
     parts.push(`<rect x="${lx}" y="32" width="12" height="12" fill="${s.color}"/><text x="${lx + 16}" y="42">${escXml(s.name)}</text>`);

@@ -41,16 +41,18 @@ export async function describeMachine(imageDir: string, qemuBinary = 'qemu-syste
   const rota = dev ? (await readFile(`/sys/block/${dev.name}/queue/rotational`, 'utf8').catch(() => '?')).trim() : '?';
   const sched = dev ? (await readFile(`/sys/block/${dev.name}/queue/scheduler`, 'utf8').catch(() => '?')).trim() : '?';
   const sizeSectors = dev ? Number((await readFile(`/sys/block/${dev.name}/size`, 'utf8').catch(() => '0')).trim()) : 0;
-  const driver = dev ? sh('readlink', ['-f', `/sys/block/${dev.name}/device/driver`]).split('/').pop() ?? '' : '';
+  const driver = dev
+    ? (sh('readlink', ['-f', `/sys/block/${dev.name}/device/driver`])
+        .split('/')
+        .pop() ?? '')
+    : '';
   return {
     cpus: os.cpus().length,
     cpuModel: os.cpus()[0]?.model ?? 'unknown',
     ramGiB: Math.round((os.totalmem() / 1024 ** 3) * 10) / 10,
     kernel: os.release(),
     os: pretty,
-    disk: dev
-      ? `${dev.name} (${(sizeSectors * 512 / 1024 ** 3).toFixed(0)} GiB, driver ${driver || '?'}, rotational=${rota}, scheduler ${sched})`
-      : 'unknown',
+    disk: dev ? `${dev.name} (${((sizeSectors * 512) / 1024 ** 3).toFixed(0)} GiB, driver ${driver || '?'}, rotational=${rota}, scheduler ${sched})` : 'unknown',
     filesystem: df.length >= 2 ? `${df[1]} on ${df[0]}` : 'unknown',
     qemu: sh(qemuBinary, ['--version']).split('\n')[0] ?? 'unknown',
     node: process.version,
@@ -169,7 +171,10 @@ export class CpuSampler {
   private fromZero = false;
   private seenProcess = false;
 
-  constructor(private readonly needle: string, private readonly everyMs = 100) {}
+  constructor(
+    private readonly needle: string,
+    private readonly everyMs = 100,
+  ) {}
 
   async start(): Promise<this> {
     await this.sample();
@@ -213,7 +218,10 @@ export class CpuSampler {
       byName.set(kind, (byName.get(kind) ?? 0) + cpuS);
       if (!busiest || cpuS > busiest.cpuS) busiest = { name: end.name, cpuS };
     }
-    const threads = [...byName].map(([name, cpuS]) => ({ name, cpuS })).filter((t) => t.cpuS > 0).sort((a, b) => b.cpuS - a.cpuS);
+    const threads = [...byName]
+      .map(([name, cpuS]) => ({ name, cpuS }))
+      .filter((t) => t.cpuS > 0)
+      .sort((a, b) => b.cpuS - a.cpuS);
     return {
       processS: this.firstProcess !== undefined && this.lastProcess !== undefined ? this.lastProcess - this.firstProcess : undefined,
       threads,

@@ -15,11 +15,15 @@ async function freePort(): Promise<number> {
   });
 }
 
-const answers = (port: number) => new Promise<boolean>((resolve) => {
-  const s = net.connect(port, '127.0.0.1');
-  s.once('connect', () => { s.destroy(); resolve(true); });
-  s.once('error', () => resolve(false));
-});
+const answers = (port: number) =>
+  new Promise<boolean>((resolve) => {
+    const s = net.connect(port, '127.0.0.1');
+    s.once('connect', () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once('error', () => resolve(false));
+  });
 
 /** A three-node NATS cluster with JetStream on loopback ports, for fault tests. */
 export class NatsCluster {
@@ -41,16 +45,21 @@ export class NatsCluster {
     };
     for (let i = 0; i < size; i++) c.nodes.push({ name: `n${i + 1}`, port: await distinctPort(), clusterPort: await distinctPort(), dir: path.join(dir, `n${i + 1}`) });
     for (let i = 0; i < size; i++) await c.startNode(i);
-    await waitFor('the cluster to elect a JetStream meta leader', async () => {
-      const { Bus } = await import('@vmsave/bus');
-      const bus = await Bus.connect({ servers: c.url, name: 'cluster-probe' });
-      try {
-        await bus.jsm.getAccountInfo();
-        return true;
-      } finally {
-        await bus.close();
-      }
-    }, 60_000, 500);
+    await waitFor(
+      'the cluster to elect a JetStream meta leader',
+      async () => {
+        const { Bus } = await import('@vmsave/bus');
+        const bus = await Bus.connect({ servers: c.url, name: 'cluster-probe' });
+        try {
+          await bus.jsm.getAccountInfo();
+          return true;
+        } finally {
+          await bus.close();
+        }
+      },
+      60_000,
+      500,
+    );
     return c;
   }
 
@@ -61,12 +70,17 @@ export class NatsCluster {
   async startNode(i: number): Promise<void> {
     const n = this.nodes[i]!;
     await mkdir(n.dir, { recursive: true });
-    const routes = this.nodes.filter((o) => o !== n).map((o) => `nats://127.0.0.1:${o.clusterPort}`).join(',');
+    const routes = this.nodes
+      .filter((o) => o !== n)
+      .map((o) => `nats://127.0.0.1:${o.clusterPort}`)
+      .join(',');
     // One node is a plain server with file storage; more form a cluster.
     const clusterArgs = this.nodes.length > 1 ? ['--cluster_name', 'vmsave-test', '--cluster', `nats://127.0.0.1:${n.clusterPort}`, '--routes', routes] : [];
     // The server's own log goes next to its store, so a node that does not come up says why.
     const log = path.join(n.dir, 'server.log');
-    n.proc = spawn('setpriv', ['--pdeathsig', 'KILL', '--', 'nats-server', '-a', '127.0.0.1', '-p', String(n.port), '-js', '-sd', n.dir, '-n', n.name, '-l', log, ...clusterArgs], { stdio: 'ignore' });
+    n.proc = spawn('setpriv', ['--pdeathsig', 'KILL', '--', 'nats-server', '-a', '127.0.0.1', '-p', String(n.port), '-js', '-sd', n.dir, '-n', n.name, '-l', log, ...clusterArgs], {
+      stdio: 'ignore',
+    });
     await waitFor(`NATS node ${n.name}`, () => answers(n.port), 20_000, 100).catch(async (err: Error) => {
       const tail = (await readFile(log, 'utf8').catch(() => '')).split('\n').slice(-8).join('\n');
       throw new Error(`${err.message}; its log ends:\n${tail}`);

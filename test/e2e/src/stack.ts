@@ -35,12 +35,22 @@ export class Stack {
   bus!: Bus;
   client!: VmsaveClient;
   env: Record<string, string> = {};
-  private constructor(readonly dir: string, hostNames: string[], private readonly extraEnv: Record<string, string>) {
+  private constructor(
+    readonly dir: string,
+    hostNames: string[],
+    private readonly extraEnv: Record<string, string>,
+  ) {
     const tag = uniq('e2e').replace(/[^A-Za-z0-9_-]/g, '');
     this.hosts = hostNames.map((h) => `${h}-${tag}`);
   }
 
-  static async start(opts: { hosts: string[]; env?: Record<string, string>; hostEnv?: Record<string, Record<string, string>>; natsUrl?: string; replicas?: number }): Promise<Stack> {
+  static async start(opts: {
+    hosts: string[];
+    env?: Record<string, string>;
+    hostEnv?: Record<string, Record<string, string>>;
+    natsUrl?: string;
+    replicas?: number;
+  }): Promise<Stack> {
     const dir = await mkdtemp(path.join(os.tmpdir(), 'vmsave-e2e-'));
     const s = new Stack(dir, opts.hosts, opts.env ?? {});
     const urls = await testUrls();
@@ -99,11 +109,16 @@ export class Stack {
 
   /** Wait until a service's log has a line matching `re` (fails early if the process exits). */
   async waitForLog(name: ServiceName, re: RegExp, timeoutMs = 60_000): Promise<void> {
-    await waitFor(`${name} to log ${re}`, async () => {
-      const p = this.procs.get(name);
-      if (p && p.exitCode !== null) throw new Error(`${name} exited with ${p.exitCode}: ${(await this.log(name)).slice(-2000)}`);
-      return re.test(await this.log(name));
-    }, timeoutMs, 200);
+    await waitFor(
+      `${name} to log ${re}`,
+      async () => {
+        const p = this.procs.get(name);
+        if (p && p.exitCode !== null) throw new Error(`${name} exited with ${p.exitCode}: ${(await this.log(name)).slice(-2000)}`);
+        return re.test(await this.log(name));
+      },
+      timeoutMs,
+      200,
+    );
   }
 
   /** Start (or restart) a service; a restart without `env` gets the env its first start had. */
@@ -116,11 +131,15 @@ export class Stack {
     // orphaned scheduler keeps acting on the shared bus after a crashed run.
     // --conditions=development: the service's imports of other packages resolve to their sources
     // (the `development` entry of their exports), as in the tests, not to a possibly stale dist/.
-    const child = spawn('setpriv', ['--pdeathsig', 'KILL', '--', process.execPath, '--conditions=development', '--import', TSX, path.join(REPO, 'services', svc, 'src', 'main.ts')], {
-      cwd: REPO,
-      env: { ...process.env, ...this.env, ...this.extraEnv, ...extra, ...env },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
+    const child = spawn(
+      'setpriv',
+      ['--pdeathsig', 'KILL', '--', process.execPath, '--conditions=development', '--import', TSX, path.join(REPO, 'services', svc, 'src', 'main.ts')],
+      {
+        cwd: REPO,
+        env: { ...process.env, ...this.env, ...this.extraEnv, ...extra, ...env },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    );
     child.stdout!.pipe(out);
     child.stderr!.pipe(out);
     this.procs.set(name, child);
@@ -150,12 +169,17 @@ export class Stack {
   /** Wait until a host has announced itself with every named VM in a live state. */
   async waitForHost(short: string, vmNames: string[] = [], timeoutMs = 60_000): Promise<HostAnnouncement> {
     const host = this.host(short);
-    return waitFor(`host ${host} to announce ${vmNames.join(', ')}`, async () => {
-      for await (const a of readHosts(this.bus)) {
-        if (a.host === host && vmNames.every((n) => a.vms.some((v) => v.name === n && v.status !== 'stopped'))) return a;
-      }
-      return undefined;
-    }, timeoutMs, 300);
+    return waitFor(
+      `host ${host} to announce ${vmNames.join(', ')}`,
+      async () => {
+        for await (const a of readHosts(this.bus)) {
+          if (a.host === host && vmNames.every((n) => a.vms.some((v) => v.name === n && v.status !== 'stopped'))) return a;
+        }
+        return undefined;
+      },
+      timeoutMs,
+      300,
+    );
   }
 
   async stop(): Promise<void> {
@@ -174,7 +198,12 @@ export async function killProcessesUnder(dir: string): Promise<number> {
   for (const pid of (await readdir('/proc')).filter((p) => /^\d+$/.test(p))) {
     const cmd = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
     if (cmd.includes(dir) && Number(pid) !== process.pid) {
-      try { process.kill(Number(pid), 'SIGKILL'); n++; } catch { /* gone */ }
+      try {
+        process.kill(Number(pid), 'SIGKILL');
+        n++;
+      } catch {
+        /* gone */
+      }
     }
   }
   return n;

@@ -22,17 +22,26 @@ export interface CliResult {
 
 export function vmsave(args: string[], env: Record<string, string> = {}, opts: { cwd?: string; timeoutMs?: number } = {}): Promise<CliResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [VMSAVE_BIN, ...args], { cwd: opts.cwd, env: { ...process.env, VMSAVE_CLI_FROM_SOURCE: '1', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [VMSAVE_BIN, ...args], {
+      cwd: opts.cwd,
+      env: { ...process.env, VMSAVE_CLI_FROM_SOURCE: '1', ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d) => (stdout += d));
     child.stderr.on('data', (d) => (stderr += d));
-    const timer = setTimeout(() => { child.kill('SIGKILL'); reject(new Error(`vmsave ${args.join(' ')} timed out\n${stderr}`)); }, opts.timeoutMs ?? 240_000);
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`vmsave ${args.join(' ')} timed out\n${stderr}`));
+    }, opts.timeoutMs ?? 240_000);
     child.once('error', reject);
     child.once('close', (code) => {
       clearTimeout(timer);
       resolve({
-        code, stdout, stderr,
+        code,
+        stdout,
+        stderr,
         json<T>() {
           const lines = stdout.trim().split('\n');
           try {

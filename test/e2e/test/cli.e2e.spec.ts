@@ -68,8 +68,19 @@ describe('vmsave against a running stack', { timeout: 300_000 }, () => {
     expect(save.code, save.stderr).toBe(0);
     const s = save.json<{ outcome: string; jobId: string; requestId: string; duplicate: boolean; job: Record<string, unknown> }>();
     expect(s).toMatchObject({
-      outcome: 'accepted', duplicate: false, jobId: expect.stringMatching(/^s-/), requestId: expect.stringMatching(/^cli-/),
-      job: { status: 'verified', kind: 'save', vm: VM, host, format: 'sparse', imagePath: expect.stringContaining(stack.dirs(host).imageDir), result: { bytes: expect.any(Number), blocks: expect.any(Number), durationMs: expect.any(Number) } },
+      outcome: 'accepted',
+      duplicate: false,
+      jobId: expect.stringMatching(/^s-/),
+      requestId: expect.stringMatching(/^cli-/),
+      job: {
+        status: 'verified',
+        kind: 'save',
+        vm: VM,
+        host,
+        format: 'sparse',
+        imagePath: expect.stringContaining(stack.dirs(host).imageDir),
+        result: { bytes: expect.any(Number), blocks: expect.any(Number), durationMs: expect.any(Number) },
+      },
     });
 
     const job = await vmsave(['job', s.jobId, '--json'], env);
@@ -92,7 +103,10 @@ describe('vmsave against a running stack', { timeout: 300_000 }, () => {
 
     const watch = await vmsave(['watch', '--job', s.jobId, '--from-start', '--count', '2', '--json'], env);
     expect(watch.code, watch.stderr).toBe(0);
-    const docs = watch.stdout.trim().split('\n').map((l) => JSON.parse(l) as { seq: number; event: { type: string } });
+    const docs = watch.stdout
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as { seq: number; event: { type: string } });
     expect(docs).toHaveLength(2);
     expect(docs[0]!.event.type).toBe('SaveRequested');
     expect(docs[1]!.seq).toBeGreaterThan(docs[0]!.seq);

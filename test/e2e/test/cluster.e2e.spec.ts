@@ -35,9 +35,15 @@ describe.runIf(process.env.VMSAVE_SOAK === '1')('a three-node NATS cluster', () 
     await stack.client.waitForJob(j.jobId, { until: (s) => s.status === 'running' || s.status === 'completed' || s.status === 'verified', timeoutMs: 60_000 });
     // Kill the node that leads the event stream: the worst one to lose.
     const leader = (await stack.bus.jsm.streams.info(streams.events.name)).cluster?.leader;
-    const idx = Math.max(0, cluster.nodes.findIndex((n) => n.name === leader));
+    const idx = Math.max(
+      0,
+      cluster.nodes.findIndex((n) => n.name === leader),
+    );
     await cluster.killNode(idx);
-    const f = await stack.client.waitForJob(j.jobId, { until: (s) => s.status === 'verified' || s.status === 'rejected' || (s.status === 'failed' && !s.lastFailure?.retryable), timeoutMs: 180_000 });
+    const f = await stack.client.waitForJob(j.jobId, {
+      until: (s) => s.status === 'verified' || s.status === 'rejected' || (s.status === 'failed' && !s.lastFailure?.retryable),
+      timeoutMs: 180_000,
+    });
     await cluster.startNode(idx);
     // A read right after the node's restart may be answered before the cluster caught up: the
     // whole history must show up (nothing lost), and once it has, nothing may be doubled.
@@ -58,8 +64,11 @@ describe.runIf(process.env.VMSAVE_SOAK === '1')('a three-node NATS cluster', () 
     const f2 = await stack.client.waitForJob(j2.jobId, { timeoutMs: 120_000 });
     expect(f2.status, JSON.stringify(await stack.client.history(j2.jobId))).toBe('verified');
     await recordFault({
-      fault: 'NATS node lost', injection: `SIGKILL of the event stream's leader (${leader}) of a 3-node cluster during a save; restarted after`,
-      checked: 'save verified; its 5 events once each in order; no service restarted; next save verified', result: 'pass', detail: types.join(' → '),
+      fault: 'NATS node lost',
+      injection: `SIGKILL of the event stream's leader (${leader}) of a 3-node cluster during a save; restarted after`,
+      checked: 'save verified; its 5 events once each in order; no service restarted; next save verified',
+      result: 'pass',
+      detail: types.join(' → '),
     });
   });
 });

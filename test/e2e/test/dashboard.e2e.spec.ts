@@ -61,9 +61,15 @@ describe.runIf(existsSync(CHROMIUM))('the ops dashboard on the real stack, in he
     // Sample the progress bar while the save runs.
     const sampler = (async () => {
       for (let i = 0; i < 400; i++) {
-        const v = await row.locator('.c-progress progress').getAttribute('value').catch(() => null);
+        const v = await row
+          .locator('.c-progress progress')
+          .getAttribute('value')
+          .catch(() => null);
         if (v !== null) progressSeen.push(Number(v));
-        const state = await row.locator('.c-state').textContent().catch(() => '');
+        const state = await row
+          .locator('.c-state')
+          .textContent()
+          .catch(() => '');
         if (state === 'verified' || state === 'failed' || state === 'rejected') return;
         await new Promise((r) => setTimeout(r, 25));
       }
@@ -73,9 +79,11 @@ describe.runIf(existsSync(CHROMIUM))('the ops dashboard on the real stack, in he
     await row.click();
     await page.locator('#detail:not([hidden])').waitFor();
     // The detail panel fills in once its request for the job's history answers.
-    await expect.poll(() => page.locator('#detail table.checks tbody tr td:first-child').allTextContents(), { timeout: 30_000 })
+    await expect
+      .poll(() => page.locator('#detail table.checks tbody tr td:first-child').allTextContents(), { timeout: 30_000 })
       .toEqual(expect.arrayContaining(['header.magic', 'format.matches-stream', 'stream.complete']));
-    await expect.poll(() => page.locator('#detail .timeline .what').allTextContents(), { timeout: 30_000 })
+    await expect
+      .poll(() => page.locator('#detail .timeline .what').allTextContents(), { timeout: 30_000 })
       .toEqual(['SaveRequested', 'SaveScheduled', 'SaveStarted', 'SaveCompleted', 'ImageVerified']);
     mkdirSync(path.join(REPO, 'test-results'), { recursive: true });
     await page.screenshot({ path: path.join(REPO, 'test-results', 'dashboard-real-stack.png'), fullPage: true });

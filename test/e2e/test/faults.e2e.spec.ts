@@ -46,18 +46,33 @@ beforeAll(async () => {
 }, 240_000);
 
 afterAll(async () => {
-  if (tmpfs) try { execFileSync('umount', ['-l', tmpfs], { stdio: 'ignore' }); } catch { /* already gone */ }
+  if (tmpfs)
+    try {
+      execFileSync('umount', ['-l', tmpfs], { stdio: 'ignore' });
+    } catch {
+      /* already gone */
+    }
   await stack?.stop();
 });
 
 describe('faults and bad input on the real stack', () => {
   it('fuzzed bus messages never crash the scheduler; each lands in the dead-letter stream with a reason', async () => {
-    await fault('fuzzed commands', '400 fast-check payloads (wrong types, huge strings, unknown fields, deep nesting, invalid UTF-8) on vmsave.cmd.save/restore/cancel',
-      'scheduler process alive, every invalid message dead-lettered with a reason, next valid request admitted', async () => {
+    await fault(
+      'fuzzed commands',
+      '400 fast-check payloads (wrong types, huge strings, unknown fields, deep nesting, invalid UTF-8) on vmsave.cmd.save/restore/cancel',
+      'scheduler process alive, every invalid message dead-lettered with a reason, next valid request admitted',
+      async () => {
         const before = (await stack.bus.jsm.streams.info(streams.deadLetters.name)).state.messages;
-        const deep = fc.letrec((tie) => ({ node: fc.oneof({ depthSize: 'small' }, fc.integer(), fc.array(tie('node'), { maxLength: 3 }), fc.dictionary(fc.string(), tie('node'), { maxKeys: 3 })) })).node;
+        const deep = fc.letrec((tie) => ({
+          node: fc.oneof({ depthSize: 'small' }, fc.integer(), fc.array(tie('node'), { maxLength: 3 }), fc.dictionary(fc.string(), tie('node'), { maxKeys: 3 })),
+        })).node;
         const payload = fc.oneof(
-          fc.record({ requestId: fc.oneof(fc.string(), fc.integer()), vm: fc.oneof(fc.string({ maxLength: 5000 }), fc.constant(null)), channels: fc.anything() }, { requiredKeys: [] }).map((o) => Buffer.from(JSON.stringify(o))),
+          fc
+            .record(
+              { requestId: fc.oneof(fc.string(), fc.integer()), vm: fc.oneof(fc.string({ maxLength: 5000 }), fc.constant(null)), channels: fc.anything() },
+              { requiredKeys: [] },
+            )
+            .map((o) => Buffer.from(JSON.stringify(o))),
           deep.map((d) => Buffer.from(JSON.stringify({ requestId: 'x', vm: d }))),
           fc.uint8Array({ minLength: 1, maxLength: 300 }).map((b) => Buffer.from([0xff, ...b])),
           fc.string({ minLength: 100_000, maxLength: 200_000 }).map((s) => Buffer.from(JSON.stringify({ requestId: 'big', vm: s }))),
@@ -68,18 +83,27 @@ describe('faults and bad input on the real stack', () => {
         let i = 0;
         for (const p of samples) await stack.bus.js.publish(subj[i++ % 3]!, p);
         const scheduler = stack.procs.get('scheduler')!;
-        await waitFor('every fuzzed message dead-lettered', async () => (await stack.bus.jsm.streams.info(streams.deadLetters.name)).state.messages >= before + samples.length, 60_000, 250);
+        await waitFor(
+          'every fuzzed message dead-lettered',
+          async () => (await stack.bus.jsm.streams.info(streams.deadLetters.name)).state.messages >= before + samples.length,
+          60_000,
+          250,
+        );
         expect(scheduler.exitCode).toBeNull();
         const ok = await stack.client.save({ requestId: uniq('after-fuzz'), vm: web, format: 'sparse' });
         expect(ok.admission).toMatchObject({ outcome: 'accepted' });
         expect((await stack.client.waitForJob(ok.jobId, { timeoutMs: 60_000 })).status).toBe('verified');
         return `${samples.length} payloads, ${(await stack.bus.jsm.streams.info(streams.deadLetters.name)).state.messages - before} dead letters, scheduler alive, next save verified`;
-      });
+      },
+    );
   });
 
   it('hostile image paths are refused: "..", absolute outside, symlinks pointing out, NUL and newline', async () => {
-    await fault('hostile paths', 'save requests with image "../x", "/etc/x", a symlink to outside the image directory, a symlinked directory, names with NUL/newline',
-      'admission rejects or the executor refuses before writing; nothing is written outside the image directory', async () => {
+    await fault(
+      'hostile paths',
+      'save requests with image "../x", "/etc/x", a symlink to outside the image directory, a symlinked directory, names with NUL/newline',
+      'admission rejects or the executor refuses before writing; nothing is written outside the image directory',
+      async () => {
         const host = stack.host('a');
         const imageDir = stack.dirs(host).imageDir;
         const outside = path.join(stack.dir, 'outside');
@@ -105,13 +129,17 @@ describe('faults and bad input on the real stack', () => {
         expect(fs.readdirSync(outside)).toEqual([]);
         expect(await status(host, web)).toBe('running');
         return results.join('; ');
-      });
+      },
+    );
   });
 
   it('the image directory fills up during a save: SaveFailed names ENOSPC, the partial image is removed, the VM runs', async () => {
     if (!tmpfs) return void (await recordFault({ fault: 'disk full', injection: 'tmpfs mount refused here', checked: '-', result: 'pass', detail: 'skipped: cannot mount tmpfs' }));
-    await fault('disk full', 'a 48 MiB tmpfs as the image target of a 256 MiB VM with 96 MiB of data (admitted on the image directory\'s free space; the small file system is only seen by the executor)',
-      'SaveFailed with code ENOSPC, no file left, VM running', async () => {
+    await fault(
+      'disk full',
+      "a 48 MiB tmpfs as the image target of a 256 MiB VM with 96 MiB of data (admitted on the image directory's free space; the small file system is only seen by the executor)",
+      'SaveFailed with code ENOSPC, no file left, VM running',
+      async () => {
         const host = stack.host('a');
         // The image directory must be inside the executor's; bind the small fs there.
         const target = path.join(stack.dirs(host).imageDir, 'small');
@@ -121,10 +149,15 @@ describe('faults and bad input on the real stack', () => {
           // Through the scheduler: the executor decides its events against the job's log, so work
           // for a job the log does not know would be refused.
           const { jobId } = await stack.client.save({ requestId: uniq('enospc'), vm: full, format: 'legacy', image: 'small/full.vmsave' });
-          const history = await waitFor('the executor to close the attempt', async () => {
-            const h = await stack.client.history(jobId);
-            return h.some((e) => e.type === 'SaveFailed' || e.type === 'SaveCompleted') ? h : undefined;
-          }, 60_000, 200);
+          const history = await waitFor(
+            'the executor to close the attempt',
+            async () => {
+              const h = await stack.client.history(jobId);
+              return h.some((e) => e.type === 'SaveFailed' || e.type === 'SaveCompleted') ? h : undefined;
+            },
+            60_000,
+            200,
+          );
           const failed = history.find((e) => e.type === 'SaveFailed');
           expect(failed, JSON.stringify(history.map((e) => e.type))).toMatchObject({ data: { code: 'ENOSPC', vmResumed: true } });
           expect(fs.readdirSync(target)).toEqual([]);
@@ -133,12 +166,16 @@ describe('faults and bad input on the real stack', () => {
         } finally {
           execFileSync('umount', ['-l', target]);
         }
-      });
+      },
+    );
   });
 
   it('the scheduler is killed with SIGKILL and restarted while jobs are queued and running: every job ends, none twice', async () => {
-    await fault('scheduler SIGKILL', 'SIGKILL of the scheduler right after 4 save requests were admitted, then a restart',
-      'the restarted scheduler rebuilds from the log; every job verified, each started once', async () => {
+    await fault(
+      'scheduler SIGKILL',
+      'SIGKILL of the scheduler right after 4 save requests were admitted, then a restart',
+      'the restarted scheduler rebuilds from the log; every job verified, each started once',
+      async () => {
         const jobs = [];
         for (let i = 0; i < 4; i++) jobs.push(await stack.client.save({ requestId: uniq('sk'), vm: i % 2 ? web : full, format: 'sparse' }));
         await stack.kill('scheduler', 'SIGKILL');
@@ -150,12 +187,16 @@ describe('faults and bad input on the real stack', () => {
           expect(h.filter((e) => e.type === 'SaveCompleted')).toHaveLength(1);
         }
         return `4 jobs verified after the restart, one SaveCompleted each`;
-      });
+      },
+    );
   });
 
   it('QEMU is killed during a save: the job fails with the stage and QEMU gone, no image marked complete', async () => {
-    await fault('QEMU killed', 'SIGKILL of the VM\'s QEMU as soon as SaveStarted is in the log',
-      'SaveFailed with vmResumed=false, no complete image left, job terminal', async () => {
+    await fault(
+      'QEMU killed',
+      "SIGKILL of the VM's QEMU as soon as SaveStarted is in the log",
+      'SaveFailed with vmResumed=false, no complete image left, job terminal',
+      async () => {
         const host = stack.host('a');
         const vm = vmName('victim');
         const qemu = await stack.startVm('a', await patternVm(stack.dir, vm, 512, makePattern(8 * MiB), 40));
@@ -169,6 +210,7 @@ describe('faults and bad input on the real stack', () => {
         expect(f.lastFailure).toMatchObject({ vmResumed: false });
         expect(imgs).toEqual([]);
         return `SaveFailed{stage: ${f.lastFailure!.stage}, code: ${f.lastFailure!.code}}: ${f.lastFailure!.reason.slice(0, 100)}`;
-      });
+      },
+    );
   });
 });

@@ -163,15 +163,25 @@ async function cell(fault: Fault, point: Point): Promise<string> {
     if (qemuGone && point !== 'after-completed') {
       // The attempt fails with QEMU gone (final at once, or after a retry that finds no VM to save).
       expect(final.status, trail).toBe('failed');
-      expect(final.lastFailure, `${trail} ${JSON.stringify(final.lastFailure)}`).toMatchObject({ vmResumed: false, retryable: false, reason: expect.stringMatching(/QEMU|not running/) });
+      expect(final.lastFailure, `${trail} ${JSON.stringify(final.lastFailure)}`).toMatchObject({
+        vmResumed: false,
+        retryable: false,
+        reason: expect.stringMatching(/QEMU|not running/),
+      });
       expect(history.filter((e) => e.type === 'SaveScheduled').length, trail).toBeLessThanOrEqual(2);
     } else if (qemuGone) {
       // QEMU had written the whole stream: the image is good, the save succeeds and says the VM is gone.
       expect(final.status, trail).toBe('verified');
-      expect(history.find((e) => e.type === 'SaveCompleted'), trail).toMatchObject({ data: { vmState: 'quit', afterError: expect.any(String) } });
+      expect(
+        history.find((e) => e.type === 'SaveCompleted'),
+        trail,
+      ).toMatchObject({ data: { vmState: 'quit', afterError: expect.any(String) } });
     } else {
       expect(final.status, `${trail} ${JSON.stringify(final.lastFailure)}`).toBe('verified');
-      expect(history.filter((e) => e.type === 'SaveCompleted'), trail).toHaveLength(1);
+      expect(
+        history.filter((e) => e.type === 'SaveCompleted'),
+        trail,
+      ).toHaveLength(1);
     }
 
     // No image marked complete unless it is the one the verifier passed.
@@ -179,7 +189,10 @@ async function cell(fault: Fault, point: Point): Promise<string> {
     const imageDir = stack.dirs(host).imageDir;
     for (const f of (await readdir(imageDir)).filter((n) => n.startsWith(name))) {
       const file = path.join(imageDir, f);
-      const complete = await readImageHeader(file).then((h) => h.complete, () => false);
+      const complete = await readImageHeader(file).then(
+        (h) => h.complete,
+        () => false,
+      );
       if (complete) expect(verified.has(file), `${f} is marked complete but was not verified`).toBe(true);
     }
 
@@ -207,7 +220,8 @@ async function cell(fault: Fault, point: Point): Promise<string> {
 const checked: Record<Fault, string> = {
   'executor SIGKILL': 'the restarted executor closes the attempt; the retry is verified; VM running, no fdset, lease released; no unverified image marked complete',
   'scheduler SIGKILL': 'the restarted scheduler rebuilds from the log; the job is verified once; VM running, no fdset, lease released',
-  'QEMU killed': 'before/during migrate: the job fails with vmResumed=false, saying QEMU is gone, after at most one retry; after completed: the image is kept and verified, SaveCompleted says vmState=quit; no unverified image marked complete; lease released',
+  'QEMU killed':
+    'before/during migrate: the job fails with vmResumed=false, saying QEMU is gone, after at most one retry; after completed: the image is kept and verified, SaveCompleted says vmState=quit; no unverified image marked complete; lease released',
   'NATS restarted': 'the save is verified; each event once; no service restarted; VM running, no fdset, lease released',
   'Redis flushed': 'the save is verified; the scheduler goes on without its leases; VM running, no fdset, lease released',
 };
@@ -222,7 +236,11 @@ const how: Record<Fault, string> = {
 
 describe.each(faults)('%s', (fault) => {
   it.each(points)(`at %s`, async (point) => {
-    const row = { fault: `${fault}, ${label[point]}`, injection: `${how[fault]}, ${label[point]} (legacy save of a running 128 MiB VM with 48 MiB of data)`, checked: checked[fault] };
+    const row = {
+      fault: `${fault}, ${label[point]}`,
+      injection: `${how[fault]}, ${label[point]} (legacy save of a running 128 MiB VM with 48 MiB of data)`,
+      checked: checked[fault],
+    };
     try {
       const detail = await cell(fault, point);
       await recordFault({ ...row, result: 'pass', detail });
@@ -237,40 +255,44 @@ describe.each(faults)('%s', (fault) => {
 // random, one after another on the same stack, until the time is up.
 const soakMinutes = Number(process.env.VMSAVE_SOAK_MINUTES ?? 10);
 describe.runIf(process.env.VMSAVE_SOAK === '1')('soak', () => {
-  it(`random faults at random points for ${soakMinutes} min`, async () => {
-    let seed = Number(process.env.VMSAVE_SOAK_SEED ?? Date.now() % 100_000);
-    const startSeed = seed;
-    const next = (n: number) => {
-      seed = (seed * 1103515245 + 12345) % 2 ** 31;
-      return seed % n;
-    };
-    const end = Date.now() + soakMinutes * 60_000;
-    const tally = new Map<string, { pass: number; fail: number }>();
-    const failures: string[] = [];
-    while (Date.now() < end) {
-      const fault = faults[next(faults.length)]!;
-      const point = points[next(points.length)]!;
-      const key = `${fault}, ${label[point]}`;
-      const t = tally.get(key) ?? { pass: 0, fail: 0 };
-      tally.set(key, t);
-      try {
-        await cell(fault, point);
-        t.pass++;
-      } catch (err) {
-        t.fail++;
-        failures.push(`${key}: ${(err as Error).message.slice(0, 200)}`);
+  it(
+    `random faults at random points for ${soakMinutes} min`,
+    async () => {
+      let seed = Number(process.env.VMSAVE_SOAK_SEED ?? Date.now() % 100_000);
+      const startSeed = seed;
+      const next = (n: number) => {
+        seed = (seed * 1103515245 + 12345) % 2 ** 31;
+        return seed % n;
+      };
+      const end = Date.now() + soakMinutes * 60_000;
+      const tally = new Map<string, { pass: number; fail: number }>();
+      const failures: string[] = [];
+      while (Date.now() < end) {
+        const fault = faults[next(faults.length)]!;
+        const point = points[next(points.length)]!;
+        const key = `${fault}, ${label[point]}`;
+        const t = tally.get(key) ?? { pass: 0, fail: 0 };
+        tally.set(key, t);
+        try {
+          await cell(fault, point);
+          t.pass++;
+        } catch (err) {
+          t.fail++;
+          failures.push(`${key}: ${(err as Error).message.slice(0, 200)}`);
+        }
       }
-    }
-    const runs = [...tally.values()].reduce((n, t) => n + t.pass + t.fail, 0);
-    const detail = `${runs} injections (seed ${startSeed}), ${failures.length} failed; ${[...tally].map(([k, t]) => `${k}: ${t.pass}/${t.pass + t.fail}`).join('; ')}`;
-    console.log(`\nsoak: ${detail}\n${failures.join('\n')}`);
-    await recordFault({
-      fault: `soak: ${soakMinutes} min`,
-      injection: 'the cells above drawn at random (fault and point), one after another on one stack',
-      checked: 'the same invariants after every injection',
-      result: failures.length ? 'fail' : 'pass',
-      detail,
-    });
-    expect(failures).toEqual([]);
-  }, (soakMinutes + 10) * 60_000);
+      const runs = [...tally.values()].reduce((n, t) => n + t.pass + t.fail, 0);
+      const detail = `${runs} injections (seed ${startSeed}), ${failures.length} failed; ${[...tally].map(([k, t]) => `${k}: ${t.pass}/${t.pass + t.fail}`).join('; ')}`;
+      console.log(`\nsoak: ${detail}\n${failures.join('\n')}`);
+      await recordFault({
+        fault: `soak: ${soakMinutes} min`,
+        injection: 'the cells above drawn at random (fault and point), one after another on one stack',
+        checked: 'the same invariants after every injection',
+        result: failures.length ? 'fail' : 'pass',
+        detail,
+      });
+      expect(failures).toEqual([]);
+    },
+    (soakMinutes + 10) * 60_000,
+  );
 });

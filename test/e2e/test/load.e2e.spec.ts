@@ -18,7 +18,13 @@ const PATTERN = 1 * MiB;
 
 let stack: Stack;
 let host: string;
-const names = Array.from({ length: N }, (_, i) => `ld${i}-${uniq('').replace(/[^A-Za-z0-9]/g, '').slice(-6)}`);
+const names = Array.from(
+  { length: N },
+  (_, i) =>
+    `ld${i}-${uniq('')
+      .replace(/[^A-Za-z0-9]/g, '')
+      .slice(-6)}`,
+);
 const patternOf = (i: number) => makePattern(PATTERN, i + 1);
 
 beforeAll(async () => {
@@ -71,55 +77,66 @@ function maxConcurrent(histories: JobEvent[][], started: JobEvent['type'], ended
 }
 
 describe(`load: ${N} small VMs on one host, limit ${LIMIT}`, () => {
-  it('every VM is saved and restored through the bus; no job is lost; the counts of every final state are printed', async () => {
-    const timeoutMs = 120_000 + N * 4_000;
-    const t0 = Date.now();
-    const saves = await Promise.all(names.map((vm, i) => stack.client.save({ requestId: uniq('ld-s'), vm, format: i % 2 ? 'sparse' : 'legacy', after: 'quit' })));
-    expect(saves.filter((s) => s.admission?.outcome !== 'accepted'), 'every save admitted').toEqual([]);
-    const savedStates = await finals(saves.map((s) => s.jobId), timeoutMs);
-    const saveSecs = (Date.now() - t0) / 1000;
-    const saveHistories = await Promise.all(saves.map((s) => stack.client.history(s.jobId)));
+  it(
+    'every VM is saved and restored through the bus; no job is lost; the counts of every final state are printed',
+    async () => {
+      const timeoutMs = 120_000 + N * 4_000;
+      const t0 = Date.now();
+      const saves = await Promise.all(names.map((vm, i) => stack.client.save({ requestId: uniq('ld-s'), vm, format: i % 2 ? 'sparse' : 'legacy', after: 'quit' })));
+      expect(
+        saves.filter((s) => s.admission?.outcome !== 'accepted'),
+        'every save admitted',
+      ).toEqual([]);
+      const savedStates = await finals(
+        saves.map((s) => s.jobId),
+        timeoutMs,
+      );
+      const saveSecs = (Date.now() - t0) / 1000;
+      const saveHistories = await Promise.all(saves.map((s) => stack.client.history(s.jobId)));
 
-    const t1 = Date.now();
-    const images = saveHistories.map((h) => h.find((e): e is Extract<JobEvent, { type: 'ImageVerified' }> => e.type === 'ImageVerified')?.data.imagePath);
-    const restores = await Promise.all(images.map((image) => (image ? stack.client.restore({ requestId: uniq('ld-r'), image }) : undefined)));
-    const restoreIds = restores.flatMap((r) => (r ? [r.jobId] : []));
-    const restoredStates = await finals(restoreIds, timeoutMs);
-    const restoreSecs = (Date.now() - t1) / 1000;
-    const restoreHistories = await Promise.all(restoreIds.map((id) => stack.client.history(id)));
+      const t1 = Date.now();
+      const images = saveHistories.map((h) => h.find((e): e is Extract<JobEvent, { type: 'ImageVerified' }> => e.type === 'ImageVerified')?.data.imagePath);
+      const restores = await Promise.all(images.map((image) => (image ? stack.client.restore({ requestId: uniq('ld-r'), image }) : undefined)));
+      const restoreIds = restores.flatMap((r) => (r ? [r.jobId] : []));
+      const restoredStates = await finals(restoreIds, timeoutMs);
+      const restoreSecs = (Date.now() - t1) / 1000;
+      const restoreHistories = await Promise.all(restoreIds.map((id) => stack.client.history(id)));
 
-    const saveCounts = counts(savedStates);
-    const restoreCounts = counts(restoredStates);
-    const maxSaves = maxConcurrent(saveHistories, 'SaveStarted', ['SaveCompleted', 'SaveFailed', 'SaveCancelled']);
-    const maxRestores = maxConcurrent(restoreHistories, 'RestoreStarted', ['RestoreCompleted', 'RestoreFailed', 'RestoreCancelled']);
-    const table = [
-      `| jobs | requested | ${['verified', 'completed', 'failed', 'rejected', 'cancelled'].join(' | ')} | wall s | jobs/min | most at once |`,
-      '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
-      `| saves | ${N} | ${['verified', 'completed', 'failed', 'rejected', 'cancelled'].map((k) => saveCounts[k] ?? 0).join(' | ')} | ${saveSecs.toFixed(1)} | ${((N / saveSecs) * 60).toFixed(0)} | ${maxSaves} |`,
-      `| restores | ${restoreIds.length} | ${['verified', 'completed', 'failed', 'rejected', 'cancelled'].map((k) => restoreCounts[k] ?? 0).join(' | ')} | ${restoreSecs.toFixed(1)} | ${((restoreIds.length / restoreSecs) * 60).toFixed(0)} | ${maxRestores} |`,
-    ].join('\n');
-    console.log(`\nload: ${N} VMs of 64 MiB on one host, per-host limit ${LIMIT}\n${table}\n`);
+      const saveCounts = counts(savedStates);
+      const restoreCounts = counts(restoredStates);
+      const maxSaves = maxConcurrent(saveHistories, 'SaveStarted', ['SaveCompleted', 'SaveFailed', 'SaveCancelled']);
+      const maxRestores = maxConcurrent(restoreHistories, 'RestoreStarted', ['RestoreCompleted', 'RestoreFailed', 'RestoreCancelled']);
+      const table = [
+        `| jobs | requested | ${['verified', 'completed', 'failed', 'rejected', 'cancelled'].join(' | ')} | wall s | jobs/min | most at once |`,
+        '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
+        `| saves | ${N} | ${['verified', 'completed', 'failed', 'rejected', 'cancelled'].map((k) => saveCounts[k] ?? 0).join(' | ')} | ${saveSecs.toFixed(1)} | ${((N / saveSecs) * 60).toFixed(0)} | ${maxSaves} |`,
+        `| restores | ${restoreIds.length} | ${['verified', 'completed', 'failed', 'rejected', 'cancelled'].map((k) => restoreCounts[k] ?? 0).join(' | ')} | ${restoreSecs.toFixed(1)} | ${((restoreIds.length / restoreSecs) * 60).toFixed(0)} | ${maxRestores} |`,
+      ].join('\n');
+      console.log(`\nload: ${N} VMs of 64 MiB on one host, per-host limit ${LIMIT}\n${table}\n`);
 
-    // Nothing lost: every request reached a final state, and all of them succeeded.
-    expect(savedStates).toHaveLength(N);
-    expect(saveCounts, table).toEqual({ verified: N });
-    expect(restoreCounts, table).toEqual({ completed: N });
-    expect(maxSaves, table).toBeLessThanOrEqual(LIMIT);
-    expect(maxRestores, table).toBeLessThanOrEqual(LIMIT);
-    for (const h of saveHistories) expect(h.filter((e) => e.type === 'SaveCompleted')).toHaveLength(1);
+      // Nothing lost: every request reached a final state, and all of them succeeded.
+      expect(savedStates).toHaveLength(N);
+      expect(saveCounts, table).toEqual({ verified: N });
+      expect(restoreCounts, table).toEqual({ completed: N });
+      expect(maxSaves, table).toBeLessThanOrEqual(LIMIT);
+      expect(maxRestores, table).toBeLessThanOrEqual(LIMIT);
+      for (const h of saveHistories) expect(h.filter((e) => e.type === 'SaveCompleted')).toHaveLength(1);
 
-    // A sample of restored guests holds exactly its own VM's memory.
-    for (const i of [0, Math.floor(N / 2), N - 1]) {
-      await using qmp = await QmpClient.connect(path.join(stack.dirs(host).qmpDir, `${names[i]}.qmp`), { timeoutMs: 5000 });
-      expect((await guestMemory(qmp, stack.dir, undefined, PATTERN)).equals(patternOf(i)), names[i]).toBe(true);
-    }
+      // A sample of restored guests holds exactly its own VM's memory.
+      for (const i of [0, Math.floor(N / 2), N - 1]) {
+        await using qmp = await QmpClient.connect(path.join(stack.dirs(host).qmpDir, `${names[i]}.qmp`), { timeoutMs: 5000 });
+        expect((await guestMemory(qmp, stack.dir, undefined, PATTERN)).equals(patternOf(i)), names[i]).toBe(true);
+      }
 
-    await recordFault({
-      fault: `load: ${N} VMs`,
-      injection: `${N} paused 64 MiB VMs on one host (half legacy, half sparse), all saves published at once with after=quit, then all restores; per-host limit ${LIMIT}`,
-      checked: 'every job final; all saves verified and all restores completed; never more than the limit at once; one SaveCompleted per job; sampled guests hold their own memory',
-      result: 'pass',
-      detail: `saves: ${JSON.stringify(saveCounts)} in ${saveSecs.toFixed(1)} s (${((N / saveSecs) * 60).toFixed(0)}/min, at most ${maxSaves} at once); restores: ${JSON.stringify(restoreCounts)} in ${restoreSecs.toFixed(1)} s (at most ${maxRestores} at once)`,
-    });
-  }, 2 * (120_000 + N * 4_000));
+      await recordFault({
+        fault: `load: ${N} VMs`,
+        injection: `${N} paused 64 MiB VMs on one host (half legacy, half sparse), all saves published at once with after=quit, then all restores; per-host limit ${LIMIT}`,
+        checked:
+          'every job final; all saves verified and all restores completed; never more than the limit at once; one SaveCompleted per job; sampled guests hold their own memory',
+        result: 'pass',
+        detail: `saves: ${JSON.stringify(saveCounts)} in ${saveSecs.toFixed(1)} s (${((N / saveSecs) * 60).toFixed(0)}/min, at most ${maxSaves} at once); restores: ${JSON.stringify(restoreCounts)} in ${restoreSecs.toFixed(1)} s (at most ${maxRestores} at once)`,
+      });
+    },
+    2 * (120_000 + N * 4_000),
+  );
 });

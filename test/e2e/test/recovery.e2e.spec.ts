@@ -16,7 +16,8 @@ let projection: Projection;
 const ac = new AbortController();
 let projecting: Promise<void>;
 const vm = uniq('rec').replace(/[^A-Za-z0-9_-]/g, '');
-const done = (s: { status: string; lastFailure?: { retryable: boolean } }) => s.status === 'verified' || s.status === 'rejected' || (s.status === 'failed' && !s.lastFailure?.retryable);
+const done = (s: { status: string; lastFailure?: { retryable: boolean } }) =>
+  s.status === 'verified' || s.status === 'rejected' || (s.status === 'failed' && !s.lastFailure?.retryable);
 
 beforeAll(async () => {
   dir = await mkdtemp(path.join(os.tmpdir(), 'vmsave-recovery-'));
@@ -51,8 +52,11 @@ describe('recovery from infrastructure faults', () => {
     expect(new Set(h.map((e) => e.eventId)).size).toBe(h.length);
     for (const name of ['scheduler', 'verifier', `executor:${stack.host('a')}`] as const) expect(stack.procs.get(name)!.exitCode, name).toBeNull();
     await recordFault({
-      fault: 'NATS restarted', injection: 'SIGKILL of the (single, file-storage) NATS server while a save runs; restarted 2 s later on the same port and store',
-      checked: 'save verified, each event once, no service restarted', result: 'pass', detail: h.map((e) => e.type).join(' → '),
+      fault: 'NATS restarted',
+      injection: 'SIGKILL of the (single, file-storage) NATS server while a save runs; restarted 2 s later on the same port and store',
+      checked: 'save verified, each event once, no service restarted',
+      result: 'pass',
+      detail: h.map((e) => e.type).join(' → '),
     });
   });
 
@@ -72,8 +76,11 @@ describe('recovery from infrastructure faults', () => {
     await fresh.clear();
     expect(stack.procs.get('scheduler')!.exitCode).toBeNull();
     await recordFault({
-      fault: 'Redis flushed', injection: "delete every key of the deployment (read models, VM leases, the scheduler's lease) while the stack runs",
-      checked: 'a new save is verified; the live projection notices and rebuilds; it equals a rebuild into an empty prefix; scheduler alive', result: 'pass', detail: `${last} events replayed`,
+      fault: 'Redis flushed',
+      injection: "delete every key of the deployment (read models, VM leases, the scheduler's lease) while the stack runs",
+      checked: 'a new save is verified; the live projection notices and rebuilds; it equals a rebuild into an empty prefix; scheduler alive',
+      result: 'pass',
+      detail: `${last} events replayed`,
     });
   });
 });

@@ -65,12 +65,21 @@ describe('a save request through the bus, on the real stack', () => {
     const requestId = uniq('bad');
     const seq = (await stack.bus.jsm.streams.info(streams.deadLetters.name)).state.last_seq;
     await stack.bus.js.publish(subjects.cmd.save, JSON.stringify({ requestId, vm: vmName, channels: 'lots' }));
-    const letter = await waitFor('a dead letter for the bad request', async () => {
-      const c = await stack.bus.js.consumers.get(streams.deadLetters.name, { filter_subjects: subjects.dlq('scheduler'), opt_start_seq: seq + 1, deliver_policy: 'by_start_sequence' as never });
-      const m = await c.next({ expires: 1000 });
-      const d = m ? DeadLetter.parse(m.json()) : undefined;
-      return d?.payload.includes(requestId) ? d : undefined;
-    }, 20_000, 200);
+    const letter = await waitFor(
+      'a dead letter for the bad request',
+      async () => {
+        const c = await stack.bus.js.consumers.get(streams.deadLetters.name, {
+          filter_subjects: subjects.dlq('scheduler'),
+          opt_start_seq: seq + 1,
+          deliver_policy: 'by_start_sequence' as never,
+        });
+        const m = await c.next({ expires: 1000 });
+        const d = m ? DeadLetter.parse(m.json()) : undefined;
+        return d?.payload.includes(requestId) ? d : undefined;
+      },
+      20_000,
+      200,
+    );
     expect(letter.reason).toMatch(/channels/);
     const { jobIdFor } = await import('@vmsave/contracts');
     const rejected = await stack.client.waitForJob(jobIdFor('save', requestId), { timeoutMs: 10_000 });

@@ -45,11 +45,10 @@ function windows(histories: JobEvent[][]) {
     to: Date.parse(h.find((e) => e.type === 'SaveCompleted' || e.type === 'SaveFailed' || e.type === 'SaveCancelled')!.at),
   }));
 }
-const maxOverlap = (ws: { from: number; to: number }[]) =>
-  Math.max(...ws.map((w) => ws.filter((o) => o.from <= w.from && w.from < o.to).length));
+const maxOverlap = (ws: { from: number; to: number }[]) => Math.max(...ws.map((w) => ws.filter((o) => o.from <= w.from && w.from < o.to).length));
 
 describe('scheduler with two real executors', () => {
-  it('three saves on one host with limit 2: never more than two at once, all verified, on the VMs\' host', async () => {
+  it("three saves on one host with limit 2: never more than two at once, all verified, on the VMs' host", async () => {
     const jobs = await Promise.all(a3.map((vm) => stack.client.save({ requestId: uniq('lim'), vm, format: 'legacy' })));
     const finals = await Promise.all(jobs.map((j) => stack.client.waitForJob(j.jobId, { timeoutMs: 180_000 })));
     expect(finals.map((f) => f.status)).toEqual(['verified', 'verified', 'verified']);
@@ -102,7 +101,10 @@ describe('scheduler with two real executors', () => {
     await stack.client.waitForJob(j.jobId, { until: (s) => s.status === 'running', timeoutMs: 60_000 });
     await stack.kill(`executor:${host}`, 'SIGKILL');
     await stack.startService(`executor:${host}`);
-    const f = await stack.client.waitForJob(j.jobId, { until: (s) => s.status === 'verified' || s.status === 'rejected' || (s.status === 'failed' && !s.lastFailure?.retryable), timeoutMs: 180_000 });
+    const f = await stack.client.waitForJob(j.jobId, {
+      until: (s) => s.status === 'verified' || s.status === 'rejected' || (s.status === 'failed' && !s.lastFailure?.retryable),
+      timeoutMs: 180_000,
+    });
     const types = (await stack.client.history(j.jobId)).map((e) => e.type);
     expect(types).toContain('SaveFailed');
     expect(['verified', 'failed']).toContain(f.status);
@@ -114,9 +116,11 @@ describe('scheduler with two real executors', () => {
     await waitFor('the VM lease to be released', async () => (await redis.exists(`${stack.env.VMSAVE_REDIS_PREFIX}:lease:${big}`)) === 0, 30_000);
     redis.disconnect();
     await recordFault({
-      fault: 'executor SIGKILL', injection: 'SIGKILL of the executor while its save is running (migrate under way), then a restart',
+      fault: 'executor SIGKILL',
+      injection: 'SIGKILL of the executor while its save is running (migrate under way), then a restart',
       checked: 'the restarted executor closes the attempt (SaveFailed executor-restarted, VM resumed); the retry ends the job; VM running; lease released',
-      result: 'pass', detail: `${types.join(' → ')}; final ${f.status}`,
+      result: 'pass',
+      detail: `${types.join(' → ')}; final ${f.status}`,
     });
   });
 });

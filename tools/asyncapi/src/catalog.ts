@@ -1,7 +1,23 @@
 import type { z } from 'zod';
 import {
-  AdmissionReply, CancelRequest, ControlReply, ControlRequest, DeadLetter, Heartbeat, HostAnnouncement, JobEvent, ProgressSample,
-  RestoreRequest, SaveRequest, WorkItem, jobEventTypes, messages, streams, subjects, type JobEventType, type StreamDefinition,
+  AdmissionReply,
+  CancelRequest,
+  ControlReply,
+  ControlRequest,
+  DeadLetter,
+  Heartbeat,
+  HostAnnouncement,
+  JobEvent,
+  ProgressSample,
+  RestoreRequest,
+  SaveRequest,
+  WorkItem,
+  jobEventTypes,
+  messages,
+  streams,
+  subjects,
+  type JobEventType,
+  type StreamDefinition,
 } from '@vmsave/contracts';
 import * as ex from './examples.ts';
 
@@ -27,7 +43,7 @@ export const parameters: Record<string, ParameterInfo> = {
     examples: [ex.saveJobId, ex.restoreJobId],
   },
   type: {
-    description: 'The event type, equal to the payload\'s `type` field.',
+    description: "The event type, equal to the payload's `type` field.",
     enum: jobEventTypes,
     examples: ['SaveRequested', 'ImageVerified'],
   },
@@ -60,9 +76,9 @@ export const commandHeaders: Record<string, HeaderInfo> = {
     required: false,
     description:
       'Subject the scheduler publishes the admission answer (AdmissionReply) to, once it has admitted or rejected the ' +
-      'request. With vmsave\'s NATS roles it must start with `_INBOX.` (the scheduler may publish only there, and the ' +
-      'client role may subscribe only there). A header, because the message\'s own NATS reply subject carries ' +
-      'JetStream\'s PubAck.',
+      "request. With vmsave's NATS roles it must start with `_INBOX.` (the scheduler may publish only there, and the " +
+      "client role may subscribe only there). A header, because the message's own NATS reply subject carries " +
+      "JetStream's PubAck.",
   },
 };
 
@@ -113,12 +129,12 @@ export interface OperationInfo {
   reply?: { channel: string; addressLocation?: string; description: string };
 }
 
-const reqIdCorrelation = { location: '$message.payload#/requestId', description: 'The request id: also the command\'s Nats-Msg-Id.' };
+const reqIdCorrelation = { location: '$message.payload#/requestId', description: "The request id: also the command's Nats-Msg-Id." };
 
 export const saveRequestMessage: MessageInfo = {
   name: 'SaveRequest',
   title: 'Save request',
-  summary: 'Save a VM\'s memory state to an image on its host.',
+  summary: "Save a VM's memory state to an image on its host.",
   description: 'Every field but `requestId` and `vm` has a default. The job id is `s-` + the first 20 hex digits of sha256("save\\0" + requestId).',
   schema: SaveRequest,
   headers: commandHeaders,
@@ -130,7 +146,12 @@ export const saveRequestMessage: MessageInfo = {
       payload: ex.saveRequestExample,
       headers: { 'Nats-Msg-Id': ex.exampleIds.saveRequestId, 'Vmsave-Reply-To': '_INBOX.Xq3hZk2c1Yp8' },
     },
-    { name: 'minimal', summary: 'A hibernation cron: only the required fields.', payload: ex.minimalSaveRequestExample, headers: { 'Nats-Msg-Id': ex.minimalSaveRequestExample.requestId } },
+    {
+      name: 'minimal',
+      summary: 'A hibernation cron: only the required fields.',
+      payload: ex.minimalSaveRequestExample,
+      headers: { 'Nats-Msg-Id': ex.minimalSaveRequestExample.requestId },
+    },
   ],
 };
 
@@ -138,16 +159,19 @@ export const restoreRequestMessage: MessageInfo = {
   name: 'RestoreRequest',
   title: 'Restore request',
   summary: 'Start a VM again from a saved image.',
-  description: 'The job id is `r-` + the first 20 hex digits of sha256("restore\\0" + requestId). Without `host`, the host that wrote the image (known from the event log) is used.',
+  description:
+    'The job id is `r-` + the first 20 hex digits of sha256("restore\\0" + requestId). Without `host`, the host that wrote the image (known from the event log) is used.',
   schema: RestoreRequest,
   headers: commandHeaders,
   correlationId: reqIdCorrelation,
-  examples: [{
-    name: 'restore',
-    summary: 'Restore the image the evacuation wrote, and run the VM.',
-    payload: ex.restoreRequestExample,
-    headers: { 'Nats-Msg-Id': ex.exampleIds.restoreRequestId, 'Vmsave-Reply-To': '_INBOX.Xq3hZk2c1Yp9' },
-  }],
+  examples: [
+    {
+      name: 'restore',
+      summary: 'Restore the image the evacuation wrote, and run the VM.',
+      payload: ex.restoreRequestExample,
+      headers: { 'Nats-Msg-Id': ex.exampleIds.restoreRequestId, 'Vmsave-Reply-To': '_INBOX.Xq3hZk2c1Yp9' },
+    },
+  ],
 };
 
 export const cancelRequestMessage: MessageInfo = {
@@ -163,7 +187,7 @@ export const cancelRequestMessage: MessageInfo = {
 export const admissionReplyMessage: MessageInfo = {
   name: 'AdmissionReply',
   title: 'Admission answer',
-  summary: 'The scheduler\'s answer to a command that carried a `Vmsave-Reply-To` header.',
+  summary: "The scheduler's answer to a command that carried a `Vmsave-Reply-To` header.",
   description:
     '`accepted`: the job exists (`duplicate: true` when it existed before this publish). `rejected`: the rule broken, ' +
     'the field it concerns and a sentence; a rejected save or restore also has a SaveRejected / RestoreRejected event. ' +
@@ -183,7 +207,8 @@ const eventSummaries: Record<JobEventType, string> = {
   SaveScheduled: 'The save was handed to a host (per attempt).',
   SaveStarted: 'The executor began the save (image path, format, RAM size).',
   SaveCompleted: 'The image is written and synced; the verifier checks it next.',
-  SaveFailed: 'The attempt failed. With `retryable: true` a SaveRetrying follows, or, when no attempts remain, this failure again with `retryable: false`; with `retryable: false` the job ends here.',
+  SaveFailed:
+    'The attempt failed. With `retryable: true` a SaveRetrying follows, or, when no attempts remain, this failure again with `retryable: false`; with `retryable: false` the job ends here.',
   SaveRetrying: 'The scheduler will try again after `delayMs`.',
   SaveCancelRequested: 'Someone asked to cancel the job.',
   SaveCancelled: 'The job was cancelled; it ends here.',
@@ -194,7 +219,8 @@ const eventSummaries: Record<JobEventType, string> = {
   RestoreScheduled: 'The restore was handed to a host (per attempt).',
   RestoreStarted: 'The executor started QEMU to restore into.',
   RestoreCompleted: 'The VM runs (or is paused) from the image: the restore job ends here, successfully.',
-  RestoreFailed: 'The attempt failed. With `retryable: true` a RestoreRetrying follows, or, when no attempts remain, this failure again with `retryable: false`; with `retryable: false` the job ends here.',
+  RestoreFailed:
+    'The attempt failed. With `retryable: true` a RestoreRetrying follows, or, when no attempts remain, this failure again with `retryable: false`; with `retryable: false` the job ends here.',
   RestoreRetrying: 'The scheduler will try again after `delayMs`.',
   RestoreCancelRequested: 'Someone asked to cancel the job.',
   RestoreCancelled: 'The job was cancelled; it ends here.',
@@ -220,7 +246,12 @@ export const extraSchemas: { name: string; title: string; description: string; s
 ];
 
 const msg = (name: string, title: string, summary: string, schema: z.ZodType, payload: unknown, description?: string): MessageInfo => ({
-  name, title, summary, schema, description, examples: [{ name, summary, payload }],
+  name,
+  title,
+  summary,
+  schema,
+  description,
+  examples: [{ name, summary, payload }],
 });
 
 export const channels: ChannelInfo[] = [
@@ -280,7 +311,7 @@ export const channels: ChannelInfo[] = [
     description:
       'Every fact about every job, in JetStream stream VMSAVE_EVT (limits retention, file storage). Read it with an ' +
       'ordered consumer filtered on `vmsave.evt.<jobId>.>` (one job), `vmsave.evt.*.<type>` (one type) or `vmsave.evt.>` ' +
-      '(everything), from any stream sequence. A job\'s state is the fold of its events in stream order.',
+      "(everything), from any stream sequence. A job's state is the fold of its events in stream order.",
     audience: 'public',
     transport: { kind: 'jetstream', stream: streams.events },
     publishers: ['scheduler', 'executor', 'verifier'],
@@ -306,7 +337,7 @@ export const channels: ChannelInfo[] = [
     sample: { values: { host: ex.exampleIds.host }, subject: subjects.host(ex.exampleIds.host) },
     definition: messages.hostAnnouncement,
     title: 'Host announcements',
-    description: 'Each executor\'s latest announcement (stream VMSAVE_HOSTS keeps one per host): its QEMU, free space and VMs. The client role may read it, e.g. to list VMs.',
+    description: "Each executor's latest announcement (stream VMSAVE_HOSTS keeps one per host): its QEMU, free space and VMs. The client role may read it, e.g. to list VMs.",
     audience: 'public',
     transport: { kind: 'jetstream', stream: streams.hosts },
     publishers: ['executor'],
@@ -369,7 +400,8 @@ export const channels: ChannelInfo[] = [
     sample: { values: { service: 'scheduler' }, subject: subjects.dlq('scheduler') },
     definition: messages.deadLetter,
     title: 'Dead letters',
-    description: 'Messages a vmsave consumer refused (e.g. a command that fails its schema), with the reason; stream VMSAVE_DLQ, kept 30 days. For operators: the client role cannot read it (a refused command is answered on Vmsave-Reply-To and, when its requestId is readable, gets a SaveRejected/RestoreRejected event).',
+    description:
+      'Messages a vmsave consumer refused (e.g. a command that fails its schema), with the reason; stream VMSAVE_DLQ, kept 30 days. For operators: the client role cannot read it (a refused command is answered on Vmsave-Reply-To and, when its requestId is readable, gets a SaveRejected/RestoreRejected event).',
     audience: 'internal',
     transport: { kind: 'jetstream', stream: streams.deadLetters },
     publishers: ['scheduler', 'executor', 'verifier', 'dashboard'],
@@ -385,7 +417,7 @@ export const operations: OperationInfo[] = [
     channel: 'saveRequests',
     title: 'vmsave receives a save request',
     summary: 'A client publishes a save request; the scheduler admits or rejects it.',
-    description: 'The publisher gets JetStream\'s PubAck on the publish\'s own reply subject, and, when it set `Vmsave-Reply-To`, one AdmissionReply there.',
+    description: "The publisher gets JetStream's PubAck on the publish's own reply subject, and, when it set `Vmsave-Reply-To`, one AdmissionReply there.",
     audience: 'public',
     reply: { channel: 'admissionReplies', addressLocation: '$message.header#/Vmsave-Reply-To', description: 'Sent only when the command carries the header.' },
   },
@@ -405,7 +437,7 @@ export const operations: OperationInfo[] = [
     channel: 'cancelRequests',
     title: 'vmsave receives a cancel request',
     summary: 'A client asks to cancel a job; the answer is `accepted` or `rejected` with the rule (e.g. `job-unknown`).',
-    description: 'As for save requests; the AdmissionReply\'s `jobId` is the job to cancel.',
+    description: "As for save requests; the AdmissionReply's `jobId` is the job to cancel.",
     audience: 'public',
     reply: { channel: 'admissionReplies', addressLocation: '$message.header#/Vmsave-Reply-To', description: 'Sent only when the command carries the header.' },
   },
@@ -442,7 +474,7 @@ export const operations: OperationInfo[] = [
     channel: 'work',
     title: 'scheduler → executor: work',
     summary: 'Internal.',
-    description: 'The scheduler publishes; the same host\'s executor consumes (receiveWork).',
+    description: "The scheduler publishes; the same host's executor consumes (receiveWork).",
     audience: 'internal',
   },
   {
@@ -478,7 +510,7 @@ export const operations: OperationInfo[] = [
     channel: 'control',
     title: 'scheduler asks an executor to cancel',
     summary: 'Internal.',
-    description: 'Core NATS request; the executor answers on the request\'s reply subject.',
+    description: "Core NATS request; the executor answers on the request's reply subject.",
     audience: 'internal',
     reply: { channel: 'controlReplies', description: 'On the NATS reply subject of the request (core request/reply).' },
   },

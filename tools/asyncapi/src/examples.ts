@@ -101,7 +101,15 @@ export const eventExamples: Record<JobEventType, Record<string, unknown>> = {
   }),
   SaveScheduled: envelope('SaveScheduled', saveJobId, 0, 'scheduler', scheduled),
   SaveStarted: envelope('SaveStarted', saveJobId, 1, `executor@${exampleIds.host}`, {
-    host: exampleIds.host, attempt: 1, fencingToken: 7, imagePath, format: 'sparse', channels: 4, directIo: false, wasRunning: true, ramBytes: 134_217_728,
+    host: exampleIds.host,
+    attempt: 1,
+    fencingToken: 7,
+    imagePath,
+    format: 'sparse',
+    channels: 4,
+    directIo: false,
+    wasRunning: true,
+    ramBytes: 134_217_728,
   }),
   SaveCompleted: envelope('SaveCompleted', saveJobId, 3, `executor@${exampleIds.host}`, {
     host: exampleIds.host,
@@ -162,7 +170,12 @@ export const eventExamples: Record<JobEventType, Record<string, unknown>> = {
   }),
   RestoreScheduled: envelope('RestoreScheduled', restoreJobId, 10, 'scheduler', scheduled),
   RestoreStarted: envelope('RestoreStarted', restoreJobId, 11, `executor@${exampleIds.host}`, {
-    host: exampleIds.host, attempt: 1, fencingToken: 8, imagePath, format: 'sparse', vm: vmDefinition,
+    host: exampleIds.host,
+    attempt: 1,
+    fencingToken: 8,
+    imagePath,
+    format: 'sparse',
+    vm: vmDefinition,
   }),
   RestoreCompleted: envelope('RestoreCompleted', restoreJobId, 13, `executor@${exampleIds.host}`, {
     host: exampleIds.host,
@@ -213,9 +226,7 @@ export const hostAnnouncementExample = {
   freeBytes: 412_316_860_416,
   throughputBytesPerSec: 800_000_000,
   maxConcurrentJobs: 2,
-  vms: [
-    { name: exampleIds.vm, uuid: vmDefinition.uuid, machine: 'pc-q35-10.0', memoryMiB: 128, vcpus: 1, status: 'running', qmpSocket: '/var/lib/vmsave/qmp/web-1.qmp' },
-  ],
+  vms: [{ name: exampleIds.vm, uuid: vmDefinition.uuid, machine: 'pc-q35-10.0', memoryMiB: 128, vcpus: 1, status: 'running', qmpSocket: '/var/lib/vmsave/qmp/web-1.qmp' }],
 };
 
 export const heartbeatExample = {

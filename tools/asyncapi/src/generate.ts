@@ -120,7 +120,13 @@ function headersSchema(headers: Record<string, HeaderInfo>): JsonSchema {
   return {
     type: 'object',
     properties: Object.fromEntries(Object.entries(headers).map(([k, h]) => [k, { type: 'string', description: h.description }])),
-    ...(Object.values(headers).some((h) => h.required) ? { required: Object.entries(headers).filter(([, h]) => h.required).map(([k]) => k) } : {}),
+    ...(Object.values(headers).some((h) => h.required)
+      ? {
+          required: Object.entries(headers)
+            .filter(([, h]) => h.required)
+            .map(([k]) => k),
+        }
+      : {}),
   };
 }
 
@@ -203,54 +209,71 @@ function renderAsyncApi(schemas: Map<string, JsonSchema>): string {
         security: [ref('#/components/securitySchemes/clientRole')],
       },
     },
-    channels: Object.fromEntries(channels.map((c) => [c.id, {
-      address: c.address,
-      title: c.title,
-      description: c.description,
-      messages: Object.fromEntries(c.messages.map((m) => [m.name, ref(`#/components/messages/${m.name}`)])),
-      ...(c.address && /\{/.test(c.address)
-        ? { parameters: Object.fromEntries([...c.address.matchAll(/\{(\w+)\}/g)].map((p) => [p[1]!, ref(`#/components/parameters/${p[1]}`)])) }
-        : {}),
-      tags: [{ name: c.audience }],
-      'x-vmsave-transport': transportExtension(c),
-      'x-vmsave-publishers': c.publishers,
-      'x-vmsave-consumers': c.consumers,
-    }])),
-    operations: Object.fromEntries(operations.map((o) => {
-      const ch = channels.find((c) => c.id === o.channel);
-      if (!ch) throw new GenerationError(`operation ${o.id}: no channel ${o.channel}`);
-      const replyCh = o.reply ? channels.find((c) => c.id === o.reply!.channel) : undefined;
-      if (o.reply && !replyCh) throw new GenerationError(`operation ${o.id}: no reply channel ${o.reply.channel}`);
-      return [o.id, {
-        action: o.action,
-        channel: ref(`#/channels/${ch.id}`),
-        title: o.title,
-        summary: o.summary,
-        description: o.description,
-        messages: ch.messages.map((m) => ref(`#/channels/${ch.id}/messages/${m.name}`)),
-        ...(o.reply && replyCh
-          ? {
-              reply: {
-                ...(o.reply.addressLocation ? { address: { location: o.reply.addressLocation, description: o.reply.description } } : {}),
-                channel: ref(`#/channels/${replyCh.id}`),
-                messages: replyCh.messages.map((m) => ref(`#/channels/${replyCh.id}/messages/${m.name}`)),
-              },
-            }
-          : {}),
-        tags: [{ name: o.audience }],
-      }];
-    })),
+    channels: Object.fromEntries(
+      channels.map((c) => [
+        c.id,
+        {
+          address: c.address,
+          title: c.title,
+          description: c.description,
+          messages: Object.fromEntries(c.messages.map((m) => [m.name, ref(`#/components/messages/${m.name}`)])),
+          ...(c.address && /\{/.test(c.address)
+            ? { parameters: Object.fromEntries([...c.address.matchAll(/\{(\w+)\}/g)].map((p) => [p[1]!, ref(`#/components/parameters/${p[1]}`)])) }
+            : {}),
+          tags: [{ name: c.audience }],
+          'x-vmsave-transport': transportExtension(c),
+          'x-vmsave-publishers': c.publishers,
+          'x-vmsave-consumers': c.consumers,
+        },
+      ]),
+    ),
+    operations: Object.fromEntries(
+      operations.map((o) => {
+        const ch = channels.find((c) => c.id === o.channel);
+        if (!ch) throw new GenerationError(`operation ${o.id}: no channel ${o.channel}`);
+        const replyCh = o.reply ? channels.find((c) => c.id === o.reply!.channel) : undefined;
+        if (o.reply && !replyCh) throw new GenerationError(`operation ${o.id}: no reply channel ${o.reply.channel}`);
+        return [
+          o.id,
+          {
+            action: o.action,
+            channel: ref(`#/channels/${ch.id}`),
+            title: o.title,
+            summary: o.summary,
+            description: o.description,
+            messages: ch.messages.map((m) => ref(`#/channels/${ch.id}/messages/${m.name}`)),
+            ...(o.reply && replyCh
+              ? {
+                  reply: {
+                    ...(o.reply.addressLocation ? { address: { location: o.reply.addressLocation, description: o.reply.description } } : {}),
+                    channel: ref(`#/channels/${replyCh.id}`),
+                    messages: replyCh.messages.map((m) => ref(`#/channels/${replyCh.id}/messages/${m.name}`)),
+                  },
+                }
+              : {}),
+            tags: [{ name: o.audience }],
+          },
+        ];
+      }),
+    ),
     components: {
-      schemas: Object.fromEntries([...schemas].map(([name, s]) => {
-        const { $schema: _drop, ...body } = s;
-        return [name, body];
-      })),
+      schemas: Object.fromEntries(
+        [...schemas].map(([name, s]) => {
+          const { $schema: _drop, ...body } = s;
+          return [name, body];
+        }),
+      ),
       messages: Object.fromEntries(channels.flatMap((c) => c.messages.map((m) => [m.name, messageObject(m, c.audience)]))),
-      parameters: Object.fromEntries(Object.entries(parameters).map(([k, p]) => [k, {
-        description: p.description,
-        ...(p.enum ? { enum: [...p.enum] } : {}),
-        examples: [...p.examples],
-      }])),
+      parameters: Object.fromEntries(
+        Object.entries(parameters).map(([k, p]) => [
+          k,
+          {
+            description: p.description,
+            ...(p.enum ? { enum: [...p.enum] } : {}),
+            examples: [...p.examples],
+          },
+        ]),
+      ),
       securitySchemes: {
         clientRole: {
           type: 'userPassword',
@@ -262,7 +285,10 @@ function renderAsyncApi(schemas: Map<string, JsonSchema>): string {
       },
     },
   };
-  const header = `# GENERATED from packages/contracts by tools/asyncapi — do not edit; run \`${REGENERATE}\`.\n` +
-    `# Streams: ${Object.values(streams).map((s) => s.name).join(', ')}.\n`;
+  const header =
+    `# GENERATED from packages/contracts by tools/asyncapi — do not edit; run \`${REGENERATE}\`.\n` +
+    `# Streams: ${Object.values(streams)
+      .map((s) => s.name)
+      .join(', ')}.\n`;
   return header + stringify(doc, { lineWidth: 0, aliasDuplicateObjects: false });
 }

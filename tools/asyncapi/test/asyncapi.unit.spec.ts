@@ -37,8 +37,8 @@ function contractSubjects(): { key: string; subject: string }[] {
 function covers(address: string, subject: string): boolean {
   const a = address.split('.');
   const s = subject.split('.');
-  if (s.at(-1) === '>') return s.length - 1 < a.length && s.slice(0, -1).every((t, i) => t === '*' ? /^\{\w+\}$/.test(a[i]!) : t === a[i] || /^\{\w+\}$/.test(a[i]!));
-  return a.length === s.length && a.every((t, i) => /^\{\w+\}$/.test(t) ? /^[^.*>]+$/.test(s[i]!) || s[i] === '*' : t === s[i]);
+  if (s.at(-1) === '>') return s.length - 1 < a.length && s.slice(0, -1).every((t, i) => (t === '*' ? /^\{\w+\}$/.test(a[i]!) : t === a[i] || /^\{\w+\}$/.test(a[i]!)));
+  return a.length === s.length && a.every((t, i) => (/^\{\w+\}$/.test(t) ? /^[^.*>]+$/.test(s[i]!) || s[i] === '*' : t === s[i]));
 }
 
 describe('docs/asyncapi.yaml', () => {
@@ -48,14 +48,31 @@ describe('docs/asyncapi.yaml', () => {
   });
 
   it('has a channel for every subject the contracts package spells', () => {
-    const addresses = doc.channels().all().map((c) => c.address()).filter((a): a is string => !!a);
+    const addresses = doc
+      .channels()
+      .all()
+      .map((c) => c.address())
+      .filter((a): a is string => !!a);
     for (const { key, subject } of contractSubjects()) {
-      expect(addresses.some((a) => covers(a, subject)), `subjects.${key} = ${subject}`).toBe(true);
+      expect(
+        addresses.some((a) => covers(a, subject)),
+        `subjects.${key} = ${subject}`,
+      ).toBe(true);
     }
   });
 
   it('parameterises <jobId>, <type>, <host> and <service>', () => {
-    const params = new Set(doc.channels().all().flatMap((c) => c.parameters().all().map((p) => p.id())));
+    const params = new Set(
+      doc
+        .channels()
+        .all()
+        .flatMap((c) =>
+          c
+            .parameters()
+            .all()
+            .map((p) => p.id()),
+        ),
+    );
     expect([...params].sort()).toEqual(['host', 'jobId', 'service', 'type']);
     const type = doc.channels().get('jobEvents')!.parameters().get('type')!;
     expect(type.schema()?.enum()).toContain('ImageVerified');
@@ -75,7 +92,12 @@ describe('docs/asyncapi.yaml', () => {
     const op = doc.operations().get('receiveSaveRequest')!;
     const reply = op.reply()!;
     expect(reply.address()?.location()).toBe('$message.header#/Vmsave-Reply-To');
-    expect(reply.messages().all().map((m) => m.name())).toEqual(['AdmissionReply']);
+    expect(
+      reply
+        .messages()
+        .all()
+        .map((m) => m.name()),
+    ).toEqual(['AdmissionReply']);
     for (const name of ['SaveRequest', 'RestoreRequest', 'CancelRequest']) {
       const headers = doc.components().messages().get(name)!.headers()!.properties()!;
       expect(Object.keys(headers).sort(), name).toEqual(['Nats-Msg-Id', 'Vmsave-Reply-To']);

@@ -39,7 +39,7 @@ function optionalPaths(schema: JsonSchema, value: unknown, at: (string | number)
 
 /** The sub-schema at a payload path (through properties and items). */
 function schemaAt(schema: JsonSchema, p: (string | number)[]): JsonSchema {
-  return p.reduce<JsonSchema>((s, k) => (typeof k === 'number' ? (s.items as JsonSchema) : ((s.properties as Record<string, JsonSchema>)[k]!)), schema);
+  return p.reduce<JsonSchema>((s, k) => (typeof k === 'number' ? (s.items as JsonSchema) : (s.properties as Record<string, JsonSchema>)[k]!), schema);
 }
 
 const ajv = newAjv();
@@ -70,7 +70,7 @@ describe('schema evolution, every event type, through the published JSON Schemas
     expect(Object.keys(example.data as Obj).sort()).toEqual(Object.keys(data.properties as Obj).sort());
   });
 
-  it.each(cases)('$type: forward — an event with one optional field added anywhere passes today\'s readers', async ({ type, example }) => {
+  it.each(cases)("$type: forward — an event with one optional field added anywhere passes today's readers", async ({ type, example }) => {
     const schema = await load(type);
     const validate = ajv.compile(schema);
     const validateAny = ajv.compile(await load('JobEvent'));
@@ -85,12 +85,16 @@ describe('schema evolution, every event type, through the published JSON Schemas
       const parsed = JobEvent.safeParse(upcast(newer));
       expect(parsed.success, `${where} (zod): ${parsed.error?.message}`).toBe(true);
       // zod strips unknown fields, except in objects declared open (QEMU's migration stats pass through).
-      const open = schemaAt(schema, p.map((k) => (typeof k === 'number' ? 0 : k))).additionalProperties !== undefined;
+      const open =
+        schemaAt(
+          schema,
+          p.map((k) => (typeof k === 'number' ? 0 : k)),
+        ).additionalProperties !== undefined;
       expect(JSON.stringify(parsed.data).includes('addedInALaterVersion'), where).toBe(open);
     }
   });
 
-  it.each(cases)('$type: backward — an event without one of today\'s optional fields passes today\'s readers', async ({ type, example }) => {
+  it.each(cases)("$type: backward — an event without one of today's optional fields passes today's readers", async ({ type, example }) => {
     const schema = await load(type);
     const validate = ajv.compile(schema);
     for (const p of optionalPaths(schema, example)) {
@@ -102,11 +106,14 @@ describe('schema evolution, every event type, through the published JSON Schemas
     }
   });
 
-  it.each(cases)('$type: backward — today\'s event passes a newer reader whose schema has one more optional field', async ({ type, example }) => {
+  it.each(cases)("$type: backward — today's event passes a newer reader whose schema has one more optional field", async ({ type, example }) => {
     const schema = await load(type);
     for (const p of objectPaths(example)) {
       const newer = clone(schema);
-      const at = schemaAt(newer, p.map((k) => (typeof k === 'number' ? 0 : k)));
+      const at = schemaAt(
+        newer,
+        p.map((k) => (typeof k === 'number' ? 0 : k)),
+      );
       if (!isObj(at.properties)) continue;
       (at.properties as Obj).addedInALaterVersion = { type: 'string' };
       const validate = ajv.compile(newer);
@@ -114,7 +121,7 @@ describe('schema evolution, every event type, through the published JSON Schemas
     }
   });
 
-  it('a breaking change is a new schemaVersion, which today\'s schema refuses (it needs an upcaster)', async () => {
+  it("a breaking change is a new schemaVersion, which today's schema refuses (it needs an upcaster)", async () => {
     const validate = ajv.compile(await load('SaveStarted'));
     expect(validate({ ...examples.eventExamples.SaveStarted, schemaVersion: 2 })).toBe(false);
     expect(validate({ ...examples.eventExamples.SaveStarted, schemaVersion: 1 })).toBe(true);

@@ -24,7 +24,12 @@ afterAll(async () => {
   await stack?.stop();
 });
 
-interface Run { code: number | null; lines: Record<string, unknown>[]; text: string; stderr: string }
+interface Run {
+  code: number | null;
+  lines: Record<string, unknown>[];
+  text: string;
+  stderr: string;
+}
 
 /** Run an example as its own process, with nothing but the NATS URL from the stack. */
 function runExample(file: string, args: string[], timeoutMs = 90_000): Promise<Run> {
@@ -42,7 +47,10 @@ function runExample(file: string, args: string[], timeoutMs = 90_000): Promise<R
     child.on('error', reject);
     child.on('close', (code) => {
       clearTimeout(timer);
-      const lines = out.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>);
+      const lines = out
+        .split('\n')
+        .filter((l) => l.startsWith('{'))
+        .map((l) => JSON.parse(l) as Record<string, unknown>);
       resolve({ code, lines, text: out, stderr: err });
     });
   });
@@ -81,7 +89,13 @@ describe('a system that speaks only NATS', () => {
     expect(events.filter((e) => e.invalid)).toEqual([]);
     // In order, ending with the verdict. (Not asserted as exact: on a NATS shared with other
     // deployments, another scheduler may append e.g. a second SaveScheduled; see the report.)
-    expect(inOrder(events.map((e) => e.type as string), ['SaveRequested', 'SaveScheduled', 'SaveStarted', 'SaveCompleted', 'ImageVerified']), JSON.stringify(events)).toBe(true);
+    expect(
+      inOrder(
+        events.map((e) => e.type as string),
+        ['SaveRequested', 'SaveScheduled', 'SaveStarted', 'SaveCompleted', 'ImageVerified'],
+      ),
+      JSON.stringify(events),
+    ).toBe(true);
     expect(events.at(-1)!.type).toBe('ImageVerified');
     expect(events.find((e) => e.type === 'SaveStarted')!.data).toMatchObject({ format: 'sparse', channels: 2, ramBytes: 64 * 1024 * 1024 });
     expect(step(r, 'end')[0]).toMatchObject({ jobId, outcome: 'succeeded', type: 'ImageVerified' });
@@ -90,7 +104,15 @@ describe('a system that speaks only NATS', () => {
   }, 120_000);
 
   it('a re-publish with the same Nats-Msg-Id is dropped by JetStream (duplicate PubAck) and gets no second answer', async () => {
-    const r = await runExample('publish.mjs', ['vmsave.cmd.save', JSON.stringify({ requestId, vm: vmName, format: 'sparse', channels: 2 }), '--msg-id', requestId, '--answer', '--wait-ms', '3000']);
+    const r = await runExample('publish.mjs', [
+      'vmsave.cmd.save',
+      JSON.stringify({ requestId, vm: vmName, format: 'sparse', channels: 2 }),
+      '--msg-id',
+      requestId,
+      '--answer',
+      '--wait-ms',
+      '3000',
+    ]);
     expect(r.code, r.stderr).toBe(0);
     expect(r.lines[0]).toMatchObject({ puback: { stream: 'VMSAVE_CMD', duplicate: true } });
     expect(r.lines[1]).toMatchObject({ answer: null });

@@ -38,7 +38,11 @@ export function findWorkspaces(root: string): Workspace[] {
     }
   }
   return dirs.map((dir) => {
-    const pkg = JSON.parse(readFileSync(path.join(dir, 'package.json'), 'utf8')) as { name: string; dependencies?: Record<string, string>; devDependencies?: Record<string, string> };
+    const pkg = JSON.parse(readFileSync(path.join(dir, 'package.json'), 'utf8')) as {
+      name: string;
+      dependencies?: Record<string, string>;
+      devDependencies?: Record<string, string>;
+    };
     const rel = path.relative(root, dir).split(path.sep)[0] ?? '';
     const tier: Tier = rel === 'packages' || rel === 'services' || rel === 'tools' || rel === 'test' ? rel : 'other';
     const deps = Object.keys({ ...pkg.dependencies, ...pkg.devDependencies }).filter((d) => d.startsWith(SCOPE));

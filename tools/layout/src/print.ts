@@ -13,7 +13,15 @@ for (const tier of ['packages', 'services', 'tools', 'test', 'other'] as const) 
   const here = ws.filter((w) => w.tier === tier);
   if (!here.length) continue;
   console.log(`${tier}/`);
-  for (const w of here) console.log(`  ${w.name.padEnd(22)} -> ${w.deps.filter((d) => names.has(d)).map((d) => d.replace('@vmsave/', '')).join(', ') || '(none)'}`);
+  for (const w of here)
+    console.log(
+      `  ${w.name.padEnd(22)} -> ${
+        w.deps
+          .filter((d) => names.has(d))
+          .map((d) => d.replace('@vmsave/', ''))
+          .join(', ') || '(none)'
+      }`,
+    );
 }
 const mods = readModules(ws).filter((m) => !m.test);
 const edges = new Map(mods.map((m) => [m.file, m.specifiers.map((s) => resolveRelative(m.file, s)).filter((r): r is string => !!r)]));

@@ -16,11 +16,17 @@ const IO_MODULES = /^(node:)?(fs|fs\/promises|net|child_process|dgram|http|https
 
 describe('the import graph helpers', () => {
   it('reads static, re-exported, side-effect and dynamic imports, not comments', () => {
-    const src = "import a from './a.ts';\nexport { b } from \"./b.ts\";\nimport './c.ts';\n// import x from './x.ts';\nconst d = await import('./d.ts');\nimport {\n  e,\n} from '@vmsave/e';";
+    const src =
+      "import a from './a.ts';\nexport { b } from \"./b.ts\";\nimport './c.ts';\n// import x from './x.ts';\nconst d = await import('./d.ts');\nimport {\n  e,\n} from '@vmsave/e';";
     expect(importsOf(src).sort()).toEqual(['./a.ts', './b.ts', './c.ts', './d.ts', '@vmsave/e']);
   });
   it('finds a cycle and only cycles', () => {
-    const edges = new Map([['a', ['b']], ['b', ['c']], ['c', ['a']], ['d', ['a']]]);
+    const edges = new Map([
+      ['a', ['b']],
+      ['b', ['c']],
+      ['c', ['a']],
+      ['d', ['a']],
+    ]);
     expect(cycles(['a', 'b', 'c', 'd'], edges)).toEqual([['a', 'b', 'c']]);
     expect(cycles(['a', 'b'], new Map([['a', ['b']]]))).toEqual([]);
   });
@@ -64,7 +70,15 @@ describe('the layout of this house', () => {
 
   it('no cycle between modules of any workspace', () => {
     const files = modules.filter((m) => !m.test).map((m) => m.file);
-    const edges = new Map(files.map((f) => [f, byFile.get(f)!.specifiers.map((s) => resolveRelative(f, s)).filter((r): r is string => !!r)]));
+    const edges = new Map(
+      files.map((f) => [
+        f,
+        byFile
+          .get(f)!
+          .specifiers.map((s) => resolveRelative(f, s))
+          .filter((r): r is string => !!r),
+      ]),
+    );
     expect(cycles(files, edges).map((c) => c.map(rel))).toEqual([]);
   });
 

@@ -8,23 +8,34 @@ const run = () => import('../run/bus.ts');
 
 /** `save --qmp SOCKET --out FILE`: a local save without the bus (`./offline.ts`). */
 export const OFFLINE_SAVE_OPTIONS = {
-  qmp: { type: 'string' }, out: { type: 'string' }, 'vm-def': { type: 'string' },
+  qmp: { type: 'string' },
+  out: { type: 'string' },
+  'vm-def': { type: 'string' },
 } as const;
 /** `restore FILE --local`: a local restore without the bus (`./offline.ts`). */
 export const OFFLINE_RESTORE_OPTIONS = {
-  'qmp-dir': { type: 'string' }, 'vm-def': { type: 'string' },
+  'qmp-dir': { type: 'string' },
+  'vm-def': { type: 'string' },
 } as const;
 
 const BUS_SAVE_OPTIONS = {
-  vm: { type: 'string' }, format: { type: 'string' }, channels: { type: 'string' }, 'direct-io': { type: 'boolean' },
-  after: { type: 'string' }, priority: { type: 'string' }, image: { type: 'string' }, deadline: { type: 'string' },
-  wait: { type: 'boolean' }, 'request-id': { type: 'string' },
+  vm: { type: 'string' },
+  format: { type: 'string' },
+  channels: { type: 'string' },
+  'direct-io': { type: 'boolean' },
+  after: { type: 'string' },
+  priority: { type: 'string' },
+  image: { type: 'string' },
+  deadline: { type: 'string' },
+  wait: { type: 'boolean' },
+  'request-id': { type: 'string' },
 } as const;
 
 const saveCommand: Command = {
   name: 'save',
-  summary: 'save a VM\'s memory state (through the bus; with --qmp: locally, without the bus)',
-  usage: 'save --vm NAME [--format legacy|sparse|auto] [--channels N] [--direct-io] [--after quit|paused|running] [--priority high|normal|low] [--wait]  |  save --qmp SOCKET --out FILE [...]',
+  summary: "save a VM's memory state (through the bus; with --qmp: locally, without the bus)",
+  usage:
+    'save --vm NAME [--format legacy|sparse|auto] [--channels N] [--direct-io] [--after quit|paused|running] [--priority high|normal|low] [--wait]  |  save --qmp SOCKET --out FILE [...]',
   help: [
     ['--vm NAME', 'the VM to save (bus mode)'],
     ['--format F', 'legacy, sparse (mapped-ram) or auto (default: sparse when the host supports it)'],
@@ -32,7 +43,7 @@ const saveCommand: Command = {
     ['--direct-io', 'bypass the page cache (sparse only)'],
     ['--after S', 'leave the VM quit, paused or running (default running)'],
     ['--priority P', 'high, normal or low (bus mode)'],
-    ['--image PATH', 'image file name inside the host\'s image directory (bus mode)'],
+    ['--image PATH', "image file name inside the host's image directory (bus mode)"],
     ['--deadline SECONDS', 'give up after this long (bus mode)'],
     ['--request-id ID', 'idempotency key (default: a new one); the same id names the same job'],
     ['--wait', 'follow the job until verified (progress on a terminal)'],
@@ -54,11 +65,19 @@ const restoreCommand: Command = {
     ['--priority P', 'high, normal or low'],
     ['--wait', 'follow the job until the VM runs'],
     ['--request-id ID', 'idempotency key'],
-    ['--local', 'restore here without the bus (also implied by --qmp-dir, or by a FILE that exists here outside the executor\'s image directory)'],
-    ['--qmp-dir DIR', 'offline: where the new QEMU\'s QMP socket goes (default: the executor\'s qmp directory)'],
-    ['--vm-def FILE', 'offline: start this definition instead of the image\'s own (RAM and machine must match)'],
+    ['--local', "restore here without the bus (also implied by --qmp-dir, or by a FILE that exists here outside the executor's image directory)"],
+    ['--qmp-dir DIR', "offline: where the new QEMU's QMP socket goes (default: the executor's qmp directory)"],
+    ['--vm-def FILE', "offline: start this definition instead of the image's own (RAM and machine must match)"],
   ],
-  options: { host: { type: 'string' }, after: { type: 'string' }, priority: { type: 'string' }, wait: { type: 'boolean' }, 'request-id': { type: 'string' }, local: { type: 'boolean' }, ...OFFLINE_RESTORE_OPTIONS },
+  options: {
+    host: { type: 'string' },
+    after: { type: 'string' },
+    priority: { type: 'string' },
+    wait: { type: 'boolean' },
+    'request-id': { type: 'string' },
+    local: { type: 'boolean' },
+    ...OFFLINE_RESTORE_OPTIONS,
+  },
   positionals: { min: 1, max: 1, names: 'IMAGE' },
   run: lazy(run, (m) => m.restore),
 };
@@ -80,7 +99,11 @@ const jobsCommand: Command = {
   // The state list comes from @vmsave/jobs: loaded for this --help only, not for every start.
   help: async () => {
     const { JOB_STATUSES } = await import('@vmsave/jobs');
-    return [['--vm NAME', 'only this VM\'s jobs'], ['--state S', `only these states (${JOB_STATUSES.join(', ')})`], ['--limit N', 'at most N jobs (default 20)']];
+    return [
+      ['--vm NAME', "only this VM's jobs"],
+      ['--state S', `only these states (${JOB_STATUSES.join(', ')})`],
+      ['--limit N', 'at most N jobs (default 20)'],
+    ];
   },
   options: { vm: { type: 'string' }, state: { type: 'string' }, limit: { type: 'string' } },
   run: lazy(run, (m) => m.jobs),
@@ -88,7 +111,7 @@ const jobsCommand: Command = {
 
 const jobCommand: Command = {
   name: 'job',
-  summary: 'a job\'s whole event history and its state',
+  summary: "a job's whole event history and its state",
   usage: 'job JOB',
   help: [],
   options: {},
@@ -100,7 +123,12 @@ const watchCommand: Command = {
   name: 'watch',
   summary: 'live events (and progress) until Ctrl-C',
   usage: 'watch [--job JOB] [--progress] [--count N] [--from-start]',
-  help: [['--job JOB', 'only this job'], ['--progress', 'also show progress samples'], ['--count N', 'stop after N events'], ['--from-start', 'replay the log from its start first']],
+  help: [
+    ['--job JOB', 'only this job'],
+    ['--progress', 'also show progress samples'],
+    ['--count N', 'stop after N events'],
+    ['--from-start', 'replay the log from its start first'],
+  ],
   options: { job: { type: 'string' }, progress: { type: 'boolean' }, count: { type: 'string' }, 'from-start': { type: 'boolean' } },
   run: lazy(run, (m) => m.watch),
 };

@@ -11,5 +11,8 @@ export const demoCommand: Command = {
     ['--memory MiB', 'RAM of a newly defined demo VM (default 256)'],
   ],
   options: { vm: { type: 'string' }, host: { type: 'string' }, memory: { type: 'string' } },
-  run: lazy(() => import('../run/demo.ts'), (m) => m.demo),
+  run: lazy(
+    () => import('../run/demo.ts'),
+    (m) => m.demo,
+  ),
 };

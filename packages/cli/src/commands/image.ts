@@ -8,7 +8,7 @@ const run = () => import('../run/image.ts');
 
 const inspectCommand: Command = {
   name: 'inspect',
-  summary: 'show an image\'s header and recorded VM definition (vmsave and libvirt images)',
+  summary: "show an image's header and recorded VM definition (vmsave and libvirt images)",
   usage: 'inspect FILE',
   help: [],
   options: {},
@@ -18,7 +18,7 @@ const inspectCommand: Command = {
 
 const verifyCommand: Command = {
   name: 'verify',
-  summary: 'run the verifier\'s checks on an image file (vmsave or libvirt); exit 3 when a check fails',
+  summary: "run the verifier's checks on an image file (vmsave or libvirt); exit 3 when a check fails",
   usage: 'verify FILE',
   help: [],
   options: {},

@@ -40,7 +40,8 @@ export async function offlineSave(ctx: Ctx, v: Values): Promise<number> {
   const socket = str(v, 'qmp');
   const out = str(v, 'out');
   if (!socket || !out) throw new UsageError('save: a local save needs both --qmp SOCKET and --out FILE');
-  if (str(v, 'vm') !== undefined || bool(v, 'wait') || str(v, 'priority') !== undefined) throw new UsageError('save: --vm, --wait and --priority are for bus saves; a local save takes --qmp and --out');
+  if (str(v, 'vm') !== undefined || bool(v, 'wait') || str(v, 'priority') !== undefined)
+    throw new UsageError('save: --vm, --wait and --priority are for bus saves; a local save takes --qmp and --out');
   const formatOpt = oneOf(v, 'format', ['legacy', 'sparse', 'auto'] as const);
   const channels = int(v, 'channels', { min: 1, max: 64 }) ?? 1;
   const after = oneOf(v, 'after', ['quit', 'paused', 'running'] as const) ?? 'running';
@@ -75,12 +76,24 @@ export async function offlineSave(ctx: Ctx, v: Values): Promise<number> {
   const imagePath = path.resolve(out);
   const stop = () => ctx.ac.abort('cancelled');
   process.once('SIGINT', stop);
-  ctx.cleanups.push(() => { process.off('SIGINT', stop); });
+  ctx.cleanups.push(() => {
+    process.off('SIGINT', stop);
+  });
   let result: SaveVmResult;
   try {
     result = await saveVm({
-      qmp, imagePath, format, channels, directIo, after, vm: definition, host: host.cfg.host,
-      jobId: `local-${randomUUID()}`, hostCaps: host.caps, signal: ctx.signal, onProgress: progressHandler(ctx, `save ${format}`),
+      qmp,
+      imagePath,
+      format,
+      channels,
+      directIo,
+      after,
+      vm: definition,
+      host: host.cfg.host,
+      jobId: `local-${randomUUID()}`,
+      hostCaps: host.caps,
+      signal: ctx.signal,
+      onProgress: progressHandler(ctx, `save ${format}`),
     });
   } catch (err) {
     ctx.progress?.clear();
@@ -89,10 +102,21 @@ export async function offlineSave(ctx: Ctx, v: Values): Promise<number> {
   }
   ctx.progress?.clear();
   ctx.emit({
-    imagePath, format, bytes: result.bytes, blocks: result.blocks, durationMs: Math.round(result.durationMs), ramBytes: result.ramBytes,
-    wasRunning: result.wasRunning, vmState: result.vmState, definition, dropped: recorded.dropped, warnings: recorded.warnings,
+    imagePath,
+    format,
+    bytes: result.bytes,
+    blocks: result.blocks,
+    durationMs: Math.round(result.durationMs),
+    ramBytes: result.ramBytes,
+    wasRunning: result.wasRunning,
+    vmState: result.vmState,
+    definition,
+    dropped: recorded.dropped,
+    warnings: recorded.warnings,
   });
-  ctx.say(`saved ${definition.name} to ${imagePath}: ${format}, ${fmtBytes(result.bytes)} (${fmtBytes(result.blocks * 512)} allocated) in ${fmtSeconds(result.durationMs)} s, ${fmtRate(result.ramBytes / Math.max(0.001, result.durationMs / 1000))}; VM ${result.vmState}`);
+  ctx.say(
+    `saved ${definition.name} to ${imagePath}: ${format}, ${fmtBytes(result.bytes)} (${fmtBytes(result.blocks * 512)} allocated) in ${fmtSeconds(result.durationMs)} s, ${fmtRate(result.ramBytes / Math.max(0.001, result.durationMs / 1000))}; VM ${result.vmState}`,
+  );
   return EXIT.ok;
 }
 
@@ -105,15 +129,24 @@ export async function offlineRestore(ctx: Ctx, v: Values, file: string): Promise
   const registry = host.vms;
   const qmpDir = registry.qmpDir;
   const imagePath = path.resolve(file);
-  await stat(imagePath).catch(() => { throw new CliError(`no such image: ${file}`); });
+  await stat(imagePath).catch(() => {
+    throw new CliError(`no such image: ${file}`);
+  });
   const definition = str(v, 'vm-def') ? await readDefinitionFile(str(v, 'vm-def')!) : undefined;
   let result: RestoreImageResult;
   try {
     result = await restoreImage({
-      imagePath, hostCaps: host.caps, after, accel: host.accel, definition, signal: ctx.signal, onProgress: progressHandler(ctx, 'restore'),
+      imagePath,
+      hostCaps: host.caps,
+      after,
+      accel: host.accel,
+      definition,
+      signal: ctx.signal,
+      onProgress: progressHandler(ctx, 'restore'),
       prepare: async (d) => {
         const status = await registry.status(d.name);
-        if (status !== 'stopped') throw new OpError(`VM ${d.name} already runs here (${status}, socket ${registry.socketOf(d.name)}); stop it first`, 'prepare', 'vm-running', false);
+        if (status !== 'stopped')
+          throw new OpError(`VM ${d.name} already runs here (${status}, socket ${registry.socketOf(d.name)}); stop it first`, 'prepare', 'vm-running', false);
         return registry.socketOf(d.name);
       },
       // The restored QEMU outlives this command.
@@ -133,7 +166,15 @@ export async function offlineRestore(ctx: Ctx, v: Values, file: string): Promise
   if (qmpDir === host.cfg.qmpDir) await registry.define(result.definition);
   ctx.progress?.clear();
   const socket = registry.socketOf(result.definition.name);
-  ctx.emit({ imagePath, vm: result.definition.name, pid: result.vm.pid, qmpSocket: socket, vmState: result.vmState, durationMs: Math.round(result.durationMs), definition: result.definition });
+  ctx.emit({
+    imagePath,
+    vm: result.definition.name,
+    pid: result.vm.pid,
+    qmpSocket: socket,
+    vmState: result.vmState,
+    durationMs: Math.round(result.durationMs),
+    definition: result.definition,
+  });
   ctx.say(`restored ${result.definition.name} from ${imagePath} in ${fmtSeconds(result.durationMs)} s: ${result.vmState}, pid ${result.vm.pid}, QMP ${socket}`);
   return EXIT.ok;
 }

@@ -21,7 +21,13 @@ const listCommand: Command = {
     const list = await vms.summaries();
     ctx.emit({ vmDir: cfg.vmDir, qmpDir: cfg.qmpDir, vms: list });
     if (!ctx.json) {
-      ctx.stdout.write(table(['name', 'status', 'MiB', 'vcpus', 'machine', 'uuid'], list.map((v) => [v.name, v.status, String(v.memoryMiB), String(v.vcpus), v.machine, v.uuid]), { right: [2, 3] }));
+      ctx.stdout.write(
+        table(
+          ['name', 'status', 'MiB', 'vcpus', 'machine', 'uuid'],
+          list.map((v) => [v.name, v.status, String(v.memoryMiB), String(v.vcpus), v.machine, v.uuid]),
+          { right: [2, 3] },
+        ),
+      );
       if (list.length === 0) ctx.note(`no VM definitions in ${cfg.vmDir} (vmsave vm create --help)`);
     }
     return EXIT.ok;
@@ -30,7 +36,7 @@ const listCommand: Command = {
 
 const createCommand: Command = {
   name: 'vm create',
-  summary: 'write a validated VM definition into this host\'s VM directory',
+  summary: "write a validated VM definition into this host's VM directory",
   usage: 'vm create --name NAME [--memory MiB] [--vcpus N] [--machine TYPE] [--uuid U] [--arg A]… | vm create --file def.json',
   help: [
     ['--name NAME', 'VM name (letters, digits, . _ -)'],
@@ -42,7 +48,16 @@ const createCommand: Command = {
     ['--file F', 'a whole definition as JSON'],
     ['--force', 'replace an existing definition'],
   ],
-  options: { name: { type: 'string' }, memory: { type: 'string' }, vcpus: { type: 'string' }, machine: { type: 'string' }, uuid: { type: 'string' }, arg: { type: 'string', multiple: true }, file: { type: 'string' }, force: { type: 'boolean' } },
+  options: {
+    name: { type: 'string' },
+    memory: { type: 'string' },
+    vcpus: { type: 'string' },
+    machine: { type: 'string' },
+    uuid: { type: 'string' },
+    arg: { type: 'string', multiple: true },
+    file: { type: 'string' },
+    force: { type: 'boolean' },
+  },
   async run(ctx, v) {
     let input: unknown;
     const file = str(v, 'file');
@@ -56,8 +71,11 @@ const createCommand: Command = {
     } else {
       if (!str(v, 'name')) throw new UsageError('vm create: give --name NAME (or --file def.json)');
       input = {
-        name: str(v, 'name'), uuid: str(v, 'uuid') ?? randomUUID(), machine: str(v, 'machine') ?? 'q35',
-        memoryMiB: int(v, 'memory', { min: 16, max: 4 * 1024 * 1024 }) ?? 256, vcpus: int(v, 'vcpus', { min: 1, max: 1024 }) ?? 1,
+        name: str(v, 'name'),
+        uuid: str(v, 'uuid') ?? randomUUID(),
+        machine: str(v, 'machine') ?? 'q35',
+        memoryMiB: int(v, 'memory', { min: 16, max: 4 * 1024 * 1024 }) ?? 256,
+        vcpus: int(v, 'vcpus', { min: 1, max: 1024 }) ?? 1,
         args: (v.arg as string[] | undefined) ?? [],
       };
     }

@@ -55,8 +55,16 @@ export async function save(ctx: Ctx, v: Values): Promise<number> {
   const priority = oneOf(v, 'priority', ['high', 'normal', 'low'] as const);
   const deadline = int(v, 'deadline', { min: 1, max: 24 * 3600 });
   const req = SaveRequest.safeParse({
-    requestId: str(v, 'request-id') ?? `cli-${randomUUID()}`, vm, format, channels, directIo: bool(v, 'direct-io') || undefined,
-    after, priority, image: str(v, 'image'), deadlineMs: deadline === undefined ? undefined : deadline * 1000, requestedBy: `vmsave-cli@${process.env.USER ?? 'unknown'}`,
+    requestId: str(v, 'request-id') ?? `cli-${randomUUID()}`,
+    vm,
+    format,
+    channels,
+    directIo: bool(v, 'direct-io') || undefined,
+    after,
+    priority,
+    image: str(v, 'image'),
+    deadlineMs: deadline === undefined ? undefined : deadline * 1000,
+    requestedBy: `vmsave-cli@${process.env.USER ?? 'unknown'}`,
   });
   if (!req.success) throw new UsageError(`save: ${zodLine(req.error.issues)}`);
   const client = await ctx.client();
@@ -85,7 +93,14 @@ export async function restore(ctx: Ctx, v: Values, [image]: string[]): Promise<n
   }
   const after = oneOf(v, 'after', ['running', 'paused', 'as-saved'] as const);
   const priority = oneOf(v, 'priority', ['high', 'normal', 'low'] as const);
-  const req = RestoreRequest.safeParse({ requestId: str(v, 'request-id') ?? `cli-${randomUUID()}`, image, host: str(v, 'host'), after, priority, requestedBy: `vmsave-cli@${process.env.USER ?? 'unknown'}` });
+  const req = RestoreRequest.safeParse({
+    requestId: str(v, 'request-id') ?? `cli-${randomUUID()}`,
+    image,
+    host: str(v, 'host'),
+    after,
+    priority,
+    requestedBy: `vmsave-cli@${process.env.USER ?? 'unknown'}`,
+  });
   if (!req.success) throw new UsageError(`restore: ${zodLine(req.error.issues)}`);
   const client = await ctx.client();
   const r = await client.restore(req.data, { admissionTimeoutMs: ctx.cfg.VMSAVE_ADMISSION_TIMEOUT_MS });
@@ -106,7 +121,10 @@ async function isLocalOutsideImageDir(ctx: Ctx, file: string): Promise<boolean> 
 
 export async function cancel(ctx: Ctx, v: Values, [jobId]: string[]): Promise<number> {
   const client = await ctx.client();
-  const a = await client.cancel({ requestId: `cli-${randomUUID()}`, jobId: jobId!, reason: str(v, 'reason') ?? `cancelled by ${process.env.USER ?? 'operator'} (vmsave cancel)` }, { admissionTimeoutMs: ctx.cfg.VMSAVE_ADMISSION_TIMEOUT_MS });
+  const a = await client.cancel(
+    { requestId: `cli-${randomUUID()}`, jobId: jobId!, reason: str(v, 'reason') ?? `cancelled by ${process.env.USER ?? 'operator'} (vmsave cancel)` },
+    { admissionTimeoutMs: ctx.cfg.VMSAVE_ADMISSION_TIMEOUT_MS },
+  );
   admitted('cancel', a);
   ctx.emit({ outcome: 'accepted', jobId });
   ctx.say(`cancel of ${jobId} accepted`);
@@ -117,35 +135,56 @@ export async function cancel(ctx: Ctx, v: Values, [jobId]: string[]): Promise<nu
 async function allJobs(ctx: Ctx, opts: { vm?: string; limit: number }): Promise<{ jobs: JobState[]; source: 'redis' | 'log' }> {
   const bus = await ctx.bus();
   const lastSeq = (await bus.jsm.streams.info(streams.events.name)).state.last_seq;
-  const fromRedis = await withTimeout((async () => {
-    const redis = await connectRedis(ctx.cfg.REDIS_URL, { name: 'vmsave-cli' });
-    try {
-      const p = new Projection(redis, ctx.cfg.VMSAVE_REDIS_PREFIX);
-      if ((await p.appliedSeq()) < lastSeq) return undefined;
-      return await p.jobs({ vm: opts.vm, limit: 10_000 });
-    } finally {
-      redis.disconnect();
-    }
-  })(), 3000, 'redis').catch(() => undefined);
+  const fromRedis = await withTimeout(
+    (async () => {
+      const redis = await connectRedis(ctx.cfg.REDIS_URL, { name: 'vmsave-cli' });
+      try {
+        const p = new Projection(redis, ctx.cfg.VMSAVE_REDIS_PREFIX);
+        if ((await p.appliedSeq()) < lastSeq) return undefined;
+        return await p.jobs({ vm: opts.vm, limit: 10_000 });
+      } finally {
+        redis.disconnect();
+      }
+    })(),
+    3000,
+    'redis',
+  ).catch(() => undefined);
   if (fromRedis) return { jobs: fromRedis, source: 'redis' };
   const byId = new Map<string, JobState>();
   for await (const { event } of readLog(bus)) byId.set(event.jobId, fold([event], byId.get(event.jobId)));
-  const jobs = [...byId.values()].filter((j) => !opts.vm || j.vm === opts.vm).sort((a, b) => (b.requestedAt ?? b.updatedAt ?? '').localeCompare(a.requestedAt ?? a.updatedAt ?? ''));
+  const jobs = [...byId.values()]
+    .filter((j) => !opts.vm || j.vm === opts.vm)
+    .sort((a, b) => (b.requestedAt ?? b.updatedAt ?? '').localeCompare(a.requestedAt ?? a.updatedAt ?? ''));
   return { jobs, source: 'log' };
 }
 
 export async function jobs(ctx: Ctx, v: Values): Promise<number> {
-  const states = str(v, 'state')?.split(',').map((s) => s.trim()).filter(Boolean);
+  const states = str(v, 'state')
+    ?.split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
   for (const s of states ?? []) if (!(JOB_STATUSES as readonly string[]).includes(s)) throw new UsageError(`--state must be among ${JOB_STATUSES.join(', ')}, got "${s}"`);
   const limit = int(v, 'limit', { min: 1, max: 100_000 }) ?? 20;
   const { jobs: all, source } = await allJobs(ctx, { vm: str(v, 'vm'), limit });
   const shown = all.filter((j) => !states || states.includes(j.status)).slice(0, limit);
   ctx.emit({ source, jobs: shown.map(jobJson) });
   if (!ctx.json) {
-    ctx.stdout.write(table(['job', 'kind', 'vm', 'state', 'host', 'format', 'size', 'took s', 'requested'], shown.map((j) => [
-      j.jobId ?? '', j.kind ?? '', j.vm ?? '', j.status, j.host ?? '', j.format ?? '', j.result?.bytes !== undefined ? fmtBytes(j.result.bytes) : '',
-      j.result ? (j.result.durationMs / 1000).toFixed(2) : '', j.requestedAt ?? '',
-    ])));
+    ctx.stdout.write(
+      table(
+        ['job', 'kind', 'vm', 'state', 'host', 'format', 'size', 'took s', 'requested'],
+        shown.map((j) => [
+          j.jobId ?? '',
+          j.kind ?? '',
+          j.vm ?? '',
+          j.status,
+          j.host ?? '',
+          j.format ?? '',
+          j.result?.bytes !== undefined ? fmtBytes(j.result.bytes) : '',
+          j.result ? (j.result.durationMs / 1000).toFixed(2) : '',
+          j.requestedAt ?? '',
+        ]),
+      ),
+    );
   }
   return EXIT.ok;
 }
@@ -163,7 +202,12 @@ export async function job(ctx: Ctx, _v: Values, [jobId]: string[]): Promise<numb
   const s = fold(events);
   ctx.emit({ job: jobJson(s), events });
   if (!ctx.json) {
-    ctx.stdout.write(table(['at', 'event', 'source', 'detail'], events.map((e) => [e.at, e.type, e.source, describeEvent(e)])));
+    ctx.stdout.write(
+      table(
+        ['at', 'event', 'source', 'detail'],
+        events.map((e) => [e.at, e.type, e.source, describeEvent(e)]),
+      ),
+    );
     ctx.say(describeState(s));
     for (const c of s.checks ?? []) ctx.say(`  ${c.status.padEnd(4)} ${c.name}: ${c.detail}`);
   }
@@ -183,7 +227,9 @@ export async function watch(ctx: Ctx, v: Values): Promise<number> {
   const fromSeq = bool(v, 'from-start') ? 1 : (await bus.jsm.streams.info(streams.events.name)).state.last_seq + 1;
   const stop = () => ctx.ac.abort();
   process.once('SIGINT', stop);
-  ctx.cleanups.push(() => { process.off('SIGINT', stop); });
+  ctx.cleanups.push(() => {
+    process.off('SIGINT', stop);
+  });
   if (bool(v, 'progress')) {
     // A bad sample is skipped by subscribeValidated; the subscription ends with the command.
     const sub = subscribeValidated(bus, messages.progress, job ? subjects.progress(job) : subjects.progressAll, { signal: ctx.signal });
@@ -213,10 +259,22 @@ export async function hosts(ctx: Ctx): Promise<number> {
   ctx.emit({ hosts: list });
   if (!ctx.json) {
     const now = Date.now();
-    ctx.stdout.write(table(['host', 'seen s ago', 'qemu', 'accel', 'sparse', 'direct-io', 'free', 'vms'], list.map((h) => [
-      h.host, String(Math.round((now - Date.parse(h.at)) / 1000)), h.qemu.version, h.qemu.accel, h.qemu.mappedRam ? 'yes' : 'no', h.qemu.directIo ? 'yes' : 'no',
-      fmtBytes(h.freeBytes), h.vms.map((x) => `${x.name}:${x.status}`).join(' ') || '-',
-    ]), { right: [1] }));
+    ctx.stdout.write(
+      table(
+        ['host', 'seen s ago', 'qemu', 'accel', 'sparse', 'direct-io', 'free', 'vms'],
+        list.map((h) => [
+          h.host,
+          String(Math.round((now - Date.parse(h.at)) / 1000)),
+          h.qemu.version,
+          h.qemu.accel,
+          h.qemu.mappedRam ? 'yes' : 'no',
+          h.qemu.directIo ? 'yes' : 'no',
+          fmtBytes(h.freeBytes),
+          h.vms.map((x) => `${x.name}:${x.status}`).join(' ') || '-',
+        ]),
+        { right: [1] },
+      ),
+    );
   }
   return EXIT.ok;
 }

@@ -46,7 +46,9 @@ async function stopVm(local: LocalHost, name: string): Promise<void> {
   try {
     await using qmp = await QmpClient.connect(local.vms.socketOf(name), { timeoutMs: 3000 });
     await qmp.execute('quit').catch(() => undefined);
-  } catch { /* already going */ }
+  } catch {
+    /* already going */
+  }
   await waitUntil(`VM ${name} to stop`, 30_000, async () => ((await local.vms.status(name)) === 'stopped' ? true : undefined));
 }
 
@@ -55,7 +57,9 @@ export async function demo(ctx: Ctx, v: Values): Promise<number> {
   const memoryMiB = int(v, 'memory', { min: 32, max: 65536 }) ?? 256;
   const local = await localHost(ctx.env);
   const host = str(v, 'host') ?? localHostName(local.cfg);
-  const step = (s: string) => { if (!ctx.json) ctx.note(`demo: ${s}`); };
+  const step = (s: string) => {
+    if (!ctx.json) ctx.note(`demo: ${s}`);
+  };
 
   if (!(await local.vms.get(name))) {
     await local.vms.define(await writeDemoVm(path.resolve(local.cfg.VMSAVE_STATE_DIR, 'demo'), { name, memoryMiB }));
@@ -75,7 +79,9 @@ export async function demo(ctx: Ctx, v: Values): Promise<number> {
   });
 
   const bar = ctx.bar();
-  const onProgress = ctx.tty ? (p: ProgressSample) => bar.update({ label: `${p.stage}`, totalBytes: p.totalBytes, doneBytes: p.transferredBytes, bytesPerSec: p.bytesPerSec, etaMs: p.etaMs }) : undefined;
+  const onProgress = ctx.tty
+    ? (p: ProgressSample) => bar.update({ label: `${p.stage}`, totalBytes: p.totalBytes, doneBytes: p.transferredBytes, bytesPerSec: p.bytesPerSec, etaMs: p.etaMs })
+    : undefined;
   const finished = (s: JobState): void => {
     bar.clear();
     if (s.status === 'rejected') throw new RejectedError(describeState(s), s.rejection?.rule);
@@ -93,7 +99,16 @@ export async function demo(ctx: Ctx, v: Values): Promise<number> {
     const s = await client.waitForJob(r.jobId, { signal: ctx.signal, onProgress, timeoutMs: 10 * 60_000 });
     finished(s);
     step(`${format} image ${s.imagePath} verified: ${fmtBytes(s.result?.bytes ?? 0)}, ${fmtBytes((s.result?.blocks ?? 0) * 512)} allocated`);
-    saves.push({ format, saveJob: r.jobId, imagePath: s.imagePath!, saveMs: s.result?.durationMs ?? 0, bytes: s.result?.bytes ?? 0, blocks: s.result?.blocks ?? 0, throughputBytesPerSec: s.result?.throughputBytesPerSec ?? 0, verified: s.status === 'verified' });
+    saves.push({
+      format,
+      saveJob: r.jobId,
+      imagePath: s.imagePath!,
+      saveMs: s.result?.durationMs ?? 0,
+      bytes: s.result?.bytes ?? 0,
+      blocks: s.result?.blocks ?? 0,
+      throughputBytesPerSec: s.result?.throughputBytesPerSec ?? 0,
+      verified: s.status === 'verified',
+    });
   }
 
   const rows: DemoRow[] = [];
@@ -112,9 +127,22 @@ export async function demo(ctx: Ctx, v: Values): Promise<number> {
   ctx.emit({ vm: name, host, memoryMiB: def.memoryMiB, rows });
   if (!ctx.json) {
     ctx.say(`\n${name}: ${def.memoryMiB} MiB RAM, ${def.machine}, on ${host} (${local.accel})\n`);
-    ctx.stdout.write(table(['format', 'save s', 'restore s', 'size', 'allocated', 'blocks', 'save rate', 'verified'], rows.map((r) => [
-      r.format, fmtSeconds(r.saveMs), fmtSeconds(r.restoreMs), fmtBytes(r.bytes), fmtBytes(r.blocks * 512), String(r.blocks), fmtRate(r.throughputBytesPerSec), r.verified ? 'yes' : 'no',
-    ]), { right: [1, 2, 3, 4, 5, 6] }));
+    ctx.stdout.write(
+      table(
+        ['format', 'save s', 'restore s', 'size', 'allocated', 'blocks', 'save rate', 'verified'],
+        rows.map((r) => [
+          r.format,
+          fmtSeconds(r.saveMs),
+          fmtSeconds(r.restoreMs),
+          fmtBytes(r.bytes),
+          fmtBytes(r.blocks * 512),
+          String(r.blocks),
+          fmtRate(r.throughputBytesPerSec),
+          r.verified ? 'yes' : 'no',
+        ]),
+        { right: [1, 2, 3, 4, 5, 6] },
+      ),
+    );
   }
   return EXIT.ok;
 }

@@ -1,8 +1,16 @@
 /** What `inspect` and `verify` do (their options: `../commands/image.ts`). Loaded only when one runs. */
 import { open, stat } from 'node:fs/promises';
 import {
-  decodeHeader, decodeLibvirtHeader, domainSummary, HEADER_SIZE, LIBVIRT_HEADER_SIZE, parseLibvirtData,
-  readImage, verifyImage, type ImageInfo, type VerifyResult,
+  decodeHeader,
+  decodeLibvirtHeader,
+  domainSummary,
+  HEADER_SIZE,
+  LIBVIRT_HEADER_SIZE,
+  parseLibvirtData,
+  readImage,
+  verifyImage,
+  type ImageInfo,
+  type VerifyResult,
 } from '@vmsave/image/node';
 import { fmtBytes } from '@vmsave/jobs';
 import type { Ctx } from '../context.ts';
@@ -28,7 +36,9 @@ async function inspectLibvirt(file: string) {
 }
 
 export async function inspect(ctx: Ctx, _v: Values, [file]: string[]): Promise<number> {
-  await stat(file!).catch(() => { throw new CliError(`no such file: ${file}`); });
+  await stat(file!).catch(() => {
+    throw new CliError(`no such file: ${file}`);
+  });
   let info: ImageInfo | undefined;
   let vmsaveErr: unknown;
   try {
@@ -40,26 +50,30 @@ export async function inspect(ctx: Ctx, _v: Values, [file]: string[]): Promise<n
     const h = info.header;
     const d = info.descriptor;
     ctx.emit({ kind: 'vmsave', size: info.size, header: h, descriptor: d });
-    ctx.say([
-      `${file}: vmsave image, ${h.complete ? 'complete' : 'PARTIAL (never restorable)'}, version ${h.version}, ${fmtBytes(info.size)}`,
-      `  format      ${h.format}${h.format === 'sparse' ? `, ${h.channels} channel(s)` : ''}${h.directIo ? ', direct IO' : ''}, VM was ${h.wasRunning ? 'running' : 'paused'}`,
-      `  stream at   ${h.streamOffset}`,
-      `  written by  QEMU ${d.qemu.version} on ${d.host}, job ${d.jobId}, ${d.createdAt}${d.completedAt ? ` → ${d.completedAt}` : ''}`,
-      `  vm          ${d.vm.name}  uuid ${d.vm.uuid}`,
-      `  machine     ${d.vm.machine}, ${d.vm.memoryMiB} MiB, ${d.vm.vcpus} vCPU(s)`,
-      `  args        ${d.vm.args.length ? d.vm.args.map((a) => (/[\s'"]/.test(a) ? JSON.stringify(a) : a)).join(' ') : '(none)'}`,
-    ].join('\n'));
+    ctx.say(
+      [
+        `${file}: vmsave image, ${h.complete ? 'complete' : 'PARTIAL (never restorable)'}, version ${h.version}, ${fmtBytes(info.size)}`,
+        `  format      ${h.format}${h.format === 'sparse' ? `, ${h.channels} channel(s)` : ''}${h.directIo ? ', direct IO' : ''}, VM was ${h.wasRunning ? 'running' : 'paused'}`,
+        `  stream at   ${h.streamOffset}`,
+        `  written by  QEMU ${d.qemu.version} on ${d.host}, job ${d.jobId}, ${d.createdAt}${d.completedAt ? ` → ${d.completedAt}` : ''}`,
+        `  vm          ${d.vm.name}  uuid ${d.vm.uuid}`,
+        `  machine     ${d.vm.machine}, ${d.vm.memoryMiB} MiB, ${d.vm.vcpus} vCPU(s)`,
+        `  args        ${d.vm.args.length ? d.vm.args.map((a) => (/[\s'"]/.test(a) ? JSON.stringify(a) : a)).join(' ') : '(none)'}`,
+      ].join('\n'),
+    );
     return EXIT.ok;
   }
   try {
     const l = await inspectLibvirt(file!);
     ctx.emit({ kind: l.kind, size: l.size, header: l.header, domain: l.domain });
-    ctx.say([
-      `${file}: libvirt save image, ${l.header.complete ? 'complete' : 'partial'}, version ${l.header.version}, ${fmtBytes(l.size)}`,
-      `  format      ${l.header.format ?? `unknown (${l.header.formatCode})`}, VM was ${l.header.wasRunning ? 'running' : 'paused'}, stream at ${l.header.streamOffset}`,
-      `  domain      ${l.domain.name ?? '?'}  uuid ${l.domain.uuid ?? '?'}`,
-      `  machine     ${l.domain.machine ?? '?'}, ${l.domain.memoryKiB !== undefined ? `${Math.round(l.domain.memoryKiB / 1024)} MiB` : '?'}`,
-    ].join('\n'));
+    ctx.say(
+      [
+        `${file}: libvirt save image, ${l.header.complete ? 'complete' : 'partial'}, version ${l.header.version}, ${fmtBytes(l.size)}`,
+        `  format      ${l.header.format ?? `unknown (${l.header.formatCode})`}, VM was ${l.header.wasRunning ? 'running' : 'paused'}, stream at ${l.header.streamOffset}`,
+        `  domain      ${l.domain.name ?? '?'}  uuid ${l.domain.uuid ?? '?'}`,
+        `  machine     ${l.domain.machine ?? '?'}, ${l.domain.memoryKiB !== undefined ? `${Math.round(l.domain.memoryKiB / 1024)} MiB` : '?'}`,
+      ].join('\n'),
+    );
     return EXIT.ok;
   } catch {
     throw new CliError(`${file} is neither a readable vmsave image nor a libvirt save image: ${(vmsaveErr as Error)?.message ?? 'unknown format'}`);
@@ -93,20 +107,36 @@ export async function imageFormat(file: string, kind: VerifyResult['kind']): Pro
 }
 
 export async function verify(ctx: Ctx, _v: Values, [file]: string[]): Promise<number> {
-  await stat(file!).catch(() => { throw new CliError(`no such file: ${file}`); });
+  await stat(file!).catch(() => {
+    throw new CliError(`no such file: ${file}`);
+  });
   // Without this host's QEMU (or when it cannot be probed) only `format.restorable-here` is skipped.
   const caps = await cachedProbe(stateDirOf(ctx.env), ctx.env).then(hostCaps, () => undefined);
   const r = await verifyImage(file!, { hostCaps: caps });
   const { source, format } = await imageFormat(file!, r.kind);
   ctx.emit({ file, kind: r.kind, source, format, ok: r.ok, checks: r.checks });
   if (!ctx.json) {
-    ctx.stdout.write(table(['check', 'status', 'detail'], r.checks.map((c) => [c.name, c.status, c.detail])));
-    ctx.say(r.ok ? `${file}: ${r.kind} image${format ? ` (${format})` : ''}, every check passed or was skipped` : `${file}: ${r.checks.filter((c) => c.status === 'fail').length} check(s) failed`);
+    ctx.stdout.write(
+      table(
+        ['check', 'status', 'detail'],
+        r.checks.map((c) => [c.name, c.status, c.detail]),
+      ),
+    );
+    ctx.say(
+      r.ok
+        ? `${file}: ${r.kind} image${format ? ` (${format})` : ''}, every check passed or was skipped`
+        : `${file}: ${r.checks.filter((c) => c.status === 'fail').length} check(s) failed`,
+    );
   }
   if (!r.ok) {
     const failed = r.checks.filter((c) => c.status === 'fail');
     // One line on stderr; under --json stdout keeps the single result document.
-    ctx.stderr.write(`vmsave: ${file} failed ${failed.map((c) => `${c.name} (${c.detail})`).join(', ').replace(/\s*\n\s*/g, ' ')}\n`);
+    ctx.stderr.write(
+      `vmsave: ${file} failed ${failed
+        .map((c) => `${c.name} (${c.detail})`)
+        .join(', ')
+        .replace(/\s*\n\s*/g, ' ')}\n`,
+    );
     return EXIT.rejected;
   }
   return EXIT.ok;

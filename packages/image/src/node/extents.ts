@@ -11,7 +11,6 @@ const { seekSync } = require('fs-ext') as { seekSync(fd: number, offset: number,
 export const SEEK_DATA = 3;
 export const SEEK_HOLE = 4;
 
-
 function errno(err: unknown): string | undefined {
   return typeof err === 'object' && err !== null && 'code' in err ? String((err as { code: unknown }).code) : undefined;
 }
