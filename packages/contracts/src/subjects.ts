@@ -49,6 +49,22 @@ export const subjects = {
   dlqAll: `${ROOT}.dlq.*`,
 } as const;
 
+/** Longest reply subject the scheduler answers on. */
+export const REPLY_SUBJECT_MAX = 256;
+
+/** `_INBOX.` then one or more dot-separated tokens of letters, digits, `_` and `-`. */
+const REPLY_SUBJECT = /^_INBOX(\.[A-Za-z0-9_-]+)+$/;
+
+/**
+ * Whether a subject a command names in `Vmsave-Reply-To` may be answered on: a well-formed
+ * inbox (`_INBOX.` and one or more tokens of `[A-Za-z0-9_-]`, no wildcard, no empty token, at
+ * most 256 characters). Anything else (`vmsave.work.<host>`, `vmsave.evt.…`, `>`, `_INBOX.>`)
+ * would have the scheduler publish with its own rights where the client may not.
+ */
+export function isReplySubject(subject: string): boolean {
+  return subject.length <= REPLY_SUBJECT_MAX && REPLY_SUBJECT.test(subject);
+}
+
 /** Parse `vmsave.evt.<jobId>.<type>`; undefined for any other subject. */
 export function parseEventSubject(subject: string): { jobId: string; type: string } | undefined {
   const parts = subject.split('.');

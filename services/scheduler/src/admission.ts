@@ -1,4 +1,15 @@
-import { commandForSubject, jobIdFor, makeEvent, messages, upcast, type AdmissionReply, type CancelRequest, type RestoreRequest, type SaveRequest } from '@vmsave/contracts';
+import {
+  commandForSubject,
+  isReplySubject,
+  jobIdFor,
+  makeEvent,
+  messages,
+  upcast,
+  type AdmissionReply,
+  type CancelRequest,
+  type RestoreRequest,
+  type SaveRequest,
+} from '@vmsave/contracts';
 import { ack, BusValidationError, describeIssues, publishCore, type Bus, type Logger, type MessageContext, type Outcome } from '@vmsave/bus';
 import { decide, initialState, ON_HOST_STATUSES } from '@vmsave/jobs';
 import { askExecutorToCancel } from './control.ts';
@@ -21,9 +32,13 @@ const READABLE_ID = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
 /**
  * Admission of commands (`vmsave.cmd.*`): validates each, deduplicates by request id, records the
  * request and the admission rules' verdict as events, and answers on the command's
- * `Vmsave-Reply-To` (accepted, duplicate, or rejected naming the rule and the field).
+ * `Vmsave-Reply-To` (accepted, duplicate, or rejected naming the rule and the field) when that
+ * is a well-formed inbox (`isReplySubject`); any other reply subject is logged and not answered.
  */
 export class Admission {
+  /** Schema failures already answered by `handle` (with their request id): `refuseUnreadable` skips them. */
+  private readonly answered = new WeakSet<Error>();
+
   constructor(private readonly d: AdmissionDeps) {}
 
   /** One command from the consumer (run through `state.serial` by the caller). */
@@ -37,15 +52,20 @@ export class Admission {
       // A request whose id is readable still gets a job that says why it was refused.
       const requestId = (raw as { requestId?: unknown })?.requestId;
       const kind = def === messages.restoreRequest ? 'restore' : def === messages.saveRequest ? 'save' : undefined;
-      if (kind && typeof requestId === 'string' && READABLE_ID.test(requestId)) {
-        const jobId = jobIdFor(kind, requestId);
-        if (!this.d.state.jobs.has(jobId)) {
-          const field = parsed.error.issues[0]!.path.join('.') || undefined;
+      const err = new BusValidationError(message, issues);
+      if (typeof requestId === 'string' && READABLE_ID.test(requestId)) {
+        const field = parsed.error.issues[0]!.path.join('.') || undefined;
+        let jobId: string | undefined;
+        if (kind && !this.d.state.jobs.has(jobIdFor(kind, requestId))) {
+          jobId = jobIdFor(kind, requestId);
           const type = kind === 'save' ? 'SaveRejected' : 'RestoreRejected';
           await this.d.journal.append(makeEvent(type, jobId, { rule: 'schema', field, message }, { source: SOURCE, eventId: `${jobId}.rejected` }));
         }
+        // The answer names the request (and the job the rejection was recorded for).
+        this.reply(ctx, { outcome: 'rejected', requestId, ...(jobId ? { jobId } : {}), rule: 'schema', ...(field ? { field } : {}), message });
+        this.answered.add(err);
       }
-      throw new BusValidationError(message, issues);
+      throw err;
     }
     const cmd = parsed.data as SaveRequest | RestoreRequest | CancelRequest;
     if (def === messages.saveRequest) return this.onSave(cmd as SaveRequest, ctx);
@@ -55,6 +75,7 @@ export class Admission {
 
   /** Answer a command the consumer could not read at all. */
   refuseUnreadable(err: Error, ctx: MessageContext): void {
+    if (this.answered.has(err)) return;
     this.reply(ctx, { outcome: 'rejected', rule: 'schema', message: err.message });
   }
 
@@ -134,9 +155,27 @@ export class Admission {
     return { outcome: 'accepted', requestId, jobId, duplicate };
   }
 
-  /** The admission answer, on the reply subject the command named (if any). */
+  /**
+   * The admission answer, on the reply subject the command named (if any), only when it is a
+   * well-formed inbox: the scheduler publishes with its own rights, so a command must not make
+   * it publish into the event log, a work queue, the dead letters or a wildcard.
+   */
   private reply(ctx: MessageContext, answer: AdmissionReply): void {
     const to = ctx.headers.get('Vmsave-Reply-To');
-    if (to) publishCore(this.d.bus, messages.admissionReply, to, answer);
+    if (!to) return;
+    if (!isReplySubject(to)) {
+      this.d.log.warn(
+        {
+          jobId: answer.jobId,
+          requestId: answer.requestId,
+          subject: ctx.subject,
+          replyTo: to.slice(0, 300),
+          rule: 'Vmsave-Reply-To: an inbox, _INBOX. then tokens of letters, digits, _ - (max 256 chars)',
+        },
+        'reply subject refused',
+      );
+      return;
+    }
+    publishCore(this.d.bus, messages.admissionReply, to, answer);
   }
 }

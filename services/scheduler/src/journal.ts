@@ -28,13 +28,24 @@ export class Journal {
 
   /** Fold the whole log into the state; returns the last sequence read. */
   async rebuild(): Promise<number> {
-    const { bus, state } = this.d;
+    const { bus } = this.d;
     let lastSeq = 0;
     for await (const { seq, event } of readLog(bus)) {
-      state.put(event.jobId, evolve(state.jobs.get(event.jobId) ?? initialState(), event));
+      this.fold(event);
       lastSeq = seq;
     }
     return lastSeq;
+  }
+
+  /** Fold one event into its job's state; returns the state before and after. */
+  private fold(e: JobEvent): { before: JobState; s: JobState } {
+    const { state } = this.d;
+    const before = state.jobs.get(e.jobId) ?? initialState();
+    const s = evolve(before, e);
+    // A restore of an image no save in the log wrote: its VM is known only to the executor.
+    if (e.type === 'RestoreRequested' && before.status === 'none' && e.data.vm === undefined) state.imageOnly.add(e.jobId);
+    state.put(e.jobId, s);
+    return { before, s };
   }
 
   /** Decide a command against a job and append what it produces. */
@@ -69,10 +80,8 @@ export class Journal {
   }
 
   async apply(e: JobEvent): Promise<void> {
-    const { state, cfg } = this.d;
-    const before = state.jobs.get(e.jobId) ?? initialState();
-    const s = evolve(before, e);
-    state.put(e.jobId, s);
+    const { cfg } = this.d;
+    const { before, s } = this.fold(e);
     const log = this.d.log.child({ jobId: e.jobId });
     switch (e.type) {
       case 'SaveFailed':
@@ -99,8 +108,8 @@ export class Journal {
 
   private async releaseLease(s: JobState): Promise<void> {
     const { state, leases } = this.d;
-    const vm = state.vmOf(s);
+    const key = state.leaseKeyOf(s);
     state.seen.delete(s.jobId!);
-    if (vm && s.fencingToken !== undefined) await leases.release({ vm, owner: s.jobId!, token: s.fencingToken }).catch(() => false);
+    if (key && s.fencingToken !== undefined) await leases.release({ vm: key, owner: s.jobId!, token: s.fencingToken }).catch(() => false);
   }
 }

@@ -76,8 +76,9 @@ export class Placement {
     for (const s of state.openJobs()) {
       if (s.status !== 'none' && ON_HOST_STATUSES.has(s.status) && s.host) {
         activePerHost.set(s.host, (activePerHost.get(s.host) ?? 0) + 1);
-        const vm = state.vmOf(s);
-        if (vm) busyVms.add(vm);
+        // Its VM (once known) and its lease key: a restore of an image the log does not know is
+        // leased by image, and names its VM when the executor has read the image.
+        for (const k of new Set([state.vmOf(s), state.leaseKeyOf(s)])) if (k) busyVms.add(k);
       }
     }
     for (const s of [...state.openJobs()]) {
@@ -92,7 +93,7 @@ export class Placement {
       queue.push({
         jobId: s.jobId!,
         host: p.host,
-        vm: p.vm,
+        vm: state.leaseKeyOf(s) ?? p.vm,
         priority,
         requestedAtMs: Date.parse(s.requestedAt ?? ''),
         notBeforeMs: s.notBefore ? Date.parse(s.notBefore) : undefined,
@@ -120,15 +121,18 @@ export class Placement {
     const { state, cfg } = this.d;
     const s = state.jobs.get(q.jobId)!;
     const log = this.d.log.child({ jobId: q.jobId, host: q.host });
-    let token = 0;
-    if (q.vm) {
-      const lease = await this.d.leases.acquire(q.vm, q.jobId, cfg.VMSAVE_LEASE_TTL_MS);
-      if (!lease) {
-        log.info({ vm: q.vm }, 'VM lease held elsewhere; job stays queued');
-        return;
-      }
-      token = lease.token;
+    // Every job runs under a lease with a fencing token: its VM's, or (a restore of an image the
+    // log does not know) its image's on that host.
+    if (!q.vm) {
+      log.warn('no VM or image to lease; job stays queued');
+      return;
     }
+    const lease = await this.d.leases.acquire(q.vm, q.jobId, cfg.VMSAVE_LEASE_TTL_MS);
+    if (!lease) {
+      log.info({ lease: q.vm }, 'VM lease held elsewhere; job stays queued');
+      return;
+    }
+    const token = lease.token;
     const host = state.hosts.get(q.host)!.announcement;
     const ramBytes = state.placement.get(q.jobId)?.ramBytes ?? 0;
     const deadlineMs = s.saveRequest?.deadlineMs ?? s.restoreRequest?.deadlineMs ?? defaultDeadlineMs(ramBytes, host.throughputBytesPerSec);

@@ -152,6 +152,15 @@ export function admitRestore(req: RestoreRequest, hosts: Map<string, HostView>, 
   return { host: host.announcement.host, imageRel: p.rel, vm: image?.vm, sourceJobId: image?.jobId };
 }
 
+/**
+ * The lease key of a restore whose image the log does not know: its VM is named only in the
+ * image's descriptor, which the executor reads on its host, so the scheduler leases the image on
+ * that host instead. The `:` never occurs in a VM name, so the key never collides with one.
+ */
+export function imageLeaseKey(host: string, imageRel: string): string {
+  return `image:${host}:${imageRel}`;
+}
+
 /** Exponential backoff with a cap, for retryable failures: attempt 2 waits `base`, then doubles. */
 export function retryDelayMs(nextAttempt: number, baseMs: number, maxMs: number): number {
   return Math.min(maxMs, baseMs * 2 ** Math.max(0, nextAttempt - 2));

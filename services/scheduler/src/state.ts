@@ -1,6 +1,6 @@
 import type { JobState } from '@vmsave/jobs';
 import { isTerminal } from '@vmsave/jobs';
-import type { HostView } from './policy.ts';
+import { checkImagePath, imageLeaseKey, type HostView } from './policy.ts';
 
 /** Host and VM an admitted job was placed on (recomputed after a restart). */
 export interface Placed {
@@ -23,6 +23,8 @@ export class SchedulerState {
   /** Last time each active job was known alive (scheduled, or named in a heartbeat). */
   readonly seen = new Map<string, number>();
   readonly placement = new Map<string, Placed>();
+  /** Restores of an image no save in the log wrote (`RestoreRequested` without a VM): leased by image. */
+  readonly imageOnly = new Set<string>();
   /** Ids of events this scheduler appended: their echo from the log is skipped. */
   readonly own = new Set<string>();
   /** When this scheduler became the active one (a job's silence before that says nothing). */
@@ -42,6 +44,21 @@ export class SchedulerState {
   /** The VM a job works on: from its events, else from where it was placed. */
   vmOf(s: JobState): string | undefined {
     return s.vm ?? this.placement.get(s.jobId!)?.vm;
+  }
+
+  /**
+   * The key of the lease a job holds while it is on a host: its VM; for a restore of an image the
+   * log does not know, the image on its host (`imageLeaseKey`), since its VM is known only once
+   * the executor has read the image.
+   */
+  leaseKeyOf(s: JobState): string | undefined {
+    const req = s.restoreRequest;
+    if (!req || !this.imageOnly.has(s.jobId!)) return this.vmOf(s);
+    const host = req.host ?? s.host ?? this.placement.get(s.jobId!)?.host;
+    if (!host) return undefined;
+    const imageDir = this.hosts.get(host)?.announcement.imageDir;
+    const p = imageDir === undefined ? undefined : checkImagePath(req.image, imageDir);
+    return imageLeaseKey(host, p && 'rel' in p ? p.rel : req.image);
   }
 
   /** Run state changes one at a time. */

@@ -54,10 +54,10 @@ export class Watchdog {
       const hb = state.heartbeats.get(s.host);
       if (hb && now - hb.atMs < cfg.VMSAVE_HEARTBEAT_TIMEOUT_MS && hb.jobs.has(jobId)) {
         state.seen.set(jobId, hb.atMs);
-        const vm = state.vmOf(s);
-        if (vm && s.fencingToken !== undefined) {
-          const lease = { vm, owner: jobId, token: s.fencingToken, expiresAt: 0 };
-          if (!(await leases.renew(lease, cfg.VMSAVE_LEASE_TTL_MS))) await leases.acquire(vm, jobId, cfg.VMSAVE_LEASE_TTL_MS);
+        const key = state.leaseKeyOf(s);
+        if (key && s.fencingToken !== undefined) {
+          const lease = { vm: key, owner: jobId, token: s.fencingToken, expiresAt: 0 };
+          if (!(await leases.renew(lease, cfg.VMSAVE_LEASE_TTL_MS))) await leases.acquire(key, jobId, cfg.VMSAVE_LEASE_TTL_MS);
         }
       }
       const silentMs = now - state.seen.get(jobId)!;

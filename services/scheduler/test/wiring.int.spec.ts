@@ -10,15 +10,20 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { HostAnnouncement, jobIdFor, messages, subjects, type AdmissionReply, type WorkItem } from '@vmsave/contracts';
-import { awaitAnswer, Bus, eventsOfJob, publishValidated, subscribeValidated } from '@vmsave/bus';
+import { z } from 'zod';
+import { AdmissionReply as AdmissionReplySchema, HostAnnouncement, jobIdFor, makeEvent, messages, subjects, type AdmissionReply, type WorkItem } from '@vmsave/contracts';
+import { awaitAnswer, Bus, eventsOfJob, publishEvent, publishValidated, subscribeValidated } from '@vmsave/bus';
 import { connectRedis } from '@vmsave/store';
 import { testUrls, uniq, waitFor } from '@vmsave/testkit';
 
 const PKG = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const host = uniq('hv').replace(/[^A-Za-z0-9_-]/g, '');
 const vm = uniq('web').replace(/[^A-Za-z0-9_-]/g, '');
+/** A host with no VMs and room for four jobs: restores of images the log does not know go there. */
+const host2 = uniq('hv2').replace(/[^A-Za-z0-9_-]/g, '');
 const prefix = uniq('sched-wiring');
+/** Any payload, published as it is (the scheduler's schema is what is under test). */
+const raw = { name: 'raw command', subject: subjects.cmd.all, schema: z.unknown() };
 
 let bus: Bus;
 let child: ChildProcess;
@@ -49,6 +54,22 @@ beforeAll(async () => {
       freeBytes: 64 * 1024 ** 3,
       maxConcurrentJobs: 2,
       vms: [{ name: vm, uuid: '6f1c1a0e-3b7e-4c55-9d4e-2b1f0c9a8e11', machine: 'q35', memoryMiB: 256, vcpus: 1, status: 'running' }],
+    }),
+  );
+  await publishValidated(
+    bus,
+    messages.hostAnnouncement,
+    subjects.host(host2),
+    HostAnnouncement.parse({
+      host: host2,
+      executorId: `executor@${host2}`,
+      at: now,
+      startedAt: now,
+      qemu: { version: '10.1.0', mappedRam: true, directIo: true, machines: ['q35'], accel: 'kvm' },
+      imageDir: '/var/lib/vmsave',
+      freeBytes: 64 * 1024 ** 3,
+      maxConcurrentJobs: 4,
+      vms: [],
     }),
   );
 
@@ -88,6 +109,7 @@ afterAll(async () => {
   }
   if (bus) {
     await bus.jsm.streams.purge('VMSAVE_HOSTS', { filter: subjects.host(host) }).catch(() => undefined);
+    await bus.jsm.streams.purge('VMSAVE_HOSTS', { filter: subjects.host(host2) }).catch(() => undefined);
     await bus.close();
   }
   const { redisUrl } = await testUrls();
@@ -162,5 +184,138 @@ describe('the scheduler as main.ts wires it', () => {
       100,
     );
     expect(events).toEqual(['SaveRequested', 'SaveRejected']);
+  });
+
+  it('answers only on a well-formed inbox: a command naming a work queue, the log, the dead letters or a wildcard is handled but not answered', async () => {
+    // Everything published on this NATS while the commands are handled: no admission answer may
+    // appear anywhere but on the good inbox.
+    const answers: Array<{ subject: string; value: AdmissionReply }> = [];
+    const all = bus.nc.subscribe('>');
+    void (async () => {
+      for await (const m of all) {
+        let json: unknown;
+        try {
+          json = m.json();
+        } catch {
+          continue;
+        }
+        const a = AdmissionReplySchema.safeParse(json);
+        if (a.success && typeof json === 'object' && json !== null && 'outcome' in json) answers.push({ subject: m.subject, value: a.data });
+      }
+    })();
+    await bus.nc.flush();
+
+    const bad = [
+      subjects.work(host),
+      subjects.evt(jobIdFor('save', 'x'), 'ImageVerified'),
+      subjects.dlq('executor'),
+      subjects.control(host),
+      '>',
+      '_INBOX.>',
+      '_INBOX.*',
+      '_INBOX.',
+    ];
+    const refused: string[] = [];
+    for (const [i, to] of bad.entries()) {
+      const requestId = uniq(`wiring-reply-${i}`);
+      refused.push(requestId);
+      // The work queue gets a real, admitted save; the others a VM nobody has (a rejection).
+      await publishValidated(bus, raw, subjects.cmd.save, { requestId, vm: i === 0 ? vm : 'no-such-vm' }, { msgId: requestId, replyTo: to });
+    }
+    // A schema failure with a readable request id and a bad reply subject: rejected, not answered.
+    const schemaBad = uniq('wiring-reply-schema');
+    await publishValidated(bus, raw, subjects.cmd.save, { requestId: schemaBad, vm: 'not a vm name!' }, { msgId: schemaBad, replyTo: subjects.work(host) });
+
+    // Commands are handled in order: once the good inbox has its answer, the bad ones were handled.
+    const good = uniq('wiring-reply-good');
+    const answer = awaitAnswer(bus, messages.admissionReply, { timeoutMs: 30_000 });
+    await publishValidated(bus, messages.saveRequest, subjects.cmd.save, { requestId: good, vm: 'no-such-vm' }, { replyTo: answer.inbox });
+    expect(await answer.value).toMatchObject({ outcome: 'rejected', requestId: good, rule: 'vm-exists' });
+    await bus.nc.flush();
+    await new Promise((r) => setTimeout(r, 300));
+    all.unsubscribe();
+
+    expect(answers.map((a) => a.subject)).toEqual([answer.inbox]);
+    // Each bad one was still admitted or rejected as usual, and logged as refused.
+    for (const [i, requestId] of refused.entries()) {
+      const jobId = jobIdFor('save', requestId);
+      const types = (await eventsOfJob(bus, jobId)).map((l) => l.event.type);
+      expect(types.slice(0, 2)).toEqual(i === 0 ? ['SaveRequested'] : ['SaveRequested', 'SaveRejected']);
+      expect(logged('reply subject refused', jobId)).toMatchObject({ replyTo: bad[i], requestId });
+    }
+    const schemaJob = jobIdFor('save', schemaBad);
+    expect((await eventsOfJob(bus, schemaJob)).map((l) => l.event.type)).toEqual(['SaveRejected']);
+    expect(logged('reply subject refused', schemaJob)).toMatchObject({ replyTo: subjects.work(host), requestId: schemaBad });
+  });
+
+  it('a payload that fails its schema but has a readable requestId is answered with that requestId and its job', async () => {
+    const requestId = uniq('wiring-schema');
+    const jobId = jobIdFor('save', requestId);
+    const answer = awaitAnswer(bus, messages.admissionReply, { timeoutMs: 30_000 });
+    await publishValidated(bus, raw, subjects.cmd.save, { requestId, vm, channels: 0 }, { msgId: requestId, replyTo: answer.inbox });
+    expect(await answer.value).toEqual({ outcome: 'rejected', requestId, jobId, rule: 'schema', field: 'channels', message: expect.stringMatching(/channels/) });
+    expect((await eventsOfJob(bus, jobId)).map((l) => l.event.type)).toEqual(['SaveRejected']);
+
+    // Without a readable requestId the answer still comes, naming no request.
+    const unreadable = awaitAnswer(bus, messages.admissionReply, { timeoutMs: 30_000 });
+    await publishValidated(bus, raw, subjects.cmd.save, { requestId: 'not readable!', vm }, { replyTo: unreadable.inbox });
+    const a2 = await unreadable.value;
+    expect(a2).toMatchObject({ outcome: 'rejected', rule: 'schema' });
+    expect(a2).not.toHaveProperty('requestId');
+  });
+
+  it('a restore of an image the log does not know, on a named host, runs under a lease of that image with a real fencing token', async () => {
+    const redis = await connectRedis((await testUrls()).redisUrl);
+    try {
+      const image = `${uniq('lost')}.vmsave`;
+      const first = uniq('wiring-restore-1');
+      const second = uniq('wiring-restore-2');
+      const j1 = jobIdFor('restore', first);
+      const j2 = jobIdFor('restore', second);
+      const restore = async (requestId: string, img: string) => {
+        const answer = awaitAnswer(bus, messages.admissionReply, { timeoutMs: 30_000 });
+        await publishValidated(bus, messages.restoreRequest, subjects.cmd.restore, { requestId, image: img, host: host2 }, { replyTo: answer.inbox });
+        return answer.value;
+      };
+      expect(await restore(first, image)).toMatchObject({ outcome: 'accepted', jobId: j1 });
+      const scheduled = await waitFor(
+        'RestoreScheduled of the first restore',
+        async () => (await eventsOfJob(bus, j1)).map((l) => l.event).find((e) => e.type === 'RestoreScheduled'),
+        30_000,
+        100,
+      );
+      const token = (scheduled.data as { fencingToken: number }).fencingToken;
+      expect(token).toBeGreaterThan(0);
+      const leaseKey = `${prefix}:lease:image:${host2}:${image}`;
+      expect(await redis.hgetall(leaseKey)).toMatchObject({ owner: j1, token: String(token) });
+
+      // The same image named by its absolute path is the same lease: the second waits.
+      expect(await restore(second, `/var/lib/vmsave/${image}`)).toMatchObject({ outcome: 'accepted', jobId: j2 });
+      // Admission asked for a placement pass; give it (and a few more) the time to run.
+      await new Promise((r) => setTimeout(r, 2000));
+      expect((await eventsOfJob(bus, j2)).map((l) => l.event.type)).toEqual(['RestoreRequested']);
+
+      // The first ends (its executor reports a final failure): the lease is released and the second runs with a newer token.
+      await publishEvent(
+        bus,
+        makeEvent(
+          'RestoreFailed',
+          j1,
+          { attempt: 1, stage: 'restore', reason: 'no such image', code: 'image-missing', retryable: false, host: host2, fencingToken: token },
+          { source: `executor@${host2}` },
+        ),
+      );
+      const next = await waitFor(
+        'RestoreScheduled of the second restore',
+        async () => (await eventsOfJob(bus, j2)).map((l) => l.event).find((e) => e.type === 'RestoreScheduled'),
+        30_000,
+        100,
+      );
+      const token2 = (next.data as { fencingToken: number }).fencingToken;
+      expect(token2).toBeGreaterThan(token);
+      expect(await redis.hgetall(leaseKey)).toMatchObject({ owner: j2, token: String(token2) });
+    } finally {
+      redis.disconnect();
+    }
   });
 });
