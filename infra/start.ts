@@ -3,12 +3,17 @@
  *
  * 1. Loads `.vmsave/env` (secrets from `npm run setup`); variables already set in the
  *    environment win over the file.
- * 2. NATS: when something answers at NATS_URL (default nats://127.0.0.1:4222) it is used, with
- *    whatever NATS_USER / NATS_PASS the environment has; if none is set and the server refuses
- *    anonymous clients (a private server an earlier run left behind, docker compose's), each
- *    service connects as its role with the generated passwords. Otherwise a private
- *    `nats-server` is started on that (loopback) port with infra/nats/nats.conf (JetStream, one
- *    user per role) and its data under `.vmsave/nats/`; each service then connects as its role.
+ * 2. NATS (`chooseNats` in lib/nats-choice.ts has the whole table): when something answers at
+ *    NATS_URL (default nats://127.0.0.1:4222) and refuses a client without credentials, it is
+ *    used, with whatever NATS_USER / NATS_PASS the environment has; if none is set (a private
+ *    server an earlier run left behind, docker compose's), each service connects as its role
+ *    with the generated passwords. A NATS that lets an anonymous client in enforces no role: an
+ *    explicit NATS_URL pointing at one is refused, the default URL is passed over for vmsave's
+ *    own NATS on the next port (written to `<data dir>/nats.url` for the CLI while it runs), and
+ *    `--insecure` uses it after one loud warning. When nothing answers, a private `nats-server`
+ *    is started on that (loopback) port with infra/nats/nats.conf (JetStream, one user per role)
+ *    and its data under `.vmsave/nats/`; each service then connects as its role.
+ *    Each service gets only its own secrets (lib/service-env.ts).
  * 3. Redis: the same with REDIS_URL (default redis://127.0.0.1:6379; VMSAVE_REDIS_PASS is added
  *    when the server answers NOAUTH); a private `redis-server` uses VMSAVE_REDIS_PASS and keeps
  *    its data under `.vmsave/redis/`.
@@ -22,6 +27,8 @@
  * 5. Ctrl-C / SIGTERM stops the services in reverse order (SIGTERM, SIGKILL after a grace
  *    period), then the private servers. A service that dies is reported and the others keep
  *    running; when every service has died, start.ts stops the servers and exits 1.
+ *
+ * `--insecure`: accept a NATS that lets anonymous clients in (see 2.).
  *
  * `--check [--check-seconds N]`: start everything, wait N seconds (5), print a status table,
  * stop it all; exit 0 only when every started service was still running.
@@ -40,13 +47,15 @@
  * VMSAVE_STOP_GRACE_MS (10000) is how long a service may take to stop.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { writeDemoVm } from '@vmsave/cli/demo-vm';
 import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { passwordVar, roles, type Role } from './nats/permissions.ts';
 import { readEnvFile } from './lib/env-file.ts';
-import { REPO_ROOT, natsRequiresAuth, portAnswers, redisRequiresAuth, startNatsServer, startRedisServer, type RunningServer } from './lib/servers.ts';
+import { REPO_ROOT, portAnswers, probeNats, redisRequiresAuth, startNatsServer, startRedisServer, type RunningServer } from './lib/servers.ts';
+import { DEFAULT_NATS_URL, chooseNats, insecureWarning, type NatsProbe } from './lib/nats-choice.ts';
+import { serviceEnv as baseServiceEnv } from './lib/service-env.ts';
 import { isLoopback, natsEndpoints, redactUrl, redisEndpoint, redisUrlWithPassword } from './lib/urls.ts';
 
 /** Services in start order; each connects to NATS as the role of the same name. */
@@ -63,19 +72,22 @@ interface Args {
   check: boolean;
   checkSeconds: number;
   dev: boolean;
+  /** Use a NATS that accepts anonymous clients (warned once, loudly) instead of refusing it. */
+  insecure: boolean;
 }
 
 function parseArgs(argv: string[]): Args {
-  const args: Args = { check: false, checkSeconds: 5, dev: false };
+  const args: Args = { check: false, checkSeconds: 5, dev: false, insecure: false };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     if (a === '--check') args.check = true;
     else if (a === '--dev') args.dev = true;
+    else if (a === '--insecure') args.insecure = true;
     else if (a === '--check-seconds') {
       args.checkSeconds = Number(argv[++i]);
       if (!Number.isFinite(args.checkSeconds) || args.checkSeconds <= 0) throw new StartError('--check-seconds needs a positive number');
     } else if (a === '--help' || a === '-h') {
-      process.stdout.write('usage: npm start [-- --check [--check-seconds N]]   (npm run dev: the same from the sources, with --dev)\n');
+      process.stdout.write('usage: npm start [-- [--check [--check-seconds N]] [--insecure]]   (npm run dev: the same from the sources, with --dev)\n');
       process.exit(0);
     } else throw new StartError(`unknown argument ${a} (try --help)`);
   }
@@ -98,7 +110,9 @@ interface Service {
 interface Stack {
   env: NodeJS.ProcessEnv;
   dataDir: string;
-  nats: { url: string; server?: RunningServer; passwords?: Record<Role, string> };
+  nats: { url: string; server?: RunningServer; passwords?: Record<Role, string>; insecure?: boolean };
+  /** `<dataDir>/nats.url`, written while vmsave's own NATS runs on another port than the default URL's (the CLI reads it). */
+  natsUrlFile?: string;
   redis: { url: string; server?: RunningServer };
   services: Service[];
   stopping: boolean;
@@ -115,38 +129,88 @@ function need(env: NodeJS.ProcessEnv, key: string, dataDir: string): string {
   return v;
 }
 
-async function startNats(stack: Stack): Promise<void> {
-  const url = stack.env.NATS_URL || 'nats://127.0.0.1:4222';
-  const endpoints = natsEndpoints(url);
-  if (endpoints.length === 0) throw new StartError(`NATS_URL "${url}" names no server`);
-  if (await anyAnswers(endpoints)) {
+async function startNats(stack: Stack, insecure: boolean): Promise<void> {
+  const explicit = Boolean(stack.env.NATS_URL);
+  let url = stack.env.NATS_URL || DEFAULT_NATS_URL;
+  let fallbackFrom: string | undefined;
+  // start.ts owns this file: one left by a run that was killed would send the CLI to a dead port.
+  rmSync(join(stack.dataDir, 'nats.url'), { force: true });
+  for (;;) {
+    const endpoints = natsEndpoints(url);
+    if (endpoints.length === 0) throw new StartError(`NATS_URL "${url}" names no server`);
+    const first = endpoints[0]!;
     const servers = url
       .split(',')
       .map((s) => s.trim())
       .filter(Boolean);
-    // A server with users but no credentials given (one an earlier `npm start` left behind, or
-    // docker compose's): connect each service as its role with the generated passwords.
-    if (!stack.env.NATS_USER && roles.every((r) => stack.env[passwordVar(r)]) && (await natsRequiresAuth(servers))) {
-      const passwords = Object.fromEntries(roles.map((r) => [r, stack.env[passwordVar(r)]!])) as Record<Role, string>;
-      stack.nats = { url, passwords };
-      say(`using NATS at ${redactUrl(url)}, which requires users: each service connects as its role`);
-      return;
+    const probe: NatsProbe = (await anyAnswers(endpoints)) ? await probeNats(servers) : { kind: 'none' };
+    const choice = chooseNats(
+      {
+        url: redactUrl(url),
+        explicit,
+        probe,
+        insecure,
+        loopback: isLoopback(first.host),
+        natsUser: Boolean(stack.env.NATS_USER),
+        rolePasswords: roles.every((r) => stack.env[passwordVar(r)]),
+        fallbackFrom,
+      },
+      first.port,
+    );
+    switch (choice.action) {
+      case 'refuse':
+        throw new StartError(choice.message);
+      case 'fallback':
+        say(`the NATS at ${redactUrl(url)} accepts anonymous clients (no role enforced): not using it; vmsave's own NATS, with one user per role, is at ${choice.url}`);
+        fallbackFrom = redactUrl(url);
+        url = choice.url;
+        continue;
+      case 'use-roles': {
+        // A server with users but no credentials given (one an earlier `npm start` left behind, or
+        // docker compose's): connect each service as its role with the generated passwords.
+        const passwords = Object.fromEntries(roles.map((r) => [r, stack.env[passwordVar(r)]!])) as Record<Role, string>;
+        stack.nats = { url, passwords };
+        say(`using NATS at ${redactUrl(url)}, which requires users: each service connects as its role`);
+        break;
+      }
+      case 'use-env':
+        if (probe.kind === 'error') say(`NATS at ${redactUrl(url)} answered a probe without credentials with: ${probe.message}`);
+        stack.nats = { url };
+        say(`using NATS at ${redactUrl(url)}${stack.env.NATS_USER ? ` as ${stack.env.NATS_USER}` : ''}`);
+        break;
+      case 'use-insecure':
+        stack.nats = { url, insecure: true };
+        warnInsecure(redactUrl(url));
+        break;
+      case 'start-private': {
+        const passwords = Object.fromEntries(roles.map((r) => [r, need(stack.env, passwordVar(r), stack.dataDir)])) as Record<Role, string>;
+        const storeDir = join(stack.dataDir, 'nats');
+        say(`nothing answers at ${redactUrl(url)}: starting a private nats-server on 127.0.0.1:${first.port} (data in ${storeDir})`);
+        // Warnings and errors only (permission violations show as `[ERR] … Violation`); the banner stays quiet.
+        const onLine = (line: string) => {
+          if (/\[(WRN|ERR|FTL)\]/.test(line) && !/Plaintext passwords/.test(line)) process.stderr.write(`[nats] ${line}\n`);
+        };
+        const server = await startNatsServer({ port: first.port, storeDir, passwords, onLine });
+        stack.nats = { url: `nats://127.0.0.1:${first.port}`, server, passwords };
+        break;
+      }
     }
-    stack.nats = { url };
-    say(`using NATS at ${redactUrl(url)}${stack.env.NATS_USER ? ` as ${stack.env.NATS_USER}` : ''}`);
+    // vmsave's own NATS is not where the CLI looks by default: tell it (packages/cli reads this file when NATS_URL is unset).
+    if (fallbackFrom !== undefined && stack.nats.passwords) {
+      stack.natsUrlFile = join(stack.dataDir, 'nats.url');
+      mkdirSync(stack.dataDir, { recursive: true });
+      writeFileSync(stack.natsUrlFile, `${stack.nats.url}\n`);
+      say(`wrote ${stack.natsUrlFile}: \`npx vmsave\` from this directory connects there (or set NATS_URL=${stack.nats.url})`);
+    }
     return;
   }
-  const first = endpoints[0]!;
-  if (!isLoopback(first.host)) throw new StartError(`nothing answers at NATS_URL ${redactUrl(url)}, and ${first.host} is not this machine: start NATS there or fix NATS_URL`);
-  const passwords = Object.fromEntries(roles.map((r) => [r, need(stack.env, passwordVar(r), stack.dataDir)])) as Record<Role, string>;
-  const storeDir = join(stack.dataDir, 'nats');
-  say(`nothing answers at ${redactUrl(url)}: starting a private nats-server on 127.0.0.1:${first.port} (data in ${storeDir})`);
-  // Warnings and errors only (permission violations show as `[ERR] … Violation`); the banner stays quiet.
-  const onLine = (line: string) => {
-    if (/\[(WRN|ERR|FTL)\]/.test(line) && !/Plaintext passwords/.test(line)) process.stderr.write(`[nats] ${line}\n`);
-  };
-  const server = await startNatsServer({ port: first.port, storeDir, passwords, onLine });
-  stack.nats = { url: `nats://127.0.0.1:${first.port}`, server, passwords };
+}
+
+/** `--insecure` on an anonymous NATS: once, loudly (a box on stderr and a pino `warn` line on stdout, like the services' logs). */
+function warnInsecure(url: string): void {
+  process.stderr.write(`${insecureWarning(url)}\n`);
+  const line = { level: 40, time: Date.now(), service: 'start', pid: process.pid, msg: `NATS at ${url} accepts anonymous clients: running without any role enforced (--insecure)` };
+  process.stdout.write(`${JSON.stringify(line)}\n`);
 }
 
 async function startRedis(stack: Stack): Promise<void> {
@@ -177,17 +241,9 @@ async function startRedis(stack: Stack): Promise<void> {
   stack.redis = { url: redisUrlWithPassword(local.toString(), password), server };
 }
 
-/** The environment of one service: no other role's secrets, its own NATS user when the NATS is ours. */
+/** The environment of one service: only its own secrets (`lib/service-env.ts`), its own NATS user when the NATS has roles. */
 function serviceEnv(stack: Stack, name: ServiceName): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = { ...stack.env };
-  for (const r of roles) delete env[passwordVar(r)];
-  delete env.VMSAVE_REDIS_PASS;
-  if (stack.nats.passwords) {
-    env.NATS_URL = stack.nats.url;
-    env.NATS_USER = name;
-    env.NATS_PASS = stack.nats.passwords[name];
-  }
-  env.REDIS_URL = stack.redis.url;
+  const env = baseServiceEnv(stack.env, name, { natsUrl: stack.nats.url, natsPasswords: stack.nats.passwords, redisUrl: stack.redis.url });
   // The executor's VMs, QMP sockets and images live under the data directory unless configured.
   if (name === 'executor') {
     env.VMSAVE_STATE_DIR ||= join(stack.dataDir, 'executor');
@@ -294,11 +350,20 @@ async function stopAll(stack: Stack): Promise<void> {
     say(`stopping private ${s.name}`);
     await s.stop(grace);
   }
+  removeNatsUrlFile(stack);
+}
+
+function removeNatsUrlFile(stack: Stack): void {
+  if (stack.natsUrlFile) rmSync(stack.natsUrlFile, { force: true });
+  stack.natsUrlFile = undefined;
 }
 
 function printTable(stack: Stack, skipped: ServiceName[]): void {
   const rows: [string, string, string][] = [['component', 'state', 'detail']];
-  rows.push(['nats', stack.nats.server ? 'private' : 'external', stack.nats.server ? `127.0.0.1:${stack.nats.server.port}, one user per role` : redactUrl(stack.nats.url)]);
+  const natsDetail = stack.nats.server
+    ? `127.0.0.1:${stack.nats.server.port}, one user per role`
+    : `${redactUrl(stack.nats.url)}${stack.nats.insecure ? ', ANONYMOUS (--insecure)' : ''}`;
+  rows.push(['nats', stack.nats.server ? 'private' : 'external', natsDetail]);
   rows.push(['redis', stack.redis.server ? 'private' : 'external', stack.redis.server ? `127.0.0.1:${stack.redis.server.port}, password` : redactUrl(stack.redis.url)]);
   for (const svc of stack.services) {
     const up = svc.startedAt ? `${((Date.now() - svc.startedAt) / 1000).toFixed(1)} s` : '';
@@ -361,10 +426,11 @@ async function main(): Promise<number> {
   process.on('exit', () => {
     for (const svc of stack.services) if (svc.child && !svc.exit) killGroup(svc.child, 'SIGKILL');
     for (const s of [stack.redis.server, stack.nats.server]) if (s && s.process.exitCode === null && s.process.signalCode === null) killGroup(s.process, 'SIGKILL');
+    removeNatsUrlFile(stack);
   });
 
   try {
-    await startNats(stack);
+    await startNats(stack, args.insecure);
     await startRedis(stack);
   } catch (err) {
     await stopAll(stack);

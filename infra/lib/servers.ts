@@ -221,13 +221,23 @@ export function startRedisServer(opts: RedisServerOptions): Promise<RunningServe
  * with users, e.g. a private server left running by an earlier `npm start`, or docker compose's.)
  */
 export async function natsRequiresAuth(servers: string[]): Promise<boolean> {
+  return (await probeNats(servers)).kind === 'auth';
+}
+
+/**
+ * Connect to `servers` without any credentials: `anonymous` when the server lets such a client
+ * in (it enforces no role), `auth` when it refuses it for lack of credentials, `error` otherwise.
+ * Call it only once something answers (`portAnswers`).
+ */
+export async function probeNats(servers: string[]): Promise<{ kind: 'anonymous' } | { kind: 'auth' } | { kind: 'error'; message: string }> {
   const { connect } = await import('@nats-io/transport-node');
   try {
     const nc = await connect({ servers, reconnect: false, timeout: 3000, name: 'vmsave-start-probe' });
     await nc.close();
-    return false;
+    return { kind: 'anonymous' };
   } catch (err) {
-    return /authoriz/i.test(String((err as Error)?.message ?? err));
+    const message = String((err as Error)?.message ?? err);
+    return /authoriz|authentic/i.test(message) ? { kind: 'auth' } : { kind: 'error', message };
   }
 }
 

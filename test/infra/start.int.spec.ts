@@ -4,15 +4,15 @@
  * generated secrets: the shared servers are never touched. Needs `npm run build` (turbo runs the
  * builds before this package's tests).
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Bus } from '@vmsave/bus';
 import { VmsaveClient } from '@vmsave/client';
 import { uniq, waitFor } from '@vmsave/testkit';
-import { REPO_ROOT, freePort, generateNatsPasswords, generateSecret, portAnswers, startNatsServer, startRedisServer } from '@vmsave/infra/servers';
+import { REPO_ROOT, findExecutable, freePort, generateNatsPasswords, generateSecret, portAnswers, startNatsServer, startRedisServer } from '@vmsave/infra/servers';
 import { passwordVar, roles, type Role } from '@vmsave/infra/permissions';
 
 const SERVICES = ['scheduler', 'verifier', 'executor', 'dashboard'];
@@ -27,6 +27,7 @@ interface Run {
 let dataDir: string;
 let passwords: Record<Role, string>;
 let redisPass: string;
+let dashboardToken: string;
 
 beforeAll(() => {
   for (const f of ['infra/dist/start.js', ...present.map((s) => `services/${s}/dist/main.js`)]) {
@@ -35,7 +36,8 @@ beforeAll(() => {
   dataDir = mkdtempSync(join(tmpdir(), 'vmsave-start-'));
   passwords = generateNatsPasswords();
   redisPass = generateSecret();
-  const lines = [`VMSAVE_DASHBOARD_TOKEN=${generateSecret()}`, ...roles.map((r) => `${passwordVar(r)}=${passwords[r]}`), `VMSAVE_REDIS_PASS=${redisPass}`];
+  dashboardToken = generateSecret();
+  const lines = [`VMSAVE_DASHBOARD_TOKEN=${dashboardToken}`, ...roles.map((r) => `${passwordVar(r)}=${passwords[r]}`), `VMSAVE_REDIS_PASS=${redisPass}`];
   writeFileSync(join(dataDir, 'env'), `${lines.join('\n')}\n`, { mode: 0o600 });
 });
 afterAll(() => rmSync(dataDir, { recursive: true, force: true }));
@@ -66,6 +68,36 @@ async function waitForOutput(run: Run, what: string, check: (out: string) => boo
   }
 }
 
+/** The boxed warning of `--insecure` (its first line). */
+const INSECURE_BANNER = 'WARNING: RUNNING WITHOUT NATS AUTHENTICATION (--insecure)';
+
+/** A process's environment, as anyone allowed to read `/proc/<pid>/environ` sees it. */
+function environOf(pid: number): Record<string, string> {
+  const text = readFileSync(`/proc/${pid}/environ`, 'utf8');
+  return Object.fromEntries(
+    text
+      .split('\0')
+      .filter(Boolean)
+      .map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]),
+  );
+}
+
+/** A nats-server without any user: it accepts anonymous clients (the machine's default NATS is one). */
+async function startAnonymousNats(port: number, dir: string): Promise<ChildProcess> {
+  const bin = findExecutable('nats-server');
+  if (!bin) throw new Error('nats-server is not installed');
+  const child = spawn(bin, ['-a', '127.0.0.1', '-p', String(port), '-js', '-sd', join(dir, 'anon-js')], { stdio: 'ignore' });
+  await waitFor('the anonymous nats-server', () => portAnswers('127.0.0.1', port), 20_000, 100);
+  return child;
+}
+
+async function stopProcess(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const gone = new Promise((r) => child.once('exit', r));
+  child.kill('SIGTERM');
+  await gone;
+}
+
 async function ports() {
   const nats = await freePort();
   const redis = await freePort();
@@ -75,10 +107,13 @@ async function ports() {
 describe('npm start', () => {
   it('--check starts private servers and every service, reports them running, and stops it all', async () => {
     const p = await ports();
+    // A `nats.url` left by a killed run (the CLI would follow it to a dead port) is removed.
+    writeFileSync(join(dataDir, 'nats.url'), 'nats://127.0.0.1:1\n');
     const run = startStack(['--check', '--check-seconds', '5'], p.env);
     const code = await run.exited;
     const out = run.output();
     expect(code, out).toBe(0);
+    expect(existsSync(join(dataDir, 'nats.url'))).toBe(false);
     expect(out).toMatch(/nats\s+private/);
     expect(out).toMatch(/redis\s+private/);
     for (const s of present) {
@@ -90,6 +125,9 @@ describe('npm start', () => {
     const order = [...out.matchAll(/\[start\] stopping (\S+)/g)].map((m) => m[1]);
     expect(order).toEqual([...present].reverse().concat(['private', 'private']));
     expect(out).not.toMatch(/Violation/i);
+    // Its own NATS has the roles: nothing to warn about.
+    expect(out).not.toContain(INSECURE_BANNER);
+    expect(out).not.toContain('"level":40');
     expect(await portAnswers('127.0.0.1', p.nats)).toBe(false);
     expect(await portAnswers('127.0.0.1', p.redis)).toBe(false);
   });
@@ -102,6 +140,21 @@ describe('npm start', () => {
       if (present.includes('scheduler')) await waitForOutput(run, 'the scheduler running', (out) => out.includes('"msg":"scheduler running"'));
       await waitForOutput(run, 'every service running', (out) => out.includes('[start] every service running'));
       expect(run.output()).not.toContain('from its sources');
+
+      // Each service holds only its own secrets (what anyone who may read /proc/<pid>/environ sees).
+      for (const s of present) {
+        const pid = Number(new RegExp(`started ${s} \\(pid (\\d+)`).exec(run.output())?.[1]);
+        const env = environOf(pid);
+        expect(env, s).toMatchObject({ NATS_USER: s, NATS_PASS: passwords[s as Role] });
+        for (const r of roles) expect(env[passwordVar(r)], `${s}: ${passwordVar(r)}`).toBeUndefined();
+        expect(env.VMSAVE_REDIS_PASS, s).toBeUndefined();
+        const raw = readFileSync(`/proc/${pid}/environ`, 'utf8');
+        for (const r of roles.filter((x) => x !== s)) expect(raw, `${s} holds the ${r} password`).not.toContain(passwords[r]);
+        if (s === 'scheduler' || s === 'dashboard') expect(env.REDIS_URL, s).toContain(redisPass);
+        else expect(raw, `${s} holds the Redis password`).not.toContain(redisPass);
+        if (s === 'dashboard') expect(env.VMSAVE_DASHBOARD_TOKEN).toBe(dashboardToken);
+        else expect(raw, `${s} holds the dashboard token`).not.toContain(dashboardToken);
+      }
 
       const bus = await Bus.connect({ servers: p.env.NATS_URL, user: 'client', pass: passwords.client, name: 'start-test-client' });
       try {
@@ -158,6 +211,90 @@ describe('npm start', () => {
     } finally {
       await redis.stop();
       await nats.stop();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('refuses a NATS_URL that accepts anonymous clients, saying why and how to proceed', async () => {
+    const p = await ports();
+    const dir = mkdtempSync(join(tmpdir(), 'vmsave-start-anon-'));
+    const anon = await startAnonymousNats(p.nats, dir);
+    try {
+      const run = startStack(['--check', '--check-seconds', '3'], p.env);
+      const code = await run.exited;
+      const out = run.output();
+      expect(code, out).toBe(1);
+      expect(out).toContain(`the NATS at NATS_URL nats://127.0.0.1:${p.nats} accepts clients without user or password, so no role is enforced`);
+      expect(out).toContain('npm start -- --insecure');
+      expect(out).not.toContain('started scheduler');
+      // Refused before Redis: nothing was started.
+      expect(await portAnswers('127.0.0.1', p.redis)).toBe(false);
+    } finally {
+      await stopProcess(anon);
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('with --insecure uses an anonymous NATS and warns once, loudly (a box on stderr, a warn log line)', async () => {
+    const p = await ports();
+    const dir = mkdtempSync(join(tmpdir(), 'vmsave-start-insecure-'));
+    const anon = await startAnonymousNats(p.nats, dir);
+    try {
+      const run = startStack(['--insecure', '--check', '--check-seconds', '4'], p.env);
+      const code = await run.exited;
+      const out = run.output();
+      expect(code, out).toBe(0);
+      expect(out.split(INSECURE_BANNER).length - 1).toBe(1);
+      expect(out).toContain(`The NATS at nats://127.0.0.1:${p.nats} accepts clients without user or password.`);
+      const warns = out.split('\n').filter((l) => l.startsWith('{') && JSON.parse(l).service === 'start');
+      expect(warns).toHaveLength(1);
+      expect(JSON.parse(warns[0]!)).toMatchObject({ level: 40, msg: expect.stringContaining('accepts anonymous clients') });
+      expect(out).toMatch(/nats\s+external\s+\S+, ANONYMOUS \(--insecure\)/);
+      for (const s of present) expect(out).toMatch(new RegExp(`^${s}\\s+running`, 'm'));
+    } finally {
+      await stopProcess(anon);
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  // The README's `npm run setup && npm start` on a machine whose default NATS (127.0.0.1:4222)
+  // accepts anonymous clients, NATS_URL unset. Run in a network namespace of its own, so that the
+  // default ports are this test's alone.
+  const netns = spawnSync('unshare', ['-n', 'true']).status === 0;
+  it.runIf(netns)('NATS_URL unset and the default NATS anonymous: runs its own NATS with the roles on the next port, and the CLI finds it', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'vmsave-start-default-'));
+    try {
+      writeFileSync(join(dir, 'env'), readFileSync(join(dataDir, 'env')), { mode: 0o600 });
+      const script = [
+        'set -u',
+        'ip link set lo up',
+        `"${findExecutable('nats-server')}" -a 127.0.0.1 -p 4222 -js -sd "$DIR/anon-js" >/dev/null 2>&1 & anon=$!`,
+        'for i in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null && break; sleep 0.1; done',
+        `"${process.execPath}" infra/dist/start.js --check --check-seconds 12 > "$DIR/out" 2>&1 & start=$!`,
+        'for i in $(seq 1 300); do grep -q "every service running" "$DIR/out" && break; sleep 0.1; done',
+        'echo "url-file: $(cat "$DIR/nats.url" 2>/dev/null)"',
+        `VMSAVE_CLI_FROM_SOURCE=1 "${process.execPath}" packages/cli/bin/vmsave.js hosts --json > "$DIR/hosts" 2>&1; echo "cli: $?"`,
+        'wait $start; echo "start: $?"',
+        'kill $anon; wait $anon 2>/dev/null',
+        'echo "url-file-after: $(ls "$DIR/nats.url" 2>/dev/null)"',
+      ].join('\n');
+      const env: NodeJS.ProcessEnv = { ...process.env, DIR: dir, VMSAVE_DATA_DIR: dir, VMSAVE_DASHBOARD_PORT: '0', VMSAVE_NO_DEMO: '1' };
+      for (const k of ['NATS_URL', 'REDIS_URL', 'NATS_USER', 'NATS_PASS']) delete env[k];
+      const r = spawnSync('unshare', ['-n', 'bash', '-c', script], { cwd: REPO_ROOT, env, encoding: 'utf8', timeout: 180_000 });
+      const out = existsSync(join(dir, 'out')) ? readFileSync(join(dir, 'out'), 'utf8') : '';
+      const all = `${r.stdout}\n${r.stderr}\n--- npm start ---\n${out}\n--- hosts ---\n${existsSync(join(dir, 'hosts')) ? readFileSync(join(dir, 'hosts'), 'utf8') : ''}`;
+      expect(r.stdout, all).toContain('start: 0');
+      expect(out).toContain('the NATS at nats://127.0.0.1:4222 accepts anonymous clients (no role enforced): not using it');
+      expect(out).toContain('nothing answers at nats://127.0.0.1:4223: starting a private nats-server on 127.0.0.1:4223');
+      expect(out).toMatch(/nats\s+private\s+127\.0\.0\.1:4223, one user per role/);
+      for (const s of present) expect(out).toMatch(new RegExp(`^${s}\\s+running`, 'm'));
+      expect(out).not.toContain(INSECURE_BANNER);
+      expect(r.stdout, all).toContain('url-file: nats://127.0.0.1:4223');
+      // `npx vmsave` with NATS_URL unset reaches that NATS (as the client role) and sees the executor.
+      expect(r.stdout, all).toContain('cli: 0');
+      if (present.includes('executor')) expect(readFileSync(join(dir, 'hosts'), 'utf8')).toContain('"host"');
+      expect(r.stdout).toMatch(/url-file-after: *$/m);
+    } finally {
       rmSync(dir, { recursive: true, force: true });
     }
   });

@@ -1,5 +1,5 @@
 export { launchVm, buildVmArgs, type VmDefinition, type LaunchOptions } from './vm.ts';
-export { spawnQemu, execWithoutInheritedFds, qemuOptValue, DEFAULT_QEMU_BINARY, type VmProcess, type VmExit, type SpawnQemuOptions } from './process.ts';
+export { spawnQemu, execWithoutInheritedFds, qemuEnvironment, qemuOptValue, DEFAULT_QEMU_BINARY, type VmProcess, type VmExit, type SpawnQemuOptions } from './process.ts';
 export { probeQemu, detectAccel, type Accel, type QemuCapabilities, type ProbeOptions } from './probe.ts';
 export { pauseIfRunning, resume, queryStatus, type VmStatus } from './runstate.ts';
 export {

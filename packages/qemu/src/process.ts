@@ -112,9 +112,30 @@ export function execWithoutInheritedFds(argv: readonly string[]): [string, strin
   return ['bash', ['-c', script, 'vmsave-exec', ...argv]];
 }
 
+/** Used when the parent has no PATH (QEMU, bash and setpriv are looked up on it). */
+const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
+/** Variables QEMU may need from the parent: where to find programs, home, locale, time zone, temp and runtime dirs, a display. */
+const QEMU_ENV_KEEP = new Set(['PATH', 'HOME', 'USER', 'LOGNAME', 'LANG', 'LANGUAGE', 'TZ', 'TMPDIR', 'XDG_RUNTIME_DIR', 'DISPLAY', 'WAYLAND_DISPLAY', 'XAUTHORITY']);
+
+/**
+ * The environment QEMU runs with: only the variables of `parent` it may need (`PATH`, `HOME`,
+ * `USER`, `LOGNAME`, `LANG`, `LANGUAGE`, `LC_*`, `TZ`, `TMPDIR`, `XDG_RUNTIME_DIR`, `DISPLAY`,
+ * `WAYLAND_DISPLAY`, `XAUTHORITY`), never the caller's secrets or settings (`NATS_*`, `REDIS_*`,
+ * `VMSAVE_*`, anything else), which anyone who can read `/proc/<qemu>/environ` would see.
+ */
+export function qemuEnvironment(parent: Record<string, string | undefined> = process.env): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const [key, value] of Object.entries(parent)) {
+    if (value !== undefined && (QEMU_ENV_KEEP.has(key) || key.startsWith('LC_'))) env[key] = value;
+  }
+  env['PATH'] ||= DEFAULT_PATH;
+  return env;
+}
+
 /**
  * Starts QEMU with `args` plus a QMP socket of our own, and resolves once QEMU
- * answers on it (machine built, main loop running). The caller owns the
+ * answers on it (machine built, main loop running). QEMU gets a clean environment
+ * ({@link qemuEnvironment}). The caller owns the
  * returned process; with `detached` it outlives the caller (see
  * {@link SpawnQemuOptions.detached}), otherwise it is a child whose stderr is piped.
  */
@@ -133,7 +154,7 @@ export async function spawnQemu(args: readonly string[], options: SpawnQemuOptio
   const log = options.detached ? await openLog(options.detached.logFile) : undefined;
   let child: ChildProcess;
   try {
-    child = spawn(command, commandArgs, { cwd: options.cwd, detached: log !== undefined, stdio: ['ignore', 'ignore', log?.fd ?? 'pipe'] });
+    child = spawn(command, commandArgs, { cwd: options.cwd, env: qemuEnvironment(), detached: log !== undefined, stdio: ['ignore', 'ignore', log?.fd ?? 'pipe'] });
   } finally {
     if (log) closeSync(log.fd);
   }
