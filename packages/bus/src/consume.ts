@@ -1,5 +1,6 @@
 import { AckPolicy, DeliverPolicy, type JsMsg, type ConsumerConfig } from '@nats-io/jetstream';
 import { nanos } from '@nats-io/nats-core';
+import { subjects } from '@vmsave/contracts';
 import type { z } from 'zod';
 import type { Bus } from './connection.ts';
 import type { Logger } from './logger.ts';
@@ -130,8 +131,8 @@ async function handleOne<S extends z.ZodType>(bus: Bus, spec: ConsumerSpec<S>, m
     outcome = await spec.handler(value, ctx);
   } catch (err) {
     if (err instanceof BusValidationError) {
-      spec.log.warn({ subject: m.subject, seq: m.seq, issues: err.issues }, 'invalid message, dead-lettered');
-      await deadLetter(bus, spec.service, { subject: m.subject, data: m.data, seq: m.seq }, err.message);
+      const stored = await deadLetter(bus, spec.service, { subject: m.subject, data: m.data, seq: m.seq }, err.message);
+      logDeadLetter(spec, m, stored, { issues: err.issues }, 'invalid message');
       // No reason on the TERM: NATS 2.9 ignores "+TERM <reason>" and redelivers (the reason is in the dead letter).
       m.term();
       await Promise.resolve(spec.onInvalid?.(err, ctx)).catch(() => undefined);
@@ -158,8 +159,17 @@ function settle<S extends z.ZodType>(bus: Bus, spec: ConsumerSpec<S>, m: JsMsg, 
       m.nak(outcome.delayMs);
       return;
     case 'term':
-      void deadLetter(bus, spec.service, { subject: m.subject, data: m.data, seq: m.seq }, outcome.reason);
+      void deadLetter(bus, spec.service, { subject: m.subject, data: m.data, seq: m.seq }, outcome.reason).then((stored) => {
+        if (!stored) logDeadLetter(spec, m, stored, { reason: outcome.reason }, 'refused message');
+      });
       // No reason on the TERM: NATS 2.9 ignores "+TERM <reason>" and redelivers (the reason is in the dead letter).
       m.term();
   }
+}
+
+/** Say whether the dead letter was really stored: a letter that could not be published is lost, and the log must not claim otherwise. */
+function logDeadLetter<S extends z.ZodType>(spec: ConsumerSpec<S>, m: JsMsg, stored: boolean, extra: Record<string, unknown>, what: string): void {
+  const fields = { ...extra, subject: m.subject, seq: m.seq, size: m.data.byteLength, dlq: subjects.dlq(spec.service) };
+  if (stored) spec.log.warn(fields, `${what}, dead-lettered`);
+  else spec.log.error(fields, `${what} terminated; its dead letter was NOT stored (publish to the dead-letter stream failed)`);
 }

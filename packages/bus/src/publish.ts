@@ -1,6 +1,7 @@
 import { headers as natsHeaders } from '@nats-io/nats-core';
 import type { PubAck } from '@nats-io/jetstream';
 import { JobEvent, subjects, DeadLetter, type MessageDefinition } from '@vmsave/contracts';
+import { createHash } from 'node:crypto';
 import type { z } from 'zod';
 import type { Bus } from './connection.ts';
 import { BusPublishError } from './errors.ts';
@@ -51,8 +52,29 @@ export function publishCore<S extends z.ZodType>(bus: Bus, def: MessageDefinitio
   bus.nc.publish(subject, data);
 }
 
-/** Park a refused message in `vmsave.dlq.<service>` with the reason; never throws. */
+/** Room kept under the server's max payload for the publish's headers and protocol line. */
+const DEAD_LETTER_HEADROOM = 1024;
+const DEFAULT_MAX_PAYLOAD = 1024 * 1024;
+
+/**
+ * Park a refused message in `vmsave.dlq.<service>` with the reason; never throws. The letter
+ * always carries the payload's size and sha256; a payload too large to fit under the server's
+ * `max_payload` (base64 grows it by a third) is cut to a prefix and marked `payloadTruncated`, so
+ * the letter itself is never refused. Returns whether the letter was stored.
+ */
 export async function deadLetter(bus: Bus, service: string, msg: { subject: string; data: Uint8Array; seq?: number }, reason: string): Promise<boolean> {
+  try {
+    const maxPayload = bus.nc.info?.max_payload || DEFAULT_MAX_PAYLOAD;
+    const data = encodeDeadLetter(buildDeadLetter(service, msg, reason), maxPayload - DEAD_LETTER_HEADROOM);
+    await bus.js.publish(subjects.dlq(service), data, { timeout: 10_000 });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** The whole letter (payload untruncated); `encodeDeadLetter` bounds it. */
+export function buildDeadLetter(service: string, msg: { subject: string; data: Uint8Array; seq?: number }, reason: string): DeadLetter {
   let payload: string;
   let payloadEncoding: 'utf8' | 'base64' = 'utf8';
   try {
@@ -61,19 +83,35 @@ export async function deadLetter(bus: Bus, service: string, msg: { subject: stri
     payload = Buffer.from(msg.data).toString('base64');
     payloadEncoding = 'base64';
   }
-  const letter: DeadLetter = {
+  return {
     service,
     subject: msg.subject,
     reason: reason.slice(0, 4096),
     payload,
     payloadEncoding,
+    payloadSize: msg.data.byteLength,
+    payloadSha256: createHash('sha256').update(msg.data).digest('hex'),
     streamSeq: msg.seq,
     at: new Date().toISOString(),
   };
-  try {
-    await bus.js.publish(subjects.dlq(service), new TextEncoder().encode(JSON.stringify(DeadLetter.parse(letter))), { timeout: 10_000 });
-    return true;
-  } catch {
-    return false;
+}
+
+/** Serialize a letter in at most `maxBytes`, cutting its payload to a prefix (and marking it) when it does not fit. */
+export function encodeDeadLetter(letter: DeadLetter, maxBytes: number): Uint8Array {
+  const enc = new TextEncoder();
+  const encode = (l: DeadLetter) => enc.encode(JSON.stringify(DeadLetter.parse(l)));
+  const whole = encode(letter);
+  if (whole.byteLength <= maxBytes) return whole;
+  const empty = encode({ ...letter, payload: '', payloadTruncated: true }).byteLength;
+  if (empty > maxBytes) throw new Error(`dead letter: even without its payload it is ${empty} bytes, over the ${maxBytes} allowed`);
+  // JSON escaping makes the encoded size uneven per character: shrink the prefix until it fits.
+  let keep = Math.floor((letter.payload.length * (maxBytes - empty)) / (whole.byteLength - empty));
+  for (;;) {
+    let payload = letter.payload.slice(0, keep);
+    if (letter.payloadEncoding === 'base64') payload = payload.slice(0, payload.length - (payload.length % 4));
+    else if (/[\uD800-\uDBFF]$/.test(payload)) payload = payload.slice(0, -1);
+    const data = encode({ ...letter, payload, payloadTruncated: true });
+    if (data.byteLength <= maxBytes) return data;
+    keep = Math.floor(keep * 0.9);
   }
 }

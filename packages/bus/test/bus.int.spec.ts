@@ -1,9 +1,21 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { Writable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DeadLetter, SaveRequest, messages, streams, subjects, makeEvent, jobIdFor, type StreamDefinition } from '@vmsave/contracts';
 import { testUrls, uniq, waitFor } from '@vmsave/testkit';
 import { Bus, ack, createLogger, ensureStream, eventsOfJob, publishEvent, publishValidated, readLog, runConsumer } from '../src/index.ts';
 
 const log = createLogger('bus-test', { level: 'silent' });
+const capturingLogger = (lines: string[]) =>
+  createLogger('bus-test', {
+    level: 'warn',
+    destination: new Writable({
+      write: (c, _e, cb) => {
+        lines.push(String(c));
+        cb();
+      },
+    }),
+  });
 let bus: Bus;
 const id = uniq('bus').replace(/[^A-Za-z0-9_-]/g, '_');
 // A throwaway work-queue stream shaped like VMSAVE_CMD, so this test never competes with a scheduler.
@@ -81,6 +93,71 @@ describe('bus against a real NATS server', () => {
     ac.abort();
     await loop;
     await bus.jsm.consumers.delete(testStream.name, `c-${id}`);
+  });
+
+  it('dead-letters a 1 MB non-UTF-8 message as a truncated letter under max_payload, with its size and sha256', async () => {
+    const service = `big-${id}`;
+    const lines: string[] = [];
+    const captured = capturingLogger(lines);
+    const ac = new AbortController();
+    const durable = `big-${id}`;
+    const loop = runConsumer(bus, {
+      stream: testStream.name,
+      durable,
+      filterSubject: subject,
+      schema: SaveRequest,
+      service,
+      log: captured,
+      signal: ac.signal,
+      handler: async () => ack(),
+    });
+    const maxPayload = bus.nc.info!.max_payload;
+    const big = randomBytes(Math.min(1_000_000, maxPayload - 4096));
+    big[0] = 0xff; // never valid UTF-8
+    await bus.js.publish(subject, big);
+    const c = await bus.js.consumers.get(streams.deadLetters.name, { filter_subjects: subjects.dlq(service) });
+    const m = await waitFor('the dead letter of the big message', () => c.next({ expires: 1000 }));
+    ac.abort();
+    await loop;
+    await bus.jsm.consumers.delete(testStream.name, durable);
+    expect(m.data.byteLength).toBeLessThanOrEqual(maxPayload);
+    const letter = DeadLetter.parse(m.json());
+    expect(letter).toMatchObject({ payloadEncoding: 'base64', payloadTruncated: true, payloadSize: big.byteLength, payloadSha256: createHash('sha256').update(big).digest('hex') });
+    expect(letter.reason).toMatch(/not valid UTF-8/);
+    const prefix = Buffer.from(letter.payload, 'base64');
+    expect(prefix.byteLength).toBeGreaterThan(big.byteLength / 2);
+    expect(prefix.equals(big.subarray(0, prefix.byteLength))).toBe(true);
+    expect(lines.join('')).toMatch(/invalid message, dead-lettered/);
+  });
+
+  it('says in the log that a dead letter was NOT stored when it could not be published', async () => {
+    const service = `lost-${id}`;
+    const lines: string[] = [];
+    const captured = capturingLogger(lines);
+    // The same connection, but every publish to the dead-letter stream fails.
+    const js = new Proxy(bus.js, {
+      get: (t, p) =>
+        p === 'publish' ? (s: string, ...rest: never[]) => (s.startsWith('vmsave.dlq.') ? Promise.reject(new Error('refused')) : t.publish(s, ...rest)) : Reflect.get(t, p),
+    });
+    const broken = Object.create(bus, { js: { value: js } }) as Bus;
+    const ac = new AbortController();
+    const durable = `lost-${id}`;
+    const loop = runConsumer(broken, {
+      stream: testStream.name,
+      durable,
+      filterSubject: subject,
+      schema: SaveRequest,
+      service,
+      log: captured,
+      signal: ac.signal,
+      handler: async () => ack(),
+    });
+    bus.nc.publish(subject, new Uint8Array([0xff, 0xfe, 0x00]));
+    await waitFor('the log line about the lost dead letter', () => lines.join('').includes('NOT stored'));
+    ac.abort();
+    await loop;
+    await bus.jsm.consumers.delete(testStream.name, durable);
+    expect(lines.join('')).not.toMatch(/dead-lettered/);
   });
 
   it('appends events to the log, deduplicated by event id, and reads one job back in order', async () => {

@@ -62,10 +62,21 @@ export type CliConfig = z.infer<typeof CliEnv>;
 
 /**
  * Parse the CLI's environment once. `.vmsave/env` (written by `npm run setup`) fills in the
- * client role's password only; variables already set win.
+ * client role's password only, `.vmsave/nats.url` (written by `npm start`) NATS_URL only;
+ * variables already set win.
  */
 export function loadCliConfig(env: Record<string, string | undefined> = process.env): CliConfig {
   const c = parseEnv(CliEnv, env, 'vmsave');
+  // NATS_URL unset: `npm start` writes `.vmsave/nats.url` while it runs vmsave's own NATS on
+  // another port, because the default one accepts anonymous clients (docs/operations.md).
+  if (!env.NATS_URL) {
+    try {
+      const url = readFileSync(path.join(path.resolve(c.VMSAVE_DATA_DIR ?? '.vmsave'), 'nats.url'), 'utf8').trim();
+      if (url) c.NATS_URL = url;
+    } catch {
+      /* no such file: the default URL */
+    }
+  }
   if (!c.VMSAVE_NATS_PASS_CLIENT) {
     try {
       const text = readFileSync(path.join(path.resolve(c.VMSAVE_DATA_DIR ?? '.vmsave'), 'env'), 'utf8');

@@ -73,9 +73,18 @@ export const DeadLetter = z.object({
   service: z.string(),
   subject: z.string(),
   reason: z.string(),
-  /** The raw payload, as UTF-8 when it decodes cleanly, otherwise base64. */
+  /** The raw payload, as UTF-8 when it decodes cleanly, otherwise base64; a prefix of it when `payloadTruncated`. */
   payload: z.string(),
   payloadEncoding: z.enum(['utf8', 'base64']),
+  /** Set when `payload` holds only a prefix, so the letter stays under the server's max payload. */
+  payloadTruncated: z.boolean().optional(),
+  /** Size in bytes of the whole original payload. */
+  payloadSize: z.number().int().nonnegative().optional(),
+  /** sha256 (hex) of the whole original payload. */
+  payloadSha256: z
+    .string()
+    .regex(/^[0-9a-f]{64}$/, 'payloadSha256: 64 lowercase hex digits')
+    .optional(),
   streamSeq: z.number().int().optional(),
   at: Timestamp,
 });

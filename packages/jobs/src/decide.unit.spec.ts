@@ -153,6 +153,30 @@ describe('retries', () => {
     expect(fold([makeEvent('SaveFailed', J, { ...failed(false), attempt: 9 }, at())], before)).toEqual({ ...before, version: before.version + 1, updatedAt: expect.any(String) });
     expect(fold([makeEvent('SaveFailed', J, failed(true), at())], before).lastFailure).toEqual(before.lastFailure);
   });
+  it('given attempt 1 failed by the watchdog, when the executor fails attempt 1 too, then it is refused at every later point (one SaveFailed per attempt)', () => {
+    const watchdog = makeEvent(
+      'SaveFailed',
+      J,
+      { ...failed(true), stage: 'migrate', code: 'executor-lost', reason: 'no heartbeat from h1 for 15 s', host: 'h1', fencingToken: 7, vmResumed: false },
+      at(10),
+    );
+    const executorFails: JobCommand = { type: 'FailSave', data: { ...failed(false), code: 'qemu-gone', host: 'h1', fencingToken: 7 } };
+    const afterWatchdog = fold([...histories.running!, watchdog]);
+    expect(afterWatchdog).toMatchObject({ status: 'failed', attempt: 1 });
+    expect(decide(executorFails, afterWatchdog, meta)).toMatchObject({ ok: false, rule: 'job-terminal' });
+    // Also a retryable one, and after the scheduler queued the retry or started attempt 2.
+    expect(decide({ type: 'FailSave', data: { ...executorFails.data, retryable: true } } as JobCommand, afterWatchdog, meta)).toMatchObject({ ok: false, rule: 'job-terminal' });
+    const retrying = decideRetry({ type: 'Retry', delayMs: 0, maxAttempts: 3 }, afterWatchdog, meta);
+    const queued = fold(retrying.ok ? retrying.events : [], afterWatchdog);
+    expect(decide(executorFails, queued, meta)).toMatchObject({ ok: false, rule: 'illegal-transition' });
+    const sched = decide({ ...commands.Schedule!, fencingToken: 8 } as JobCommand, queued, { source: 't', now: new Date(T0.getTime() + 60_000) });
+    const second = fold(sched.ok ? sched.events : [], queued);
+    expect(second).toMatchObject({ status: 'scheduled', attempt: 2 });
+    expect(decide(executorFails, second, meta)).toMatchObject({ ok: false, rule: 'stale-attempt' });
+    // And the other order: the executor failed it first, the watchdog's FailSave is refused.
+    const afterExecutor = fold([...histories.running!, makeEvent('SaveFailed', J, failed(false), at(5))]);
+    expect(decide({ type: 'FailSave', data: watchdog.data } as JobCommand, afterExecutor, meta)).toMatchObject({ ok: false, rule: 'job-terminal' });
+  });
   it('given a running job, when retry, then refused', () => {
     expect(decideRetry({ type: 'Retry', delayMs: 1, maxAttempts: 3 }, given('running'), meta)).toMatchObject({ ok: false, rule: 'illegal-transition' });
   });

@@ -2,4 +2,15 @@ export { evolve, fold, initialState, isTerminal, isFinal, TERMINAL, type JobStat
 export { decide, decideRetry, type JobCommand, type Decision, type DecideMeta } from './decide.ts';
 export { JOB_STATUSES, ACTIVE_STATUSES, ON_HOST_STATUSES, closesAttempt } from './rules.ts';
 export { describeEvent, describeState, jobJson } from './describe.ts';
-export { fmtBytes, fmtRate, fmtDuration, fmtElapsed, fmtSeconds, progressLine, type ProgressView } from './format.ts';
+export {
+  fmtBytes,
+  fmtRate,
+  fmtDuration,
+  fmtElapsed,
+  fmtSeconds,
+  progressLine,
+  WriteProgressEstimator,
+  type ProgressView,
+  type RamProgressInput,
+  type WriteProgress,
+} from './format.ts';

@@ -39,6 +39,8 @@ export interface MigrationProgress {
   /** Pages sent in full, and zero pages. */
   normal: number;
   duplicate: number;
+  /** `ram.page-size` (bytes per page of `normal`/`duplicate`), when QEMU reports it. */
+  pageSize?: number;
   /** Since `migrate`/`migrate-incoming` was issued. */
   elapsedMs: number;
 }
@@ -635,6 +637,7 @@ export function toProgress(direction: MigrationDirection, info: Record<string, u
     mbps: num(ram['mbps']),
     normal: num(ram['normal']),
     duplicate: num(ram['duplicate']),
+    ...(num(ram['page-size']) > 0 ? { pageSize: num(ram['page-size']) } : {}),
     elapsedMs,
   };
 }

@@ -1,4 +1,5 @@
 export { Projection, type JobView, type LatestImage } from './projection.ts';
 export { Leases, type Lease } from './lease.ts';
 export { keys, type Keys } from './keys.ts';
-export { connectRedis } from './redis.ts';
+export { connectRedis, redactRedisUrl } from './redis.ts';
+export { StoreError, RedisConnectError } from './errors.ts';

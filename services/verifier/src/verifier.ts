@@ -8,6 +8,15 @@ import type { VerifierConfig } from './config.ts';
 import { checksOf, hostFilter, planVerification, preCheck, recordVerification, trustedFingerprint } from './decisions.ts';
 
 /**
+ * Ack wait of the verifier's durable: how long a `SaveCompleted` whose verifier crashed waits
+ * before another verifier gets it. Kept short; a verification in progress calls `working()`
+ * every {@link KEEP_ALIVE_MS}, so a long one is never redelivered meanwhile. `runConsumer` updates
+ * an existing durable to it.
+ */
+export const VERIFY_ACK_WAIT_MS = 5_000;
+const KEEP_ALIVE_MS = 1_000;
+
+/**
  * Verifies every image a save completed: on `SaveCompleted` it runs the image checks and
  * appends `ImageVerified` or `ImageRejected` with every check. Redelivery is harmless: the
  * job's history is folded first and a job already verified is skipped. It reads only regular
@@ -46,10 +55,21 @@ export class Verifier {
       schema: JobEvent,
       service: 'verifier',
       concurrency: this.cfg.VMSAVE_VERIFY_CONCURRENCY,
-      ackWaitMs: 60_000,
+      ackWaitMs: VERIFY_ACK_WAIT_MS,
+      // Redelivery is harmless (the history is folded first); a message that waits in the client's
+      // buffer behind a long verification is redelivered every ack wait, so allow many.
+      maxDeliver: 1000,
       log: this.log,
       signal,
-      handler: (e, ctx) => this.onCompleted(e, () => ctx.working()),
+      handler: async (e, ctx) => {
+        // The whole handler, not only the image read, keeps the delivery: the ack wait is short.
+        const keepAlive = setInterval(() => ctx.working(), KEEP_ALIVE_MS);
+        try {
+          return await this.onCompleted(e, () => ctx.working());
+        } finally {
+          clearInterval(keepAlive);
+        }
+      },
     });
   }
 
@@ -103,7 +123,7 @@ export class Verifier {
     if (refused) {
       checks = [refused];
     } else {
-      const keepAlive = setInterval(working, 5000);
+      const keepAlive = setInterval(working, KEEP_ALIVE_MS);
       try {
         // The checked real path, not the name: a symlink swapped in after preCheck is not followed.
         const file = realPath ?? imagePath;

@@ -14,13 +14,18 @@ import { bool, int, oneOf, str, type Values } from '../options.ts';
 import type { Ctx } from '../context.ts';
 import { definitionFromCmdline } from '../cmdline.ts';
 import { CliError, EXIT, JobFailedError, RejectedError, UsageError } from '../errors.ts';
-import { fmtBytes, fmtRate, fmtSeconds } from '@vmsave/jobs';
+import { fmtBytes, fmtRate, fmtSeconds, WriteProgressEstimator } from '@vmsave/jobs';
 import { localHost } from '../local.ts';
 
 function progressHandler(ctx: Ctx, label: string) {
   if (!ctx.tty) return undefined;
   const bar = ctx.bar();
-  return (p: MigrationProgress) => bar.update({ label, totalBytes: p.total, doneBytes: p.transferred, bytesPerSec: (p.mbps * 1e6) / 8 }, p.status === 'completed');
+  // Bytes written, not logical RAM or QEMU's mbps (both count zero pages a sparse image never writes).
+  const estimator = new WriteProgressEstimator();
+  return (p: MigrationProgress) => {
+    const w = estimator.sample(p, Date.now());
+    bar.update({ label, totalBytes: w.totalBytes, doneBytes: w.doneBytes, bytesPerSec: w.bytesPerSec, etaMs: w.etaMs }, p.status === 'completed');
+  };
 }
 
 async function readDefinitionFile(file: string): Promise<VmDefinition> {

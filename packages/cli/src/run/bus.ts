@@ -5,7 +5,7 @@ import { randomUUID } from 'node:crypto';
 import { messages, RestoreRequest, SaveRequest, streams, subjects, type AdmissionReply, type JobEvent, type ProgressSample } from '@vmsave/contracts';
 import { readHosts, readLog, subscribeValidated } from '@vmsave/bus';
 import { describeEvent, describeState, fmtBytes, fold, jobJson, JOB_STATUSES, type JobState } from '@vmsave/jobs';
-import { connectRedis, Projection } from '@vmsave/store';
+import { connectRedis, Projection, RedisConnectError } from '@vmsave/store';
 import { bool, int, oneOf, str, type Values } from '../options.ts';
 import { withTimeout, type Ctx } from '../context.ts';
 import { CliError, EXIT, JobFailedError, RejectedError, UnreachableError, UsageError } from '../errors.ts';
@@ -148,7 +148,11 @@ async function allJobs(ctx: Ctx, opts: { vm?: string; limit: number }): Promise<
     })(),
     3000,
     'redis',
-  ).catch(() => undefined);
+  ).catch((err) => {
+    // A Redis that refuses our credentials is a configuration error, not a reason to fall back silently.
+    if (err instanceof RedisConnectError && err.code === 'auth') throw new CliError(`REDIS_URL: ${err.message}`, EXIT.error, { cause: err });
+    return undefined;
+  });
   if (fromRedis) return { jobs: fromRedis, source: 'redis' };
   const byId = new Map<string, JobState>();
   for await (const { event } of readLog(bus)) byId.set(event.jobId, fold([event], byId.get(event.jobId)));
