@@ -88,7 +88,13 @@ describe.runIf(existsSync(CHROMIUM))('the ops dashboard on the real stack, in he
     mkdirSync(path.join(REPO, 'test-results'), { recursive: true });
     await page.screenshot({ path: path.join(REPO, 'test-results', 'dashboard-real-stack.png'), fullPage: true });
     expect(errors).toEqual([]);
-    // The bar showed movement while running when the save was slow enough to be sampled.
-    if (progressSeen.length > 1) expect(Math.max(...progressSeen)).toBeGreaterThan(Math.min(...progressSeen));
+    // The bar stays within its range; when it was sampled part-way, it moved. (A small save can
+    // finish its copy before the first sample, and then sits at the top while its image is synced
+    // and verified: every sample is the top value.)
+    for (const v of progressSeen) {
+      expect(v).toBeGreaterThanOrEqual(0);
+      expect(v).toBeLessThanOrEqual(1000);
+    }
+    if (progressSeen.some((v) => v < 1000)) expect(Math.max(...progressSeen)).toBeGreaterThan(Math.min(...progressSeen));
   });
 });
