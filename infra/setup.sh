@@ -25,6 +25,7 @@ command -v qemu-img >/dev/null 2>&1 || missing+=(qemu-utils)
 # Headless Chromium for the dashboard's browser tests (driven by playwright-core; no browser downloads).
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v fallocate >/dev/null 2>&1 || missing+=(util-linux)
+command -v gcc >/dev/null 2>&1 || missing+=(gcc)   # builds the test guest kernel (infra/guest)
 if need_qemu; then missing+=(qemu-system-x86); fi
 
 if [ ${#missing[@]} -gt 0 ]; then
@@ -60,6 +61,7 @@ fi
 # Every package and service compiled to its dist/ (turbo's cache makes an unchanged tree quick).
 log "npm run build"
 npm run build -- --output-logs=errors-only
+bash infra/guest/build.sh   # the test guest kernel, infra/guest/build/guest.elf (packages/testguest)
 
 # Local secrets (generated, never committed): one line per secret in .vmsave/env (mode 600).
 # A secret already there is kept; a missing one is added, so re-running set-up after an upgrade

@@ -1,0 +1,96 @@
+/* Multiboot (v1) entry of the vmsave test guest. QEMU's -kernel loader jumps here in 32-bit
+ * protected mode (EAX = 0x2BADB002, EBX = multiboot info). We switch to 64-bit long mode with
+ * the first 4 GiB identity-mapped in 2 MiB pages: a guest without paging runs emulated (slowly)
+ * under KVM without unrestricted-guest support (nested or paravirtual KVM, e.g. kvm-pvm),
+ * which also refuses 32-bit paging. */
+	.set MB_MAGIC, 0x1BADB002
+	.set MB_FLAGS, 0x00000003          /* page-aligned modules, memory map */
+	.section .multiboot, "a"
+	.align 4
+	.long MB_MAGIC
+	.long MB_FLAGS
+	.long -(MB_MAGIC + MB_FLAGS)
+
+	.section .bss
+	.align 4096
+pml4:	.skip 4096
+pdpt:	.skip 4096
+pds:	.skip 4 * 4096
+stack_bottom:
+	.skip 16384
+stack_top:
+boot_magic: .skip 4
+boot_info: .skip 4
+
+	.section .note.GNU-stack, "", @progbits
+
+	.section .text
+	.code32
+	.globl _start
+_start:
+	cli
+	mov %eax, boot_magic
+	mov %ebx, boot_info
+	lgdt gdt_desc
+	/* pml4[0] -> pdpt; pdpt[0..3] -> pds; pds: 2048 entries of 2 MiB (present, writable, large) */
+	mov $pdpt, %eax
+	or $0x3, %eax
+	mov %eax, pml4
+	xor %ecx, %ecx
+1:	mov %ecx, %eax
+	shl $12, %eax
+	add $pds, %eax
+	or $0x3, %eax
+	mov %eax, pdpt(,%ecx,8)
+	inc %ecx
+	cmp $4, %ecx
+	jne 1b
+	xor %ecx, %ecx
+2:	mov %ecx, %eax
+	shl $21, %eax
+	or $0x83, %eax
+	mov %eax, pds(,%ecx,8)
+	mov %ecx, %eax
+	shr $11, %eax
+	mov %eax, pds+4(,%ecx,8)
+	inc %ecx
+	cmp $2048, %ecx
+	jne 2b
+	mov $pml4, %eax
+	mov %eax, %cr3
+	mov %cr4, %eax
+	or $0x20, %eax                     /* PAE */
+	mov %eax, %cr4
+	mov $0xC0000080, %ecx              /* EFER */
+	rdmsr
+	or $0x100, %eax                    /* LME */
+	wrmsr
+	mov %cr0, %eax
+	or $0x80000001, %eax               /* PG | PE */
+	mov %eax, %cr0
+	ljmp $0x08, $long64
+
+	.code64
+long64:
+	mov $0x10, %ax
+	mov %ax, %ds
+	mov %ax, %es
+	mov %ax, %ss
+	mov %ax, %fs
+	mov %ax, %gs
+	mov $stack_top, %rsp
+	mov boot_magic, %edi
+	mov boot_info, %esi
+	call guest_main
+3:	hlt
+	jmp 3b
+
+	.section .rodata
+	.align 8
+gdt:
+	.quad 0
+	.quad 0x00AF9A000000FFFF  /* 0x08: 64-bit code */
+	.quad 0x00CF92000000FFFF  /* 0x10: data */
+gdt_desc:
+	.word gdt_desc - gdt - 1
+	.long gdt

@@ -1,0 +1,12 @@
+export {
+  GUEST_KERNEL,
+  guestKernelMissing,
+  hostTscKhz,
+  testGuestArgs,
+  testGuestDefinition,
+  launchTestGuest,
+  readGuestMemory,
+  sampleHeartbeat,
+  waitForGuest,
+  type TestGuestOptions,
+} from './launch.ts';
