@@ -1,5 +1,6 @@
 /**
- * Who may do what on the vmsave bus: one NATS user per role, each with an allow-list of subjects.
+ * Who may do what on the vmsave bus: one NATS user per role, each with an allow-list of subjects
+ * and a deny-list (other roles' durables) that wins over it.
  * This file is the source of truth; `infra/nats/nats.conf` is rendered from it
  * (`npx tsx --conditions=development infra/nats/render.ts`) and a test fails when the two differ.
  *
@@ -16,7 +17,7 @@
  * command or work queues (which would steal messages from the scheduler or an executor).
  * No role may delete or purge streams or consumers: that is an operator's job.
  */
-import { ROOT, streams, subjects } from '@vmsave/contracts';
+import { ROOT, eventTypesOf, streams, subjects, type PublisherRole } from '@vmsave/contracts';
 
 export const roles = ['client', 'scheduler', 'executor', 'verifier', 'dashboard'] as const;
 export type Role = (typeof roles)[number];
@@ -26,6 +27,8 @@ export const passwordVar = (role: Role): string => `VMSAVE_NATS_PASS_${role.toUp
 
 export interface RolePermissions {
   publish: string[];
+  /** Subjects refused even when `publish` allows them (NATS `deny` wins over `allow`). */
+  publishDeny?: string[];
   subscribe: string[];
   /** May answer requests it received (on their reply subject), and nothing else on inboxes. */
   allowResponses?: boolean;
@@ -44,17 +47,42 @@ const ensureStreams = ALL_STREAMS.flatMap((s) => [`${API}.STREAM.INFO.${s}`, `${
 const streamInfo = (s: StreamName) => [`${API}.STREAM.INFO.${s}`];
 /**
  * Read a stream through ephemeral ordered consumers (no acks). nats.js v3 creates them with
- * `CONSUMER.CREATE.<stream>.<name>[.<filter>]` and pulls with `CONSUMER.MSG.NEXT`.
+ * `CONSUMER.CREATE.<stream>.<name>[.<filter>]` (name `<nuid>_<n>`) and pulls with
+ * `CONSUMER.MSG.NEXT`. The bare `CONSUMER.CREATE.<stream>` is NOT granted: on NATS 2.9 a request
+ * there with `config.name` set to an existing durable's name updates that durable (checked on
+ * 2.9.10: `{name: "verifier", headers_only: true}` switched verification off).
  */
-const readStream = (s: StreamName) => [
-  ...streamInfo(s),
-  `${API}.CONSUMER.CREATE.${s}`,
-  `${API}.CONSUMER.CREATE.${s}.>`,
-  `${API}.CONSUMER.INFO.${s}.*`,
-  `${API}.CONSUMER.MSG.NEXT.${s}.*`,
-];
+const readStream = (s: StreamName) => [...streamInfo(s), `${API}.CONSUMER.CREATE.${s}.>`, `${API}.CONSUMER.INFO.${s}.*`, `${API}.CONSUMER.MSG.NEXT.${s}.*`];
 /** Consume a stream with a durable pull consumer and acknowledge (ack, nak, term, working). */
 const consumeStream = (s: StreamName) => [...readStream(s), `${API}.CONSUMER.DURABLE.CREATE.${s}.*`, `$JS.ACK.${s}.>`];
+
+/**
+ * The services' durable consumers, by stream and owner. Creating a consumer with an existing
+ * durable's name updates it, so every other role is denied those names on that stream (the
+ * `CONSUMER.CREATE.<stream>.<name>` subject must carry the name: the server refuses a body whose
+ * durable name differs from the subject's). `executor-<host>` durables live on the work queue,
+ * which only the executor may create consumers on at all. A verifier run with another
+ * `VMSAVE_VERIFIER_NAME` must be added here.
+ */
+export const serviceDurables: { stream: StreamName; name: string; owner: Role }[] = [
+  { stream: streams.commands.name, name: 'scheduler', owner: 'scheduler' },
+  { stream: streams.events.name, name: 'verifier', owner: 'verifier' },
+  // The verifier's second durable, for `VerificationOverdue` (`overdueDurable` in services/verifier).
+  { stream: streams.events.name, name: 'verifier-overdue', owner: 'verifier' },
+  // The verifier's re-verification requests (`VerificationOverdue`, services/verifier `overdueDurable`).
+  { stream: streams.events.name, name: 'verifier-overdue', owner: 'verifier' },
+];
+/**
+ * What a role is refused on the JetStream API: other roles' durables (create = update), and for
+ * the roles without a durable (client, dashboard) any durable through the old API.
+ */
+const denyDurables = (role: Role): string[] => [
+  ...(role === 'client' || role === 'dashboard' ? [`${API}.CONSUMER.DURABLE.CREATE.>`] : []),
+  ...serviceDurables.filter((d) => d.owner !== role).flatMap((d) => [`${API}.CONSUMER.CREATE.${d.stream}.${d.name}`, `${API}.CONSUMER.CREATE.${d.stream}.${d.name}.>`]),
+];
+
+/** Publish grants of the event log: `vmsave.evt.*.<Type>` for each type the role may emit (`EVENT_PUBLISHERS`). */
+const events = (role: PublisherRole): string[] => eventTypesOf(role).map((t) => subjects.evtOfType(t));
 
 const INBOX = '_INBOX.>';
 /** Control requests to any executor host (`subjects.control(host)`). */
@@ -63,16 +91,18 @@ const CONTROL_ALL = `${ROOT}.ctl.*`;
 /** The permission table. Order of entries is the order they are rendered in. */
 export const permissions: Record<Role, RolePermissions> = {
   client: {
+    publishDeny: denyDurables('client'),
     purpose: 'CLI and other systems: submit save/restore/cancel requests, follow events and progress',
     publish: [subjects.cmd.all, ...jsInfo, ...streamInfo(streams.commands.name), ...readStream(streams.events.name), ...readStream(streams.hosts.name)],
     subscribe: [subjects.evtAll, subjects.progressAll, INBOX],
   },
   scheduler: {
+    publishDeny: denyDurables('scheduler'),
     purpose: 'admits commands, places work on hosts, asks executors to cancel, answers requesters',
     publish: [
       subjects.workAll,
       CONTROL_ALL,
-      subjects.evtAll,
+      ...events('scheduler'),
       subjects.dlqAll,
       // Admission replies go to the requester's inbox named in the `Vmsave-Reply-To` header.
       INBOX,
@@ -85,12 +115,13 @@ export const permissions: Record<Role, RolePermissions> = {
     subscribe: [subjects.heartbeatAll, subjects.evtAll, INBOX],
   },
   executor: {
+    publishDeny: denyDurables('executor'),
     purpose: 'one per hypervisor host: runs work, announces the host, sends heartbeats, progress and events',
     publish: [
       subjects.hostAll,
       subjects.heartbeatAll,
       subjects.progressAll,
-      subjects.evtAll,
+      ...events('executor'),
       subjects.dlqAll,
       ...jsInfo,
       ...ensureStreams,
@@ -102,12 +133,14 @@ export const permissions: Record<Role, RolePermissions> = {
     allowResponses: true,
   },
   verifier: {
+    publishDeny: denyDurables('verifier'),
     purpose: 'checks every finished image, publishes the verdict as events',
     // Reads host announcements to know what each host's QEMU supports (format compatibility).
-    publish: [subjects.evtAll, subjects.dlqAll, ...jsInfo, ...ensureStreams, ...consumeStream(streams.events.name), ...readStream(streams.hosts.name)],
+    publish: [...events('verifier'), subjects.dlqAll, ...jsInfo, ...ensureStreams, ...consumeStream(streams.events.name), ...readStream(streams.hosts.name)],
     subscribe: [subjects.evtAll, INBOX],
   },
   dashboard: {
+    publishDeny: denyDurables('dashboard'),
     purpose: 'read-only web view: the event log, hosts, heartbeats, progress, dead letters',
     publish: [subjects.dlqAll, ...jsInfo, ...ensureStreams, ...readStream(streams.events.name), ...readStream(streams.hosts.name), ...readStream(streams.deadLetters.name)],
     subscribe: [subjects.evtAll, subjects.progressAll, subjects.heartbeatAll, subjects.hostAll, INBOX],
@@ -140,6 +173,11 @@ export function renderNatsConf(): string {
     out.push('    allow = [');
     for (const s of new Set(p.publish)) out.push(`      ${q(s)}`);
     out.push('    ]');
+    if (p.publishDeny?.length) {
+      out.push('    deny = [');
+      for (const s of new Set(p.publishDeny)) out.push(`      ${q(s)}`);
+      out.push('    ]');
+    }
     out.push('  }');
     out.push('  subscribe = {');
     out.push('    allow = [');

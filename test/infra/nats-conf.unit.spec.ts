@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { passwordVar, permissions, renderNatsConf, roles } from '@vmsave/infra/permissions';
+import { EVENT_PUBLISHERS, jobEventTypes, subjects } from '@vmsave/contracts';
+import { passwordVar, permissions, renderNatsConf, roles, serviceDurables } from '@vmsave/infra/permissions';
 import { NATS_CONF } from '@vmsave/infra/servers';
 
 describe('infra/nats/nats.conf', () => {
@@ -23,8 +24,37 @@ describe('infra/nats/nats.conf', () => {
     expect(publishers('vmsave.host.*')).toEqual(['executor']);
     expect(publishers('vmsave.hb.*')).toEqual(['executor']);
     expect(publishers('vmsave.progress.*')).toEqual(['executor']);
-    expect(publishers('vmsave.evt.>')).toEqual(['scheduler', 'executor', 'verifier']);
+    expect(publishers('vmsave.evt.>')).toEqual([]);
     expect(publishers('vmsave.dlq.*')).toEqual(['scheduler', 'executor', 'verifier', 'dashboard']);
+  });
+
+  it('binds every event type to the roles of EVENT_PUBLISHERS by subject (vmsave.evt.*.<Type>), and nothing else on the log', () => {
+    for (const t of jobEventTypes) {
+      const publishers = roles.filter((r) => permissions[r].publish.includes(subjects.evtOfType(t)));
+      expect(publishers, t).toEqual(roles.filter((r) => (EVENT_PUBLISHERS[t] as readonly string[]).includes(r)));
+    }
+    for (const r of roles) {
+      for (const s of permissions[r].publish.filter((x) => x.startsWith('vmsave.evt.'))) expect(s, r).toMatch(/^vmsave\.evt\.\*\.[A-Za-z]+$/);
+    }
+  });
+
+  it("lets clients and the dashboard create only ephemeral consumers, and no role another role's durable", () => {
+    for (const r of roles) {
+      const p = permissions[r];
+      // The bare CONSUMER.CREATE.<stream> would accept {name: "<a durable>"} and update it.
+      expect(
+        p.publish.filter((s) => /^\$JS\.API\.CONSUMER\.CREATE\.[^.]+$/.test(s)),
+        r,
+      ).toEqual([]);
+      for (const d of serviceDurables.filter((x) => x.owner !== r)) {
+        expect(p.publishDeny, r).toContain(`$JS.API.CONSUMER.CREATE.${d.stream}.${d.name}`);
+        expect(p.publishDeny, r).toContain(`$JS.API.CONSUMER.CREATE.${d.stream}.${d.name}.>`);
+      }
+    }
+    for (const r of ['client', 'dashboard'] as const) {
+      expect(permissions[r].publishDeny).toContain('$JS.API.CONSUMER.DURABLE.CREATE.>');
+      expect(permissions[r].publish.filter((s) => s.includes('DURABLE') || s.startsWith('$JS.ACK.'))).toEqual([]);
+    }
   });
 
   it('grants no role a delete, purge or any-stream wildcard on the JetStream API', () => {

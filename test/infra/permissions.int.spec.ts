@@ -9,11 +9,12 @@
  * or API call) to the forbidden subject is also rejected with that error instead of timing out;
  * a forbidden subscription ends with it.
  */
+import { readFileSync, writeFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AckPolicy, DeliverPolicy } from '@nats-io/jetstream';
 import { createInbox } from '@nats-io/nats-core';
-import { SaveRequest, jobIdFor, makeEvent, messages, streams, subjects } from '@vmsave/contracts';
-import { ack, createLogger, publishEvent, publishValidated, readLog, runConsumer } from '@vmsave/bus';
+import { EVENT_PUBLISHERS, SaveRequest, jobEventTypes, jobIdFor, makeEvent, messages, streams, subjects } from '@vmsave/contracts';
+import { ack, createLogger, eventsOfJob, publishEvent, publishValidated, readLog, runConsumer } from '@vmsave/bus';
 import { uniq, waitFor } from '@vmsave/testkit';
 import { roles, type Role } from '@vmsave/infra/permissions';
 import { connectAs, expectNoViolation, expectPublishDenied, expectSubscribeDenied, rawConnect, startPrivateNats, type PrivateNats, type RoleConnection } from './helpers.ts';
@@ -216,6 +217,12 @@ describe('verifier', () => {
     const m = await consumer.next({ expires: 5000 });
     expect(m?.subject).toBe(subjects.evt(jobId, 'SaveRequested'));
     expect(await m!.ackAck()).toBe(true);
+    // Its second durable, for the verdict watchdog's VerificationOverdue.
+    await as.verifier.bus.jsm.consumers.add(streams.events.name, {
+      durable_name: 'verifier-overdue',
+      filter_subject: subjects.evtOfType('VerificationOverdue'),
+      ack_policy: AckPolicy.Explicit,
+    });
     const a = await publishEvent(as.verifier.bus, makeEvent('ImageVerified', jobId, { imagePath: '/images/vm1.vmsave', host, checks: [] }, { source: 'verifier' }));
     expect(a.stream).toBe(streams.events.name);
   });
@@ -268,5 +275,253 @@ describe('dashboard', () => {
 describe('the server log', () => {
   it('names the user and subject of each refusal (what an operator greps for)', () => {
     expect(nats.server.output()).toMatch(/\[ERR\].*Violation.*User "dashboard"/);
+  });
+});
+
+/** A JetStream API request: answered (allowed, whatever the answer says) or refused by the server. */
+async function requestAllowed(c: RoleConnection, subject: string, body?: unknown): Promise<boolean> {
+  try {
+    await c.nc.request(subject, body === undefined ? '' : JSON.stringify(body), { timeout: 5000 });
+    return true;
+  } catch (err) {
+    if (DENIED.test(String((err as Error)?.message))) return false;
+    throw err;
+  }
+}
+
+/** A core publish: refused when the server reports a violation for it (checked after a round trip). */
+async function publishAllowed(c: RoleConnection, subject: string): Promise<boolean> {
+  const before = c.violations.length;
+  c.nc.publish(subject, 'x');
+  await c.nc.flush();
+  await new Promise((r) => setTimeout(r, 30));
+  return !c.violations.slice(before).some((v) => v.operation === 'publish' && v.subject === subject);
+}
+
+async function subscribeAllowed(c: RoleConnection, subject: string): Promise<boolean> {
+  const before = c.violations.length;
+  const sub = c.nc.subscribe(subject);
+  await c.nc.flush();
+  await new Promise((r) => setTimeout(r, 30));
+  sub.unsubscribe();
+  return !c.violations.slice(before).some((v) => v.operation === 'subscription' && v.subject === subject);
+}
+
+const EVT = streams.events.name;
+const verifierDurable = () => as.verifier.bus.jsm.consumers.info(EVT, 'verifier');
+
+describe('the attacks of issue 14, as every role', () => {
+  it('no role but the verifier can switch verification off by updating its durable (headers_only), by any API subject', async () => {
+    const cfg = (await verifierDurable()).config;
+    const hostile = { ...cfg, headers_only: true };
+    for (const r of roles.filter((x) => x !== 'verifier')) {
+      const c = as[r];
+      // What the issue did, through nats.js: create = update on NATS 2.9.
+      await expect(c.bus.jsm.consumers.add(EVT, hostile), r).rejects.toThrow(DENIED);
+      await expect(c.bus.jsm.consumers.update(EVT, 'verifier', { headers_only: true }), r).rejects.toThrow(DENIED);
+      // The bare CONSUMER.CREATE.<stream> with config.name updates a durable on 2.9.10: not granted to anyone.
+      expect(await requestAllowed(c, `$JS.API.CONSUMER.CREATE.${EVT}`, { stream_name: EVT, config: { ...hostile, durable_name: undefined, name: 'verifier' } }), r).toBe(false);
+      // The old API.
+      expect(await requestAllowed(c, `$JS.API.CONSUMER.DURABLE.CREATE.${EVT}.verifier`, { stream_name: EVT, config: hostile }), r).toBe(false);
+    }
+    expect((await verifierDurable()).config.headers_only).toBeFalsy();
+    for (const r of roles.filter((x) => x !== 'verifier')) {
+      await expect(as[r].bus.jsm.consumers.update(EVT, 'verifier-overdue', { headers_only: true }), r).rejects.toThrow(DENIED);
+    }
+    expect((await as.verifier.bus.jsm.consumers.info(EVT, 'verifier-overdue')).config.headers_only).toBeFalsy();
+  });
+
+  it('no role but the scheduler can reconfigure the scheduler durable on the command queue', async () => {
+    for (const r of roles.filter((x) => x !== 'scheduler')) {
+      await expect(as[r].bus.jsm.consumers.update(streams.commands.name, 'scheduler', { headers_only: true }), r).rejects.toThrow(DENIED);
+    }
+    expect((await as.scheduler.bus.jsm.consumers.info(streams.commands.name, 'scheduler')).config.headers_only).toBeFalsy();
+  });
+
+  it('no role but the verifier can publish a verdict (executor, scheduler, client, dashboard all refused)', async () => {
+    const forged = makeEvent('ImageVerified', jobId, { imagePath: '/images/vm1.vmsave', host, checks: [] }, { source: 'verifier' });
+    for (const r of roles.filter((x) => x !== 'verifier')) {
+      await expect(publishEvent(as[r].bus, forged), r).rejects.toThrow(DENIED);
+      await expect(publishEvent(as[r].bus, { ...forged, type: 'ImageRejected' } as never), r).rejects.toThrow(DENIED);
+    }
+  });
+
+  it('each service publishes only its own event types', async () => {
+    await expectJsPublishDenied(as.executor, subjects.evt(jobId, 'SaveScheduled'));
+    await expectJsPublishDenied(as.executor, subjects.evt(jobId, 'SaveRetrying'));
+    await expectJsPublishDenied(as.scheduler, subjects.evt(jobId, 'SaveCompleted'));
+    await expectJsPublishDenied(as.scheduler, subjects.evt(jobId, 'RestoreStarted'));
+    await expectJsPublishDenied(as.verifier, subjects.evt(jobId, 'SaveCompleted'));
+    await expectJsPublishDenied(as.verifier, subjects.evt(jobId, 'SaveRequested'));
+    // A subject that is no event type of anyone.
+    await expectJsPublishDenied(as.scheduler, `vmsave.evt.${jobId}.Anything`);
+    await expectJsPublishDenied(as.executor, `vmsave.evt.${jobId}.x.y`);
+  });
+});
+
+describe('the log reader', () => {
+  it('never returns an event the server let in but whose source may not emit it, or whose subject is not its own', async () => {
+    const j = jobIdFor('save', uniq('forged'));
+    await publishEvent(as.scheduler.bus, makeEvent('SaveRequested', j, { request: SaveRequest.parse({ requestId: uniq('f'), vm: 'vm1' }) }, { source: 'scheduler' }));
+    const verdict = { imagePath: '/images/vm1.vmsave', host, checks: [] };
+    // The verifier's user may publish ImageVerified, but not in the executor's name.
+    await publishEvent(as.verifier.bus, makeEvent('ImageVerified', j, verdict, { source: 'executor' }));
+    // A verdict on the subject of another verdict type.
+    await as.verifier.bus.js.publish(subjects.evt(j, 'ImageRejected'), enc(makeEvent('ImageVerified', j, verdict, { source: 'verifier' })));
+    const refused: string[] = [];
+    const got = await eventsOfJob(as.client.bus, j, { onRefused: (_seq, reason) => refused.push(reason) });
+    expect(got.map((e) => e.event.type)).toEqual(['SaveRequested']);
+    expect(refused).toEqual([
+      expect.stringMatching(/^source: "executor" \(role executor\) may not publish ImageVerified; only verifier/),
+      expect.stringMatching(/^type: "ImageVerified" differs from the subject's type token "ImageRejected"/),
+    ]);
+  });
+});
+
+type Family = 'core' | 'events' | 'JetStream API';
+interface MatrixRow {
+  family: Family;
+  what: string;
+  allowed: readonly Role[];
+  check: (c: RoleConnection, r: Role) => Promise<boolean>;
+}
+
+const ALL: readonly Role[] = roles;
+const SERVICES: readonly Role[] = ['scheduler', 'executor', 'verifier', 'dashboard'];
+const m = () => uniq('m').replace(/[^A-Za-z0-9_-]/g, '');
+const ephemeral = (stream: string, name: string) => ({
+  stream_name: stream,
+  config: { name, ack_policy: 'none', deliver_policy: 'last', mem_storage: true, num_replicas: 1, inactive_threshold: 5_000_000_000 },
+});
+
+function matrixRows(): MatrixRow[] {
+  const pub = (what: string, subject: () => string, allowed: readonly Role[], family: Family = 'core'): MatrixRow => ({
+    family,
+    what,
+    allowed,
+    check: (c) => publishAllowed(c, subject()),
+  });
+  const sub = (subject: string, allowed: readonly Role[]): MatrixRow => ({ family: 'core', what: `subscribe \`${subject}\``, allowed, check: (c) => subscribeAllowed(c, subject) });
+  const api = (what: string, allowed: readonly Role[], run: (c: RoleConnection, r: Role) => Promise<boolean>): MatrixRow => ({
+    family: 'JetStream API',
+    what,
+    allowed,
+    check: run,
+  });
+  const rows: MatrixRow[] = [
+    pub('publish `vmsave.cmd.save` (a command)', () => subjects.cmd.save, ['client']),
+    pub('publish `vmsave.work.<host>`', () => subjects.work(m()), ['scheduler']),
+    pub('publish `vmsave.ctl.<host>`', () => subjects.control(m()), ['scheduler']),
+    pub('publish `vmsave.host.<host>`', () => subjects.host(m()), ['executor']),
+    pub('publish `vmsave.hb.<host>`', () => subjects.heartbeat(m()), ['executor']),
+    pub('publish `vmsave.progress.<job>`', () => subjects.progress(m()), ['executor']),
+    pub('publish `vmsave.dlq.<service>`', () => subjects.dlq(m()), SERVICES),
+    pub('publish `_INBOX.<x>` (not a reply)', () => `_INBOX.${m()}`, ['scheduler']),
+    pub('ack on `VMSAVE_CMD` (`$JS.ACK.VMSAVE_CMD.…`)', () => `$JS.ACK.${streams.commands.name}.scheduler.1.1.1.1.0`, ['scheduler']),
+    pub('ack on `VMSAVE_WORK`', () => `$JS.ACK.${streams.work.name}.executor-${m()}.1.1.1.1.0`, ['executor']),
+    pub('ack on `VMSAVE_EVT`', () => `$JS.ACK.${EVT}.verifier.1.1.1.1.0`, ['verifier']),
+    ...jobEventTypes.map((t) => pub(`publish \`vmsave.evt.<job>.${t}\``, () => subjects.evt(jobIdFor('save', m()), t), EVENT_PUBLISHERS[t] as readonly Role[], 'events')),
+    pub('publish `vmsave.evt.<job>.<not a type>`', () => `vmsave.evt.${jobIdFor('save', m())}.Forged`, [], 'events'),
+    sub('vmsave.evt.>', ['client', 'scheduler', 'verifier', 'dashboard']),
+    sub('vmsave.progress.*', ['client', 'dashboard']),
+    sub('vmsave.hb.*', ['scheduler', 'dashboard']),
+    sub('vmsave.host.*', ['dashboard']),
+    sub('vmsave.ctl.*', ['executor']),
+    sub('vmsave.cmd.>', []),
+    sub('vmsave.work.*', []),
+    sub('vmsave.dlq.*', []),
+    sub('_INBOX.>', ALL),
+  ];
+  const streamsRead: [string, readonly Role[]][] = [
+    [streams.commands.name, ['scheduler']],
+    [streams.work.name, ['executor']],
+    [EVT, ALL],
+    [streams.hosts.name, ['client', 'scheduler', 'verifier', 'dashboard']],
+    [streams.deadLetters.name, ['dashboard']],
+  ];
+  for (const [stream, allowed] of streamsRead) {
+    rows.push(
+      api(`create an ephemeral consumer on \`${stream}\``, allowed, (c) => {
+        const name = m();
+        return requestAllowed(c, `$JS.API.CONSUMER.CREATE.${stream}.${name}`, ephemeral(stream, name));
+      }),
+    );
+  }
+  const hostileVerifier = async (r: Role) => {
+    const cfg = (await verifierDurable()).config;
+    // The owner re-sends its own configuration (a no-op); everyone else tries to switch it off.
+    return r === 'verifier' ? cfg : { ...cfg, headers_only: true };
+  };
+  rows.push(
+    api('create a durable with an unused name on `VMSAVE_EVT` (see the limits above)', ALL, (c) => {
+      const name = m();
+      return requestAllowed(c, `$JS.API.CONSUMER.CREATE.${EVT}.${name}`, {
+        stream_name: EVT,
+        config: { durable_name: name, ack_policy: 'explicit', mem_storage: true, inactive_threshold: 5_000_000_000 },
+      });
+    }),
+    api('update the `verifier` durable (`CONSUMER.CREATE.VMSAVE_EVT.verifier.<filter>`)', ['verifier'], async (c, r) => {
+      const cfg = await hostileVerifier(r);
+      return requestAllowed(c, `$JS.API.CONSUMER.CREATE.${EVT}.verifier.${cfg.filter_subject}`, { stream_name: EVT, config: cfg });
+    }),
+    api('update the `verifier` durable (bare `CONSUMER.CREATE.VMSAVE_EVT`, `config.name`)', [], async (c, r) => {
+      const cfg = await hostileVerifier(r);
+      return requestAllowed(c, `$JS.API.CONSUMER.CREATE.${EVT}`, { stream_name: EVT, config: { ...cfg, durable_name: undefined, name: 'verifier' } });
+    }),
+    api('update the `verifier` durable (old API `CONSUMER.DURABLE.CREATE`)', ['verifier'], async (c, r) =>
+      requestAllowed(c, `$JS.API.CONSUMER.DURABLE.CREATE.${EVT}.verifier`, { stream_name: EVT, config: await hostileVerifier(r) }),
+    ),
+    api('update the `scheduler` durable on `VMSAVE_CMD`', ['scheduler'], async (c, r) => {
+      const cfg = (await as.scheduler.bus.jsm.consumers.info(streams.commands.name, 'scheduler')).config;
+      const body = { stream_name: streams.commands.name, config: r === 'scheduler' ? cfg : { ...cfg, headers_only: true } };
+      return requestAllowed(c, `$JS.API.CONSUMER.CREATE.${streams.commands.name}.scheduler.${cfg.filter_subject}`, body);
+    }),
+    api('delete a consumer', [], (c) => requestAllowed(c, `$JS.API.CONSUMER.DELETE.${EVT}.verifier`)),
+    api('update a stream (`VMSAVE_EVT`, its own configuration)', SERVICES, async (c) =>
+      requestAllowed(c, `$JS.API.STREAM.UPDATE.${EVT}`, (await as.scheduler.bus.jsm.streams.info(EVT)).config),
+    ),
+    api('create another stream', [], (c) => requestAllowed(c, `$JS.API.STREAM.CREATE.${m()}`, { name: 'ROGUE', subjects: ['rogue.>'] })),
+    api('purge `VMSAVE_EVT`', [], (c) => requestAllowed(c, `$JS.API.STREAM.PURGE.${EVT}`, {})),
+    api('delete the stream `VMSAVE_DLQ`', [], (c) => requestAllowed(c, `$JS.API.STREAM.DELETE.${streams.deadLetters.name}`)),
+    api('delete a message of `VMSAVE_EVT`', [], (c) => requestAllowed(c, `$JS.API.STREAM.MSG.DELETE.${EVT}`, { seq: 1 })),
+    api('get a message (`STREAM.MSG.GET`)', [], (c) => requestAllowed(c, `$JS.API.STREAM.MSG.GET.${EVT}`, { seq: 1 })),
+    api('direct get (`DIRECT.GET.VMSAVE_EVT`)', [], (c) => requestAllowed(c, `$JS.API.DIRECT.GET.${EVT}`, { seq: 1 })),
+  );
+  return rows;
+}
+
+const BEGIN = '<!-- permission-matrix:begin (written by test/infra/permissions.int.spec.ts with VMSAVE_WRITE_DOCS=1) -->';
+const END = '<!-- permission-matrix:end -->';
+
+describe('the permission matrix (every role × subject family × publish/subscribe/JetStream API)', () => {
+  it('allows and refuses exactly as documented', async () => {
+    const rows = matrixRows();
+    const results: { row: MatrixRow; got: Record<Role, boolean> }[] = [];
+    const wrong: string[] = [];
+    for (const row of rows) {
+      const got = {} as Record<Role, boolean>;
+      for (const r of roles) {
+        got[r] = await row.check(as[r], r);
+        if (got[r] !== row.allowed.includes(r)) wrong.push(`${r}: ${row.what}: expected ${row.allowed.includes(r) ? 'allowed' : 'refused'}, was ${got[r] ? 'allowed' : 'refused'}`);
+      }
+      results.push({ row, got });
+    }
+    expect(wrong).toEqual([]);
+    // Nothing above changed a service's durable.
+    expect((await verifierDurable()).config.headers_only).toBeFalsy();
+
+    const doc = new URL('../../docs/operations.md', import.meta.url);
+    const text = readFileSync(doc, 'utf8');
+    expect(text.includes(BEGIN) && text.includes(END), 'docs/operations.md has the matrix markers').toBe(true);
+    if (process.env.VMSAVE_WRITE_DOCS === '1') {
+      const table = [
+        `| family | what | ${roles.map((r) => `\`${r}\``).join(' | ')} |`,
+        `|---|---|${roles.map(() => ':-:').join('|')}|`,
+        ...results.map(({ row, got }) => `| ${row.family} | ${row.what} | ${roles.map((r) => (got[r] ? 'allowed' : '—')).join(' | ')} |`),
+      ];
+      const before = text.slice(0, text.indexOf(BEGIN) + BEGIN.length);
+      const after = text.slice(text.indexOf(END));
+      writeFileSync(doc, `${before}\n${table.join('\n')}\n${after}`);
+    }
   });
 });

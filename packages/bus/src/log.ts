@@ -1,5 +1,5 @@
 import { DeliverPolicy } from '@nats-io/jetstream';
-import { JobEvent, streams, subjects } from '@vmsave/contracts';
+import { JobEvent, refuseMisplacedEvent, streams, subjects } from '@vmsave/contracts';
 import type { Bus } from './connection.ts';
 import { decodeMessage } from './validate.ts';
 import { BusValidationError } from './errors.ts';
@@ -21,6 +21,13 @@ export interface ReadLogOptions {
   signal?: AbortSignal;
   /** Called for an entry that does not parse as an event (it is skipped, never fatal). */
   onInvalid?: (seq: number, err: BusValidationError) => void;
+  /**
+   * Called for an event that parses but is misplaced or forged (`refuseMisplacedEvent`): its
+   * subject's type or job token differs from the event, or its `source` names a role that may not
+   * emit its type (`EVENT_PUBLISHERS`). It is skipped, never folded; without this callback the
+   * refusal is a process warning (`VmsaveRefusedEvent`).
+   */
+  onRefused?: (seq: number, reason: string, event: JobEvent) => void;
   /** With `follow`: told when the read is reopened after NATS went away (for a log line). */
   onResume?: ResumableOptions['onResume'];
 }
@@ -73,11 +80,18 @@ async function* readLogOnce(bus: Bus, opts: ReadLogOptions): AsyncGenerator<Logg
     for await (const m of messages) {
       if (m.seq <= last) continue;
       last = m.seq;
+      let event: JobEvent | undefined;
       try {
-        yield { seq: m.seq, event: decodeMessage(JobEvent, m.data, `${m.subject} #${m.seq}`) };
+        event = decodeMessage(JobEvent, m.data, `${m.subject} #${m.seq}`);
       } catch (err) {
         if (err instanceof BusValidationError) opts.onInvalid?.(m.seq, err);
         else throw err;
+      }
+      if (event) {
+        const refused = refuseMisplacedEvent(m.subject, event);
+        if (refused === undefined) yield { seq: m.seq, event };
+        else if (opts.onRefused) opts.onRefused(m.seq, refused, event);
+        else process.emitWarning(`event log: ${m.subject} #${m.seq} refused: ${refused}`, 'VmsaveRefusedEvent');
       }
       if (!opts.follow && (m.info.pending === 0 || m.seq >= lastSeq)) break;
     }
@@ -87,9 +101,9 @@ async function* readLogOnce(bus: Bus, opts: ReadLogOptions): AsyncGenerator<Logg
   }
 }
 
-/** Every event of one job, in order. */
-export async function eventsOfJob(bus: Bus, jobId: string): Promise<LoggedEvent[]> {
+/** Every event of one job, in order (misplaced or forged ones left out, see `ReadLogOptions.onRefused`). */
+export async function eventsOfJob(bus: Bus, jobId: string, opts: Pick<ReadLogOptions, 'onRefused' | 'onInvalid'> = {}): Promise<LoggedEvent[]> {
   const out: LoggedEvent[] = [];
-  for await (const e of readLog(bus, { filter: subjects.evtOfJob(jobId) })) out.push(e);
+  for await (const e of readLog(bus, { ...opts, filter: subjects.evtOfJob(jobId) })) out.push(e);
   return out;
 }
