@@ -163,8 +163,8 @@ describe('bus against a real NATS server', () => {
   it('appends events to the log, deduplicated by event id, and reads one job back in order', async () => {
     const jobId = jobIdFor('save', uniq('r'));
     const request = SaveRequest.parse({ requestId: 'r', vm: 'vm1' });
-    const e1 = makeEvent('SaveRequested', jobId, { request }, { source: 'test' });
-    const e2 = makeEvent('SaveRejected', jobId, { rule: 'vm-exists', field: 'vm', message: 'no VM vm1 on any host' }, { source: 'test' });
+    const e1 = makeEvent('SaveRequested', jobId, { request }, { source: 'scheduler' });
+    const e2 = makeEvent('SaveRejected', jobId, { rule: 'vm-exists', field: 'vm', message: 'no VM vm1 on any host' }, { source: 'scheduler' });
     await publishEvent(bus, e1);
     expect((await publishEvent(bus, e1)).duplicate).toBe(true);
     await publishEvent(bus, e2);

@@ -4,7 +4,7 @@
  * events a scheduler would have written.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { jobIdFor, messages, newEventId, streams, subjects, type AdmissionReply, type JobEvent } from '@vmsave/contracts';
+import { jobIdFor, messages, newEventId, sourceOf, streams, subjects, type AdmissionReply, type JobEvent } from '@vmsave/contracts';
 import { Bus, publishCore, publishEvent } from '@vmsave/bus';
 import { testUrls, uniq, waitFor } from '@vmsave/testkit';
 import { JobWaitTimeout, VmsaveClient } from '../src/index.ts';
@@ -23,7 +23,7 @@ afterAll(async () => {
 });
 
 const event = (jobId: string, type: JobEvent['type'], data: unknown): JobEvent =>
-  ({ eventId: newEventId(), type, schemaVersion: 1, jobId, at: new Date().toISOString(), source: 'client-test', data }) as JobEvent;
+  ({ eventId: newEventId(), type, schemaVersion: 1, jobId, at: new Date().toISOString(), source: sourceOf(type), data }) as JobEvent;
 
 /**
  * A fake scheduler's admission for the command with `requestId`: read it from the commands stream

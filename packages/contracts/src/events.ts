@@ -130,6 +130,22 @@ export type ImageFingerprint = z.infer<typeof ImageFingerprint>;
 
 export const ImageVerifiedData = z.object({ imagePath: z.string(), host: HostName.optional(), checks: z.array(VerificationCheck), fingerprint: ImageFingerprint.optional() });
 export const ImageRejectedData = ImageVerifiedData;
+/**
+ * A completed save got no verdict within the scheduler's bound (`VMSAVE_VERDICT_TIMEOUT_MS`).
+ * Notice 1: a verification is asked again (the verifier reacts to it as to `SaveCompleted`);
+ * notice 2: still none after another bound, raised for people. The job stays `completed`; a later
+ * verdict still ends it.
+ */
+export const VerificationOverdueData = z.object({
+  imagePath: z.string(),
+  host: HostName,
+  /** The attempt whose `SaveCompleted` waits for a verdict. */
+  attempt: z.number().int().min(1),
+  /** Since `SaveCompleted`. */
+  waitedMs: z.number().int().min(0),
+  /** 1: re-verification asked; 2: raised. */
+  notice: z.union([z.literal(1), z.literal(2)]),
+});
 
 export const RestoreRequestedData = z.object({ request: RestoreRequest, sourceJobId: JobId.optional(), vm: z.string().optional() });
 export const RestoreRejectedData = Rejection;
@@ -197,6 +213,8 @@ export const ImageVerified = envelope('ImageVerified', ImageVerifiedData);
 export type ImageVerified = z.infer<typeof ImageVerified>;
 export const ImageRejected = envelope('ImageRejected', ImageRejectedData);
 export type ImageRejected = z.infer<typeof ImageRejected>;
+export const VerificationOverdue = envelope('VerificationOverdue', VerificationOverdueData);
+export type VerificationOverdue = z.infer<typeof VerificationOverdue>;
 
 export const RestoreRequested = envelope('RestoreRequested', RestoreRequestedData);
 export type RestoreRequested = z.infer<typeof RestoreRequested>;
@@ -230,6 +248,7 @@ export const JobEvent = z.discriminatedUnion('type', [
   SaveCancelled,
   ImageVerified,
   ImageRejected,
+  VerificationOverdue,
   RestoreRequested,
   RestoreRejected,
   RestoreScheduled,

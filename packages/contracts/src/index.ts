@@ -8,3 +8,4 @@ export * from './events.ts';
 export * from './hosts.ts';
 export * from './work.ts';
 export * from './messages.ts';
+export * from './roles.ts';

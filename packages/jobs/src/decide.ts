@@ -34,7 +34,9 @@ export type JobCommand =
   | { type: 'Retry'; delayMs: number; maxAttempts: number }
   | { type: 'Cancel'; reason: string; requestId?: string }
   | { type: 'ConfirmCancelled'; reason: string; vmResumed?: boolean; stage?: string }
-  | { type: 'RecordVerification'; imagePath: string; host?: string; checks: VerificationCheck[]; fingerprint?: ImageFingerprint };
+  | { type: 'RecordVerification'; imagePath: string; host?: string; checks: VerificationCheck[]; fingerprint?: ImageFingerprint }
+  /** No verdict came for a completed save: 1 asks for verification again, 2 raises it. */
+  | { type: 'FlagVerificationOverdue'; notice: 1 | 2; waitedMs: number };
 
 export type Decision = { ok: true; events: JobEvent[]; duplicate?: boolean } | { ok: false; rule: string; message: string };
 
@@ -118,6 +120,16 @@ export function decide(cmd: JobCommand, s: JobState, meta: DecideMeta): Decision
       if (s.kind !== 'save' || s.status !== 'completed') return refuse('illegal-transition', `cannot verify a ${s.kind} job that is ${s.status}`);
       const failed = cmd.checks.some((c) => c.status === 'fail');
       return ok(ev(failed ? 'ImageRejected' : 'ImageVerified', { imagePath: cmd.imagePath, host: cmd.host, checks: cmd.checks, fingerprint: cmd.fingerprint }));
+    }
+    case 'FlagVerificationOverdue': {
+      if (s.kind !== 'save' || s.status !== 'completed') return refuse('illegal-transition', `cannot flag a verdict overdue on a ${s.kind} job that is ${s.status}`);
+      const had = s.verificationOverdue?.notice ?? 0;
+      if (had >= cmd.notice) return { ok: true, events: [], duplicate: true };
+      if (cmd.notice !== had + 1) return refuse('overdue-order', `notice ${cmd.notice} needs notice ${had + 1} first`);
+      if (!s.imagePath || !s.host) return refuse('illegal-transition', `job ${s.jobId} has no image path or host`);
+      const data = { imagePath: s.imagePath, host: s.host, attempt: s.attempt, waitedMs: Math.max(0, Math.round(cmd.waitedMs)), notice: cmd.notice };
+      // One id per attempt and notice: a second scheduler (or a replay) appends the same event.
+      return ok(makeEvent('VerificationOverdue', s.jobId!, data, { source: meta.source, at: now, eventId: `${s.jobId}.${s.attempt}.VerificationOverdue.${cmd.notice}` }));
     }
   }
 }

@@ -54,16 +54,17 @@ const commands: Record<string, JobCommand> = {
   Cancel: { type: 'Cancel', reason: 'op' },
   ConfirmCancelled: { type: 'ConfirmCancelled', reason: 'op', vmResumed: true },
   RecordVerification: { type: 'RecordVerification', imagePath: '/img/a', checks: checks('pass') },
+  FlagVerificationOverdue: { type: 'FlagVerificationOverdue', notice: 1, waitedMs: 120_000 },
 };
 
 /** The full transition matrix: state × command → the event produced, `[]` (idempotent no-op) or the rule broken. */
 // biome-ignore format: aligned state × command table
 const matrix: Record<string, Record<string, string>> = {
-  none:      { RequestSave: 'SaveRequested', Reject: '!job-unknown', Schedule: '!job-unknown', StartSave: '!job-unknown', CompleteSave: '!job-unknown', FailSave: '!job-unknown', Cancel: '!job-unknown', ConfirmCancelled: '!job-unknown', RecordVerification: '!job-unknown' },
-  requested: { RequestSave: '[]', Reject: 'SaveRejected', Schedule: 'SaveScheduled', StartSave: '!illegal-transition', CompleteSave: '!illegal-transition', FailSave: '!illegal-transition', Cancel: 'SaveCancelled', ConfirmCancelled: '!illegal-transition', RecordVerification: '!illegal-transition' },
-  scheduled: { RequestSave: '[]', Reject: '!illegal-transition', Schedule: '!illegal-transition', StartSave: 'SaveStarted', CompleteSave: '!illegal-transition', FailSave: 'SaveFailed', Cancel: 'SaveCancelRequested', ConfirmCancelled: 'SaveCancelled', RecordVerification: '!illegal-transition' },
-  running:   { RequestSave: '[]', Reject: '!illegal-transition', Schedule: '!illegal-transition', StartSave: '!illegal-transition', CompleteSave: 'SaveCompleted', FailSave: 'SaveFailed', Cancel: 'SaveCancelRequested', ConfirmCancelled: 'SaveCancelled', RecordVerification: '!illegal-transition' },
-  completed: { RequestSave: '[]', Reject: '!illegal-transition', Schedule: '!illegal-transition', StartSave: '!illegal-transition', CompleteSave: '!illegal-transition', FailSave: '!illegal-transition', Cancel: '!illegal-transition', ConfirmCancelled: '!illegal-transition', RecordVerification: 'ImageVerified' },
+  none:      { RequestSave: 'SaveRequested', Reject: '!job-unknown', Schedule: '!job-unknown', StartSave: '!job-unknown', CompleteSave: '!job-unknown', FailSave: '!job-unknown', Cancel: '!job-unknown', ConfirmCancelled: '!job-unknown', RecordVerification: '!job-unknown', FlagVerificationOverdue: '!job-unknown' },
+  requested: { RequestSave: '[]', Reject: 'SaveRejected', Schedule: 'SaveScheduled', StartSave: '!illegal-transition', CompleteSave: '!illegal-transition', FailSave: '!illegal-transition', Cancel: 'SaveCancelled', ConfirmCancelled: '!illegal-transition', RecordVerification: '!illegal-transition', FlagVerificationOverdue: '!illegal-transition' },
+  scheduled: { RequestSave: '[]', Reject: '!illegal-transition', Schedule: '!illegal-transition', StartSave: 'SaveStarted', CompleteSave: '!illegal-transition', FailSave: 'SaveFailed', Cancel: 'SaveCancelRequested', ConfirmCancelled: 'SaveCancelled', RecordVerification: '!illegal-transition', FlagVerificationOverdue: '!illegal-transition' },
+  running:   { RequestSave: '[]', Reject: '!illegal-transition', Schedule: '!illegal-transition', StartSave: '!illegal-transition', CompleteSave: 'SaveCompleted', FailSave: 'SaveFailed', Cancel: 'SaveCancelRequested', ConfirmCancelled: 'SaveCancelled', RecordVerification: '!illegal-transition', FlagVerificationOverdue: '!illegal-transition' },
+  completed: { RequestSave: '[]', Reject: '!illegal-transition', Schedule: '!illegal-transition', StartSave: '!illegal-transition', CompleteSave: '!illegal-transition', FailSave: '!illegal-transition', Cancel: '!illegal-transition', ConfirmCancelled: '!illegal-transition', RecordVerification: 'ImageVerified', FlagVerificationOverdue: 'VerificationOverdue' },
 };
 for (const terminal of ['rejected', 'verified', 'imageRejected', 'failed', 'cancelled']) {
   matrix[terminal] = Object.fromEntries(Object.keys(commands).map((c) => [c, c === 'RequestSave' ? '[]' : '!job-terminal']));
@@ -222,6 +223,56 @@ describe('restore jobs', () => {
   });
   it('initial state is empty', () => {
     expect(initialState()).toMatchObject({ status: 'none', attempt: 0, version: 0 });
+  });
+});
+
+describe('verdict overdue', () => {
+  const overdue = (notice: 1 | 2, waitedMs: number): JobCommand => ({ type: 'FlagVerificationOverdue', notice, waitedMs });
+  it('given a completed save, when its verdict is overdue, then notice 1 names the image, host, attempt and wait, with an id per attempt and notice', () => {
+    const d = decide(overdue(1, 120_000.4), given('completed'), meta);
+    expect(d.ok).toBe(true);
+    const e = d.ok ? d.events[0]! : undefined;
+    expect(e).toMatchObject({
+      type: 'VerificationOverdue',
+      eventId: `${J}.1.VerificationOverdue.1`,
+      data: { imagePath: '/img/a', host: 'h1', attempt: 1, waitedMs: 120_000, notice: 1 },
+    });
+    const s = fold(d.ok ? d.events : [], given('completed'));
+    expect(s.status).toBe('completed');
+    expect(isTerminal(s)).toBe(false);
+    expect(s.verificationOverdue).toMatchObject({ notice: 1, waitedMs: 120_000 });
+  });
+  it('given notice 1, when overdue again, then notice 2 raises it; a repeat of either is a no-op', () => {
+    const once = fold(
+      decide(overdue(1, 100), given('completed'), meta).ok
+        ? [makeEvent('VerificationOverdue', J, { imagePath: '/img/a', host: 'h1', attempt: 1, waitedMs: 100, notice: 1 }, at())]
+        : [],
+      given('completed'),
+    );
+    expect(decide(overdue(1, 150), once, meta)).toEqual({ ok: true, events: [], duplicate: true });
+    const d = decide(overdue(2, 200), once, meta);
+    expect(d.ok && d.events[0]).toMatchObject({ eventId: `${J}.1.VerificationOverdue.2`, data: { notice: 2, waitedMs: 200 } });
+    const twice = fold(d.ok ? d.events : [], once);
+    expect(twice.verificationOverdue?.notice).toBe(2);
+    expect(decide(overdue(2, 300), twice, meta)).toEqual({ ok: true, events: [], duplicate: true });
+  });
+  it('given a completed save with no notice, when notice 2 comes first, then it is refused naming the order rule', () => {
+    expect(decide(overdue(2, 100), given('completed'), meta)).toMatchObject({ ok: false, rule: 'overdue-order' });
+  });
+  it('given a raised save, when the verdict finally comes, then it still applies and clears the flag', () => {
+    const raised = fold(
+      [1, 2].map((n) => makeEvent('VerificationOverdue', J, { imagePath: '/img/a', host: 'h1', attempt: 1, waitedMs: n * 100, notice: n as 1 | 2 }, at())),
+      given('completed'),
+    );
+    expect(decide(commands.RecordVerification!, raised, meta).ok).toBe(true);
+    const s = fold([makeEvent('ImageVerified', J, { imagePath: '/img/a', checks: checks('pass') }, at())], raised);
+    expect(s.status).toBe('verified');
+    expect(s.verificationOverdue).toBeUndefined();
+  });
+  it('given a verified save, when a late VerificationOverdue is folded, then it changes nothing', () => {
+    const s = fold([makeEvent('VerificationOverdue', J, { imagePath: '/img/a', host: 'h1', attempt: 1, waitedMs: 1, notice: 1 }, at())], given('verified'));
+    expect(s.status).toBe('verified');
+    expect(s.verificationOverdue).toBeUndefined();
   });
 });
 

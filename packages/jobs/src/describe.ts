@@ -1,7 +1,7 @@
 /** One-line descriptions of events and job states for people (CLI and dashboard). Pure. */
 import type { JobEvent } from '@vmsave/contracts';
 import type { JobState } from './state.ts';
-import { fmtBytes, fmtRate, fmtSeconds } from './format.ts';
+import { fmtBytes, fmtElapsed, fmtRate, fmtSeconds } from './format.ts';
 
 export function describeEvent(e: JobEvent): string {
   switch (e.type) {
@@ -44,6 +44,8 @@ export function describeEvent(e: JobEvent): string {
       const counts = `${n('pass')} pass, ${n('warn')} warn, ${n('fail')} fail, ${n('skip')} skip`;
       return failed.length ? `${failed.length} check(s) failed: ${failed.map((c) => c.name).join(', ')} (${counts})` : `${n('pass')} checks passed (${counts})`;
     }
+    case 'VerificationOverdue':
+      return `verification overdue: no verdict ${fmtElapsed(e.data.waitedMs)} after the save completed; ${e.data.notice === 1 ? 'verification asked again' : 'raised (no verifier answered)'}`;
   }
 }
 
@@ -64,7 +66,15 @@ export function jobJson(s: JobState) {
     lastFailure: s.lastFailure,
     rejection: s.rejection,
     checks: s.checks,
+    verificationOverdue: s.verificationOverdue,
   };
+}
+
+/** `verification overdue (…)` for a completed save whose verdict is overdue, else empty (CLI and dashboard). */
+export function overdueText(s: Pick<JobState, 'status' | 'verificationOverdue'>): string {
+  const o = s.verificationOverdue;
+  if (!o || s.status !== 'completed') return '';
+  return `verification overdue (no verdict after ${fmtElapsed(o.waitedMs)}, ${o.notice === 1 ? 'verification asked again' : 'raised: no verifier answered'})`;
 }
 
 /** The summary line of a finished or current job. */
@@ -74,7 +84,7 @@ export function describeState(s: JobState): string {
     case 'verified':
       return `${what} verified: ${s.imagePath} ${s.result?.bytes !== undefined ? `${fmtBytes(s.result.bytes)}, ${fmtBytes((s.result.blocks ?? 0) * 512)} allocated, ` : ''}${fmtSeconds(s.result?.durationMs)} s`;
     case 'completed':
-      return `${what} completed${s.host ? ` on ${s.host}` : ''} in ${fmtSeconds(s.result?.durationMs)} s`;
+      return `${what} completed${s.host ? ` on ${s.host}` : ''} in ${fmtSeconds(s.result?.durationMs)} s${overdueText(s) ? `; ${overdueText(s)}` : ''}`;
     case 'failed':
       return `${what} failed at ${s.lastFailure?.stage} (${s.lastFailure?.code}): ${s.lastFailure?.reason}`;
     case 'rejected':

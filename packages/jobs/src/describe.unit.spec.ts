@@ -57,6 +57,46 @@ describe('describeEvent', () => {
     expect(describeEvent(makeEvent('ImageRejected', 's-1', { imagePath: '/i/a', checks }, at))).toBe('1 check(s) failed: sparseness (1 pass, 0 warn, 1 fail, 0 skip)');
     expect(describeEvent(makeEvent('ImageVerified', 's-1', { imagePath: '/i/a', checks: checks.slice(0, 1) }, at))).toBe('1 checks passed (1 pass, 0 warn, 0 fail, 0 skip)');
   });
+  it('given an overdue verdict, then "verification overdue", the wait and what was done; the state line says it too', () => {
+    const data = { imagePath: '/i/a', host: 'h', attempt: 1, waitedMs: 120_000 };
+    expect(describeEvent(makeEvent('VerificationOverdue', 's-1', { ...data, notice: 1 }, at))).toBe(
+      'verification overdue: no verdict 2m 00s after the save completed; verification asked again',
+    );
+    expect(describeEvent(makeEvent('VerificationOverdue', 's-1', { ...data, notice: 2 }, at))).toBe(
+      'verification overdue: no verdict 2m 00s after the save completed; raised (no verifier answered)',
+    );
+    const s = fold([
+      makeEvent('SaveRequested', 's-1', { request }, at),
+      makeEvent('SaveScheduled', 's-1', { host: 'h', attempt: 1, fencingToken: 1, deadlineAt: at.at.toISOString() }, at),
+      makeEvent(
+        'SaveStarted',
+        's-1',
+        { host: 'h', attempt: 1, fencingToken: 1, imagePath: '/i/a', format: 'sparse', channels: 4, directIo: true, wasRunning: true, ramBytes: 1 },
+        at,
+      ),
+      makeEvent(
+        'SaveCompleted',
+        's-1',
+        {
+          host: 'h',
+          attempt: 1,
+          fencingToken: 1,
+          imagePath: '/i/a',
+          format: 'sparse',
+          bytes: 1,
+          blocks: 1,
+          durationMs: 1000,
+          throughputBytesPerSec: 1,
+          vmState: 'running',
+          qemu: {},
+        },
+        at,
+      ),
+      makeEvent('VerificationOverdue', 's-1', { ...data, notice: 2, waitedMs: 240_000 }, at),
+    ]);
+    expect(describeState(s)).toContain('; verification overdue (no verdict after 4m 00s, raised: no verifier answered)');
+    expect(jobJson(s).verificationOverdue).toMatchObject({ notice: 2, waitedMs: 240_000 });
+  });
   it('given a restore through the quick gate, then it says so', () => {
     expect(
       describeEvent(
@@ -85,6 +125,7 @@ describe('describeState and jobJson', () => {
       'lastFailure',
       'rejection',
       'checks',
+      'verificationOverdue',
     ]);
   });
 });

@@ -31,6 +31,8 @@ export interface JobState {
   lastFailure?: { stage: string; code: string; reason: string; retryable: boolean; vmResumed?: boolean };
   rejection?: { rule: string; field?: string; message: string };
   checks?: VerificationCheck[];
+  /** A completed save whose verdict is overdue (`VerificationOverdue`): still `completed`, cleared by the verdict. */
+  verificationOverdue?: { notice: 1 | 2; waitedMs: number; at: string };
   result?: { bytes?: number; blocks?: number; durationMs: number; throughputBytesPerSec?: number };
   requestedAt?: string;
   updatedAt?: string;
@@ -116,12 +118,18 @@ export function evolve(s: JobState, e: JobEvent): JobState {
     case 'SaveCancelled':
     case 'RestoreCancelled':
       return { ...base, status: 'cancelled' };
+    case 'VerificationOverdue':
+      // Only for the save still waiting for its verdict, and never back from a raise to a re-ask.
+      if (s.kind !== 'save' || s.status !== 'completed' || e.data.attempt !== s.attempt) return base;
+      if ((s.verificationOverdue?.notice ?? 0) >= e.data.notice) return base;
+      return { ...base, verificationOverdue: { notice: e.data.notice, waitedMs: e.data.waitedMs, at: e.at } };
     case 'ImageVerified':
-      return { ...base, status: 'verified', checks: e.data.checks };
+      return { ...base, status: 'verified', checks: e.data.checks, verificationOverdue: undefined };
     case 'ImageRejected':
       return {
         ...base,
         status: 'rejected',
+        verificationOverdue: undefined,
         checks: e.data.checks,
         rejection: {
           rule: 'verification',

@@ -1,7 +1,6 @@
-import { closeSync } from 'node:fs';
 import type { QmpClient } from '@vmsave/qmp';
 import { launchVm, restoreFromFds, resume, type Accel, type MigrationProgress, type MigrationStats, type VmProcess } from '@vmsave/qemu';
-import { checkRestorable, fingerprintImage, openStreamFds, readImage, sameFingerprint, verifyImage, type ImageInfo } from '@vmsave/image/node';
+import { checkRestorable, closeStreamFds, fingerprintImage, openStreamFds, readImage, sameFingerprint, verifyImage, type ImageInfo } from '@vmsave/image/node';
 import type { ImageFingerprint, QemuCapabilities, VmDefinition } from '@vmsave/contracts';
 import { classify, OpCancelled, OpError, type OpStage } from './errors.ts';
 
@@ -88,13 +87,7 @@ export async function restoreImage(o: RestoreImageOptions): Promise<RestoreImage
   let qmp: QmpClient | undefined;
   let fds: { buffered: number; direct?: number } | undefined;
   const closeFds = () => {
-    for (const fd of [fds?.buffered, fds?.direct])
-      if (fd !== undefined)
-        try {
-          closeSync(fd);
-        } catch {
-          /* closed */
-        }
+    closeStreamFds(fds);
     fds = undefined;
   };
   try {

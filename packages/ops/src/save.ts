@@ -1,8 +1,7 @@
 import { stat, unlink } from 'node:fs/promises';
-import { closeSync } from 'node:fs';
 import type { QmpClient } from '@vmsave/qmp';
 import { pauseIfRunning, queryStatus, resume, saveToFds, MigrationAbortedError, type MigrationProgress, type MigrationStats } from '@vmsave/qemu';
-import { createImage, finalizeImage, openStreamFds, updateDescriptor, ImageExistsError, type ImageDescriptorInput } from '@vmsave/image/node';
+import { closeStreamFds, createImage, finalizeImage, openStreamFds, updateDescriptor, ImageExistsError, type ImageDescriptorInput } from '@vmsave/image/node';
 import type { QemuCapabilities, SaveFormat, VmDefinition } from '@vmsave/contracts';
 import { classify, OpCancelled, OpError, type OpStage } from './errors.ts';
 
@@ -67,13 +66,7 @@ export async function saveVm(o: SaveVmOptions): Promise<SaveVmResult> {
   let created = false;
   let fds: { buffered: number; direct?: number } | undefined;
   const closeFds = () => {
-    for (const fd of [fds?.buffered, fds?.direct])
-      if (fd !== undefined)
-        try {
-          closeSync(fd);
-        } catch {
-          /* already closed */
-        }
+    closeStreamFds(fds);
     fds = undefined;
   };
   try {

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Redis } from 'ioredis';
-import { SaveRequest, jobIdFor, makeEvent, type JobEvent } from '@vmsave/contracts';
+import { SaveRequest, jobIdFor, makeEvent, sourceOf, type JobEvent } from '@vmsave/contracts';
 import { Bus, createLogger, publishEvent } from '@vmsave/bus';
 import { testUrls, uniq, waitFor } from '@vmsave/testkit';
 import { Leases, Projection, connectRedis } from '../src/index.ts';
@@ -49,7 +49,8 @@ function saveHistory(vm: string, host: string, outcome: 'verified' | 'failed'): 
     );
     events.push(makeEvent('ImageVerified', jobId, { imagePath: `/img/${vm}.vmsave`, checks: [{ name: 'header.magic', status: 'pass', detail: 'complete' }] }, s));
   }
-  return events;
+  // Each event as the role that may publish it (the log reader refuses any other source).
+  return events.map((e) => ({ ...e, source: sourceOf(e.type) }));
 }
 
 describe('read models', () => {

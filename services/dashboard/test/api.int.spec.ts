@@ -1,11 +1,11 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { HostAnnouncement, messages, subjects, type ImageRejected, type ImageVerified } from '@vmsave/contracts';
+import { HostAnnouncement, makeEvent, messages, subjects, type EventOf, type ImageRejected, type ImageVerified } from '@vmsave/contracts';
 import { eventsOfJob, publishValidated, type LoggedEvent } from '@vmsave/bus';
-import { fold, type JobState } from '@vmsave/jobs';
+import { describeEvent, fold, overdueText, type JobState } from '@vmsave/jobs';
 import type { JobView } from '@vmsave/store';
 import { createDashboard } from '../src/index.ts';
 import type { HostRow } from '../src/queries.ts';
-import { publishAll, projected, quiet, saveJob, startDashboard, uniq, type Harness } from './helpers.ts';
+import { publishAll, projected, publishedEventIds, quiet, saveJob, startDashboard, uniq, type Harness } from './helpers.ts';
 
 let h: Harness;
 const vm = uniq('vm');
@@ -150,11 +150,34 @@ describe('GET /api/jobs/:id', () => {
     expect(r.body.job).toMatchObject({ jobId: ok.jobId, status: statusOf(ok), vm, host: hostA });
     const verdicts = r.body.events.filter((e): e is Verdict => /^Image(Verified|Rejected)$/.test(e.event.type));
     expect(r.body.job.checks).toEqual(verdicts.at(-1)!.event.data.checks);
-    const types = r.body.events.filter((e) => e.event.source === 'dashboard-test').map((e) => e.event.type);
+    const types = r.body.events.filter((e) => publishedEventIds.has(e.event.eventId)).map((e) => e.event.type);
     expect(types).toEqual(['SaveRequested', 'SaveScheduled', 'SaveStarted', 'SaveCompleted', 'ImageVerified']);
     const seqs = r.body.events.map((e) => e.seq);
     expect([...seqs].sort((a: number, b: number) => a - b)).toEqual(seqs);
     expect(r.body.job).toMatchObject(JSON.parse(JSON.stringify(fold(r.body.events.map((e) => e.event)))));
+  });
+
+  it('given a save whose verdict is overdue, the job stays completed and says "verification overdue", as its timeline does', async () => {
+    const late = saveJob(uniq('vm-late'), uniq('host-late'));
+    const completed = late.completed() as EventOf<'SaveCompleted'>;
+    const overdue = makeEvent(
+      'VerificationOverdue',
+      late.jobId,
+      { imagePath: completed.data.imagePath, host: late.host, attempt: 1, waitedMs: 240_000, notice: 2 },
+      { source: 'scheduler', eventId: `${late.jobId}.1.VerificationOverdue.2` },
+    );
+    const notice1 = makeEvent(
+      'VerificationOverdue',
+      late.jobId,
+      { ...overdue.data, waitedMs: 120_000, notice: 1 },
+      { source: 'scheduler', eventId: `${late.jobId}.1.VerificationOverdue.1` },
+    );
+    await projected(h, await publishAll(h.bus, [late.requested(), late.scheduled(), late.started(), completed, notice1, overdue]));
+    const r = await get(`/api/jobs/${late.jobId}`);
+    expect(r.body.job).toMatchObject({ status: 'completed', verificationOverdue: { notice: 2, waitedMs: 240_000 } });
+    expect(overdueText(r.body.job)).toBe('verification overdue (no verdict after 4m 00s, raised: no verifier answered)');
+    const last = r.body.events.at(-1)!.event;
+    expect(describeEvent(last)).toMatch(/^verification overdue: no verdict 4m 00s after the save completed; raised/);
   });
 
   it('answers 404 for a job nobody has heard of', async () => {

@@ -1,5 +1,5 @@
 import type { Redis } from 'ioredis';
-import { SaveRequest, jobIdFor, makeEvent, streams, type JobEvent, type SaveRequestInput } from '@vmsave/contracts';
+import { SaveRequest, jobIdFor, makeEvent, sourceOf, streams, type JobEvent, type SaveRequestInput } from '@vmsave/contracts';
 import { Bus, createLogger, publishEvent } from '@vmsave/bus';
 import { connectRedis, keys, Projection } from '@vmsave/store';
 import { testUrls, uniq, waitFor } from '@vmsave/testkit';
@@ -143,9 +143,14 @@ export function saveJob(vm: string, host: string, req: Partial<SaveRequestInput>
   };
 }
 
+/** Ids of the events the tests published (other services on a shared NATS add their own). */
+export const publishedEventIds = new Set<string>();
+
 export async function publishAll(bus: Bus, events: JobEvent[]): Promise<number> {
   let seq = 0;
-  for (const e of events) seq = (await publishEvent(bus, e)).seq;
+  for (const e of events) publishedEventIds.add(e.eventId);
+  // Each event as the role that may publish it (the log reader refuses any other source).
+  for (const e of events) seq = (await publishEvent(bus, { ...e, source: sourceOf(e.type) })).seq;
   return seq;
 }
 

@@ -28,7 +28,7 @@ describe('JobTrack', () => {
     const base = { host: 'h1', attempt: 1, fencingToken: 3 };
     await publishEvent(bus, makeEvent('SaveRequested', jobId, { request }, s));
     await publishEvent(bus, makeEvent('SaveScheduled', jobId, { ...base, deadlineAt: new Date(Date.now() + 60_000).toISOString() }, s));
-    const track = await JobTrack.load({ bus, source: 'executor:h1' }, jobId);
+    const track = await JobTrack.load({ bus, source: 'executor@h1' }, jobId);
     expect(
       await track.apply(
         { type: 'StartSave', data: { ...base, imagePath: '/img/a.vmsave', format: 'sparse', channels: 1, directIo: false, wasRunning: true, ramBytes: 64 << 20 } },

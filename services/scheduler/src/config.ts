@@ -16,6 +16,11 @@ export const SchedulerEnv = BusEnv.extend({
   /** How long past its deadline a silent job may run before the scheduler fails it. */
   VMSAVE_DEADLINE_GRACE_MS: ms(30_000),
   VMSAVE_TICK_MS: ms(1000),
+  /**
+   * A completed save with no verdict this long after `SaveCompleted` is verified again
+   * (`VerificationOverdue` notice 1); still none after as long again, it is raised (notice 2).
+   */
+  VMSAVE_VERDICT_TIMEOUT_MS: ms(120_000),
 });
 export type SchedulerConfig = z.infer<typeof SchedulerEnv>;
 

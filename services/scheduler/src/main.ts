@@ -5,7 +5,7 @@
  *   journal     event intake and job state: decide, append, fold the log, retries
  *   admission   commands on `vmsave.cmd.*`, answered on `Vmsave-Reply-To`
  *   placement   which host, and handing out work within limits (`policy.ts`'s `pickNext`)
- *   watchdog    heartbeats, lost executors, deadlines
+ *   watchdog    heartbeats, lost executors, deadlines, overdue verdicts
  *
  * All state is folded from the event log (plus host announcements and heartbeats), so a
  * restarted scheduler resumes where the log says; every change runs through `state.serial`.

@@ -25,6 +25,13 @@ export class SchedulerState {
   readonly placement = new Map<string, Placed>();
   /** Restores of an image no save in the log wrote (`RestoreRequested` without a VM): leased by image. */
   readonly imageOnly = new Set<string>();
+  /**
+   * Completed saves waiting for a verdict, in the order their bound runs out: inserted when a
+   * `SaveCompleted` is folded, moved to the end when notice 1 is folded, removed on a verdict (or
+   * once raised). Every bound is the same `VMSAVE_VERDICT_TIMEOUT_MS`, so insertion order is
+   * due order and the watchdog reads only the head. `sinceMs`: when the current bound started.
+   */
+  readonly awaitingVerdict = new Map<string, { notice: 0 | 1; sinceMs: number; completedAtMs: number }>();
   /** Ids of events this scheduler appended: their echo from the log is skipped. */
   readonly own = new Set<string>();
   /** When this scheduler became the active one (a job's silence before that says nothing). */
@@ -35,6 +42,21 @@ export class SchedulerState {
     this.jobs.set(jobId, s);
     if (s.status === 'none' || isTerminal(s) || s.status === 'completed') this.open.delete(jobId);
     else this.open.add(jobId);
+    this.trackVerdict(jobId, s);
+  }
+
+  private trackVerdict(jobId: string, s: JobState): void {
+    const notice = s.verificationOverdue?.notice ?? 0;
+    if (s.kind !== 'save' || s.status !== 'completed' || notice === 2) {
+      this.awaitingVerdict.delete(jobId);
+      return;
+    }
+    const cur = this.awaitingVerdict.get(jobId);
+    if (cur?.notice === notice) return;
+    // The state's last event is the one that started this bound (`SaveCompleted`, or notice 1).
+    const sinceMs = Date.parse(s.updatedAt ?? '') || Date.now();
+    this.awaitingVerdict.delete(jobId);
+    this.awaitingVerdict.set(jobId, { notice, sinceMs, completedAtMs: cur?.completedAtMs ?? sinceMs });
   }
 
   *openJobs(): Iterable<JobState> {

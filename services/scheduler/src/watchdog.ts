@@ -22,7 +22,8 @@ const onHost = (s: JobState): boolean => s.status !== 'none' && ON_HOST_STATUSES
 
 /**
  * Liveness and deadlines: heartbeats keep a job (and its VM lease) alive; a job whose executor
- * is silent too long is failed as lost (retryable), one past its deadline is cancelled and failed.
+ * is silent too long is failed as lost (retryable), one past its deadline is cancelled and failed;
+ * a completed save with no verdict in time is verified again, then raised (`verdicts`).
  */
 export class Watchdog {
   constructor(private readonly d: WatchdogDeps) {}
@@ -76,7 +77,37 @@ export class Watchdog {
         await this.fail(s, 'deadline', 'deadline-exceeded', `job ran past its deadline ${s.deadlineAt}`, false);
       }
     }
+    await this.verdicts(now);
     this.d.wake();
+  }
+
+  /**
+   * Completed saves whose verdict is overdue: the first bound asks for verification again
+   * (`VerificationOverdue` notice 1, which the verifier handles like `SaveCompleted`), the
+   * second raises it (notice 2). Reads only the head of the due-ordered `awaitingVerdict`.
+   */
+  private async verdicts(now: number): Promise<void> {
+    const { state, cfg, journal, log } = this.d;
+    for (const [jobId, w] of [...state.awaitingVerdict]) {
+      if (now - w.sinceMs < cfg.VMSAVE_VERDICT_TIMEOUT_MS) break;
+      // The verdict may wait in our queue: ask the log first.
+      const verdict = (await eventsOfJob(this.d.bus, jobId)).map((l) => l.event).find((e) => e.type === 'ImageVerified' || e.type === 'ImageRejected');
+      if (verdict) {
+        if (!state.own.has(verdict.eventId)) await journal.apply(verdict);
+        state.awaitingVerdict.delete(jobId);
+        continue;
+      }
+      const s = state.jobs.get(jobId)!;
+      const notice = w.notice === 0 ? 1 : 2;
+      const waitedMs = now - w.completedAtMs;
+      log.warn(
+        { jobId, host: s.host, imagePath: s.imagePath, waitedMs, notice },
+        notice === 1 ? 'verdict overdue: verification asked again' : 'verdict overdue: raised, no verifier answered',
+      );
+      const r = await journal.emit(s, { type: 'FlagVerificationOverdue', notice, waitedMs });
+      // Refused or a duplicate: nothing more this watchdog can do for it.
+      if (!r.length) state.awaitingVerdict.delete(jobId);
+    }
   }
 
   private async fail(s: JobState, stage: 'lost' | 'deadline', code: string, reason: string, retryable: boolean): Promise<void> {

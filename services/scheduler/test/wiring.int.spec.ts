@@ -21,6 +21,12 @@ const host = uniq('hv').replace(/[^A-Za-z0-9_-]/g, '');
 const vm = uniq('web').replace(/[^A-Za-z0-9_-]/g, '');
 /** A host with no VMs and room for four jobs: restores of images the log does not know go there. */
 const host2 = uniq('hv2').replace(/[^A-Za-z0-9_-]/g, '');
+/** A host whose saves the test completes as its executor would: the verdict watchdog's cases. */
+const host3 = uniq('hv3').replace(/[^A-Za-z0-9_-]/g, '');
+const vmLate = uniq('late').replace(/[^A-Za-z0-9_-]/g, '');
+const vmOnTime = uniq('ontime').replace(/[^A-Za-z0-9_-]/g, '');
+/** The scheduler's `VMSAVE_VERDICT_TIMEOUT_MS` here. */
+const VERDICT_MS = 1500;
 const prefix = uniq('sched-wiring');
 /** Any payload, published as it is (the scheduler's schema is what is under test). */
 const raw = { name: 'raw command', subject: subjects.cmd.all, schema: z.unknown() };
@@ -73,9 +79,26 @@ beforeAll(async () => {
     }),
   );
 
+  await publishValidated(
+    bus,
+    messages.hostAnnouncement,
+    subjects.host(host3),
+    HostAnnouncement.parse({
+      host: host3,
+      executorId: `executor@${host3}`,
+      at: now,
+      startedAt: now,
+      qemu: { version: '10.1.0', mappedRam: true, directIo: true, machines: ['q35'], accel: 'kvm' },
+      imageDir: '/var/lib/vmsave',
+      freeBytes: 64 * 1024 ** 3,
+      maxConcurrentJobs: 4,
+      vms: [vmLate, vmOnTime].map((name, i) => ({ name, uuid: `6f1c1a0e-3b7e-4c55-9d4e-2b1f0c9a8e2${i}`, machine: 'q35', memoryMiB: 128, vcpus: 1, status: 'running' as const })),
+    }),
+  );
+
   child = spawn(process.execPath, ['--conditions=development', '--import', 'tsx', path.join(PKG, 'src', 'main.ts')], {
     cwd: PKG,
-    env: { ...process.env, NATS_URL: natsUrl, REDIS_URL: redisUrl, VMSAVE_REDIS_PREFIX: prefix, VMSAVE_LOG_LEVEL: 'info' },
+    env: { ...process.env, NATS_URL: natsUrl, REDIS_URL: redisUrl, VMSAVE_REDIS_PREFIX: prefix, VMSAVE_LOG_LEVEL: 'info', VMSAVE_VERDICT_TIMEOUT_MS: String(VERDICT_MS) },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   exited = new Promise((resolve) => child.once('exit', resolve));
@@ -110,6 +133,7 @@ afterAll(async () => {
   if (bus) {
     await bus.jsm.streams.purge('VMSAVE_HOSTS', { filter: subjects.host(host) }).catch(() => undefined);
     await bus.jsm.streams.purge('VMSAVE_HOSTS', { filter: subjects.host(host2) }).catch(() => undefined);
+    await bus.jsm.streams.purge('VMSAVE_HOSTS', { filter: subjects.host(host3) }).catch(() => undefined);
     await bus.close();
   }
   const { redisUrl } = await testUrls();
@@ -125,6 +149,70 @@ async function save(request: { requestId: string; vm: string }): Promise<Admissi
   await publishValidated(bus, messages.saveRequest, subjects.cmd.save, request, { replyTo: answer.inbox });
   return answer.value;
 }
+
+/** A save of `vmName` on host3 admitted, scheduled, then started and completed as its executor reports them. */
+async function completedSave(vmName: string): Promise<{ jobId: string; imagePath: string; completedAtMs: number }> {
+  const requestId = uniq(`wiring-${vmName}`);
+  const reply = await save({ requestId, vm: vmName });
+  expect(reply).toMatchObject({ outcome: 'accepted' });
+  const jobId = (reply as { jobId: string }).jobId;
+  const scheduled = await waitFor(
+    `SaveScheduled of ${jobId}`,
+    async () => (await eventsOfJob(bus, jobId)).map((l) => l.event).find((e) => e.type === 'SaveScheduled'),
+    30_000,
+    100,
+  );
+  const { fencingToken } = scheduled.data as { fencingToken: number };
+  const imagePath = `/var/lib/vmsave/${vmName}-${jobId}-1.vmsave`;
+  const source = { source: `executor@${host3}` };
+  const base = { host: host3, attempt: 1, fencingToken, imagePath, format: 'sparse' as const };
+  await publishEvent(bus, makeEvent('SaveStarted', jobId, { ...base, channels: 1, directIo: false, wasRunning: true, ramBytes: 128 * 2 ** 20 }, source));
+  const completed = makeEvent('SaveCompleted', jobId, { ...base, bytes: 1, blocks: 1, durationMs: 10, throughputBytesPerSec: 1, vmState: 'running', qemu: {} }, source);
+  await publishEvent(bus, completed);
+  return { jobId, imagePath, completedAtMs: Date.parse(completed.at) };
+}
+
+describe('the verdict watchdog (no verifier runs here)', () => {
+  it('given a completed save and no verdict, VerificationOverdue notice 1 after the bound (asking again), then notice 2 after another, and the job stays completed', async () => {
+    const { jobId, imagePath, completedAtMs } = await completedSave(vmLate);
+    const overdue = await waitFor(
+      'two VerificationOverdue notices',
+      async () => {
+        const evs = (await eventsOfJob(bus, jobId)).map((l) => l.event).filter((e) => e.type === 'VerificationOverdue');
+        return evs.length >= 2 ? evs : undefined;
+      },
+      30_000,
+      100,
+    );
+    expect(overdue.map((e) => e.data)).toEqual([
+      { imagePath, host: host3, attempt: 1, waitedMs: expect.any(Number), notice: 1 },
+      { imagePath, host: host3, attempt: 1, waitedMs: expect.any(Number), notice: 2 },
+    ]);
+    expect(overdue.map((e) => e.eventId)).toEqual([`${jobId}.1.VerificationOverdue.1`, `${jobId}.1.VerificationOverdue.2`]);
+    expect(overdue.every((e) => e.source === 'scheduler')).toBe(true);
+    const [first, second] = overdue as [(typeof overdue)[0], (typeof overdue)[0]];
+    expect(Date.parse(first.at) - completedAtMs).toBeGreaterThanOrEqual(VERDICT_MS);
+    expect(Date.parse(second.at) - Date.parse(first.at)).toBeGreaterThanOrEqual(VERDICT_MS);
+    expect((second.data as { waitedMs: number }).waitedMs).toBeGreaterThanOrEqual(2 * VERDICT_MS);
+    // Raised once: no third notice, however long it waits.
+    await new Promise((r) => setTimeout(r, VERDICT_MS + 1000));
+    const types = (await eventsOfJob(bus, jobId)).map((l) => l.event.type);
+    expect(types.filter((t) => t === 'VerificationOverdue')).toHaveLength(2);
+    expect(types.at(-1)).toBe('VerificationOverdue');
+    expect(logged('verdict overdue: raised, no verifier answered', jobId)).toBeDefined();
+  });
+
+  it('given a completed save whose verdict comes in time, no VerificationOverdue', async () => {
+    const { jobId, imagePath } = await completedSave(vmOnTime);
+    await publishEvent(
+      bus,
+      makeEvent('ImageVerified', jobId, { imagePath, host: host3, checks: [{ name: 'header.magic', status: 'pass', detail: 'ok' }] }, { source: 'verifier' }),
+    );
+    await new Promise((r) => setTimeout(r, 2 * VERDICT_MS + 1500));
+    const types = (await eventsOfJob(bus, jobId)).map((l) => l.event.type);
+    expect(types).toEqual(['SaveRequested', 'SaveScheduled', 'SaveStarted', 'SaveCompleted', 'ImageVerified']);
+  });
+});
 
 describe('the scheduler as main.ts wires it', () => {
   it('given an announced VM, a save is admitted, logged as requested then scheduled on its host, and handed out as work', async () => {

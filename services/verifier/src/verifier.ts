@@ -15,6 +15,8 @@ import { checksOf, hostFilter, planVerification, preCheck, recordVerification, t
  */
 export const VERIFY_ACK_WAIT_MS = 5_000;
 const KEEP_ALIVE_MS = 1_000;
+/** The durable that takes the scheduler's re-verification requests (`VerificationOverdue` notice 1). */
+export const overdueDurable = (name: string): string => `${name}-overdue`;
 
 /**
  * Verifies every image a save completed: on `SaveCompleted` it runs the image checks and
@@ -48,7 +50,7 @@ export class Verifier {
       }))
         this.noteHost(a);
     })().catch((err) => this.log.warn({ err }, 'host announcements stopped'));
-    this.task = runConsumer(this.bus, {
+    const verdicts = runConsumer(this.bus, {
       stream: streams.events.name,
       durable: this.cfg.VMSAVE_VERIFIER_NAME,
       filterSubject: subjects.evtOfType('SaveCompleted'),
@@ -71,6 +73,29 @@ export class Verifier {
         }
       },
     });
+    // The scheduler's verdict watchdog asks again with `VerificationOverdue` notice 1 (a
+    // `SaveCompleted` dead-lettered, or its durable disabled): handled like that `SaveCompleted`,
+    // from a durable of its own (NATS 2.9 filters a consumer on one subject).
+    const overdue = runConsumer(this.bus, {
+      stream: streams.events.name,
+      durable: overdueDurable(this.cfg.VMSAVE_VERIFIER_NAME),
+      filterSubject: subjects.evtOfType('VerificationOverdue'),
+      schema: JobEvent,
+      service: 'verifier',
+      ackWaitMs: VERIFY_ACK_WAIT_MS,
+      maxDeliver: 1000,
+      log: this.log,
+      signal,
+      handler: async (e, ctx) => {
+        const keepAlive = setInterval(() => ctx.working(), KEEP_ALIVE_MS);
+        try {
+          return await this.onCompleted(e, () => ctx.working());
+        } finally {
+          clearInterval(keepAlive);
+        }
+      },
+    });
+    this.task = Promise.all([verdicts, overdue]).then(() => undefined);
   }
 
   async stop(): Promise<void> {
@@ -96,6 +121,14 @@ export class Verifier {
   }
 
   async onCompleted(e: JobEvent, working: () => void): Promise<Outcome> {
+    if (e.type === 'VerificationOverdue') {
+      // Notice 1 asks for the verification again: of the `SaveCompleted` of that attempt.
+      if (e.data.notice !== 1 || !this.readable(e.data.host)) return ack();
+      const completed = (await eventsOfJob(this.bus, e.jobId)).map((l) => l.event).find((c) => c.type === 'SaveCompleted' && c.data.attempt === e.data.attempt);
+      if (!completed) return ack();
+      this.log.warn({ jobId: e.jobId, waitedMs: e.data.waitedMs }, 'verification asked again: the verdict is overdue');
+      return this.onCompleted(completed, working);
+    }
     if (e.type !== 'SaveCompleted') return ack();
     const log = this.log.child({ jobId: e.jobId });
     const { host, imagePath } = e.data;

@@ -88,10 +88,10 @@ describe('verifier crash', () => {
 
     const base = { host, attempt: 1, fencingToken: 1 };
     const imagePath = '/nonexistent-vmsave-images/x.vmsave';
-    const source = { source: 'verifier-test' };
+    const source = { source: 'executor' };
     const history: JobEvent[] = [
-      makeEvent('SaveRequested', jobId, { request }, source),
-      makeEvent('SaveScheduled', jobId, { ...base, deadlineAt: new Date(Date.now() + 600_000).toISOString() }, source),
+      makeEvent('SaveRequested', jobId, { request }, { source: 'scheduler' }),
+      makeEvent('SaveScheduled', jobId, { ...base, deadlineAt: new Date(Date.now() + 600_000).toISOString() }, { source: 'scheduler' }),
       makeEvent('SaveStarted', jobId, { ...base, imagePath, format: 'sparse', channels: 1, directIo: false, wasRunning: false, ramBytes: 64 << 20 }, source),
       makeEvent(
         'SaveCompleted',
@@ -144,9 +144,9 @@ describe('verifier crash', () => {
       await slow.start();
       const base = { host, attempt: 1, fencingToken: 1 };
       const imagePath = '/nonexistent-vmsave-images/y.vmsave';
-      const source = { source: 'verifier-test' };
-      await publishEvent(bus, makeEvent('SaveRequested', jobId, { request }, source));
-      await publishEvent(bus, makeEvent('SaveScheduled', jobId, { ...base, deadlineAt: new Date(Date.now() + 600_000).toISOString() }, source));
+      const source = { source: 'executor' };
+      await publishEvent(bus, makeEvent('SaveRequested', jobId, { request }, { source: 'scheduler' }));
+      await publishEvent(bus, makeEvent('SaveScheduled', jobId, { ...base, deadlineAt: new Date(Date.now() + 600_000).toISOString() }, { source: 'scheduler' }));
       await publishEvent(
         bus,
         makeEvent('SaveStarted', jobId, { ...base, imagePath, format: 'sparse', channels: 1, directIo: false, wasRunning: false, ramBytes: 64 << 20 }, source),

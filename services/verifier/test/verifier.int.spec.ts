@@ -16,6 +16,7 @@ import { CHECK_NAMES, createImage, fingerprintImage, finalizeImage, openStreamFd
 import { detectAccel, launchVm, probeQemu, saveToFds } from '@vmsave/qemu';
 import { testUrls, uniq, waitFor } from '@vmsave/testkit';
 import { loadConfig, startVerifier, type VerifierService } from '../src/index.ts';
+import { overdueDurable, Verifier } from '../src/verifier.ts';
 
 const log = createLogger('verifier-test', { level: process.env.VMSAVE_TEST_LOG ?? 'silent' });
 const host = uniq('vhost');
@@ -85,14 +86,15 @@ async function completedSave(imagePath: string, jobHost = host): Promise<string>
   const request = SaveRequest.parse({ requestId: uniq('r'), vm: vm.name, format: 'sparse', channels: 1 });
   const jobId = jobIdFor('save', request.requestId);
   const base = { host: jobHost, attempt: 1, fencingToken: 1 };
-  const source = { source: 'verifier-test' };
+  // Each event as the role that may publish it (the log reader refuses any other source).
+  const source = { source: 'executor' };
   const size = await fsp.stat(imagePath).then(
     (s) => s.size,
     () => 0,
   );
   for (const e of [
-    makeEvent('SaveRequested', jobId, { request }, source),
-    makeEvent('SaveScheduled', jobId, { ...base, deadlineAt: new Date(Date.now() + 600_000).toISOString() }, source),
+    makeEvent('SaveRequested', jobId, { request }, { source: 'scheduler' }),
+    makeEvent('SaveScheduled', jobId, { ...base, deadlineAt: new Date(Date.now() + 600_000).toISOString() }, { source: 'scheduler' }),
     makeEvent('SaveStarted', jobId, { ...base, imagePath, format: 'sparse', channels: 1, directIo: false, wasRunning: false, ramBytes: vm.memoryMiB * 1024 * 1024 }, source),
     makeEvent(
       'SaveCompleted',
@@ -143,6 +145,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await service?.stop();
   await bus?.jsm.consumers.delete(streams.events.name, durable).catch(() => undefined);
+  await bus?.jsm.consumers.delete(streams.events.name, overdueDurable(durable)).catch(() => undefined);
   await bus?.close();
   if (dir) await fsp.rm(dir, { recursive: true, force: true });
 });
@@ -201,5 +204,43 @@ describe('verifier service', () => {
     const v = await verdictOf(await completedSave(path.join(imageDir, 'gone.vmsave')));
     expect(v.type).toBe('ImageRejected');
     expect(failedNames(v)).toEqual(['image.exists']);
+  });
+});
+
+describe('re-verification asked by the verdict watchdog', () => {
+  it('given a completed save its SaveCompleted never reached, VerificationOverdue notice 1 verifies it; notice 2 does not', async () => {
+    // Another host's save: the running service (this test's host only) leaves its SaveCompleted
+    // alone, as a verifier whose durable was disabled would. A verifier for that host is asked again.
+    const other = uniq('vhost2');
+    const now = new Date().toISOString();
+    await publishValidated(bus, messages.hostAnnouncement, subjects.host(other), {
+      host: other,
+      executorId: uniq('exec'),
+      at: now,
+      startedAt: now,
+      qemu: caps,
+      imageDir,
+      freeBytes: 1 << 30,
+      vms: [],
+    });
+    const jobId = await completedSave(good, other);
+    await new Promise((r) => setTimeout(r, 1000));
+    expect((await eventsOfJob(bus, jobId)).map((l) => l.event.type)).not.toContain('ImageVerified');
+    const asker = new Verifier(bus, loadConfig({ VMSAVE_VERIFIER_NAME: uniq('unused').replace(/[^A-Za-z0-9_-]/g, '-'), VMSAVE_VERIFY_HOSTS: other }), log);
+    const overdue = (notice: 1 | 2) =>
+      makeEvent(
+        'VerificationOverdue',
+        jobId,
+        { imagePath: good, host: other, attempt: 1, waitedMs: 120_000, notice },
+        { source: 'scheduler', eventId: `${jobId}.1.VerificationOverdue.${notice}` },
+      );
+    // Notice 2 only raises: nothing is verified for it.
+    await asker.onCompleted(overdue(2), () => undefined);
+    expect((await eventsOfJob(bus, jobId)).map((l) => l.event.type)).toEqual(['SaveRequested', 'SaveScheduled', 'SaveStarted', 'SaveCompleted']);
+    await asker.onCompleted(overdue(1), () => undefined);
+    const v = await verdictOf(jobId);
+    expect(v.type, JSON.stringify(v.data.checks)).toBe('ImageVerified');
+    expect(v).toMatchObject({ jobId, source: 'verifier', data: { imagePath: good, host: other } });
+    await bus.jsm.streams.purge('VMSAVE_HOSTS', { filter: subjects.host(other) }).catch(() => undefined);
   });
 });

@@ -214,6 +214,8 @@ const eventSummaries: Record<JobEventType, string> = {
   SaveCancelled: 'The job was cancelled; it ends here.',
   ImageVerified: 'Every verification check of the image passed (or warned): the save job ends here, successfully.',
   ImageRejected: 'A verification check failed: the save job ends here, with an unusable image.',
+  VerificationOverdue:
+    "No verdict came for a completed save within the scheduler's `VMSAVE_VERDICT_TIMEOUT_MS`: `notice: 1` asks the verifier to verify it again (it reacts as to SaveCompleted), `notice: 2` (after as long again) raises it. The job stays `completed`; a later verdict still ends it.",
   RestoreRequested: 'The scheduler admitted a restore request.',
   RestoreRejected: 'The restore request broke an admission rule; the job ends here.',
   RestoreScheduled: 'The restore was handed to a host (per attempt).',

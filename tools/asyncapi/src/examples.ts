@@ -158,6 +158,10 @@ export const eventExamples: Record<JobEventType, Record<string, unknown>> = {
     checks: [...checks.slice(0, 3), { name: 'sparseness', status: 'fail', detail: 'pages region is dense: 128.0 MiB allocated of 128.0 MiB (copied without --sparse?)' }],
     fingerprint: { ino: '1835029', size: 139460608, mtimeNs: '1795849970108123456', ctimeNs: '1795849970108123456' },
   }),
+  VerificationOverdue: {
+    ...envelope('VerificationOverdue', saveJobId, 125, 'scheduler', { imagePath, host: exampleIds.host, attempt: 1, waitedMs: 120000, notice: 1 }),
+    eventId: `${saveJobId}.1.VerificationOverdue.1`,
+  },
   RestoreRequested: envelope('RestoreRequested', restoreJobId, 10, 'scheduler', {
     request: { ...restoreRequestExample },
     sourceJobId: saveJobId,

@@ -103,7 +103,7 @@ export interface StreamFds {
 /**
  * Open two separately opened fds (not dup copies) on an image for QEMU's fdset: write-only for a
  * save, read-only for a restore (QEMU refuses O_RDWR fds), the second with O_DIRECT.
- * Never creates or truncates. The caller closes them (`fs.closeSync`).
+ * Never creates or truncates. The caller closes them (`closeStreamFds`).
  */
 export async function openStreamFds(path: string, options: { mode: 'save' | 'restore'; directIo: boolean }): Promise<StreamFds> {
   const access = options.mode === 'save' ? C.O_WRONLY : C.O_RDONLY;
@@ -121,6 +121,18 @@ export async function openStreamFds(path: string, options: { mode: 'save' | 'res
   } catch (err) {
     closeSync(buffered);
     throw err;
+  }
+}
+
+/** Close what `openStreamFds` opened; fds already closed (QEMU's `remove-fd` does not close ours, a crash may have) are skipped. */
+export function closeStreamFds(fds: StreamFds | undefined): void {
+  for (const fd of [fds?.buffered, fds?.direct]) {
+    if (fd === undefined) continue;
+    try {
+      closeSync(fd);
+    } catch {
+      /* already closed */
+    }
   }
 }
 

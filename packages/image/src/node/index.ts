@@ -7,6 +7,7 @@ export * from '../index.ts';
 export {
   createImage,
   openStreamFds,
+  closeStreamFds,
   finalizeImage,
   updateDescriptor,
   readImageHeader,

@@ -7,7 +7,7 @@
  * resends the last `id` it saw when it reconnects, so nothing is missed. `progress` and
  * `throughput` messages are ephemeral and carry no id.
  */
-import { ACTIVE_STATUSES, describeEvent, fmtBytes, fmtElapsed, fmtRate, JOB_STATUSES, TERMINAL, type JobStatus } from '@vmsave/jobs/view';
+import { ACTIVE_STATUSES, describeEvent, fmtBytes, fmtElapsed, fmtRate, JOB_STATUSES, overdueText, TERMINAL, type JobStatus } from '@vmsave/jobs/view';
 import { ApiError, apiUrl, getJson } from './api.ts';
 import { chartAddCompleted, chartAddLive, initChart } from './chart.ts';
 import { $, badge, h, setText } from './dom.ts';
@@ -132,7 +132,7 @@ function createRow(job: JobView): Row {
 function failureText(job: JobView): string {
   if (job.status === 'failed' && job.lastFailure) return `${job.lastFailure.stage} · ${job.lastFailure.code}: ${job.lastFailure.reason}`;
   if (job.status === 'rejected' && job.rejection) return `${job.rejection.rule}: ${job.rejection.message}`;
-  return '';
+  return overdueText(job);
 }
 
 const isTerminalStatus = (status: JobView['status']): boolean => status !== 'none' && TERMINAL.has(status);
@@ -343,6 +343,17 @@ function renderDetail(): void {
         h('strong', {}, `failed at ${f.stage} (${f.code})`),
         h('div', {}, f.reason),
         h('div', {}, `${f.retryable ? 'retryable' : 'not retryable'}${f.vmResumed === undefined ? '' : ` · VM ${f.vmResumed ? 'resumed' : 'NOT resumed'}`}`),
+      ),
+    );
+  }
+  if (overdueText(job)) {
+    body.push(
+      h(
+        'div',
+        { class: 'problem', 'data-problem': 'verification-overdue' },
+        h('strong', {}, 'verification overdue'),
+        h('div', {}, overdueText(job)),
+        h('div', {}, 'the image is written but no verifier gave a verdict: check that a verifier runs and reads this host (VMSAVE_VERIFY_HOSTS) and the dead letters'),
       ),
     );
   }
