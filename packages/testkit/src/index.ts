@@ -70,3 +70,4 @@ export async function waitFor<T>(what: string, check: () => T | Promise<T>, time
 export const uniq = (prefix = 't'): string => `${prefix}-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 8)}`;
 
 export { makePattern, patternVm, guestMemory, MiB, PATTERN_ADDR, PATTERN_SIZE, type TestVmDefinition } from './vm.ts';
+export { runNode, lines, type RunResult } from './run.ts';

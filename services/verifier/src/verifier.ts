@@ -50,51 +50,35 @@ export class Verifier {
       }))
         this.noteHost(a);
     })().catch((err) => this.log.warn({ err }, 'host announcements stopped'));
-    const verdicts = runConsumer(this.bus, {
-      stream: streams.events.name,
-      durable: this.cfg.VMSAVE_VERIFIER_NAME,
-      filterSubject: subjects.evtOfType('SaveCompleted'),
-      schema: JobEvent,
-      service: 'verifier',
-      concurrency: this.cfg.VMSAVE_VERIFY_CONCURRENCY,
-      ackWaitMs: VERIFY_ACK_WAIT_MS,
-      // Redelivery is harmless (the history is folded first); a message that waits in the client's
-      // buffer behind a long verification is redelivered every ack wait, so allow many.
-      maxDeliver: 1000,
-      log: this.log,
-      signal,
-      handler: async (e, ctx) => {
-        // The whole handler, not only the image read, keeps the delivery: the ack wait is short.
-        const keepAlive = setInterval(() => ctx.working(), KEEP_ALIVE_MS);
-        try {
-          return await this.onCompleted(e, () => ctx.working());
-        } finally {
-          clearInterval(keepAlive);
-        }
-      },
-    });
+    // Redelivery is harmless (the history is folded first); a message that waits in the client's
+    // buffer behind a long verification is redelivered every ack wait, so allow many. The whole
+    // handler, not only the image read, keeps the delivery: the ack wait is short.
+    const verdictsOn = (durable: string, type: 'SaveCompleted' | 'VerificationOverdue', concurrency?: number) =>
+      runConsumer(this.bus, {
+        stream: streams.events.name,
+        durable,
+        filterSubject: subjects.evtOfType(type),
+        schema: JobEvent,
+        service: 'verifier',
+        ...(concurrency !== undefined ? { concurrency } : {}),
+        ackWaitMs: VERIFY_ACK_WAIT_MS,
+        maxDeliver: 1000,
+        log: this.log,
+        signal,
+        handler: async (e, ctx) => {
+          const keepAlive = setInterval(() => ctx.working(), KEEP_ALIVE_MS);
+          try {
+            return await this.onCompleted(e, () => ctx.working());
+          } finally {
+            clearInterval(keepAlive);
+          }
+        },
+      });
+    const verdicts = verdictsOn(this.cfg.VMSAVE_VERIFIER_NAME, 'SaveCompleted', this.cfg.VMSAVE_VERIFY_CONCURRENCY);
     // The scheduler's verdict watchdog asks again with `VerificationOverdue` notice 1 (a
     // `SaveCompleted` dead-lettered, or its durable disabled): handled like that `SaveCompleted`,
     // from a durable of its own (NATS 2.9 filters a consumer on one subject).
-    const overdue = runConsumer(this.bus, {
-      stream: streams.events.name,
-      durable: overdueDurable(this.cfg.VMSAVE_VERIFIER_NAME),
-      filterSubject: subjects.evtOfType('VerificationOverdue'),
-      schema: JobEvent,
-      service: 'verifier',
-      ackWaitMs: VERIFY_ACK_WAIT_MS,
-      maxDeliver: 1000,
-      log: this.log,
-      signal,
-      handler: async (e, ctx) => {
-        const keepAlive = setInterval(() => ctx.working(), KEEP_ALIVE_MS);
-        try {
-          return await this.onCompleted(e, () => ctx.working());
-        } finally {
-          clearInterval(keepAlive);
-        }
-      },
-    });
+    const overdue = verdictsOn(overdueDurable(this.cfg.VMSAVE_VERIFIER_NAME), 'VerificationOverdue');
     this.task = Promise.all([verdicts, overdue]).then(() => undefined);
   }
 
