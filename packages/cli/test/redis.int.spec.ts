@@ -2,41 +2,20 @@
  * `vmsave jobs` against a Redis that asks for a password the URL lacks: one error naming
  * REDIS_URL, exit 1, and the process ends (it used to print its table, then log NOAUTH forever).
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { testUrls, waitFor } from '@vmsave/testkit';
+import { testUrls, startPasswordRedis } from '@vmsave/testkit';
 import { EXIT } from '../src/errors.ts';
 import { lines, vmsave } from './helpers.ts';
 
-let redis: ChildProcess;
+let redis: Awaited<ReturnType<typeof startPasswordRedis>> | undefined;
 let port: number;
 
-async function freePort(): Promise<number> {
-  const srv = net.createServer();
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
-  const p = (srv.address() as net.AddressInfo).port;
-  await new Promise((r) => srv.close(r));
-  return p;
-}
-
 beforeAll(async () => {
-  port = await freePort();
-  redis = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--requirepass', 'sekrit', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
-  await waitFor(
-    'the password-protected redis-server',
-    () =>
-      new Promise<boolean>((resolve) => {
-        const s = net.connect(port, '127.0.0.1', () => {
-          s.destroy();
-          resolve(true);
-        });
-        s.once('error', () => resolve(false));
-      }),
-  );
+  redis = await startPasswordRedis('sekrit');
+  port = redis.port;
 });
 afterAll(() => {
-  redis?.kill('SIGKILL');
+  redis?.stop();
 });
 
 describe('vmsave jobs with a REDIS_URL lacking the password', () => {

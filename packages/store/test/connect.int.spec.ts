@@ -3,25 +3,16 @@
  * answer) gives one RedisConnectError, and no client is left reconnecting in the background
  * (which kept `vmsave jobs` alive forever, logging NOAUTH).
  */
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import net from 'node:net';
+import { execFile } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { waitFor } from '@vmsave/testkit';
+import { freePort, startPasswordRedis } from '@vmsave/testkit';
 import { RedisConnectError, connectRedis } from '../src/index.ts';
 
 const CHILD = path.join(path.dirname(fileURLToPath(import.meta.url)), 'connect-child.ts');
-let redis: ChildProcess;
+let redis: Awaited<ReturnType<typeof startPasswordRedis>> | undefined;
 let port: number;
-
-async function freePort(): Promise<number> {
-  const srv = net.createServer();
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
-  const p = (srv.address() as net.AddressInfo).port;
-  await new Promise((r) => srv.close(r));
-  return p;
-}
 
 /** Connect from a fresh process; resolves with its output and how long it took to end by itself. */
 function connectInChild(url: string): Promise<{ out: Record<string, unknown>; ms: number }> {
@@ -35,22 +26,11 @@ function connectInChild(url: string): Promise<{ out: Record<string, unknown>; ms
 }
 
 beforeAll(async () => {
-  port = await freePort();
-  redis = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--requirepass', 'sekrit', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
-  await waitFor(
-    'the password-protected redis-server',
-    () =>
-      new Promise<boolean>((resolve) => {
-        const s = net.connect(port, '127.0.0.1', () => {
-          s.destroy();
-          resolve(true);
-        });
-        s.once('error', () => resolve(false));
-      }),
-  );
+  redis = await startPasswordRedis('sekrit');
+  port = redis.port;
 });
 afterAll(() => {
-  redis?.kill('SIGKILL');
+  redis?.stop();
 });
 
 describe('connectRedis', () => {

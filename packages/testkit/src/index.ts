@@ -50,24 +50,11 @@ async function resolveUrls(): Promise<TestUrls> {
   };
 }
 
-/** Poll until `check` returns a truthy value or the time is up (then throw with `what`). */
-export async function waitFor<T>(what: string, check: () => T | Promise<T>, timeoutMs = 20_000, everyMs = 50): Promise<NonNullable<T>> {
-  const end = Date.now() + timeoutMs;
-  let last: unknown;
-  for (;;) {
-    try {
-      const v = await check();
-      if (v) return v as NonNullable<T>;
-    } catch (err) {
-      last = err;
-    }
-    if (Date.now() > end) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? `: ${String(last)}` : ''}`);
-    await new Promise((r) => setTimeout(r, everyMs));
-  }
-}
+export { waitFor } from './wait.ts';
 
 /** A short random suffix so that concurrent or repeated runs never share ids. */
 export const uniq = (prefix = 't'): string => `${prefix}-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 8)}`;
 
 export { makePattern, patternVm, guestMemory, MiB, PATTERN_ADDR, PATTERN_SIZE, type TestVmDefinition } from './vm.ts';
 export { runNode, lines, type RunResult } from './run.ts';
+export { freePort, answers, startPasswordRedis } from './servers.ts';
