@@ -131,6 +131,8 @@ describe('arguments', () => {
     [['frobnicate'], /unknown command "frobnicate"/],
     [['vm'], /give a sub-command \(list, create, start\)/],
     [['restore'], /missing IMAGE/],
+    [['restore', 'x.vmsave', '--host', 'h', '--verify', 'ram'], /--verify must be one of state, full, got "ram"/],
+    [['restore', 'x.vmsave', '--local', '--verify', 'ram'], /--verify must be one of state, full, got "ram"/],
     [['job', 'a', 'b'], /unexpected argument "b"/],
     [['vm', 'create', '--name', 'x', '--memory', '8'], /--memory must be between 16/],
   ])('%j is a usage error: one line, exit 2', async (args, message) => {

@@ -18,7 +18,31 @@ export {
   ImageStateError,
   type ImageErrorCode,
 } from './errors.ts';
-export { ImageDescriptor, type ImageDescriptorInput, encodeDescriptor, decodeDescriptor } from './descriptor.ts';
+export { ImageDescriptor, ImageSeal, type ImageDescriptorInput, encodeDescriptor, decodeDescriptor } from './descriptor.ts';
+export {
+  SEAL_VERSION,
+  DEFAULT_CHUNK_BYTES,
+  MAX_CHUNK_BYTES,
+  sealSummary,
+  sealLayout,
+  sealProblems,
+  placeholderSeal,
+  computeSeal,
+  checkSealSource,
+  chunkCount,
+  chunksOf,
+  type SealHasher,
+  type SealSource,
+  type SealLayout,
+  type SealRunOptions,
+  type SealScope,
+  type SealCheck,
+  type SealMismatch,
+  type SealCheckName,
+  type SealCheckItem,
+  type CheckSealOptions as CheckSealSourceOptions,
+} from './seal.ts';
+export { crc32, crc32HasherOf, jsCrc32Hasher } from './crc32.ts';
 export {
   HEADER_SIZE,
   MAGIC_COMPLETE,

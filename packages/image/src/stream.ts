@@ -85,6 +85,10 @@ export interface RamInfo {
   endSection: boolean;
   /** Page records in the stream itself (legacy format; mapped-ram sends pages over multifd). */
   pages: { normal: number; zero: number; xbzrle: number };
+  /** Absolute offset of the RAM START section's type byte. */
+  startOffset: number;
+  /** Absolute offset just past the footer of the last RAM section (START, PART or END) walked. */
+  sectionsEnd: number;
 }
 
 export interface DeviceSection {
@@ -345,10 +349,21 @@ export async function walkStream(src: ByteSource, offset: number, options: WalkO
           what = 'the RAM setup section';
           if (walk.ram) stop('stream.ram', 'a second RAM START section', at);
           if (version !== 4) stop('stream.ram', `RAM section version ${version}, expected 4`, at);
-          walk.ram = { sectionId: id, version, memSize: 0, blocks: [], usedTotal: 0, endSection: false, pages: { normal: 0, zero: 0, xbzrle: 0 } };
+          walk.ram = {
+            sectionId: id,
+            version,
+            memSize: 0,
+            blocks: [],
+            usedTotal: 0,
+            endSection: false,
+            pages: { normal: 0, zero: 0, xbzrle: 0 },
+            startOffset: at,
+            sectionsEnd: at,
+          };
           await ramStart(c, walk, walk.ram, maxBlocks, stop);
           await ramRecords(c, walk.ram, stop);
           await footer(id, idstr);
+          walk.ram.sectionsEnd = c.pos;
         } else if (type === SECTION.START) {
           stop('stream.devices', `iterable section "${idstr}" (START) is not one this walker can size (only "ram" is)`, at);
         } else {
@@ -387,6 +402,7 @@ export async function walkStream(src: ByteSource, offset: number, options: WalkO
         await ramRecords(c, walk.ram!, stop);
         if (type === SECTION.END) walk.ram!.endSection = true;
         await footer(id, 'ram');
+        walk.ram!.sectionsEnd = c.pos;
       } else if (type === SECTION.COMMAND) {
         const cmd = await c.be16();
         const length = await c.be16();

@@ -10,6 +10,8 @@ import { decodeDescriptor } from './descriptor.ts';
 import { ImageError } from './errors.ts';
 import { FORMAT_VERSION, HEADER_SIZE, MAGIC_COMPLETE, MAGIC_PARTIAL, SUPPORTED_VERSIONS, decodeHeader, hasVmsaveMagic, type ImageHeader, verifyHeaderChecksum } from './header.ts';
 import { LIBVIRT_MAX_DATA, compressorMagicMatches, decodeLibvirtHeader, domainSummary, hasLibvirtMagic, type LibvirtHeader, parseLibvirtData } from './libvirt.ts';
+import { jsCrc32Hasher } from './crc32.ts';
+import { checkSealSource, type SealHasher, type SealSource } from './seal.ts';
 import { OutOfBounds, type Range, type VerifySource } from './source.ts';
 import { TARGET_PAGE_SIZE, bitmapBytes, walkStream, type RamBlock, type StreamCheck, type StreamWalk } from './stream.ts';
 
@@ -28,6 +30,10 @@ export const CHECK_NAMES = [
   'stream.devices',
   'stream.complete',
   'sparseness',
+  'seal.present',
+  'seal.reserved',
+  'seal.state',
+  'seal.ram',
 ] as const;
 export type CheckName = (typeof CHECK_NAMES)[number];
 export type CheckStatus = 'pass' | 'warn' | 'fail' | 'skip';
@@ -53,6 +59,13 @@ export interface VerifyOptions {
   maxExtents?: number;
   /** Largest bitmap read per RAM block (default 64 MiB, i.e. 2 TiB of RAM). */
   maxBitmapBytes?: number;
+  /**
+   * The checksum to check a sealed image with: default a plain-JS CRC-32 (`verifyImage` on a file
+   * brings zlib's, which is faster).
+   */
+  sealHasher?: SealHasher;
+  /** Also read every RAM chunk and compare it with the seal (`seal.ram`); default: device state only. */
+  content?: boolean;
 }
 
 const MiB = 1024 * 1024;
@@ -116,6 +129,7 @@ export async function runVerification(open: () => Promise<VerifySource & { close
       kind = 'vmsave';
       const container = await vmsaveHeaderChecks(src, head, checks);
       if (container) await streamChecks(src, container, checks, options);
+      await sealChecks(src, checks, options);
     } else if (hasLibvirtMagic(head)) {
       kind = 'libvirt';
       const container = await libvirtHeaderChecks(src, head, checks);
@@ -146,6 +160,12 @@ export async function runVerification(open: () => Promise<VerifySource & { close
   checks.skipRest('not reached: an earlier check failed or this kind of image does not have it');
   const list = checks.sorted();
   return { kind, checks: list, ok: !list.some((c) => c.status === 'fail') };
+}
+
+/** The seal checks (`seal.*`) of a vmsave image, when a hasher is given. */
+async function sealChecks(src: VerifySource & SealSource, checks: Checks, options: VerifyOptions): Promise<void> {
+  const r = await checkSealSource(src, { scope: options.content ? 'full' : 'state', hasher: options.sealHasher ?? jsCrc32Hasher });
+  for (const c of r.checks) checks.add(c.name, c.status, c.detail);
 }
 
 async function vmsaveHeaderChecks(src: VerifySource, head: Uint8Array, checks: Checks): Promise<Container | undefined> {

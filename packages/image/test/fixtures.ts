@@ -5,7 +5,7 @@
 import { spawn } from 'node:child_process';
 import { accessSync, constants as C, promises as fsp } from 'node:fs';
 import { join } from 'node:path';
-import { createImage, finalizeImage, encodeLibvirtHeader, type ImageDescriptorInput } from '../src/node/index.ts';
+import { createImage, finalizeImage, encodeLibvirtHeader, sealImage, type ImageDescriptorInput } from '../src/node/index.ts';
 import { TinyQmp } from './qmp.ts';
 
 export const PATTERN_ADDR = 0x1000000; // 16 MiB into guest RAM
@@ -111,12 +111,12 @@ export function descriptorFor(format: 'legacy' | 'sparse', memoryMiB = 64): Imag
   };
 }
 
-/** createImage → QEMU writes at streamOffset → finalizeImage. */
+/** createImage → QEMU writes at streamOffset → sealImage (unless `seal: false`) → finalizeImage (unless `finalize: false`). */
 export async function makeVmsaveImage(
   dir: string,
   name: string,
   format: 'legacy' | 'sparse',
-  o: { memMiB?: number; channels?: number; finalize?: boolean; extraCaps?: string[] } = {},
+  o: { memMiB?: number; channels?: number; finalize?: boolean; seal?: boolean; extraCaps?: string[] } = {},
 ): Promise<string> {
   const path = join(dir, name);
   const { streamOffset } = await createImage(path, {
@@ -135,7 +135,10 @@ export async function makeVmsaveImage(
     ...(o.channels ? { channels: o.channels } : {}),
     ...(o.extraCaps ? { extraCaps: o.extraCaps } : {}),
   });
-  if (o.finalize !== false) await finalizeImage(path);
+  if (o.finalize !== false) {
+    if (o.seal !== false) await sealImage(path);
+    await finalizeImage(path);
+  }
   return path;
 }
 

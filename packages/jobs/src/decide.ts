@@ -7,6 +7,7 @@ import {
   type VerificationCheck,
   type ImageFingerprint,
   type FailureStage,
+  type SealSummary,
   SaveStartedData,
   SaveCompletedData,
   SaveFailedData,
@@ -34,7 +35,9 @@ export type JobCommand =
   | { type: 'Retry'; delayMs: number; maxAttempts: number }
   | { type: 'Cancel'; reason: string; requestId?: string }
   | { type: 'ConfirmCancelled'; reason: string; vmResumed?: boolean; stage?: string }
-  | { type: 'RecordVerification'; imagePath: string; host?: string; checks: VerificationCheck[]; fingerprint?: ImageFingerprint }
+  | { type: 'RecordVerification'; imagePath: string; host?: string; checks: VerificationCheck[]; fingerprint?: ImageFingerprint; content?: 'state' | 'full'; seal?: SealSummary }
+  /** The verifier's content scrub found a verified image damaged since: the job becomes `rejected`. */
+  | { type: 'RecordScrubDamage'; imagePath: string; host?: string; checks: VerificationCheck[]; seal?: SealSummary }
   /** No verdict came for a completed save: 1 asks for verification again, 2 raises it. */
   | { type: 'FlagVerificationOverdue'; notice: 1 | 2; waitedMs: number };
 
@@ -66,6 +69,15 @@ export function decide(cmd: JobCommand, s: JobState, meta: DecideMeta): Decision
       : ok(makeEvent('RestoreRequested', cmd.jobId, { request: cmd.request, vm: cmd.vm, sourceJobId: cmd.sourceJobId }, at));
   }
   if (s.status === 'none') return refuse('job-unknown', 'no such job');
+  if (cmd.type === 'RecordScrubDamage') {
+    // The one way out of a final state: a verified image found damaged later is no longer good.
+    if (s.kind !== 'save' || s.status !== 'verified')
+      return refuse(isTerminal(s) ? 'job-terminal' : 'illegal-transition', `cannot record scrub damage on a ${s.kind} job that is ${s.status}`);
+    if (!cmd.checks.some((c) => c.status === 'fail')) return refuse('no-damage', 'a scrub rejection needs a failed check');
+    const data = { imagePath: cmd.imagePath, host: cmd.host, checks: cmd.checks, content: 'full' as const, scrub: true, ...(cmd.seal ? { seal: cmd.seal } : {}) };
+    // One id per job: a second verifier (or a repeated pass) appends the same event.
+    return ok(makeEvent('ImageRejected', s.jobId!, data, { source: meta.source, at: now, eventId: `${s.jobId}.ImageRejected.scrub` }));
+  }
   if (isTerminal(s)) return refuse('job-terminal', `job ${s.jobId} is already ${s.status}`);
 
   const attemptMatches = (attempt: number, token: number): Decision | undefined =>
@@ -119,7 +131,16 @@ export function decide(cmd: JobCommand, s: JobState, meta: DecideMeta): Decision
     case 'RecordVerification': {
       if (s.kind !== 'save' || s.status !== 'completed') return refuse('illegal-transition', `cannot verify a ${s.kind} job that is ${s.status}`);
       const failed = cmd.checks.some((c) => c.status === 'fail');
-      return ok(ev(failed ? 'ImageRejected' : 'ImageVerified', { imagePath: cmd.imagePath, host: cmd.host, checks: cmd.checks, fingerprint: cmd.fingerprint }));
+      return ok(
+        ev(failed ? 'ImageRejected' : 'ImageVerified', {
+          imagePath: cmd.imagePath,
+          host: cmd.host,
+          checks: cmd.checks,
+          fingerprint: cmd.fingerprint,
+          ...(cmd.content ? { content: cmd.content } : {}),
+          ...(cmd.seal ? { seal: cmd.seal } : {}),
+        }),
+      );
     }
     case 'FlagVerificationOverdue': {
       if (s.kind !== 'save' || s.status !== 'completed') return refuse('illegal-transition', `cannot flag a verdict overdue on a ${s.kind} job that is ${s.status}`);

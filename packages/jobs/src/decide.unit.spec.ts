@@ -55,20 +55,23 @@ const commands: Record<string, JobCommand> = {
   ConfirmCancelled: { type: 'ConfirmCancelled', reason: 'op', vmResumed: true },
   RecordVerification: { type: 'RecordVerification', imagePath: '/img/a', checks: checks('pass') },
   FlagVerificationOverdue: { type: 'FlagVerificationOverdue', notice: 1, waitedMs: 120_000 },
+  RecordScrubDamage: { type: 'RecordScrubDamage', imagePath: '/img/a', checks: [{ name: 'seal.ram', status: 'fail', detail: 'ram bytes 1–2' }] },
 };
 
 /** The full transition matrix: state × command → the event produced, `[]` (idempotent no-op) or the rule broken. */
 // biome-ignore format: aligned state × command table
 const matrix: Record<string, Record<string, string>> = {
-  none:      { RequestSave: 'SaveRequested', Reject: '!job-unknown', Schedule: '!job-unknown', StartSave: '!job-unknown', CompleteSave: '!job-unknown', FailSave: '!job-unknown', Cancel: '!job-unknown', ConfirmCancelled: '!job-unknown', RecordVerification: '!job-unknown', FlagVerificationOverdue: '!job-unknown' },
-  requested: { RequestSave: '[]', Reject: 'SaveRejected', Schedule: 'SaveScheduled', StartSave: '!illegal-transition', CompleteSave: '!illegal-transition', FailSave: '!illegal-transition', Cancel: 'SaveCancelled', ConfirmCancelled: '!illegal-transition', RecordVerification: '!illegal-transition', FlagVerificationOverdue: '!illegal-transition' },
-  scheduled: { RequestSave: '[]', Reject: '!illegal-transition', Schedule: '!illegal-transition', StartSave: 'SaveStarted', CompleteSave: '!illegal-transition', FailSave: 'SaveFailed', Cancel: 'SaveCancelRequested', ConfirmCancelled: 'SaveCancelled', RecordVerification: '!illegal-transition', FlagVerificationOverdue: '!illegal-transition' },
-  running:   { RequestSave: '[]', Reject: '!illegal-transition', Schedule: '!illegal-transition', StartSave: '!illegal-transition', CompleteSave: 'SaveCompleted', FailSave: 'SaveFailed', Cancel: 'SaveCancelRequested', ConfirmCancelled: 'SaveCancelled', RecordVerification: '!illegal-transition', FlagVerificationOverdue: '!illegal-transition' },
-  completed: { RequestSave: '[]', Reject: '!illegal-transition', Schedule: '!illegal-transition', StartSave: '!illegal-transition', CompleteSave: '!illegal-transition', FailSave: '!illegal-transition', Cancel: '!illegal-transition', ConfirmCancelled: '!illegal-transition', RecordVerification: 'ImageVerified', FlagVerificationOverdue: 'VerificationOverdue' },
+  none:      { RequestSave: 'SaveRequested', Reject: '!job-unknown', Schedule: '!job-unknown', StartSave: '!job-unknown', CompleteSave: '!job-unknown', FailSave: '!job-unknown', Cancel: '!job-unknown', ConfirmCancelled: '!job-unknown', RecordVerification: '!job-unknown', FlagVerificationOverdue: '!job-unknown', RecordScrubDamage: '!job-unknown' },
+  requested: { RequestSave: '[]', Reject: 'SaveRejected', Schedule: 'SaveScheduled', StartSave: '!illegal-transition', CompleteSave: '!illegal-transition', FailSave: '!illegal-transition', Cancel: 'SaveCancelled', ConfirmCancelled: '!illegal-transition', RecordVerification: '!illegal-transition', FlagVerificationOverdue: '!illegal-transition', RecordScrubDamage: '!illegal-transition' },
+  scheduled: { RequestSave: '[]', Reject: '!illegal-transition', Schedule: '!illegal-transition', StartSave: 'SaveStarted', CompleteSave: '!illegal-transition', FailSave: 'SaveFailed', Cancel: 'SaveCancelRequested', ConfirmCancelled: 'SaveCancelled', RecordVerification: '!illegal-transition', FlagVerificationOverdue: '!illegal-transition', RecordScrubDamage: '!illegal-transition' },
+  running:   { RequestSave: '[]', Reject: '!illegal-transition', Schedule: '!illegal-transition', StartSave: '!illegal-transition', CompleteSave: 'SaveCompleted', FailSave: 'SaveFailed', Cancel: 'SaveCancelRequested', ConfirmCancelled: 'SaveCancelled', RecordVerification: '!illegal-transition', FlagVerificationOverdue: '!illegal-transition', RecordScrubDamage: '!illegal-transition' },
+  completed: { RequestSave: '[]', Reject: '!illegal-transition', Schedule: '!illegal-transition', StartSave: '!illegal-transition', CompleteSave: '!illegal-transition', FailSave: '!illegal-transition', Cancel: '!illegal-transition', ConfirmCancelled: '!illegal-transition', RecordVerification: 'ImageVerified', FlagVerificationOverdue: 'VerificationOverdue', RecordScrubDamage: '!illegal-transition' },
 };
 for (const terminal of ['rejected', 'verified', 'imageRejected', 'failed', 'cancelled']) {
   matrix[terminal] = Object.fromEntries(Object.keys(commands).map((c) => [c, c === 'RequestSave' ? '[]' : '!job-terminal']));
 }
+// The one way out of a final state: the content scrub finds a verified image damaged.
+matrix.verified!.RecordScrubDamage = 'ImageRejected';
 
 describe('save job decider: every state × command', () => {
   for (const [state, row] of Object.entries(matrix)) {
@@ -273,6 +276,34 @@ describe('verdict overdue', () => {
     const s = fold([makeEvent('VerificationOverdue', J, { imagePath: '/img/a', host: 'h1', attempt: 1, waitedMs: 1, notice: 1 }, at())], given('verified'));
     expect(s.status).toBe('verified');
     expect(s.verificationOverdue).toBeUndefined();
+  });
+});
+
+describe('content scrub damage', () => {
+  it('given a verified job, when the scrub records damage, then ImageRejected with scrub: true (one id per job) moves it to rejected, rule scrub', () => {
+    const d = decide(commands.RecordScrubDamage!, given('verified'), meta);
+    expect(d.ok).toBe(true);
+    if (!d.ok) return;
+    expect(d.events).toHaveLength(1);
+    expect(d.events[0]).toMatchObject({ type: 'ImageRejected', eventId: `${J}.ImageRejected.scrub`, data: { scrub: true, content: 'full', imagePath: '/img/a' } });
+    const s = fold(d.events, given('verified'));
+    expect(s.status).toBe('rejected');
+    expect(s.rejection).toMatchObject({ rule: 'scrub', message: 'seal.ram: ram bytes 1–2' });
+    expect(decide(commands.RecordScrubDamage!, s, meta)).toMatchObject({ ok: false, rule: 'job-terminal' });
+  });
+  it('given a verified job, when a scrub "rejection" has no failed check, then it is refused', () => {
+    const d = decide({ type: 'RecordScrubDamage', imagePath: '/img/a', checks: [{ name: 'seal.ram', status: 'pass', detail: '' }] }, given('verified'), meta);
+    expect(d).toMatchObject({ ok: false, rule: 'no-damage' });
+  });
+  it('given a verified job, when a plain ImageRejected (no scrub flag) arrives, then evolve keeps it verified', () => {
+    const s = fold([makeEvent('ImageRejected', J, { imagePath: '/img/a', checks: checks('fail') }, at())], given('verified'));
+    expect(s.status).toBe('verified');
+  });
+  it('given a failed or cancelled job, when a scrub ImageRejected arrives, then it changes nothing', () => {
+    for (const h of ['failed', 'cancelled'] as const) {
+      const s = fold([makeEvent('ImageRejected', J, { imagePath: '/img/a', checks: checks('fail'), scrub: true }, at())], given(h));
+      expect(s.status).toBe(h);
+    }
   });
 });
 

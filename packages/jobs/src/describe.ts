@@ -42,7 +42,8 @@ export function describeEvent(e: JobEvent): string {
       const n = (s: string) => e.data.checks.filter((c) => c.status === s).length;
       const failed = e.data.checks.filter((c) => c.status === 'fail');
       const counts = `${n('pass')} pass, ${n('warn')} warn, ${n('fail')} fail, ${n('skip')} skip`;
-      return failed.length ? `${failed.length} check(s) failed: ${failed.map((c) => c.name).join(', ')} (${counts})` : `${n('pass')} checks passed (${counts})`;
+      const scrub = e.type === 'ImageRejected' && e.data.scrub ? 'content scrub: damaged since verified; ' : '';
+      return failed.length ? `${scrub}${failed.length} check(s) failed: ${failed.map((c) => c.name).join(', ')} (${counts})` : `${n('pass')} checks passed (${counts})`;
     }
     case 'VerificationOverdue':
       return `verification overdue: no verdict ${fmtElapsed(e.data.waitedMs)} after the save completed; ${e.data.notice === 1 ? 'verification asked again' : 'raised (no verifier answered)'}`;

@@ -54,6 +54,9 @@ export const isFinal = (s: JobState): boolean => isTerminal(s) && !(s.status ===
 const givesUp = (s: JobState, e: JobEvent): boolean =>
   (e.type === 'SaveFailed' || e.type === 'RestoreFailed') && e.data.attempt === s.attempt && s.lastFailure?.retryable === true && !e.data.retryable;
 
+/** The content scrub found a verified image damaged since: the one event that reopens a final state. */
+const scrubDamage = (s: JobState, e: JobEvent): boolean => s.kind === 'save' && s.status === 'verified' && e.type === 'ImageRejected' && e.data.scrub === true;
+
 /**
  * Fold one event into a job's state. Pure and total: an event that does not apply to the state
  * (out of order, or a stale attempt) leaves the state as it is, so replaying any log is safe.
@@ -63,7 +66,7 @@ export function evolve(s: JobState, e: JobEvent): JobState {
   // A final state is final: late or stray events (a stale executor, a second scheduler) are
   // counted but change nothing. A failed job may only be retried, or given up (its failure
   // repeated as not retryable).
-  if (isTerminal(s) && !(s.status === 'failed' && (e.type === 'SaveRetrying' || e.type === 'RestoreRetrying' || givesUp(s, e)))) return base;
+  if (isTerminal(s) && !(s.status === 'failed' && (e.type === 'SaveRetrying' || e.type === 'RestoreRetrying' || givesUp(s, e))) && !scrubDamage(s, e)) return base;
   switch (e.type) {
     case 'SaveRequested':
       if (s.status !== 'none') return base;
@@ -132,7 +135,7 @@ export function evolve(s: JobState, e: JobEvent): JobState {
         verificationOverdue: undefined,
         checks: e.data.checks,
         rejection: {
-          rule: 'verification',
+          rule: e.data.scrub ? 'scrub' : 'verification',
           message: e.data.checks
             .filter((c) => c.status === 'fail')
             .map((c) => `${c.name}: ${c.detail}`)

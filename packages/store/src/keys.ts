@@ -7,6 +7,8 @@ export function keys(prefix = 'vmsave') {
     jobsByVm: (vm: string) => `${prefix}:jobs:vm:${vm}`,
     jobsByHost: (host: string) => `${prefix}:jobs:host:${host}`,
     latestImage: (vm: string) => `${prefix}:image:latest:${vm}`,
+    /** Every verified image of a VM still standing (jobId → LatestImage JSON): what `latestImage` falls back on. */
+    verifiedImages: (vm: string) => `${prefix}:image:verified:${vm}`,
     imageIndex: `${prefix}:image:byPath`,
     appliedSeq: `${prefix}:proj:seq`,
     lease: (vm: string) => `${prefix}:lease:${vm}`,

@@ -47,6 +47,15 @@ export class Projection {
     if (event.type === 'ImageVerified' && next.vm) {
       const latest: LatestImage = { vm: next.vm, jobId: event.jobId, imagePath: event.data.imagePath, host: next.host, format: next.format, verifiedAt: event.at };
       tx.set(this.k.latestImage(next.vm), JSON.stringify(latest));
+      tx.hset(this.k.verifiedImages(next.vm), event.jobId, JSON.stringify(latest));
+    }
+    if (event.type === 'ImageRejected' && event.data.scrub && next.vm) {
+      // The scrub found a verified image damaged: it is no longer a VM's image to restore. The
+      // latest image falls back on the newest other verified one, or there is none.
+      const fallback = await this.newestVerified(next.vm, event.jobId);
+      tx.hdel(this.k.verifiedImages(next.vm), event.jobId);
+      if (fallback) tx.set(this.k.latestImage(next.vm), JSON.stringify(fallback));
+      else tx.del(this.k.latestImage(next.vm));
     }
     if (event.type === 'SaveCompleted' || event.type === 'ImageVerified' || event.type === 'ImageRejected') {
       tx.hset(this.k.imageIndex, `${next.host ?? ''}\0${next.imagePath ?? ''}`, event.jobId);
@@ -68,6 +77,14 @@ export class Projection {
     if (ids.length === 0) return [];
     const raw = await this.redis.mget(ids.map((id) => this.k.job(id)));
     return raw.filter((r): r is string => r !== null).map((r) => JSON.parse(r) as JobView);
+  }
+
+  /** The newest verified image of `vm` other than job `except`'s. */
+  private async newestVerified(vm: string, except: string): Promise<LatestImage | undefined> {
+    const all = Object.entries(await this.redis.hgetall(this.k.verifiedImages(vm)))
+      .filter(([jobId]) => jobId !== except)
+      .map(([, v]) => JSON.parse(v) as LatestImage);
+    return all.sort((a, b) => Date.parse(b.verifiedAt) - Date.parse(a.verifiedAt))[0];
   }
 
   async latestImage(vm: string): Promise<LatestImage | undefined> {

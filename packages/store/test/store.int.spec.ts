@@ -116,6 +116,33 @@ describe('read models', () => {
   });
 });
 
+describe('latest image after a scrub finds damage', () => {
+  it('falls back on the newest other verified image of the VM, then on none', async () => {
+    const p = new Projection(redis, uniq('scrub'));
+    const vm = uniq('vm');
+    const older = saveHistory(vm, 'h', 'verified');
+    const newer = saveHistory(vm, 'h', 'verified');
+    let seq = 0;
+    for (const e of [...older, ...newer]) await p.apply({ seq: ++seq, event: e });
+    expect((await p.latestImage(vm))?.jobId).toBe(newer[0]!.jobId);
+    const scrubbed = (jobId: string) =>
+      ({
+        ...makeEvent(
+          'ImageRejected',
+          jobId,
+          { imagePath: `/img/${vm}.vmsave`, scrub: true, checks: [{ name: 'seal.ram', status: 'fail', detail: 'differs' }] },
+          { source: 'verifier' },
+        ),
+      }) as JobEvent;
+    await p.apply({ seq: ++seq, event: scrubbed(newer[0]!.jobId) });
+    expect((await p.job(newer[0]!.jobId))?.status).toBe('rejected');
+    expect((await p.latestImage(vm))?.jobId).toBe(older[0]!.jobId);
+    await p.apply({ seq: ++seq, event: scrubbed(older[0]!.jobId) });
+    expect(await p.latestImage(vm)).toBeUndefined();
+    await p.clear();
+  });
+});
+
 describe('per-VM lease', () => {
   it('cannot be taken by another owner until it expires; fencing tokens grow', async () => {
     const prefix = uniq('lease');

@@ -5,7 +5,7 @@
  * reads the log, the file system and the image is in verifier.ts.
  */
 import path from 'node:path';
-import type { EventOf, ImageFingerprint, VerificationCheck } from '@vmsave/contracts';
+import type { EventOf, ImageFingerprint, SealSummary, VerificationCheck } from '@vmsave/contracts';
 import { decide, type Decision, type JobState } from '@vmsave/jobs';
 import type { VerifyResult } from '@vmsave/image';
 
@@ -101,7 +101,70 @@ export function trustedFingerprint(
 }
 
 /** `ImageVerified` when no check failed, `ImageRejected` otherwise, or the rule the job's state breaks. */
-export function recordVerification(state: JobState, v: { imagePath: string; host: string; checks: VerificationCheck[]; fingerprint?: ImageFingerprint }, now?: Date): Decision {
-  const cmd = { type: 'RecordVerification' as const, imagePath: v.imagePath, host: v.host, checks: v.checks, ...(v.fingerprint ? { fingerprint: v.fingerprint } : {}) };
+export function recordVerification(
+  state: JobState,
+  v: { imagePath: string; host: string; checks: VerificationCheck[]; fingerprint?: ImageFingerprint; content?: 'state' | 'full'; seal?: SealSummary },
+  now?: Date,
+): Decision {
+  const cmd = {
+    type: 'RecordVerification' as const,
+    imagePath: v.imagePath,
+    host: v.host,
+    checks: v.checks,
+    ...(v.fingerprint ? { fingerprint: v.fingerprint } : {}),
+    ...(v.content ? { content: v.content } : {}),
+    ...(v.seal ? { seal: v.seal } : {}),
+  };
+  return decide(cmd, state, now ? { source: SOURCE, now } : { source: SOURCE });
+}
+
+const summaryText = (s: SealSummary): string => `${s.algorithm}, ${s.chunks} chunk(s) of ${s.chunkBytes} B, state ${s.stateDigest}, RAM ${s.ramDigest}`;
+
+/**
+ * Check `seal.summary`: the seal the image holds against the one recorded when it was written
+ * (`SaveCompleted.seal`) or last verified. None on either side and nothing to compare: no check.
+ * A seal that changed or vanished means the descriptor was rewritten after the save: fail.
+ */
+export function sealSummaryCheck(recorded: SealSummary | undefined, found: SealSummary | undefined, recordedBy = 'SaveCompleted'): VerificationCheck | undefined {
+  if (!recorded && !found) return undefined;
+  if (!recorded) return { name: 'seal.summary', status: 'skip', detail: `${recordedBy} recorded no seal to compare with the image's (${summaryText(found!)})` };
+  if (!found)
+    return { name: 'seal.summary', status: 'fail', detail: `${recordedBy} recorded a seal (${summaryText(recorded)}) but the image has none: its descriptor was rewritten` };
+  const differ = (['algorithm', 'chunkBytes', 'chunks', 'stateDigest', 'ramDigest'] as const).filter((k) => recorded[k] !== found[k]);
+  if (differ.length === 0) return { name: 'seal.summary', status: 'pass', detail: `the image's seal is the one ${recordedBy} recorded (${summaryText(found)})` };
+  return {
+    name: 'seal.summary',
+    status: 'fail',
+    detail: `the image's seal differs from the one ${recordedBy} recorded in ${differ.map((k) => `${k} (${String(found[k])}, recorded ${String(recorded[k])})`).join(', ')}`,
+  };
+}
+
+/** A verified image the scrub re-reads: the job that wrote it and where it is. */
+export interface ScrubTarget {
+  jobId: string;
+  host: string;
+  imagePath: string;
+  /** The seal recorded with the verdict (`ImageVerified.seal`), if any. */
+  seal?: SealSummary;
+}
+
+/** The images the content scrub reads: those of verified saves, of hosts this verifier reads. */
+export function scrubTargets(jobs: Iterable<{ state: JobState; seal?: SealSummary }>, readable: (host: string) => boolean): ScrubTarget[] {
+  const out: ScrubTarget[] = [];
+  for (const { state: s, seal } of jobs) {
+    if (s.kind !== 'save' || s.status !== 'verified' || !s.jobId || !s.host || !s.imagePath || !readable(s.host)) continue;
+    out.push({ jobId: s.jobId, host: s.host, imagePath: s.imagePath, ...(seal ? { seal } : {}) });
+  }
+  return out;
+}
+
+/**
+ * What a scrub of one verified image records: nothing when every check passed (or the image has
+ * no seal to check), else `ImageRejected` with `scrub: true` and the checks (`seal.ram`,
+ * `seal.state`, `seal.summary`, …), through `decide`: the job moves from verified to rejected.
+ */
+export function recordScrub(state: JobState, v: { imagePath: string; host: string; checks: VerificationCheck[]; seal?: SealSummary }, now?: Date): Decision {
+  if (!v.checks.some((c) => c.status === 'fail')) return { ok: true, events: [] };
+  const cmd = { type: 'RecordScrubDamage' as const, imagePath: v.imagePath, host: v.host, checks: v.checks, ...(v.seal ? { seal: v.seal } : {}) };
   return decide(cmd, state, now ? { source: SOURCE, now } : { source: SOURCE });
 }

@@ -2,7 +2,18 @@ import { describe, expect, it } from 'vitest';
 import { SaveRequest, makeEvent, type EventOf, type ImageFingerprint, type JobEvent, type VerificationCheck } from '@vmsave/contracts';
 import { fold } from '@vmsave/jobs';
 import type { VerifyResult } from '@vmsave/image';
-import { checksOf, hostFilter, planVerification, preCheck, recordVerification, trustedFingerprint, type PathFacts } from './decisions.ts';
+import {
+  checksOf,
+  hostFilter,
+  planVerification,
+  preCheck,
+  recordScrub,
+  recordVerification,
+  scrubTargets,
+  sealSummaryCheck,
+  trustedFingerprint,
+  type PathFacts,
+} from './decisions.ts';
 
 const T0 = new Date('2026-01-01T00:00:00Z');
 const J = 's-verifier-1';
@@ -145,5 +156,36 @@ describe('checksOf and trustedFingerprint', () => {
     expect(trustedFingerprint(fp, { ...fp, mtimeNs: '101' }, same)).toBeUndefined();
     expect(trustedFingerprint(undefined, fp, same)).toBeUndefined();
     expect(trustedFingerprint(fp, undefined, same)).toBeUndefined();
+  });
+});
+
+describe('the seal: seal.summary, scrub targets and scrub verdicts', () => {
+  const seal = { algorithm: 'crc32', chunkBytes: 4 << 20, chunks: 16, stateDigest: 'aabbccdd', ramDigest: '01020304' };
+  it('seal.summary passes when the image holds the recorded seal, fails naming each differing field, and is absent when neither has one', () => {
+    expect(sealSummaryCheck(seal, { ...seal })).toMatchObject({ name: 'seal.summary', status: 'pass' });
+    const c = sealSummaryCheck(seal, { ...seal, ramDigest: 'ffffffff', chunks: 17 });
+    expect(c).toMatchObject({ name: 'seal.summary', status: 'fail' });
+    expect(c!.detail).toContain('chunks (17, recorded 16)');
+    expect(c!.detail).toContain('ramDigest (ffffffff, recorded 01020304)');
+    expect(sealSummaryCheck(seal, undefined)).toMatchObject({ status: 'fail', detail: expect.stringContaining('the image has none') });
+    expect(sealSummaryCheck(undefined, seal)).toMatchObject({ status: 'skip' });
+    expect(sealSummaryCheck(undefined, undefined)).toBeUndefined();
+  });
+  const verified = fold([...untilCompleted, makeEvent('ImageVerified', J, { imagePath: '/img/vm1.vmsave', host: 'h1', checks: [], seal }, at)]);
+  it('scrubs only verified saves of readable hosts, with the seal their verdict recorded', () => {
+    const other = { ...verified, jobId: 's-other', host: 'h2' };
+    const completedOnly = fold(untilCompleted);
+    expect(scrubTargets([{ state: verified, seal }, { state: other }, { state: completedOnly }], hostFilter('h1'))).toEqual([
+      { jobId: J, host: 'h1', imagePath: '/img/vm1.vmsave', seal },
+    ]);
+  });
+  it('records nothing when every check passed, ImageRejected with scrub: true when one failed', () => {
+    expect(recordScrub(verified, { imagePath: '/img/vm1.vmsave', host: 'h1', checks: [check('seal.ram', 'pass')] }, T0)).toEqual({ ok: true, events: [] });
+    const d = recordScrub(verified, { imagePath: '/img/vm1.vmsave', host: 'h1', checks: [check('seal.state', 'pass'), check('seal.ram', 'fail')], seal }, T0);
+    expect(d.ok && d.events[0]).toMatchObject({
+      type: 'ImageRejected',
+      source: 'verifier',
+      data: { scrub: true, seal, checks: [{ name: 'seal.state' }, { name: 'seal.ram', status: 'fail' }] },
+    });
   });
 });

@@ -1,4 +1,5 @@
 import { Bus, busOptions, type Logger } from '@vmsave/bus';
+import type { ServiceMetrics } from '@vmsave/metrics';
 import type { VerifierConfig } from './config.ts';
 import { Verifier } from './verifier.ts';
 
@@ -11,10 +12,11 @@ export interface VerifierService extends AsyncDisposable {
 
 /**
  * The verifier's wiring (used by main.ts and by the integration test): connect to NATS, make sure
- * the streams exist, start consuming `SaveCompleted`.
+ * the streams exist, start consuming `SaveCompleted`. `metrics`: the verdicts and bus metrics are
+ * counted into it (a scrub adds its bytes read to `metrics.counter('scrubBytes')`).
  */
-export async function startVerifier(cfg: VerifierConfig, log: Logger): Promise<VerifierService> {
-  const bus = await Bus.connect({ ...busOptions(cfg, 'verifier'), log });
+export async function startVerifier(cfg: VerifierConfig, log: Logger, metrics?: ServiceMetrics): Promise<VerifierService> {
+  const bus = await Bus.connect({ ...busOptions(cfg, 'verifier'), log, metrics: metrics?.bus });
   let verifier: Verifier;
   try {
     await bus.ensureStreams();

@@ -1,11 +1,12 @@
-import { constants } from 'node:fs';
-import { access, realpath, stat } from 'node:fs/promises';
-import { JobEvent, streams, subjects, type HostAnnouncement, type ImageFingerprint, type VerificationCheck } from '@vmsave/contracts';
+import { realpath } from 'node:fs/promises';
+import { JobEvent, streams, subjects, type HostAnnouncement, type ImageFingerprint, type SealSummary, type VerificationCheck } from '@vmsave/contracts';
 import { ack, eventsOfJob, publishEvent, readHosts, runConsumer, type Bus, type Logger, type Outcome } from '@vmsave/bus';
 import { fold } from '@vmsave/jobs';
-import { fingerprintImage, sameFingerprint, verifyImage } from '@vmsave/image/node';
+import { fingerprintImage, readImage, sameFingerprint, sealSummary, verifyImage } from '@vmsave/image/node';
 import type { VerifierConfig } from './config.ts';
-import { checksOf, hostFilter, planVerification, preCheck, recordVerification, trustedFingerprint } from './decisions.ts';
+import { checksOf, hostFilter, planVerification, preCheck, recordVerification, sealSummaryCheck, trustedFingerprint } from './decisions.ts';
+import { pathFacts } from './path-facts.ts';
+import { Scrubber } from './scrub.ts';
 
 /**
  * Ack wait of the verifier's durable: how long a `SaveCompleted` whose verifier crashed waits
@@ -19,8 +20,10 @@ const KEEP_ALIVE_MS = 1_000;
 export const overdueDurable = (name: string): string => `${name}-overdue`;
 
 /**
- * Verifies every image a save completed: on `SaveCompleted` it runs the image checks and
- * appends `ImageVerified` or `ImageRejected` with every check. Redelivery is harmless: the
+ * Verifies every image a save completed: on `SaveCompleted` it runs the image checks (a sealed
+ * image's device state against its seal among them, and its seal against `SaveCompleted.seal`:
+ * `seal.summary`) and appends `ImageVerified` or `ImageRejected` with every check and the seal
+ * summary. With `VMSAVE_SCRUB_BYTES_PER_SEC` > 0 it also runs the content scrub (scrub.ts). Redelivery is harmless: the
  * job's history is folded first and a job already verified is skipped. It reads only regular
  * files inside an image directory their host announced (decisions.ts `preCheck`).
  */
@@ -31,6 +34,8 @@ export class Verifier {
   /** Every image directory each host announced since this verifier started (a restarted executor may move it). */
   private readonly imageDirs = new Map<string, Set<string>>();
   private readonly readable: (host: string) => boolean;
+  /** The content scrub, when `VMSAVE_SCRUB_BYTES_PER_SEC` > 0. */
+  scrubber?: Scrubber;
 
   constructor(
     private readonly bus: Bus,
@@ -79,7 +84,20 @@ export class Verifier {
     // `SaveCompleted` dead-lettered, or its durable disabled): handled like that `SaveCompleted`,
     // from a durable of its own (NATS 2.9 filters a consumer on one subject).
     const overdue = verdictsOn(overdueDurable(this.cfg.VMSAVE_VERIFIER_NAME), 'VerificationOverdue');
-    this.task = Promise.all([verdicts, overdue]).then(() => undefined);
+    // The content scrub re-reads verified images against their seals (off with 0 bytes/s).
+    if (this.cfg.VMSAVE_SCRUB_BYTES_PER_SEC > 0) {
+      this.scrubber = new Scrubber({
+        bus: this.bus,
+        log: this.log,
+        bytesPerSec: this.cfg.VMSAVE_SCRUB_BYTES_PER_SEC,
+        intervalMs: this.cfg.VMSAVE_SCRUB_INTERVAL_MS,
+        readable: this.readable,
+        imageDirsOf: (h) => this.imageDirsOf(h),
+        signal,
+      });
+    }
+    const scrub = this.scrubber?.run() ?? Promise.resolve();
+    this.task = Promise.all([verdicts, overdue, scrub]).then(() => undefined);
   }
 
   async stop(): Promise<void> {
@@ -125,18 +143,10 @@ export class Verifier {
     }
     let checks: VerificationCheck[];
     let fingerprint: ImageFingerprint | undefined;
-    const readable = await access(imagePath, constants.R_OK).then(
-      () => true,
-      () => false,
-    );
-    const realPath = readable ? await realpath(imagePath).catch(() => undefined) : undefined;
-    const regularFile = realPath
-      ? await stat(realPath).then(
-          (s) => s.isFile(),
-          () => false,
-        )
-      : undefined;
-    const refused = preCheck({ imagePath, readable, realPath, regularFile, imageDirs: readable ? await this.imageDirsOf(host) : [], host });
+    let seal: SealSummary | undefined;
+    const facts = await pathFacts(imagePath, host, (h) => this.imageDirsOf(h));
+    const { realPath } = facts;
+    const refused = preCheck(facts);
     if (refused) {
       checks = [refused];
     } else {
@@ -146,14 +156,18 @@ export class Verifier {
         const file = realPath ?? imagePath;
         const hostCaps = this.hosts.get(host)?.qemu;
         const before = await fingerprintImage(file).catch(() => undefined);
+        // Sealed images: `seal.state` (the device state against its digest) is among the checks.
         checks = checksOf(await verifyImage(file, { hostCaps }));
+        seal = await sealOf(file);
+        const summary = sealSummaryCheck(e.data.seal, seal);
+        if (summary) checks.push(summary);
         const after = await fingerprintImage(file).catch(() => undefined);
         fingerprint = trustedFingerprint(before, after, sameFingerprint);
       } finally {
         clearInterval(keepAlive);
       }
     }
-    const d = recordVerification(state, { imagePath, host, checks, ...(fingerprint ? { fingerprint } : {}) });
+    const d = recordVerification(state, { imagePath, host, checks, ...(fingerprint ? { fingerprint } : {}), ...(seal ? { seal, content: 'state' as const } : {}) });
     if (!d.ok) {
       log.warn({ rule: d.rule }, d.message);
       return ack();
@@ -164,4 +178,11 @@ export class Verifier {
     else log.info({ imagePath, warnings: checks.filter((c) => c.status === 'warn').map((c) => c.name) }, 'image verified');
     return ack();
   }
+}
+
+/** The seal summary in the image's descriptor, if it has one (an unreadable image has none: its checks say why). */
+async function sealOf(file: string): Promise<SealSummary | undefined> {
+  const info = await readImage(file).catch(() => undefined);
+  const seal = info?.descriptor.seal;
+  return seal ? sealSummary(seal) : undefined;
 }

@@ -58,10 +58,11 @@ const saveCommand: Command = {
 const restoreCommand: Command = {
   name: 'restore',
   summary: 'restore a VM from an image (through the bus; with --local/--qmp-dir: here, without the bus)',
-  usage: 'restore IMAGE [--host H] [--after running|paused|as-saved] [--wait]  |  restore FILE --local [--qmp-dir DIR]',
+  usage: 'restore IMAGE [--host H] [--after running|paused|as-saved] [--verify state|full] [--wait]  |  restore FILE --local [--qmp-dir DIR]',
   help: [
     ['--host H', 'host holding the image (default: the host that wrote it)'],
     ['--after S', 'running, paused or as-saved (default as-saved)'],
+    ['--verify V', 'content check before QEMU starts: state (default: the sealed device state) or full (every RAM chunk too; refused on an image with no seal)'],
     ['--priority P', 'high, normal or low'],
     ['--wait', 'follow the job until the VM runs'],
     ['--request-id ID', 'idempotency key'],
@@ -72,6 +73,7 @@ const restoreCommand: Command = {
   options: {
     host: { type: 'string' },
     after: { type: 'string' },
+    verify: { type: 'string' },
     priority: { type: 'string' },
     wait: { type: 'boolean' },
     'request-id': { type: 'string' },

@@ -19,9 +19,14 @@ const inspectCommand: Command = {
 const verifyCommand: Command = {
   name: 'verify',
   summary: "run the verifier's checks on an image file (vmsave or libvirt); exit 3 when a check fails",
-  usage: 'verify FILE',
-  help: [],
-  options: {},
+  usage: 'verify FILE [--content]',
+  help: [
+    [
+      '--content',
+      'also check every RAM chunk against the seal written at save (reads all the data; progress on stderr); a mismatch names its region and offsets; an image with no seal fails',
+    ],
+  ],
+  options: { content: { type: 'boolean' } },
   positionals: { min: 1, max: 1, names: 'FILE' },
   run: lazy(run, (m) => m.verify, { settings: false }),
 };

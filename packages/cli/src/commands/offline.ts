@@ -129,6 +129,7 @@ export async function offlineSave(ctx: Ctx, v: Values): Promise<number> {
 export async function offlineRestore(ctx: Ctx, v: Values, file: string): Promise<number> {
   if (str(v, 'host') !== undefined || bool(v, 'wait')) throw new UsageError('restore: --host and --wait are for bus restores, not local ones');
   const after = oneOf(v, 'after', ['running', 'paused', 'as-saved'] as const) ?? 'as-saved';
+  const content = oneOf(v, 'verify', ['state', 'full'] as const) ?? 'state';
   const qmpDirOpt = str(v, 'qmp-dir');
   const host = await localHost(ctx.env, { qmpDir: qmpDirOpt === undefined ? undefined : path.resolve(qmpDirOpt) });
   const registry = host.vms;
@@ -144,6 +145,7 @@ export async function offlineRestore(ctx: Ctx, v: Values, file: string): Promise
       imagePath,
       hostCaps: host.caps,
       after,
+      content,
       accel: host.accel,
       definition,
       signal: ctx.signal,
@@ -167,6 +169,7 @@ export async function offlineRestore(ctx: Ctx, v: Values, file: string): Promise
     throw err;
   }
   await result.qmp.close();
+  if (!result.content.sealed) ctx.note(`vmsave: warning: ${imagePath} has no seal; its content was not checked before the restore`);
   // Known to the executor on this host (same definition and socket) when the socket is in its qmp directory.
   if (qmpDir === host.cfg.qmpDir) await registry.define(result.definition);
   ctx.progress?.clear();

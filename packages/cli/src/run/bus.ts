@@ -92,12 +92,14 @@ export async function restore(ctx: Ctx, v: Values, [image]: string[]): Promise<n
     return (await import('../commands/offline.ts')).offlineRestore(ctx, v, image!);
   }
   const after = oneOf(v, 'after', ['running', 'paused', 'as-saved'] as const);
+  const verify = oneOf(v, 'verify', ['state', 'full'] as const);
   const priority = oneOf(v, 'priority', ['high', 'normal', 'low'] as const);
   const req = RestoreRequest.safeParse({
     requestId: str(v, 'request-id') ?? `cli-${randomUUID()}`,
     image,
     host: str(v, 'host'),
     after,
+    verify,
     priority,
     requestedBy: `vmsave-cli@${process.env.USER ?? 'unknown'}`,
   });

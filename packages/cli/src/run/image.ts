@@ -9,14 +9,17 @@ import {
   parseLibvirtData,
   readImage,
   verifyImage,
+  checkSeal,
   type ImageInfo,
+  type SealCheck,
+  type VerifyCheck,
   type VerifyResult,
 } from '@vmsave/image/node';
-import { fmtBytes } from '@vmsave/jobs';
+import { fmtBytes, fmtRate } from '@vmsave/jobs';
 import type { Ctx } from '../context.ts';
 import { CliError, EXIT } from '../errors.ts';
 import { cachedProbe, hostCaps, stateDirOf } from '../host-caps.ts';
-import type { Values } from '../options.ts';
+import { bool, type Values } from '../options.ts';
 import { table } from '../terminal.ts';
 
 async function inspectLibvirt(file: string) {
@@ -106,15 +109,73 @@ export async function imageFormat(file: string, kind: VerifyResult['kind']): Pro
   }
 }
 
-export async function verify(ctx: Ctx, _v: Values, [file]: string[]): Promise<number> {
+/**
+ * Progress of a long content check on stderr: a bar on a terminal, otherwise a plain line every
+ * 5 s once it has run 2 s (nothing under --json, nothing for a short check).
+ */
+function contentProgress(ctx: Ctx, file: string): (done: number, total: number) => void {
+  const t0 = Date.now();
+  let lastLine = t0;
+  const bar = ctx.tty ? ctx.bar() : undefined;
+  return (done, total) => {
+    const now = Date.now();
+    const secs = (now - t0) / 1000;
+    if (secs < 1) return;
+    const bytesPerSec = secs > 0 ? done / secs : 0;
+    if (bar) {
+      bar.update({ label: 'content', totalBytes: total, doneBytes: done, bytesPerSec, etaMs: bytesPerSec > 0 ? ((total - done) / bytesPerSec) * 1000 : undefined }, done >= total);
+    } else if (!ctx.json && secs >= 2 && now - lastLine >= 5000) {
+      lastLine = now;
+      ctx.stderr.write(`vmsave: verify --content ${file}: ${fmtBytes(done)} of ${fmtBytes(total)} checked (${fmtRate(bytesPerSec)})\n`);
+    }
+  };
+}
+
+/** Where a content check found the image's bytes differ from its seal, as one phrase. */
+export function mismatchText(m: SealCheck['mismatches']): string {
+  const shown = m.slice(0, 8).map((x) => `${x.region} bytes ${x.start}–${x.end}`);
+  return `${shown.join(', ')}${m.length > shown.length ? ` and ${m.length - shown.length} more range(s)` : ''}`;
+}
+
+/**
+ * The image's checks plus, with `content`, the whole seal: every RAM chunk read against its
+ * digest (`seal.ram`). Asking for content on an image with no seal fails `seal.present`.
+ */
+async function contentChecks(ctx: Ctx, file: string, r: VerifyResult): Promise<{ checks: VerifyCheck[]; seal?: SealCheck }> {
+  if (r.kind !== 'vmsave') {
+    return { checks: [...r.checks, { name: 'seal.present', status: 'fail', detail: `cannot verify content: a ${r.kind} image has no seal` }] };
+  }
+  const sc = await checkSeal(file, { scope: 'full', signal: ctx.signal, onProgress: contentProgress(ctx, file) });
+  ctx.progress?.clear();
+  const byName = new Map(r.checks.map((c) => [c.name, c] as const));
+  for (const c of sc.checks) byName.set(c.name, c);
+  if (!sc.sealed) byName.set('seal.present', { name: 'seal.present', status: 'fail', detail: 'cannot verify content: image has no seal (written before seals, or not by vmsave)' });
+  return { checks: [...byName.values()], seal: sc };
+}
+
+export async function verify(ctx: Ctx, v: Values, [file]: string[]): Promise<number> {
   await stat(file!).catch(() => {
     throw new CliError(`no such file: ${file}`);
   });
   // Without this host's QEMU (or when it cannot be probed) only `format.restorable-here` is skipped.
   const caps = await cachedProbe(stateDirOf(ctx.env), ctx.env).then(hostCaps, () => undefined);
-  const r = await verifyImage(file!, { hostCaps: caps });
+  const base = await verifyImage(file!, { hostCaps: caps });
+  const content = bool(v, 'content') ? await contentChecks(ctx, file!, base) : undefined;
+  const checks = content?.checks ?? base.checks;
+  const r: VerifyResult = { ...base, checks, ok: checks.every((c) => c.status !== 'fail') };
   const { source, format } = await imageFormat(file!, r.kind);
-  ctx.emit({ file, kind: r.kind, source, format, ok: r.ok, checks: r.checks });
+  const seal = content?.seal;
+  ctx.emit({
+    file,
+    kind: r.kind,
+    source,
+    format,
+    ok: r.ok,
+    checks: r.checks,
+    ...(seal
+      ? { content: { sealed: seal.sealed, ok: seal.ok, bytesRead: seal.bytesRead, durationMs: Math.round(seal.durationMs), mismatches: seal.mismatches, summary: seal.summary } }
+      : {}),
+  });
   if (!ctx.json) {
     ctx.stdout.write(
       table(
@@ -137,6 +198,7 @@ export async function verify(ctx: Ctx, _v: Values, [file]: string[]): Promise<nu
         .join(', ')
         .replace(/\s*\n\s*/g, ' ')}\n`,
     );
+    if (seal?.mismatches.length) ctx.stderr.write(`vmsave: ${file} differs from its seal at ${mismatchText(seal.mismatches)}\n`);
     return EXIT.rejected;
   }
   return EXIT.ok;

@@ -43,3 +43,14 @@ export function dataExtents(fd: number, start: number, end: number, maxExtents =
   }
   return { extents, supported: true, truncated: false };
 }
+
+/** The first data offset at or after `pos` (SEEK_DATA), undefined when only a hole follows; `pos` itself when holes are not reported. */
+export function seekData(fd: number, pos: number): number | undefined {
+  try {
+    return seekSync(fd, pos, SEEK_DATA);
+  } catch (err) {
+    if (errno(err) === 'ENXIO') return undefined;
+    if (errno(err) === 'EINVAL') return pos;
+    throw err;
+  }
+}

@@ -19,6 +19,17 @@ const openFd = promisify(openCb) as (path: string, flags: number) => Promise<num
 /** Room reserved after the descriptor by default, so it can be rewritten in place with more content. */
 export const DEFAULT_RESERVE_BYTES = 16 * 1024;
 
+/**
+ * Room the seal needs in the descriptor for a VM of `memoryMiB`: one 4-byte CRC per 4 MiB RAM chunk
+ * (base64), for a stream up to 1 % larger than the RAM plus 256 MiB (legacy page headers, video RAM
+ * and ROM blocks), one partial chunk per RAM block, and the ranges.
+ */
+export function sealReserveBytes(memoryMiB: number): number {
+  const streamBytes = memoryMiB * 1024 * 1024 * 1.01 + 256 * 1024 * 1024;
+  const chunks = Math.ceil(streamBytes / (4 * 1024 * 1024)) + 256;
+  return Math.ceil((chunks * 4) / 3) * 4 + 16 * 1024;
+}
+
 export interface CreateImageOptions {
   format: SaveFormat;
   /** multifd channels QEMU will use (0 when multifd is off, i.e. legacy). */
@@ -26,7 +37,10 @@ export interface CreateImageOptions {
   directIo: boolean;
   wasRunning: boolean;
   descriptor: ImageDescriptorInput;
-  /** Extra bytes kept free after the descriptor for `updateDescriptor` (default 16 KiB). */
+  /**
+   * Extra bytes kept free after the descriptor for `updateDescriptor` (default 16 KiB plus the room
+   * the seal needs for `descriptor.vm.memoryMiB`, see `sealReserveBytes`).
+   */
   reserveBytes?: number;
   /** File mode for the new image (default 0o600: images hold guest memory). */
   mode?: number;
@@ -58,7 +72,7 @@ export async function createImage(path: string, options: CreateImageOptions): Pr
   if (descriptor.format !== options.format) {
     throw new DescriptorError(`descriptor says format "${descriptor.format}" but the image is created as "${options.format}"`, { path });
   }
-  const reserve = options.reserveBytes ?? DEFAULT_RESERVE_BYTES;
+  const reserve = options.reserveBytes ?? DEFAULT_RESERVE_BYTES + sealReserveBytes(descriptor.vm.memoryMiB);
   if (!Number.isSafeInteger(reserve) || reserve < 0) throw new DescriptorError(`reserveBytes ${reserve} must be a non-negative integer`, { path });
   const streamOffset = alignUp(HEADER_SIZE + descBytes.length + reserve, STREAM_ALIGNMENT);
   const fields = {
@@ -157,7 +171,7 @@ export async function readImage(path: string): Promise<ImageInfo> {
 }
 
 /** Open an image read-write and read its header (bounds-checked), for an in-place rewrite. */
-async function openForRewrite(path: string): Promise<{ fh: fsp.FileHandle; size: number; header: ImageHeader }> {
+async function openForRewrite(path: string): Promise<{ fh: fsp.FileHandle; size: number; header: ImageHeader; descBytes: Uint8Array }> {
   let fh: fsp.FileHandle;
   try {
     fh = await fsp.open(path, C.O_RDWR);
@@ -167,8 +181,8 @@ async function openForRewrite(path: string): Promise<{ fh: fsp.FileHandle; size:
   try {
     const size = (await fh.stat()).size;
     const src: ByteSource = { size, read: async (p, l) => (await fh.read(Buffer.alloc(Math.max(0, Math.min(l, size - p))), 0, Math.max(0, Math.min(l, size - p)), p)).buffer };
-    const { header } = await readHeaderAndDescriptor(src, path);
-    return { fh, size, header };
+    const { header, descBytes } = await readHeaderAndDescriptor(src, path);
+    return { fh, size, header, descBytes };
   } catch (err) {
     await fh.close().catch(() => {});
     if (err instanceof ImageError) throw err;
@@ -200,11 +214,31 @@ export async function finalizeImage(path: string): Promise<ImageHeader> {
 /**
  * Rewrite the descriptor in place within the room reserved before the stream, with a new
  * checksum; the magic (partial/complete) is kept. Throws DescriptorError when it does not fit.
+ * The image's seal is kept when `input` has none (the stream it describes does not change);
+ * `{ keepSeal: false }` drops it.
  */
-export async function updateDescriptor(path: string, input: ImageDescriptorInput): Promise<ImageInfo> {
-  const descBytes = encodeDescriptor(input);
-  const descriptor = decodeDescriptor(descBytes);
-  const { fh, size, header } = await openForRewrite(path);
+export async function updateDescriptor(path: string, input: ImageDescriptorInput, o: { keepSeal?: boolean } = {}): Promise<ImageInfo> {
+  const { fh, size, header, descBytes: oldBytes } = await openForRewrite(path);
+  let descBytes: Buffer;
+  let descriptor: ImageDescriptor;
+  try {
+    let full = input;
+    if (input.seal === undefined && o.keepSeal !== false) {
+      const old = (() => {
+        try {
+          return decodeDescriptor(oldBytes).seal;
+        } catch {
+          return undefined;
+        }
+      })();
+      if (old) full = { ...input, seal: old };
+    }
+    descBytes = encodeDescriptor(full);
+    descriptor = decodeDescriptor(descBytes);
+  } catch (err) {
+    await fh.close().catch(() => {});
+    throw err;
+  }
   try {
     if (descriptor.format !== header.format) {
       throw new DescriptorError(`new descriptor says format "${descriptor.format}" but the image is "${header.format}"`, { path });

@@ -14,6 +14,7 @@ export {
   readImage,
   fingerprintImage,
   DEFAULT_RESERVE_BYTES,
+  sealReserveBytes,
   type CreateImageOptions,
   type CreatedImage,
   type StreamFds,
@@ -21,3 +22,4 @@ export {
 export { openFileSource, type FileSource } from './file-source.ts';
 export { dataExtents } from './extents.ts';
 export { verifyImage } from './verify.ts';
+export { sealImage, checkSeal, crc32Hasher, type SealImageResult, type CheckSealOptions } from './seal.ts';

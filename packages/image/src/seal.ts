@@ -1,0 +1,510 @@
+/**
+ * The image seal (docs/image-format.md, "Seal"): checksums of a vmsave image's QEMU stream, in
+ * fixed RAM chunks (holes not read) and over the device-state region, kept in the descriptor.
+ *
+ * Pure: it reads through a {@link SealSource} and hashes with a {@link SealHasher} it is given;
+ * `sealImage` / `checkSeal` in node/seal.ts open the file and bring zlib's CRC-32.
+ */
+import type { SealSummary } from '@vmsave/contracts';
+import type { ImageDescriptor, ImageSeal } from './descriptor.ts';
+import { decodeDescriptor } from './descriptor.ts';
+import { ImageError, ImageFormatError } from './errors.ts';
+import type { ImageHeader } from './header.ts';
+import { hasVmsaveMagic } from './header.ts';
+import { hasLibvirtMagic } from './libvirt.ts';
+import { readHeaderAndDescriptor } from './read.ts';
+import type { ByteSource, Range } from './source.ts';
+import type { StreamWalk } from './stream.ts';
+import type { SealHasher } from './crc32.ts';
+
+export type { ImageSeal } from './descriptor.ts';
+export type { SealHasher } from './crc32.ts';
+
+/** The checks a seal check gives (a subset of the verifier's `CheckName`s). */
+export type SealCheckName = 'seal.present' | 'seal.reserved' | 'seal.state' | 'seal.ram';
+/** One seal check, shaped like the verifier's `VerifyCheck`. */
+export interface SealCheckItem {
+  name: SealCheckName;
+  status: 'pass' | 'warn' | 'fail' | 'skip';
+  detail: string;
+}
+
+export const SEAL_VERSION = 1;
+const MiB = 1024 * 1024;
+/** RAM chunk size of a new seal (grown by powers of two when the descriptor room is too small). */
+export const DEFAULT_CHUNK_BYTES = 4 * MiB;
+/** Largest chunk size a seal may use. */
+export const MAX_CHUNK_BYTES = 1024 * MiB;
+/** RAM chunk reads kept in flight while one chunk is hashed. */
+const READ_AHEAD = 3;
+/** Largest single read of the state region or of the reserved room. */
+const STATE_READ_BYTES = 4 * MiB;
+
+/** A ByteSource that may say a range is a hole (reads as zeros without being stored), so it is not read. */
+export interface SealSource extends ByteSource {
+  /** True when [start, end) holds no data at all (SEEK_DATA finds none before `end`). */
+  isHole?(start: number, end: number): boolean | Promise<boolean>;
+  /**
+   * Like `read`, but the bytes may be overwritten by the fifth `readTransient` call after this one
+   * (a file source reuses its buffers); the seal hashes each result before then (at most three
+   * reads are in flight while one result is hashed).
+   */
+  readTransient?(position: number, length: number): Promise<Uint8Array>;
+}
+
+/** Where the seal's two regions lie in an image (absolute offsets). */
+export interface SealLayout {
+  streamOffset: number;
+  streamLength: number;
+  /** Device state: read and hashed as one. */
+  state: Range[];
+  /** RAM: hashed in chunks. */
+  ram: Range[];
+}
+
+export interface SealRunOptions {
+  signal?: AbortSignal;
+  /** Bytes processed (holes included) of the total to process. */
+  onProgress?(done: number, total: number): void;
+  /** Cap on the bytes actually read per second (holes are free); 0 or absent: no cap. */
+  maxBytesPerSec?: number;
+}
+
+export type SealScope = 'state' | 'full';
+
+export interface SealMismatch {
+  region: 'state' | 'ram' | 'reserved';
+  start: number;
+  end: number;
+}
+
+/** The result of checking an image against its seal. */
+export interface SealCheck {
+  /** The image carries a seal. */
+  sealed: boolean;
+  /** No check failed (an unsealed image is ok: nothing to compare with). */
+  ok: boolean;
+  scope: SealScope;
+  /** `seal.present`, `seal.reserved`, `seal.state`, `seal.ram` (`skip` for scope `state`). */
+  checks: SealCheckItem[];
+  bytesRead: number;
+  durationMs: number;
+  /** Regions whose content differs from the seal (at most 1000 RAM chunks listed). */
+  mismatches: SealMismatch[];
+  summary?: SealSummary;
+}
+
+const human = (n: number): string =>
+  n >= 1024 ** 3 ? `${(n / 1024 ** 3).toFixed(2)} GiB` : n >= MiB ? `${(n / MiB).toFixed(1)} MiB` : n >= 1024 ? `${(n / 1024).toFixed(1)} KiB` : `${n} B`;
+const hex = (b: Uint8Array): string => Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
+const abortError = (signal: AbortSignal): unknown => signal.reason ?? Object.assign(new Error('the operation was aborted'), { name: 'AbortError' });
+
+/** Number of chunks `ranges` are cut into. */
+export function chunkCount(ranges: readonly Range[], chunkBytes: number): number {
+  return ranges.reduce((n, [s, e]) => n + Math.ceil(Math.max(0, e - s) / chunkBytes), 0);
+}
+
+/** The chunks of `ranges`, each at most `chunkBytes` (the last of a range may be shorter). */
+export function* chunksOf(ranges: readonly Range[], chunkBytes: number): Generator<Range> {
+  for (const [s, e] of ranges) for (let p = s; p < e; p += chunkBytes) yield [p, Math.min(e, p + chunkBytes)];
+}
+
+/**
+ * The seal layout of a walked, complete stream in a `size`-byte image.
+ * Sparse (mapped-ram): RAM is every block's pages region `[pagesOffset, pagesOffset + usedLength)`;
+ * state is every other stream byte. Legacy: RAM is the whole stream; state is the stream before
+ * the RAM START section plus everything after the last RAM section (device sections, EOF, the
+ * JSON description). Throws ImageFormatError when the walk did not reach a complete stream.
+ */
+export function sealLayout(header: Pick<ImageHeader, 'streamOffset'>, size: number, walk: StreamWalk): SealLayout {
+  if (!walk.complete || walk.problems.length > 0 || !walk.ram) {
+    const p = walk.problems[0];
+    throw new ImageFormatError(`cannot seal: the QEMU stream is not complete and well-formed${p ? ` (${p.check}: ${p.detail})` : ''}`);
+  }
+  const streamOffset = header.streamOffset;
+  const streamLength = size - streamOffset;
+  if (!walk.mappedRam) {
+    const state: Range[] = [];
+    if (walk.ram.startOffset > streamOffset) state.push([streamOffset, walk.ram.startOffset]);
+    if (size > walk.ram.sectionsEnd) state.push([walk.ram.sectionsEnd, size]);
+    return { streamOffset, streamLength, state, ram: streamLength > 0 ? [[streamOffset, size]] : [] };
+  }
+  const ram = walk.ram.blocks
+    .filter((b) => b.mappedRam && b.usedLength > 0)
+    .map((b): Range => [b.mappedRam!.pagesOffset, b.mappedRam!.pagesOffset + b.usedLength])
+    .sort((a, b) => a[0] - b[0]);
+  const state: Range[] = [];
+  let pos = streamOffset;
+  for (const [s, e] of ram) {
+    if (s < pos) throw new ImageFormatError(`cannot seal: pages region [${s}, ${e}) overlaps the stream before it (offset ${pos})`);
+    if (s > pos) state.push([pos, s]);
+    pos = e;
+  }
+  if (size > pos) state.push([pos, size]);
+  return { streamOffset, streamLength, state, ram };
+}
+
+/** A seal with the right shape and zero digests, to size the descriptor before hashing. */
+export function placeholderSeal(layout: SealLayout, chunkBytes: number, hasher: Pick<SealHasher, 'algorithm' | 'digestBytes'>): ImageSeal {
+  const zeroHex = '0'.repeat(hasher.digestBytes * 2);
+  return {
+    version: SEAL_VERSION,
+    algorithm: hasher.algorithm,
+    chunkBytes,
+    streamLength: layout.streamLength,
+    state: { ranges: layout.state.map(([s, e]) => [s, e]), digest: zeroHex },
+    ram: {
+      ranges: layout.ram.map(([s, e]) => [s, e]),
+      digests: Buffer.alloc(chunkCount(layout.ram, chunkBytes) * hasher.digestBytes).toString('base64'),
+      digest: zeroHex,
+    },
+  };
+}
+
+/** What the events carry about a seal. */
+export function sealSummary(seal: ImageSeal): SealSummary {
+  return {
+    algorithm: seal.algorithm,
+    chunkBytes: seal.chunkBytes,
+    chunks: chunkCount(seal.ram.ranges, seal.chunkBytes),
+    stateDigest: seal.state.digest,
+    ramDigest: seal.ram.digest,
+  };
+}
+
+/** Paces reads to `maxBytesPerSec`, reports progress, honours the abort signal. */
+class Pacer {
+  private readonly t0 = performance.now();
+  bytesRead = 0;
+  done = 0;
+  constructor(
+    private readonly o: SealRunOptions,
+    readonly total: number,
+  ) {}
+  check(): void {
+    if (this.o.signal?.aborted) throw abortError(this.o.signal);
+  }
+  async step(processed: number, read: number): Promise<void> {
+    this.done += processed;
+    this.bytesRead += read;
+    this.o.onProgress?.(this.done, this.total);
+    const rate = this.o.maxBytesPerSec;
+    if (rate && rate > 0 && read > 0) {
+      const wait = this.t0 + (this.bytesRead / rate) * 1000 - performance.now();
+      if (wait > 0) await sleep(wait, this.o.signal);
+    }
+    this.check();
+  }
+}
+
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const done = (): void => {
+      signal?.removeEventListener('abort', onAbort);
+      resolve();
+    };
+    const t = setTimeout(done, ms);
+    const onAbort = (): void => {
+      clearTimeout(t);
+      reject(abortError(signal!));
+    };
+    signal?.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
+function readExact(src: SealSource, start: number, end: number): Promise<Uint8Array> {
+  return src.readTransient ? src.readTransient(start, end - start) : src.read(start, end - start);
+}
+
+/** One digest over every byte of `ranges`, in order (a short read is hashed as it is: a mismatch). */
+async function hashState(src: SealSource, ranges: readonly Range[], hasher: SealHasher, pacer: Pacer): Promise<Uint8Array> {
+  const h = hasher.stream();
+  for (const [s, e] of chunksOf(ranges, STATE_READ_BYTES)) {
+    const data = await readExact(src, s, e);
+    h.update(data);
+    await pacer.step(e - s, data.length);
+  }
+  return h.digest();
+}
+
+/**
+ * The digest of every RAM chunk, in order: a chunk that is entirely a hole is not read (its digest
+ * is that of zeros); the next chunk is read while one is hashed.
+ */
+async function hashChunks(
+  src: SealSource,
+  ranges: readonly Range[],
+  chunkBytes: number,
+  hasher: SealHasher,
+  pacer: Pacer,
+  onChunk: (i: number, digest: Uint8Array, chunk: Range) => void,
+): Promise<void> {
+  const zeroDigests = new Map<number, Uint8Array>();
+  const zeroDigest = (len: number): Uint8Array => {
+    let d = zeroDigests.get(len);
+    if (!d) {
+      d = hasher.digest(new Uint8Array(len));
+      zeroDigests.set(len, d);
+    }
+    return d;
+  };
+  const load = async ([s, e]: Range): Promise<Uint8Array | undefined> => ((await src.isHole?.(s, e)) ? undefined : readExact(src, s, e));
+  const chunks = chunksOf(ranges, chunkBytes);
+  // Up to READ_AHEAD reads in flight while one chunk is hashed: two cores copy from the page cache at once.
+  const queue: Array<{ chunk: Range; data: Promise<Uint8Array | undefined> }> = [];
+  const refill = (): void => {
+    while (queue.length < READ_AHEAD) {
+      const n = chunks.next();
+      if (n.done) return;
+      const data = load(n.value);
+      // Keep a rejected read-ahead from being reported as unhandled when an earlier chunk throws first.
+      data.catch(() => {});
+      queue.push({ chunk: n.value, data });
+    }
+  };
+  refill();
+  for (let i = 0; queue.length > 0; i++) {
+    const { chunk, data: pending } = queue.shift()!;
+    const data = await pending;
+    refill();
+    const len = chunk[1] - chunk[0];
+    onChunk(i, data === undefined ? zeroDigest(len) : data.length === len ? hasher.digest(data) : hasher.digest(padTo(data, len)), chunk);
+    await pacer.step(len, data?.length ?? 0);
+  }
+}
+
+/** A short read (file truncated under us) compared as if the missing bytes were 0xff..., never equal to a full read. */
+function padTo(data: Uint8Array, len: number): Uint8Array {
+  const out = new Uint8Array(len + 1).fill(0xff);
+  out.set(data);
+  return out;
+}
+
+/**
+ * Compute the seal of `layout` in `src`. `chunkBytes` must be what `placeholderSeal` was sized with.
+ * Returns the seal and the bytes it read.
+ */
+export async function computeSeal(
+  src: SealSource,
+  layout: SealLayout,
+  chunkBytes: number,
+  hasher: SealHasher,
+  o: SealRunOptions = {},
+): Promise<{ seal: ImageSeal; bytesRead: number }> {
+  const total = [...layout.state, ...layout.ram].reduce((n, [s, e]) => n + (e - s), 0);
+  const pacer = new Pacer(o, total);
+  pacer.check();
+  const stateDigest = await hashState(src, layout.state, hasher, pacer);
+  const packed = new Uint8Array(chunkCount(layout.ram, chunkBytes) * hasher.digestBytes);
+  await hashChunks(src, layout.ram, chunkBytes, hasher, pacer, (i, d) => packed.set(d, i * hasher.digestBytes));
+  const seal: ImageSeal = {
+    version: SEAL_VERSION,
+    algorithm: hasher.algorithm,
+    chunkBytes,
+    streamLength: layout.streamLength,
+    state: { ranges: layout.state.map(([s, e]) => [s, e]), digest: hex(stateDigest) },
+    ram: { ranges: layout.ram.map(([s, e]) => [s, e]), digests: Buffer.from(packed).toString('base64'), digest: hex(hasher.digest(packed)) },
+  };
+  return { seal, bytesRead: pacer.bytesRead };
+}
+
+/** What is wrong with a seal's own structure (before any data is read); empty when it is sound. */
+export function sealProblems(seal: ImageSeal, header: Pick<ImageHeader, 'streamOffset'>, hasher: SealHasher): string[] {
+  const p: string[] = [];
+  if (seal.algorithm !== hasher.algorithm) p.push(`algorithm "${seal.algorithm}" is not the one this reader checks ("${hasher.algorithm}")`);
+  const start = header.streamOffset;
+  const end = start + seal.streamLength;
+  const sorted = (name: string, ranges: readonly Range[]): void => {
+    let pos = start;
+    for (const [s, e] of ranges) {
+      if (s < pos || e <= s || e > end) {
+        p.push(`${name} range [${s}, ${e}) is empty, out of order or outside the stream [${start}, ${end})`);
+        return;
+      }
+      pos = e;
+    }
+  };
+  sorted('state', seal.state.ranges);
+  sorted('ram', seal.ram.ranges);
+  // Together the two regions must cover every byte of the stream.
+  const all = [...seal.state.ranges, ...seal.ram.ranges].sort((a, b) => a[0] - b[0]);
+  let covered = start;
+  for (const [s, e] of all) {
+    if (s > covered) break;
+    covered = Math.max(covered, e);
+  }
+  if (covered < end) p.push(`the state and RAM ranges leave stream bytes from offset ${covered} unsealed`);
+  const want = chunkCount(seal.ram.ranges, seal.chunkBytes) * hasher.digestBytes;
+  const have = Buffer.from(seal.ram.digests, 'base64');
+  if (have.length !== want) p.push(`${have.length} bytes of chunk digests, ${want} expected for ${chunkCount(seal.ram.ranges, seal.chunkBytes)} chunks`);
+  else if (hex(hasher.digest(have)) !== seal.ram.digest) p.push('the chunk digests do not match their own digest (ram.digest)');
+  return p;
+}
+
+export interface CheckSealOptions extends SealRunOptions {
+  scope: SealScope;
+  hasher: SealHasher;
+}
+
+/**
+ * Check an image read through `src` against its seal. Never throws for a damaged image (only for
+ * an abort): an unreadable header is a failed `seal.present`, an image without a seal is
+ * `sealed: false` with `seal.present` `warn` (not a failure).
+ */
+export async function checkSealSource(src: SealSource, o: CheckSealOptions): Promise<SealCheck> {
+  const t0 = performance.now();
+  const checks: SealCheckItem[] = [];
+  const mismatches: SealMismatch[] = [];
+  let bytesRead = 0;
+  const result = (sealed: boolean, seal?: ImageSeal): SealCheck => {
+    for (const name of ['seal.present', 'seal.reserved', 'seal.state', 'seal.ram'] as const) {
+      const unsealed = checks.some((c) => c.name === 'seal.present' && (c.status === 'warn' || c.status === 'skip'));
+      if (!checks.some((c) => c.name === name)) checks.push({ name, status: 'skip', detail: unsealed ? 'the image has no seal' : 'not reached: an earlier seal check failed' });
+    }
+    const r: SealCheck = { sealed, ok: !checks.some((c) => c.status === 'fail'), scope: o.scope, checks, bytesRead, durationMs: performance.now() - t0, mismatches };
+    if (seal) r.summary = sealSummary(seal);
+    return r;
+  };
+
+  let header: ImageHeader;
+  let descriptor: ImageDescriptor;
+  try {
+    const head = await src.read(0, 16);
+    if (hasLibvirtMagic(head)) {
+      checks.push({ name: 'seal.present', status: 'skip', detail: 'a libvirt save image: it carries no seal' });
+      return result(false);
+    }
+    if (!hasVmsaveMagic(head)) {
+      checks.push({
+        name: 'seal.present',
+        status: 'fail',
+        detail: `not a vmsave image: the file starts with ${JSON.stringify(Buffer.from(head).toString('latin1'))}, not VMSVDONE or VMSVPART`,
+      });
+      return result(false);
+    }
+    const r = await readHeaderAndDescriptor(src);
+    header = r.header;
+    descriptor = decodeDescriptor(r.descBytes);
+    bytesRead += r.descBytes.length + 128;
+  } catch (err) {
+    if (o.signal?.aborted) throw abortError(o.signal);
+    const what = err instanceof ImageError ? err.message : String((err as Error)?.message ?? err);
+    checks.push({ name: 'seal.present', status: 'fail', detail: `the header or descriptor cannot be trusted, so neither can a seal in it: ${what}` });
+    return result(false);
+  }
+  const seal = descriptor.seal;
+  if (!seal) {
+    checks.push({
+      name: 'seal.present',
+      status: 'warn',
+      detail: 'the image has no seal (saved before sealing existed, or the save did not seal it): its content cannot be compared with what was written',
+    });
+    return result(false);
+  }
+  const problems = sealProblems(seal, header, o.hasher);
+  if (problems.length) {
+    checks.push({ name: 'seal.present', status: 'fail', detail: `the seal is malformed: ${problems.join('; ')}` });
+    return result(true, seal);
+  }
+  const chunks = chunkCount(seal.ram.ranges, seal.chunkBytes);
+  checks.push({
+    name: 'seal.present',
+    status: 'pass',
+    detail: `${seal.algorithm} seal v${seal.version}: state ${seal.state.ranges.length} range(s), RAM ${chunks} chunk(s) of ${human(seal.chunkBytes)}`,
+  });
+
+  const stateBytes = seal.state.ranges.reduce((n, [s, e]) => n + (e - s), 0);
+  const ramBytes = seal.ram.ranges.reduce((n, [s, e]) => n + (e - s), 0);
+  const reservedStart = header.descriptorOffset + header.descriptorLength;
+  const pacer = new Pacer(o, header.streamOffset - reservedStart + stateBytes + (o.scope === 'full' ? ramBytes : 0));
+  pacer.check();
+  try {
+    // seal.reserved: the room between the descriptor and the stream is all zero.
+    let firstBad = -1;
+    let lastBad = -1;
+    for (const [s, e] of chunksOf([[reservedStart, header.streamOffset]], STATE_READ_BYTES)) {
+      const data = (await src.isHole?.(s, e)) ? undefined : await src.read(s, e - s);
+      if (data) {
+        for (let i = 0; i < data.length; i++) {
+          if (data[i] !== 0) {
+            if (firstBad < 0) firstBad = s + i;
+            lastBad = s + i;
+          }
+        }
+        if (data.length < e - s && firstBad < 0) firstBad = s + data.length;
+      }
+      await pacer.step(e - s, data?.length ?? 0);
+    }
+    if (firstBad >= 0) {
+      mismatches.push({ region: 'reserved', start: firstBad, end: lastBad + 1 });
+      checks.push({
+        name: 'seal.reserved',
+        status: 'fail',
+        detail: `the reserved room [${reservedStart}, ${header.streamOffset}) after the descriptor must be zero but holds data in [${firstBad}, ${lastBad + 1}): the image was modified or damaged there`,
+      });
+    } else checks.push({ name: 'seal.reserved', status: 'pass', detail: `${human(header.streamOffset - reservedStart)} of reserved room after the descriptor, all zero` });
+
+    const sizeOk = src.size === header.streamOffset + seal.streamLength;
+    const sizeDetail = `the file is ${src.size} bytes but was sealed at ${header.streamOffset + seal.streamLength}: it was truncated or extended since the save`;
+
+    // seal.state
+    if (!sizeOk) {
+      mismatches.push({ region: 'state', start: Math.min(src.size, header.streamOffset + seal.streamLength), end: Math.max(src.size, header.streamOffset + seal.streamLength) });
+      checks.push({ name: 'seal.state', status: 'fail', detail: sizeDetail });
+    } else {
+      const digest = hex(await hashState(src, seal.state.ranges, o.hasher, pacer));
+      if (digest === seal.state.digest) {
+        checks.push({
+          name: 'seal.state',
+          status: 'pass',
+          detail: `${human(stateBytes)} of stream outside RAM (configuration, RAM headers, bitmaps, device sections, description): ${seal.algorithm} ${digest} as sealed`,
+        });
+      } else {
+        const first = seal.state.ranges[0];
+        const last = seal.state.ranges[seal.state.ranges.length - 1];
+        if (first && last) mismatches.push({ region: 'state', start: first[0], end: last[1] });
+        checks.push({
+          name: 'seal.state',
+          status: 'fail',
+          detail: `the device-state region (${seal.state.ranges.length} range(s), ${human(stateBytes)}) reads as ${seal.algorithm} ${digest}, sealed as ${seal.state.digest}: device state, bitmaps or stream metadata changed since the save — do not restore; save the VM again`,
+        });
+      }
+    }
+
+    // seal.ram
+    if (o.scope !== 'full') checks.push({ name: 'seal.ram', status: 'skip', detail: 'RAM chunks not read (scope state); `verify --content` or a full check reads them' });
+    else if (!sizeOk) checks.push({ name: 'seal.ram', status: 'fail', detail: sizeDetail });
+    else {
+      const packed = Buffer.from(seal.ram.digests, 'base64');
+      const d = o.hasher.digestBytes;
+      let bad = 0;
+      let firstChunk: Range | undefined;
+      await hashChunks(src, seal.ram.ranges, seal.chunkBytes, o.hasher, pacer, (i, digest, chunk) => {
+        for (let k = 0; k < d; k++) {
+          if (digest[k] !== packed[i * d + k]) {
+            bad++;
+            firstChunk ??= chunk;
+            if (mismatches.length < 1000) mismatches.push({ region: 'ram', start: chunk[0], end: chunk[1] });
+            return;
+          }
+        }
+      });
+      if (bad === 0) checks.push({ name: 'seal.ram', status: 'pass', detail: `${chunks} RAM chunk(s), ${human(ramBytes)}, match the seal (${seal.algorithm})` });
+      else {
+        checks.push({
+          name: 'seal.ram',
+          status: 'fail',
+          detail: `${bad} of ${chunks} RAM chunk(s) differ from the seal, first [${firstChunk![0]}, ${firstChunk![1]}): guest memory in the image changed since the save (bit rot, a bad copy, punched holes) — a restore would give the guest wrong memory; save again`,
+        });
+      }
+    }
+  } catch (err) {
+    if (o.signal?.aborted) throw abortError(o.signal);
+    bytesRead += pacer.bytesRead;
+    const name = (['seal.reserved', 'seal.state', 'seal.ram'] as const).find((n) => !checks.some((c) => c.name === n)) ?? 'seal.ram';
+    checks.push({ name, status: 'fail', detail: `reading the image failed: ${(err as Error)?.message ?? String(err)}` });
+    return result(true, seal);
+  }
+  bytesRead += pacer.bytesRead;
+  return result(true, seal);
+}
