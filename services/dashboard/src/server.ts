@@ -27,6 +27,8 @@ export interface DashboardOptions {
   project?: boolean;
   /** Minimum interval between two relayed progress samples of one job (default 500 ms). */
   progressThrottleMs?: number;
+  /** What the page header links to (`GET /api/links`): Grafana and each service's `/metrics`. */
+  links?: { grafana?: string; metrics: { name: string; url: string }[] };
 }
 
 const STATES = JOB_STATUSES;
@@ -207,6 +209,8 @@ export async function createDashboard(opts: DashboardOptions): Promise<FastifyIn
     if (!latest) throw new DashboardHttpError(404, 'not-found', `no verified image of VM ${vm}`);
     return latest;
   });
+
+  app.get('/api/links', async () => opts.links ?? { metrics: [] });
 
   app.get('/api/throughput', async () => ({ live: progress.throughputHistory(), completed: await models.recentThroughput() }));
 

@@ -48,6 +48,8 @@ export class Stack {
     hosts: string[];
     env?: Record<string, string>;
     hostEnv?: Record<string, Record<string, string>>;
+    /** Extra environment of the scheduler or the verifier alone (e.g. its metrics port). */
+    serviceEnv?: Partial<Record<'scheduler' | 'verifier', Record<string, string>>>;
     natsUrl?: string;
     replicas?: number;
   }): Promise<Stack> {
@@ -68,6 +70,8 @@ export class Stack {
       VMSAVE_RETRY_BASE_MS: '500',
       VMSAVE_TICK_MS: '250',
       VMSAVE_LEASE_TTL_MS: '5000',
+      // No fixed /metrics ports for test services (parallel stacks); a test that scrapes sets its own.
+      VMSAVE_METRICS_PORT: '0',
       ...opts.env,
     };
     if (opts.replicas) s.env.NATS_REPLICAS = String(opts.replicas);
@@ -79,8 +83,8 @@ export class Stack {
       for (const p of [d.vmDir, d.qmpDir, d.imageDir]) await mkdir(p, { recursive: true });
       await s.startService(`executor:${h}`, opts.hostEnv?.[opts.hosts[i]!]);
     }
-    await s.startService('scheduler');
-    await s.startService('verifier');
+    await s.startService('scheduler', opts.serviceEnv?.scheduler);
+    await s.startService('verifier', opts.serviceEnv?.verifier);
     // The scheduler rebuilds its view from the whole log before it takes commands: wait for it,
     // so a test's first request is not timed against that replay.
     for (const name of ['scheduler', 'verifier', ...s.hosts.map((h) => `executor:${h}` as const)] as ServiceName[]) {

@@ -12,6 +12,7 @@ import { ApiError, apiUrl, getJson } from './api.ts';
 import { chartAddCompleted, chartAddLive, initChart } from './chart.ts';
 import { $, badge, h, setText } from './dom.ts';
 import { loadHosts, refreshHostsSoon } from './hosts.ts';
+import { loadLinks } from './links.ts';
 import { fmtClock, fmtWhen } from './time.ts';
 import type { JobDetail, JobEvent, JobMessage, JobsPage, JobView, ProgressSample, ThroughputAnswer, ThroughputPoint } from './types.ts';
 
@@ -545,6 +546,7 @@ export async function start(): Promise<void> {
     return;
   }
   openStream();
+  void loadLinks();
   void loadHosts();
   void refreshCounts();
   getJson<ThroughputAnswer>('api/throughput').then(initChart, () => initChart({ live: [], completed: [] }));
