@@ -26,7 +26,7 @@ try {
   const h = headers();
   let sub;
   if (values.answer) {
-    const inbox = createInbox();
+    const inbox = createInbox(nc.options?.inboxPrefix);
     sub = nc.subscribe(inbox, { max: 1 });
     h.set('Vmsave-Reply-To', inbox);
   }

@@ -17,11 +17,16 @@ import { jobIdFor, loadSchemas } from './schemas.mjs';
 
 const EVENT_STREAM = 'VMSAVE_EVT';
 
-/** Connect as NATS_USER / NATS_PASS (if set) to NATS_URL (comma-separated for a cluster). */
+/**
+ * Connect as NATS_USER / NATS_PASS (if set) to NATS_URL (comma-separated for a cluster). With a
+ * user, every inbox is made under `_INBOX.<user>`: with vmsave's NATS users that is the only
+ * inbox prefix a user may subscribe to (NATS_INBOX_PREFIX overrides it).
+ */
 export function connectToVmsave({
   servers = process.env.NATS_URL || 'nats://127.0.0.1:4222',
   user = process.env.NATS_USER,
   pass = process.env.NATS_PASS,
+  inboxPrefix = process.env.NATS_INBOX_PREFIX || (user ? `_INBOX.${user}` : undefined),
   name = 'vmsave-example',
 } = {}) {
   return connect({
@@ -31,6 +36,7 @@ export function connectToVmsave({
       .filter(Boolean),
     user,
     pass,
+    inboxPrefix,
     name,
   });
 }
@@ -47,7 +53,7 @@ export function connectToVmsave({
 export async function submit(nc, kind, request, { schemas = loadSchemas(), admissionTimeoutMs = 10_000 } = {}) {
   schemas.check(kind === 'save' ? 'SaveRequest' : kind === 'restore' ? 'RestoreRequest' : 'CancelRequest', request);
   const js = jetstream(nc);
-  const inbox = createInbox();
+  const inbox = createInbox(nc.options?.inboxPrefix);
   const sub = nc.subscribe(inbox, { max: 1 });
   const h = headers();
   h.set('Vmsave-Reply-To', inbox);

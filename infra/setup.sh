@@ -68,6 +68,9 @@ bash infra/guest/build.sh   # the test guest kernel, infra/guest/build/guest.elf
 # only fills in what is new. Consumed by `npm start` (infra/start.ts) and docker-compose.yml:
 #   VMSAVE_DASHBOARD_TOKEN        bearer token of the dashboard
 #   VMSAVE_NATS_PASS_<ROLE>       NATS password of each role in infra/nats/nats.conf
+#   VMSAVE_NATS_EXECUTOR_SECRET   master secret of the executor hosts' users: the password of
+#                                 `executor-<host>` is HMAC-SHA256(it, host), so set-up need not
+#                                 know the hosts (npm start derives its host's; docs/operations.md)
 #   VMSAVE_REDIS_PASS             Redis password (requirepass) of the private/compose Redis
 mkdir -p .vmsave
 chmod 700 .vmsave
@@ -77,7 +80,7 @@ gen() { head -c 48 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 32; }
 added=()
 for key in VMSAVE_DASHBOARD_TOKEN \
   VMSAVE_NATS_PASS_CLIENT VMSAVE_NATS_PASS_SCHEDULER VMSAVE_NATS_PASS_EXECUTOR \
-  VMSAVE_NATS_PASS_VERIFIER VMSAVE_NATS_PASS_DASHBOARD VMSAVE_REDIS_PASS; do
+  VMSAVE_NATS_PASS_VERIFIER VMSAVE_NATS_PASS_DASHBOARD VMSAVE_NATS_EXECUTOR_SECRET VMSAVE_REDIS_PASS VMSAVE_GRAFANA_PASS; do
   if ! grep -q "^${key}=" .vmsave/env; then
     echo "${key}=$(gen)" >> .vmsave/env
     added+=("$key")

@@ -11,9 +11,12 @@
  *    explicit NATS_URL pointing at one is refused, the default URL is passed over for vmsave's
  *    own NATS on the next port (written to `<data dir>/nats.url` for the CLI while it runs), and
  *    `--insecure` uses it after one loud warning. When nothing answers, a private `nats-server`
- *    is started on that (loopback) port with infra/nats/nats.conf (JetStream, one user per role)
- *    and its data under `.vmsave/nats/`; each service then connects as its role.
- *    Each service gets only its own secrets (lib/service-env.ts).
+ *    is started on that (loopback) port with `.vmsave/nats.conf`, rendered from
+ *    infra/nats/permissions.ts with one user per role and, instead of the shared `executor`, the
+ *    user `executor-<host>` of this stack's executor host (VMSAVE_HOST or the host name), and its
+ *    data under `.vmsave/nats/`; each service then connects as its own user. The executor's
+ *    password is derived from VMSAVE_NATS_EXECUTOR_SECRET (added to an older `.vmsave/env`
+ *    that lacks it). Each service gets only its own secrets (lib/service-env.ts).
  * 3. Redis: the same with REDIS_URL (default redis://127.0.0.1:6379; VMSAVE_REDIS_PASS is added
  *    when the server answers NOAUTH); a private `redis-server` uses VMSAVE_REDIS_PASS and keeps
  *    its data under `.vmsave/redis/`.
@@ -47,15 +50,15 @@
  * VMSAVE_STOP_GRACE_MS (10000) is how long a service may take to stop.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { writeDemoVm } from '@vmsave/cli/demo-vm';
 import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { passwordVar, roles, type Role } from './nats/permissions.ts';
 import { readEnvFile } from './lib/env-file.ts';
-import { REPO_ROOT, portAnswers, probeNats, redisRequiresAuth, startNatsServer, startRedisServer, type RunningServer } from './lib/servers.ts';
+import { REPO_ROOT, generateSecret, natsAccepts, portAnswers, probeNats, redisRequiresAuth, startNatsServer, startRedisServer, type RunningServer } from './lib/servers.ts';
 import { DEFAULT_NATS_URL, chooseNats, insecureWarning, type NatsProbe } from './lib/nats-choice.ts';
-import { serviceEnv as baseServiceEnv } from './lib/service-env.ts';
+import { EXECUTOR_SECRET_VAR, executorCredentials, executorHost, serviceEnv as baseServiceEnv } from './lib/service-env.ts';
 import { isLoopback, natsEndpoints, redactUrl, redisEndpoint, redisUrlWithPassword } from './lib/urls.ts';
 
 /** Services in start order; each connects to NATS as the role of the same name. */
@@ -110,7 +113,16 @@ interface Service {
 interface Stack {
   env: NodeJS.ProcessEnv;
   dataDir: string;
-  nats: { url: string; server?: RunningServer; passwords?: Record<Role, string>; insecure?: boolean };
+  nats: {
+    url: string;
+    server?: RunningServer;
+    passwords?: Record<Role, string>;
+    /** The executor's own user `executor-<host>` and password, when the NATS has it. */
+    executor?: { user: string; password: string };
+    insecure?: boolean;
+  };
+  /** The bus host name of the executor this stack runs (passed to it as VMSAVE_HOST). */
+  host: string;
   /** `<dataDir>/nats.url`, written while vmsave's own NATS runs on another port than the default URL's (the CLI reads it). */
   natsUrlFile?: string;
   redis: { url: string; server?: RunningServer };
@@ -171,6 +183,11 @@ async function startNats(stack: Stack, insecure: boolean): Promise<void> {
         const passwords = Object.fromEntries(roles.map((r) => [r, stack.env[passwordVar(r)]!])) as Record<Role, string>;
         stack.nats = { url, passwords };
         say(`using NATS at ${redactUrl(url)}, which requires users: each service connects as its role`);
+        // A NATS an earlier `npm start` left behind has this host's executor user; docker
+        // compose's has only the shared `executor` user (its config cannot know the hosts).
+        const own = ownExecutor(stack);
+        if (own && (await natsAccepts(servers, own.user, own.password))) stack.nats.executor = own;
+        else say(`the NATS at ${redactUrl(url)} has no user ${own?.user ?? `executor-${stack.host}`}: the executor connects as the shared user executor`);
         break;
       }
       case 'use-env':
@@ -190,8 +207,11 @@ async function startNats(stack: Stack, insecure: boolean): Promise<void> {
         const onLine = (line: string) => {
           if (/\[(WRN|ERR|FTL)\]/.test(line) && !/Plaintext passwords/.test(line)) process.stderr.write(`[nats] ${line}\n`);
         };
-        const server = await startNatsServer({ port: first.port, storeDir, passwords, onLine });
-        stack.nats = { url: `nats://127.0.0.1:${first.port}`, server, passwords };
+        // The config is rendered into the data directory with one user for this host's executor (no shared `executor` user).
+        const own = ownExecutor(stack);
+        const executors = own ? { [stack.host]: own.password } : {};
+        const server = await startNatsServer({ port: first.port, storeDir, passwords, executors, confPath: join(stack.dataDir, 'nats.conf'), onLine });
+        stack.nats = { url: `nats://127.0.0.1:${first.port}`, server, passwords, executor: own };
         break;
       }
     }
@@ -204,6 +224,27 @@ async function startNats(stack: Stack, insecure: boolean): Promise<void> {
     }
     return;
   }
+}
+
+/** This host's executor user and its password derived from the master secret (`VMSAVE_NATS_EXECUTOR_SECRET`). */
+function ownExecutor(stack: Stack): { user: string; password: string } | undefined {
+  const master = stack.env[EXECUTOR_SECRET_VAR];
+  return master ? executorCredentials(master, stack.host) : undefined;
+}
+
+/**
+ * An `.vmsave/env` written by an older set-up has no master secret of the executor users:
+ * generate it and add it to the file (mode 600), as set-up would.
+ */
+function ensureExecutorSecret(stack: Stack, envFileExists: boolean): void {
+  if (stack.env[EXECUTOR_SECRET_VAR] || !envFileExists) return;
+  const secret = generateSecret(48);
+  const file = join(stack.dataDir, 'env');
+  // A file whose last line has no newline must not have the secret glued to that line.
+  const sep = readFileSync(file, 'utf8').endsWith('\n') || statSync(file).size === 0 ? '' : '\n';
+  appendFileSync(file, `${sep}${EXECUTOR_SECRET_VAR}=${secret}\n`, { mode: 0o600 });
+  stack.env[EXECUTOR_SECRET_VAR] = secret;
+  say(`generated ${EXECUTOR_SECRET_VAR} into ${join(stack.dataDir, 'env')} (the executor hosts' NATS passwords are derived from it)`);
 }
 
 /** `--insecure` on an anonymous NATS: once, loudly (a box on stderr and a pino `warn` line on stdout, like the services' logs). */
@@ -243,9 +284,10 @@ async function startRedis(stack: Stack): Promise<void> {
 
 /** The environment of one service: only its own secrets (`lib/service-env.ts`), its own NATS user when the NATS has roles. */
 function serviceEnv(stack: Stack, name: ServiceName): NodeJS.ProcessEnv {
-  const env = baseServiceEnv(stack.env, name, { natsUrl: stack.nats.url, natsPasswords: stack.nats.passwords, redisUrl: stack.redis.url });
+  const env = baseServiceEnv(stack.env, name, { natsUrl: stack.nats.url, natsPasswords: stack.nats.passwords, executorUser: stack.nats.executor, redisUrl: stack.redis.url });
   // The executor's VMs, QMP sockets and images live under the data directory unless configured.
   if (name === 'executor') {
+    env.VMSAVE_HOST = stack.host;
     env.VMSAVE_STATE_DIR ||= join(stack.dataDir, 'executor');
     if (!env.VMSAVE_NO_DEMO && !env.VMSAVE_AUTOSTART && existsSync(join(executorVmDir(stack), 'demo.json'))) env.VMSAVE_AUTOSTART = 'demo';
   }
@@ -312,7 +354,8 @@ function startService(stack: Stack, svc: Service, onExit: (svc: Service) => void
     });
   });
   const from = svc.argv.at(-1)!.endsWith('.ts') ? ', from its sources' : '';
-  say(`started ${svc.name} (pid ${child.pid}${from})${stack.nats.passwords ? ` as NATS user ${svc.name}` : ''}`);
+  const user = svc.name === 'executor' && stack.nats.executor ? stack.nats.executor.user : svc.name;
+  say(`started ${svc.name} (pid ${child.pid}${from})${stack.nats.passwords ? ` as NATS user ${user}` : ''}`);
 }
 
 async function stopService(svc: Service, graceMs: number): Promise<void> {
@@ -392,10 +435,14 @@ async function main(): Promise<number> {
     env: { ...fromFile, ...process.env },
     dataDir,
     nats: { url: '' },
+    host: '',
     redis: { url: '' },
     services: [],
     stopping: false,
   };
+
+  stack.host = executorHost(stack.env);
+  ensureExecutorSecret(stack, fromFile !== undefined);
 
   let finish!: (code: number) => void;
   const finished = new Promise<number>((r) => (finish = r));

@@ -3,12 +3,12 @@
  * processes on loopback, with the project's configuration and generated passwords.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { accessSync, constants, existsSync, mkdirSync } from 'node:fs';
+import { accessSync, constants, existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { createServer, connect as tcpConnect } from 'node:net';
 import { delimiter, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { randomBytes } from 'node:crypto';
-import { roles, passwordVar, type Role } from '../nats/permissions.ts';
+import { executorPasswordVar, renderNatsConf, roles, passwordVar, type Role } from '../nats/permissions.ts';
 
 /**
  * The repository root: the nearest directory above this module holding `infra/nats/nats.conf`.
@@ -161,6 +161,14 @@ export interface NatsServerOptions {
   /** JetStream store directory (created if missing). */
   storeDir: string;
   passwords: Record<Role, string>;
+  /**
+   * One `executor-<host>` user per host, with its password (`npm start`: the hosts it runs). Given,
+   * the configuration is rendered to `confPath` with these users and without the shared
+   * `executor` user; absent, the checked-in template infra/nats/nats.conf is used.
+   */
+  executors?: Record<string, string>;
+  /** Where the rendered configuration goes (default `nats.conf` beside `storeDir`); never in the repository. */
+  confPath?: string;
   host?: string;
   timeoutMs?: number;
   /** Every line the server logs (e.g. to show warnings and permission violations). */
@@ -168,8 +176,10 @@ export interface NatsServerOptions {
 }
 
 /**
- * Start `nats-server` with infra/nats/nats.conf: JetStream on, the role users with their
- * permissions, passwords passed in the server's environment (never on its command line).
+ * Start `nats-server` with infra/nats/nats.conf (or, with `executors`, a configuration rendered
+ * from the same table with one user per executor host): JetStream on, the role users with their
+ * permissions, passwords passed in the server's environment (never on its command line nor in
+ * the file).
  */
 export function startNatsServer(opts: NatsServerOptions): Promise<RunningServer> {
   const bin = findExecutable('nats-server');
@@ -181,7 +191,25 @@ export function startNatsServer(opts: NatsServerOptions): Promise<RunningServer>
     if (!/^[A-Za-z0-9]+$/.test(password)) return Promise.reject(new Error(`the NATS password of role ${r} must be letters and digits only`));
     env[passwordVar(r)] = natsConfString(password);
   }
-  const child = spawn(bin, ['-c', NATS_CONF, '-a', opts.host ?? '127.0.0.1', '-p', String(opts.port), '-js', '-sd', opts.storeDir], {
+  let conf = NATS_CONF;
+  if (opts.executors) {
+    const hosts = Object.keys(opts.executors);
+    let text: string;
+    try {
+      text = renderNatsConf({ hosts });
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    for (const host of hosts) {
+      const password = opts.executors[host]!;
+      if (!/^[A-Za-z0-9]+$/.test(password)) return Promise.reject(new Error(`the NATS password of executor host ${host} must be letters and digits only`));
+      env[executorPasswordVar(host)] = natsConfString(password);
+    }
+    conf = opts.confPath ?? join(dirname(opts.storeDir), 'nats.conf');
+    mkdirSync(dirname(conf), { recursive: true });
+    writeFileSync(conf, text, { mode: 0o600 });
+  }
+  const child = spawn(bin, ['-c', conf, '-a', opts.host ?? '127.0.0.1', '-p', String(opts.port), '-js', '-sd', opts.storeDir], {
     env,
     stdio: ['ignore', 'pipe', 'pipe'],
     // Own process group: a Ctrl-C in the terminal reaches start.ts only, which stops servers last.
@@ -238,6 +266,19 @@ export async function probeNats(servers: string[]): Promise<{ kind: 'anonymous' 
   } catch (err) {
     const message = String((err as Error)?.message ?? err);
     return /authoriz|authentic/i.test(message) ? { kind: 'auth' } : { kind: 'error', message };
+  }
+}
+
+/** Does the NATS at `servers` let `user` in with `pass`? (False when it refuses them; other failures throw.) */
+export async function natsAccepts(servers: string[], user: string, pass: string): Promise<boolean> {
+  const { connect } = await import('@nats-io/transport-node');
+  try {
+    const nc = await connect({ servers, user, pass, reconnect: false, timeout: 3000, name: 'vmsave-start-probe' });
+    await nc.close();
+    return true;
+  } catch (err) {
+    if (/authoriz|authentic/i.test(String((err as Error)?.message ?? err))) return false;
+    throw err;
   }
 }
 

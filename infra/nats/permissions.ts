@@ -17,7 +17,7 @@
  * command or work queues (which would steal messages from the scheduler or an executor).
  * No role may delete or purge streams or consumers: that is an operator's job.
  */
-import { ROOT, eventTypesOf, streams, subjects, type PublisherRole } from '@vmsave/contracts';
+import { ROOT, eventTypesOf, inboxPrefixOf, streams, subjects, type PublisherRole } from '@vmsave/contracts';
 
 export const roles = ['client', 'scheduler', 'executor', 'verifier', 'dashboard'] as const;
 export type Role = (typeof roles)[number];
@@ -67,8 +67,6 @@ const consumeStream = (s: StreamName) => [...readStream(s), `${API}.CONSUMER.DUR
 export const serviceDurables: { stream: StreamName; name: string; owner: Role }[] = [
   { stream: streams.commands.name, name: 'scheduler', owner: 'scheduler' },
   { stream: streams.events.name, name: 'verifier', owner: 'verifier' },
-  // The verifier's second durable, for `VerificationOverdue` (`overdueDurable` in services/verifier).
-  { stream: streams.events.name, name: 'verifier-overdue', owner: 'verifier' },
   // The verifier's re-verification requests (`VerificationOverdue`, services/verifier `overdueDurable`).
   { stream: streams.events.name, name: 'verifier-overdue', owner: 'verifier' },
 ];
@@ -84,7 +82,15 @@ const denyDurables = (role: Role): string[] => [
 /** Publish grants of the event log: `vmsave.evt.*.<Type>` for each type the role may emit (`EVENT_PUBLISHERS`). */
 const events = (role: PublisherRole): string[] => eventTypesOf(role).map((t) => subjects.evtOfType(t));
 
-const INBOX = '_INBOX.>';
+/** Every inbox: only the scheduler publishes there (admission answers on a requester's `Vmsave-Reply-To`). */
+const INBOX_ALL = '_INBOX.>';
+/**
+ * A user's private inbox, `_INBOX.<user>.>` (`inboxPrefixOf` in contracts): `Bus.connect` sets
+ * nats.js's `inboxPrefix` to `_INBOX.<user>`, and each user may subscribe only below it, so no
+ * one reads another user's replies (JetStream API answers, publish acks, pulled messages,
+ * admission answers). Users sharing a name (every client as `client`) share the prefix.
+ */
+const inbox = (user: string) => `${inboxPrefixOf(user)}.>`;
 /** Control requests to any executor host (`subjects.control(host)`). */
 const CONTROL_ALL = `${ROOT}.ctl.*`;
 
@@ -94,7 +100,7 @@ export const permissions: Record<Role, RolePermissions> = {
     publishDeny: denyDurables('client'),
     purpose: 'CLI and other systems: submit save/restore/cancel requests, follow events and progress',
     publish: [subjects.cmd.all, ...jsInfo, ...streamInfo(streams.commands.name), ...readStream(streams.events.name), ...readStream(streams.hosts.name)],
-    subscribe: [subjects.evtAll, subjects.progressAll, INBOX],
+    subscribe: [subjects.evtAll, subjects.progressAll, inbox('client')],
   },
   scheduler: {
     publishDeny: denyDurables('scheduler'),
@@ -105,14 +111,14 @@ export const permissions: Record<Role, RolePermissions> = {
       ...events('scheduler'),
       subjects.dlqAll,
       // Admission replies go to the requester's inbox named in the `Vmsave-Reply-To` header.
-      INBOX,
+      INBOX_ALL,
       ...jsInfo,
       ...ensureStreams,
       ...consumeStream(streams.commands.name),
       ...readStream(streams.events.name),
       ...readStream(streams.hosts.name),
     ],
-    subscribe: [subjects.heartbeatAll, subjects.evtAll, INBOX],
+    subscribe: [subjects.heartbeatAll, subjects.evtAll, inbox('scheduler')],
   },
   executor: {
     publishDeny: denyDurables('executor'),
@@ -129,7 +135,7 @@ export const permissions: Record<Role, RolePermissions> = {
       ...readStream(streams.events.name),
     ],
     // Control requests from the scheduler; the answer goes to the request's reply subject (allow_responses).
-    subscribe: [CONTROL_ALL, INBOX],
+    subscribe: [CONTROL_ALL, inbox('executor')],
     allowResponses: true,
   },
   verifier: {
@@ -137,27 +143,131 @@ export const permissions: Record<Role, RolePermissions> = {
     purpose: 'checks every finished image, publishes the verdict as events',
     // Reads host announcements to know what each host's QEMU supports (format compatibility).
     publish: [...events('verifier'), subjects.dlqAll, ...jsInfo, ...ensureStreams, ...consumeStream(streams.events.name), ...readStream(streams.hosts.name)],
-    subscribe: [subjects.evtAll, INBOX],
+    subscribe: [subjects.evtAll, inbox('verifier')],
   },
   dashboard: {
     publishDeny: denyDurables('dashboard'),
     purpose: 'read-only web view: the event log, hosts, heartbeats, progress, dead letters',
     publish: [subjects.dlqAll, ...jsInfo, ...ensureStreams, ...readStream(streams.events.name), ...readStream(streams.hosts.name), ...readStream(streams.deadLetters.name)],
-    subscribe: [subjects.evtAll, subjects.progressAll, subjects.heartbeatAll, subjects.hostAll, INBOX],
+    subscribe: [subjects.evtAll, subjects.progressAll, subjects.heartbeatAll, subjects.hostAll, inbox('dashboard')],
   },
 };
 
+/**
+ * The NATS user of the executor of one host: `executor-<host>`. Each host's executor connects as
+ * its own user (`npm start` renders one per host it runs, `renderNatsConf({ hosts })`), with a
+ * password derived from a master secret (`executorPassword` in infra/lib/service-env.ts).
+ */
+export const executorUser = (host: string): string => `executor-${subjects.host(host).slice(`${ROOT}.host.`.length)}`;
+
+/** The environment variable that holds the password of `executor-<host>` in a rendered config (letters, digits and `_` of the host, upper-cased). */
+export const executorPasswordVar = (host: string): string =>
+  `VMSAVE_NATS_PASS_EXECUTOR_HOST_${executorUser(host)
+    .slice('executor-'.length)
+    .replace(/[^A-Za-z0-9]/g, '_')
+    .toUpperCase()}`;
+
+/**
+ * What the executor of `host` may do: the shared `executor` entry narrowed to that host. It
+ * announces only `vmsave.host.<host>`, beats only `vmsave.hb.<host>`, hears control requests
+ * only on `vmsave.ctl.<host>`, and consumes the work queue only through its own durable
+ * `executor-<host>` filtered on `vmsave.work.<host>`: create/update (the subject carries the
+ * filter, and the server refuses a body whose filter differs from the subject's), info, next,
+ * ack. The old `CONSUMER.DURABLE.CREATE` and the bare `CONSUMER.CREATE.<stream>.<name>` are not
+ * granted: neither ties the body's filter to the subject, so `executor-A` could point its
+ * durable at `vmsave.work.B`. Progress and events name a job, not a host: any executor may
+ * publish them (the log reader checks the event's source role).
+ */
+export function executorPermissions(host: string): RolePermissions {
+  const user = executorUser(host);
+  const durable = user;
+  const work = streams.work.name;
+  return {
+    publishDeny: denyDurables('executor'),
+    purpose: `the executor of host ${host} only: its work, its announcement, its heartbeats, its control requests; progress and events`,
+    publish: [
+      subjects.host(host),
+      subjects.heartbeat(host),
+      subjects.progressAll,
+      ...events('executor'),
+      subjects.dlqAll,
+      ...jsInfo,
+      ...ensureStreams,
+      ...streamInfo(work),
+      `${API}.CONSUMER.CREATE.${work}.${durable}.${subjects.work(host)}`,
+      `${API}.CONSUMER.INFO.${work}.${durable}`,
+      `${API}.CONSUMER.MSG.NEXT.${work}.${durable}`,
+      `$JS.ACK.${work}.${durable}.>`,
+      ...readStream(streams.events.name),
+    ],
+    subscribe: [subjects.control(host), inbox(user)],
+    allowResponses: true,
+  };
+}
+
+/** One user of a rendered config: its name, the variable of its password, its permissions. */
+export interface NatsUser {
+  user: string;
+  passwordVar: string;
+  permissions: RolePermissions;
+  /** The config variable holding its permissions (`VMSAVE_PERMS_<…>`). */
+  permsVar: string;
+}
+
+export interface RenderOptions {
+  /** One `executor-<host>` user per host (what `npm start` renders into `.vmsave/nats.conf`). */
+  hosts?: readonly string[];
+  /** Include the shared `executor` user, valid for any host (default: only when no host is given, as in the checked-in template). */
+  sharedExecutor?: boolean;
+}
+
+/** The users of a config: every role but the executor, then the shared executor and/or one executor user per host. */
+export function natsUsers(opts: RenderOptions = {}): NatsUser[] {
+  const hosts = [...new Set(opts.hosts ?? [])];
+  const shared = opts.sharedExecutor ?? hosts.length === 0;
+  const users: NatsUser[] = [];
+  for (const role of roles) {
+    if (role !== 'executor' || shared) users.push({ user: role, passwordVar: passwordVar(role), permissions: permissions[role], permsVar: `VMSAVE_PERMS_${role.toUpperCase()}` });
+    if (role !== 'executor') continue;
+    const vars = new Map<string, string>();
+    for (const host of hosts) {
+      const v = executorPasswordVar(host);
+      const clash = vars.get(v);
+      if (clash !== undefined) throw new TypeError(`hosts "${clash}" and "${host}" map to the same password variable ${v}: rename one of them`);
+      vars.set(v, host);
+      users.push({ user: executorUser(host), passwordVar: v, permissions: executorPermissions(host), permsVar: `VMSAVE_PERMS_${v.slice('VMSAVE_NATS_PASS_'.length)}` });
+    }
+  }
+  return users;
+}
+
 const q = (s: string) => JSON.stringify(s);
 
-/** Render the server configuration: JetStream on, one user per role, passwords from the environment. */
-export function renderNatsConf(): string {
+/**
+ * Render the server configuration: JetStream on, one user per role, passwords from the
+ * environment. Without hosts: the checked-in template (`infra/nats/nats.conf`), with the shared
+ * `executor` user for a stack whose executors are not known in advance (docker compose). With
+ * hosts: one `executor-<host>` user per host and no shared one (`npm start`'s `.vmsave/nats.conf`).
+ */
+export function renderNatsConf(opts: RenderOptions = {}): string {
+  const users = natsUsers(opts);
+  const perHost = users.some((u) => u.user.startsWith('executor-'));
   const out: string[] = [
     '# vmsave NATS server configuration: JetStream and one user per role.',
-    '# GENERATED from infra/nats/permissions.ts by `npx tsx --conditions=development infra/nats/render.ts`: edit there, not here.',
+    perHost
+      ? '# GENERATED by npm start (infra/start.ts) from infra/nats/permissions.ts, with one executor user per host it runs: edit there, not here.'
+      : '# GENERATED from infra/nats/permissions.ts by `npx tsx --conditions=development infra/nats/render.ts`: edit there, not here.',
     '#',
     "# Passwords are never in this file: each `$VMSAVE_NATS_PASS_<ROLE>` is read from the server's",
     '# environment (infra/setup.sh generates them into .vmsave/env). A missing one stops the server',
     '# with "variable reference ... can not be found".',
+    '#',
+    perHost
+      ? "# Each host's executor has its own user `executor-<host>` ($VMSAVE_NATS_PASS_EXECUTOR_HOST_<HOST>)."
+      : '# This template has the shared `executor` user (any host), for stacks whose executors are not known',
+    perHost
+      ? '# Every user subscribes only to its own inbox prefix `_INBOX.<user>.>`.'
+      : '# in advance (docker compose). `npm start` renders one `executor-<host>` user per host instead.',
     '#',
     '# Listen address, port and JetStream store directory are given on the command line',
     '# (`nats-server -c nats.conf -a 127.0.0.1 -p 4222 -js -sd DIR`); flags win over this file.',
@@ -165,10 +275,10 @@ export function renderNatsConf(): string {
     'jetstream {}',
     '',
   ];
-  for (const role of roles) {
-    const p = permissions[role];
-    out.push(`# ${role}: ${p.purpose}`);
-    out.push(`VMSAVE_PERMS_${role.toUpperCase()} = {`);
+  for (const u of users) {
+    const p = u.permissions;
+    out.push(`# ${u.user}: ${p.purpose}`);
+    out.push(`${u.permsVar} = {`);
     out.push('  publish = {');
     out.push('    allow = [');
     for (const s of new Set(p.publish)) out.push(`      ${q(s)}`);
@@ -190,9 +300,7 @@ export function renderNatsConf(): string {
   }
   out.push('authorization {');
   out.push('  users = [');
-  for (const role of roles) {
-    out.push(`    { user: ${q(role)}, password: $${passwordVar(role)}, permissions: $VMSAVE_PERMS_${role.toUpperCase()} }`);
-  }
+  for (const u of users) out.push(`    { user: ${q(u.user)}, password: $${u.passwordVar}, permissions: $${u.permsVar} }`);
   out.push('  ]');
   out.push('}');
   out.push('');

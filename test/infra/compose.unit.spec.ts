@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
 import { BusEnv } from '@vmsave/bus';
+import { metricsEnv } from '@vmsave/metrics';
 import { REPO_ROOT, NATS_CONF } from '@vmsave/infra/servers';
 import { passwordVar, roles, type Role } from '@vmsave/infra/permissions';
 
@@ -44,7 +45,7 @@ function volumeParts(v: string): { source: string; target: string; mode?: string
 function varsRead(service: string): Set<string> {
   const config = readFileSync(join(REPO_ROOT, 'services', service, 'src', 'config.ts'), 'utf8');
   const own = [...config.matchAll(/^\s*([A-Z][A-Z0-9_]+):\s*z\s*\./gm)].map((m) => m[1]!);
-  return new Set([...Object.keys(BusEnv.shape), ...own, 'VMSAVE_LOG_LEVEL']);
+  return new Set([...Object.keys(BusEnv.shape), ...Object.keys(metricsEnv('scheduler')), ...own, 'VMSAVE_LOG_LEVEL']);
 }
 
 /** The secrets infra/setup.sh generates into .vmsave/env. */
@@ -55,8 +56,8 @@ function generatedSecrets(): Set<string> {
 }
 
 describe('docker-compose.yml', () => {
-  it('has NATS, Redis, the scheduler, the verifier, the dashboard and an executor', () => {
-    expect(Object.keys(compose.services).sort()).toEqual(['dashboard', 'executor', 'nats', 'redis', 'scheduler', 'verifier']);
+  it('has NATS, Redis, the scheduler, the verifier, the dashboard, an executor, Prometheus and (profile grafana) Grafana', () => {
+    expect(Object.keys(compose.services).sort()).toEqual(['dashboard', 'executor', 'grafana', 'nats', 'prometheus', 'redis', 'scheduler', 'verifier']);
   });
 
   it('builds every vmsave service from a Dockerfile and target that exist, on node:20-bookworm', () => {

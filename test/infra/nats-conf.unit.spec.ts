@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { EVENT_PUBLISHERS, jobEventTypes, subjects } from '@vmsave/contracts';
-import { passwordVar, permissions, renderNatsConf, roles, serviceDurables } from '@vmsave/infra/permissions';
+import { executorPasswordVar, executorPermissions, executorUser, natsUsers, passwordVar, permissions, renderNatsConf, roles, serviceDurables } from '@vmsave/infra/permissions';
 import { NATS_CONF } from '@vmsave/infra/servers';
 
 describe('infra/nats/nats.conf', () => {
@@ -57,11 +57,61 @@ describe('infra/nats/nats.conf', () => {
     }
   });
 
+  it('lists each service durable once', () => {
+    const keys = serviceDurables.map((d) => `${d.stream}/${d.name}`);
+    expect(new Set(keys).size).toBe(keys.length);
+  });
+
+  it("lets every user subscribe only to its own inbox prefix `_INBOX.<user>.>`, and only the scheduler publish to others' inboxes", () => {
+    for (const u of natsUsers({ hosts: ['h1'], sharedExecutor: true })) {
+      const inboxes = u.permissions.subscribe.filter((x) => x.startsWith('_INBOX'));
+      expect(inboxes, u.user).toEqual([`_INBOX.${u.user}.>`]);
+      expect(u.permissions.publish.includes('_INBOX.>'), u.user).toBe(u.user === 'scheduler');
+    }
+  });
   it('grants no role a delete, purge or any-stream wildcard on the JetStream API', () => {
     for (const r of roles) {
       for (const s of permissions[r].publish) {
         expect(s).not.toMatch(/DELETE|PURGE|SNAPSHOT|RESTORE|^\$JS\.API\.>$|^\$JS\.>$|^>$/);
       }
     }
+  });
+});
+
+describe("npm start's configuration: one executor user per host", () => {
+  const conf = renderNatsConf({ hosts: ['h1', 'rack-2:b'] });
+
+  it('has a user executor-<host> per host with its own password variable, and no shared executor user', () => {
+    expect(conf).toContain(`{ user: "executor-h1", password: $${executorPasswordVar('h1')}, permissions: $VMSAVE_PERMS_EXECUTOR_HOST_H1 }`);
+    expect(conf).toContain(`{ user: "executor-rack-2:b", password: $${executorPasswordVar('rack-2:b')},`);
+    expect(executorPasswordVar('rack-2:b')).toBe('VMSAVE_NATS_PASS_EXECUTOR_HOST_RACK_2_B');
+    expect(conf).not.toContain('{ user: "executor",');
+    expect(conf).not.toContain(`password: $${passwordVar('executor')},`);
+    for (const r of roles.filter((x) => x !== 'executor')) expect(conf).toContain(`{ user: ${JSON.stringify(r)}, password: $${passwordVar(r)},`);
+    expect(conf).not.toMatch(/password:\s*"/);
+    // The template (no host) keeps the shared executor for docker compose.
+    expect(renderNatsConf()).toContain('{ user: "executor", password: $VMSAVE_NATS_PASS_EXECUTOR,');
+  });
+
+  it('refuses two hosts whose password variables would be the same', () => {
+    expect(() => renderNatsConf({ hosts: ['a-b', 'a_b'] })).toThrow(/"a-b" and "a_b" map to the same password variable/);
+  });
+
+  it('grants an executor host only its own host, heartbeat and control subjects and its own work durable', () => {
+    const p = executorPermissions('h1');
+    const durable = executorUser('h1');
+    expect(durable).toBe('executor-h1');
+    expect(p.subscribe).toEqual([subjects.control('h1'), '_INBOX.executor-h1.>']);
+    const hostish = p.publish.filter((s) => /^vmsave\.(host|hb|work|ctl)\./.test(s));
+    expect(hostish).toEqual([subjects.host('h1'), subjects.heartbeat('h1')]);
+    const work = p.publish.filter((s) => s.includes('VMSAVE_WORK') && !s.startsWith('$JS.API.STREAM.'));
+    expect(work).toEqual([
+      `$JS.API.CONSUMER.CREATE.VMSAVE_WORK.${durable}.vmsave.work.h1`,
+      `$JS.API.CONSUMER.INFO.VMSAVE_WORK.${durable}`,
+      `$JS.API.CONSUMER.MSG.NEXT.VMSAVE_WORK.${durable}`,
+      `$JS.ACK.VMSAVE_WORK.${durable}.>`,
+    ]);
+    expect(p.publish.some((s) => s.includes('DURABLE.CREATE'))).toBe(false);
+    for (const t of jobEventTypes.filter((x) => EVENT_PUBLISHERS[x].includes('executor'))) expect(p.publish).toContain(subjects.evtOfType(t));
   });
 });

@@ -12,11 +12,11 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AckPolicy, DeliverPolicy } from '@nats-io/jetstream';
-import { createInbox } from '@nats-io/nats-core';
 import { EVENT_PUBLISHERS, SaveRequest, jobEventTypes, jobIdFor, makeEvent, messages, streams, subjects } from '@vmsave/contracts';
 import { ack, createLogger, eventsOfJob, publishEvent, publishValidated, readLog, runConsumer } from '@vmsave/bus';
 import { uniq, waitFor } from '@vmsave/testkit';
-import { roles, type Role } from '@vmsave/infra/permissions';
+import { executorUser, roles, type Role } from '@vmsave/infra/permissions';
+import { generateSecret } from '@vmsave/infra/servers';
 import { connectAs, expectNoViolation, expectPublishDenied, expectSubscribeDenied, rawConnect, startPrivateNats, type PrivateNats, type RoleConnection } from './helpers.ts';
 
 const DENIED = /permissions violation/i;
@@ -24,20 +24,27 @@ const log = createLogger('infra-test', { level: 'silent' });
 const enc = (v: unknown) => new TextEncoder().encode(JSON.stringify(v));
 
 let nats: PrivateNats;
+/** One connection per role; `as.executor` is the executor of `host`, connected as its own user `executor-h1`. */
 const as = {} as Record<Role, RoleConnection>;
 const host = 'h1';
+/** Another executor host, `executor-h2`: what host h1's executor must not touch. */
+const hostB = 'h2';
+let exB: RoleConnection;
 const requestId = uniq('req');
 const jobId = jobIdFor('save', requestId);
 
 beforeAll(async () => {
-  nats = await startPrivateNats();
-  for (const r of roles) as[r] = await connectAs(nats, r);
+  // The configuration npm start renders: one user per executor host, no shared `executor`.
+  nats = await startPrivateNats(undefined, { [host]: generateSecret(64), [hostB]: generateSecret(64) });
+  for (const r of roles) as[r] = await connectAs(nats, r, r === 'executor' ? host : undefined);
+  exB = await connectAs(nats, 'executor', hostB);
   // The scheduler starts first in `npm start` and creates the streams with its own permissions.
   await as.scheduler.bus.ensureStreams();
 });
 
 afterAll(async () => {
   for (const r of roles) await as[r]?.close().catch(() => undefined);
+  await exB?.close().catch(() => undefined);
   await nats?.stop();
 });
 
@@ -65,6 +72,28 @@ describe('authentication', () => {
       }
     } finally {
       await other.stop();
+    }
+  });
+
+  it('the checked-in template (docker compose) has the shared executor user, with its own private inbox, and no host user', async () => {
+    const tpl = await startPrivateNats();
+    const conns: RoleConnection[] = [];
+    try {
+      const sched = await connectAs(tpl, 'scheduler');
+      const ex = await connectAs(tpl, 'executor');
+      conns.push(sched, ex);
+      await sched.bus.ensureStreams();
+      await sched.bus.js.publish(subjects.work('any-host'), enc({ jobId }), { msgID: uniq('w') });
+      await ex.bus.jsm.consumers.add(streams.work.name, { durable_name: 'executor-any-host', filter_subject: subjects.work('any-host'), ack_policy: AckPolicy.Explicit });
+      const msg = await (await ex.bus.js.consumers.get(streams.work.name, 'executor-any-host')).next({ expires: 5000 });
+      expect(await msg!.ackAck()).toBe(true);
+      expect(ex.bus.newInbox()).toMatch(/^_INBOX\.executor\./);
+      await expectSubscribeDenied(ex, '_INBOX.>');
+      expect(ex.violations.filter((v) => v.subject !== '_INBOX.>')).toEqual([]);
+      await expect(rawConnect(tpl.url, executorUser('any-host'), 'x')).rejects.toThrow(/authorization/i);
+    } finally {
+      for (const c of conns) await c.close().catch(() => undefined);
+      await tpl.stop();
     }
   });
 
@@ -138,8 +167,9 @@ describe('scheduler', () => {
     expect(as.scheduler.violations).toEqual([]);
   });
 
-  it('answers a requester on its inbox (admission replies)', async () => {
-    const inbox = createInbox();
+  it("answers a requester on its private inbox (admission replies on the client's `_INBOX.client.<nuid>`)", async () => {
+    const inbox = as.client.bus.newInbox();
+    expect(inbox).toMatch(/^_INBOX\.client\.[A-Za-z0-9]+$/);
     const sub = as.client.nc.subscribe(inbox, { max: 1 });
     await as.client.nc.flush();
     as.scheduler.nc.publish(inbox, 'admitted');
@@ -206,6 +236,84 @@ describe('executor', () => {
   });
 });
 
+describe('one executor user per host (issue 14): executor-h1 against host h2', () => {
+  it("cannot consume host h2's work: not through h2's durable, nor its own durable pointed at h2's subject, nor an ephemeral", async () => {
+    await as.scheduler.bus.js.publish(subjects.work(hostB), enc({ jobId: 'for-h2' }), { msgID: uniq('w') });
+    const jsm = as.executor.bus.jsm;
+    const cfg = { ack_policy: AckPolicy.Explicit, filter_subject: subjects.work(hostB) };
+    await expect(jsm.consumers.add(streams.work.name, { ...cfg, durable_name: executorUser(hostB) }), 'h2 durable').rejects.toThrow(DENIED);
+    await expect(jsm.consumers.add(streams.work.name, { ...cfg, durable_name: executorUser(host) }), 'own name, h2 filter').rejects.toThrow(DENIED);
+    await expect(jsm.consumers.add(streams.work.name, { ...cfg, name: uniq('eph') }), 'ephemeral').rejects.toThrow(DENIED);
+    // The old API and the subject without a filter take the filter from the body only: not granted.
+    const body = { stream_name: streams.work.name, config: { ...cfg, durable_name: executorUser(host) } };
+    expect(await requestAllowed(as.executor, `$JS.API.CONSUMER.DURABLE.CREATE.${streams.work.name}.${executorUser(host)}`, body)).toBe(false);
+    expect(await requestAllowed(as.executor, `$JS.API.CONSUMER.CREATE.${streams.work.name}.${executorUser(host)}`, body)).toBe(false);
+    // The granted subject names h1's filter; a body naming h2's is refused by the server itself.
+    const r = await as.executor.nc.request(`$JS.API.CONSUMER.CREATE.${streams.work.name}.${executorUser(host)}.${subjects.work(host)}`, JSON.stringify(body), { timeout: 5000 });
+    expect(JSON.stringify(r.json()), 'filter mismatch').toMatch(/"error".*filter/i);
+    expect((await jsm.consumers.info(streams.work.name, executorUser(host))).config.filter_subject).toBe(subjects.work(host));
+    // Nor can it read h2's durable, pull from it or ack on it.
+    await exB.bus.jsm.consumers.add(streams.work.name, { ...cfg, durable_name: executorUser(hostB) });
+    expect(await requestAllowed(as.executor, `$JS.API.CONSUMER.INFO.${streams.work.name}.${executorUser(hostB)}`)).toBe(false);
+    expect(await requestAllowed(as.executor, `$JS.API.CONSUMER.MSG.NEXT.${streams.work.name}.${executorUser(hostB)}`, { batch: 1, expires: 1_000_000_000 })).toBe(false);
+    await expectPublishDenied(as.executor, `$JS.ACK.${streams.work.name}.${executorUser(hostB)}.1.1.1.1.0`);
+    // h2's executor gets its work.
+    const m = await (await exB.bus.js.consumers.get(streams.work.name, executorUser(hostB))).next({ expires: 5000 });
+    expect(m?.json()).toEqual({ jobId: 'for-h2' });
+    expect(await m!.ackAck()).toBe(true);
+    expect(exB.violations).toEqual([]);
+  });
+
+  it("cannot announce host h2, beat for it, or hear h2's control requests; h2's own executor can", async () => {
+    await expectJsPublishDenied(as.executor, subjects.host(hostB));
+    await expectPublishDenied(as.executor, subjects.heartbeat(hostB));
+    await expectSubscribeDenied(as.executor, subjects.control(hostB));
+    await expectSubscribeDenied(as.executor, subjects.controlAll);
+    expect((await exB.bus.js.publish(subjects.host(hostB), enc({ host: hostB }))).stream).toBe(streams.hosts.name);
+    const hb = as.scheduler.nc.subscribe(subjects.heartbeat(hostB), { max: 1 });
+    await as.scheduler.nc.flush();
+    exB.nc.publish(subjects.heartbeat(hostB), 'beat-h2');
+    for await (const x of hb) expect(x.string()).toBe('beat-h2');
+    const ctl = exB.nc.subscribe(subjects.control(hostB), { callback: (_e, msg) => void msg.respond('h2 cancelled') });
+    await exB.nc.flush();
+    expect((await as.scheduler.nc.request(subjects.control(hostB), 'cancel', { timeout: 5000 })).string()).toBe('h2 cancelled');
+    ctl.unsubscribe();
+    expect(exB.violations).toEqual([]);
+  });
+
+  it('cannot log in as another host with its own password', async () => {
+    await expect(rawConnect(nats.url, executorUser(hostB), nats.executors[host])).rejects.toThrow(/authorization/i);
+    // npm start's configuration has no shared `executor` user.
+    await expect(rawConnect(nats.url, 'executor', nats.passwords.executor)).rejects.toThrow(/authorization/i);
+  });
+});
+
+describe('private inbox prefixes (issue 14)', () => {
+  it('every connection makes its inboxes under `_INBOX.<its user>`', () => {
+    for (const r of roles) expect(as[r].bus.newInbox().startsWith(`_INBOX.${as[r].user}.`), r).toBe(true);
+    expect(exB.bus.newInbox()).toMatch(/^_INBOX\.executor-h2\./);
+  });
+
+  it("no user may subscribe to `_INBOX.>` or to another user's prefix", async () => {
+    for (const r of roles) {
+      await expectSubscribeDenied(as[r], '_INBOX.>');
+      for (const other of roles.filter((x) => x !== r)) await expectSubscribeDenied(as[r], `_INBOX.${as[other].user}.>`);
+    }
+    await expectSubscribeDenied(as.executor, `_INBOX.${exB.user}.>`);
+  });
+
+  it("a client cannot read the answers of another user's request, and the scheduler's answer still reaches the client", async () => {
+    // A JetStream API answer to the dashboard lands on its own prefix, which the client cannot subscribe.
+    await expectSubscribeDenied(as.client, '_INBOX.dashboard.*');
+    expect((await as.dashboard.bus.jsm.streams.info(streams.events.name)).config.name).toBe(streams.events.name);
+    const inbox = as.client.bus.newInbox();
+    const sub = as.client.nc.subscribe(inbox, { max: 1 });
+    await as.client.nc.flush();
+    as.scheduler.nc.publish(inbox, 'admitted');
+    for await (const x of sub) expect(x.string()).toBe('admitted');
+  });
+});
+
 describe('verifier', () => {
   it('consumes events with a durable, acks them and publishes its verdict as events', async () => {
     await as.verifier.bus.jsm.consumers.add(streams.events.name, {
@@ -242,6 +350,7 @@ describe('verifier', () => {
 
 describe('dashboard', () => {
   it('reads the event log, host announcements, dead letters, heartbeats and progress', async () => {
+    const before = as.dashboard.violations.length;
     const logged = [];
     for await (const e of readLog(as.dashboard.bus, { filter: subjects.evtOfJob(jobId) })) logged.push(e);
     expect(logged.map((e) => e.event.type)).toContain('SaveRequested');
@@ -257,7 +366,7 @@ describe('dashboard', () => {
     as.executor.nc.publish(subjects.progress(jobId), 'half');
     for await (const x of hb) expect(x.string()).toBe('beat');
     for await (const x of pr) expect(x.string()).toBe('half');
-    expect(as.dashboard.violations).toEqual([]);
+    expect(as.dashboard.violations.slice(before)).toEqual([]);
   });
 
   it('is refused events, commands, work, control, and deleting anything', async () => {
@@ -412,13 +521,16 @@ function matrixRows(): MatrixRow[] {
     pub('publish `vmsave.cmd.save` (a command)', () => subjects.cmd.save, ['client']),
     pub('publish `vmsave.work.<host>`', () => subjects.work(m()), ['scheduler']),
     pub('publish `vmsave.ctl.<host>`', () => subjects.control(m()), ['scheduler']),
-    pub('publish `vmsave.host.<host>`', () => subjects.host(m()), ['executor']),
-    pub('publish `vmsave.hb.<host>`', () => subjects.heartbeat(m()), ['executor']),
+    pub('publish `vmsave.host.<own host>` (executor: `h1`)', () => subjects.host(host), ['executor']),
+    pub('publish `vmsave.host.<another host>`', () => subjects.host(m()), []),
+    pub('publish `vmsave.hb.<own host>`', () => subjects.heartbeat(host), ['executor']),
+    pub('publish `vmsave.hb.<another host>`', () => subjects.heartbeat(m()), []),
     pub('publish `vmsave.progress.<job>`', () => subjects.progress(m()), ['executor']),
     pub('publish `vmsave.dlq.<service>`', () => subjects.dlq(m()), SERVICES),
     pub('publish `_INBOX.<x>` (not a reply)', () => `_INBOX.${m()}`, ['scheduler']),
     pub('ack on `VMSAVE_CMD` (`$JS.ACK.VMSAVE_CMD.…`)', () => `$JS.ACK.${streams.commands.name}.scheduler.1.1.1.1.0`, ['scheduler']),
-    pub('ack on `VMSAVE_WORK`', () => `$JS.ACK.${streams.work.name}.executor-${m()}.1.1.1.1.0`, ['executor']),
+    pub('ack on `VMSAVE_WORK`, own durable `executor-<own host>`', () => `$JS.ACK.${streams.work.name}.${executorUser(host)}.1.1.1.1.0`, ['executor']),
+    pub("ack on `VMSAVE_WORK`, another host's durable", () => `$JS.ACK.${streams.work.name}.${executorUser(m())}.1.1.1.1.0`, []),
     pub('ack on `VMSAVE_EVT`', () => `$JS.ACK.${EVT}.verifier.1.1.1.1.0`, ['verifier']),
     ...jobEventTypes.map((t) => pub(`publish \`vmsave.evt.<job>.${t}\``, () => subjects.evt(jobIdFor('save', m()), t), EVENT_PUBLISHERS[t] as readonly Role[], 'events')),
     pub('publish `vmsave.evt.<job>.<not a type>`', () => `vmsave.evt.${jobIdFor('save', m())}.Forged`, [], 'events'),
@@ -426,15 +538,27 @@ function matrixRows(): MatrixRow[] {
     sub('vmsave.progress.*', ['client', 'dashboard']),
     sub('vmsave.hb.*', ['scheduler', 'dashboard']),
     sub('vmsave.host.*', ['dashboard']),
-    sub('vmsave.ctl.*', ['executor']),
+    { ...sub(subjects.control(host), ['executor']), what: 'subscribe `vmsave.ctl.<own host>`' },
+    { ...sub('vmsave.ctl.<another host>', []), check: (c) => subscribeAllowed(c, subjects.control(m())) },
+    sub('vmsave.ctl.*', []),
     sub('vmsave.cmd.>', []),
     sub('vmsave.work.*', []),
     sub('vmsave.dlq.*', []),
-    sub('_INBOX.>', ALL),
+    sub('_INBOX.>', []),
+    { family: 'core', what: 'subscribe `_INBOX.<own user>.>` (private inbox prefix)', allowed: ALL, check: (c) => subscribeAllowed(c, `_INBOX.${c.user}.>`) },
+    {
+      family: 'core',
+      what: "subscribe another user's `_INBOX.<user>.>`",
+      allowed: [],
+      check: async (c) => {
+        for (const other of [...roles.map((r) => as[r].user), exB.user].filter((u) => u !== c.user)) if (await subscribeAllowed(c, `_INBOX.${other}.>`)) return true;
+        return false;
+      },
+    },
   ];
   const streamsRead: [string, readonly Role[]][] = [
     [streams.commands.name, ['scheduler']],
-    [streams.work.name, ['executor']],
+    [streams.work.name, []],
     [EVT, ALL],
     [streams.hosts.name, ['client', 'scheduler', 'verifier', 'dashboard']],
     [streams.deadLetters.name, ['dashboard']],
@@ -452,7 +576,25 @@ function matrixRows(): MatrixRow[] {
     // The owner re-sends its own configuration (a no-op); everyone else tries to switch it off.
     return r === 'verifier' ? cfg : { ...cfg, headers_only: true };
   };
+  const ownWork = (h: string, filterHost = h) => ({
+    stream_name: streams.work.name,
+    config: { durable_name: executorUser(h), ack_policy: 'explicit', filter_subject: subjects.work(filterHost), mem_storage: true },
+  });
   rows.push(
+    api('create/update its work durable `executor-<own host>` on `VMSAVE_WORK` (filter in the subject)', ['executor'], (c) =>
+      requestAllowed(c, `$JS.API.CONSUMER.CREATE.${streams.work.name}.${executorUser(host)}.${subjects.work(host)}`, ownWork(host)),
+    ),
+    api("create another host's work durable (`executor-h2` on `vmsave.work.h2`)", [], (c) =>
+      requestAllowed(c, `$JS.API.CONSUMER.CREATE.${streams.work.name}.${executorUser(hostB)}.${subjects.work(hostB)}`, ownWork(hostB)),
+    ),
+    api('create `executor-<own host>` filtered on another host (`.executor-h1.vmsave.work.h2`)', [], (c) =>
+      requestAllowed(c, `$JS.API.CONSUMER.CREATE.${streams.work.name}.${executorUser(host)}.${subjects.work(hostB)}`, ownWork(host, hostB)),
+    ),
+    api('create `executor-<own host>` without the filter in the subject, or by the old API', [], async (c) => {
+      const a = await requestAllowed(c, `$JS.API.CONSUMER.CREATE.${streams.work.name}.${executorUser(host)}`, ownWork(host, hostB));
+      const b = await requestAllowed(c, `$JS.API.CONSUMER.DURABLE.CREATE.${streams.work.name}.${executorUser(host)}`, ownWork(host, hostB));
+      return a || b;
+    }),
     api('create a durable with an unused name on `VMSAVE_EVT` (see the limits above)', ALL, (c) => {
       const name = m();
       return requestAllowed(c, `$JS.API.CONSUMER.CREATE.${EVT}.${name}`, {
@@ -515,7 +657,7 @@ describe('the permission matrix (every role × subject family × publish/subscri
     expect(text.includes(BEGIN) && text.includes(END), 'docs/operations.md has the matrix markers').toBe(true);
     if (process.env.VMSAVE_WRITE_DOCS === '1') {
       const table = [
-        `| family | what | ${roles.map((r) => `\`${r}\``).join(' | ')} |`,
+        `| family | what | ${roles.map((r) => `\`${as[r].user}\``).join(' | ')} |`,
         `|---|---|${roles.map(() => ':-:').join('|')}|`,
         ...results.map(({ row, got }) => `| ${row.family} | ${row.what} | ${roles.map((r) => (got[r] ? 'allowed' : '—')).join(' | ')} |`),
       ];

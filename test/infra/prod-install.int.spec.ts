@@ -32,9 +32,10 @@ beforeAll(async () => {
   install = `${ci.stdout}${ci.stderr}`;
 }, 25 * MINUTES);
 
+// Removing the installed tree can take longer than the default 10 s hook timeout on a loaded machine.
 afterAll(() => {
   if (work && !process.env.VMSAVE_KEEP_PROD) rmSync(work, { recursive: true, force: true });
-});
+}, 2 * MINUTES);
 
 describe('the production install', () => {
   it('has the services and their packages as built JavaScript, and no dev tool', async () => {

@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { REPO_ROOT } from '@vmsave/infra/servers';
 import { chooseNats, fallbackNatsUrl, insecureWarning, type NatsChoiceInput } from '@vmsave/infra/nats-choice';
-import { SERVICE_SECRETS, serviceEnv, type ServiceName } from '@vmsave/infra/service-env';
+import { EXECUTOR_SECRET_VAR, SERVICE_SECRETS, executorCredentials, executorHost, executorPassword, serviceEnv, type ServiceName } from '@vmsave/infra/service-env';
 import { passwordVar, roles, type Role } from '@vmsave/infra/permissions';
 
 const base: NatsChoiceInput = { url: 'nats://127.0.0.1:4222', explicit: false, probe: { kind: 'none' }, insecure: false, loopback: true, natsUser: false, rolePasswords: true };
@@ -107,6 +107,36 @@ describe('serviceEnv', () => {
       expect(Object.values(got[s]!).join('\n'), s).not.toContain('dashboard-token-0123456789');
     }
     for (const s of ['verifier', 'executor'] as const) expect(Object.values(got[s]!).join('\n'), s).not.toContain('redis-pass');
+  });
+
+  it("gives the executor its host's own user and derived password, and the master secret to no service", () => {
+    const master = 'master-secret-of-the-executors';
+    const own = executorCredentials(master, 'h1');
+    expect(own.user).toBe('executor-h1');
+    const withMaster = { ...parent, [EXECUTOR_SECRET_VAR]: master };
+    const ex = serviceEnv(withMaster, 'executor', { ...input, executorUser: own });
+    expect(ex).toMatchObject({ NATS_USER: 'executor-h1', NATS_PASS: own.password });
+    expect(Object.values(ex).join('\n')).not.toContain('pw-executor');
+    for (const s of services) {
+      const env = serviceEnv(withMaster, s, { ...input, executorUser: own });
+      expect(env[EXECUTOR_SECRET_VAR], s).toBeUndefined();
+      expect(Object.values(env).join('\n'), s).not.toContain(master);
+      if (s !== 'executor') expect(Object.values(env).join('\n'), s).not.toContain(own.password);
+    }
+  });
+
+  it("derives each host's password from the master secret: stable, different per host and per secret, letters and digits", () => {
+    const a = executorPassword('m1', 'h1');
+    expect(a).toMatch(/^[0-9a-f]{64}$/);
+    expect(executorPassword('m1', 'h1')).toBe(a);
+    expect(executorPassword('m1', 'h2')).not.toBe(a);
+    expect(executorPassword('m2', 'h1')).not.toBe(a);
+    expect(() => executorPassword('', 'h1')).toThrow(/VMSAVE_NATS_EXECUTOR_SECRET/);
+  });
+
+  it("names the executor's host as the executor would: VMSAVE_HOST, else the host name with other characters as -", () => {
+    expect(executorHost({ VMSAVE_HOST: 'rack-1' })).toBe('rack-1');
+    expect(executorHost({})).toMatch(/^[A-Za-z0-9_-]+$/);
   });
 
   it('on a NATS without roles each service keeps NATS_USER / NATS_PASS of the environment, and the URL start.ts chose', () => {

@@ -14,6 +14,7 @@ import { VmsaveClient } from '@vmsave/client';
 import { uniq, waitFor } from '@vmsave/testkit';
 import { REPO_ROOT, findExecutable, freePort, generateNatsPasswords, generateSecret, portAnswers, startNatsServer, startRedisServer } from '@vmsave/infra/servers';
 import { passwordVar, roles, type Role } from '@vmsave/infra/permissions';
+import { EXECUTOR_SECRET_VAR, executorPassword } from '@vmsave/infra/service-env';
 
 const SERVICES = ['scheduler', 'verifier', 'executor', 'dashboard'];
 const present = SERVICES.filter((s) => existsSync(join(REPO_ROOT, 'services', s, 'src', 'main.ts')));
@@ -114,6 +115,14 @@ describe('npm start', () => {
     const out = run.output();
     expect(code, out).toBe(0);
     expect(existsSync(join(dataDir, 'nats.url'))).toBe(false);
+    // An env file from before the executor users (no master secret) keeps working: npm start adds the secret.
+    expect(readFileSync(join(dataDir, 'env'), 'utf8')).toMatch(new RegExp(`^${EXECUTOR_SECRET_VAR}=[A-Za-z0-9]{48}$`, 'm'));
+    expect(out).toContain(`generated ${EXECUTOR_SECRET_VAR} into`);
+    // Its NATS config is rendered into the data directory, with this host's executor user and no password.
+    const conf = readFileSync(join(dataDir, 'nats.conf'), 'utf8');
+    expect(conf).toMatch(/\{ user: "executor-[^"]+", password: \$VMSAVE_NATS_PASS_EXECUTOR_HOST_/);
+    expect(conf).not.toContain('{ user: "executor",');
+    expect(conf).not.toMatch(/password:\s*"/);
     expect(out).toMatch(/nats\s+private/);
     expect(out).toMatch(/redis\s+private/);
     for (const s of present) {
@@ -134,7 +143,8 @@ describe('npm start', () => {
 
   it('runs the stack with role users: the client library request reaches the scheduler, which answers and logs it; SIGTERM stops cleanly', async () => {
     const p = await ports();
-    const run = startStack([], p.env);
+    const host = 'start-test-host';
+    const run = startStack([], { ...p.env, VMSAVE_HOST: host });
     try {
       await waitForOutput(run, 'every service started', (out) => present.every((s) => out.includes(`started ${s} (pid`)));
       if (present.includes('scheduler')) await waitForOutput(run, 'the scheduler running', (out) => out.includes('"msg":"scheduler running"'));
@@ -142,10 +152,18 @@ describe('npm start', () => {
       expect(run.output()).not.toContain('from its sources');
 
       // Each service holds only its own secrets (what anyone who may read /proc/<pid>/environ sees).
+      const master = /^VMSAVE_NATS_EXECUTOR_SECRET=(\S+)$/m.exec(readFileSync(join(dataDir, 'env'), 'utf8'))?.[1];
+      expect(master).toBeTruthy();
       for (const s of present) {
         const pid = Number(new RegExp(`started ${s} \\(pid (\\d+)`).exec(run.output())?.[1]);
         const env = environOf(pid);
-        expect(env, s).toMatchObject({ NATS_USER: s, NATS_PASS: passwords[s as Role] });
+        // The executor connects as its host's own user, with the password derived for that host only.
+        if (s === 'executor') {
+          expect(env).toMatchObject({ NATS_USER: `executor-${host}`, NATS_PASS: executorPassword(master!, host), VMSAVE_HOST: host });
+          expect(run.output()).toContain(`as NATS user executor-${host}`);
+        } else expect(env, s).toMatchObject({ NATS_USER: s, NATS_PASS: passwords[s as Role] });
+        expect(env[EXECUTOR_SECRET_VAR], s).toBeUndefined();
+        expect(readFileSync(`/proc/${pid}/environ`, 'utf8'), `${s} holds the master secret`).not.toContain(master!);
         for (const r of roles) expect(env[passwordVar(r)], `${s}: ${passwordVar(r)}`).toBeUndefined();
         expect(env.VMSAVE_REDIS_PASS, s).toBeUndefined();
         const raw = readFileSync(`/proc/${pid}/environ`, 'utf8');
@@ -201,6 +219,8 @@ describe('npm start', () => {
       const out = run.output();
       expect(code, out).toBe(0);
       expect(out).toContain('which requires users: each service connects as its role');
+      // This template-configured server (as docker compose's) has only the shared executor user.
+      if (present.includes('executor')) expect(out).toMatch(/has no user executor-\S+: the executor connects as the shared user executor/);
       expect(out).toContain('with the generated password (it requires one)');
       expect(out).toMatch(/nats\s+external/);
       for (const s of present) expect(out).toMatch(new RegExp(`^${s}\\s+running`, 'm'));
@@ -208,6 +228,33 @@ describe('npm start', () => {
       // Not ours: still running.
       expect(await portAnswers('127.0.0.1', p.nats)).toBe(true);
       expect(await portAnswers('127.0.0.1', p.redis)).toBe(true);
+    } finally {
+      await redis.stop();
+      await nats.stop();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("on a NATS an earlier npm start left behind (one user per executor host), the executor connects as its host's user", async () => {
+    const p = await ports();
+    const dir = mkdtempSync(join(tmpdir(), 'vmsave-start-left-'));
+    const host = 'left-over-host';
+    const master = generateSecret(48);
+    const nats = await startNatsServer({ port: p.nats, storeDir: join(dir, 'nats'), passwords, executors: { [host]: executorPassword(master, host) } });
+    const redis = await startRedisServer({ port: p.redis, dataDir: join(dir, 'redis'), password: redisPass });
+    try {
+      const run = startStack(['--check', '--check-seconds', '4'], { ...p.env, VMSAVE_HOST: host, [EXECUTOR_SECRET_VAR]: master });
+      const code = await run.exited;
+      const out = run.output();
+      expect(code, out).toBe(0);
+      expect(out).toContain('which requires users: each service connects as its role');
+      expect(out).not.toContain('connects as the shared user executor');
+      if (present.includes('executor')) {
+        expect(out).toContain(`started executor (pid`);
+        expect(out).toContain(`as NATS user executor-${host}`);
+        expect(out).toMatch(/^executor\s+running/m);
+      }
+      expect(nats.output()).not.toMatch(/Violation/);
     } finally {
       await redis.stop();
       await nats.stop();
@@ -270,7 +317,8 @@ describe('npm start', () => {
         'ip link set lo up',
         `"${findExecutable('nats-server')}" -a 127.0.0.1 -p 4222 -js -sd "$DIR/anon-js" >/dev/null 2>&1 & anon=$!`,
         'for i in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null && break; sleep 0.1; done',
-        `"${process.execPath}" infra/dist/start.js --check --check-seconds 12 > "$DIR/out" 2>&1 & start=$!`,
+        // Long enough for the CLI below, run from its sources through tsx (slow on a loaded machine), to finish while the stack runs.
+        `"${process.execPath}" infra/dist/start.js --check --check-seconds 30 > "$DIR/out" 2>&1 & start=$!`,
         'for i in $(seq 1 300); do grep -q "every service running" "$DIR/out" && break; sleep 0.1; done',
         'echo "url-file: $(cat "$DIR/nats.url" 2>/dev/null)"',
         `VMSAVE_CLI_FROM_SOURCE=1 "${process.execPath}" packages/cli/bin/vmsave.js hosts --json > "$DIR/hosts" 2>&1; echo "cli: $?"`,

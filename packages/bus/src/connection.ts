@@ -1,9 +1,10 @@
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { jetstream, jetstreamManager, RetentionPolicy, StorageType, DiscardPolicy, type JetStreamClient, type JetStreamManager, type StreamConfig } from '@nats-io/jetstream';
-import { nanos } from '@nats-io/nats-core';
-import { allStreams, type StreamDefinition } from '@vmsave/contracts';
+import { createInbox, nanos } from '@nats-io/nats-core';
+import { allStreams, inboxPrefixOf, SUBJECT_TOKEN, type StreamDefinition } from '@vmsave/contracts';
 import { retryTransient } from './retry.ts';
 import type { Logger } from './logger.ts';
+import type { BusMetrics } from './metrics.ts';
 
 export interface BusOptions {
   /** Comma-separated server URLs (a cluster: list every node). */
@@ -12,10 +13,18 @@ export interface BusOptions {
   pass?: string;
   /** Connection name shown by the server. */
   name: string;
+  /**
+   * Prefix of every inbox this connection creates (replies, JetStream API answers, pulled
+   * messages). Default: `_INBOX.<user>` when a user is given (each vmsave user may subscribe only
+   * below its own prefix), nats.js's `_INBOX` otherwise.
+   */
+  inboxPrefix?: string;
   /** JetStream replicas for the streams this connection creates (3 on a three-node cluster). */
   replicas?: number;
   /** Where connection changes (disconnect, reconnect) are logged. */
   log?: Logger;
+  /** Counts publishes, redeliveries, dead letters and reconnects (`@vmsave/metrics`' `ServiceMetrics.bus`). */
+  metrics?: BusMetrics;
 }
 
 /**
@@ -37,6 +46,16 @@ export class Bus implements AsyncDisposable {
 
   private readonly reconnectListeners = new Set<() => void>();
 
+  /** A new inbox subject under this connection's prefix (`_INBOX.<user>.<nuid>`), for answers to it. */
+  newInbox(): string {
+    return createInbox(this.inboxPrefix);
+  }
+
+  /** The prefix of this connection's inboxes (undefined: nats.js's `_INBOX`). */
+  get inboxPrefix(): string | undefined {
+    return inboxPrefixFor(this.options);
+  }
+
   /** Called after every reconnect (the client may have missed core-NATS messages meanwhile). */
   onReconnect(fn: () => void): () => void {
     this.reconnectListeners.add(fn);
@@ -46,6 +65,7 @@ export class Bus implements AsyncDisposable {
   private watchStatus(): void {
     void (async () => {
       for await (const s of this.nc.status()) {
+        this.options.metrics?.connectionStatus?.(s.type);
         if (s.type === 'disconnect' || s.type === 'reconnect') this.options.log?.warn({ nats: s.type, server: (s as { server?: string }).server }, `NATS ${s.type}`);
         if (s.type === 'reconnect') for (const fn of this.reconnectListeners) fn();
       }
@@ -61,6 +81,7 @@ export class Bus implements AsyncDisposable {
       name: options.name,
       user: options.user,
       pass: options.pass,
+      inboxPrefix: inboxPrefixFor(options),
       maxReconnectAttempts: -1,
       reconnectTimeWait: 500,
     });
@@ -83,6 +104,20 @@ export class Bus implements AsyncDisposable {
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close();
   }
+}
+
+/**
+ * The inbox prefix of a connection: `options.inboxPrefix`, else `_INBOX.<user>` (contracts'
+ * `inboxPrefixOf`) when a user is given. A user name that is not one subject token has no
+ * private prefix: then `inboxPrefix` must be given (`NATS_INBOX_PREFIX`), or the error says so.
+ */
+export function inboxPrefixFor(options: Pick<BusOptions, 'user' | 'inboxPrefix'>): string | undefined {
+  if (options.inboxPrefix) return options.inboxPrefix;
+  if (!options.user) return undefined;
+  if (!SUBJECT_TOKEN.test(options.user)) {
+    throw new TypeError(`NATS_USER "${options.user}" is not one subject token (letters, digits, _ - :): set NATS_INBOX_PREFIX to the inbox prefix its permissions allow`);
+  }
+  return inboxPrefixOf(options.user);
 }
 
 export function toStreamConfig(def: StreamDefinition, replicas: number): Partial<StreamConfig> & { name: string } {

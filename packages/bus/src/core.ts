@@ -1,4 +1,4 @@
-import { createInbox, type Msg, type Subscription } from '@nats-io/nats-core';
+import type { Msg, Subscription } from '@nats-io/nats-core';
 import type { MessageDefinition } from '@vmsave/contracts';
 import type { z } from 'zod';
 import type { Bus } from './connection.ts';
@@ -107,7 +107,7 @@ export function awaitAnswer<S extends z.ZodType>(
   def: MessageDefinition<S>,
   opts: { timeoutMs?: number; inbox?: string } = {},
 ): { inbox: string; value: Promise<z.infer<S> | undefined>; cancel(): void } {
-  const inbox = opts.inbox ?? createInbox();
+  const inbox = opts.inbox ?? bus.newInbox();
   const sub = subscribeValidated(bus, def, inbox, { max: 1 });
   const timer = setTimeout(() => sub.unsubscribe(), opts.timeoutMs ?? 10_000);
   const value = (async () => {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { isReplySubject, REPLY_SUBJECT_MAX, subjects } from './index.ts';
+import { inboxPrefixOf, isReplySubject, REPLY_SUBJECT_MAX, subjects } from './index.ts';
 
 describe('isReplySubject', () => {
   it('accepts inboxes as NATS clients make them', () => {
@@ -8,6 +8,16 @@ describe('isReplySubject', () => {
     expect(isReplySubject('_INBOX.Qz7vLr0VbIgXgD3mPq1x2A.42')).toBe(true);
     expect(isReplySubject('_INBOX.client.a_b-c.1')).toBe(true);
     expect(isReplySubject(`_INBOX.${'a'.repeat(REPLY_SUBJECT_MAX - '_INBOX.'.length)}`)).toBe(true);
+  });
+
+  it("accepts the private inbox prefixes of vmsave's users (`_INBOX.<user>.<nuid>`), executor hosts with : included", () => {
+    expect(inboxPrefixOf('client')).toBe('_INBOX.client');
+    for (const user of ['client', 'scheduler', 'dashboard', 'executor-h1', 'executor-rack-2:b', 'billing']) {
+      expect(isReplySubject(`${inboxPrefixOf(user)}.Qz7vLr0VbIgXgD3mPq1x2A`), user).toBe(true);
+    }
+    expect(isReplySubject(inboxPrefixOf('client'))).toBe(true);
+    expect(() => inboxPrefixOf('a.b')).toThrow(/NATS user "a.b" cannot be used in a subject/);
+    expect(() => inboxPrefixOf('>')).toThrow(/NATS user/);
   });
 
   it.each([

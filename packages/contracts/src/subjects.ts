@@ -49,16 +49,27 @@ export const subjects = {
   dlqAll: `${ROOT}.dlq.*`,
 } as const;
 
+/**
+ * The inbox prefix of a NATS user, `_INBOX.<user>`: every vmsave connection with a user sets
+ * nats.js's `inboxPrefix` to it (`Bus.connect`), and the NATS permissions let each user
+ * subscribe only below it (`_INBOX.<user>.>`), so no user reads another's replies. A user name
+ * that is not one subject token (letters, digits, `_ - :`) has no such prefix.
+ */
+export function inboxPrefixOf(user: string): string {
+  return `_INBOX.${token('NATS user', user)}`;
+}
+
 /** Longest reply subject the scheduler answers on. */
 export const REPLY_SUBJECT_MAX = 256;
 
-/** `_INBOX.` then one or more dot-separated tokens of letters, digits, `_` and `-`. */
-const REPLY_SUBJECT = /^_INBOX(\.[A-Za-z0-9_-]+)+$/;
+/** `_INBOX.` then one or more dot-separated tokens of letters, digits, `_`, `-` and `:` (a private prefix `_INBOX.<user>` included). */
+const REPLY_SUBJECT = /^_INBOX(\.[A-Za-z0-9_:-]+)+$/;
 
 /**
  * Whether a subject a command names in `Vmsave-Reply-To` may be answered on: a well-formed
- * inbox (`_INBOX.` and one or more tokens of `[A-Za-z0-9_-]`, no wildcard, no empty token, at
- * most 256 characters). Anything else (`vmsave.work.<host>`, `vmsave.evt.…`, `>`, `_INBOX.>`)
+ * inbox (`_INBOX.` and one or more tokens of `[A-Za-z0-9_:-]`, no wildcard, no empty token, at
+ * most 256 characters), such as `_INBOX.client.<nuid>` under a user's private prefix
+ * (`inboxPrefixOf`). Anything else (`vmsave.work.<host>`, `vmsave.evt.…`, `>`, `_INBOX.>`)
  * would have the scheduler publish with its own rights where the client may not.
  */
 export function isReplySubject(subject: string): boolean {
