@@ -83,7 +83,45 @@ export interface MigrationOptions {
   process?: MigrationProcessInfo;
 }
 
-export type SaveOptions = MigrationOptions;
+/**
+ * A live save (precopy while the guest runs): QEMU copies RAM in passes, rewriting the pages the
+ * guest dirtied since the last pass (mapped-ram: at their fixed place in the file), and stops the
+ * guest only for the final pass, when what is left fits in `downtimeLimitMs` at the bandwidth it
+ * measures. When the guest dirties faster than the disk takes it, the passes do not converge: after
+ * `maxPasses` passes or `maxLiveMs`, vmsave stops the guest itself and the rest is a stopped copy.
+ */
+export interface LiveSaveOptions {
+  /** QEMU's `downtime-limit` (ms) for the final pass. Default 100. */
+  downtimeLimitMs?: number;
+  /** Stop the guest (stopped copy of the rest) once QEMU starts pass `maxPasses + 1`. Default 8. */
+  maxPasses?: number;
+  /** Stop the guest once the live phase has lasted this long (ms). Default 20 000. */
+  maxLiveMs?: number;
+}
+
+export interface SaveOptions extends MigrationOptions {
+  /** Copy RAM while the guest runs (see {@link LiveSaveOptions}); default a save of a paused VM. */
+  live?: LiveSaveOptions;
+}
+
+/** One precopy pass over RAM, as sampled from query-migrate (`dirty-sync-count`). */
+export interface MigrationPass {
+  /** From 1. */
+  pass: number;
+  /** Bytes QEMU wrote in this pass. */
+  bytes: number;
+  /** When the pass began, ms since `migrate`. */
+  startMs: number;
+}
+
+/** How a live save ended its live phase. */
+export interface LiveSaveOutcome {
+  /** `converged`: QEMU stopped the guest for the final pass itself; `passes`/`time`: vmsave stopped it (stopped copy of the rest). */
+  switchover: 'converged' | 'passes' | 'time';
+  /** Epoch ms (QEMU's STOP event timestamp) when the guest stopped. */
+  stoppedAtEpochMs: number | undefined;
+  downtimeLimitMs: number;
+}
 
 export interface RestoreOptions extends MigrationOptions {
   /**
@@ -125,6 +163,10 @@ export interface MigrationStats {
   parameters: Record<string, unknown>;
   /** The final query-migrate answer, as QEMU sent it. */
   queryMigrate: Record<string, unknown>;
+  /** Passes over RAM (save only; sampled every poll, so passes shorter than a poll merge). */
+  passes: MigrationPass[];
+  /** Set for a live save. */
+  live?: LiveSaveOutcome;
 }
 
 /** What a QEMU process reported about migration support (from query-migrate-capabilities/-parameters). */
@@ -171,6 +213,9 @@ const ACTIVE_STATUSES = new Set([
 ]);
 
 const DEFAULT_COMMAND_TIMEOUT_MS = 10_000;
+const DEFAULT_DOWNTIME_LIMIT_MS = 100;
+const DEFAULT_MAX_PASSES = 8;
+const DEFAULT_MAX_LIVE_MS = 20_000;
 
 /** `file:/dev/fdset/N,offset=0xHEX`, the URI QEMU takes for an fdset-backed image. */
 export function buildMigrationUri(fdsetId: number, offset: number): string {
@@ -183,7 +228,7 @@ export function buildMigrationUri(fdsetId: number, offset: number): string {
  */
 export function planMigration(
   direction: MigrationDirection,
-  options: Pick<MigrationOptions, 'format' | 'channels' | 'directIo' | 'offset' | 'fds' | 'maxBandwidth'>,
+  options: Pick<SaveOptions, 'format' | 'channels' | 'directIo' | 'offset' | 'fds' | 'maxBandwidth' | 'live'>,
   support: MigrationSupport,
 ): MigrationPlan {
   const { format } = options;
@@ -229,8 +274,23 @@ export function planMigration(
   // migrate-set-parameters fail; clear it while mapped-ram may still be off.
   if (typeof compression === 'string' && compression !== 'none') preParameters['multifd-compression'] = 'none';
 
+  const live = direction === 'save' ? options.live : undefined;
+  if (live) {
+    const limit = live.downtimeLimitMs ?? DEFAULT_DOWNTIME_LIMIT_MS;
+    if (!Number.isInteger(limit) || limit < 1 || limit > 60_000)
+      throw new QemuInvalidArgumentError(`live.downtimeLimitMs must be an integer in 1..60000, got ${live.downtimeLimitMs}`);
+    if (live.maxPasses !== undefined && (!Number.isInteger(live.maxPasses) || live.maxPasses < 1))
+      throw new QemuInvalidArgumentError(`live.maxPasses must be a positive integer, got ${live.maxPasses}`);
+    if (live.maxLiveMs !== undefined && (!Number.isFinite(live.maxLiveMs) || live.maxLiveMs < 0))
+      throw new QemuInvalidArgumentError(`live.maxLiveMs must be >= 0, got ${live.maxLiveMs}`);
+    // auto-converge would throttle the guest's vCPUs for the whole save; vmsave prefers one
+    // short stop (the pass limit) over a long slow-down.
+    if (caps.get('auto-converge') === true) capabilities.push({ capability: 'auto-converge', state: false });
+  }
+
   const parameters: Record<string, unknown> = {};
   if (direction === 'save') parameters['max-bandwidth'] = maxBandwidth;
+  if (live) parameters['downtime-limit'] = live.downtimeLimitMs ?? DEFAULT_DOWNTIME_LIMIT_MS;
   if (sparse) parameters['multifd-channels'] = channels;
   if (hasDirectIoParam) parameters['direct-io'] = directIo;
 
@@ -292,18 +352,22 @@ export function restoreFromFds(qmp: QmpClient, options: RestoreOptions): Promise
 interface Context {
   qmp: QmpClient;
   direction: MigrationDirection;
-  options: RestoreOptions;
+  options: RestoreOptions & SaveOptions;
   timeoutMs: number;
+  passes: MigrationPass[];
+  passSync: number;
+  passStartBytes: number;
+  live?: LiveSaveOutcome;
 }
 
-async function runMigration(qmp: QmpClient, direction: MigrationDirection, options: RestoreOptions): Promise<MigrationStats> {
-  const ctx: Context = { qmp, direction, options, timeoutMs: options.commandTimeoutMs ?? DEFAULT_COMMAND_TIMEOUT_MS };
+async function runMigration(qmp: QmpClient, direction: MigrationDirection, options: RestoreOptions & SaveOptions): Promise<MigrationStats> {
+  const ctx: Context = { qmp, direction, options, timeoutMs: options.commandTimeoutMs ?? DEFAULT_COMMAND_TIMEOUT_MS, passes: [], passSync: 0, passStartBytes: 0 };
   let stage: QemuStage = 'prepare';
   let fdsetId: number | undefined;
   let oldBandwidth: unknown;
   let started = false;
   let finished = false;
-  const events = qmp.events({ names: ['MIGRATION'] });
+  const events = qmp.events({ names: ['MIGRATION', 'STOP'] });
 
   try {
     const capabilityList = await call<Array<{ capability: string; state: boolean }>>(ctx, stage, 'query-migrate-capabilities');
@@ -324,7 +388,10 @@ async function runMigration(qmp: QmpClient, direction: MigrationDirection, optio
       // Verbatim from QEMU, before any capability or fdset is touched.
       throw new MigrationFailedError(direction, stage, blocked.join('; '));
     }
-    const { status: runState } = await call<{ status: string }>(ctx, stage, 'query-status');
+    const { status: runState, running } = await call<{ status: string; running: boolean }>(ctx, stage, 'query-status');
+    if (direction === 'save' && options.live && running) {
+      ctx.live = { switchover: 'converged', stoppedAtEpochMs: undefined, downtimeLimitMs: options.live.downtimeLimitMs ?? DEFAULT_DOWNTIME_LIMIT_MS };
+    }
     if (direction === 'restore' && runState !== 'inmigrate') {
       throw new QemuStateError(`QEMU is ${runState}, not waiting for an incoming migration (-incoming defer)`, stage);
     }
@@ -366,7 +433,8 @@ async function runMigration(qmp: QmpClient, direction: MigrationDirection, optio
     stage = 'transfer';
     const final = await follow(ctx, events, startedAt);
     finished = true;
-    return toStats(direction, options, plan, final, performance.now() - startedAt);
+    if (direction === 'save') notePass(ctx, final, performance.now() - startedAt);
+    return toStats(ctx, plan, final, performance.now() - startedAt);
   } catch (error) {
     if (started && !finished) await cancel(ctx);
     throw await toQemuError(ctx, error, stage);
@@ -435,7 +503,10 @@ async function follow(ctx: Context, events: AsyncIterable<unknown> & { end(): vo
   // than that query's answer: poll again at once instead of sleeping.
   let eventSeen = false;
   void (async () => {
-    for await (const _ of events) {
+    for await (const ev of events as AsyncIterable<{ event: string; timestamp?: { seconds: number; microseconds: number } }>) {
+      if (ev.event === 'STOP' && ctx.live && ctx.live.stoppedAtEpochMs === undefined && ev.timestamp) {
+        ctx.live.stoppedAtEpochMs = ev.timestamp.seconds * 1000 + ev.timestamp.microseconds / 1000;
+      }
       eventSeen = true;
       wake?.();
     }
@@ -458,8 +529,20 @@ async function follow(ctx: Context, events: AsyncIterable<unknown> & { end(): vo
       throw err;
     }
     const sample = toProgress(direction, info, performance.now() - startedAt);
+    if (direction === 'save') notePass(ctx, info, sample.elapsedMs);
     options.onProgress?.(sample);
     if (sample.status === 'completed') return info;
+    if (ctx.live && ctx.live.switchover === 'converged' && ctx.live.stoppedAtEpochMs === undefined && sample.status === 'active') {
+      const maxPasses = options.live?.maxPasses ?? DEFAULT_MAX_PASSES;
+      const maxLiveMs = options.live?.maxLiveMs ?? DEFAULT_MAX_LIVE_MS;
+      const why = ctx.passes.length > maxPasses ? 'passes' : sample.elapsedMs > maxLiveMs ? 'time' : undefined;
+      if (why) {
+        // The dirty rate outruns the disk: stop the guest, QEMU copies the rest of a still guest.
+        ctx.live.switchover = why;
+        await call(ctx, 'transfer', 'stop');
+        continue;
+      }
+    }
     if (sample.status === 'failed') {
       const desc = typeof info['error-desc'] === 'string' ? info['error-desc'] : 'QEMU reported failed without a reason';
       throw new StagedError('transfer', new MigrationFailedError(direction, 'transfer', desc));
@@ -620,6 +703,27 @@ function optNum(value: unknown): number | undefined {
   return typeof value === 'number' && Number.isFinite(value) ? value : undefined;
 }
 
+/**
+ * Tracks passes from QEMU's `dirty-sync-count` (one bitmap sync per pass): the current pass is
+ * credited with the bytes written since it began; a new count opens the next pass. Sampled, so
+ * bytes written between a sync and the next poll count in the pass before.
+ */
+function notePass(ctx: Context, info: Record<string, unknown>, elapsedMs: number): void {
+  const ram = ramOf(info);
+  if (!ram) return;
+  const sync = Math.max(1, num(ram['dirty-sync-count']));
+  const transferred = num(ram['transferred']);
+  const current = ctx.passes.at(-1);
+  if (current) current.bytes = Math.max(0, transferred - ctx.passStartBytes);
+  if (!current || sync > ctx.passSync) {
+    ctx.passSync = sync;
+    ctx.passStartBytes = transferred;
+    if (current || transferred === 0) ctx.passes.push({ pass: ctx.passes.length + 1, bytes: 0, startMs: elapsedMs });
+    else ctx.passes.push({ pass: 1, bytes: transferred, startMs: 0 });
+    if (!current && transferred > 0) ctx.passStartBytes = 0;
+  }
+}
+
 function ramOf(info: Record<string, unknown>): Record<string, unknown> | undefined {
   const ram = info['ram'];
   return typeof ram === 'object' && ram !== null ? (ram as Record<string, unknown>) : undefined;
@@ -642,7 +746,8 @@ export function toProgress(direction: MigrationDirection, info: Record<string, u
   };
 }
 
-function toStats(direction: MigrationDirection, options: MigrationOptions, plan: MigrationPlan, info: Record<string, unknown>, wallTimeMs: number): MigrationStats {
+function toStats(ctx: Context, plan: MigrationPlan, info: Record<string, unknown>, wallTimeMs: number): MigrationStats {
+  const { direction, options } = ctx;
   const ram = ramOf(info);
   return {
     direction,
@@ -669,5 +774,7 @@ function toStats(direction: MigrationDirection, options: MigrationOptions, plan:
     capabilities: Object.fromEntries(plan.capabilities.map((c) => [c.capability, c.state])),
     parameters: { ...plan.preParameters, ...plan.parameters },
     queryMigrate: info,
+    passes: ctx.passes,
+    ...(ctx.live ? { live: ctx.live } : {}),
   };
 }

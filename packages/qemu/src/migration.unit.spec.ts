@@ -34,6 +34,18 @@ describe('planMigration', () => {
     expect(() => planMigration('save', { format: 'legacy', offset: 0, fds, maxBandwidth: 1.5 }, QEMU_10)).toThrow(/maxBandwidth/);
   });
 
+  it('live save: downtime-limit set (default 100 ms), auto-converge switched off when on; a bad limit is refused; a restore ignores live', () => {
+    const withAuto: MigrationSupport = { ...QEMU_10, capabilities: new Map([...QEMU_10.capabilities, ['auto-converge', true]]) };
+    const plan = planMigration('save', { format: 'sparse', offset: 0, fds, live: {} }, withAuto);
+    expect(plan.parameters['downtime-limit']).toBe(100);
+    expect(plan.capabilities).toContainEqual({ capability: 'auto-converge', state: false });
+    expect(planMigration('save', { format: 'sparse', offset: 0, fds, live: { downtimeLimitMs: 250 } }, QEMU_10).parameters['downtime-limit']).toBe(250);
+    expect(planMigration('save', { format: 'sparse', offset: 0, fds }, QEMU_10).parameters['downtime-limit']).toBeUndefined();
+    expect(planMigration('restore', { format: 'sparse', offset: 0, fds, live: {} }, QEMU_10).parameters['downtime-limit']).toBeUndefined();
+    expect(() => planMigration('save', { format: 'sparse', offset: 0, fds, live: { downtimeLimitMs: 0 } }, QEMU_10)).toThrow(/live.downtimeLimitMs/);
+    expect(() => planMigration('save', { format: 'sparse', offset: 0, fds, live: { maxPasses: 0 } }, QEMU_10)).toThrow(/live.maxPasses/);
+  });
+
   it('sparse save: mapped-ram + multifd on, 1 channel unless asked (like libvirt)', () => {
     const plan = planMigration('save', { format: 'sparse', offset: 0, fds }, QEMU_10);
     expect(plan.capabilities).toContainEqual({ capability: 'mapped-ram', state: true });

@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, openSync, readFileSync, statSync } from 'node:fs';
-import { lstat, mkdir, unlink } from 'node:fs/promises';
+import { lstat, mkdir, rename, unlink } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
 import { QmpClient, type ConnectOptions, type QmpClientOptions } from '@vmsave/qmp';
@@ -29,6 +29,11 @@ export interface VmProcess extends AsyncDisposable {
   kill(signal?: NodeJS.Signals): Promise<VmExit>;
   /** Opens a QMP session on this VM's socket. */
   connectQmp(options?: ConnectOptions & QmpClientOptions): Promise<QmpClient>;
+  /**
+   * Renames the QMP socket (a warm QEMU taken from a pool becomes the VM's own): the listening
+   * socket stays the same, only its path changes. Refuses a path that exists.
+   */
+  moveQmpSocket(newPath: string): Promise<void>;
 }
 
 export interface SpawnQemuOptions {
@@ -141,7 +146,7 @@ export function qemuEnvironment(parent: Record<string, string | undefined> = pro
  */
 export async function spawnQemu(args: readonly string[], options: SpawnQemuOptions): Promise<VmProcess> {
   const binary = options.binary ?? DEFAULT_QEMU_BINARY;
-  const socketPath = options.qmpSocketPath;
+  let socketPath = options.qmpSocketPath;
   if (options.detached && options.killWithParent) throw new QemuInvalidArgumentError('a detached QEMU outlives its caller: killWithParent and detached exclude each other');
   await removeStaleSocket(socketPath);
   const argv = [binary, ...args, '-qmp', `unix:${qemuOptValue(socketPath)},server=on,wait=off`];
@@ -192,7 +197,9 @@ export async function spawnQemu(args: readonly string[], options: SpawnQemuOptio
     get pid() {
       return child.pid ?? -1;
     },
-    qmpSocketPath: socketPath,
+    get qmpSocketPath() {
+      return socketPath;
+    },
     argv,
     stderr,
     exited,
@@ -201,6 +208,15 @@ export async function spawnQemu(args: readonly string[], options: SpawnQemuOptio
     },
     kill,
     connectQmp: (connectOptions) => QmpClient.connect(socketPath, connectOptions),
+    async moveQmpSocket(newPath) {
+      if (newPath === socketPath) return;
+      if (await lstat(newPath).catch(() => undefined)) {
+        await removeStaleSocket(newPath);
+      }
+      await mkdir(path.dirname(newPath), { recursive: true });
+      await rename(socketPath, newPath);
+      socketPath = newPath;
+    },
     async [Symbol.asyncDispose]() {
       if (exitStatus === undefined) {
         child.kill('SIGTERM');

@@ -1,0 +1,187 @@
+/**
+ * The executor's warm restore pool against real QEMU: a warm and a cold restore of the same image
+ * give the same guest memory (the test guest, saved while it wrote memory); a pool QEMU that was
+ * killed or stopped answering is never handed out; the pool's RSS stays within its bound, and a
+ * waiting QEMU holds none of its guest RAM; stop kills every waiting QEMU.
+ */
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createLogger } from '@vmsave/bus';
+import type { QemuCapabilities, VmDefinition } from '@vmsave/contracts';
+import { restoreImage, saveVm } from '@vmsave/ops';
+import { detectAccel, probeQemu, type Accel, type VmProcess } from '@vmsave/qemu';
+import { analyseDump } from '@vmsave/testguest';
+import { guestKernelMissing, launchTestGuest, waitForGuest } from '@vmsave/testguest/node';
+import { WarmPool, rssOf } from '../src/warm-pool.ts';
+
+const MiB = 1024 * 1024;
+const MEMORY_MIB = 128;
+const missing = await guestKernelMissing();
+if (missing) console.warn(`skipping the warm pool tests: ${missing}`);
+
+let dir = '';
+let accel: Accel;
+let caps: QemuCapabilities;
+let definition: VmDefinition;
+let imagePath = '';
+const log = createLogger('warm-pool-test', { level: 'warn' });
+const pools: WarmPool[] = [];
+const vms: VmProcess[] = [];
+
+const pool = (o: Partial<ConstructorParameters<typeof WarmPool>[0]> = {}) => {
+  const p = new WarmPool({ size: 1, maxRssBytes: 512 * MiB, dir: path.join(dir, 'warm'), accel, log, ...o });
+  pools.push(p);
+  return p;
+};
+
+async function filled(p: WarmPool, def: VmDefinition, want: number): Promise<void> {
+  p.note(def);
+  const deadline = Date.now() + 60_000;
+  while (p.stats().waiting < want) {
+    if (Date.now() > deadline) throw new Error(`the pool did not fill to ${want} (${JSON.stringify(p.stats())})`);
+    await p.settled();
+    if (p.stats().waiting < want) await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+beforeAll(async () => {
+  if (missing) return;
+  dir = await mkdtemp(path.join(os.tmpdir(), 'vmsave-warm-'));
+  accel = await detectAccel();
+  const q = await probeQemu();
+  caps = { version: q.version, mappedRam: q.mappedRam, directIo: q.directIo, machines: q.machines, accel };
+  // The image: the test guest, writing memory, saved as a paused copy.
+  const guest = await launchTestGuest({
+    name: 'warm-src',
+    memoryMiB: MEMORY_MIB,
+    rate: 2000,
+    share: 25,
+    seed: 5,
+    qmpSocketPath: path.join(dir, 'src.qmp'),
+    accel,
+    killWithParent: true,
+  });
+  vms.push(guest.vm);
+  definition = guest.definition;
+  const qmp = await guest.vm.connectQmp();
+  await waitForGuest(qmp, dir);
+  imagePath = path.join(dir, 'warm.vmsave');
+  await saveVm({ qmp, imagePath, format: 'sparse', channels: 2, directIo: false, after: 'quit', vm: definition, host: 'h', jobId: 'j-warm', hostCaps: caps });
+  await qmp.close();
+});
+
+afterAll(async () => {
+  for (const p of pools) await p.stop();
+  for (const vm of vms) await vm.kill().catch(() => undefined);
+  if (dir) await rm(dir, { recursive: true, force: true });
+});
+
+async function restoredMemory(name: string, warm?: WarmPool): Promise<{ ram: Buffer; start: string; pid: number }> {
+  const r = await restoreImage({
+    imagePath,
+    qmpSocketPath: path.join(dir, `${name}.qmp`),
+    hostCaps: caps,
+    after: 'paused',
+    accel,
+    warm: warm && ((d) => warm.take(d)),
+  });
+  vms.push(r.vm);
+  const file = path.join(dir, `${name}.ram`);
+  await r.qmp.execute('pmemsave', { val: 0, size: MEMORY_MIB * MiB, filename: file });
+  const ram = await readFile(file);
+  await r.qmp.close();
+  await r.vm.kill();
+  return { ram, start: r.start, pid: r.vm.pid };
+}
+
+describe.skipIf(missing !== undefined)('the warm restore pool', () => {
+  it('a warm and a cold restore give the same guest memory, a consistent state of the test guest', async () => {
+    const p = pool();
+    await filled(p, definition, 1);
+    const waitingPid = p.stats().pids[0];
+    const cold = await restoredMemory('cold');
+    const warm = await restoredMemory('warm', p);
+    expect(cold.start).toBe('cold');
+    expect(warm.start).toBe('warm');
+    expect(warm.pid).toBe(waitingPid);
+    expect(warm.ram.equals(cold.ram)).toBe(true);
+    const a = analyseDump(warm.ram);
+    expect(a.issues).toEqual([]);
+    expect(a.consistent).toBe(true);
+    expect(a.written).toBeGreaterThan(0);
+    // Refilled in the background after the hand-out.
+    await filled(p, definition, 1);
+    expect(p.stats().pids[0]).not.toBe(waitingPid);
+  });
+
+  it('a killed pool QEMU, or one whose QMP does not answer, is never handed out', async () => {
+    const p = pool();
+    await filled(p, definition, 1);
+    const killed = p.stats().pids[0]!;
+    process.kill(killed, 'SIGKILL');
+    const got = await p.take(definition);
+    expect(got?.vm.pid).not.toBe(killed);
+    if (got) {
+      vms.push(got.vm);
+      await got.qmp.close();
+    }
+    await filled(p, definition, 1);
+    const frozen = p.stats().pids[0]!;
+    // Alive but not answering (SIGSTOP): the liveness check right before the hand-out refuses it.
+    process.kill(frozen, 'SIGSTOP');
+    const again = await p.take(definition);
+    expect(again?.vm.pid).not.toBe(frozen);
+    if (again) {
+      vms.push(again.vm);
+      await again.qmp.close();
+    }
+    // The refused QEMU was killed, not left behind.
+    const deadline = Date.now() + 5000;
+    while ((await rssOf(frozen)) !== undefined && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    expect(await rssOf(frozen)).toBeUndefined();
+  });
+
+  it('pool memory stays within its bound, and a waiting QEMU holds none of its guest RAM', async () => {
+    const probe = pool({ size: 1 });
+    const big = { ...definition, name: 'warm-big', memoryMiB: 256 };
+    await filled(probe, big, 1);
+    const one = (await rssOf(probe.stats().pids[0]!))!;
+    console.info(`a waiting QEMU (${accel}, 256 MiB guest): RSS ${(one / MiB).toFixed(1)} MiB`);
+    expect(one).toBeLessThan(128 * MiB);
+    await probe.stop();
+    expect(probe.stats().waiting).toBe(0);
+
+    // Room for two waiting QEMUs by the bound, three asked for: two wait, and their RSS is within it.
+    const bound = Math.max(2.2 * one, 2 * 48 * MiB + MiB);
+    const p = pool({ size: 3, maxRssBytes: Math.ceil(bound) });
+    p.note(big);
+    await p.settled();
+    await new Promise((r) => setTimeout(r, 200));
+    await p.settled();
+    const s = p.stats();
+    let actual = 0;
+    for (const pid of s.pids) actual += (await rssOf(pid)) ?? 0;
+    console.info(`pool of ${s.waiting} (bound ${(bound / MiB).toFixed(1)} MiB): RSS ${(actual / MiB).toFixed(1)} MiB`);
+    expect(s.waiting).toBeGreaterThanOrEqual(1);
+    expect(s.waiting).toBeLessThanOrEqual(2);
+    expect(actual).toBeLessThanOrEqual(bound);
+
+    // A bound smaller than one QEMU: nothing waits.
+    const none = pool({ size: 2, maxRssBytes: 16 * MiB });
+    none.note(big);
+    await none.settled();
+    expect(none.stats().waiting).toBe(0);
+  });
+
+  it('stop kills every waiting QEMU', async () => {
+    const p = pool({ size: 2 });
+    await filled(p, definition, 2);
+    const pids = p.stats().pids;
+    await p.stop();
+    for (const pid of pids) expect(await rssOf(pid)).toBeUndefined();
+    expect(await p.take(definition)).toBeUndefined();
+  });
+});
