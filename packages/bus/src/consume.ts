@@ -69,6 +69,7 @@ export async function runConsumer<S extends z.ZodType>(bus: Bus, spec: ConsumerS
     filter_subject: spec.filterSubject,
   };
   const inflight = new Set<Promise<void>>();
+  let slotFreed: (() => void) | undefined;
   const concurrency = spec.concurrency ?? 1;
   // The loop goes on until abort: when the consume iterator ends or fails by itself (the server
   // restarted, the consumer vanished), the consumer is ensured again and consumption resumes.
@@ -96,9 +97,14 @@ export async function runConsumer<S extends z.ZodType>(bus: Bus, spec: ConsumerS
       try {
         for await (const m of messages) {
           attempt = 0;
-          const p = handleOne(bus, spec, m).finally(() => inflight.delete(p));
+          const p = handleOne(bus, spec, m).finally(() => {
+            inflight.delete(p);
+            slotFreed?.();
+          });
           inflight.add(p);
-          if (inflight.size >= concurrency) await Promise.race(inflight);
+          // Wait for one handler to finish (one waiter, not a race over every message in flight).
+          if (inflight.size >= concurrency) await new Promise<void>((r) => (slotFreed = r));
+          slotFreed = undefined;
           if (spec.signal?.aborted) break;
         }
       } finally {
@@ -118,6 +124,7 @@ export async function runConsumer<S extends z.ZodType>(bus: Bus, spec: ConsumerS
 }
 
 async function handleOne<S extends z.ZodType>(bus: Bus, spec: ConsumerSpec<S>, m: JsMsg): Promise<void> {
+  if (m.info.redelivered) bus.options.metrics?.redelivered?.(spec.stream, spec.durable);
   const ctx: MessageContext = {
     subject: m.subject,
     seq: m.seq,

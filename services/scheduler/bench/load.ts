@@ -3,7 +3,8 @@
  *
  *   npm run bench:load -w @vmsave/scheduler
  *   npm run bench:load -w @vmsave/scheduler -- --sizes 1000/100/5 --reps 3
- *   options: --sizes R/V/H,…  (requests/VMs/hosts; default 1000/100/5,10000/1000/50)
+ *   options: --sizes R/V/H,…  (requests/VMs/hosts; default 10000/1000/50,100000/10000/500)
+ *            --paced-s N (seconds of the paced stream at half the measured admission rate; 10, 0 = none)
  *            --reps N  --window N (publishes awaiting their JetStream ack; 256)  --save-ms 20-50
  *            --host-limit N (2)  --tick-ms N (1000)  --timeout-s N (per run; 600)  --log-level info
  *            --cpu-prof DIR (profile the scheduler; a summary is printed)  --out FILE.md|-  --keep
@@ -12,7 +13,10 @@
  * Per run it starts a private nats-server (JetStream in a temporary directory) and redis-server
  * (no persistence), announces the hosts, starts the real scheduler as a child process, publishes
  * the requests as fast as JetStream acks them, and follows the event log, timestamping the
- * arrival of each job's SaveRequested, SaveScheduled and SaveCompleted.
+ * arrival of each job's SaveRequested, SaveScheduled and SaveCompleted. Before the scheduler starts,
+ * the same NATS's own publish-ack rate is measured on a scratch stream (the ceiling); after the
+ * burst, a paced stream at half the admission rate the burst reached measures publish →
+ * SaveRequested when the scheduler is not saturated.
  */
 import { execFileSync } from 'node:child_process';
 import { existsSync, rmSync } from 'node:fs';
@@ -25,7 +29,7 @@ import { Bus, createLogger, publishValidated, readLog } from '@vmsave/bus';
 import { Fleet, vmName } from './fleet.ts';
 import { REPO, killAllNow, startNats, startRedis, startScheduler, stop, stopAll, tail, usage, type Proc } from './procs.ts';
 import { inclusiveMs, summarizeProfile } from './profile.ts';
-import { medianRun, percentile, renderTables, sizeLabel, splice, type RunResult } from './stats.ts';
+import { medianRun, percentile, renderTables, renderTargets, sizeLabel, splice, type RunResult } from './stats.ts';
 
 /* ---------------- options ---------------- */
 
@@ -42,7 +46,7 @@ function parseArgs(argv: string[]): Record<string, string> {
   return out;
 }
 
-const KNOWN = ['sizes', 'reps', 'window', 'save-ms', 'host-limit', 'tick-ms', 'timeout-s', 'log-level', 'cpu-prof', 'out', 'keep', 'nats-server', 'redis-server'];
+const KNOWN = ['paced-s', 'sizes', 'reps', 'window', 'save-ms', 'host-limit', 'tick-ms', 'timeout-s', 'log-level', 'cpu-prof', 'out', 'keep', 'nats-server', 'redis-server'];
 const args = parseArgs(process.argv.slice(2));
 for (const k of Object.keys(args)) if (!KNOWN.includes(k)) throw new Error(`unknown option --${k} (known: ${KNOWN.map((x) => `--${x}`).join(' ')})`);
 
@@ -57,12 +61,13 @@ interface Size {
   vms: number;
   hosts: number;
 }
-const sizes: Size[] = (args.sizes ?? '1000/100/5,10000/1000/50').split(',').map((s) => {
+const sizes: Size[] = (args.sizes ?? '10000/1000/50,100000/10000/500').split(',').map((s) => {
   const [requests, vms, hosts] = s.trim().split('/').map(Number) as [number, number, number];
   if (![requests, vms, hosts].every((n) => Number.isInteger(n) && n > 0) || hosts > vms) throw new Error(`--sizes: "${s}" is not requests/VMs/hosts (hosts ≤ VMs)`);
   return { requests, vms, hosts };
 });
 const reps = int('reps', 1);
+const pacedS = int('paced-s', 10, 0);
 const pubWindow = int('window', 256);
 const hostLimit = int('host-limit', 2);
 const tickMs = int('tick-ms', 1000);
@@ -121,6 +126,8 @@ async function runOnce(size: Size, rep: number): Promise<RunResult> {
   try {
     await bus.ensureStreams();
     await fleet.announce();
+    const ceiling = await publishCeiling(bus, Math.min(requests, 20_000));
+    say(`  JetStream alone acks ${Math.round(ceiling)} publishes/s on this NATS (scratch stream, window ${pubWindow})`);
     fleet.start();
     scheduler = await startScheduler(
       dir,
@@ -130,6 +137,9 @@ async function runOnce(size: Size, rep: number): Promise<RunResult> {
         VMSAVE_HOST_LIMIT: String(hostLimit),
         VMSAVE_TICK_MS: String(tickMs),
         VMSAVE_LOG_LEVEL: logLevel,
+        VMSAVE_METRICS_PORT: '0',
+        // No verifier runs here: without this every completed save would become overdue and be asked again.
+        VMSAVE_VERDICT_TIMEOUT_MS: String(24 * 3600 * 1000),
       },
       { cpuProfDir },
     );
@@ -145,6 +155,12 @@ async function runOnce(size: Size, rep: number): Promise<RunResult> {
     const tag = `${Date.now().toString(36)}-${rep}`;
     const requestId = (i: number) => `load-${tag}-${i}`;
     for (let i = 0; i < requests; i++) index.set(jobIdFor('save', requestId(i)), i);
+    /** The paced stream after the burst: its own ids, publish times and SaveRequested arrivals. */
+    const pacedIndex = new Map<string, number>();
+    const pacedId = (i: number) => `load-${tag}-p${i}`;
+    let tPacedPub = new Float64Array(0);
+    let tPacedReq = new Float64Array(0);
+    let nPacedReq = 0;
     /** Arrival in this process minus the event's own `at` (same clock): how far the log follower lags. */
     const lag: number[] = [];
     /** For the first `slots` requests: when the scheduler stamped SaveRequested and SaveScheduled (performance clock). */
@@ -164,7 +180,15 @@ async function runOnce(size: Size, rep: number): Promise<RunResult> {
       for await (const { event } of readLog(bus, { follow: true, signal: ac.signal })) {
         const now = performance.now();
         const i = index.get(event.jobId);
-        if (i === undefined) continue;
+        if (i === undefined) {
+          const p = pacedIndex.get(event.jobId);
+          if (p !== undefined && event.type === 'SaveRequested' && Number.isNaN(tPacedReq[p]!)) {
+            tPacedReq[p] = now;
+            nPacedReq++;
+            wake?.();
+          }
+          continue;
+        }
         switch (event.type) {
           case 'SaveRequested':
             if (Number.isNaN(tReq[i]!)) {
@@ -258,6 +282,40 @@ async function runOnce(size: Size, rep: number): Promise<RunResult> {
     const n1 = await usage(nats.proc.child.pid!);
     const b1 = process.cpuUsage(b0);
     const end = performance.now();
+
+    const lastOf = (ts: Float64Array) => ts.reduce((m, t) => (Number.isNaN(t) ? m : Math.max(m, t)), Number.NEGATIVE_INFINITY);
+    // The paced stream: half the admission rate the burst reached, for --paced-s seconds.
+    const burstRate = nReq / (((nReq ? lastOf(tReq) : end) - start) / 1000);
+    const pacedRate = Math.max(1, Math.round(burstRate / 2));
+    const nPaced = timedOut || !pacedS ? 0 : Math.min(Math.round(pacedRate * pacedS), 50_000);
+    if (nPaced) {
+      tPacedPub = new Float64Array(nPaced).fill(NaN);
+      tPacedReq = new Float64Array(nPaced).fill(NaN);
+      for (let i = 0; i < nPaced; i++) pacedIndex.set(jobIdFor('save', pacedId(i)), i);
+      say(`  paced stream: ${nPaced} requests at ${pacedRate}/s (half of the burst's ${Math.round(burstRate)}/s)`);
+      const p0 = performance.now();
+      const inflight = new Set<Promise<unknown>>();
+      for (let i = 0; i < nPaced; i++) {
+        const due = p0 + (i * 1000) / pacedRate;
+        const wait = due - performance.now();
+        if (wait > 1) await sleep(wait);
+        const id = pacedId(i);
+        tPacedPub[i] = performance.now();
+        const pr = publishValidated(bus, messages.saveRequest, subjects.cmd.save, { requestId: id, vm: vmName(i % vms) }, { msgId: id }).finally(() => inflight.delete(pr));
+        inflight.add(pr);
+      }
+      await Promise.all(inflight);
+      const until = performance.now() + 60_000;
+      while (nPacedReq < nPaced && performance.now() < until) {
+        await new Promise<void>((r) => {
+          wake = r;
+          setTimeout(r, 200);
+        });
+        wake = undefined;
+      }
+    }
+    const pacedLat: number[] = [];
+    for (let i = 0; i < nPaced; i++) if (!Number.isNaN(tPacedReq[i]!)) pacedLat.push(tPacedReq[i]! - tPacedPub[i]!);
     if (timedOut) say(`  timed out after ${timeoutS} s: ${nReq} requested, ${nSched} scheduled, ${nDone} completed of ${requests}`);
 
     const since = (ts: Float64Array, upto = requests) => {
@@ -266,7 +324,6 @@ async function runOnce(size: Size, rep: number): Promise<RunResult> {
       return out;
     };
     const reqArrivals = [...tReq].filter((t) => !Number.isNaN(t)).sort((a, b) => a - b);
-    const lastOf = (ts: Float64Array) => Math.max(...[...ts].filter((t) => !Number.isNaN(t)));
     const tenth = Math.max(1, Math.floor(requests / 10));
     const sched = since(tSched);
     const first = since(tSched, Math.min(slots, requests));
@@ -307,6 +364,13 @@ async function runOnce(size: Size, rep: number): Promise<RunResult> {
       loadAvg,
       followLagP50: percentile(lag, 50),
       followLagP99: percentile(lag, 99),
+      ceilingPerSec: ceiling,
+      slotCapacityPerSec: (slots * 1000) / ((saveMs[0] + saveMs[1]) / 2),
+      pacedRate: nPaced ? pacedRate : NaN,
+      pacedCount: nPaced,
+      pacedAdmitted: pacedLat.length,
+      pacedP50: percentile(pacedLat, 50),
+      pacedP99: percentile(pacedLat, 99),
     };
     say(
       `  done in ${((end - start) / 1000).toFixed(1)} s (publishing took ${((published - start) / 1000).toFixed(1)} s): admitted ${Math.round(result.admittedPerSec)}/s, scheduled ${Math.round(result.scheduledPerSec)}/s, publish → SaveScheduled p50 ${Math.round(result.schedP50)} ms p99 ${Math.round(result.schedP99)} ms; first ${slots}: p50 ${Math.round(result.firstP50)} ms p99 ${Math.round(result.firstP99)} ms; scheduler CPU ${result.schedulerCpuS.toFixed(1)} s`,
@@ -320,6 +384,10 @@ async function runOnce(size: Size, rep: number): Promise<RunResult> {
       `  first ${firstN} requests, where the time goes: publish → scheduler stamps SaveRequested ${part((i) => atReq[i]! - tPub[i]!)}; → stamps SaveScheduled ${part((i) => atSched[i]! - atReq[i]!)}; → seen here ${part((i) => tSched[i]! - atSched[i]!)}`,
     );
     say(`  log follower lag behind SaveScheduled's own timestamp, all jobs: p50 ${Math.round(result.followLagP50)} ms, p99 ${Math.round(result.followLagP99)} ms`);
+    if (nPaced)
+      say(
+        `  paced at ${pacedRate}/s: publish → SaveRequested p50 ${Math.round(result.pacedP50)} ms, p99 ${Math.round(result.pacedP99)} ms (${pacedLat.length} of ${nPaced} admitted)`,
+      );
     if (fleet.errors) say(`  ${fleet.errors} simulated saves could not publish their events`);
     ac.abort();
     await follower;
@@ -335,6 +403,34 @@ async function runOnce(size: Size, rep: number): Promise<RunResult> {
       await rm(dir, { recursive: true, force: true });
       dirs.delete(dir);
     } else say(`  kept ${dir}`);
+  }
+}
+
+/* ---------------- the ceiling ---------------- */
+
+/**
+ * JetStream's own publish-ack rate on this NATS: `n` publishes of a save request's size with a
+ * message id, `--window` in flight, to a scratch stream stored like the command stream (file),
+ * deleted afterwards. What the bus can absorb here, so the scheduler's rate can be read against it.
+ */
+async function publishCeiling(bus: Bus, n: number): Promise<number> {
+  const name = 'LOADBENCH_CEILING';
+  await bus.jsm.streams.add({ name, subjects: ['loadbench.ceiling'], storage: 'file' as never, duplicate_window: 120 * 1e9 });
+  try {
+    const data = new TextEncoder().encode(JSON.stringify({ requestId: 'load-ceiling-000000', vm: vmName(0), format: 'auto', channels: 1, priority: 'normal' }));
+    let next = 0;
+    const t0 = performance.now();
+    await Promise.all(
+      Array.from({ length: Math.min(pubWindow, n) }, async () => {
+        while (next < n) {
+          const i = next++;
+          await bus.js.publish('loadbench.ceiling', data, { msgID: `ceiling-${i}` });
+        }
+      }),
+    );
+    return n / ((performance.now() - t0) / 1000);
+  } finally {
+    await bus.jsm.streams.delete(name).catch(() => undefined);
   }
 }
 
@@ -377,14 +473,14 @@ async function main(): Promise<void> {
     }
     rows.push({ result: medianRun(runs), reps });
   }
-  const tables = renderTables(rows);
+  const tables = [renderTables(rows), '', renderTargets(rows.map((r) => r.result))].join('\n');
   const took = (Date.now() - began) / 1000;
   const command = `npm run bench:load -w @vmsave/scheduler${process.argv.length > 2 ? ` -- ${process.argv.slice(2).join(' ')}` : ''}`;
   const body = [
     `Run ${new Date().toISOString().slice(0, 16).replace('T', ' ')} UTC with \`${command}\` (${(took / 60).toFixed(1)} min in all).`,
     '',
     `Machine: ${await machine()}.`,
-    `Settings: VMSAVE_HOST_LIMIT ${hostLimit}, VMSAVE_TICK_MS ${tickMs}, scheduler log level ${logLevel} (to a file), publish window ${pubWindow}, simulated save ${saveMs[0]}–${saveMs[1]} ms, ${reps} run(s) per size${reps > 1 ? ' (medians of the runs)' : ''}.`,
+    `Settings: paced stream ${pacedS} s at half the burst's admission rate, VMSAVE_HOST_LIMIT ${hostLimit}, VMSAVE_TICK_MS ${tickMs}, scheduler log level ${logLevel} (to a file), publish window ${pubWindow}, simulated save ${saveMs[0]}–${saveMs[1]} ms, ${reps} run(s) per size${reps > 1 ? ' (medians of the runs)' : ''}.`,
     '',
     tables,
     ...(profiles.length ? ['', ...profiles] : []),

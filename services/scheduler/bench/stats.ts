@@ -58,6 +58,16 @@ export interface RunResult {
   /** Arrival of SaveScheduled in the benchmark minus the event's own timestamp, ms (part of every latency above). */
   followLagP50: number;
   followLagP99: number;
+  /** JetStream's own publish-ack rate on the same NATS (scratch stream, same window): the ceiling. */
+  ceilingPerSec: number;
+  /** Jobs/s the slots could absorb: slots ÷ the mean simulated save time. */
+  slotCapacityPerSec: number;
+  /** The paced stream after the burst (half the burst's admission rate). */
+  pacedRate: number;
+  pacedCount: number;
+  pacedAdmitted: number;
+  pacedP50: number;
+  pacedP99: number;
 }
 
 const f0 = (n: number): string => (Number.isFinite(n) ? Math.round(n).toLocaleString('en-US') : '–');
@@ -106,7 +116,34 @@ export function renderTables(rows: readonly { result: RunResult; reps: number }[
         `| ${sizeLabel(r)} | ${reps} | ${r.rejected} | ${f0(r.failed)} (${f0(r.failedAfterCompleted)}) | ${f0(r.workItems)} | ${ms(r.followLagP50)} / ${ms(r.followLagP99)} | ${f1(r.natsCpuS)} s | ${f1(r.benchCpuS)} s | ${f2(r.loadAvg)} |`,
     ),
   ];
-  return [t1.join('\n'), t2.join('\n'), t3.join('\n')].join('\n\n');
+  const t4 = [
+    '| size | JetStream publish acks/s (ceiling) | admitted ÷ ceiling | SaveScheduled/s ÷ slot capacity | paced stream (half the burst rate) | paced publish → SaveRequested p50 / p99 |',
+    '|---|---:|---:|---:|---:|---:|',
+    ...rows.map(
+      ({ result: r }) =>
+        `| ${sizeLabel(r)} | ${f0(r.ceilingPerSec)} | ${f2(r.admittedPerSec / r.ceilingPerSec)} | ${f0(r.scheduledPerSec)} ÷ ${f0(r.slotCapacityPerSec)} = ${f2(r.scheduledPerSec / r.slotCapacityPerSec)} | ${r.pacedCount ? `${f0(r.pacedAdmitted)} of ${f0(r.pacedCount)} at ${f0(r.pacedRate)}/s` : '–'} | ${ms(r.pacedP50)} / ${ms(r.pacedP99)} |`,
+    ),
+  ];
+  return [t1.join('\n'), t2.join('\n'), t3.join('\n'), t4.join('\n')].join('\n\n');
+}
+
+/** The issue's targets (benchmark goals, not tests), each with what this run reached. */
+export function renderTargets(results: readonly RunResult[]): string {
+  const cpu = results.map((r) => (r.schedulerCpuS * 1000) / r.requests);
+  const mid = median(cpu);
+  const spread = cpu.length > 1 ? Math.max(...cpu.map((c) => Math.abs(c - mid) / mid)) : 0;
+  const yes = (ok: boolean) => (ok ? 'met' : '**not met**');
+  const lines = ['| target | reached | |', '|---|---|---|'];
+  for (const r of results) {
+    lines.push(`| ≥ 5,000 admitted/s at ${sizeLabel(r)} | ${f0(r.admittedPerSec)}/s | ${yes(r.admittedPerSec >= 5000)} |`);
+    const ratio = r.admittedPerSecLastTenth / r.admittedPerSecFirstTenth;
+    lines.push(`| last tenth ≥ 0.8 × first tenth at ${sizeLabel(r)} | ${f2(ratio)} × | ${yes(ratio >= 0.8)} |`);
+    lines.push(`| paced p99 ≤ 50 ms at ${sizeLabel(r)} | ${ms(r.pacedP99)} | ${yes(r.pacedP99 <= 50)} |`);
+  }
+  lines.push(
+    `| CPU per request within ±20 % across sizes | ${cpu.map((c) => `${f2(c)} ms`).join(', ')} (largest deviation from the median ${Math.round(spread * 100)} %) | ${yes(spread <= 0.2)} |`,
+  );
+  return lines.join('\n');
 }
 
 export const BEGIN = '<!-- load-bench:begin (written by npm run bench:load -w @vmsave/scheduler; edits here are overwritten) -->';

@@ -7,15 +7,16 @@ import {
   upcast,
   type AdmissionReply,
   type CancelRequest,
+  type JobEvent,
   type RestoreRequest,
   type SaveRequest,
 } from '@vmsave/contracts';
 import { ack, BusValidationError, describeIssues, publishCore, type Bus, type Logger, type MessageContext, type Outcome } from '@vmsave/bus';
-import { decide, initialState, ON_HOST_STATUSES } from '@vmsave/jobs';
+import { decide, evolve, initialState, ON_HOST_STATUSES, type JobCommand, type JobState } from '@vmsave/jobs';
 import { askExecutorToCancel } from './control.ts';
 import { SOURCE, type Journal } from './journal.ts';
 import type { Placement } from './placement.ts';
-import { admitRestore, admitSave } from './policy.ts';
+import { admitRestore, admitSave, type AdmitOptions, type HostView, type Refusal, type SaveAdmission } from './policy.ts';
 import type { SchedulerState } from './state.ts';
 
 export interface AdmissionDeps {
@@ -29,20 +30,37 @@ export interface AdmissionDeps {
 /** The request ids a refused request may still get a job for (the contracts' RequestId shape). */
 const READABLE_ID = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
 
+/** Commands decided per turn of the event loop. */
+const SLICE = 32;
+
 /**
  * Admission of commands (`vmsave.cmd.*`): validates each, deduplicates by request id, records the
  * request and the admission rules' verdict as events, and answers on the command's
  * `Vmsave-Reply-To` (accepted, duplicate, or rejected naming the rule and the field) when that
  * is a well-formed inbox (`isReplySubject`); any other reply subject is logged and not answered.
+ *
+ * Pipelined: the consumer hands over many commands at once, and each is decided as it arrives
+ * (synchronously, against the state folded so far) and its events published without waiting for
+ * the previous command's publish ack. The events are folded in arrival order once stored, then
+ * the command is answered and acked; a second command for a job whose events are being stored
+ * waits for them (it is then a duplicate). So the job's first event is in the log when the
+ * answer goes out, and per-VM order is arrival order.
  */
 export class Admission {
   /** Schema failures already answered by `handle` (with their request id): `refuseUnreadable` skips them. */
   private readonly answered = new WeakSet<Error>();
+  /** Jobs whose first events are being stored, until they are folded. */
+  private readonly pending = new Map<string, Promise<void>>();
+  /** Folds of admitted commands, in arrival order. */
+  private commits: Promise<void> = Promise.resolve();
+  private gate: Promise<void> = Promise.resolve();
+  private inSlice = 0;
 
   constructor(private readonly d: AdmissionDeps) {}
 
-  /** One command from the consumer (run through `state.serial` by the caller). */
+  /** One command from the consumer; many may be in flight at once. */
   async handle(raw: unknown, ctx: MessageContext): Promise<Outcome> {
+    await this.turn();
     const def = commandForSubject(ctx.subject);
     if (!def) throw new BusValidationError(`${ctx.subject}: not a command subject`, ['(subject): unknown']);
     const parsed = def.schema.safeParse(upcast(raw));
@@ -56,10 +74,14 @@ export class Admission {
       if (typeof requestId === 'string' && READABLE_ID.test(requestId)) {
         const field = parsed.error.issues[0]!.path.join('.') || undefined;
         let jobId: string | undefined;
-        if (kind && !this.d.state.jobs.has(jobIdFor(kind, requestId))) {
-          jobId = jobIdFor(kind, requestId);
-          const type = kind === 'save' ? 'SaveRejected' : 'RestoreRejected';
-          await this.d.journal.append(makeEvent(type, jobId, { rule: 'schema', field, message }, { source: SOURCE, eventId: `${jobId}.rejected` }));
+        if (kind) {
+          const id = jobIdFor(kind, requestId);
+          while (this.pending.has(id)) await this.pending.get(id);
+          if (!this.d.state.jobs.has(id)) {
+            jobId = id;
+            const type = kind === 'save' ? 'SaveRejected' : 'RestoreRejected';
+            await this.commit(id, [makeEvent(type, id, { rule: 'schema', field, message }, { source: SOURCE, eventId: `${id}.rejected` })]);
+          }
         }
         // The answer names the request (and the job the rejection was recorded for).
         this.reply(ctx, { outcome: 'rejected', requestId, ...(jobId ? { jobId } : {}), rule: 'schema', ...(field ? { field } : {}), message });
@@ -73,64 +95,104 @@ export class Admission {
     return this.onCancel(cmd as CancelRequest, ctx);
   }
 
+  /**
+   * Let timers and other I/O run between slices of a burst (the Redis client, the log follower
+   * and the watchdog would otherwise wait for the whole batch): every `SLICE` commands wait for
+   * the next turn of the event loop. Commands resume in arrival order.
+   */
+  private turn(): Promise<void> {
+    if (++this.inSlice >= SLICE) {
+      this.inSlice = 0;
+      this.gate = new Promise((r) => setImmediate(r));
+    }
+    return this.gate;
+  }
+
   /** Answer a command the consumer could not read at all. */
   refuseUnreadable(err: Error, ctx: MessageContext): void {
     if (this.answered.has(err)) return;
     this.reply(ctx, { outcome: 'rejected', rule: 'schema', message: err.message });
   }
 
+  /**
+   * Publish a new job's first events at once and fold them, in arrival order, once stored;
+   * `prepare` runs just before the fold (the placement). Rejects if any publish failed (the
+   * command is then delivered again; what was stored is folded).
+   */
+  private commit(jobId: string, events: JobEvent[], prepare?: () => void): Promise<void> {
+    const stored = Promise.allSettled(events.map((e) => this.d.journal.publish(e)));
+    const done = this.commits.then(async () => {
+      const results = await stored;
+      prepare?.();
+      let failure: unknown;
+      for (const [i, r] of results.entries()) {
+        if (r.status === 'fulfilled') this.d.journal.foldOnly(events[i]!);
+        else failure ??= r.reason;
+      }
+      if (failure !== undefined) throw failure;
+    });
+    const settled = done.catch(() => undefined);
+    this.commits = settled;
+    this.pending.set(jobId, settled);
+    void settled.then(() => {
+      if (this.pending.get(jobId) === settled) this.pending.delete(jobId);
+    });
+    return done;
+  }
+
   private async onSave(req: SaveRequest, ctx: MessageContext): Promise<Outcome> {
-    const { state, journal, placement } = this.d;
+    const { state, placement } = this.d;
     const jobId = jobIdFor('save', req.requestId);
     const log = this.d.log.child({ jobId, vm: req.vm });
-    const s = state.jobs.get(jobId) ?? { ...initialState(), jobId };
-    if (s.status !== 'none') {
+    while (this.pending.has(jobId)) await this.pending.get(jobId);
+    if ((state.jobs.get(jobId)?.status ?? 'none') !== 'none') {
       log.info({ requestId: req.requestId }, 'duplicate save request: returning the existing job');
       this.reply(ctx, this.answer(jobId, true));
       return ack();
     }
-    await journal.emit(s, { type: 'RequestSave', jobId, request: req }, `${jobId}.requested`);
-    const adm = admitSave(req, state.hosts.values(), placement.admitOpts());
-    if ('rule' in adm) {
-      await journal.emit(state.jobs.get(jobId)!, { type: 'Reject', ...adm }, `${jobId}.rejected`);
-      log.info({ rule: adm.rule }, `save rejected: ${adm.message}`);
-    } else {
-      state.placement.set(jobId, { host: adm.host, vm: req.vm, ramBytes: adm.ramBytes });
-      log.info({ host: adm.host, format: adm.format }, 'save admitted');
-    }
+    const { events, admission: adm } = decideSave(state, jobId, req, placement.admitOpts());
+    await this.commit(jobId, events, () => {
+      if (!('rule' in adm)) state.setPlacement(jobId, { host: adm.host, vm: req.vm, ramBytes: adm.ramBytes });
+    });
+    if ('rule' in adm) log.info({ rule: adm.rule }, `save rejected: ${adm.message}`);
+    else log.info({ host: adm.host, format: adm.format }, 'save admitted');
     this.reply(ctx, this.answer(jobId, false));
     placement.requestPump();
     return ack();
   }
 
   private async onRestore(req: RestoreRequest, ctx: MessageContext): Promise<Outcome> {
-    const { state, journal, placement } = this.d;
+    const { state, placement } = this.d;
     const jobId = jobIdFor('restore', req.requestId);
     const log = this.d.log.child({ jobId, image: req.image });
-    const s = state.jobs.get(jobId) ?? { ...initialState(), jobId };
-    if (s.status !== 'none') {
+    while (this.pending.has(jobId)) await this.pending.get(jobId);
+    if ((state.jobs.get(jobId)?.status ?? 'none') !== 'none') {
       this.reply(ctx, this.answer(jobId, true));
       return ack();
     }
-    const adm = admitRestore(req, state.hosts, placement.knownImages(), placement.admitOpts());
-    await journal.emit(
-      s,
+    const adm = admitRestore(req, state.hosts as Map<string, HostView>, placement.knownImages(), placement.admitOpts());
+    const events = firstEvents(
+      jobId,
       { type: 'RequestRestore', jobId, request: req, vm: 'rule' in adm ? undefined : adm.vm, sourceJobId: 'rule' in adm ? undefined : adm.sourceJobId },
-      `${jobId}.requested`,
+      'rule' in adm ? adm : undefined,
     );
-    if ('rule' in adm) {
-      await journal.emit(state.jobs.get(jobId)!, { type: 'Reject', ...adm }, `${jobId}.rejected`);
-      log.info({ rule: adm.rule }, `restore rejected: ${adm.message}`);
-    } else {
-      state.placement.set(jobId, { host: adm.host, vm: adm.vm, ramBytes: 0 });
-      log.info({ host: adm.host }, 'restore admitted');
-    }
+    await this.commit(jobId, events, () => {
+      if (!('rule' in adm)) state.setPlacement(jobId, { host: adm.host, vm: adm.vm, ramBytes: 0 });
+    });
+    if ('rule' in adm) log.info({ rule: adm.rule }, `restore rejected: ${adm.message}`);
+    else log.info({ host: adm.host }, 'restore admitted');
     this.reply(ctx, this.answer(jobId, false));
     placement.requestPump();
     return ack();
   }
 
   private async onCancel(req: CancelRequest, ctx: MessageContext): Promise<Outcome> {
+    // A job still being admitted is cancelled once it is in the log.
+    while (this.pending.has(req.jobId)) await this.pending.get(req.jobId);
+    return this.d.state.serial(() => this.cancelNow(req, ctx));
+  }
+
+  private async cancelNow(req: CancelRequest, ctx: MessageContext): Promise<Outcome> {
     const { state, journal } = this.d;
     const s = state.jobs.get(req.jobId);
     if (!s) {
@@ -149,10 +211,7 @@ export class Admission {
   }
 
   private answer(jobId: string, duplicate: boolean): AdmissionReply {
-    const s = this.d.state.jobs.get(jobId)!;
-    const requestId = s.saveRequest?.requestId ?? s.restoreRequest?.requestId ?? '';
-    if (s.status === 'rejected' && s.rejection) return { outcome: 'rejected', requestId, jobId, ...s.rejection };
-    return { outcome: 'accepted', requestId, jobId, duplicate };
+    return answerFor(this.d.state, jobId, duplicate);
   }
 
   /**
@@ -178,4 +237,34 @@ export class Admission {
     }
     publishCore(this.d.bus, messages.admissionReply, to, answer);
   }
+}
+
+/**
+ * A new job's first events, each with its fixed id (a redelivered command appends the same
+ * ones): its request, and the rejection of an admission rule when one was broken. Pure.
+ */
+export function firstEvents(jobId: string, cmd: Extract<JobCommand, { type: 'RequestSave' | 'RequestRestore' }>, refusal?: Refusal, now?: Date): JobEvent[] {
+  const s: JobState = { ...initialState(), jobId };
+  const d = decide(cmd, s, { source: SOURCE, now });
+  if (!d.ok || !d.events.length) throw new Error(`${jobId}: ${cmd.type} not applicable to a new job`);
+  const events = [{ ...d.events[0]!, eventId: `${jobId}.requested` }];
+  if (refusal) {
+    const r = decide({ type: 'Reject', ...refusal }, evolve(s, events[0]!), { source: SOURCE, now });
+    if (r.ok && r.events.length) events.push({ ...r.events[0]!, eventId: `${jobId}.rejected` });
+  }
+  return events;
+}
+
+/** The admission of a new save job, decided against the state (only the hosts that announce its VM): its events, and where it goes. Pure. */
+export function decideSave(state: SchedulerState, jobId: string, req: SaveRequest, opts: AdmitOptions, now?: Date): { events: JobEvent[]; admission: SaveAdmission | Refusal } {
+  const admission = admitSave(req, state.hostsWithVm(req.vm), opts);
+  return { events: firstEvents(jobId, { type: 'RequestSave', jobId, request: req }, 'rule' in admission ? admission : undefined, now), admission };
+}
+
+/** The admission answer for a job the state knows. */
+export function answerFor(state: SchedulerState, jobId: string, duplicate: boolean): AdmissionReply {
+  const s = state.jobs.get(jobId)!;
+  const requestId = s.saveRequest?.requestId ?? s.restoreRequest?.requestId ?? '';
+  if (s.status === 'rejected' && s.rejection) return { outcome: 'rejected', requestId, jobId, ...s.rejection };
+  return { outcome: 'accepted', requestId, jobId, duplicate };
 }

@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { BusEnv, parseEnv } from '@vmsave/bus';
+import { metricsEnv } from '@vmsave/metrics';
 
 const ms = (def: number) => z.coerce.number().int().min(1).default(def);
 
@@ -16,11 +17,15 @@ export const SchedulerEnv = BusEnv.extend({
   /** How long past its deadline a silent job may run before the scheduler fails it. */
   VMSAVE_DEADLINE_GRACE_MS: ms(30_000),
   VMSAVE_TICK_MS: ms(1000),
+  /** Commands admitted at once (fetched in batches, their events published without waiting for each other's acks). */
+  VMSAVE_ADMISSION_WINDOW: z.coerce.number().int().min(1).max(4096).default(256),
   /**
    * A completed save with no verdict this long after `SaveCompleted` is verified again
    * (`VerificationOverdue` notice 1); still none after as long again, it is raised (notice 2).
    */
   VMSAVE_VERDICT_TIMEOUT_MS: ms(120_000),
+  /** `/metrics`: VMSAVE_METRICS_HOST (127.0.0.1) and VMSAVE_METRICS_PORT (9464; 0 = off). */
+  ...metricsEnv('scheduler'),
 });
 export type SchedulerConfig = z.infer<typeof SchedulerEnv>;
 

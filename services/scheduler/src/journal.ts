@@ -60,8 +60,16 @@ export class Journal {
   }
 
   async append(e: JobEvent): Promise<void> {
+    await this.publish(e);
+    await this.apply(e);
+  }
+
+  /**
+   * Publish one of our events, marked as ours first (the log may deliver the echo before the
+   * publish ack returns); resolves once the event is stored. Does not fold it: the caller does.
+   */
+  async publish(e: JobEvent): Promise<void> {
     const { own } = this.d.state;
-    // Marked before publishing: the log may deliver the echo before the publish ack returns.
     own.add(e.eventId);
     try {
       await publishEvent(this.d.bus, e);
@@ -69,7 +77,11 @@ export class Journal {
       own.delete(e.eventId);
       throw err;
     }
-    await this.apply(e);
+  }
+
+  /** Fold an event that needs no reaction (a request, an admission rejection), synchronously. */
+  foldOnly(e: JobEvent): void {
+    this.fold(e);
   }
 
   /** An event another service appended (ours were applied when appended). */
@@ -110,6 +122,8 @@ export class Journal {
     const { state, leases } = this.d;
     const key = state.leaseKeyOf(s);
     state.seen.delete(s.jobId!);
-    if (key && s.fencingToken !== undefined) await leases.release({ vm: key, owner: s.jobId!, token: s.fencingToken }).catch(() => false);
+    // Not awaited: the log's next event need not wait for Redis. Commands on the one Redis
+    // connection run in the order sent, so a later acquire of this key comes after the release.
+    if (key && s.fencingToken !== undefined) void leases.release({ vm: key, owner: s.jobId!, token: s.fencingToken }).catch(() => false);
   }
 }

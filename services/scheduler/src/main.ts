@@ -8,24 +8,28 @@
  *   watchdog    heartbeats, lost executors, deadlines, overdue verdicts
  *
  * All state is folded from the event log (plus host announcements and heartbeats), so a
- * restarted scheduler resumes where the log says; every change runs through `state.serial`.
+ * restarted scheduler resumes where the log says; changes that await I/O run through `state.serial`,
+ * admission folds its stored events in arrival order (`admission.ts`).
  */
 import { z } from 'zod';
 import { messages, streams, subjects } from '@vmsave/contracts';
 import { Bus, busOptions, createLogger, readHosts, readLog, runConsumer, subscribeValidated } from '@vmsave/bus';
 import { ON_HOST_STATUSES } from '@vmsave/jobs';
+import { ServiceMetrics } from '@vmsave/metrics';
 import { connectRedis, Leases } from '@vmsave/store';
 import { Admission } from './admission.ts';
 import { loadConfig } from './config.ts';
 import { Journal, SOURCE } from './journal.ts';
 import { Leadership } from './leadership.ts';
+import { registerSchedulerMetrics, schedulerStateSource } from './metrics.ts';
 import { Placement } from './placement.ts';
 import { SchedulerState } from './state.ts';
 import { Watchdog } from './watchdog.ts';
 
 const log = createLogger('scheduler');
 const cfg = loadConfig();
-const bus = await Bus.connect({ ...busOptions(cfg, 'scheduler'), log });
+const metrics = new ServiceMetrics('scheduler');
+const bus = await Bus.connect({ ...busOptions(cfg, 'scheduler'), log, metrics: metrics.bus });
 await bus.ensureStreams();
 const redis = await connectRedis(cfg.REDIS_URL, { name: 'scheduler' });
 const leases = new Leases(redis, cfg.VMSAVE_REDIS_PREFIX);
@@ -36,6 +40,9 @@ const tasks: Promise<unknown>[] = [];
 let stopping = false;
 let leadership: Leadership | undefined;
 const state = new SchedulerState();
+const schedulerMetrics = registerSchedulerMetrics(metrics, schedulerStateSource(state));
+// A standby scheduler serves /metrics too (its gauges stay 0 until it becomes the active one).
+await metrics.serve(cfg, log);
 async function shutdown(why: string): Promise<void> {
   if (stopping) return;
   stopping = true;
@@ -48,6 +55,7 @@ async function shutdown(why: string): Promise<void> {
   await leadership?.release();
   await bus.close();
   redis.disconnect();
+  await metrics.close();
   process.exit(0);
 }
 process.on('SIGTERM', () => void shutdown('SIGTERM'));
@@ -90,7 +98,12 @@ tasks.push(
     for await (const { event } of readLog(bus, { fromSeq: lastSeq + 1, follow: true, signal, onResume: resumed('event log') })) {
       // Our own events come back through the log; they were applied when appended.
       if (state.own.delete(event.eventId)) continue;
-      await state.serial(() => journal.onLogEvent(event));
+      // Queued, not awaited: the follower keeps reading while earlier events are applied in order.
+      state.pendingLogEvents++;
+      void state
+        .serial(() => journal.onLogEvent(event))
+        .finally(() => state.pendingLogEvents--)
+        .catch((err) => log.error({ err, jobId: event.jobId }, 'applying a log event failed'));
     }
   })(),
   runConsumer(bus, {
@@ -101,7 +114,9 @@ tasks.push(
     service: SOURCE,
     log,
     signal,
-    handler: (raw, ctx) => state.serial(() => admission.handle(raw, ctx)),
+    // Pipelined admission: many commands in flight, each folded in arrival order once stored (admission.ts).
+    concurrency: cfg.VMSAVE_ADMISSION_WINDOW,
+    handler: (raw, ctx) => schedulerMetrics.timeAdmission(() => admission.handle(raw, ctx)),
     onInvalid: (err, ctx) => admission.refuseUnreadable(err, ctx),
   }),
 );

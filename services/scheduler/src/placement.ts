@@ -1,10 +1,10 @@
 import { messages, subjects, type HostAnnouncement, type WorkItem } from '@vmsave/contracts';
 import { publishValidated, readHosts, type Bus, type Logger } from '@vmsave/bus';
-import { ON_HOST_STATUSES, type JobState } from '@vmsave/jobs';
+import type { JobState } from '@vmsave/jobs';
 import type { Leases } from '@vmsave/store';
 import type { SchedulerConfig } from './config.ts';
 import type { Journal } from './journal.ts';
-import { admitRestore, admitSave, defaultDeadlineMs, pickNext, type KnownImage, type QueuedJob, type Refusal } from './policy.ts';
+import { admitRestore, admitSave, defaultDeadlineMs, type HostView, type KnownImage, type QueuedJob, type Refusal } from './policy.ts';
 import type { Placed, SchedulerState } from './state.ts';
 
 export interface PlacementDeps {
@@ -25,19 +25,35 @@ export interface PlacementDeps {
  */
 export class Placement {
   private pumpQueued = false;
+  /** Hosts where a dispatch found its lease held elsewhere: visited again on the next tick. */
+  private readonly refused = new Set<string>();
+  private retriedAtMs = 0;
 
   constructor(private readonly d: PlacementDeps) {}
 
   /** The latest announcement of every host, before following them. */
   async rebuildHosts(): Promise<void> {
-    for await (const a of readHosts(this.d.bus)) this.d.state.hosts.set(a.host, { announcement: a, lastSeenMs: Date.parse(a.at) });
+    for await (const a of readHosts(this.d.bus)) this.d.state.setHost({ announcement: a, lastSeenMs: Date.parse(a.at) });
   }
 
-  /** A host announced itself (again). */
+  /** A host announced itself (again); its queued jobs are placed again only when the announcement changed. */
   onAnnouncement(a: HostAnnouncement): void {
-    const prev = this.d.state.hosts.get(a.host);
-    this.d.state.hosts.set(a.host, { announcement: a, lastSeenMs: Math.max(Date.parse(a.at), prev?.lastSeenMs ?? 0) });
-    this.requestPump();
+    const { state } = this.d;
+    const prev = state.hosts.get(a.host);
+    const changed = state.setHost({ announcement: a, lastSeenMs: Math.max(Date.parse(a.at), prev?.lastSeenMs ?? 0) });
+    if (changed && prev) this.replaceQueuedOn(a.host);
+    if (changed || state.needsPlacing) this.requestPump();
+  }
+
+  /** The jobs queued on a host whose announcement changed: each goes where admission now puts it (a refusal leaves it queued). */
+  private replaceQueuedOn(host: string): void {
+    const { state } = this.d;
+    for (const q of state.queuedOn(host)) {
+      const s = state.jobs.get(q.jobId)!;
+      if (s.kind !== 'save') continue;
+      const adm = admitSave(s.saveRequest!, state.hostsWithVm(s.saveRequest!.vm), this.admitOpts());
+      if (!('rule' in adm)) state.setPlacement(q.jobId, { host: adm.host, vm: s.saveRequest!.vm, ramBytes: adm.ramBytes });
+    }
   }
 
   admitOpts() {
@@ -45,13 +61,7 @@ export class Placement {
   }
 
   knownImages(): KnownImage[] {
-    const out: KnownImage[] = [];
-    for (const j of this.d.state.jobs.values()) {
-      if (j.kind === 'save' && (j.status === 'completed' || j.status === 'verified') && j.host && j.imagePath && j.vm) {
-        out.push({ host: j.host, imagePath: j.imagePath, vm: j.vm, jobId: j.jobId!, verified: j.status === 'verified' });
-      }
-    }
-    return out;
+    return this.d.state.knownImages();
   }
 
   /** Ask for one placement pass; any number of requests before it runs make one pass. */
@@ -66,55 +76,59 @@ export class Placement {
       .catch((err) => this.d.log.error({ err }, 'placement failed'));
   }
 
-  /** Hand out every queued job that may run now. */
+  /** Visit every host whose dispatch was refused a lease again (at most once per tick). */
+  private retryRefused(): void {
+    const { state } = this.d;
+    for (const h of this.refused) state.revisit(h);
+    this.refused.clear();
+    // A job whose host was silent waits unplaced: heartbeats may have brought the host back.
+    if (state.unplaced.size) state.needsPlacing = true;
+  }
+
+  /**
+   * Hand out every queued job that may run now: place jobs that have no host yet, then take the
+   * jobs `state.plan` picks from the hosts where something changed, dispatched together.
+   */
   async pump(): Promise<void> {
     const { state } = this.d;
+    if (state.needsPlacing) {
+      state.needsPlacing = false;
+      for (const jobId of [...state.unplaced]) {
+        const s = state.jobs.get(jobId)!;
+        const p = this.place(s);
+        if (!p) continue;
+        if ('rule' in p) await this.d.journal.emit(s, { type: 'Reject', ...p });
+        else state.setPlacement(jobId, p);
+      }
+    }
     const now = Date.now();
-    const queue: QueuedJob[] = [];
-    const activePerHost = new Map<string, number>();
-    const busyVms = new Set<string>();
-    for (const s of state.openJobs()) {
-      if (s.status !== 'none' && ON_HOST_STATUSES.has(s.status) && s.host) {
-        activePerHost.set(s.host, (activePerHost.get(s.host) ?? 0) + 1);
-        // Its VM (once known) and its lease key: a restore of an image the log does not know is
-        // leased by image, and names its VM when the executor has read the image.
-        for (const k of new Set([state.vmOf(s), state.leaseKeyOf(s)])) if (k) busyVms.add(k);
+    if (now - this.retriedAtMs >= this.d.cfg.VMSAVE_TICK_MS) {
+      this.retriedAtMs = now;
+      this.retryRefused();
+    }
+    const picks = state.plan(now, this.limitOf);
+    const results = await Promise.allSettled(picks.map((q) => this.dispatch(q)));
+    for (const [i, r] of results.entries()) {
+      if (r.status === 'rejected') {
+        this.refused.add(picks[i]!.host);
+        this.d.log.error({ jobId: picks[i]!.jobId, host: picks[i]!.host, err: r.reason }, 'dispatch failed; job stays queued');
       }
     }
-    for (const s of [...state.openJobs()]) {
-      if (s.status !== 'requested') continue;
-      const p = this.place(s);
-      if (!p) continue;
-      if ('rule' in p) {
-        await this.d.journal.emit(s, { type: 'Reject', ...p });
-        continue;
-      }
-      const priority = s.saveRequest?.priority ?? s.restoreRequest?.priority ?? 'normal';
-      queue.push({
-        jobId: s.jobId!,
-        host: p.host,
-        vm: state.leaseKeyOf(s) ?? p.vm,
-        priority,
-        requestedAtMs: Date.parse(s.requestedAt ?? ''),
-        notBeforeMs: s.notBefore ? Date.parse(s.notBefore) : undefined,
-      });
-    }
-    for (const q of pickNext(queue, activePerHost, busyVms, this.limitOf, now)) await this.dispatch(q);
   }
 
   private limitOf = (host: string): number => this.d.state.hosts.get(host)?.announcement.maxConcurrentJobs ?? this.d.cfg.VMSAVE_HOST_LIMIT;
 
-  /** Where a queued job goes, recomputed from the current hosts; a refusal other than a silent host rejects it. */
+  /** Where a job with no placement goes, from the current hosts; a refusal other than a silent host rejects it. */
   private place(s: JobState): Placed | Refusal | undefined {
     const { state } = this.d;
     const known = state.placement.get(s.jobId!);
     if (known && state.hosts.has(known.host)) return known;
     const adm =
-      s.kind === 'save' ? admitSave(s.saveRequest!, state.hosts.values(), this.admitOpts()) : admitRestore(s.restoreRequest!, state.hosts, this.knownImages(), this.admitOpts());
+      s.kind === 'save'
+        ? admitSave(s.saveRequest!, state.hostsWithVm(s.saveRequest!.vm), this.admitOpts())
+        : admitRestore(s.restoreRequest!, state.hosts as Map<string, HostView>, this.knownImages(), this.admitOpts());
     if ('rule' in adm) return adm.rule === 'host-online' ? undefined : adm;
-    const p = { host: adm.host, vm: 'vm' in adm && typeof adm.vm === 'string' ? adm.vm : s.vm, ramBytes: 'ramBytes' in adm ? adm.ramBytes : 0 };
-    state.placement.set(s.jobId!, p);
-    return p;
+    return { host: adm.host, vm: 'vm' in adm && typeof adm.vm === 'string' ? adm.vm : s.vm, ramBytes: 'ramBytes' in adm ? adm.ramBytes : 0 };
   }
 
   private async dispatch(q: QueuedJob): Promise<void> {
@@ -125,11 +139,13 @@ export class Placement {
     // log does not know) its image's on that host.
     if (!q.vm) {
       log.warn('no VM or image to lease; job stays queued');
+      this.refused.add(q.host);
       return;
     }
     const lease = await this.d.leases.acquire(q.vm, q.jobId, cfg.VMSAVE_LEASE_TTL_MS);
     if (!lease) {
       log.info({ lease: q.vm }, 'VM lease held elsewhere; job stays queued');
+      this.refused.add(q.host);
       return;
     }
     const token = lease.token;
