@@ -1,4 +1,5 @@
 export { Bus, ensureStream, toStreamConfig, type BusOptions } from './connection.ts';
+export type { BusMetrics } from './metrics.ts';
 export { publishValidated, publishEvent, publishCore, deadLetter } from './publish.ts';
 export { runConsumer, ack, nak, term, type Outcome, type MessageContext, type ConsumerSpec } from './consume.ts';
 export { readLog, eventsOfJob, type LoggedEvent, type ReadLogOptions } from './log.ts';

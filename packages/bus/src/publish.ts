@@ -40,7 +40,9 @@ export async function publishEvent(bus: Bus, event: JobEvent): Promise<PubAck> {
   const parsed = JobEvent.parse(event);
   const data = new TextEncoder().encode(JSON.stringify(parsed));
   try {
-    return await retryTransient(() => bus.js.publish(subjects.evt(parsed.jobId, parsed.type), data, { msgID: parsed.eventId, timeout: 10_000 }));
+    const ack = await retryTransient(() => bus.js.publish(subjects.evt(parsed.jobId, parsed.type), data, { msgID: parsed.eventId, timeout: 10_000 }));
+    if (!ack.duplicate) bus.options.metrics?.eventPublished?.(parsed);
+    return ack;
   } catch (cause) {
     throw new BusPublishError(`publish of ${parsed.type} for ${parsed.jobId} failed: ${(cause as Error).message}`, { cause });
   }
@@ -67,8 +69,10 @@ export async function deadLetter(bus: Bus, service: string, msg: { subject: stri
     const maxPayload = bus.nc.info?.max_payload || DEFAULT_MAX_PAYLOAD;
     const data = encodeDeadLetter(buildDeadLetter(service, msg, reason), maxPayload - DEAD_LETTER_HEADROOM);
     await bus.js.publish(subjects.dlq(service), data, { timeout: 10_000 });
+    bus.options.metrics?.deadLettered?.(service, true);
     return true;
   } catch {
+    bus.options.metrics?.deadLettered?.(service, false);
     return false;
   }
 }

@@ -15,6 +15,12 @@ export const SaveRequest = z.object({
   directIo: z.boolean().default(false),
   /** What to leave the VM as after a successful save. A failed save always resumes a VM that was running. */
   after: z.enum(['running', 'paused', 'quit']).default('running'),
+  /**
+   * Live checkpoint: copy RAM while the guest runs and stop it only for the final pass. Absent:
+   * live for a sparse save with `after: running`, a paused copy otherwise (a live legacy image
+   * grows with every pass: only on an explicit `true`). `false`: always a paused copy.
+   */
+  live: z.boolean().optional(),
   /** Image file name, relative to the host's image directory (default: `<vm>-<jobId>.vmsave`). */
   image: ImagePath.optional(),
   priority: Priority.default('normal'),
@@ -40,6 +46,12 @@ export const RestoreRequest = z.object({
   host: HostName.optional(),
   /** State to leave the VM in: default as it was when saved. */
   after: z.enum(['running', 'paused', 'as-saved']).default('as-saved'),
+  /**
+   * The content check before QEMU starts, on a sealed image: `state` checks the device-state
+   * digest (always done), `full` also every RAM chunk (reads all the image's data; refused on an
+   * image with no seal).
+   */
+  verify: z.enum(['state', 'full'], { error: 'verify: state or full' }).default('state'),
   priority: Priority.default('normal'),
   deadlineMs: z
     .number()

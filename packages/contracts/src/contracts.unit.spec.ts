@@ -27,6 +27,13 @@ describe('commands', () => {
     expect(issues).toContain('vm: VM name: start with a letter or digit, then letters, digits, . _ - (max 63)');
     expect(issues).toContain('channels: channels: at least 1');
   });
+  it("a restore's content check: state by default, full on request, anything else refused naming the field", () => {
+    expect(RestoreRequest.parse({ requestId: 'r1', image: 'a.vmsave' }).verify).toBe('state');
+    expect(RestoreRequest.parse({ requestId: 'r1', image: 'a.vmsave', verify: 'full' }).verify).toBe('full');
+    const res = RestoreRequest.safeParse({ requestId: 'r1', image: 'a.vmsave', verify: 'ram' });
+    expect(res.success).toBe(false);
+    expect(res.error!.issues.map((i) => `${i.path.join('.')}: ${i.message}`)).toEqual(['verify: verify: state or full']);
+  });
   it('refuses an image path with a newline', () => {
     const res = RestoreRequest.safeParse({ requestId: 'r1', image: 'a\nb' });
     expect(res.success).toBe(false);

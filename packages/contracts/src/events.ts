@@ -3,6 +3,7 @@ import { HostName, JobId, SchemaVersion, Timestamp } from './common.ts';
 import { RestoreRequest, SaveRequest } from './commands.ts';
 import { SaveFormat, VmDefinition } from './vm.ts';
 import { newEventId } from './ids.ts';
+import { SealSummary } from './seal.ts';
 
 /* ---------- shared payload pieces ---------- */
 
@@ -70,6 +71,19 @@ export const QemuMigrationStats = z
   })
   .loose();
 
+/** A live checkpoint's record: QEMU's precopy passes and the guest's stop (SaveCompleted.live). */
+export const LiveCheckpoint = z.object({
+  /** Passes over RAM as sampled from QEMU (`dirty-sync-count`); bytes QEMU wrote in each. */
+  passes: z.array(z.object({ pass: z.number().int().min(1), bytes: z.number().int().min(0), startMs: z.number().min(0) })),
+  /** `converged`: QEMU's final pass fit its downtime limit; `passes`/`time`: the pass or time limit was hit and the executor stopped the guest (a stopped copy of the rest). */
+  switchover: z.enum(['converged', 'passes', 'time']),
+  /** The guest's stop, from QEMU's STOP event to the end of `cont` (absent when it stays stopped: `after` paused or quit). */
+  downtimeMs: z.number().min(0).optional(),
+  /** QEMU's own `downtime` (stop to the migration's completion). */
+  qemuDowntimeMs: z.number().min(0).optional(),
+});
+export type LiveCheckpoint = z.infer<typeof LiveCheckpoint>;
+
 /* ---------- event payloads ---------- */
 
 export const SaveRequestedData = z.object({ request: SaveRequest });
@@ -106,6 +120,13 @@ export const SaveCompletedData = z.object({
    */
   afterError: z.string().optional(),
   qemu: QemuMigrationStats,
+  /**
+   * The content seal the executor wrote into the image before its magic flipped; the verifier
+   * compares the image's own with it (check `seal.summary`). Absent from older executors.
+   */
+  seal: SealSummary.optional(),
+  /** A live checkpoint: the passes over RAM and how long the guest was stopped. Absent for a paused copy. */
+  live: LiveCheckpoint.optional(),
 });
 export const SaveFailedData = Failure.extend({
   /** True when the VM was running before the save and runs again; false if it was not resumed. */
@@ -128,8 +149,25 @@ export const ImageFingerprint = z.object({
 });
 export type ImageFingerprint = z.infer<typeof ImageFingerprint>;
 
-export const ImageVerifiedData = z.object({ imagePath: z.string(), host: HostName.optional(), checks: z.array(VerificationCheck), fingerprint: ImageFingerprint.optional() });
-export const ImageRejectedData = ImageVerifiedData;
+export const ImageVerifiedData = z.object({
+  imagePath: z.string(),
+  host: HostName.optional(),
+  checks: z.array(VerificationCheck),
+  fingerprint: ImageFingerprint.optional(),
+  /**
+   * How much of the sealed content was checked against its digests: `state` the device-state
+   * region (every verification), `full` every RAM chunk too (the scrub). Absent: no content check.
+   */
+  content: z.enum(['state', 'full']).optional(),
+  /** The image's seal as the verifier read it (absent: the image has none). */
+  seal: SealSummary.optional(),
+});
+/**
+ * A failed check. With `scrub: true` it comes from the verifier's periodic content scrub, after
+ * the image was verified: the image has been damaged since (check `seal.ram` or `seal.state`), and
+ * the job moves from `verified` to `rejected`.
+ */
+export const ImageRejectedData = ImageVerifiedData.extend({ scrub: z.boolean().optional() });
 /**
  * A completed save got no verdict within the scheduler's bound (`VMSAVE_VERDICT_TIMEOUT_MS`).
  * Notice 1: a verification is asked again (the verifier reacts to it as to `SaveCompleted`);
@@ -172,6 +210,22 @@ export const RestoreCompletedData = z.object({
    * its header and descriptor only, because the file is unchanged since the verifier passed it.
    */
   gate: z.enum(['full', 'quick']).optional(),
+  /** `warm`: a QEMU of the executor's warm pool (already waiting with `-incoming defer`) took the image; `cold`: one was started for it. */
+  start: z.enum(['warm', 'cold']).optional(),
+  /** Where the executor's milliseconds went (gate, prepare, launch, qmp, load, cont), from its own clock. */
+  timings: z
+    .object({
+      gateMs: z.number().min(0).optional(),
+      prepareMs: z.number().min(0).optional(),
+      launchMs: z.number().min(0).optional(),
+      qmpMs: z.number().min(0).optional(),
+      loadMs: z.number().min(0).optional(),
+      contMs: z.number().min(0).optional(),
+      /** The seal's content check, part of `gateMs`. */
+      contentMs: z.number().min(0).optional(),
+    })
+    .loose()
+    .optional(),
 });
 export const RestoreFailedData = Failure.extend({ qemuStderr: z.string().optional() });
 export const RestoreRetryingData = SaveRetryingData;

@@ -9,3 +9,4 @@ export * from './hosts.ts';
 export * from './work.ts';
 export * from './messages.ts';
 export * from './roles.ts';
+export * from './seal.ts';

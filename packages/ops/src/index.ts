@@ -3,8 +3,8 @@
  * `@vmsave/image`: what the executor runs for a job and the CLI runs offline. No bus, no
  * environment: every setting (directories, accelerator, bandwidth cap, host name) is an option.
  */
-export { saveVm, savePoints, type SaveVmOptions, type SaveVmResult, type SavePoint } from './save.ts';
-export { restoreImage, type RestoreImageOptions, type RestoreImageResult } from './restore.ts';
+export { saveVm, savePoints, type SaveVmOptions, type SaveVmResult, type SavePoint, type LiveSaveResult } from './save.ts';
+export { restoreImage, type RestoreImageOptions, type RestoreImageResult, type ContentGate, type RestoreTimings } from './restore.ts';
 export { OpError, OpCancelled, classify, type OpStage } from './errors.ts';
 export { VmRegistry, type VmRegistryOptions } from './vms.ts';
 export { JobJournal, type JobRecord } from './journal.ts';

@@ -1,6 +1,6 @@
 import type { QmpClient } from '@vmsave/qmp';
 import { launchVm, restoreFromFds, resume, type Accel, type MigrationProgress, type MigrationStats, type VmProcess } from '@vmsave/qemu';
-import { checkRestorable, closeStreamFds, fingerprintImage, openStreamFds, readImage, sameFingerprint, verifyImage, type ImageInfo } from '@vmsave/image/node';
+import { checkRestorable, checkSeal, closeStreamFds, fingerprintImage, openStreamFds, readImage, sameFingerprint, verifyImage, type ImageInfo } from '@vmsave/image/node';
 import type { ImageFingerprint, QemuCapabilities, VmDefinition } from '@vmsave/contracts';
 import { classify, OpCancelled, OpError, type OpStage } from './errors.ts';
 
@@ -20,6 +20,12 @@ export interface RestoreImageOptions {
   /** Run the verifier's checks as the gate before QEMU starts (default true). */
   verify?: boolean;
   /**
+   * The content check against the image's seal before QEMU starts, whatever `verify` says:
+   * `state` (default) the device-state digest, `full` every RAM chunk too (reads all the image's
+   * data; refused on an image with no seal). A mismatch refuses the restore (`image-damaged`).
+   */
+  content?: 'state' | 'full';
+  /**
    * The fingerprint the verifier recorded when it passed this image (ImageVerified). When the
    * file still has it, the gate reads only the header and descriptor: the checks already ran on
    * exactly these bytes, and a legacy image would otherwise be read whole before QEMU reads it.
@@ -34,6 +40,35 @@ export interface RestoreImageOptions {
   detached?: { logFileOf(definition: VmDefinition): string };
   signal?: AbortSignal;
   onProgress?(p: MigrationProgress): void;
+  /**
+   * A QEMU already started with `-incoming defer` from exactly this definition (a warm pool),
+   * with a QMP session open on it; undefined starts one as usual. Its socket is moved to the
+   * path `prepare` returned. Not used with `detached`.
+   */
+  warm?(definition: VmDefinition): Promise<{ vm: VmProcess; qmp: QmpClient } | undefined>;
+}
+
+/** Where a restore's milliseconds went (ms, from our own clock). */
+export interface RestoreTimings {
+  /** Reading the image, the checks, the fingerprint or the verifier gate. */
+  gateMs: number;
+  /** `prepare` (the executor's own bookkeeping: VM state, definition, RestoreStarted). */
+  prepareMs: number;
+  /** Starting QEMU until it answers QMP (warm: taking it from the pool). */
+  launchMs: number;
+  /** Opening the QMP session (warm: 0, the pool's session is handed over). */
+  qmpMs: number;
+  /** Opening the image and QEMU's incoming migration (set-up included). */
+  loadMs: number;
+  /** `cont` (about 0 when the VM stays paused). */
+  contMs: number;
+}
+
+export interface ContentGate {
+  sealed: boolean;
+  scope: 'state' | 'full';
+  bytesRead: number;
+  durationMs: number;
 }
 
 export interface RestoreImageResult {
@@ -44,8 +79,13 @@ export interface RestoreImageResult {
   vmState: 'running' | 'paused';
   /** Which gate ran before QEMU started (see `verifiedAs`). */
   gate: 'full' | 'quick';
+  /** The content check against the seal (`sealed: false`: the image has none, nothing was checked). */
+  content: ContentGate;
   durationMs: number;
   stats: MigrationStats;
+  /** `warm`: a pool QEMU took the image; `cold`: one was started for it. */
+  start: 'warm' | 'cold';
+  timings: RestoreTimings;
 }
 
 /**
@@ -71,6 +111,7 @@ export async function restoreImage(o: RestoreImageOptions): Promise<RestoreImage
     const why = verdict.refusals.map((r) => r.message).join('; ');
     throw new OpError(`refusing to restore ${o.imagePath}: ${why}`, 'prepare', `image-${verdict.refusals[0]!.code}`, false);
   }
+  const content = await contentGate(o.imagePath, o.content ?? 'state', o.signal);
   const current = o.verifiedAs && (await fingerprintImage(o.imagePath).catch(() => undefined));
   const unchanged = !!current && sameFingerprint(current, o.verifiedAs!);
   const gate = o.verify === false || unchanged ? 'quick' : 'full';
@@ -90,18 +131,37 @@ export async function restoreImage(o: RestoreImageOptions): Promise<RestoreImage
     closeStreamFds(fds);
     fds = undefined;
   };
+  const timings: RestoreTimings = { gateMs: performance.now() - t0, prepareMs: 0, launchMs: 0, qmpMs: 0, loadMs: 0, contMs: 0 };
+  let start: 'warm' | 'cold' = 'cold';
   try {
+    let mark = performance.now();
+    const lap = () => {
+      const now = performance.now();
+      const ms = now - mark;
+      mark = now;
+      return ms;
+    };
     const socket = o.prepare ? await o.prepare(definition, image) : o.qmpSocketPath;
     if (!socket) throw new OpError('no QMP socket path for the restored VM', 'prepare', 'config', false);
+    timings.prepareMs = lap();
     stage = 'start-qemu';
-    vm = await launchVm(definition, {
-      qmpSocketPath: socket,
-      incoming: 'defer',
-      accel: o.accel,
-      signal: o.signal,
-      detached: o.detached && { logFile: o.detached.logFileOf(definition) },
-    });
-    qmp = await vm.connectQmp();
+    const warm = o.warm && !o.detached ? await takeWarm(o.warm, definition, socket) : undefined;
+    if (warm) {
+      ({ vm, qmp } = warm);
+      start = 'warm';
+      timings.launchMs = lap();
+    } else {
+      vm = await launchVm(definition, {
+        qmpSocketPath: socket,
+        incoming: 'defer',
+        accel: o.accel,
+        signal: o.signal,
+        detached: o.detached && { logFile: o.detached.logFileOf(definition) },
+      });
+      timings.launchMs = lap();
+      qmp = await vm.connectQmp();
+      timings.qmpMs = lap();
+    }
     stage = 'restore';
     const h = image.header;
     fds = await openStreamFds(o.imagePath, { mode: 'restore', directIo: h.directIo });
@@ -116,10 +176,12 @@ export async function restoreImage(o: RestoreImageOptions): Promise<RestoreImage
       process: vm,
     });
     closeFds();
+    timings.loadMs = lap();
     stage = 'resume';
     const run = o.after === 'running' || (o.after === 'as-saved' && h.wasRunning);
     if (run) await resume(qmp, { signal: o.signal });
-    return { vm, qmp, definition, image, vmState: run ? 'running' : 'paused', gate, durationMs: performance.now() - t0, stats };
+    timings.contMs = lap();
+    return { vm, qmp, definition, image, vmState: run ? 'running' : 'paused', gate, content, durationMs: performance.now() - t0, stats, start, timings };
   } catch (err) {
     closeFds();
     const stderr = vm?.stderr();
@@ -130,5 +192,54 @@ export async function restoreImage(o: RestoreImageOptions): Promise<RestoreImage
       throw new OpError('restore ran past its deadline', 'deadline', 'deadline-exceeded', false, { cause: err, qemuStderr: stderr });
     const c = classify(err);
     throw new OpError(c.message, stage, c.code, c.retryable, { cause: err, qemuStderr: stderr });
+  }
+}
+
+/**
+ * The content gate: the image's bytes against its seal, before anything is started. A sealed
+ * image is always checked (`state`: the device-state region, a few KiB to MiB; `full`: every RAM
+ * chunk too); a mismatch refuses the restore naming the region and the offsets. An image with no
+ * seal passes `state` unchecked (`sealed: false`, the caller warns) and is refused for `full`.
+ */
+async function contentGate(imagePath: string, scope: 'state' | 'full', signal?: AbortSignal): Promise<ContentGate> {
+  let sc: Awaited<ReturnType<typeof checkSeal>>;
+  try {
+    sc = await checkSeal(imagePath, { scope, signal });
+  } catch (err) {
+    const c = classify(err);
+    throw new OpError(`cannot check the content of ${imagePath}: ${c.message}`, 'prepare', c.code, c.retryable, { cause: err });
+  }
+  if (!sc.sealed && scope === 'full') {
+    throw new OpError(
+      `refusing to restore ${imagePath}: cannot verify content: image has no seal (verify: 'full' needs one; 'state' restores it unchecked)`,
+      'prepare',
+      'image-unsealed',
+      false,
+    );
+  }
+  if (sc.sealed && !sc.ok) {
+    const failed = sc.checks.filter((c) => c.status === 'fail');
+    const where = sc.mismatches
+      .slice(0, 8)
+      .map((m) => `${m.region} bytes ${m.start}–${m.end}`)
+      .join(', ');
+    const more = sc.mismatches.length > 8 ? ` and ${sc.mismatches.length - 8} more range(s)` : '';
+    const why = where ? `${where}${more}` : failed.map((c) => `${c.name}: ${c.detail}`).join('; ');
+    throw new OpError(`refusing to restore ${imagePath}: image damaged: its content differs from its seal at ${why}`, 'prepare', 'image-damaged', false);
+  }
+  return { sealed: sc.sealed, scope, bytesRead: sc.bytesRead, durationMs: sc.durationMs };
+}
+
+/** A warm QEMU from `warm`, its socket moved to `socket`; undefined (that QEMU killed) when that fails. */
+async function takeWarm(warm: NonNullable<RestoreImageOptions['warm']>, definition: VmDefinition, socket: string): Promise<{ vm: VmProcess; qmp: QmpClient } | undefined> {
+  const got = await warm(definition).catch(() => undefined);
+  if (!got) return undefined;
+  try {
+    await got.vm.moveQmpSocket(socket);
+    return got;
+  } catch {
+    await got.qmp.close().catch(() => undefined);
+    await got.vm.kill().catch(() => undefined);
+    return undefined;
   }
 }

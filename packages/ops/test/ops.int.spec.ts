@@ -150,7 +150,8 @@ describe('the restore gate refuses before QEMU starts', () => {
     fs.copyFileSync(legacy, copy);
     fs.truncateSync(copy, (await stat(legacy)).size - 100);
     const e = await refuse(copy);
-    expect(e.code).toMatch(/^image-check-/);
+    // The seal's state check (before the verifier's) finds it first.
+    expect(e.code).toMatch(/^image-(check-|damaged$)/);
   });
 
   it('an image changed since it was verified gets the full gate, whatever fingerprint the caller trusts', async () => {
@@ -162,7 +163,7 @@ describe('the restore gate refuses before QEMU starts', () => {
     fs.writeSync(fd, Buffer.from('!!'), 0, 2, (await stat(copy)).size - 2);
     fs.closeSync(fd);
     const e = await refuse(copy, { verifiedAs });
-    expect(e.code).toMatch(/^image-check-/);
+    expect(e.code).toMatch(/^image-(check-|damaged$)/);
   });
 });
 

@@ -1,7 +1,8 @@
-import type { QemuCapabilities } from '@vmsave/contracts';
+import type { JobEvent, QemuCapabilities } from '@vmsave/contracts';
 import type { Bus, Logger } from '@vmsave/bus';
 import type { JobJournal, VmRegistry } from '@vmsave/ops';
 import type { ExecutorConfig } from './config.ts';
+import type { WarmPool } from './warm-pool.ts';
 
 /** A job this executor is working on, from the moment its work item arrives. */
 export interface InFlight {
@@ -35,4 +36,8 @@ export interface ExecutorContext {
   throughput?: number;
   /** Aborted when the executor stops. */
   signal: AbortSignal;
+  /** Called with each event this executor appended to the log and the job's history (its metrics). */
+  onPublished?: (event: JobEvent, history: readonly JobEvent[]) => void;
+  /** QEMUs waiting for a restore (VMSAVE_WARM_POOL); absent or disabled: every restore starts one. */
+  warm?: WarmPool;
 }

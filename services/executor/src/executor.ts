@@ -1,4 +1,6 @@
 import { randomUUID } from 'node:crypto';
+import { mkdir } from 'node:fs/promises';
+import path from 'node:path';
 import { WorkItem, streams, subjects, type QemuCapabilities } from '@vmsave/contracts';
 import { runConsumer, type Bus, type Logger } from '@vmsave/bus';
 import type { JobJournal, VmRegistry } from '@vmsave/ops';
@@ -8,6 +10,7 @@ import { serveControl } from './control.ts';
 import { onWork } from './intake.ts';
 import { Presence } from './presence.ts';
 import { recoverAtStart } from './recovery.ts';
+import { WarmPool } from './warm-pool.ts';
 
 export interface ExecutorDeps {
   bus: Bus;
@@ -17,6 +20,8 @@ export interface ExecutorDeps {
   journal: JobJournal;
   /** This host's QEMU, as probed at start (accelerator included). */
   caps: QemuCapabilities;
+  /** Each event this executor appended, with its job's history (metrics). */
+  onPublished?: ExecutorContext['onPublished'];
 }
 
 /**
@@ -39,6 +44,13 @@ export class Executor {
       startedAt: new Date().toISOString(),
       inflight: new Map(),
       signal: this.ac.signal,
+      warm: new WarmPool({
+        size: deps.cfg.VMSAVE_WARM_POOL,
+        maxRssBytes: deps.cfg.VMSAVE_WARM_POOL_MAX_MIB * 1024 * 1024,
+        dir: path.join(deps.cfg.qmpDir, 'warm'),
+        accel: deps.caps.accel,
+        log: deps.log,
+      }),
     };
   }
 
@@ -51,6 +63,7 @@ export class Executor {
     const signal = this.ac.signal;
     await recoverAtStart(ctx);
     await this.autostart();
+    await this.warmUp();
     await new Presence(ctx).start(signal);
     this.tasks.push(
       serveControl(ctx, signal),
@@ -78,6 +91,21 @@ export class Executor {
     while (this.ctx.inflight.size && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
     this.ac.abort();
     await Promise.allSettled(this.tasks);
+    await this.ctx.warm?.stop();
+  }
+
+  /** Quit pool QEMUs a crashed run left waiting, then warm the shapes of VMSAVE_WARM_VMS. */
+  private async warmUp(): Promise<void> {
+    const { warm, vms, log, cfg } = this.ctx;
+    if (!warm) return;
+    await mkdir(path.join(cfg.qmpDir, 'warm'), { recursive: true });
+    await warm.reap();
+    if (!warm.enabled) return;
+    for (const name of cfg.VMSAVE_WARM_VMS) {
+      const def = await vms.get(name);
+      if (def) warm.note(def);
+      else log.warn({ vm: name }, 'warm pool: no such VM definition');
+    }
   }
 
   /** Start the VMs named in VMSAVE_AUTOSTART that are defined and not running (detached: they outlive us). */

@@ -11,7 +11,7 @@ import type { ExecutorContext } from './context.ts';
  */
 export class JobTrack {
   private constructor(
-    private readonly ctx: Pick<ExecutorContext, 'bus' | 'source'>,
+    private readonly ctx: Pick<ExecutorContext, 'bus' | 'source' | 'onPublished'>,
     readonly jobId: string,
     private events: JobEvent[],
     private current: JobState,
@@ -20,7 +20,7 @@ export class JobTrack {
   /** Decided, not yet acknowledged by the log. */
   private pending: JobEvent[] = [];
 
-  static async load(ctx: Pick<ExecutorContext, 'bus' | 'source'>, jobId: string): Promise<JobTrack> {
+  static async load(ctx: Pick<ExecutorContext, 'bus' | 'source' | 'onPublished'>, jobId: string): Promise<JobTrack> {
     const events = (await eventsOfJob(ctx.bus, jobId)).map((l) => l.event);
     return new JobTrack(ctx, jobId, events, fold(events));
   }
@@ -103,7 +103,8 @@ export class JobTrack {
   async publish(): Promise<void> {
     while (this.pending.length) {
       const e = this.pending[0]!;
-      await publishEvent(this.ctx.bus, e);
+      const ack = await publishEvent(this.ctx.bus, e);
+      if (!ack.duplicate) this.ctx.onPublished?.(e, this.events);
       if (this.pending[0] === e) this.pending.shift();
     }
   }

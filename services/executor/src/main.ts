@@ -1,13 +1,16 @@
 import { mkdir } from 'node:fs/promises';
 import { Bus, busOptions, createLogger } from '@vmsave/bus';
 import { detectAccel, probeQemu } from '@vmsave/qemu';
+import { ServiceMetrics } from '@vmsave/metrics';
 import { JobJournal, VmRegistry } from '@vmsave/ops';
 import { loadConfig } from './config.ts';
 import { Executor } from './executor.ts';
+import { registerExecutorMetrics } from './metrics.ts';
 
 const log = createLogger('executor');
 const cfg = loadConfig();
-const bus = await Bus.connect({ ...busOptions(cfg, `executor-${cfg.VMSAVE_HOST}`), log });
+const metrics = new ServiceMetrics('executor');
+const bus = await Bus.connect({ ...busOptions(cfg, `executor-${cfg.VMSAVE_HOST}`), log, metrics: metrics.bus });
 await bus.ensureStreams();
 
 const accel = await detectAccel();
@@ -19,7 +22,9 @@ await vms.init();
 await journal.init();
 await mkdir(cfg.imageDir, { recursive: true });
 
-const executor = new Executor({ bus, cfg, log, vms, journal, caps });
+const onPublished = registerExecutorMetrics(metrics, { imageDir: cfg.imageDir, qmpDir: cfg.qmpDir });
+await metrics.serve(cfg, log);
+const executor = new Executor({ bus, cfg, log, vms, journal, caps, onPublished });
 await executor.start();
 
 let stopping = false;
@@ -30,6 +35,7 @@ async function shutdown(signal: string): Promise<void> {
   // In-flight saves are cancelled and their VMs resumed before the bus closes.
   await executor.stop();
   await bus.close();
+  await metrics.close();
   process.exit(0);
 }
 process.on('SIGTERM', () => void shutdown('SIGTERM'));

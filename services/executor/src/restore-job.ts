@@ -18,6 +18,8 @@ export async function runRestore(ctx: ExecutorContext, w: RestoreWork, job: InFl
       verifiedAs,
       hostCaps: ctx.caps,
       after: w.request.after,
+      content: w.request.verify,
+      warm: ctx.warm?.enabled ? (d) => ctx.warm!.take(d) : undefined,
       accel: ctx.caps.accel,
       signal: job.ac.signal,
       onProgress: progressReporter(ctx, job, 'restore'),
@@ -52,12 +54,31 @@ export async function runRestore(ctx: ExecutorContext, w: RestoreWork, job: InFl
           vmState: result.vmState,
           qmpSocket: ctx.vms.socketOf(result.definition.name),
           gate: result.gate,
+          start: result.start,
+          // contentMs: the seal check, part of gateMs.
+          timings: Object.fromEntries(Object.entries({ ...result.timings, contentMs: result.content.durationMs }).map(([k, v]) => [k, Math.round(v * 10) / 10])),
         },
       },
       w.attempt,
       log,
     );
-    log.info({ imagePath, vm: result.definition.name, durationMs: Math.round(result.durationMs), gate: result.gate, published }, 'restore completed');
+    const content = result.content;
+    if (!content.sealed) log.warn({ imagePath }, 'restored an image with no seal: its content was not checked against digests');
+    log.info(
+      {
+        imagePath,
+        vm: result.definition.name,
+        durationMs: Math.round(result.durationMs),
+        gate: result.gate,
+        start: result.start,
+        timings: result.timings,
+        content: content.sealed ? content.scope : 'unsealed',
+        contentGateMs: Math.round(content.durationMs),
+        contentBytesRead: content.bytesRead,
+        published,
+      },
+      'restore completed',
+    );
   } catch (err) {
     const c = classify(err);
     const e = err instanceof OpError ? err : new OpError(c.message, 'restore', c.code, c.retryable, { cause: err });

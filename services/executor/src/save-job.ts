@@ -52,6 +52,8 @@ export async function runSave(ctx: ExecutorContext, w: SaveWork, job: InFlight, 
       hostCaps: ctx.caps,
       keepPartial: ctx.cfg.VMSAVE_KEEP_PARTIAL,
       maxBandwidth: ctx.cfg.VMSAVE_SAVE_MAX_BANDWIDTH,
+      // Live by default for a sparse save that leaves the VM running; a legacy one only when asked.
+      live: req.live ?? (w.format === 'sparse' && req.after === 'running'),
       signal: job.ac.signal,
       onProgress: progressReporter(ctx, job, 'save'),
       checkpoint: (point) => failpoint({ points: ctx.cfg.VMSAVE_FAILPOINTS, jobsDir: ctx.cfg.jobsDir }, point, w.jobId, job.ac.signal, log),
@@ -105,6 +107,8 @@ export async function runSave(ctx: ExecutorContext, w: SaveWork, job: InFlight, 
           throughputBytesPerSec: secs > 0 ? result.ramBytes / secs : 0,
           vmState: result.vmState,
           afterError: result.afterError,
+          seal: result.seal,
+          live: result.live && { ...result.live, passes: result.live.passes.map((p) => ({ ...p, startMs: Math.round(p.startMs) })) },
           qemu: {
             totalTimeMs: s.totalTimeMs,
             ramTotal: s.ram?.total,
@@ -118,7 +122,20 @@ export async function runSave(ctx: ExecutorContext, w: SaveWork, job: InFlight, 
       w.attempt,
       log,
     );
-    log.info({ imagePath, bytes: result.bytes, blocks: result.blocks, durationMs: Math.round(result.durationMs), vmState: result.vmState, published }, 'save completed');
+    log.info(
+      {
+        imagePath,
+        bytes: result.bytes,
+        blocks: result.blocks,
+        durationMs: Math.round(result.durationMs),
+        sealMs: Math.round(result.sealMs),
+        vmState: result.vmState,
+        live: result.live,
+        published,
+      },
+      'save completed',
+    );
+    if (result.liveDeclined) log.warn({ imagePath }, `live checkpoint declined: ${result.liveDeclined}`);
     if (result.afterError) log.warn({ vmState: result.vmState, after: req.after }, `save completed, but the VM could not be left as asked: ${result.afterError}`);
   } catch (err) {
     await started;

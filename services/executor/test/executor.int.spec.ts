@@ -143,6 +143,8 @@ describe('executor wiring: work in, decided events out', () => {
     const [startedEv, completed] = [events[2]!, events[3]!];
     expect(startedEv).toMatchObject({ source: `executor@${host}`, eventId: `${jobId}.1.SaveStarted`, data: { attempt: 1, fencingToken: 7, host, wasRunning: true } });
     expect(completed).toMatchObject({ eventId: `${jobId}.1.SaveCompleted`, data: { attempt: 1, fencingToken: 7, vmState: 'running' } });
+    // The image was sealed before its magic flipped, and SaveCompleted says with which seal.
+    expect(completed.type === 'SaveCompleted' && completed.data.seal).toMatchObject({ algorithm: 'crc32', stateDigest: expect.stringMatching(/^[0-9a-f]+$/) });
     const imagePath = completed.type === 'SaveCompleted' ? completed.data.imagePath : '';
     expect(existsSync(imagePath)).toBe(true);
     expect(await readImageHeader(imagePath)).toMatchObject({ complete: true, format: 'sparse' });

@@ -76,8 +76,9 @@ export const commandHeaders: Record<string, HeaderInfo> = {
     required: false,
     description:
       'Subject the scheduler publishes the admission answer (AdmissionReply) to, once it has admitted or rejected the ' +
-      "request. With vmsave's NATS roles it must start with `_INBOX.` (the scheduler may publish only there, and the " +
-      "client role may subscribe only there). A header, because the message's own NATS reply subject carries " +
+      "request. With vmsave's NATS roles it must be under the requester's own inbox prefix `_INBOX.<user>.` " +
+      '(`_INBOX.client.` for the client role: the scheduler may publish only to `_INBOX.…`, and each user may ' +
+      "subscribe only below its own prefix). A header, because the message's own NATS reply subject carries " +
       "JetStream's PubAck.",
   },
 };
@@ -144,7 +145,7 @@ export const saveRequestMessage: MessageInfo = {
       name: 'evacuate',
       summary: 'A control plane evacuating host-a: sparse, four channels, quit the VM afterwards.',
       payload: ex.saveRequestExample,
-      headers: { 'Nats-Msg-Id': ex.exampleIds.saveRequestId, 'Vmsave-Reply-To': '_INBOX.Xq3hZk2c1Yp8' },
+      headers: { 'Nats-Msg-Id': ex.exampleIds.saveRequestId, 'Vmsave-Reply-To': '_INBOX.client.Xq3hZk2c1Yp8' },
     },
     {
       name: 'minimal',
@@ -169,7 +170,7 @@ export const restoreRequestMessage: MessageInfo = {
       name: 'restore',
       summary: 'Restore the image the evacuation wrote, and run the VM.',
       payload: ex.restoreRequestExample,
-      headers: { 'Nats-Msg-Id': ex.exampleIds.restoreRequestId, 'Vmsave-Reply-To': '_INBOX.Xq3hZk2c1Yp9' },
+      headers: { 'Nats-Msg-Id': ex.exampleIds.restoreRequestId, 'Vmsave-Reply-To': '_INBOX.client.Xq3hZk2c1Yp9' },
     },
   ],
 };
@@ -212,8 +213,10 @@ const eventSummaries: Record<JobEventType, string> = {
   SaveRetrying: 'The scheduler will try again after `delayMs`.',
   SaveCancelRequested: 'Someone asked to cancel the job.',
   SaveCancelled: 'The job was cancelled; it ends here.',
-  ImageVerified: 'Every verification check of the image passed (or warned): the save job ends here, successfully.',
-  ImageRejected: 'A verification check failed: the save job ends here, with an unusable image.',
+  ImageVerified:
+    "Every verification check of the image passed (or warned): the save job ends here, successfully. A sealed image's `seal` summary is carried, with `content: 'state'` (its device state was checked against the seal).",
+  ImageRejected:
+    "A verification check failed: the save job ends here, with an unusable image. With `scrub: true` the verifier's content scrub found a verified image damaged since (check `seal.ram` or `seal.state`): the job moves from verified to rejected.",
   VerificationOverdue:
     "No verdict came for a completed save within the scheduler's `VMSAVE_VERDICT_TIMEOUT_MS`: `notice: 1` asks the verifier to verify it again (it reacts as to SaveCompleted), `notice: 2` (after as long again) raises it. The job stays `completed`; a later verdict still ends it.",
   RestoreRequested: 'The scheduler admitted a restore request.',

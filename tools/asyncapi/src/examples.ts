@@ -35,12 +35,16 @@ export const saveRequestExample = {
 /** The smallest save request: every other field has a default. */
 export const minimalSaveRequestExample = { requestId: 'hibernate-web-2-2025-06-01', vm: 'web-2' };
 
+/** The content seal summary a sealed image carries (SaveCompleted, ImageVerified). */
+const exampleSeal = { algorithm: 'crc32', chunkBytes: 4_194_304, chunks: 32, stateDigest: '5e2a91c4', ramDigest: 'b03d77e1' };
+
 export const restoreRequestExample = {
   schemaVersion: 1,
   requestId: exampleIds.restoreRequestId,
   image: imagePath,
   host: exampleIds.host,
   after: 'running',
+  verify: 'state',
   priority: 'normal',
   deadlineMs: 300_000,
   requestedBy: 'control-plane/evacuate-host-a',
@@ -124,6 +128,16 @@ export const eventExamples: Record<JobEventType, Record<string, unknown>> = {
     vmState: 'quit',
     afterError: 'QEMU went away before the VM could be resumed (the image is complete)',
     qemu: { totalTimeMs: 1702, ramTotal: 134_217_728, ramTransferred: 64_180_224, ramNormalPages: 15_669, ramDuplicatePages: 17_099, mbps: 301.6 },
+    seal: exampleSeal,
+    live: {
+      passes: [
+        { pass: 1, bytes: 1168113664, startMs: 0 },
+        { pass: 2, bytes: 61865984, startMs: 4210 },
+      ],
+      switchover: 'converged',
+      downtimeMs: 11,
+      qemuDowntimeMs: 6,
+    },
   }),
   SaveFailed: envelope('SaveFailed', saveJobId, 2, `executor@${exampleIds.host}`, {
     attempt: 1,
@@ -151,12 +165,17 @@ export const eventExamples: Record<JobEventType, Record<string, unknown>> = {
     host: exampleIds.host,
     checks,
     fingerprint: { ino: '1835029', size: 139460608, mtimeNs: '1795849970108123456', ctimeNs: '1795849970108123456' },
+    content: 'state',
+    seal: exampleSeal,
   }),
   ImageRejected: envelope('ImageRejected', saveJobId, 4, 'verifier', {
     imagePath,
     host: exampleIds.host,
-    checks: [...checks.slice(0, 3), { name: 'sparseness', status: 'fail', detail: 'pages region is dense: 128.0 MiB allocated of 128.0 MiB (copied without --sparse?)' }],
+    checks: [...checks.slice(0, 3), { name: 'seal.ram', status: 'fail', detail: 'RAM differs from the seal in 1 chunk: bytes 20971520–25165824' }],
     fingerprint: { ino: '1835029', size: 139460608, mtimeNs: '1795849970108123456', ctimeNs: '1795849970108123456' },
+    content: 'full',
+    seal: exampleSeal,
+    scrub: true,
   }),
   VerificationOverdue: {
     ...envelope('VerificationOverdue', saveJobId, 125, 'scheduler', { imagePath, host: exampleIds.host, attempt: 1, waitedMs: 120000, notice: 1 }),
@@ -191,6 +210,8 @@ export const eventExamples: Record<JobEventType, Record<string, unknown>> = {
     vmState: 'running',
     qmpSocket: '/var/lib/vmsave/qmp/web-1.qmp',
     gate: 'quick',
+    start: 'warm',
+    timings: { gateMs: 21.3, prepareMs: 9.8, launchMs: 7.1, qmpMs: 0, loadMs: 36, contMs: 3.8, contentMs: 17.1 },
   }),
   RestoreFailed: envelope('RestoreFailed', restoreJobId, 12, `executor@${exampleIds.host}`, {
     attempt: 1,
