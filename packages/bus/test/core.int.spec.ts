@@ -19,7 +19,7 @@ describe('typed core NATS request/reply and subscribe', () => {
     const subject = `test.${id}.ctl`;
     const sub = subscribeValidated(bus, messages.controlRequest, subject, { max: 1 });
     void (async () => {
-      for await (const m of sub) m.respond(messages.controlReply, { ok: true, message: `cancelling ${m.value.jobId}` });
+      for await (const m of sub) m.respond(messages.controlReply, { ok: true, message: `cancelling ${m.value.action === 'cancel' ? m.value.jobId : '-'}` });
     })();
     await bus.nc.flush();
     const r = await requestValidated(bus, messages.controlRequest, subject, { action: 'cancel', jobId: 's-abc', reason: 'test' }, messages.controlReply);

@@ -10,11 +10,12 @@ import { busCommands } from './commands/bus.ts';
 import { imageCommands } from './commands/image.ts';
 import { vmCommands } from './commands/vm.ts';
 import { demoCommand } from './commands/demo.ts';
+import { imagesCommands } from './commands/images.ts';
 
-export const commands: Command[] = [...busCommands, ...imageCommands, ...vmCommands, demoCommand];
+export const commands: Command[] = [...busCommands, ...imagesCommands, ...imageCommands, ...vmCommands, demoCommand];
 
-/** Commands that have sub-commands: `vm list`. */
-const GROUPS = new Set(['vm']);
+/** Commands that have sub-commands: `vm list`, `images prune` (`images` alone is a command too). */
+const GROUPS = new Set(['vm', 'images']);
 
 function find(argv: string[]): { cmd?: Command; rest: string[]; name: string } {
   const [first, second] = argv;

@@ -185,6 +185,22 @@ export const VerificationOverdueData = z.object({
   notice: z.union([z.literal(1), z.literal(2)]),
 });
 
+/** The retention rule that chose an image for deletion (`packages/jobs/src/retention.ts`). */
+export const RetentionRule = z.enum(['keep-last', 'max-age']);
+export type RetentionRule = z.infer<typeof RetentionRule>;
+/**
+ * The executor of the image's host deleted a save's image file, as its retention policy chose
+ * (`rule`). The job keeps its status (the verdict stands) and records `imageDeleted`: the image is
+ * no longer one to restore.
+ */
+export const ImageDeletedData = z.object({
+  imagePath: z.string(),
+  host: HostName,
+  rule: RetentionRule,
+  /** Logical size of the file deleted (0 when it was already gone). */
+  bytes: z.number().int().min(0),
+});
+
 export const RestoreRequestedData = z.object({ request: RestoreRequest, sourceJobId: JobId.optional(), vm: z.string().optional() });
 export const RestoreRejectedData = Rejection;
 export const RestoreScheduledData = Scheduled;
@@ -269,6 +285,8 @@ export const ImageRejected = envelope('ImageRejected', ImageRejectedData);
 export type ImageRejected = z.infer<typeof ImageRejected>;
 export const VerificationOverdue = envelope('VerificationOverdue', VerificationOverdueData);
 export type VerificationOverdue = z.infer<typeof VerificationOverdue>;
+export const ImageDeleted = envelope('ImageDeleted', ImageDeletedData);
+export type ImageDeleted = z.infer<typeof ImageDeleted>;
 
 export const RestoreRequested = envelope('RestoreRequested', RestoreRequestedData);
 export type RestoreRequested = z.infer<typeof RestoreRequested>;
@@ -303,6 +321,7 @@ export const JobEvent = z.discriminatedUnion('type', [
   ImageVerified,
   ImageRejected,
   VerificationOverdue,
+  ImageDeleted,
   RestoreRequested,
   RestoreRejected,
   RestoreScheduled,

@@ -26,6 +26,10 @@ export const HostAnnouncement = z.object({
   /** True when the image directory is shared storage that every host can read. */
   sharedImageDir: z.boolean().default(false),
   freeBytes: z.number().int().min(0),
+  /** The image directory's quota (VMSAVE_IMAGE_QUOTA), bytes allocated; absent: none. A save that would pass it is refused (rule `quota`). */
+  imageQuotaBytes: z.number().int().min(0).optional(),
+  /** Bytes allocated by the files in the image directory (with a quota). */
+  imageUsedBytes: z.number().int().min(0).optional(),
   /** Measured or assumed save throughput, bytes/s (for deadlines). */
   throughputBytesPerSec: z.number().min(0).optional(),
   maxConcurrentJobs: z.number().int().min(1).optional(),
@@ -59,13 +63,43 @@ export const ProgressSample = z.object({
 export type ProgressSample = z.infer<typeof ProgressSample>;
 
 /** `vmsave.ctl.<host>` request: ask an executor to cancel a running job. */
-export const ControlRequest = z.object({
+export const CancelControl = z.object({
   action: z.literal('cancel'),
   jobId: JobId,
   reason: z.string(),
 });
+/** A retention policy: keep the newest `keepLast` verified images of each VM, and images younger than `keepYoungerThanMs`. */
+export const RetentionPolicySpec = z
+  .object({
+    keepLast: z.number().int().min(1).max(100_000).optional(),
+    keepYoungerThanMs: z.number().int().min(0).optional(),
+  })
+  .refine((p) => p.keepLast !== undefined || p.keepYoungerThanMs !== undefined, { message: 'policy: give keepLast, keepYoungerThanMs or both' });
+/** `vmsave.ctl.<host>` request: apply a retention policy to this host's images (`dryRun`: only answer the plan). */
+export const PruneControl = z.object({
+  action: z.literal('prune'),
+  dryRun: z.boolean().default(false),
+  policy: RetentionPolicySpec,
+});
+export const ControlRequest = z.discriminatedUnion('action', [CancelControl, PruneControl]);
 export type ControlRequest = z.infer<typeof ControlRequest>;
-export const ControlReply = z.object({ ok: z.boolean(), message: z.string() });
+/** One image in a prune's answer: deleted (or, on a dry run, to delete) with its rule, or kept with why. */
+export const PrunedImage = z.object({
+  jobId: JobId,
+  vm: z.string(),
+  imagePath: z.string(),
+  status: z.string(),
+  bytes: z.number().int().min(0).optional(),
+  action: z.enum(['delete', 'keep']),
+  rule: z.string().optional(),
+  reason: z.string(),
+});
+export const ControlReply = z.object({
+  ok: z.boolean(),
+  message: z.string(),
+  /** A prune's plan for this host (what was deleted, or would be on a dry run, and what is kept). */
+  plan: z.array(PrunedImage).optional(),
+});
 export type ControlReply = z.infer<typeof ControlReply>;
 
 /** `vmsave.dlq.<service>`: a message a consumer refused, with why. */

@@ -31,6 +31,7 @@ export const EVENT_PUBLISHERS: Record<JobEventType, readonly PublisherRole[]> = 
   ImageVerified: ['verifier'],
   ImageRejected: ['verifier'],
   VerificationOverdue: ['scheduler'],
+  ImageDeleted: ['executor'],
   RestoreRequested: ['scheduler'],
   RestoreRejected: ['scheduler'],
   RestoreScheduled: ['scheduler'],

@@ -38,6 +38,8 @@ export type JobCommand =
   | { type: 'RecordVerification'; imagePath: string; host?: string; checks: VerificationCheck[]; fingerprint?: ImageFingerprint; content?: 'state' | 'full'; seal?: SealSummary }
   /** The verifier's content scrub found a verified image damaged since: the job becomes `rejected`. */
   | { type: 'RecordScrubDamage'; imagePath: string; host?: string; checks: VerificationCheck[]; seal?: SealSummary }
+  /** The host's retention deleted a final save's image file (`rule` chose it). */
+  | { type: 'RecordImageDeleted'; imagePath: string; host: string; rule: 'keep-last' | 'max-age'; bytes: number }
   /** No verdict came for a completed save: 1 asks for verification again, 2 raises it. */
   | { type: 'FlagVerificationOverdue'; notice: 1 | 2; waitedMs: number };
 
@@ -74,9 +76,20 @@ export function decide(cmd: JobCommand, s: JobState, meta: DecideMeta): Decision
     if (s.kind !== 'save' || s.status !== 'verified')
       return refuse(isTerminal(s) ? 'job-terminal' : 'illegal-transition', `cannot record scrub damage on a ${s.kind} job that is ${s.status}`);
     if (!cmd.checks.some((c) => c.status === 'fail')) return refuse('no-damage', 'a scrub rejection needs a failed check');
+    if (s.imageDeleted) return refuse('image-deleted', `job ${s.jobId}'s image was deleted by retention (${s.imageDeleted.rule}); nothing to scrub`);
     const data = { imagePath: cmd.imagePath, host: cmd.host, checks: cmd.checks, content: 'full' as const, scrub: true, ...(cmd.seal ? { seal: cmd.seal } : {}) };
     // One id per job: a second verifier (or a repeated pass) appends the same event.
     return ok(makeEvent('ImageRejected', s.jobId!, data, { source: meta.source, at: now, eventId: `${s.jobId}.ImageRejected.scrub` }));
+  }
+  if (cmd.type === 'RecordImageDeleted') {
+    // Only an image whose save is over: verified, rejected, or failed with its partial image kept.
+    if (s.kind !== 'save' || !isTerminal(s)) return refuse('illegal-transition', `cannot delete the image of a ${s.kind} job that is ${s.status}`);
+    if (s.imageDeleted) return { ok: true, events: [], duplicate: true };
+    const own = s.status === 'failed' ? s.imageKept : s.imagePath;
+    if (own !== cmd.imagePath) return refuse('image-mismatch', `imagePath: ${cmd.imagePath} is not job ${s.jobId}'s image (${own ?? 'none'})`);
+    const data = { imagePath: cmd.imagePath, host: cmd.host, rule: cmd.rule, bytes: Math.max(0, Math.round(cmd.bytes)) };
+    // One id per job: a second executor pass (or a replay) appends the same event.
+    return ok(makeEvent('ImageDeleted', s.jobId!, data, { source: meta.source, at: now, eventId: `${s.jobId}.ImageDeleted` }));
   }
   if (isTerminal(s)) return refuse('job-terminal', `job ${s.jobId} is already ${s.status}`);
 

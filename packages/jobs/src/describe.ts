@@ -45,6 +45,8 @@ export function describeEvent(e: JobEvent): string {
       const scrub = e.type === 'ImageRejected' && e.data.scrub ? 'content scrub: damaged since verified; ' : '';
       return failed.length ? `${scrub}${failed.length} check(s) failed: ${failed.map((c) => c.name).join(', ')} (${counts})` : `${n('pass')} checks passed (${counts})`;
     }
+    case 'ImageDeleted':
+      return `image ${e.data.imagePath} deleted on ${e.data.host} by retention (${e.data.rule}), ${fmtBytes(e.data.bytes)} freed`;
     case 'VerificationOverdue':
       return `verification overdue: no verdict ${fmtElapsed(e.data.waitedMs)} after the save completed; ${e.data.notice === 1 ? 'verification asked again' : 'raised (no verifier answered)'}`;
   }
@@ -68,6 +70,7 @@ export function jobJson(s: JobState) {
     rejection: s.rejection,
     checks: s.checks,
     verificationOverdue: s.verificationOverdue,
+    imageDeleted: s.imageDeleted,
   };
 }
 
@@ -81,6 +84,8 @@ export function overdueText(s: Pick<JobState, 'status' | 'verificationOverdue'>)
 /** The summary line of a finished or current job. */
 export function describeState(s: JobState): string {
   const what = `${s.kind ?? 'job'} ${s.jobId}${s.vm ? ` (${s.vm})` : ''}`;
+  const d = s.imageDeleted;
+  if (d) return `${what} ${s.status}; image deleted ${d.at} on ${d.host} by retention (${d.rule})`;
   switch (s.status) {
     case 'verified':
       return `${what} verified: ${s.imagePath} ${s.result?.bytes !== undefined ? `${fmtBytes(s.result.bytes)}, ${fmtBytes((s.result.blocks ?? 0) * 512)} allocated, ` : ''}${fmtSeconds(s.result?.durationMs)} s`;

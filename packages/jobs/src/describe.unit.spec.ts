@@ -126,6 +126,7 @@ describe('describeState and jobJson', () => {
       'rejection',
       'checks',
       'verificationOverdue',
+      'imageDeleted',
     ]);
   });
 });

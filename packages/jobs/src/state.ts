@@ -34,6 +34,10 @@ export interface JobState {
   /** A completed save whose verdict is overdue (`VerificationOverdue`): still `completed`, cleared by the verdict. */
   verificationOverdue?: { notice: 1 | 2; waitedMs: number; at: string };
   result?: { bytes?: number; blocks?: number; durationMs: number; throughputBytesPerSec?: number };
+  /** A failed save whose partial image was kept (`SaveFailed.imageKept`). */
+  imageKept?: string;
+  /** The save's image file was deleted by its host's retention (`ImageDeleted`): no longer one to restore. */
+  imageDeleted?: { at: string; rule: string; bytes: number; host: string };
   requestedAt?: string;
   updatedAt?: string;
   /** Number of events folded into this state. */
@@ -57,6 +61,9 @@ const givesUp = (s: JobState, e: JobEvent): boolean =>
 /** The content scrub found a verified image damaged since: the one event that reopens a final state. */
 const scrubDamage = (s: JobState, e: JobEvent): boolean => s.kind === 'save' && s.status === 'verified' && e.type === 'ImageRejected' && e.data.scrub === true;
 
+/** A final save's image deleted by retention: recorded on the final state, which keeps its status. */
+const imageDeletion = (s: JobState, e: JobEvent): boolean => s.kind === 'save' && e.type === 'ImageDeleted' && !s.imageDeleted;
+
 /**
  * Fold one event into a job's state. Pure and total: an event that does not apply to the state
  * (out of order, or a stale attempt) leaves the state as it is, so replaying any log is safe.
@@ -66,7 +73,8 @@ export function evolve(s: JobState, e: JobEvent): JobState {
   // A final state is final: late or stray events (a stale executor, a second scheduler) are
   // counted but change nothing. A failed job may only be retried, or given up (its failure
   // repeated as not retryable).
-  if (isTerminal(s) && !(s.status === 'failed' && (e.type === 'SaveRetrying' || e.type === 'RestoreRetrying' || givesUp(s, e))) && !scrubDamage(s, e)) return base;
+  if (isTerminal(s) && !(s.status === 'failed' && (e.type === 'SaveRetrying' || e.type === 'RestoreRetrying' || givesUp(s, e))) && !scrubDamage(s, e) && !imageDeletion(s, e))
+    return base;
   switch (e.type) {
     case 'SaveRequested':
       if (s.status !== 'none') return base;
@@ -104,6 +112,7 @@ export function evolve(s: JobState, e: JobEvent): JobState {
       return {
         ...base,
         status: 'failed',
+        ...(e.type === 'SaveFailed' && e.data.imageKept ? { imageKept: e.data.imageKept } : {}),
         lastFailure: {
           stage: e.data.stage,
           code: e.data.code,
@@ -126,6 +135,9 @@ export function evolve(s: JobState, e: JobEvent): JobState {
       if (s.kind !== 'save' || s.status !== 'completed' || e.data.attempt !== s.attempt) return base;
       if ((s.verificationOverdue?.notice ?? 0) >= e.data.notice) return base;
       return { ...base, verificationOverdue: { notice: e.data.notice, waitedMs: e.data.waitedMs, at: e.at } };
+    case 'ImageDeleted':
+      if (!imageDeletion(s, e)) return base;
+      return { ...base, imageDeleted: { at: e.at, rule: e.data.rule, bytes: e.data.bytes, host: e.data.host } };
     case 'ImageVerified':
       return { ...base, status: 'verified', checks: e.data.checks, verificationOverdue: undefined };
     case 'ImageRejected':

@@ -1,7 +1,19 @@
-import { statfs } from 'node:fs/promises';
+import { readdir, stat, statfs } from 'node:fs/promises';
+import path from 'node:path';
 import { messages, subjects } from '@vmsave/contracts';
 import { publishCore, publishValidated } from '@vmsave/bus';
 import type { ExecutorContext } from './context.ts';
+
+/** Bytes allocated by the files directly in the image directory (what its quota counts). */
+export async function imageDirUsage(dir: string): Promise<number> {
+  let used = 0;
+  for (const e of await readdir(dir, { withFileTypes: true }).catch(() => [])) {
+    if (!e.isFile()) continue;
+    const st = await stat(path.join(dir, e.name)).catch(() => undefined);
+    if (st) used += st.blocks * 512;
+  }
+  return used;
+}
 
 /**
  * This host on the bus: an announcement every VMSAVE_ANNOUNCE_MS (QEMU capabilities, free space,
@@ -54,6 +66,7 @@ export class Presence {
       imageDir: cfg.imageDir,
       sharedImageDir: cfg.VMSAVE_SHARED_IMAGE_DIR,
       freeBytes: fs.bavail * fs.bsize,
+      ...(cfg.VMSAVE_IMAGE_QUOTA !== undefined ? { imageQuotaBytes: cfg.VMSAVE_IMAGE_QUOTA, imageUsedBytes: await imageDirUsage(cfg.imageDir) } : {}),
       throughputBytesPerSec: this.ctx.throughput,
       maxConcurrentJobs: cfg.VMSAVE_MAX_CONCURRENT,
       vms: await this.ctx.vms.summaries(),

@@ -84,6 +84,13 @@ export function admitSave(req: SaveRequest, hosts: Iterable<HostView>, opts: Adm
       message: `host ${a.host} has ${fmtBytes(a.freeBytes)} free in ${a.imageDir}; a ${format.format} save of ${req.vm} (${vm.memoryMiB} MiB RAM) needs up to ${fmtBytes(need)}`,
     };
   }
+  if (a.imageQuotaBytes !== undefined && (a.imageUsedBytes ?? 0) + need > a.imageQuotaBytes) {
+    return {
+      rule: 'quota',
+      field: 'vm',
+      message: `host ${a.host}'s image directory ${a.imageDir} has a quota of ${fmtBytes(a.imageQuotaBytes)} and uses ${fmtBytes(a.imageUsedBytes ?? 0)}; a ${format.format} save of ${req.vm} (${vm.memoryMiB} MiB RAM) needs up to ${fmtBytes(need)} (prune images: vmsave images prune)`,
+    };
+  }
   return { host: a.host, vm, format: format.format, ramBytes };
 }
 

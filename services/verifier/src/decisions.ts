@@ -152,7 +152,8 @@ export interface ScrubTarget {
 export function scrubTargets(jobs: Iterable<{ state: JobState; seal?: SealSummary }>, readable: (host: string) => boolean): ScrubTarget[] {
   const out: ScrubTarget[] = [];
   for (const { state: s, seal } of jobs) {
-    if (s.kind !== 'save' || s.status !== 'verified' || !s.jobId || !s.host || !s.imagePath || !readable(s.host)) continue;
+    // An image retention deleted (`ImageDeleted`) is gone: nothing to scrub.
+    if (s.kind !== 'save' || s.status !== 'verified' || s.imageDeleted || !s.jobId || !s.host || !s.imagePath || !readable(s.host)) continue;
     out.push({ jobId: s.jobId, host: s.host, imagePath: s.imagePath, ...(seal ? { seal } : {}) });
   }
   return out;
