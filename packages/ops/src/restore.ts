@@ -1,3 +1,4 @@
+import os from 'node:os';
 import type { QmpClient } from '@vmsave/qmp';
 import { launchVm, restoreFromFds, resume, type Accel, type MigrationProgress, type MigrationStats, type VmProcess } from '@vmsave/qemu';
 import { checkRestorable, checkSeal, closeStreamFds, fingerprintImage, openStreamFds, readImage, sameFingerprint, verifyImage, type ImageInfo } from '@vmsave/image/node';
@@ -106,7 +107,8 @@ export async function restoreImage(o: RestoreImageOptions): Promise<RestoreImage
     throw new OpError(`cannot read image ${o.imagePath}: ${c.message}`, 'prepare', c.code, false, { cause: err });
   }
   const definition = o.definition ?? image.descriptor.vm;
-  const verdict = checkRestorable(image, { definition, hostCaps: o.hostCaps });
+  // The gate also compares the VM's RAM with this host's memory (and its QEMU version, -cpu, machine).
+  const verdict = checkRestorable(image, { definition, hostCaps: { memoryMiB: Math.floor(os.totalmem() / 2 ** 20), ...o.hostCaps } });
   if (!verdict.ok) {
     const why = verdict.refusals.map((r) => r.message).join('; ');
     throw new OpError(`refusing to restore ${o.imagePath}: ${why}`, 'prepare', `image-${verdict.refusals[0]!.code}`, false);
