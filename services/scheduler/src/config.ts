@@ -24,6 +24,10 @@ export const SchedulerEnv = BusEnv.extend({
    * (`VerificationOverdue` notice 1); still none after as long again, it is raised (notice 2).
    */
   VMSAVE_VERDICT_TIMEOUT_MS: ms(120_000),
+  /** A snapshot of the folded state (Redis, `snapshot.ts`) after this many log events; 0 = no snapshots (full replay at start). */
+  VMSAVE_SNAPSHOT_EVERY: z.coerce.number().int().min(0).default(200_000),
+  /** …or this long after the previous one, if events came since. */
+  VMSAVE_SNAPSHOT_INTERVAL_MS: ms(300_000),
   /** `/metrics`: VMSAVE_METRICS_HOST (127.0.0.1) and VMSAVE_METRICS_PORT (9464; 0 = off). */
   ...metricsEnv('scheduler'),
 });

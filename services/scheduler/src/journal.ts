@@ -26,11 +26,11 @@ export interface JournalDeps {
 export class Journal {
   constructor(private readonly d: JournalDeps) {}
 
-  /** Fold the whole log into the state; returns the last sequence read. */
-  async rebuild(): Promise<number> {
+  /** Fold the log from `fromSeq` (after a snapshot) into the state; returns the last sequence read. */
+  async rebuild(fromSeq = 1): Promise<number> {
     const { bus } = this.d;
-    let lastSeq = 0;
-    for await (const { seq, event } of readLog(bus)) {
+    let lastSeq = fromSeq - 1;
+    for await (const { seq, event } of readLog(bus, { fromSeq })) {
       this.fold(event);
       lastSeq = seq;
     }
@@ -45,6 +45,7 @@ export class Journal {
     // A restore of an image no save in the log wrote: its VM is known only to the executor.
     if (e.type === 'RestoreRequested' && before.status === 'none' && e.data.vm === undefined) state.imageOnly.add(e.jobId);
     state.put(e.jobId, s);
+    state.unfolded.delete(e.eventId);
     return { before, s };
   }
 
@@ -69,12 +70,17 @@ export class Journal {
    * publish ack returns); resolves once the event is stored. Does not fold it: the caller does.
    */
   async publish(e: JobEvent): Promise<void> {
-    const { own } = this.d.state;
+    const { state } = this.d;
+    const { own } = state;
     own.add(e.eventId);
+    state.unfolded.add(e.eventId);
     try {
-      await publishEvent(this.d.bus, e);
+      const ack = await publishEvent(this.d.bus, e);
+      // A duplicate ack has no echo to wait for (the event is in the log already).
+      if (!ack.duplicate && ack.seq > state.ownMaxSeq) state.ownMaxSeq = ack.seq;
     } catch (err) {
       own.delete(e.eventId);
+      state.unfolded.delete(e.eventId);
       throw err;
     }
   }

@@ -23,6 +23,7 @@ import { Journal, SOURCE } from './journal.ts';
 import { Leadership } from './leadership.ts';
 import { registerSchedulerMetrics, schedulerStateSource } from './metrics.ts';
 import { Placement } from './placement.ts';
+import { Snapshots } from './snapshot.ts';
 import { SchedulerState } from './state.ts';
 import { Watchdog } from './watchdog.ts';
 
@@ -39,6 +40,7 @@ const tasks: Promise<unknown>[] = [];
 
 let stopping = false;
 let leadership: Leadership | undefined;
+let snapshots: Snapshots | undefined;
 const state = new SchedulerState();
 const schedulerMetrics = registerSchedulerMetrics(metrics, schedulerStateSource(state));
 // A standby scheduler serves /metrics too (its gauges stay 0 until it becomes the active one).
@@ -52,6 +54,8 @@ async function shutdown(why: string): Promise<void> {
   ac.abort();
   await Promise.allSettled(tasks);
   await state.settled();
+  // While still the active one: the next scheduler starts from here.
+  await snapshots?.final().catch((err) => log.warn({ err: (err as Error).message }, 'snapshot at stop failed'));
   await leadership?.release();
   await bus.close();
   redis.disconnect();
@@ -73,10 +77,21 @@ const watchdog = new Watchdog({ bus, state, journal, leases, cfg, log, wake });
 const admission = new Admission({ bus, state, journal, placement, log });
 
 state.startedAtMs = Date.now();
-const lastSeq = await journal.rebuild();
+snapshots = new Snapshots({
+  bus,
+  redis,
+  state,
+  log,
+  prefix: cfg.VMSAVE_REDIS_PREFIX,
+  every: cfg.VMSAVE_SNAPSHOT_EVERY,
+  intervalMs: cfg.VMSAVE_SNAPSHOT_INTERVAL_MS,
+});
+const snapshotSeq = cfg.VMSAVE_SNAPSHOT_EVERY === 0 ? 0 : await snapshots.load();
+const lastSeq = await journal.rebuild(snapshotSeq + 1);
+state.logSeq = lastSeq;
 await placement.rebuildHosts();
 const active = [...state.openJobs()].filter((j) => j.status !== 'none' && ON_HOST_STATUSES.has(j.status)).length;
-log.info({ jobs: state.jobs.size, active, hosts: state.hosts.size, lastSeq }, 'scheduler rebuilt its view from the log');
+log.info({ jobs: state.jobs.size, active, hosts: state.hosts.size, lastSeq, snapshotSeq, replayed: lastSeq - snapshotSeq }, 'scheduler rebuilt its view from the log');
 
 /** A log line for a following read reopened after NATS went away. */
 const resumed = (what: string) => (err: unknown, attempt: number) => log.warn({ err: (err as Error)?.message ?? String(err), attempt }, `${what}: read reopened`);
@@ -95,14 +110,27 @@ tasks.push(
     for await (const a of readHosts(bus, { follow: true, signal, onResume: resumed('host announcements') })) placement.onAnnouncement(a);
   })(),
   (async () => {
-    for await (const { event } of readLog(bus, { fromSeq: lastSeq + 1, follow: true, signal, onResume: resumed('event log') })) {
+    for await (const { seq, event } of readLog(bus, { fromSeq: lastSeq + 1, follow: true, signal, onResume: resumed('event log') })) {
       // Our own events come back through the log; they were applied when appended.
-      if (state.own.delete(event.eventId)) continue;
+      if (state.own.delete(event.eventId)) {
+        if (seq > state.logSeq) state.logSeq = seq;
+        continue;
+      }
       // Queued, not awaited: the follower keeps reading while earlier events are applied in order.
       state.pendingLogEvents++;
       void state
-        .serial(() => journal.onLogEvent(event))
-        .finally(() => state.pendingLogEvents--)
+        .serial(async () => {
+          try {
+            await journal.onLogEvent(event);
+          } finally {
+            // Folded even when its reaction failed.
+            if (seq > state.logSeq) state.logSeq = seq;
+          }
+        })
+        .finally(() => {
+          state.pendingLogEvents--;
+          snapshots?.maybe();
+        })
         .catch((err) => log.error({ err, jobId: event.jobId }, 'applying a log event failed'));
     }
   })(),
@@ -120,7 +148,10 @@ tasks.push(
     onInvalid: (err, ctx) => admission.refuseUnreadable(err, ctx),
   }),
 );
-const tick = setInterval(() => void state.serial(() => watchdog.tick()).catch((err) => log.error({ err }, 'tick failed')), cfg.VMSAVE_TICK_MS);
+const tick = setInterval(() => {
+  void state.serial(() => watchdog.tick()).catch((err) => log.error({ err }, 'tick failed'));
+  snapshots?.maybe();
+}, cfg.VMSAVE_TICK_MS);
 signal.addEventListener('abort', () => clearInterval(tick), { once: true });
 await state.serial(() => placement.pump());
 log.info({ nats: cfg.NATS_URL, hostLimit: cfg.VMSAVE_HOST_LIMIT }, 'scheduler running');

@@ -71,6 +71,13 @@ export class SchedulerState {
   readonly awaitingVerdict = new Map<string, { notice: 0 | 1; sinceMs: number; completedAtMs: number }>();
   /** Ids of events this scheduler appended: their echo from the log is skipped. */
   readonly own = new Set<string>();
+  /* ---- what a snapshot needs to know (`snapshot.ts`): is the state an exact prefix of the log? ---- */
+  /** Highest log sequence the follower has handled (applied, or skipped as our own echo). */
+  logSeq = 0;
+  /** Highest sequence of an event this scheduler appended (its publish ack). */
+  ownMaxSeq = 0;
+  /** Ids of our events being published and not yet folded. */
+  readonly unfolded = new Set<string>();
   /** When this scheduler became the active one (a job's silence before that says nothing). */
   startedAtMs = Date.now();
   /** Events of other services read from the log but not yet applied: while any wait, the view is behind. */
@@ -423,6 +430,16 @@ export class SchedulerState {
     const imageDir = this.hosts.get(host)?.announcement.imageDir;
     const p = imageDir === undefined ? undefined : checkImagePath(req.image, imageDir);
     return imageLeaseKey(host, p && 'rel' in p ? p.rel : req.image);
+  }
+
+  /**
+   * The log sequence the state is exactly the fold of, or undefined when it is not one now: an
+   * own event is being published, an own event's echo is still ahead of the follower, or log
+   * events wait to be applied.
+   */
+  quiescentAt(): number | undefined {
+    if (this.unfolded.size || this.pendingLogEvents || this.logSeq < this.ownMaxSeq) return undefined;
+    return this.logSeq;
   }
 
   /** Run state changes that await I/O one at a time. */
