@@ -93,7 +93,17 @@ async function* readLogOnce(bus: Bus, opts: ReadLogOptions): AsyncGenerator<Logg
         else if (opts.onRefused) opts.onRefused(m.seq, refused, event);
         else process.emitWarning(`event log: ${m.subject} #${m.seq} refused: ${refused}`, 'VmsaveRefusedEvent');
       }
-      if (!opts.follow && (m.info.pending === 0 || m.seq >= lastSeq)) break;
+      if (!opts.follow) {
+        if (m.seq >= lastSeq) break;
+        // `pending` can read 0 while a pulled batch is still on its way (seen: a read from a
+        // sequence above 1 ending a few events early), so over the whole log it is only believed
+        // when the stream says nothing lies after this event.
+        if (m.info.pending === 0) {
+          if (filter !== subjects.evtAll) break;
+          const now = await retryTransient(() => bus.jsm.streams.info(streams.events.name), { signal: opts.signal });
+          if (now.state.last_seq <= m.seq) break;
+        }
+      }
     }
   } finally {
     opts.signal?.removeEventListener('abort', stop);
