@@ -210,7 +210,8 @@ async function startNats(stack: Stack, insecure: boolean): Promise<void> {
         // The config is rendered into the data directory with one user for this host's executor (no shared `executor` user).
         const own = ownExecutor(stack);
         const executors = own ? { [stack.host]: own.password } : {};
-        const server = await startNatsServer({ port: first.port, storeDir, passwords, executors, confPath: join(stack.dataDir, 'nats.conf'), onLine });
+        const shutdownSaveHosts = stack.env.VMSAVE_ON_SHUTDOWN === 'save' ? [stack.host] : [];
+        const server = await startNatsServer({ port: first.port, storeDir, passwords, executors, shutdownSaveHosts, confPath: join(stack.dataDir, 'nats.conf'), onLine });
         stack.nats = { url: `nats://127.0.0.1:${first.port}`, server, passwords, executor: own };
         break;
       }

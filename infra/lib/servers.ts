@@ -167,6 +167,8 @@ export interface NatsServerOptions {
    * `executor` user; absent, the checked-in template infra/nats/nats.conf is used.
    */
   executors?: Record<string, string>;
+  /** Executor hosts that save their VMs at shutdown (`VMSAVE_ON_SHUTDOWN=save`): granted the save/restore/cancel commands. */
+  shutdownSaveHosts?: readonly string[];
   /** Where the rendered configuration goes (default `nats.conf` beside `storeDir`); never in the repository. */
   confPath?: string;
   host?: string;
@@ -196,7 +198,7 @@ export function startNatsServer(opts: NatsServerOptions): Promise<RunningServer>
     const hosts = Object.keys(opts.executors);
     let text: string;
     try {
-      text = renderNatsConf({ hosts });
+      text = renderNatsConf({ hosts, shutdownSaveHosts: opts.shutdownSaveHosts });
     } catch (err) {
       return Promise.reject(err);
     }

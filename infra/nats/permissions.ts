@@ -98,8 +98,9 @@ const CONTROL_ALL = `${ROOT}.ctl.*`;
 export const permissions: Record<Role, RolePermissions> = {
   client: {
     publishDeny: denyDurables('client'),
-    purpose: 'CLI and other systems: submit save/restore/cancel requests, follow events and progress',
-    publish: [subjects.cmd.all, ...jsInfo, ...streamInfo(streams.commands.name), ...readStream(streams.events.name), ...readStream(streams.hosts.name)],
+    purpose: 'CLI and other systems: submit save/restore/cancel requests, follow events and progress, ask an executor to prune its images',
+    // `vmsave.ctl.<host>`: `vmsave images prune` asks the host's executor (the answer comes to the client's inbox).
+    publish: [subjects.cmd.all, CONTROL_ALL, ...jsInfo, ...streamInfo(streams.commands.name), ...readStream(streams.events.name), ...readStream(streams.hosts.name)],
     subscribe: [subjects.evtAll, subjects.progressAll, inbox('client')],
   },
   scheduler: {
@@ -178,7 +179,7 @@ export const executorPasswordVar = (host: string): string =>
  * durable at `vmsave.work.B`. Progress and events name a job, not a host: any executor may
  * publish them (the log reader checks the event's source role).
  */
-export function executorPermissions(host: string): RolePermissions {
+export function executorPermissions(host: string, opts: { shutdownSave?: boolean } = {}): RolePermissions {
   const user = executorUser(host);
   const durable = user;
   const work = streams.work.name;
@@ -199,6 +200,11 @@ export function executorPermissions(host: string): RolePermissions {
       `${API}.CONSUMER.MSG.NEXT.${work}.${durable}`,
       `$JS.ACK.${work}.${durable}.>`,
       ...readStream(streams.events.name),
+      // Save on host shutdown (`VMSAVE_ON_SHUTDOWN=save`): the executor asks the scheduler to save
+      // its VMs at SIGTERM, and to restore them at its next start, as a client would. Granted only
+      // to the hosts that run with it: a command names no host, so this user could then ask for
+      // any VM's save or restore (the scheduler still admits each as it would a client's).
+      ...(opts.shutdownSave ? [subjects.cmd.save, subjects.cmd.restore, subjects.cmd.cancel] : []),
     ],
     subscribe: [subjects.control(host), inbox(user)],
     allowResponses: true,
@@ -217,6 +223,8 @@ export interface NatsUser {
 export interface RenderOptions {
   /** One `executor-<host>` user per host (what `npm start` renders into `.vmsave/nats.conf`). */
   hosts?: readonly string[];
+  /** Hosts whose executor saves its VMs at shutdown: their users may also publish save/restore/cancel commands. */
+  shutdownSaveHosts?: readonly string[];
   /** Include the shared `executor` user, valid for any host (default: only when no host is given, as in the checked-in template). */
   sharedExecutor?: boolean;
 }
@@ -235,7 +243,12 @@ export function natsUsers(opts: RenderOptions = {}): NatsUser[] {
       const clash = vars.get(v);
       if (clash !== undefined) throw new TypeError(`hosts "${clash}" and "${host}" map to the same password variable ${v}: rename one of them`);
       vars.set(v, host);
-      users.push({ user: executorUser(host), passwordVar: v, permissions: executorPermissions(host), permsVar: `VMSAVE_PERMS_${v.slice('VMSAVE_NATS_PASS_'.length)}` });
+      users.push({
+        user: executorUser(host),
+        passwordVar: v,
+        permissions: executorPermissions(host, { shutdownSave: opts.shutdownSaveHosts?.includes(host) }),
+        permsVar: `VMSAVE_PERMS_${v.slice('VMSAVE_NATS_PASS_'.length)}`,
+      });
     }
   }
   return users;

@@ -19,7 +19,8 @@ describe('infra/nats/nats.conf', () => {
   it('lets only the scheduler publish work and control, only the executor host/heartbeat/progress subjects', () => {
     const publishers = (subject: string) => roles.filter((r) => permissions[r].publish.includes(subject));
     expect(publishers('vmsave.work.*')).toEqual(['scheduler']);
-    expect(publishers('vmsave.ctl.*')).toEqual(['scheduler']);
+    // Clients ask an executor to prune its images (`vmsave images prune`).
+    expect(publishers('vmsave.ctl.*')).toEqual(['client', 'scheduler']);
     expect(publishers('vmsave.cmd.>')).toEqual(['client']);
     expect(publishers('vmsave.host.*')).toEqual(['executor']);
     expect(publishers('vmsave.hb.*')).toEqual(['executor']);
@@ -113,5 +114,17 @@ describe("npm start's configuration: one executor user per host", () => {
     ]);
     expect(p.publish.some((s) => s.includes('DURABLE.CREATE'))).toBe(false);
     for (const t of jobEventTypes.filter((x) => EVENT_PUBLISHERS[x].includes('executor'))) expect(p.publish).toContain(subjects.evtOfType(t));
+  });
+});
+
+describe('save on host shutdown', () => {
+  it('grants the save, restore and cancel commands only to the executor hosts that save at shutdown', () => {
+    expect(executorPermissions('h1').publish).not.toContain('vmsave.cmd.save');
+    const p = executorPermissions('h1', { shutdownSave: true }).publish;
+    for (const s of ['vmsave.cmd.save', 'vmsave.cmd.restore', 'vmsave.cmd.cancel']) expect(p).toContain(s);
+    const users = natsUsers({ hosts: ['h1', 'h2'], shutdownSaveHosts: ['h2'] });
+    const of = (host: string) => users.find((u) => u.user === executorUser(host))!.permissions.publish;
+    expect(of('h1')).not.toContain('vmsave.cmd.save');
+    expect(of('h2')).toContain('vmsave.cmd.save');
   });
 });

@@ -49,9 +49,9 @@ export class Projection {
       tx.set(this.k.latestImage(next.vm), JSON.stringify(latest));
       tx.hset(this.k.verifiedImages(next.vm), event.jobId, JSON.stringify(latest));
     }
-    if (event.type === 'ImageRejected' && event.data.scrub && next.vm) {
-      // The scrub found a verified image damaged: it is no longer a VM's image to restore. The
-      // latest image falls back on the newest other verified one, or there is none.
+    if (((event.type === 'ImageRejected' && event.data.scrub) || (event.type === 'ImageDeleted' && next.imageDeleted && !prev?.imageDeleted)) && next.vm) {
+      // The scrub found a verified image damaged, or retention deleted it: it is no longer a VM's
+      // image to restore. The latest image falls back on the newest other verified one, or none.
       const fallback = await this.newestVerified(next.vm, event.jobId);
       tx.hdel(this.k.verifiedImages(next.vm), event.jobId);
       if (fallback) tx.set(this.k.latestImage(next.vm), JSON.stringify(fallback));

@@ -4,6 +4,7 @@ import { z } from 'zod';
 import { BusEnv, parseEnv } from '@vmsave/bus';
 import { metricsEnv } from '@vmsave/metrics';
 import { savePoints, type SavePoint } from '@vmsave/ops';
+import { parseDurationMs } from '@vmsave/jobs';
 
 const bool = z.enum(['true', 'false', '1', '0']).transform((v) => v === 'true' || v === '1');
 
@@ -60,6 +61,15 @@ export const ExecutorEnv = BusEnv.extend({
       for (const n of names) if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/.test(n)) ctx.addIssue({ code: 'custom', message: `"${n}" is not a VM name` });
       return names;
     }),
+  /**
+   * `save`: on SIGTERM save every VM this host runs (a save job each, through the scheduler) within
+   * VMSAVE_SHUTDOWN_BUDGET_MS, and restore them at the next start (shutdown-save.ts). Default `off`.
+   */
+  VMSAVE_ON_SHUTDOWN: z.enum(['off', 'save'], { error: 'VMSAVE_ON_SHUTDOWN: off or save' }).default('off'),
+  /** Time for all shutdown saves together, ms; a VM not saved by then is named and keeps running until QEMU dies. */
+  VMSAVE_SHUTDOWN_BUDGET_MS: z.coerce.number().int().min(1000).max(3_600_000).default(60_000),
+  /** Format of the shutdown saves (`auto`: sparse when the host's QEMU has mapped-ram). */
+  VMSAVE_SHUTDOWN_FORMAT: z.enum(['auto', 'sparse', 'legacy']).default('auto'),
   VMSAVE_ANNOUNCE_MS: z.coerce.number().int().min(100).default(10_000),
   VMSAVE_HEARTBEAT_MS: z.coerce.number().int().min(100).default(2000),
   /** VM names (comma-separated) started at boot when defined and not running; they outlive the executor. */
@@ -73,6 +83,41 @@ export const ExecutorEnv = BusEnv.extend({
         .filter(Boolean);
       for (const n of names) if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/.test(n)) ctx.addIssue({ code: 'custom', message: `"${n}" is not a VM name` });
       return names;
+    }),
+  /** Quota of the image directory in bytes (suffixes K, M, G, T: powers of 1024); a save that would pass it is refused (rule `quota`). Unset: none. */
+  VMSAVE_IMAGE_QUOTA: z
+    .string()
+    .optional()
+    .transform((v, ctx) => {
+      if (v === undefined || v === '') return undefined;
+      const m = /^(\d+(?:\.\d+)?)([KMGT]i?B?)?$/i.exec(v.trim());
+      if (!m) {
+        ctx.addIssue({ code: 'custom', message: `"${v}" is not a size (bytes, or with K, M, G, T: e.g. 500G)` });
+        return undefined;
+      }
+      const power = m[2] ? 'KMGT'.indexOf(m[2][0]!.toUpperCase()) + 1 : 0;
+      return Math.floor(Number(m[1]) * 1024 ** power);
+    }),
+  /** Retention (lifecycle.ts): keep the newest N verified images of each VM on this host (unset: no such rule). */
+  VMSAVE_RETENTION_KEEP_LAST: z.coerce.number().int().min(1).optional(),
+  /** Retention: keep images younger than this (`7d`, `12h`, `30m`, or ms; unset: no such rule). */
+  VMSAVE_RETENTION_MAX_AGE: z
+    .string()
+    .optional()
+    .transform((v, ctx) => {
+      if (v === undefined || v === '') return undefined;
+      const ms = parseDurationMs(v);
+      if (ms === undefined) ctx.addIssue({ code: 'custom', message: `"${v}" is not a duration (e.g. 7d, 12h, 30m, 90s or milliseconds)` });
+      return ms;
+    }),
+  /** How often the periodic prune runs when a retention rule is set. */
+  VMSAVE_RETENTION_INTERVAL: z
+    .string()
+    .default('1h')
+    .transform((v, ctx) => {
+      const ms = parseDurationMs(v);
+      if (ms === undefined || ms < 1000) ctx.addIssue({ code: 'custom', message: `"${v}" is not a duration of at least 1s (e.g. 1h, 15m)` });
+      return ms ?? 3_600_000;
     }),
   /** `/metrics`: VMSAVE_METRICS_HOST (127.0.0.1) and VMSAVE_METRICS_PORT (9465; 0 = off). */
   ...metricsEnv('executor'),

@@ -8,8 +8,10 @@ import type { ExecutorConfig } from './config.ts';
 import type { ExecutorContext } from './context.ts';
 import { serveControl } from './control.ts';
 import { onWork } from './intake.ts';
+import { runRetention } from './lifecycle.ts';
 import { Presence } from './presence.ts';
 import { recoverAtStart } from './recovery.ts';
+import { readShutdownState, restoreAfterShutdown, saveOnShutdown, type ShutdownOutcome } from './shutdown-save.ts';
 import { WarmPool } from './warm-pool.ts';
 
 export interface ExecutorDeps {
@@ -62,7 +64,9 @@ export class Executor {
     const { ctx } = this;
     const signal = this.ac.signal;
     await recoverAtStart(ctx);
-    await this.autostart();
+    // VMs the last host shutdown saved are restored (below), not booted afresh by autostart.
+    const pending = await readShutdownState(ctx);
+    await this.autostart(new Set(pending.map((p) => p.vm)));
     await this.warmUp();
     await new Presence(ctx).start(signal);
     this.tasks.push(
@@ -81,7 +85,19 @@ export class Executor {
         handler: (w, m) => onWork(ctx, w, m),
       }),
     );
+    const { VMSAVE_RETENTION_KEEP_LAST: keepLast, VMSAVE_RETENTION_MAX_AGE: keepYoungerThanMs } = ctx.cfg;
+    if (keepLast !== undefined || keepYoungerThanMs !== undefined) this.tasks.push(runRetention(ctx, { keepLast, keepYoungerThanMs }, ctx.cfg.VMSAVE_RETENTION_INTERVAL, signal));
     ctx.log.info({ host: ctx.host, qemu: ctx.caps.version, accel: ctx.caps.accel, imageDir: ctx.cfg.imageDir }, 'executor running');
+    if (pending.length) {
+      await restoreAfterShutdown(ctx, pending).catch((err: unknown) =>
+        ctx.log.error({ err: (err as Error).message }, 'restart after host shutdown: could not request the restores'),
+      );
+    }
+  }
+
+  /** VMSAVE_ON_SHUTDOWN=save: save the VMs this host runs while work is still taken (call before `stop`). */
+  saveForShutdown(): Promise<ShutdownOutcome> {
+    return saveOnShutdown(this.ctx);
   }
 
   /** Stop taking work; in-flight jobs are cancelled (their VMs resumed) before the bus closes. */
@@ -109,7 +125,7 @@ export class Executor {
   }
 
   /** Start the VMs named in VMSAVE_AUTOSTART that are defined and not running (detached: they outlive us). */
-  private async autostart(): Promise<void> {
+  private async autostart(skip: ReadonlySet<string> = new Set()): Promise<void> {
     const { vms, log } = this.ctx;
     for (const name of this.ctx.cfg.VMSAVE_AUTOSTART) {
       try {
@@ -118,6 +134,10 @@ export class Executor {
           continue;
         }
         if ((await vms.status(name)) !== 'stopped') continue;
+        if (skip.has(name)) {
+          log.info({ vm: name }, 'autostart: skipped, the last host shutdown saved it and it is restored instead');
+          continue;
+        }
         const vm = await vms.start(name, { detached: true });
         log.info({ vm: name, pid: vm.pid }, 'autostarted VM');
       } catch (err) {

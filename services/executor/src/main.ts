@@ -32,6 +32,9 @@ async function shutdown(signal: string): Promise<void> {
   if (stopping) return;
   stopping = true;
   log.info({ signal }, 'executor stopping');
+  if (signal === 'SIGTERM' && cfg.VMSAVE_ON_SHUTDOWN === 'save') {
+    await executor.saveForShutdown().catch((err: unknown) => log.error({ err: (err as Error).message }, 'host shutdown: saving the VMs failed'));
+  }
   // In-flight saves are cancelled and their VMs resumed before the bus closes.
   await executor.stop();
   await bus.close();

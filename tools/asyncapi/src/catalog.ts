@@ -219,6 +219,8 @@ const eventSummaries: Record<JobEventType, string> = {
     "A verification check failed: the save job ends here, with an unusable image. With `scrub: true` the verifier's content scrub found a verified image damaged since (check `seal.ram` or `seal.state`): the job moves from verified to rejected.",
   VerificationOverdue:
     "No verdict came for a completed save within the scheduler's `VMSAVE_VERDICT_TIMEOUT_MS`: `notice: 1` asks the verifier to verify it again (it reacts as to SaveCompleted), `notice: 2` (after as long again) raises it. The job stays `completed`; a later verdict still ends it.",
+  ImageDeleted:
+    "The executor of the image's host deleted a final save's image file, as its retention policy chose (`rule`: `keep-last` or `max-age`; `bytes` freed). The job keeps its status and records `imageDeleted`: the image is no longer one to restore.",
   RestoreRequested: 'The scheduler admitted a restore request.',
   RestoreRejected: 'The restore request broke an admission rule; the job ends here.',
   RestoreScheduled: 'The restore was handed to a host (per attempt).',
@@ -381,12 +383,13 @@ export const channels: ChannelInfo[] = [
     sample: { values: { host: ex.exampleIds.host }, subject: subjects.control(ex.exampleIds.host) },
     definition: messages.controlRequest,
     title: 'Control requests to one executor',
-    description: 'Internal: core NATS request/reply from the scheduler to an executor (cancel a running job).',
+    description:
+      "Core NATS request/reply to one executor: from the scheduler, cancel a running job; from a client (`vmsave images prune`), apply a retention policy to the host's images (`prune`, `dryRun` answers the plan and deletes nothing).",
     audience: 'internal',
     transport: { kind: 'core' },
-    publishers: ['scheduler'],
+    publishers: ['scheduler', 'client'],
     consumers: ['executor'],
-    messages: [msg('ControlRequest', 'Control request', 'Ask an executor to cancel a running job.', ControlRequest, ex.controlRequestExample)],
+    messages: [msg('ControlRequest', 'Control request', 'Ask an executor to cancel a running job, or to prune its images.', ControlRequest, ex.controlRequestExample)],
   },
   {
     id: 'controlReplies',

@@ -181,6 +181,10 @@ export const eventExamples: Record<JobEventType, Record<string, unknown>> = {
     ...envelope('VerificationOverdue', saveJobId, 125, 'scheduler', { imagePath, host: exampleIds.host, attempt: 1, waitedMs: 120000, notice: 1 }),
     eventId: `${saveJobId}.1.VerificationOverdue.1`,
   },
+  ImageDeleted: {
+    ...envelope('ImageDeleted', saveJobId, 200, `executor@${exampleIds.host}`, { imagePath, host: exampleIds.host, rule: 'keep-last', bytes: 68157440 }),
+    eventId: `${saveJobId}.ImageDeleted`,
+  },
   RestoreRequested: envelope('RestoreRequested', restoreJobId, 10, 'scheduler', {
     request: { ...restoreRequestExample },
     sourceJobId: saveJobId,
