@@ -20,6 +20,8 @@ export interface ScrubberOptions {
   signal: AbortSignal;
   /** Log a progress line per image at most this often (default 10 s). */
   progressEveryMs?: number;
+  /** Bytes each image's check read (the service counts them into `vmsave_scrub_bytes_total`). */
+  onBytesRead?: (bytes: number) => void;
 }
 
 /** What one pass did. */
@@ -76,6 +78,7 @@ export class Scrubber {
       const r = await this.scrubOne(t);
       if (r === 'skipped') out.skipped++;
       else {
+        this.o.onBytesRead?.(r.bytesRead);
         out.scrubbed++;
         out.bytesRead += r.bytesRead;
         if (r.damaged) out.damaged.push(t.jobId);

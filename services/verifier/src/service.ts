@@ -20,7 +20,7 @@ export async function startVerifier(cfg: VerifierConfig, log: Logger, metrics?: 
   let verifier: Verifier;
   try {
     await bus.ensureStreams();
-    verifier = new Verifier(bus, cfg, log);
+    verifier = new Verifier(bus, cfg, log, { onScrubBytes: metrics ? (n) => metrics.counter('scrubBytes').inc(n) : undefined });
     await verifier.start();
   } catch (err) {
     await bus.close().catch(() => undefined);

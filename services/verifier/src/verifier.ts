@@ -41,6 +41,7 @@ export class Verifier {
     private readonly bus: Bus,
     private readonly cfg: VerifierConfig,
     private readonly log: Logger,
+    private readonly hooks: { onScrubBytes?: (bytes: number) => void } = {},
   ) {
     this.readable = hostFilter(cfg.VMSAVE_VERIFY_HOSTS);
   }
@@ -94,6 +95,7 @@ export class Verifier {
         readable: this.readable,
         imageDirsOf: (h) => this.imageDirsOf(h),
         signal,
+        onBytesRead: this.hooks.onScrubBytes,
       });
     }
     const scrub = this.scrubber?.run() ?? Promise.resolve();

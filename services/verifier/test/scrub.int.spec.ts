@@ -15,6 +15,7 @@ import { fold } from '@vmsave/jobs';
 import { createImage, finalizeImage, openStreamFds, closeStreamFds, readImage, sealImage } from '@vmsave/image/node';
 import { detectAccel, launchVm, probeQemu, saveToFds } from '@vmsave/qemu';
 import { PATTERN_ADDR, patternVm, testUrls, uniq, waitFor } from '@vmsave/testkit';
+import { ServiceMetrics } from '@vmsave/metrics';
 import { loadConfig, startVerifier, type VerifierService } from '../src/index.ts';
 import { overdueDurable } from '../src/verifier.ts';
 
@@ -118,7 +119,7 @@ beforeAll(async () => {
     VMSAVE_SCRUB_BYTES_PER_SEC: String(1 << 30),
     VMSAVE_SCRUB_INTERVAL_MS: '300',
   });
-  service = await startVerifier(cfg, log);
+  service = await startVerifier(cfg, log, metrics);
 });
 
 afterAll(async () => {
@@ -128,6 +129,9 @@ afterAll(async () => {
   await bus?.close();
   if (dir) await fsp.rm(dir, { recursive: true, force: true });
 });
+
+const metrics = new ServiceMetrics('verifier');
+const scrubBytes = async () => (await metrics.counter('scrubBytes').get()).values.reduce((n, v) => n + v.value, 0);
 
 describe('the seal in the verifier', () => {
   it("ImageVerified carries the image's seal and content 'state'; then the scrub finds a flipped RAM byte and rejects the job", async () => {
@@ -159,6 +163,8 @@ describe('the seal in the verifier', () => {
     const state = fold((await eventsOfJob(bus, jobId)).map((l) => l.event));
     expect(state.status).toBe('rejected');
     expect(state.rejection?.rule).toBe('scrub');
+    // What the scrub read is counted into vmsave_scrub_bytes_total (hole chunks are not read).
+    expect(await scrubBytes()).toBeGreaterThan(0);
     // Later passes record nothing more.
     const passes = service.verifier.scrubber!.passes;
     await waitFor('two more scrub passes', async () => (service.verifier.scrubber!.passes >= passes + 2 ? true : undefined), 30_000, 100);
