@@ -8,6 +8,20 @@ import { parseDurationMs } from '@vmsave/jobs';
 
 const bool = z.enum(['true', 'false', '1', '0']).transform((v) => v === 'true' || v === '1');
 
+/** A comma-separated list of VM names (`VMSAVE_WARM_VMS`, `VMSAVE_AUTOSTART`), each checked. */
+const vmNameList = () =>
+  z
+    .string()
+    .default('')
+    .transform((v, ctx) => {
+      const names = v
+        .split(',')
+        .map((s) => s.trim())
+        .filter(Boolean);
+      for (const n of names) if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/.test(n)) ctx.addIssue({ code: 'custom', message: `"${n}" is not a VM name` });
+      return names;
+    });
+
 export const ExecutorEnv = BusEnv.extend({
   /** This host's name on the bus (`vmsave.work.<host>`). */
   VMSAVE_HOST: z
@@ -50,17 +64,7 @@ export const ExecutorEnv = BusEnv.extend({
   /** Bound on the summed RSS of the waiting QEMUs, in MiB (a waiting QEMU holds no guest RAM: ~20–40 MiB each). */
   VMSAVE_WARM_POOL_MAX_MIB: z.coerce.number().int().min(16).default(256),
   /** VM names (comma-separated) whose shapes are kept warm from the start, as well as the ones restored. */
-  VMSAVE_WARM_VMS: z
-    .string()
-    .default('')
-    .transform((v, ctx) => {
-      const names = v
-        .split(',')
-        .map((s) => s.trim())
-        .filter(Boolean);
-      for (const n of names) if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/.test(n)) ctx.addIssue({ code: 'custom', message: `"${n}" is not a VM name` });
-      return names;
-    }),
+  VMSAVE_WARM_VMS: vmNameList(),
   /**
    * `save`: on SIGTERM save every VM this host runs (a save job each, through the scheduler) within
    * VMSAVE_SHUTDOWN_BUDGET_MS, and restore them at the next start (shutdown-save.ts). Default `off`.
@@ -73,17 +77,7 @@ export const ExecutorEnv = BusEnv.extend({
   VMSAVE_ANNOUNCE_MS: z.coerce.number().int().min(100).default(10_000),
   VMSAVE_HEARTBEAT_MS: z.coerce.number().int().min(100).default(2000),
   /** VM names (comma-separated) started at boot when defined and not running; they outlive the executor. */
-  VMSAVE_AUTOSTART: z
-    .string()
-    .default('')
-    .transform((v, ctx) => {
-      const names = v
-        .split(',')
-        .map((s) => s.trim())
-        .filter(Boolean);
-      for (const n of names) if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/.test(n)) ctx.addIssue({ code: 'custom', message: `"${n}" is not a VM name` });
-      return names;
-    }),
+  VMSAVE_AUTOSTART: vmNameList(),
   /** Quota of the image directory in bytes (suffixes K, M, G, T: powers of 1024); a save that would pass it is refused (rule `quota`). Unset: none. */
   VMSAVE_IMAGE_QUOTA: z
     .string()

@@ -12,19 +12,7 @@ export interface FileSource extends ByteSource, AsyncDisposable {
 
 /** Open `path` read-only as a ByteSource. Throws ImageIoError. */
 export async function openFileSource(path: string): Promise<FileSource> {
-  let fh: fsp.FileHandle;
-  try {
-    fh = await fsp.open(path, 'r');
-  } catch (err) {
-    throw ioError('cannot open', path, err);
-  }
-  let size: number;
-  try {
-    size = (await fh.stat()).size;
-  } catch (err) {
-    await fh.close().catch(() => {});
-    throw ioError('cannot stat', path, err);
-  }
+  const { fh, size } = await openReadOnly(path);
   const close = async (): Promise<void> => {
     await fh.close().catch(() => {});
   };
@@ -52,4 +40,20 @@ export async function openFileSource(path: string): Promise<FileSource> {
     close,
     [Symbol.asyncDispose]: close,
   };
+}
+
+/** Open `path` read-only and stat it; the handle is closed again if the stat fails. Throws ImageIoError. */
+export async function openReadOnly(path: string): Promise<{ fh: fsp.FileHandle; size: number }> {
+  let fh: fsp.FileHandle;
+  try {
+    fh = await fsp.open(path, 'r');
+  } catch (err) {
+    throw ioError('cannot open', path, err);
+  }
+  try {
+    return { fh, size: (await fh.stat()).size };
+  } catch (err) {
+    await fh.close().catch(() => {});
+    throw ioError('cannot stat', path, err);
+  }
 }

@@ -3,13 +3,13 @@
  * gate, `verify --content`, the scrub). The layout and the checks are pure (../seal.ts); this
  * module brings the file reads, SEEK_DATA hole detection and zlib's CRC-32.
  */
-import { promises as fsp } from 'node:fs';
 import { crc32 } from 'node:zlib';
 import type { SealSummary } from '@vmsave/contracts';
 import { crc32HasherOf } from '../crc32.ts';
 import { decodeDescriptor, encodeDescriptor, type ImageSeal } from '../descriptor.ts';
 import { DescriptorError, ImageError, ImageStateError, ioError } from '../errors.ts';
 import { readHeaderAndDescriptor } from '../read.ts';
+import { openReadOnly } from './file-source.ts';
 import {
   DEFAULT_CHUNK_BYTES,
   MAX_CHUNK_BYTES,
@@ -36,19 +36,7 @@ export const crc32Hasher: SealHasher = crc32HasherOf(crc32);
  * (the seal has at most four in use: three reads in flight, one being hashed), holes found with SEEK_DATA.
  */
 async function openSealSource(path: string): Promise<SealSource & { close(): Promise<void> }> {
-  let fh: fsp.FileHandle;
-  try {
-    fh = await fsp.open(path, 'r');
-  } catch (err) {
-    throw ioError('cannot open', path, err);
-  }
-  let size: number;
-  try {
-    size = (await fh.stat()).size;
-  } catch (err) {
-    await fh.close().catch(() => {});
-    throw ioError('cannot stat', path, err);
-  }
+  const { fh, size } = await openReadOnly(path);
   const ring: Array<Buffer | undefined> = new Array(5).fill(undefined);
   let next = 0;
   return {
