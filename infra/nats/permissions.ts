@@ -17,7 +17,7 @@
  * command or work queues (which would steal messages from the scheduler or an executor).
  * No role may delete or purge streams or consumers: that is an operator's job.
  */
-import { ROOT, eventTypesOf, inboxPrefixOf, streams, subjects, type PublisherRole } from '@vmsave/contracts';
+import { ROOT, eventTypesOf, imageBucket, inboxPrefixOf, objectStoreSubjects, streams, subjects, type PublisherRole } from '@vmsave/contracts';
 
 export const roles = ['client', 'scheduler', 'executor', 'verifier', 'dashboard'] as const;
 export type Role = (typeof roles)[number];
@@ -53,6 +53,12 @@ const streamInfo = (s: StreamName) => [`${API}.STREAM.INFO.${s}`];
  * 2.9.10: `{name: "verifier", headers_only: true}` switched verification off).
  */
 const readStream = (s: StreamName) => [...streamInfo(s), `${API}.CONSUMER.CREATE.${s}.>`, `${API}.CONSUMER.INFO.${s}.*`, `${API}.CONSUMER.MSG.NEXT.${s}.*`];
+/**
+ * Read a stream without any consumer (clients and the dashboard, `@vmsave/bus` direct.ts): direct
+ * get by sequence or subject (`$JS.API.DIRECT.GET.<stream>`, streams with `allowDirect` in the
+ * contracts) and the stream's info (its last sequence). Live events come on core subscriptions.
+ */
+const directRead = (s: StreamName) => [...streamInfo(s), `${API}.DIRECT.GET.${s}`];
 /** Consume a stream with a durable pull consumer and acknowledge (ack, nak, term, working). */
 const consumeStream = (s: StreamName) => [...readStream(s), `${API}.CONSUMER.DURABLE.CREATE.${s}.*`, `$JS.ACK.${s}.>`];
 
@@ -72,10 +78,12 @@ export const serviceDurables: { stream: StreamName; name: string; owner: Role }[
 ];
 /**
  * What a role is refused on the JetStream API: other roles' durables (create = update), and for
- * the roles without a durable (client, dashboard) any durable through the old API.
+ * the roles that read without consumers (client, dashboard) every consumer call on every stream
+ * (create, durable create, update, delete, info, next): a subject cannot tell an ephemeral create
+ * from a durable one (docs/decisions.md), so they are granted none.
  */
 const denyDurables = (role: Role): string[] => [
-  ...(role === 'client' || role === 'dashboard' ? [`${API}.CONSUMER.DURABLE.CREATE.>`] : []),
+  ...(role === 'client' || role === 'dashboard' ? [`${API}.CONSUMER.>`] : []),
   ...serviceDurables.filter((d) => d.owner !== role).flatMap((d) => [`${API}.CONSUMER.CREATE.${d.stream}.${d.name}`, `${API}.CONSUMER.CREATE.${d.stream}.${d.name}.>`]),
 ];
 
@@ -91,6 +99,32 @@ const INBOX_ALL = '_INBOX.>';
  * admission answers). Users sharing a name (every client as `client`) share the prefix.
  */
 const inbox = (user: string) => `${inboxPrefixOf(user)}.>`;
+/**
+ * The replicated images' object store bucket (`imageBucket`, packages/replica): only executors
+ * upload and download. nats.js's object store publishes chunks and meta on `$O.<bucket>.>`, reads
+ * meta with a stream message get (direct or API), lists through an ephemeral ordered push
+ * consumer (vmsave reads a part's chunks with an ordered pull consumer). It deletes an object's
+ * data (and a failed upload's chunks) by purging subjects: purge is NOT granted (no role may
+ * purge), so an executor's delete only writes the object's tombstone and the chunks of deleted or
+ * dead uploads stay until an operator purges them (`packages/replica` sweep). The ordered
+ * consumers are ephemeral: the server removes them; nats.js's delete on a reset may be refused.
+ */
+const imageStore = (): string[] => {
+  const o = objectStoreSubjects(imageBucket.name);
+  return [
+    o.all,
+    `${API}.STREAM.INFO.${o.stream}`,
+    `${API}.STREAM.CREATE.${o.stream}`,
+    `${API}.STREAM.MSG.GET.${o.stream}`,
+    `${API}.DIRECT.GET.${o.stream}`,
+    `${API}.DIRECT.GET.${o.stream}.>`,
+    `${API}.CONSUMER.CREATE.${o.stream}.>`,
+    // A part is read with an ordered pull consumer (packages/replica `getPart`).
+    `${API}.CONSUMER.INFO.${o.stream}.*`,
+    `${API}.CONSUMER.MSG.NEXT.${o.stream}.*`,
+  ];
+};
+
 /** Control requests to any executor host (`subjects.control(host)`). */
 const CONTROL_ALL = `${ROOT}.ctl.*`;
 
@@ -100,7 +134,7 @@ export const permissions: Record<Role, RolePermissions> = {
     publishDeny: denyDurables('client'),
     purpose: 'CLI and other systems: submit save/restore/cancel requests, follow events and progress, ask an executor to prune its images',
     // `vmsave.ctl.<host>`: `vmsave images prune` asks the host's executor (the answer comes to the client's inbox).
-    publish: [subjects.cmd.all, CONTROL_ALL, ...jsInfo, ...streamInfo(streams.commands.name), ...readStream(streams.events.name), ...readStream(streams.hosts.name)],
+    publish: [subjects.cmd.all, CONTROL_ALL, ...jsInfo, ...streamInfo(streams.commands.name), ...directRead(streams.events.name), ...directRead(streams.hosts.name)],
     subscribe: [subjects.evtAll, subjects.progressAll, inbox('client')],
   },
   scheduler: {
@@ -109,6 +143,10 @@ export const permissions: Record<Role, RolePermissions> = {
     publish: [
       subjects.workAll,
       CONTROL_ALL,
+      // A drain (services/scheduler/src/drain.ts) asks its saves, restores and cancels as ordinary commands.
+      subjects.cmd.save,
+      subjects.cmd.restore,
+      subjects.cmd.cancel,
       ...events('scheduler'),
       subjects.dlqAll,
       // Admission replies go to the requester's inbox named in the `Vmsave-Reply-To` header.
@@ -134,6 +172,7 @@ export const permissions: Record<Role, RolePermissions> = {
       ...ensureStreams,
       ...consumeStream(streams.work.name),
       ...readStream(streams.events.name),
+      ...imageStore(),
     ],
     // Control requests from the scheduler; the answer goes to the request's reply subject (allow_responses).
     subscribe: [CONTROL_ALL, inbox('executor')],
@@ -149,7 +188,7 @@ export const permissions: Record<Role, RolePermissions> = {
   dashboard: {
     publishDeny: denyDurables('dashboard'),
     purpose: 'read-only web view: the event log, hosts, heartbeats, progress, dead letters',
-    publish: [subjects.dlqAll, ...jsInfo, ...ensureStreams, ...readStream(streams.events.name), ...readStream(streams.hosts.name), ...readStream(streams.deadLetters.name)],
+    publish: [subjects.dlqAll, ...jsInfo, ...ensureStreams, ...directRead(streams.events.name), ...directRead(streams.hosts.name), ...directRead(streams.deadLetters.name)],
     subscribe: [subjects.evtAll, subjects.progressAll, subjects.heartbeatAll, subjects.hostAll, inbox('dashboard')],
   },
 };
@@ -200,6 +239,8 @@ export function executorPermissions(host: string, opts: { shutdownSave?: boolean
       `${API}.CONSUMER.MSG.NEXT.${work}.${durable}`,
       `$JS.ACK.${work}.${durable}.>`,
       ...readStream(streams.events.name),
+      // Replicated images (`replicate: bus`): upload its own, download any host's for a restore.
+      ...imageStore(),
       // Save on host shutdown (`VMSAVE_ON_SHUTDOWN=save`): the executor asks the scheduler to save
       // its VMs at SIGTERM, and to restore them at its next start, as a client would. Granted only
       // to the hosts that run with it: a command names no host, so this user could then ask for

@@ -23,7 +23,15 @@ export const SaveRequest = z.object({
   live: z.boolean().optional(),
   /** Image file name, relative to the host's image directory (default: `<vm>-<jobId>.vmsave`). */
   image: ImagePath.optional(),
+  /**
+   * After the image is verified, copy it into the bus's own object store (`bus`: a JetStream
+   * object store bucket, so it can be restored on any host), or not (`none`). Absent: the host's
+   * default (`VMSAVE_REPLICATE`, itself `none` by default).
+   */
+  replicate: z.enum(['bus', 'none'], { error: 'replicate: bus or none' }).optional(),
   priority: Priority.default('normal'),
+  /** The drain (`vmsave.cmd.drain`, job id `d-…`) that asked for this save; absent for a save asked directly. */
+  drainId: JobId.optional(),
   /** Give up after this long (default: from RAM size and the host's measured throughput). */
   deadlineMs: z
     .number()
@@ -53,6 +61,8 @@ export const RestoreRequest = z.object({
    */
   verify: z.enum(['state', 'full'], { error: 'verify: state or full' }).default('state'),
   priority: Priority.default('normal'),
+  /** The drain (`vmsave.cmd.drain`, job id `d-…`) that asked for this restore; absent for a restore asked directly. */
+  drainId: JobId.optional(),
   deadlineMs: z
     .number()
     .int()
@@ -63,6 +73,31 @@ export const RestoreRequest = z.object({
 });
 export type RestoreRequest = z.infer<typeof RestoreRequest>;
 export type RestoreRequestInput = z.input<typeof RestoreRequest>;
+
+/**
+ * `vmsave.cmd.drain`: save every VM of `host` (as its latest announcement lists them), within the
+ * host limits and priorities (each save is an ordinary `SaveRequest` with `drainId`), and with
+ * `to` restore each one on the target host (`any`: a host the scheduler places it on) once its
+ * image is verified. A VM whose save fails is left running on `host` and named in the outcome.
+ * Its job id is `d-…` (`drainIdFor`); `vmsave.cmd.cancel` with that id cancels the whole drain.
+ */
+export const DrainRequest = z.object({
+  schemaVersion: SchemaVersion,
+  requestId: RequestId,
+  /** The host to empty. */
+  host: HostName,
+  /** Where to restore each saved VM: a host name, or `any`; absent: only save. */
+  to: z.union([z.literal('any'), HostName]).optional(),
+  /** What happens to each VM on `host` after its save: it quits (its memory is in the image). */
+  after: z.enum(['quit'], { error: 'after: quit (a drain empties its host)' }).default('quit'),
+  format: z.enum(['legacy', 'sparse', 'auto']).default('auto'),
+  priority: Priority.default('normal'),
+  /** Passed on to every save of the drain (`SaveRequest.replicate`). */
+  replicate: SaveRequest.shape.replicate,
+  requestedBy: z.string().max(256).optional(),
+});
+export type DrainRequest = z.infer<typeof DrainRequest>;
+export type DrainRequestInput = z.input<typeof DrainRequest>;
 
 /** `vmsave.cmd.cancel`: cancel a queued or running job. */
 export const CancelRequest = z.object({

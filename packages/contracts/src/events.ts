@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { HostName, JobId, SchemaVersion, Timestamp } from './common.ts';
-import { RestoreRequest, SaveRequest } from './commands.ts';
-import { SaveFormat, VmDefinition } from './vm.ts';
+import { DrainRequest, RestoreRequest, SaveRequest } from './commands.ts';
+import { SaveFormat, VmDefinition, VmName } from './vm.ts';
 import { newEventId } from './ids.ts';
 import { SealSummary } from './seal.ts';
 
@@ -201,6 +201,60 @@ export const ImageDeletedData = z.object({
   bytes: z.number().int().min(0),
 });
 
+/**
+ * A verified save's image copied into the bus's object store (`packages/replica`): only its data
+ * extents travel, with a manifest written last. Emitted on the save's job.
+ */
+export const ImageReplicatedData = z.object({
+  imagePath: z.string(),
+  /** The host that uploaded it (the image's host). */
+  host: HostName,
+  /** The object store bucket and the object set's name (its manifest's key). */
+  bucket: z.string().min(1),
+  object: z.string().min(1),
+  /** Bytes uploaded (the data extents; holes do not travel). */
+  bytesMoved: z.number().int().min(0),
+  /** The source file's allocated bytes (`st_blocks * 512`). */
+  allocatedBytes: z.number().int().min(0),
+  /** Number of data extents in the manifest. */
+  extents: z.number().int().min(0),
+  seconds: z.number().min(0),
+});
+/** An upload that did not finish (the object set left without its manifest is removed). Emitted on the save's job; the job keeps its verdict. */
+export const ImageReplicationFailedData = z.object({
+  imagePath: z.string(),
+  host: HostName,
+  bucket: z.string().optional(),
+  reason: z.string(),
+  /** Stable code, e.g. `replica-upload-failed`, `replica-interrupted`, `ENOSPC`. */
+  code: z.string(),
+});
+/** A replicated image downloaded into a host's image directory (extents and seal checked) before a restore. Emitted on the restore's job. */
+export const ImageFetchedData = z.object({
+  imagePath: z.string(),
+  /** The host that downloaded it. */
+  host: HostName,
+  bucket: z.string().min(1),
+  object: z.string().min(1),
+  /** The save job whose image this is. */
+  sourceJobId: JobId.optional(),
+  bytesMoved: z.number().int().min(0),
+  /** The rebuilt file's allocated bytes. */
+  allocatedBytes: z.number().int().min(0),
+  extents: z.number().int().min(0),
+  seconds: z.number().min(0),
+});
+/** A download that did not finish or whose content did not match its manifest (no file is left under the image's name). Emitted on the restore's job. */
+export const ImageFetchFailedData = z.object({
+  imagePath: z.string(),
+  host: HostName,
+  bucket: z.string().optional(),
+  object: z.string().optional(),
+  reason: z.string(),
+  /** Stable code, e.g. `replica-missing`, `replica-incomplete`, `replica-checksum`, `replica-seal`. */
+  code: z.string(),
+});
+
 export const RestoreRequestedData = z.object({ request: RestoreRequest, sourceJobId: JobId.optional(), vm: z.string().optional() });
 export const RestoreRejectedData = Rejection;
 export const RestoreScheduledData = Scheduled;
@@ -239,6 +293,16 @@ export const RestoreCompletedData = z.object({
       contMs: z.number().min(0).optional(),
       /** The seal's content check, part of `gateMs`. */
       contentMs: z.number().min(0).optional(),
+      /** Wall time from the QEMU's exec to its QMP session ready (a cold start beside the gate overlaps it). */
+      launchWallMs: z.number().min(0).optional(),
+      /** The executor's intake: the job's history read and checks, before the restore began. */
+      intakeMs: z.number().min(0).optional(),
+      /** The local job journal's write. */
+      journalMs: z.number().min(0).optional(),
+      /** After `cont`: the QMP session closed and the log re-read before RestoreCompleted. */
+      finishMs: z.number().min(0).optional(),
+      /** When the executor received the work item (epoch ms). */
+      receivedAt: z.number().min(0).optional(),
     })
     .loose()
     .optional(),
@@ -246,6 +310,42 @@ export const RestoreCompletedData = z.object({
 export const RestoreFailedData = Failure.extend({ qemuStderr: z.string().optional() });
 export const RestoreRetryingData = SaveRetryingData;
 export const RestoreCancelledData = SaveCancelledData;
+
+/* ---------- drains (job id `d-…`, `vmsave.cmd.drain`) ---------- */
+
+/**
+ * Where one VM of a drain is: `queued` (its save asked, waiting for a slot on its host), `saving`, `saved` (image
+ * verified; the VM quit on its host), `restoring`, `restored` (running on the target), or final
+ * `failed` / `cancelled`. Without a target, `saved` is final too.
+ */
+export const DrainVmPhase = z.enum(['queued', 'saving', 'saved', 'restoring', 'restored', 'failed', 'cancelled']);
+export type DrainVmPhase = z.infer<typeof DrainVmPhase>;
+export const DrainVmUpdatedData = z.object({
+  vm: VmName,
+  phase: DrainVmPhase,
+  saveJobId: JobId.optional(),
+  restoreJobId: JobId.optional(),
+  /** The saved image (on the drained host). */
+  imagePath: z.string().optional(),
+  /** Where the VM runs again (`restored`). */
+  restoredOn: HostName.optional(),
+  /** Why it failed or was cancelled: the child job's reason, and where that leaves the VM (a failed save: left running on its host). */
+  error: z.string().optional(),
+});
+export type DrainVmUpdatedData = z.infer<typeof DrainVmUpdatedData>;
+/** One VM's end in a drain: its final phase and its child jobs. */
+export const DrainVmOutcome = DrainVmUpdatedData;
+export type DrainVmOutcome = z.infer<typeof DrainVmOutcome>;
+export const DrainRequestedData = z.object({
+  request: DrainRequest,
+  /** The host's VMs when the drain started (its latest announcement). */
+  vms: z.array(VmName),
+});
+/** `vmsave.cmd.cancel` named the drain: its child jobs are cancelled, no restore is asked from here on. */
+export const DrainCancelRequestedData = CancelRequestedData;
+export const DrainCompletedData = z.object({ outcome: z.array(DrainVmOutcome) });
+export const DrainFailedData = z.object({ reason: z.string(), outcome: z.array(DrainVmOutcome) });
+export const DrainCancelledData = z.object({ reason: z.string(), outcome: z.array(DrainVmOutcome) });
 
 /* ---------- the envelope ---------- */
 
@@ -288,6 +388,15 @@ export type VerificationOverdue = z.infer<typeof VerificationOverdue>;
 export const ImageDeleted = envelope('ImageDeleted', ImageDeletedData);
 export type ImageDeleted = z.infer<typeof ImageDeleted>;
 
+export const ImageReplicated = envelope('ImageReplicated', ImageReplicatedData);
+export type ImageReplicated = z.infer<typeof ImageReplicated>;
+export const ImageReplicationFailed = envelope('ImageReplicationFailed', ImageReplicationFailedData);
+export type ImageReplicationFailed = z.infer<typeof ImageReplicationFailed>;
+export const ImageFetched = envelope('ImageFetched', ImageFetchedData);
+export type ImageFetched = z.infer<typeof ImageFetched>;
+export const ImageFetchFailed = envelope('ImageFetchFailed', ImageFetchFailedData);
+export type ImageFetchFailed = z.infer<typeof ImageFetchFailed>;
+
 export const RestoreRequested = envelope('RestoreRequested', RestoreRequestedData);
 export type RestoreRequested = z.infer<typeof RestoreRequested>;
 export const RestoreRejected = envelope('RestoreRejected', RestoreRejectedData);
@@ -307,6 +416,19 @@ export type RestoreCancelRequested = z.infer<typeof RestoreCancelRequested>;
 export const RestoreCancelled = envelope('RestoreCancelled', RestoreCancelledData);
 export type RestoreCancelled = z.infer<typeof RestoreCancelled>;
 
+export const DrainRequested = envelope('DrainRequested', DrainRequestedData);
+export type DrainRequested = z.infer<typeof DrainRequested>;
+export const DrainVmUpdated = envelope('DrainVmUpdated', DrainVmUpdatedData);
+export type DrainVmUpdated = z.infer<typeof DrainVmUpdated>;
+export const DrainCancelRequested = envelope('DrainCancelRequested', DrainCancelRequestedData);
+export type DrainCancelRequested = z.infer<typeof DrainCancelRequested>;
+export const DrainCompleted = envelope('DrainCompleted', DrainCompletedData);
+export type DrainCompleted = z.infer<typeof DrainCompleted>;
+export const DrainFailed = envelope('DrainFailed', DrainFailedData);
+export type DrainFailed = z.infer<typeof DrainFailed>;
+export const DrainCancelled = envelope('DrainCancelled', DrainCancelledData);
+export type DrainCancelled = z.infer<typeof DrainCancelled>;
+
 /** Any event in the log (`vmsave.evt.<jobId>.<type>`). */
 export const JobEvent = z.discriminatedUnion('type', [
   SaveRequested,
@@ -322,6 +444,10 @@ export const JobEvent = z.discriminatedUnion('type', [
   ImageRejected,
   VerificationOverdue,
   ImageDeleted,
+  ImageReplicated,
+  ImageReplicationFailed,
+  ImageFetched,
+  ImageFetchFailed,
   RestoreRequested,
   RestoreRejected,
   RestoreScheduled,
@@ -331,6 +457,12 @@ export const JobEvent = z.discriminatedUnion('type', [
   RestoreRetrying,
   RestoreCancelRequested,
   RestoreCancelled,
+  DrainRequested,
+  DrainVmUpdated,
+  DrainCancelRequested,
+  DrainCompleted,
+  DrainFailed,
+  DrainCancelled,
 ]);
 export type JobEvent = z.infer<typeof JobEvent>;
 export type JobEventType = JobEvent['type'];

@@ -11,6 +11,14 @@ export function jobIdFor(kind: JobKind, requestId: string): string {
   return `${kind === 'save' ? 's' : 'r'}-${h}`;
 }
 
+/** A drain's job id, `d-…`, derived from its request id like `jobIdFor`. */
+export function drainIdFor(requestId: string): string {
+  return `d-${createHash('sha256').update(`drain\0${requestId}`).digest('hex').slice(0, 20)}`;
+}
+
+/** Whether a job id names a drain (`drainIdFor`). */
+export const isDrainId = (jobId: string): boolean => jobId.startsWith('d-');
+
 export function newEventId(): string {
   return randomUUID();
 }

@@ -1,6 +1,6 @@
 import type { z } from 'zod';
 import { subjects } from './subjects.ts';
-import { CancelRequest, RestoreRequest, SaveRequest, AdmissionReply } from './commands.ts';
+import { CancelRequest, DrainRequest, RestoreRequest, SaveRequest, AdmissionReply } from './commands.ts';
 import { JobEvent } from './events.ts';
 import { ControlReply, ControlRequest, DeadLetter, Heartbeat, HostAnnouncement, ProgressSample } from './hosts.ts';
 import { WorkItem } from './work.ts';
@@ -22,6 +22,7 @@ export const messages = {
   saveRequest: define('SaveRequest', subjects.cmd.save, SaveRequest),
   restoreRequest: define('RestoreRequest', subjects.cmd.restore, RestoreRequest),
   cancelRequest: define('CancelRequest', subjects.cmd.cancel, CancelRequest),
+  drainRequest: define('DrainRequest', subjects.cmd.drain, DrainRequest),
   admissionReply: define('AdmissionReply', '(reply subject of a command)', AdmissionReply),
   work: define('WorkItem', subjects.workAll, WorkItem),
   event: define('JobEvent', subjects.evtAll, JobEvent),

@@ -32,6 +32,10 @@ export const EVENT_PUBLISHERS: Record<JobEventType, readonly PublisherRole[]> = 
   ImageRejected: ['verifier'],
   VerificationOverdue: ['scheduler'],
   ImageDeleted: ['executor'],
+  ImageReplicated: ['executor'],
+  ImageReplicationFailed: ['executor'],
+  ImageFetched: ['executor'],
+  ImageFetchFailed: ['executor'],
   RestoreRequested: ['scheduler'],
   RestoreRejected: ['scheduler'],
   RestoreScheduled: ['scheduler'],
@@ -41,6 +45,13 @@ export const EVENT_PUBLISHERS: Record<JobEventType, readonly PublisherRole[]> = 
   RestoreRetrying: ['scheduler'],
   RestoreCancelRequested: ['scheduler'],
   RestoreCancelled: ['executor', 'scheduler'],
+  // A drain is the scheduler's own job (services/scheduler/src/drain.ts).
+  DrainRequested: ['scheduler'],
+  DrainVmUpdated: ['scheduler'],
+  DrainCancelRequested: ['scheduler'],
+  DrainCompleted: ['scheduler'],
+  DrainFailed: ['scheduler'],
+  DrainCancelled: ['scheduler'],
 };
 
 /** The event types a role may publish, in the contracts' order. */

@@ -13,6 +13,12 @@ export interface StreamDefinition {
   duplicateWindowMs: number;
   maxMsgsPerSubject?: number;
   maxAgeMs?: number;
+  /**
+   * Direct get (`$JS.API.DIRECT.GET.<stream>`) answers reads without a consumer: clients and the
+   * dashboard read the event log and the host announcements this way (their users may create no
+   * consumer, `infra/nats/permissions.ts`).
+   */
+  allowDirect?: boolean;
   description: string;
 }
 
@@ -41,6 +47,7 @@ export const streams = {
     retention: 'limits',
     storage: 'file',
     duplicateWindowMs: 10 * 60 * 1000,
+    allowDirect: true,
     description: 'The event log: every fact about every job.',
   },
   hosts: {
@@ -52,6 +59,7 @@ export const streams = {
     maxMsgsPerSubject: 1,
     // Executors re-announce every few seconds; a host silent for a day is gone from the fleet.
     maxAgeMs: DAY,
+    allowDirect: true,
     description: 'The latest announcement of each executor host.',
   },
   deadLetters: {
@@ -61,8 +69,23 @@ export const streams = {
     storage: 'file',
     duplicateWindowMs: 60 * 1000,
     maxAgeMs: 30 * DAY,
+    allowDirect: true,
     description: 'Invalid messages with the reason they were refused.',
   },
 } as const satisfies Record<string, StreamDefinition>;
 
 export const allStreams: readonly StreamDefinition[] = Object.values(streams);
+
+/**
+ * The JetStream object store bucket replicated images go to (`packages/replica`). Its stream is
+ * `OBJ_<bucket>`, its subjects `$O.<bucket>.C.>` (chunks) and `$O.<bucket>.M.>` (object meta);
+ * its replicas are the events stream's.
+ */
+export const imageBucket = {
+  name: 'VMSAVE_IMAGES',
+  stream: 'OBJ_VMSAVE_IMAGES',
+  description: 'Replicated images: data extents and a manifest per image, written last.',
+} as const;
+
+/** The subjects of an object store bucket (nats.js `@nats-io/obj` layout). */
+export const objectStoreSubjects = (bucket: string) => ({ stream: `OBJ_${bucket}`, chunks: `$O.${bucket}.C.>`, meta: `$O.${bucket}.M.>`, all: `$O.${bucket}.>` });

@@ -3,7 +3,7 @@
  *
  * | subject                         | kind                      | publisher → consumer            |
  * |---------------------------------|---------------------------|---------------------------------|
- * | vmsave.cmd.{save,restore,cancel}| JetStream VMSAVE_CMD (WQ) | clients → scheduler             |
+ * | vmsave.cmd.{save,restore,cancel,drain}| JetStream VMSAVE_CMD (WQ) | clients → scheduler       |
  * | vmsave.work.<host>              | JetStream VMSAVE_WORK (WQ)| scheduler → that host's executor|
  * | vmsave.evt.<jobId>.<type>       | JetStream VMSAVE_EVT      | every service → everyone        |
  * | vmsave.host.<host>              | JetStream VMSAVE_HOSTS    | executors → scheduler, dashboard|
@@ -29,6 +29,7 @@ export const subjects = {
     save: `${ROOT}.cmd.save`,
     restore: `${ROOT}.cmd.restore`,
     cancel: `${ROOT}.cmd.cancel`,
+    drain: `${ROOT}.cmd.drain`,
     all: `${ROOT}.cmd.>`,
   },
   work: (host: string) => `${ROOT}.work.${token('host', host)}`,

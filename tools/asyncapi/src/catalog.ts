@@ -2,6 +2,7 @@ import type { z } from 'zod';
 import {
   AdmissionReply,
   CancelRequest,
+  DrainRequest,
   ControlReply,
   ControlRequest,
   DeadLetter,
@@ -185,6 +186,16 @@ export const cancelRequestMessage: MessageInfo = {
   examples: [{ name: 'cancel', summary: 'Cancel the evacuation save.', payload: ex.cancelRequestExample, headers: { 'Nats-Msg-Id': ex.exampleIds.cancelRequestId } }],
 };
 
+export const drainRequestMessage: MessageInfo = {
+  name: 'DrainRequest',
+  title: 'Drain request',
+  summary: 'Save every VM of a host (and with `to`, restore each on the target); one drain job `d-…` in the log.',
+  schema: DrainRequest,
+  headers: commandHeaders,
+  correlationId: reqIdCorrelation,
+  examples: [{ name: 'drain', summary: 'Empty host-a onto any host.', payload: ex.drainRequestExample, headers: { 'Nats-Msg-Id': ex.drainRequestId } }],
+};
+
 export const admissionReplyMessage: MessageInfo = {
   name: 'AdmissionReply',
   title: 'Admission answer',
@@ -221,6 +232,11 @@ const eventSummaries: Record<JobEventType, string> = {
     "No verdict came for a completed save within the scheduler's `VMSAVE_VERDICT_TIMEOUT_MS`: `notice: 1` asks the verifier to verify it again (it reacts as to SaveCompleted), `notice: 2` (after as long again) raises it. The job stays `completed`; a later verdict still ends it.",
   ImageDeleted:
     "The executor of the image's host deleted a final save's image file, as its retention policy chose (`rule`: `keep-last` or `max-age`; `bytes` freed). The job keeps its status and records `imageDeleted`: the image is no longer one to restore.",
+  ImageReplicated:
+    "The executor of the image's host copied a verified save's image into the bus's object store (`bucket`, `object`): only its data extents (`bytesMoved`), with a manifest written last. The job keeps its status and records `replicated`: the image can be restored on any host.",
+  ImageReplicationFailed: "The upload of a verified save's image did not finish (`code`, `reason`); no object that looks complete is left. The job keeps its verdict.",
+  ImageFetched: 'Before a restore, the executor of the target host downloaded the image from the object store into its image directory (extents and seal checked).',
+  ImageFetchFailed: 'The download before a restore failed (`code`: missing, incomplete, checksum or seal); no file is left under the image name. A RestoreFailed follows.',
   RestoreRequested: 'The scheduler admitted a restore request.',
   RestoreRejected: 'The restore request broke an admission rule; the job ends here.',
   RestoreScheduled: 'The restore was handed to a host (per attempt).',
@@ -231,6 +247,12 @@ const eventSummaries: Record<JobEventType, string> = {
   RestoreRetrying: 'The scheduler will try again after `delayMs`.',
   RestoreCancelRequested: 'Someone asked to cancel the job.',
   RestoreCancelled: 'The job was cancelled; it ends here.',
+  DrainRequested: "The scheduler admitted a drain (job `d-…`, first event): the host's VMs from its latest announcement.",
+  DrainVmUpdated: 'One VM of a drain moved on (queued, saving, saved, restoring, restored, failed, cancelled), with its child save and restore job ids.',
+  DrainCancelRequested: 'Someone asked to cancel the drain (a cancel request naming its `d-…` id): its child jobs are cancelled, no restore is asked from here on.',
+  DrainCompleted: 'Every VM of the drain reached a final phase; `outcome` names each (a VM that failed to save is left running on its host).',
+  DrainFailed: 'The drain could not run (e.g. its host is unknown); `outcome` names each VM as far as it went.',
+  DrainCancelled: 'The drain was cancelled (`vmsave.cmd.cancel` with its id): its child jobs were cancelled; `outcome` names each VM.',
 };
 
 export const eventMessages: MessageInfo[] = JobEvent.options.map((schema) => {
@@ -299,6 +321,19 @@ export const channels: ChannelInfo[] = [
     messages: [cancelRequestMessage],
   },
   {
+    id: 'drainRequests',
+    address: subjects.cmd.drain,
+    definition: messages.drainRequest,
+    title: 'Drain requests',
+    description:
+      'Commands to drain a host: the scheduler saves each of its VMs through ordinary save requests (`drainId` set) and, with `to`, restores them. Stream VMSAVE_CMD, as save requests; cancel a drain with a cancel request naming its `d-…` id.',
+    audience: 'public',
+    transport: { kind: 'jetstream', stream: streams.commands },
+    publishers: ['client'],
+    consumers: ['scheduler'],
+    messages: [drainRequestMessage],
+  },
+  {
     id: 'admissionReplies',
     address: null,
     title: 'Admission answers',
@@ -316,9 +351,13 @@ export const channels: ChannelInfo[] = [
     definition: messages.event,
     title: 'The event log',
     description:
-      'Every fact about every job, in JetStream stream VMSAVE_EVT (limits retention, file storage). Read it with an ' +
-      'ordered consumer filtered on `vmsave.evt.<jobId>.>` (one job), `vmsave.evt.*.<type>` (one type) or `vmsave.evt.>` ' +
-      "(everything), from any stream sequence. A job's state is the fold of its events in stream order.",
+      'Every fact about every job, in JetStream stream VMSAVE_EVT (limits retention, file storage, `allow_direct`). ' +
+      'Clients read it without any JetStream consumer (the client role may create none): history by direct get, a request to ' +
+      '`$JS.API.DIRECT.GET.VMSAVE_EVT` with body `{"seq":N}` or `{"next_by_subj":"vmsave.evt.<jobId>.>","seq":N}` (filters ' +
+      '`vmsave.evt.<jobId>.>` one job, `vmsave.evt.*.<type>` one type, `vmsave.evt.>` everything), answered with one stored ' +
+      'event and its place in the headers `Nats-Sequence` and `Nats-Subject`, or status 404 when nothing more is stored; live ' +
+      'by a core subscription on the same filter, opened before the first read and used only as a wake-up to read on from ' +
+      "the last sequence. A job's state is the fold of its events in stream order.",
     audience: 'public',
     transport: { kind: 'jetstream', stream: streams.events },
     publishers: ['scheduler', 'executor', 'verifier'],
@@ -344,7 +383,8 @@ export const channels: ChannelInfo[] = [
     sample: { values: { host: ex.exampleIds.host }, subject: subjects.host(ex.exampleIds.host) },
     definition: messages.hostAnnouncement,
     title: 'Host announcements',
-    description: "Each executor's latest announcement (stream VMSAVE_HOSTS keeps one per host): its QEMU, free space and VMs. The client role may read it, e.g. to list VMs.",
+    description:
+      'Each executor\'s latest announcement (stream VMSAVE_HOSTS keeps one per host): its QEMU, free space and VMs. The client role may read it without a consumer, e.g. to list VMs: direct get `{"last_by_subj":"vmsave.host.<host>"}` on `$JS.API.DIRECT.GET.VMSAVE_HOSTS`.',
     audience: 'public',
     transport: { kind: 'jetstream', stream: streams.hosts },
     publishers: ['executor'],
@@ -450,12 +490,24 @@ export const operations: OperationInfo[] = [
     reply: { channel: 'admissionReplies', addressLocation: '$message.header#/Vmsave-Reply-To', description: 'Sent only when the command carries the header.' },
   },
   {
+    id: 'receiveDrainRequest',
+    action: 'receive',
+    channel: 'drainRequests',
+    title: 'vmsave receives a drain request',
+    summary: 'A client asks to drain a host; the answer is `accepted` with the drain job id, or `rejected` naming the rule and field.',
+    description: 'As for save requests.',
+    audience: 'public',
+    reply: { channel: 'admissionReplies', addressLocation: '$message.header#/Vmsave-Reply-To', description: 'Sent only when the command carries the header.' },
+  },
+  {
     id: 'sendJobEvent',
     action: 'send',
     channel: 'jobEvents',
     title: 'vmsave appends a job event',
     summary: 'The scheduler, the executors and the verifier append facts to the event log.',
-    description: 'Clients read it with JetStream ordered consumers (the client role may create ephemeral consumers on VMSAVE_EVT).',
+    description:
+      'Clients read it by direct get (`$JS.API.DIRECT.GET.VMSAVE_EVT`, one stored event per request, 404 at the end) and wake up on a ' +
+      'core subscription to `vmsave.evt.>` (or a narrower filter); the client role may create no JetStream consumer, not even an ephemeral one.',
     audience: 'public',
   },
   {

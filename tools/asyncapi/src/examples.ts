@@ -1,4 +1,4 @@
-import { jobIdFor, type JobEventType } from '@vmsave/contracts';
+import { drainIdFor, jobIdFor, type JobEventType } from '@vmsave/contracts';
 
 /**
  * One example payload per message, fixed (no clock, no random ids) so the generated document is
@@ -56,6 +56,23 @@ export const cancelRequestExample = {
   jobId: saveJobId,
   reason: 'maintenance window moved',
 };
+
+export const drainRequestId = 'drain-host-a-2025-06-01';
+export const drainJobId = drainIdFor(drainRequestId);
+export const drainRequestExample = {
+  schemaVersion: 1,
+  requestId: drainRequestId,
+  host: exampleIds.host,
+  to: 'any',
+  after: 'quit',
+  format: 'sparse',
+  priority: 'high',
+  requestedBy: 'control-plane/evacuate-host-a',
+};
+const drainOutcome = [
+  { vm: exampleIds.vm, phase: 'restored', saveJobId, restoreJobId, imagePath, restoredOn: 'host-b' },
+  { vm: 'web-2', phase: 'failed', saveJobId: jobIdFor('save', 'drain-web-2'), error: 'at migrate (ENOSPC): no space left on device; the VM runs on host-a' },
+];
 
 export const admissionAcceptedExample = { outcome: 'accepted', requestId: exampleIds.saveRequestId, jobId: saveJobId, duplicate: false };
 export const admissionRejectedExample = {
@@ -185,6 +202,45 @@ export const eventExamples: Record<JobEventType, Record<string, unknown>> = {
     ...envelope('ImageDeleted', saveJobId, 200, `executor@${exampleIds.host}`, { imagePath, host: exampleIds.host, rule: 'keep-last', bytes: 68157440 }),
     eventId: `${saveJobId}.ImageDeleted`,
   },
+  ImageReplicated: {
+    ...envelope('ImageReplicated', saveJobId, 130, `executor@${exampleIds.host}`, {
+      imagePath,
+      host: exampleIds.host,
+      bucket: 'VMSAVE_IMAGES',
+      object: saveJobId,
+      bytesMoved: 68157440,
+      allocatedBytes: 68157440,
+      extents: 12,
+      seconds: 0.6,
+    }),
+    eventId: `${saveJobId}.ImageReplicated`,
+  },
+  ImageReplicationFailed: envelope('ImageReplicationFailed', saveJobId, 130, `executor@${exampleIds.host}`, {
+    imagePath,
+    host: exampleIds.host,
+    bucket: 'VMSAVE_IMAGES',
+    reason: 'nats: maximum bytes exceeded',
+    code: 'replica-upload-failed',
+  }),
+  ImageFetched: envelope('ImageFetched', restoreJobId, 11, 'executor@host-b', {
+    imagePath,
+    host: 'host-b',
+    bucket: 'VMSAVE_IMAGES',
+    object: saveJobId,
+    sourceJobId: saveJobId,
+    bytesMoved: 68157440,
+    allocatedBytes: 68157440,
+    extents: 12,
+    seconds: 0.7,
+  }),
+  ImageFetchFailed: envelope('ImageFetchFailed', restoreJobId, 11, 'executor@host-b', {
+    imagePath,
+    host: 'host-b',
+    bucket: 'VMSAVE_IMAGES',
+    object: saveJobId,
+    reason: 'extent 3 at offset 1048576: CRC-32 0x1c291ca3, the manifest says 0x8d3f0a11',
+    code: 'replica-checksum',
+  }),
   RestoreRequested: envelope('RestoreRequested', restoreJobId, 10, 'scheduler', {
     request: { ...restoreRequestExample },
     sourceJobId: saveJobId,
@@ -230,6 +286,20 @@ export const eventExamples: Record<JobEventType, Record<string, unknown>> = {
   RestoreRetrying: envelope('RestoreRetrying', restoreJobId, 13, 'scheduler', { attempt: 2, delayMs: 1000, lastCode: 'qemu-start-failed' }),
   RestoreCancelRequested: envelope('RestoreCancelRequested', restoreJobId, 11, 'scheduler', { reason: 'no longer needed', requestId: 'cancel-restore-web-1' }),
   RestoreCancelled: envelope('RestoreCancelled', restoreJobId, 11, 'scheduler', { reason: 'no longer needed', vmResumed: false, stage: 'requested' }),
+  DrainRequested: envelope('DrainRequested', drainJobId, 0, 'scheduler', { request: { ...drainRequestExample }, vms: [exampleIds.vm, 'web-2'] }),
+  DrainVmUpdated: envelope('DrainVmUpdated', drainJobId, 25, 'scheduler', {
+    vm: exampleIds.vm,
+    phase: 'restored',
+    saveJobId,
+    restoreJobId,
+    imagePath,
+    restoredOn: 'host-b',
+    error: 'restore attempt 1 failed at start-qemu (qemu-start-failed), attempt 2 completed',
+  }),
+  DrainCancelRequested: envelope('DrainCancelRequested', drainJobId, 20, 'scheduler', { reason: 'maintenance window moved', requestId: 'cancel-drain-host-a' }),
+  DrainCompleted: envelope('DrainCompleted', drainJobId, 30, 'scheduler', { outcome: drainOutcome }),
+  DrainFailed: envelope('DrainFailed', drainJobId, 30, 'scheduler', { reason: 'host host-a: no announcement', outcome: [] }),
+  DrainCancelled: envelope('DrainCancelled', drainJobId, 30, 'scheduler', { reason: 'maintenance window moved', outcome: drainOutcome }),
 };
 
 export const workExample = {
