@@ -12,47 +12,30 @@
 // Connects to NATS_URL as NATS_USER / NATS_PASS (if set).
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
-import { DeliverPolicy, jetstream, jetstreamManager } from '@nats-io/jetstream';
-import { connectToVmsave } from './save-and-follow.mjs';
+import { connectToVmsave, readEvents } from './save-and-follow.mjs';
 import { loadSchemas } from './schemas.mjs';
 
 /**
- * Read the log (`vmsave.evt.>` in stream VMSAVE_EVT) with an ordered consumer: an ephemeral,
- * flow-controlled reader that starts at `fromSeq` and keeps the stream's order across reconnects.
- * Each event is checked against its JSON Schema; one that fails is still delivered, with `invalid`.
+ * Read the log (`vmsave.evt.>` in stream VMSAVE_EVT) from stream sequence `fromSeq` on, without
+ * any JetStream consumer: direct gets (`{"seq":N,"next_by_subj":filter}` on
+ * `$JS.API.DIRECT.GET.VMSAVE_EVT`, one per event, up to the 404 at the end), then, with `follow`,
+ * a core subscription that only says when to read again (`readEvents` in save-and-follow.mjs).
+ * Order and "each event once" come from the stream sequences. Each event is checked against its
+ * JSON Schema; one that fails is still delivered, with `invalid`.
  * Yields `{ seq, subject, event, invalid? }`.
  */
 export async function* tailEvents(nc, { fromSeq = 1, jobId, type, follow = true, signal, schemas = loadSchemas() } = {}) {
-  const filter = `vmsave.evt.${jobId ?? '*'}.${type ?? '*'}`;
-  if (!follow) {
-    const info = await (await jetstreamManager(nc)).streams.info('VMSAVE_EVT');
-    if (info.state.last_seq < fromSeq) return;
-  }
-  const consumer = await jetstream(nc).consumers.get('VMSAVE_EVT', {
-    filter_subjects: filter, // a string: an array needs NATS ≥ 2.10
-    ...(fromSeq > 1 ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: fromSeq } : { deliver_policy: DeliverPolicy.All }),
-  });
-  if (!follow && (await consumer.info(true)).num_pending === 0) return;
-  const messages = await consumer.consume();
-  const stop = () => void messages.close();
-  signal?.addEventListener('abort', stop, { once: true });
-  if (signal?.aborted) stop();
-  try {
-    for await (const m of messages) {
-      let event;
-      let invalid;
-      try {
-        event = m.json();
-        invalid = schemas.errors(event?.type, event);
-      } catch (err) {
-        invalid = String(err.message ?? err);
-      }
-      yield { seq: m.seq, subject: m.subject, event, ...(invalid ? { invalid } : {}) };
-      if (!follow && m.info.pending === 0) break;
+  const filter = jobId || type ? `vmsave.evt.${jobId ?? '*'}.${type ?? '*'}` : 'vmsave.evt.>';
+  for await (const m of readEvents(nc, { filter, fromSeq, follow, signal })) {
+    let event;
+    let invalid;
+    try {
+      event = JSON.parse(new TextDecoder().decode(m.data));
+      invalid = schemas.errors(event?.type, event);
+    } catch (err) {
+      invalid = String(err.message ?? err);
     }
-  } finally {
-    signal?.removeEventListener('abort', stop);
-    await messages.close();
+    yield { seq: m.seq, subject: m.subject, event, ...(invalid ? { invalid } : {}) };
   }
 }
 

@@ -1,10 +1,12 @@
 import { DeliverPolicy } from '@nats-io/jetstream';
-import { HostAnnouncement, streams } from '@vmsave/contracts';
+import { HostAnnouncement, streams, subjects } from '@vmsave/contracts';
 import type { Bus } from './connection.ts';
 import { decodeMessage } from './validate.ts';
 import { BusValidationError } from './errors.ts';
 import { retryTransient } from './retry.ts';
 import { resumable, type ResumableOptions } from './follow.ts';
+import { followDirect, readDirect } from './direct.ts';
+import { readsByConsumer } from './log.ts';
 
 export interface ReadHostsOptions {
   /** Keep yielding new announcements until `signal` aborts (reopened after NATS restarts). */
@@ -12,6 +14,12 @@ export interface ReadHostsOptions {
   signal?: AbortSignal;
   /** With `follow`: told when the read is reopened after NATS went away (for a log line). */
   onResume?: ResumableOptions['onResume'];
+  /**
+   * `consumer` (an ordered consumer) or `direct` (direct gets, no consumer); default as `readLog`
+   * (`readsByConsumer`). `direct` with `follow` subscribes to `vmsave.host.*` (the dashboard's
+   * user may; the client's may not).
+   */
+  via?: 'direct' | 'consumer';
 }
 
 /**
@@ -19,6 +27,21 @@ export interface ReadHostsOptions {
  * `follow`, each new one. Invalid entries are skipped.
  */
 export async function* readHosts(bus: Bus, opts: ReadHostsOptions = {}): AsyncGenerator<HostAnnouncement> {
+  if ((opts.via ?? (readsByConsumer(bus) ? 'consumer' : 'direct')) === 'direct') {
+    // The stream keeps one announcement per host: everything stored is the latest of each.
+    const o = { stream: streams.hosts.name, signal: opts.signal };
+    const read = opts.follow
+      ? followDirect(bus, subjects.hostAll, 1, { ...o, onError: (err, attempt) => opts.onResume?.(err, attempt) })
+      : readDirect(bus, { ...o, filter: subjects.hostAll });
+    for await (const m of read) {
+      try {
+        yield decodeMessage(HostAnnouncement, m.data, m.subject);
+      } catch (err) {
+        if (!(err instanceof BusValidationError)) throw err;
+      }
+    }
+    return;
+  }
   const read = opts.follow
     ? resumable(
         (after, signal) => readHostsOnce(bus, { ...opts, signal }, after),

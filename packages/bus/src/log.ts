@@ -5,6 +5,7 @@ import { decodeMessage } from './validate.ts';
 import { BusValidationError } from './errors.ts';
 import { retryTransient } from './retry.ts';
 import { resumable, type ResumableOptions } from './follow.ts';
+import { followDirect, readDirect } from './direct.ts';
 
 export interface LoggedEvent {
   seq: number;
@@ -30,14 +31,30 @@ export interface ReadLogOptions {
   onRefused?: (seq: number, reason: string, event: JobEvent) => void;
   /** With `follow`: told when the read is reopened after NATS went away (for a log line). */
   onResume?: ResumableOptions['onResume'];
+  /**
+   * How to read: `consumer`, an ephemeral ordered consumer (the services: scheduler, executor,
+   * verifier); `direct`, direct gets plus a core subscription and no consumer at all (clients and
+   * the dashboard, whose NATS users may create none; `direct.ts`). Default: `readsByConsumer(bus)`.
+   */
+  via?: 'direct' | 'consumer';
 }
 
 /**
- * Read the event log in order with an ephemeral ordered consumer. Without `follow` it ends
+ * Whether this connection reads the log with consumers by default: a service's connection (its
+ * NATS user, or without users its connection name, is `scheduler`, `verifier`, `executor` or
+ * `executor-<host>`). Every other connection (CLI, client library, dashboard) reads by direct get.
+ */
+export function readsByConsumer(bus: Pick<Bus, 'options'>): boolean {
+  return /^(scheduler|verifier|executor(-.+)?)$/.test(bus.options.user ?? bus.options.name);
+}
+
+/**
+ * Read the event log in order, with an ephemeral ordered consumer or by direct get (`via`). Without `follow` it ends
  * once it has read everything present when it started; with `follow` it goes on until `signal`
  * aborts, reopening the read where it stopped when NATS restarts (see `resumable`).
  */
 export function readLog(bus: Bus, opts: ReadLogOptions = {}): AsyncGenerator<LoggedEvent> {
+  if ((opts.via ?? (readsByConsumer(bus) ? 'consumer' : 'direct')) === 'direct') return readLogDirect(bus, opts);
   if (!opts.follow) return readLogOnce(bus, opts);
   return resumable(
     (after, signal) => readLogOnce(bus, { ...opts, signal, fromSeq: after === undefined ? opts.fromSeq : after + 1 }),
@@ -48,6 +65,35 @@ export function readLog(bus: Bus, opts: ReadLogOptions = {}): AsyncGenerator<Log
       reopenOn: (fn) => bus.onReconnect(fn),
     },
   );
+}
+
+async function* readLogDirect(bus: Bus, opts: ReadLogOptions): AsyncGenerator<LoggedEvent> {
+  const filter = opts.filter ?? subjects.evtAll;
+  const fromSeq = Math.max(1, opts.fromSeq ?? 1);
+  const messages = opts.follow
+    ? followDirect(bus, filter, fromSeq, { signal: opts.signal, onError: (err, attempt) => opts.onResume?.(err, attempt) })
+    : readDirect(bus, { filter, fromSeq, signal: opts.signal });
+  for await (const m of messages) {
+    const event = decodeEvent(m.subject, m.seq, m.data, opts);
+    if (event) yield { seq: m.seq, event };
+  }
+}
+
+/** The event of a log entry, or undefined when it is invalid or refused (told to the callbacks). */
+function decodeEvent(subject: string, seq: number, data: Uint8Array, opts: ReadLogOptions): JobEvent | undefined {
+  let event: JobEvent | undefined;
+  try {
+    event = decodeMessage(JobEvent, data, `${subject} #${seq}`);
+  } catch (err) {
+    if (err instanceof BusValidationError) opts.onInvalid?.(seq, err);
+    else throw err;
+  }
+  if (!event) return undefined;
+  const refused = refuseMisplacedEvent(subject, event);
+  if (refused === undefined) return event;
+  if (opts.onRefused) opts.onRefused(seq, refused, event);
+  else process.emitWarning(`event log: ${subject} #${seq} refused: ${refused}`, 'VmsaveRefusedEvent');
+  return undefined;
 }
 
 async function* readLogOnce(bus: Bus, opts: ReadLogOptions): AsyncGenerator<LoggedEvent> {
@@ -80,19 +126,8 @@ async function* readLogOnce(bus: Bus, opts: ReadLogOptions): AsyncGenerator<Logg
     for await (const m of messages) {
       if (m.seq <= last) continue;
       last = m.seq;
-      let event: JobEvent | undefined;
-      try {
-        event = decodeMessage(JobEvent, m.data, `${m.subject} #${m.seq}`);
-      } catch (err) {
-        if (err instanceof BusValidationError) opts.onInvalid?.(m.seq, err);
-        else throw err;
-      }
-      if (event) {
-        const refused = refuseMisplacedEvent(m.subject, event);
-        if (refused === undefined) yield { seq: m.seq, event };
-        else if (opts.onRefused) opts.onRefused(m.seq, refused, event);
-        else process.emitWarning(`event log: ${m.subject} #${m.seq} refused: ${refused}`, 'VmsaveRefusedEvent');
-      }
+      const event = decodeEvent(m.subject, m.seq, m.data, opts);
+      if (event) yield { seq: m.seq, event };
       if (!opts.follow) {
         if (m.seq >= lastSeq) break;
         // `pending` can read 0 while a pulled batch is still on its way (seen: a read from a
@@ -112,7 +147,7 @@ async function* readLogOnce(bus: Bus, opts: ReadLogOptions): AsyncGenerator<Logg
 }
 
 /** Every event of one job, in order (misplaced or forged ones left out, see `ReadLogOptions.onRefused`). */
-export async function eventsOfJob(bus: Bus, jobId: string, opts: Pick<ReadLogOptions, 'onRefused' | 'onInvalid'> = {}): Promise<LoggedEvent[]> {
+export async function eventsOfJob(bus: Bus, jobId: string, opts: Pick<ReadLogOptions, 'onRefused' | 'onInvalid' | 'via'> = {}): Promise<LoggedEvent[]> {
   const out: LoggedEvent[] = [];
   for await (const e of readLog(bus, { ...opts, filter: subjects.evtOfJob(jobId) })) out.push(e);
   return out;
