@@ -9,6 +9,10 @@ import {
   type FailureStage,
   type SealSummary,
   SaveStartedData,
+  ImageReplicatedData,
+  ImageReplicationFailedData,
+  ImageFetchedData,
+  ImageFetchFailedData,
   SaveCompletedData,
   SaveFailedData,
   RestoreStartedData,
@@ -40,6 +44,12 @@ export type JobCommand =
   | { type: 'RecordScrubDamage'; imagePath: string; host?: string; checks: VerificationCheck[]; seal?: SealSummary }
   /** The host's retention deleted a final save's image file (`rule` chose it). */
   | { type: 'RecordImageDeleted'; imagePath: string; host: string; rule: 'keep-last' | 'max-age'; bytes: number }
+  /** A verified save's image copied into the bus's object store, or the upload's failure. */
+  | { type: 'RecordReplication'; data: Data<typeof ImageReplicatedData> }
+  | { type: 'FailReplication'; data: Data<typeof ImageReplicationFailedData> }
+  /** A restore's image downloaded from the object store before the restore, or the download's failure. */
+  | { type: 'RecordFetch'; data: Data<typeof ImageFetchedData> }
+  | { type: 'FailFetch'; data: Data<typeof ImageFetchFailedData> }
   /** No verdict came for a completed save: 1 asks for verification again, 2 raises it. */
   | { type: 'FlagVerificationOverdue'; notice: 1 | 2; waitedMs: number };
 
@@ -91,7 +101,22 @@ export function decide(cmd: JobCommand, s: JobState, meta: DecideMeta): Decision
     // One id per job: a second executor pass (or a replay) appends the same event.
     return ok(makeEvent('ImageDeleted', s.jobId!, data, { source: meta.source, at: now, eventId: `${s.jobId}.ImageDeleted` }));
   }
+  if (cmd.type === 'RecordReplication' || cmd.type === 'FailReplication') {
+    // Only a verified save's image that is still there; once replicated, it stays replicated.
+    if (s.kind !== 'save' || s.status !== 'verified') return refuse('illegal-transition', `cannot replicate the image of a ${s.kind} job that is ${s.status}`);
+    if (s.imageDeleted) return refuse('image-deleted', `job ${s.jobId}'s image was deleted by retention (${s.imageDeleted.rule})`);
+    if (s.replicated) return { ok: true, events: [], duplicate: true };
+    if (cmd.data.imagePath !== s.imagePath) return refuse('image-mismatch', `imagePath: ${cmd.data.imagePath} is not job ${s.jobId}'s image (${s.imagePath ?? 'none'})`);
+    return cmd.type === 'RecordReplication'
+      ? ok(makeEvent('ImageReplicated', s.jobId!, ImageReplicatedData.parse(cmd.data), { source: meta.source, at: now, eventId: `${s.jobId}.ImageReplicated` }))
+      : ok(ev('ImageReplicationFailed', ImageReplicationFailedData.parse(cmd.data)));
+  }
   if (isTerminal(s)) return refuse('job-terminal', `job ${s.jobId} is already ${s.status}`);
+  if (cmd.type === 'RecordFetch' || cmd.type === 'FailFetch') {
+    if (s.kind !== 'restore' || (s.status !== 'scheduled' && s.status !== 'running'))
+      return refuse('illegal-transition', `cannot fetch an image for a ${s.kind} job that is ${s.status}`);
+    return cmd.type === 'RecordFetch' ? ok(ev('ImageFetched', ImageFetchedData.parse(cmd.data))) : ok(ev('ImageFetchFailed', ImageFetchFailedData.parse(cmd.data)));
+  }
 
   const attemptMatches = (attempt: number, token: number): Decision | undefined =>
     attempt !== s.attempt || token !== s.fencingToken

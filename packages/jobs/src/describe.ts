@@ -1,5 +1,5 @@
 /** One-line descriptions of events and job states for people (CLI and dashboard). Pure. */
-import type { JobEvent } from '@vmsave/contracts';
+import type { DrainVmUpdatedData, JobEvent } from '@vmsave/contracts';
 import type { JobState } from './state.ts';
 import { fmtBytes, fmtElapsed, fmtRate, fmtSeconds } from './format.ts';
 
@@ -47,9 +47,39 @@ export function describeEvent(e: JobEvent): string {
     }
     case 'ImageDeleted':
       return `image ${e.data.imagePath} deleted on ${e.data.host} by retention (${e.data.rule}), ${fmtBytes(e.data.bytes)} freed`;
+    case 'ImageReplicated':
+    case 'ImageFetched':
+      return `image ${e.data.imagePath} ${e.type === 'ImageReplicated' ? 'uploaded from' : 'downloaded to'} ${e.data.host} ${e.type === 'ImageReplicated' ? 'to' : 'from'} ${e.data.bucket}/${e.data.object}: ${fmtBytes(e.data.bytesMoved)} moved in ${e.data.extents} extent(s) (${fmtBytes(e.data.allocatedBytes)} allocated) in ${fmtSeconds(e.data.seconds * 1000)} s`;
+    case 'ImageReplicationFailed':
+    case 'ImageFetchFailed':
+      return `image ${e.data.imagePath} ${e.type === 'ImageReplicationFailed' ? 'upload' : 'download'} failed on ${e.data.host} (${e.data.code}): ${e.data.reason}`;
     case 'VerificationOverdue':
       return `verification overdue: no verdict ${fmtElapsed(e.data.waitedMs)} after the save completed; ${e.data.notice === 1 ? 'verification asked again' : 'raised (no verifier answered)'}`;
+    case 'DrainRequested': {
+      const r = e.data.request;
+      return `drain ${r.host}${r.to ? ` to ${r.to}` : ''}: ${e.data.vms.length} VM(s)${e.data.vms.length ? ` (${e.data.vms.join(', ')})` : ''} format=${r.format} after=${r.after} priority=${r.priority}`;
+    }
+    case 'DrainVmUpdated':
+      return describeDrainVm(e.data);
+    case 'DrainCancelRequested':
+      return `cancel asked: ${e.data.reason}`;
+    case 'DrainCompleted':
+    case 'DrainFailed':
+    case 'DrainCancelled': {
+      const o = e.data.outcome;
+      const counts = [...new Set(o.map((v) => v.phase))].map((p) => `${o.filter((v) => v.phase === p).length} ${p}`).join(', ');
+      return `${e.type === 'DrainCompleted' ? 'drained' : e.type === 'DrainFailed' ? `drain failed: ${e.data.reason}` : `drain cancelled: ${e.data.reason}`}${o.length ? ` (${counts})` : ' (no VMs)'}${o
+        .filter((v) => v.phase === 'failed' || v.phase === 'cancelled')
+        .map((v) => `; ${describeDrainVm(v)}`)
+        .join('')}`;
+    }
   }
+}
+
+/** One VM of a drain, e.g. `web-1 failed (save s-…): …` (`DrainVmUpdated`, a drain's outcome). */
+export function describeDrainVm(v: DrainVmUpdatedData): string {
+  const jobs = [v.saveJobId && `save ${v.saveJobId}`, v.restoreJobId && `restore ${v.restoreJobId}`].filter(Boolean).join(', ');
+  return `${v.vm} ${v.phase}${v.restoredOn ? ` on ${v.restoredOn}` : ''}${jobs ? ` (${jobs})` : ''}${v.error ? `: ${v.error}` : ''}`;
 }
 
 /** The JSON shape of a job for `--json` and other tools (stable keys). */
@@ -71,6 +101,11 @@ export function jobJson(s: JobState) {
     checks: s.checks,
     verificationOverdue: s.verificationOverdue,
     imageDeleted: s.imageDeleted,
+    replicated: s.replicated,
+    replicationFailed: s.replicationFailed,
+    fetched: s.fetched,
+    fetchFailed: s.fetchFailed,
+    drain: s.drain,
   };
 }
 
@@ -84,11 +119,16 @@ export function overdueText(s: Pick<JobState, 'status' | 'verificationOverdue'>)
 /** The summary line of a finished or current job. */
 export function describeState(s: JobState): string {
   const what = `${s.kind ?? 'job'} ${s.jobId}${s.vm ? ` (${s.vm})` : ''}`;
+  if (s.kind === 'drain' && s.drain) {
+    const vms = s.drain.vms;
+    const phases = [...new Set(vms.map((v) => v.phase))].map((p) => `${vms.filter((v) => v.phase === p).length} ${p}`).join(', ');
+    return `drain ${s.jobId} of ${s.host}${s.drain.to ? ` to ${s.drain.to}` : ''} ${s.status}: ${s.drain.vmCount} VM(s)${phases ? ` (${phases})` : ''}${s.drain.reason ? `; ${s.drain.reason}` : ''}`;
+  }
   const d = s.imageDeleted;
   if (d) return `${what} ${s.status}; image deleted ${d.at} on ${d.host} by retention (${d.rule})`;
   switch (s.status) {
     case 'verified':
-      return `${what} verified: ${s.imagePath} ${s.result?.bytes !== undefined ? `${fmtBytes(s.result.bytes)}, ${fmtBytes((s.result.blocks ?? 0) * 512)} allocated, ` : ''}${fmtSeconds(s.result?.durationMs)} s`;
+      return `${what} verified: ${s.imagePath} ${s.result?.bytes !== undefined ? `${fmtBytes(s.result.bytes)}, ${fmtBytes((s.result.blocks ?? 0) * 512)} allocated, ` : ''}${fmtSeconds(s.result?.durationMs)} s${s.replicated ? `; replicated to ${s.replicated.bucket}/${s.replicated.object}` : s.replicationFailed ? `; replication failed (${s.replicationFailed.code})` : ''}`;
     case 'completed':
       return `${what} completed${s.host ? ` on ${s.host}` : ''} in ${fmtSeconds(s.result?.durationMs)} s${overdueText(s) ? `; ${overdueText(s)}` : ''}`;
     case 'failed':

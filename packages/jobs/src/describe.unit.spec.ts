@@ -127,6 +127,11 @@ describe('describeState and jobJson', () => {
       'checks',
       'verificationOverdue',
       'imageDeleted',
+      'replicated',
+      'replicationFailed',
+      'fetched',
+      'fetchFailed',
+      'drain',
     ]);
   });
 });

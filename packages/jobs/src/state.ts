@@ -1,4 +1,4 @@
-import type { JobEvent, RestoreRequest, SaveRequest, VerificationCheck } from '@vmsave/contracts';
+import type { DrainRequest, DrainVmUpdatedData, JobEvent, RestoreRequest, SaveRequest, VerificationCheck } from '@vmsave/contracts';
 
 export type JobStatus =
   | 'requested' // admitted, waiting for a host (also after a retry is decided)
@@ -13,7 +13,8 @@ export type JobStatus =
 export const TERMINAL: ReadonlySet<JobStatus> = new Set(['verified', 'rejected', 'failed', 'cancelled']);
 
 export interface JobState {
-  kind: 'save' | 'restore' | undefined;
+  /** `drain`: a host drain's row in a read model (`evolveView`, drain.ts); the scheduler's own fold never makes one. */
+  kind: 'save' | 'restore' | 'drain' | undefined;
   jobId: string | undefined;
   status: JobStatus | 'none';
   saveRequest?: SaveRequest;
@@ -38,6 +39,15 @@ export interface JobState {
   imageKept?: string;
   /** The save's image file was deleted by its host's retention (`ImageDeleted`): no longer one to restore. */
   imageDeleted?: { at: string; rule: string; bytes: number; host: string };
+  /** A save's image copied into the bus's object store (`ImageReplicated`): restorable on any host. */
+  replicated?: { bucket: string; object: string; host: string; bytesMoved: number; at: string };
+  /** The last upload that failed (`ImageReplicationFailed`), cleared by a later `ImageReplicated`. */
+  replicationFailed?: { code: string; reason: string; at: string };
+  /** A restore whose image was downloaded first (`ImageFetched`), or whose download failed (`ImageFetchFailed`). */
+  fetched?: { bucket: string; object: string; host: string; bytesMoved: number; at: string };
+  fetchFailed?: { code: string; reason: string; at: string };
+  /** A drain's row (`kind: 'drain'`): its target, its VMs and their child jobs (`drainRow` in drain.ts). */
+  drain?: { request?: DrainRequest; to?: string; vmCount: number; vms: DrainVmUpdatedData[]; cancelRequested?: { reason: string; at: string }; reason?: string };
   requestedAt?: string;
   updatedAt?: string;
   /** Number of events folded into this state. */
@@ -46,7 +56,7 @@ export interface JobState {
 
 export const initialState = (): JobState => ({ kind: undefined, jobId: undefined, status: 'none', attempt: 0, version: 0 });
 
-export const isTerminal = (s: JobState): boolean => s.status !== 'none' && (TERMINAL.has(s.status) || (s.kind === 'restore' && s.status === 'completed'));
+export const isTerminal = (s: JobState): boolean => s.status !== 'none' && (TERMINAL.has(s.status) || ((s.kind === 'restore' || s.kind === 'drain') && s.status === 'completed'));
 
 /**
  * Over for good: terminal, and not a failure the scheduler may still retry (a retryable failure
@@ -64,6 +74,10 @@ const scrubDamage = (s: JobState, e: JobEvent): boolean => s.kind === 'save' && 
 /** A final save's image deleted by retention: recorded on the final state, which keeps its status. */
 const imageDeletion = (s: JobState, e: JobEvent): boolean => s.kind === 'save' && e.type === 'ImageDeleted' && !s.imageDeleted;
 
+/** A verified save's image copied to (or failing to reach) the object store: recorded on the final state, which keeps its status. */
+const replication = (s: JobState, e: JobEvent): boolean =>
+  s.kind === 'save' && s.status === 'verified' && !s.imageDeleted && (e.type === 'ImageReplicated' || e.type === 'ImageReplicationFailed');
+
 /**
  * Fold one event into a job's state. Pure and total: an event that does not apply to the state
  * (out of order, or a stale attempt) leaves the state as it is, so replaying any log is safe.
@@ -73,7 +87,13 @@ export function evolve(s: JobState, e: JobEvent): JobState {
   // A final state is final: late or stray events (a stale executor, a second scheduler) are
   // counted but change nothing. A failed job may only be retried, or given up (its failure
   // repeated as not retryable).
-  if (isTerminal(s) && !(s.status === 'failed' && (e.type === 'SaveRetrying' || e.type === 'RestoreRetrying' || givesUp(s, e))) && !scrubDamage(s, e) && !imageDeletion(s, e))
+  if (
+    isTerminal(s) &&
+    !(s.status === 'failed' && (e.type === 'SaveRetrying' || e.type === 'RestoreRetrying' || givesUp(s, e))) &&
+    !scrubDamage(s, e) &&
+    !imageDeletion(s, e) &&
+    !replication(s, e)
+  )
     return base;
   switch (e.type) {
     case 'SaveRequested':
@@ -138,6 +158,23 @@ export function evolve(s: JobState, e: JobEvent): JobState {
     case 'ImageDeleted':
       if (!imageDeletion(s, e)) return base;
       return { ...base, imageDeleted: { at: e.at, rule: e.data.rule, bytes: e.data.bytes, host: e.data.host } };
+    case 'ImageReplicated':
+      if (!replication(s, e)) return base;
+      return {
+        ...base,
+        replicated: { bucket: e.data.bucket, object: e.data.object, host: e.data.host, bytesMoved: e.data.bytesMoved, at: e.at },
+        replicationFailed: undefined,
+      };
+    case 'ImageReplicationFailed':
+      // A failure after a success changes nothing: the replica stands.
+      if (!replication(s, e) || s.replicated) return base;
+      return { ...base, replicationFailed: { code: e.data.code, reason: e.data.reason, at: e.at } };
+    case 'ImageFetched':
+      if (s.kind !== 'restore' || (s.status !== 'scheduled' && s.status !== 'running')) return base;
+      return { ...base, fetched: { bucket: e.data.bucket, object: e.data.object, host: e.data.host, bytesMoved: e.data.bytesMoved, at: e.at }, fetchFailed: undefined };
+    case 'ImageFetchFailed':
+      if (s.kind !== 'restore' || (s.status !== 'scheduled' && s.status !== 'running')) return base;
+      return { ...base, fetchFailed: { code: e.data.code, reason: e.data.reason, at: e.at } };
     case 'ImageVerified':
       return { ...base, status: 'verified', checks: e.data.checks, verificationOverdue: undefined };
     case 'ImageRejected':
@@ -154,6 +191,14 @@ export function evolve(s: JobState, e: JobEvent): JobState {
             .join('; '),
         },
       };
+    // A drain's events (job `d-…`) are folded by `foldDrain` (drain.ts), never into a save or restore.
+    case 'DrainRequested':
+    case 'DrainVmUpdated':
+    case 'DrainCancelRequested':
+    case 'DrainCompleted':
+    case 'DrainFailed':
+    case 'DrainCancelled':
+      return s;
   }
 }
 

@@ -6,7 +6,7 @@
  */
 export { evolve, fold, initialState, isTerminal, isFinal, TERMINAL, type JobState, type JobStatus } from './state.ts';
 export { JOB_STATUSES, ACTIVE_STATUSES, ON_HOST_STATUSES, closesAttempt } from './rules.ts';
-export { describeEvent, describeState, jobJson, overdueText } from './describe.ts';
+export { describeEvent, describeDrainVm, describeState, jobJson, overdueText } from './describe.ts';
 export {
   fmtBytes,
   fmtRate,

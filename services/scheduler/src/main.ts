@@ -18,6 +18,7 @@ import { ON_HOST_STATUSES } from '@vmsave/jobs';
 import { ServiceMetrics } from '@vmsave/metrics';
 import { connectRedis, Leases } from '@vmsave/store';
 import { Admission } from './admission.ts';
+import { Drains } from './drain.ts';
 import { loadConfig } from './config.ts';
 import { Journal, SOURCE } from './journal.ts';
 import { Leadership } from './leadership.ts';
@@ -75,6 +76,9 @@ const journal = new Journal({ bus, state, leases, cfg, log, wake });
 const placement = new Placement({ bus, state, journal, leases, cfg, log, signal });
 const watchdog = new Watchdog({ bus, state, journal, leases, cfg, log, wake });
 const admission = new Admission({ bus, state, journal, placement, log });
+// Host drains: their own read of the log; they ask saves and restores as ordinary commands.
+const drains = new Drains({ bus, log, signal });
+tasks.push(drains.run().catch((err) => log.error({ err }, 'drains stopped')));
 
 state.startedAtMs = Date.now();
 snapshots = new Snapshots({
@@ -144,7 +148,8 @@ tasks.push(
     signal,
     // Pipelined admission: many commands in flight, each folded in arrival order once stored (admission.ts).
     concurrency: cfg.VMSAVE_ADMISSION_WINDOW,
-    handler: (raw, ctx) => schedulerMetrics.timeAdmission(() => admission.handle(raw, ctx)),
+    // Drain requests and cancels of a drain (`d-…`) go to the drains (drain.ts), the rest to admission.
+    handler: (raw, ctx) => (Drains.owns(raw, ctx.subject) ? drains.handle(raw, ctx) : schedulerMetrics.timeAdmission(() => admission.handle(raw, ctx))),
     onInvalid: (err, ctx) => admission.refuseUnreadable(err, ctx),
   }),
 );

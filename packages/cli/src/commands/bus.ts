@@ -94,20 +94,52 @@ const cancelCommand: Command = {
   run: lazy(run, (m) => m.cancel),
 };
 
+const drainCommand: Command = {
+  name: 'drain',
+  summary: 'save every VM of a host (within its limits and priorities), and with --to restore each one on the target',
+  usage: 'drain --host A [--to B | --to any] [--after quit] [--format legacy|sparse|auto] [--priority high|normal|low] [--wait]',
+  help: [
+    ['--host A', 'the host to empty: every VM its latest announcement lists as running or paused'],
+    ['--to B|any', 'restore each saved VM on host B (any: where the scheduler places it) once its image is verified'],
+    ['--after quit', 'what happens to each VM on A after its save (quit, the default and only choice)'],
+    ['--format F', 'legacy, sparse or auto (default auto)'],
+    ['--priority P', 'high, normal or low: of every save and restore of the drain'],
+    ['--replicate bus|none', "copy each verified image to the bus's object store (default: the host's own default)"],
+    ['--request-id ID', 'idempotency key (default: a new one); the same id names the same drain'],
+    ['--wait', 'follow the drain until every VM is done (one line per VM as it moves on); exit 4 if any VM was not drained'],
+  ],
+  options: {
+    host: { type: 'string' },
+    to: { type: 'string' },
+    after: { type: 'string' },
+    format: { type: 'string' },
+    priority: { type: 'string' },
+    replicate: { type: 'string' },
+    wait: { type: 'boolean' },
+    'request-id': { type: 'string' },
+  },
+  run: lazy(
+    () => import('../run/drain.ts'),
+    (m) => m.drain,
+  ),
+};
+
 const jobsCommand: Command = {
   name: 'jobs',
   summary: 'list jobs, newest first',
-  usage: 'jobs [--vm NAME] [--state S[,S…]] [--limit N]',
+  usage: 'jobs [--vm NAME] [--host NAME] [--kind K] [--state S[,S…]] [--limit N]',
   // The state list comes from @vmsave/jobs: loaded for this --help only, not for every start.
   help: async () => {
     const { JOB_STATUSES } = await import('@vmsave/jobs');
     return [
       ['--vm NAME', "only this VM's jobs"],
+      ['--host NAME', "only this host's jobs"],
+      ['--kind K', 'only save, restore or drain jobs'],
       ['--state S', `only these states (${JOB_STATUSES.join(', ')})`],
       ['--limit N', 'at most N jobs (default 20)'],
     ];
   },
-  options: { vm: { type: 'string' }, state: { type: 'string' }, limit: { type: 'string' } },
+  options: { vm: { type: 'string' }, host: { type: 'string' }, kind: { type: 'string' }, state: { type: 'string' }, limit: { type: 'string' } },
   run: lazy(run, (m) => m.jobs),
 };
 
@@ -144,4 +176,4 @@ const hostsCommand: Command = {
   run: lazy(run, (m) => m.hosts),
 };
 
-export const busCommands: Command[] = [saveCommand, restoreCommand, cancelCommand, jobsCommand, jobCommand, watchCommand, hostsCommand];
+export const busCommands: Command[] = [saveCommand, restoreCommand, cancelCommand, drainCommand, jobsCommand, jobCommand, watchCommand, hostsCommand];

@@ -4,8 +4,8 @@ import path from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { messages, RestoreRequest, SaveRequest, streams, subjects, type AdmissionReply, type JobEvent, type ProgressSample } from '@vmsave/contracts';
 import { readHosts, readLog, subscribeValidated } from '@vmsave/bus';
-import { describeEvent, describeState, fmtBytes, fold, jobJson, JOB_STATUSES, type JobState } from '@vmsave/jobs';
-import { connectRedis, Projection, RedisConnectError } from '@vmsave/store';
+import { describeEvent, describeState, fmtBytes, foldView, jobJson, JOB_STATUSES, type JobState } from '@vmsave/jobs';
+import { connectRedis, Projection, queryJobs, RedisConnectError, type JobQuery } from '@vmsave/store';
 import { bool, int, oneOf, str, type Values } from '../options.ts';
 import { withTimeout, type Ctx } from '../context.ts';
 import { CliError, EXIT, JobFailedError, RejectedError, UnreachableError, UsageError } from '../errors.ts';
@@ -133,8 +133,14 @@ export async function cancel(ctx: Ctx, v: Values, [jobId]: string[]): Promise<nu
   return EXIT.ok;
 }
 
-/** Every job, folded from the log (or read from the Redis read model when it is current). */
-async function allJobs(ctx: Ctx, opts: { vm?: string; limit: number }): Promise<{ jobs: JobState[]; source: 'redis' | 'log' }> {
+/** What `vmsave jobs --kind` accepts. */
+const JOB_KINDS: readonly string[] = ['save', 'restore', 'drain'];
+
+/**
+ * One page of jobs: from the Redis read model's indexes when it is current (the dashboard's
+ * query, `queryJobs`), else folded from the log.
+ */
+async function pageOfJobs(ctx: Ctx, q: JobQuery): Promise<{ jobs: JobState[]; total: number; source: 'redis' | 'log' }> {
   const bus = await ctx.bus();
   const lastSeq = (await bus.jsm.streams.info(streams.events.name)).state.last_seq;
   const fromRedis = await withTimeout(
@@ -143,7 +149,9 @@ async function allJobs(ctx: Ctx, opts: { vm?: string; limit: number }): Promise<
       try {
         const p = new Projection(redis, ctx.cfg.VMSAVE_REDIS_PREFIX);
         if ((await p.appliedSeq()) < lastSeq) return undefined;
-        return await p.jobs({ vm: opts.vm, limit: 10_000 });
+        // Read models written before the state indexes existed: the projector builds them when it starts.
+        if ((await redis.get(p.k.indexVersion)) === null && (await redis.zcard(p.k.jobsAll)) > 0) return undefined;
+        return await queryJobs(redis, ctx.cfg.VMSAVE_REDIS_PREFIX, q);
       } finally {
         redis.disconnect();
       }
@@ -155,13 +163,13 @@ async function allJobs(ctx: Ctx, opts: { vm?: string; limit: number }): Promise<
     if (err instanceof RedisConnectError && err.code === 'auth') throw new CliError(`REDIS_URL: ${err.message}`, EXIT.error, { cause: err });
     return undefined;
   });
-  if (fromRedis) return { jobs: fromRedis, source: 'redis' };
+  if (fromRedis) return { jobs: fromRedis.items, total: fromRedis.total, source: 'redis' };
   const byId = new Map<string, JobState>();
-  for await (const { event } of readLog(bus)) byId.set(event.jobId, fold([event], byId.get(event.jobId)));
-  const jobs = [...byId.values()]
-    .filter((j) => !opts.vm || j.vm === opts.vm)
+  for await (const { event } of readLog(bus)) byId.set(event.jobId, foldView([event], byId.get(event.jobId)));
+  const all = [...byId.values()]
+    .filter((j) => (!q.vm || j.vm === q.vm) && (!q.host || j.host === q.host) && (!q.kind || j.kind === q.kind) && (!q.states?.length || q.states.includes(j.status)))
     .sort((a, b) => (b.requestedAt ?? b.updatedAt ?? '').localeCompare(a.requestedAt ?? a.updatedAt ?? ''));
-  return { jobs, source: 'log' };
+  return { jobs: all.slice(0, q.limit), total: all.length, source: 'log' };
 }
 
 export async function jobs(ctx: Ctx, v: Values): Promise<number> {
@@ -171,9 +179,10 @@ export async function jobs(ctx: Ctx, v: Values): Promise<number> {
     .filter(Boolean);
   for (const s of states ?? []) if (!(JOB_STATUSES as readonly string[]).includes(s)) throw new UsageError(`--state must be among ${JOB_STATUSES.join(', ')}, got "${s}"`);
   const limit = int(v, 'limit', { min: 1, max: 100_000 }) ?? 20;
-  const { jobs: all, source } = await allJobs(ctx, { vm: str(v, 'vm'), limit });
-  const shown = all.filter((j) => !states || states.includes(j.status)).slice(0, limit);
-  ctx.emit({ source, jobs: shown.map(jobJson) });
+  const kind = str(v, 'kind');
+  if (kind !== undefined && !JOB_KINDS.includes(kind)) throw new UsageError(`--kind must be among ${JOB_KINDS.join(', ')}, got "${kind}"`);
+  const { jobs: shown, total, source } = await pageOfJobs(ctx, { states, vm: str(v, 'vm'), host: str(v, 'host'), kind, limit });
+  ctx.emit({ source, total, jobs: shown.map(jobJson) });
   if (!ctx.json) {
     ctx.stdout.write(
       table(
@@ -205,7 +214,8 @@ export async function job(ctx: Ctx, _v: Values, [jobId]: string[]): Promise<numb
     throw err;
   }
   if (events.length === 0) throw new CliError(`no job ${jobId} in the event log`);
-  const s = fold(events);
+  // `foldView`: a drain's history folds into its drain row (kind, state, VMs and child jobs).
+  const s = foldView(events);
   ctx.emit({ job: jobJson(s), events });
   if (!ctx.json) {
     ctx.stdout.write(
