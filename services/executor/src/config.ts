@@ -113,6 +113,20 @@ export const ExecutorEnv = BusEnv.extend({
       if (ms === undefined || ms < 1000) ctx.addIssue({ code: 'custom', message: `"${v}" is not a duration of at least 1s (e.g. 1h, 15m)` });
       return ms ?? 3_600_000;
     }),
+  /**
+   * Copy verified images into the bus's object store (replicate.ts): `bus` for every save of this
+   * host that does not say `replicate: none`, `none` (default) only for saves asking `replicate: bus`.
+   */
+  VMSAVE_REPLICATE: z.enum(['bus', 'none'], { error: 'VMSAVE_REPLICATE: bus or none' }).default('none'),
+  /** At start, verified saves of this long ago are still uploaded when the log says they are not yet (`7d`, `12h`, or ms). */
+  VMSAVE_REPLICATE_LOOKBACK: z
+    .string()
+    .default('7d')
+    .transform((v, ctx) => {
+      const ms = parseDurationMs(v);
+      if (ms === undefined) ctx.addIssue({ code: 'custom', message: `"${v}" is not a duration (e.g. 7d, 12h, 30m)` });
+      return ms ?? 7 * 24 * 3_600_000;
+    }),
   /** `/metrics`: VMSAVE_METRICS_HOST (127.0.0.1) and VMSAVE_METRICS_PORT (9465; 0 = off). */
   ...metricsEnv('executor'),
 });

@@ -11,6 +11,7 @@ import { onWork } from './intake.ts';
 import { runRetention } from './lifecycle.ts';
 import { Presence } from './presence.ts';
 import { recoverAtStart } from './recovery.ts';
+import { runReplication } from './replicate.ts';
 import { readShutdownState, restoreAfterShutdown, saveOnShutdown, type ShutdownOutcome } from './shutdown-save.ts';
 import { WarmPool } from './warm-pool.ts';
 
@@ -87,6 +88,8 @@ export class Executor {
     );
     const { VMSAVE_RETENTION_KEEP_LAST: keepLast, VMSAVE_RETENTION_MAX_AGE: keepYoungerThanMs } = ctx.cfg;
     if (keepLast !== undefined || keepYoungerThanMs !== undefined) this.tasks.push(runRetention(ctx, { keepLast, keepYoungerThanMs }, ctx.cfg.VMSAVE_RETENTION_INTERVAL, signal));
+    // Verified images to the bus's object store (replicate.ts): those a crash interrupted first.
+    this.tasks.push(runReplication(ctx, signal));
     ctx.log.info({ host: ctx.host, qemu: ctx.caps.version, accel: ctx.caps.accel, imageDir: ctx.cfg.imageDir }, 'executor running');
     if (pending.length) {
       await restoreAfterShutdown(ctx, pending).catch((err: unknown) =>
@@ -117,11 +120,10 @@ export class Executor {
     await mkdir(path.join(cfg.qmpDir, 'warm'), { recursive: true });
     await warm.reap();
     if (!warm.enabled) return;
-    for (const name of cfg.VMSAVE_WARM_VMS) {
-      const def = await vms.get(name);
-      if (def) warm.note(def);
-      else log.warn({ vm: name }, 'warm pool: no such VM definition');
-    }
+    const defined = new Set((await vms.definitions()).map((d) => d.name));
+    for (const name of cfg.VMSAVE_WARM_VMS) if (!defined.has(name)) log.warn({ vm: name }, 'warm pool: no such VM definition (prepared once it is defined)');
+    // Prepares the shapes now, then again whenever a definition in the list is made or changed.
+    await warm.watchDefinitions({ dir: vms.vmDir, list: () => vms.definitions() }, cfg.VMSAVE_WARM_VMS, this.ac.signal);
   }
 
   /** Start the VMs named in VMSAVE_AUTOSTART that are defined and not running (detached: they outlive us). */

@@ -1,3 +1,4 @@
+import path from 'node:path';
 import type { ImageFingerprint, JobEvent, RestoreWork } from '@vmsave/contracts';
 import { eventsOfJob, type Logger } from '@vmsave/bus';
 import { OpCancelled, OpError, classify, restoreImage } from '@vmsave/ops';
@@ -5,17 +6,41 @@ import type { ExecutorContext, InFlight } from './context.ts';
 import type { JobTrack } from './job-log.ts';
 import { resolveImagePath } from './image-path.ts';
 import { progressReporter } from './progress.ts';
+import { ensureLocalImage } from './replicate.ts';
+
+/** When this executor took the work item (epoch ms) and how long the intake took (ms): for the restore's `timings`. */
+export interface IntakeTimes {
+  receivedEpochMs: number;
+  intakeMs: number;
+}
 
 /** Run one restore attempt and record its outcome (RestoreStarted, then RestoreCompleted, RestoreFailed or RestoreCancelled) through `decide`. */
-export async function runRestore(ctx: ExecutorContext, w: RestoreWork, job: InFlight, track: JobTrack, log: Logger): Promise<void> {
+export async function runRestore(ctx: ExecutorContext, w: RestoreWork, job: InFlight, track: JobTrack, log: Logger, intake?: IntakeTimes): Promise<void> {
   let imagePath = '';
+  let journaled: Promise<void> | undefined;
+  // The RestoreStarted publish (see prepare).
+  let started: Promise<void> | undefined;
   try {
     imagePath = await resolveImagePath(ctx.cfg.imageDir, w.request.image);
-    const verifiedAs = await verifiedFingerprint(ctx, track.history, imagePath);
-    await ctx.journal.write({ jobId: w.jobId, attempt: w.attempt, fencingToken: w.fencingToken, kind: 'restore', imagePath });
+    // Not on this host but replicated: downloaded (and checked) first (replicate.ts).
+    await ensureLocalImage(ctx, w, job, track, imagePath, log);
+    // The verifier's fingerprint is read from the log while the gate reads the image (restoreImage awaits it).
+    const verifiedAs = verifiedFingerprint(ctx, track.history, imagePath);
+    verifiedAs.catch(() => undefined);
+    // The journal entry is written beside the gate; `prepare` waits for it before RestoreStarted (and so before QEMU gets the image).
+    const journalAt = performance.now();
+    let journalMs = 0;
+    journaled = ctx.journal.write({ jobId: w.jobId, attempt: w.attempt, fencingToken: w.fencingToken, kind: 'restore', imagePath }).then(() => {
+      journalMs = performance.now() - journalAt;
+    });
+    journaled.catch(() => undefined);
     const result = await restoreImage({
       imagePath,
       verifiedAs,
+      // A cold QEMU starts beside the gate, its socket here until it is the VM's (the pool's directory: reaped at start).
+      stagingDir: path.join(ctx.cfg.qmpDir, 'warm'),
+      // Only for a VM that is stopped here: a second QEMU must not touch a running VM's host resources.
+      mayStartEarly: async (d) => (await ctx.vms.status(d.name)) === 'stopped',
       hostCaps: ctx.caps,
       after: w.request.after,
       content: w.request.verify,
@@ -24,23 +49,32 @@ export async function runRestore(ctx: ExecutorContext, w: RestoreWork, job: InFl
       signal: job.ac.signal,
       onProgress: progressReporter(ctx, job, 'restore'),
       prepare: async (d, image) => {
+        await journaled;
         job.vm = d.name;
         const status = await ctx.vms.status(d.name);
         if (status !== 'stopped') throw new OpError(`VM ${d.name} is already running on ${ctx.host} (${status}); stop it before restoring`, 'prepare', 'vm-running', false);
         ctx.vms.busy.add(d.name);
         await ctx.vms.define(d);
-        const ok = await track.apply(
+        // Decided here (the fencing: a stale attempt is refused before QEMU gets the image); its
+        // publish runs beside the load and is acknowledged before the guest may run (beforeResume).
+        const decided = track.decideNow(
           { type: 'StartRestore', data: { host: ctx.host, attempt: w.attempt, fencingToken: w.fencingToken, imagePath, format: image.header.format, vm: d } },
           w.attempt,
           log,
         );
-        if (!ok) throw new OpError('the job log refused RestoreStarted for this attempt', 'prepare', 'stale-attempt', false);
+        if (!decided) throw new OpError('the job log refused RestoreStarted for this attempt', 'prepare', 'stale-attempt', false);
+        started = track.publish();
+        started.catch(() => undefined);
         return ctx.vms.socketOf(d.name);
+      },
+      beforeResume: async () => {
+        await started;
       },
     });
     ctx.vms.adopt(result.definition.name, result.vm);
-    await result.qmp.close();
-    await track.refresh(log);
+    const finishAt = performance.now();
+    await Promise.all([result.qmp.close(), track.refresh(log)]);
+    const finishMs = performance.now() - finishAt;
     const published = await track.apply(
       {
         type: 'CompleteRestore',
@@ -56,12 +90,22 @@ export async function runRestore(ctx: ExecutorContext, w: RestoreWork, job: InFl
           gate: result.gate,
           start: result.start,
           // contentMs: the seal check, part of gateMs.
-          timings: Object.fromEntries(Object.entries({ ...result.timings, contentMs: result.content.durationMs }).map(([k, v]) => [k, Math.round(v * 10) / 10])),
+          // intakeMs (the job's history read), journalMs, finishMs (QMP session closed, the log re-read) and receivedAt
+          // (epoch ms the work item arrived) lie outside durationMs.
+          timings: Object.fromEntries(
+            Object.entries({ ...result.timings, contentMs: result.content.durationMs, journalMs, finishMs, ...intake }).map(([k, v]) => [
+              k === 'receivedEpochMs' ? 'receivedAt' : k,
+              k === 'receivedEpochMs' ? v : Math.round(v * 10) / 10,
+            ]),
+          ),
         },
       },
       w.attempt,
       log,
     );
+    // The pool's replacement starts now that this restore is done (its own timer, 2 s after the
+    // hand-out, is the fallback): a QEMU starting up beside the next restore's load slowed it.
+    if (result.start === 'warm') ctx.warm?.note(result.definition);
     const content = result.content;
     if (!content.sealed) log.warn({ imagePath }, 'restored an image with no seal: its content was not checked against digests');
     log.info(
@@ -80,6 +124,9 @@ export async function runRestore(ctx: ExecutorContext, w: RestoreWork, job: InFl
       'restore completed',
     );
   } catch (err) {
+    // The journal entry written beside a gate that refused: settled before intake removes it.
+    await journaled?.catch(() => undefined);
+    await started?.catch(() => undefined);
     const c = classify(err);
     const e = err instanceof OpError ? err : new OpError(c.message, 'restore', c.code, c.retryable, { cause: err });
     await track.refresh(log);
