@@ -10,8 +10,11 @@ export interface SealHasher {
   readonly digestBytes: number;
   /** The digest of `data`, `digestBytes` long. */
   digest(data: Uint8Array): Uint8Array;
-  /** A running digest over several buffers, as if they were one. */
-  stream(): { update(data: Uint8Array): void; digest(): Uint8Array };
+  /**
+   * A running digest over several buffers, as if they were one; `zeros(n)`, when there, continues
+   * it over `n` zero bytes without being given them (a hole of the file).
+   */
+  stream(): { update(data: Uint8Array): void; zeros?(n: number): void; digest(): Uint8Array };
 }
 
 const TABLE = (() => {
@@ -31,6 +34,43 @@ export function crc32(data: Uint8Array, crc = 0): number {
   return ~c >>> 0;
 }
 
+/** `mat` (32 columns over GF(2)) applied to the 32-bit vector `vec`. */
+function gf2Times(mat: Uint32Array, vec: number): number {
+  let sum = 0;
+  for (let i = 0, v = vec >>> 0; v !== 0; i++, v >>>= 1) if (v & 1) sum ^= mat[i]!;
+  return sum >>> 0;
+}
+
+/** ZERO_OPS[k]: what 2^k zero bytes do to the CRC register (the step for a zero byte is linear). */
+const ZERO_OPS: Uint32Array[] = [];
+function zeroOp(k: number): Uint32Array {
+  if (ZERO_OPS.length === 0) {
+    const one = new Uint32Array(32);
+    for (let j = 0; j < 32; j++) {
+      const r = (1 << j) >>> 0;
+      one[j] = (TABLE[r & 0xff]! ^ (r >>> 8)) >>> 0;
+    }
+    ZERO_OPS.push(one);
+  }
+  while (ZERO_OPS.length <= k) {
+    const m = ZERO_OPS[ZERO_OPS.length - 1]!;
+    const sq = new Uint32Array(32);
+    for (let j = 0; j < 32; j++) sq[j] = gf2Times(m, m[j]!);
+    ZERO_OPS.push(sq);
+  }
+  return ZERO_OPS[k]!;
+}
+
+/**
+ * CRC-32 continued from `crc` over `n` zero bytes, in O(log n) without the bytes:
+ * `crc32Zeros(crc32(a), n) === crc32(zeros(n), crc32(a))`.
+ */
+export function crc32Zeros(crc: number, n: number): number {
+  let r = ~crc >>> 0;
+  for (let k = 0, left = n; left > 0; k++, left = Math.floor(left / 2)) if (left % 2 === 1) r = gf2Times(zeroOp(k), r);
+  return ~r >>> 0;
+}
+
 const be32 = (v: number): Uint8Array => {
   const b = new Uint8Array(4);
   new DataView(b.buffer).setUint32(0, v, false);
@@ -48,6 +88,9 @@ export function crc32HasherOf(fn: (data: Uint8Array, crc?: number) => number): S
       return {
         update(data) {
           c = fn(data, c);
+        },
+        zeros(n) {
+          c = crc32Zeros(c, n);
         },
         digest: () => be32(c),
       };

@@ -1,4 +1,7 @@
+import { randomUUID } from 'node:crypto';
+import { mkdir } from 'node:fs/promises';
 import os from 'node:os';
+import path from 'node:path';
 import type { QmpClient } from '@vmsave/qmp';
 import { launchVm, restoreFromFds, resume, type Accel, type MigrationProgress, type MigrationStats, type VmProcess } from '@vmsave/qemu';
 import { checkRestorable, checkSeal, closeStreamFds, fingerprintImage, openStreamFds, readImage, sameFingerprint, verifyImage, type ImageInfo } from '@vmsave/image/node';
@@ -14,6 +17,13 @@ export interface RestoreImageOptions {
    * returns the QMP socket path for the new QEMU.
    */
   prepare?(definition: VmDefinition, image: ImageInfo): Promise<string>;
+  /**
+   * Awaited once the image is loaded and before the guest may run (`cont`), or before the result
+   * when it stays paused: what `prepare` started and the guest must not run without (the
+   * executor's RestoreStarted publish, acknowledged by the log). A rejection fails the restore
+   * and kills the QEMU, which ran nothing.
+   */
+  beforeResume?(): Promise<void>;
   hostCaps: QemuCapabilities;
   /** The definition to start; default the image's own. It must match the image (RAM, machine). */
   definition?: VmDefinition;
@@ -31,8 +41,23 @@ export interface RestoreImageOptions {
    * file still has it, the gate reads only the header and descriptor: the checks already ran on
    * exactly these bytes, and a legacy image would otherwise be read whole before QEMU reads it.
    */
-  verifiedAs?: ImageFingerprint;
+  verifiedAs?: ImageFingerprint | Promise<ImageFingerprint | undefined>;
   accel?: Accel;
+  /**
+   * A directory (on the file system of the VM's QMP socket) where a QEMU started before the
+   * gate and `prepare` finished keeps its QMP socket until it is moved to the VM's path. With it,
+   * a cold restore starts QEMU (`-incoming defer`) as soon as the descriptor passed the
+   * compatibility check, beside the content gate, the fingerprint and `prepare`: QEMU is given
+   * the image only after all of them passed, and is killed when one refuses. Without it, QEMU
+   * starts after `prepare` (as with `detached`).
+   */
+  stagingDir?: string;
+  /**
+   * Whether a cold QEMU may start before `prepare` (with `stagingDir`): false when the VM may be
+   * running here, whose host resources (a listening socket path, a tap device in its arguments) a
+   * second QEMU must not touch. Default: yes.
+   */
+  mayStartEarly?(definition: VmDefinition): boolean | Promise<boolean>;
   /**
    * Start the restored QEMU detached (it outlives this process, stderr appended to the file
    * `logFileOf` names for the definition started: `vmsave restore --local`); default a child of
@@ -55,8 +80,13 @@ export interface RestoreTimings {
   gateMs: number;
   /** `prepare` (the executor's own bookkeeping: VM state, definition, RestoreStarted). */
   prepareMs: number;
-  /** Starting QEMU until it answers QMP (warm: taking it from the pool). */
+  /**
+   * Waiting for QEMU to answer QMP once the gate and `prepare` are done (warm: taking it from the
+   * pool). A QEMU started early (`stagingDir`, warm) overlaps the gate; only the rest counts here.
+   */
   launchMs: number;
+  /** Starting QEMU (or taking the warm one) until it answers QMP, overlapped or not. */
+  launchWallMs: number;
   /** Opening the QMP session (warm: 0, the pool's session is handed over). */
   qmpMs: number;
   /** Opening the image and QEMU's incoming migration (set-up included). */
@@ -92,9 +122,11 @@ export interface RestoreImageResult {
 /**
  * Restore a vmsave image into a new QEMU: refuse, before QEMU starts, an image that is partial,
  * of an unknown version, of a format this QEMU lacks, or whose RAM/machine do not match the
- * definition; then start QEMU with `-incoming defer`, pass read-only fds, `migrate-incoming`
- * at the stream offset, and `cont` if asked (or if the VM was running when saved). On failure
- * the new QEMU is killed and its stderr is in the error.
+ * definition; then (a warm QEMU, or with `stagingDir` a cold one started now, beside the content
+ * gate, the fingerprint and `prepare`; else one started after them) with `-incoming defer`, and
+ * only once the gate and `prepare` passed: pass read-only fds, `migrate-incoming` at the stream
+ * offset, and `cont` if asked (or if the VM was running when saved). On failure, or a refusal of
+ * the gate or `prepare`, the new QEMU is killed (it never saw the image) and its stderr is in the error.
  */
 export async function restoreImage(o: RestoreImageOptions): Promise<RestoreImageResult> {
   const t0 = performance.now();
@@ -113,17 +145,32 @@ export async function restoreImage(o: RestoreImageOptions): Promise<RestoreImage
     const why = verdict.refusals.map((r) => r.message).join('; ');
     throw new OpError(`refusing to restore ${o.imagePath}: ${why}`, 'prepare', `image-${verdict.refusals[0]!.code}`, false);
   }
-  const content = await contentGate(o.imagePath, o.content ?? 'state', o.signal);
-  const current = o.verifiedAs && (await fingerprintImage(o.imagePath).catch(() => undefined));
-  const unchanged = !!current && sameFingerprint(current, o.verifiedAs!);
-  const gate = o.verify === false || unchanged ? 'quick' : 'full';
-  if (gate === 'full') {
-    // The verifier is the gate: QEMU crashes or "completes" with garbage on some damaged images.
-    const v = await verifyImage(o.imagePath, { hostCaps: o.hostCaps });
-    const failed = v.checks.filter((c) => c.status === 'fail');
-    if (failed.length) {
-      throw new OpError(`refusing to restore ${o.imagePath}: ${failed.map((c) => `${c.name}: ${c.detail}`).join('; ')}`, 'prepare', `image-check-${failed[0]!.name}`, false);
+  // QEMU starts now, beside the rest of the gate (see `stagingDir`); it gets the image only after
+  // the gate and `prepare` passed.
+  const early = o.detached ? undefined : startEarly(o, definition);
+  let content: ContentGate;
+  let gate: 'full' | 'quick';
+  try {
+    // The seal's content check, the file's fingerprint and the verifier's recorded one are independent reads.
+    const [c, current, verifiedAs] = await Promise.all([
+      contentGate(o.imagePath, o.content ?? 'state', o.signal),
+      o.verifiedAs ? fingerprintImage(o.imagePath).catch(() => undefined) : undefined,
+      Promise.resolve(o.verifiedAs).catch(() => undefined),
+    ]);
+    content = c;
+    const unchanged = !!current && !!verifiedAs && sameFingerprint(current, verifiedAs);
+    gate = o.verify === false || unchanged ? 'quick' : 'full';
+    if (gate === 'full') {
+      // The verifier is the gate: QEMU crashes or "completes" with garbage on some damaged images.
+      const v = await verifyImage(o.imagePath, { hostCaps: o.hostCaps });
+      const failed = v.checks.filter((c) => c.status === 'fail');
+      if (failed.length) {
+        throw new OpError(`refusing to restore ${o.imagePath}: ${failed.map((c) => `${c.name}: ${c.detail}`).join('; ')}`, 'prepare', `image-check-${failed[0]!.name}`, false);
+      }
     }
+  } catch (err) {
+    await discardEarly(early);
+    throw err;
   }
 
   let vm: VmProcess | undefined;
@@ -133,7 +180,7 @@ export async function restoreImage(o: RestoreImageOptions): Promise<RestoreImage
     closeStreamFds(fds);
     fds = undefined;
   };
-  const timings: RestoreTimings = { gateMs: performance.now() - t0, prepareMs: 0, launchMs: 0, qmpMs: 0, loadMs: 0, contMs: 0 };
+  const timings: RestoreTimings = { gateMs: performance.now() - t0, prepareMs: 0, launchMs: 0, launchWallMs: 0, qmpMs: 0, loadMs: 0, contMs: 0 };
   let start: 'warm' | 'cold' = 'cold';
   try {
     let mark = performance.now();
@@ -143,25 +190,35 @@ export async function restoreImage(o: RestoreImageOptions): Promise<RestoreImage
       mark = now;
       return ms;
     };
-    const socket = o.prepare ? await o.prepare(definition, image) : o.qmpSocketPath;
-    if (!socket) throw new OpError('no QMP socket path for the restored VM', 'prepare', 'config', false);
+    let socket: string | undefined;
+    try {
+      socket = o.prepare ? await o.prepare(definition, image) : o.qmpSocketPath;
+      if (!socket) throw new OpError('no QMP socket path for the restored VM', 'prepare', 'config', false);
+    } catch (err) {
+      await discardEarly(early);
+      throw err;
+    }
     timings.prepareMs = lap();
     stage = 'start-qemu';
-    const warm = o.warm && !o.detached ? await takeWarm(o.warm, definition, socket) : undefined;
-    if (warm) {
-      ({ vm, qmp } = warm);
-      start = 'warm';
+    const got = early && (await handOver(await early, socket));
+    if (got) {
+      ({ vm, qmp } = got);
+      start = got.start;
+      timings.launchWallMs = got.wallMs;
       timings.launchMs = lap();
     } else {
+      const launched = performance.now();
       vm = await launchVm(definition, {
         qmpSocketPath: socket,
         incoming: 'defer',
         accel: o.accel,
         signal: o.signal,
         detached: o.detached && { logFile: o.detached.logFileOf(definition) },
+        keepQmp: !o.detached,
       });
       timings.launchMs = lap();
-      qmp = await vm.connectQmp();
+      timings.launchWallMs = performance.now() - launched;
+      qmp = vm.takeQmp?.() ?? (await vm.connectQmp());
       timings.qmpMs = lap();
     }
     stage = 'restore';
@@ -180,6 +237,7 @@ export async function restoreImage(o: RestoreImageOptions): Promise<RestoreImage
     closeFds();
     timings.loadMs = lap();
     stage = 'resume';
+    await o.beforeResume?.();
     const run = o.after === 'running' || (o.after === 'as-saved' && h.wasRunning);
     if (run) await resume(qmp, { signal: o.signal });
     timings.contMs = lap();
@@ -232,16 +290,68 @@ async function contentGate(imagePath: string, scope: 'state' | 'full', signal?: 
   return { sealed: sc.sealed, scope, bytesRead: sc.bytesRead, durationMs: sc.durationMs };
 }
 
-/** A warm QEMU from `warm`, its socket moved to `socket`; undefined (that QEMU killed) when that fails. */
-async function takeWarm(warm: NonNullable<RestoreImageOptions['warm']>, definition: VmDefinition, socket: string): Promise<{ vm: VmProcess; qmp: QmpClient } | undefined> {
-  const got = await warm(definition).catch(() => undefined);
+interface EarlyQemu {
+  vm: VmProcess;
+  qmp: QmpClient;
+  start: 'warm' | 'cold';
+  /** From the start (or the take) until QEMU answered QMP. */
+  wallMs: number;
+}
+
+/**
+ * A QEMU for `definition` started before the gate finished: a warm one from the pool, else (with
+ * `stagingDir`) one started with `-incoming defer` on a socket in that directory. Never rejects:
+ * undefined when neither is there or the start failed (the restore then starts one as before,
+ * whose error, if any, is the one reported).
+ */
+function startEarly(o: RestoreImageOptions, definition: VmDefinition): Promise<EarlyQemu | undefined> | undefined {
+  if (!o.warm && !o.stagingDir) return undefined;
+  return (async () => {
+    const t = performance.now();
+    const warm = o.warm ? await o.warm(definition).catch(() => undefined) : undefined;
+    if (warm) return { ...warm, start: 'warm' as const, wallMs: performance.now() - t };
+    if (!o.stagingDir || o.signal?.aborted) return undefined;
+    let vm: VmProcess | undefined;
+    try {
+      if (!(await (o.mayStartEarly?.(definition) ?? true))) return undefined;
+      await mkdir(o.stagingDir, { recursive: true });
+      vm = await launchVm(definition, {
+        qmpSocketPath: path.join(o.stagingDir, `r${process.pid}-${randomUUID().slice(0, 8)}.qmp`),
+        incoming: 'defer',
+        accel: o.accel,
+        signal: o.signal,
+        keepQmp: true,
+      });
+      const qmp = vm.takeQmp?.() ?? (await vm.connectQmp());
+      return { vm, qmp, start: 'cold' as const, wallMs: performance.now() - t };
+    } catch {
+      await vm?.kill().catch(() => undefined);
+      return undefined;
+    }
+  })();
+}
+
+/**
+ * The early QEMU, its socket moved to `socket`, if it still lives (its process, its QMP session);
+ * otherwise it is killed and undefined is returned.
+ */
+async function handOver(got: EarlyQemu | undefined, socket: string): Promise<EarlyQemu | undefined> {
   if (!got) return undefined;
   try {
+    if (got.vm.exitStatus !== undefined || got.qmp.runState !== 'running') throw new Error('the early QEMU is gone');
     await got.vm.moveQmpSocket(socket);
     return got;
   } catch {
-    await got.qmp.close().catch(() => undefined);
-    await got.vm.kill().catch(() => undefined);
+    await discardEarly(Promise.resolve(got));
     return undefined;
   }
+}
+
+/** Kill a QEMU started early for a restore that was refused before it was handed over. */
+async function discardEarly(early: Promise<EarlyQemu | undefined> | undefined): Promise<void> {
+  const got = await early?.catch(() => undefined);
+  if (!got) return;
+  await got.qmp.close().catch(() => undefined);
+  await got.vm.kill().catch(() => undefined);
+  await Promise.resolve(got.vm[Symbol.asyncDispose]()).catch(() => undefined);
 }

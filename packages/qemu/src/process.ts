@@ -34,6 +34,12 @@ export interface VmProcess extends AsyncDisposable {
    * socket stays the same, only its path changes. Refuses a path that exists.
    */
   moveQmpSocket(newPath: string): Promise<void>;
+  /**
+   * With `keepQmp`: the QMP session the readiness check opened (it answered `query-status`), once;
+   * undefined afterwards or without `keepQmp`. Saves a second connect (and its greeting) to a
+   * caller that talks to QEMU at once (a restore).
+   */
+  takeQmp?(): QmpClient | undefined;
 }
 
 export interface SpawnQemuOptions {
@@ -60,6 +66,11 @@ export interface SpawnQemuOptions {
    * no reference keeping the caller's event loop alive. Everything else is the same launcher.
    */
   detached?: { logFile: string };
+  /**
+   * Keep the session the readiness check opened instead of closing it: `takeQmp()` hands it over
+   * (QMP serves one client at a time, so it is closed if not taken by the first `connectQmp`).
+   */
+  keepQmp?: boolean;
 }
 
 /** Keeps the last `limit` bytes written to it. */
@@ -188,7 +199,11 @@ export async function spawnQemu(args: readonly string[], options: SpawnQemuOptio
     });
   });
 
+  // The readiness check's session, kept for `takeQmp` (keepQmp).
+  let ready: QmpClient | undefined;
   const kill = async (signal: NodeJS.Signals = 'SIGKILL'): Promise<VmExit> => {
+    void ready?.close().catch(() => undefined);
+    ready = undefined;
     if (exitStatus === undefined) child.kill(signal);
     return exited;
   };
@@ -207,7 +222,18 @@ export async function spawnQemu(args: readonly string[], options: SpawnQemuOptio
       return exitStatus;
     },
     kill,
-    connectQmp: (connectOptions) => QmpClient.connect(socketPath, connectOptions),
+    async connectQmp(connectOptions) {
+      // A session kept by the readiness check but not taken would make this connect wait: close it.
+      const kept = ready;
+      ready = undefined;
+      await kept?.close().catch(() => undefined);
+      return QmpClient.connect(socketPath, connectOptions);
+    },
+    takeQmp() {
+      const kept = ready;
+      ready = undefined;
+      return kept;
+    },
     async moveQmpSocket(newPath) {
       if (newPath === socketPath) return;
       if (await lstat(newPath).catch(() => undefined)) {
@@ -218,6 +244,8 @@ export async function spawnQemu(args: readonly string[], options: SpawnQemuOptio
       socketPath = newPath;
     },
     async [Symbol.asyncDispose]() {
+      await ready?.close().catch(() => undefined);
+      ready = undefined;
       if (exitStatus === undefined) {
         child.kill('SIGTERM');
         const timer = setTimeout(() => child.kill('SIGKILL'), 3_000);
@@ -229,7 +257,9 @@ export async function spawnQemu(args: readonly string[], options: SpawnQemuOptio
   };
 
   try {
-    await waitForSocket(socketPath, exited, options.readyTimeoutMs ?? (options.detached ? 60_000 : 15_000), options.signal);
+    const session = await waitForQmp(socketPath, exited, options.readyTimeoutMs ?? (options.detached ? 60_000 : 15_000), options.signal);
+    if (options.keepQmp) ready = session;
+    else await session.close().catch(() => undefined);
   } catch (error) {
     await kill('SIGKILL');
     await unlink(socketPath).catch(() => undefined);
@@ -257,7 +287,15 @@ function readLogTail(file: string, start: number): string {
   }
 }
 
-async function waitForSocket(socketPath: string, exited: Promise<VmExit>, timeoutMs: number, signal: AbortSignal | undefined): Promise<void> {
+/**
+ * Waits until QEMU answers on its QMP socket and resolves with that session. The socket file is
+ * looked for every 2 ms (a stat); once it exists ONE session is opened, which waits for QEMU's
+ * greeting and then for the answer to `query-status`: QEMU creates the socket, and its monitor
+ * even greets, before the machine is built, but commands are dispatched only from the main loop,
+ * so that answer means the command line was accepted and QEMU is up. (Reconnecting on a timer
+ * instead cost up to one period per launch, and a second session for the caller.)
+ */
+async function waitForQmp(socketPath: string, exited: Promise<VmExit>, timeoutMs: number, signal: AbortSignal | undefined): Promise<QmpClient> {
   let exit: VmExit | undefined;
   void exited.then((e) => {
     exit = e;
@@ -266,25 +304,25 @@ async function waitForSocket(socketPath: string, exited: Promise<VmExit>, timeou
   for (;;) {
     if (exit) throw new Error(`QEMU exited (code ${exit.code}, signal ${exit.signal}) before its QMP socket was ready`);
     signal?.throwIfAborted();
-    if (await answers(socketPath, Math.max(1, deadline - Date.now()))) return;
+    if (await isSocket(socketPath)) {
+      const left = Math.max(1, deadline - Date.now());
+      let qmp: QmpClient | undefined;
+      try {
+        // The client's default command deadline stays (the session may be handed over); only this query is bounded here.
+        qmp = await QmpClient.connect(socketPath, { timeoutMs: left, signal });
+        await qmp.execute('query-status', undefined, { timeoutMs: Math.max(1, deadline - Date.now()), signal });
+        return qmp;
+      } catch {
+        await qmp?.close().catch(() => undefined);
+      }
+    }
     if (Date.now() > deadline) throw new Error(`QMP socket ${socketPath} was not ready within ${timeoutMs} ms`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
+    await new Promise((resolve) => setTimeout(resolve, 2));
   }
 }
 
-/**
- * QEMU creates the QMP socket, and its monitor thread even greets, before the
- * machine is built; commands are dispatched only from the main loop. An answer
- * to query-status means the command line was accepted and QEMU is up.
- */
-async function answers(socketPath: string, timeoutMs: number): Promise<boolean> {
-  try {
-    await using qmp = await QmpClient.connect(socketPath, { timeoutMs, commandTimeoutMs: timeoutMs });
-    await qmp.execute('query-status');
-    return true;
-  } catch {
-    return false;
-  }
+async function isSocket(socketPath: string): Promise<boolean> {
+  return (await lstat(socketPath).catch(() => undefined))?.isSocket() ?? false;
 }
 
 function canConnect(socketPath: string): Promise<boolean> {

@@ -32,6 +32,8 @@ export interface LaunchOptions {
   killWithParent?: boolean;
   /** QEMU outlives the caller, stderr to `logFile`: see {@link SpawnQemuOptions.detached}. */
   detached?: { logFile: string };
+  /** Keep the readiness check's QMP session for `takeQmp()`: see {@link SpawnQemuOptions.keepQmp}. */
+  keepQmp?: boolean;
 }
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
@@ -93,5 +95,6 @@ export async function launchVm(def: VmDefinition, options: LaunchOptions): Promi
     signal: options.signal,
     killWithParent: options.killWithParent,
     detached: options.detached,
+    keepQmp: options.keepQmp,
   });
 }

@@ -14,6 +14,8 @@ import { runSave } from './save-job.ts';
  * outcome is in the log.
  */
 export async function onWork(ctx: ExecutorContext, w: WorkItem, msg: MessageContext): Promise<Outcome> {
+  const receivedEpochMs = Date.now();
+  const receivedAt = performance.now();
   const log = ctx.log.child({ jobId: w.jobId, attempt: w.attempt });
   const running = ctx.inflight.get(w.jobId);
   if (running) {
@@ -52,7 +54,7 @@ export async function onWork(ctx: ExecutorContext, w: WorkItem, msg: MessageCont
       return ack();
     }
     if (w.kind === 'save') await runSave(ctx, w, job, track, log);
-    else await runRestore(ctx, w, job, track, log);
+    else await runRestore(ctx, w, job, track, log, { receivedEpochMs, intakeMs: performance.now() - receivedAt });
     return ack();
   } finally {
     clearTimeout(timer);

@@ -1,4 +1,4 @@
-import type { JobEvent } from '@vmsave/contracts';
+import { streams, subjects, type JobEvent } from '@vmsave/contracts';
 import { eventsOfJob, publishEvent, type Logger } from '@vmsave/bus';
 import { closesAttempt, decide, evolve, fold, type JobCommand, type JobState } from '@vmsave/jobs';
 import type { ExecutorContext } from './context.ts';
@@ -58,6 +58,7 @@ export class JobTrack {
    */
   async refresh(log: Logger): Promise<void> {
     try {
+      if (await this.logUnchanged()) return;
       const logged = (await eventsOfJob(this.ctx.bus, this.jobId)).map((l) => l.event);
       const ids = new Set(logged.map((e) => e.eventId));
       this.pending = this.pending.filter((e) => !ids.has(e.eventId));
@@ -66,6 +67,32 @@ export class JobTrack {
     } catch (err) {
       log.warn({ err: (err as Error).message }, 'could not re-read the job from the log; deciding on what this executor knows');
     }
+  }
+
+  /**
+   * Whether the log holds exactly the events this track read or published, per subject (one
+   * stream-info round trip with a subject filter, instead of a consumer to read the job again).
+   * Any difference (an event someone else appended, one that was refused when read) answers
+   * false, and the job is read again.
+   */
+  private async logUnchanged(): Promise<boolean> {
+    const want = new Map<string, number>();
+    const pending = new Set(this.pending);
+    for (const e of this.events) {
+      if (pending.has(e)) continue;
+      const subject = subjects.evt(this.jobId, e.type);
+      want.set(subject, (want.get(subject) ?? 0) + 1);
+    }
+    let info: { state: { subjects?: Record<string, number> } } | undefined;
+    try {
+      info = await this.ctx.bus.jsm.streams.info(streams.events.name, { subjects_filter: subjects.evtOfJob(this.jobId) });
+    } catch {
+      return false;
+    }
+    const logged = info?.state.subjects;
+    if (!logged) return false;
+    const entries = Object.entries(logged);
+    return entries.length === want.size && entries.every(([subject, n]) => want.get(subject) === n);
   }
 
   /**

@@ -1,10 +1,19 @@
 import { randomUUID } from 'node:crypto';
+import { watch } from 'node:fs';
 import { mkdir, readdir, readFile, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from '@vmsave/bus';
 import type { VmDefinition } from '@vmsave/contracts';
 import { buildVmArgs, launchVm, type Accel, type VmProcess } from '@vmsave/qemu';
 import { QmpClient } from '@vmsave/qmp';
+
+/** Where the pool learns of this host's VM definitions (`watchDefinitions`). */
+export interface DefinitionSource {
+  /** The directory the definitions live in (watched: a file written there is a definition made or changed). */
+  dir: string;
+  /** Every definition of the host, as now. */
+  list(): Promise<VmDefinition[]>;
+}
 
 export interface WarmPoolOptions {
   /** Waiting QEMUs kept per shape (0: no pool). */
@@ -55,6 +64,10 @@ export class WarmPool {
   private stopped = false;
   private seq = 0;
   private refilling: Promise<void> = Promise.resolve();
+  /** The shape key last prepared for each VM name (`syncDefinitions`). */
+  private readonly defined = new Map<string, string>();
+  /** Aborted by `stop`: ends the definition watch. */
+  private readonly stopping = new AbortController();
   private readonly o: WarmPoolOptions;
 
   constructor(o: WarmPoolOptions) {
@@ -113,6 +126,72 @@ export class WarmPool {
   }
 
   /**
+   * The host's VM definitions as they are now: each VM the pool is configured for (`names`) whose
+   * definition is new or changed since the last call gets its shape prepared (`note`). Returns the
+   * names whose shape was noted.
+   */
+  syncDefinitions(defs: readonly VmDefinition[], names: ReadonlySet<string> | readonly string[]): string[] {
+    if (!this.enabled) return [];
+    const wanted = new Set(names);
+    const noted: string[] = [];
+    for (const def of defs) {
+      if (!wanted.has(def.name)) continue;
+      let key: string;
+      try {
+        key = this.keyOf(def);
+      } catch (err) {
+        this.o.log.warn({ vm: def.name, err: (err as Error).message }, 'warm pool: a VM definition with no QEMU command line');
+        continue;
+      }
+      if (this.defined.get(def.name) === key) continue;
+      this.defined.set(def.name, key);
+      this.o.log.info({ vm: def.name }, 'warm pool: VM definition new or changed; preparing its shape');
+      this.note(def);
+      noted.push(def.name);
+    }
+    return noted;
+  }
+
+  /**
+   * Prepare the shapes of the configured VMs (`names`) now, and again whenever a definition is
+   * written in `source.dir` (a VM defined or changed on this host: `vmsave vm create`, a restore
+   * of an image whose definition differs), until `signal` aborts. Resolves after the first sync.
+   */
+  async watchDefinitions(source: DefinitionSource, names: readonly string[], until: AbortSignal): Promise<void> {
+    const signal = AbortSignal.any([until, this.stopping.signal]);
+    const sync = async () => {
+      try {
+        this.syncDefinitions(await source.list(), names);
+      } catch (err) {
+        this.o.log.warn({ err: (err as Error).message }, 'warm pool: could not read the VM definitions');
+      }
+    };
+    await sync();
+    if (!this.enabled || signal.aborted || names.length === 0) return;
+    let timer: NodeJS.Timeout | undefined;
+    let watcher: ReturnType<typeof watch>;
+    try {
+      // Writes come as a burst (temp file, rename): one sync shortly after the last event.
+      watcher = watch(source.dir, { persistent: false }, () => {
+        clearTimeout(timer);
+        timer = setTimeout(() => void sync(), 50);
+      });
+    } catch (err) {
+      this.o.log.warn({ dir: source.dir, err: (err as Error).message }, 'warm pool: cannot watch the VM definitions');
+      return;
+    }
+    watcher.on('error', (err) => this.o.log.warn({ dir: source.dir, err: err.message }, 'warm pool: watching the VM definitions failed'));
+    signal.addEventListener(
+      'abort',
+      () => {
+        clearTimeout(timer);
+        watcher.close();
+      },
+      { once: true },
+    );
+  }
+
+  /**
    * A waiting QEMU of exactly this definition's shape, with a QMP session open on it, or
    * undefined (none waiting, or none that still lives). Remembers the shape and refills.
    */
@@ -161,6 +240,7 @@ export class WarmPool {
   /** Kill every waiting QEMU and start no more. */
   async stop(): Promise<void> {
     this.stopped = true;
+    this.stopping.abort();
     await this.refilling.catch(() => undefined);
     const all = [...this.shapes.values()].flatMap((s) => s.waiting.splice(0));
     this.shapes.clear();

@@ -4,14 +4,15 @@
  * killed or stopped answering is never handed out; the pool's RSS stays within its bound, and a
  * waiting QEMU holds none of its guest RAM; stop kills every waiting QEMU.
  */
-import { readFile } from 'node:fs/promises';
+import { copyFile, open, readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '@vmsave/bus';
 import type { QemuCapabilities, VmDefinition } from '@vmsave/contracts';
-import { restoreImage, saveVm } from '@vmsave/ops';
+import { readImage } from '@vmsave/image/node';
+import { restoreImage, saveVm, VmRegistry } from '@vmsave/ops';
 import { detectAccel, probeQemu, type Accel, type VmProcess } from '@vmsave/qemu';
 import { analyseDump } from '@vmsave/testguest';
 import { guestKernelMissing, launchTestGuest, waitForGuest } from '@vmsave/testguest/node';
@@ -79,7 +80,7 @@ afterAll(async () => {
   if (dir) await rm(dir, { recursive: true, force: true });
 });
 
-async function restoredMemory(name: string, warm?: WarmPool): Promise<{ ram: Buffer; start: string; pid: number }> {
+async function restoredMemory(name: string, warm?: WarmPool, stagingDir?: string): Promise<{ ram: Buffer; start: string; pid: number }> {
   const r = await restoreImage({
     imagePath,
     qmpSocketPath: path.join(dir, `${name}.qmp`),
@@ -87,7 +88,9 @@ async function restoredMemory(name: string, warm?: WarmPool): Promise<{ ram: Buf
     after: 'paused',
     accel,
     warm: warm && ((d) => warm.take(d)),
+    stagingDir,
   });
+  expect(r.vm.qmpSocketPath).toBe(path.join(dir, `${name}.qmp`));
   vms.push(r.vm);
   const file = path.join(dir, `${name}.ram`);
   await r.qmp.execute('pmemsave', { val: 0, size: MEMORY_MIB * MiB, filename: file });
@@ -103,11 +106,17 @@ describe.skipIf(missing !== undefined)('the warm restore pool', () => {
     await filled(p, definition, 1);
     const waitingPid = p.stats().pids[0];
     const cold = await restoredMemory('cold');
+    // A cold QEMU started beside the gate (stagingDir), its socket moved to the VM's path after it.
+    const staging = path.join(dir, 'staging');
+    const early = await restoredMemory('early', undefined, staging);
     const warm = await restoredMemory('warm', p);
     expect(cold.start).toBe('cold');
+    expect(early.start).toBe('cold');
     expect(warm.start).toBe('warm');
     expect(warm.pid).toBe(waitingPid);
     expect(warm.ram.equals(cold.ram)).toBe(true);
+    expect(early.ram.equals(cold.ram)).toBe(true);
+    expect(await readdir(staging)).toEqual([]);
     const a = analyseDump(warm.ram);
     expect(a.issues).toEqual([]);
     expect(a.consistent).toBe(true);
@@ -174,6 +183,94 @@ describe.skipIf(missing !== undefined)('the warm restore pool', () => {
     none.note(big);
     await none.settled();
     expect(none.stats().waiting).toBe(0);
+  });
+
+  it('a restore the gate refuses kills the QEMU started beside the gate, which never saw the image', async () => {
+    const damaged = path.join(dir, 'damaged.vmsave');
+    await copyFile(imagePath, damaged);
+    const { header } = await readImage(damaged);
+    // One byte of the stream's device-state region flipped: the seal's state check refuses it.
+    const fh = await open(damaged, 'r+');
+    const b = Buffer.alloc(1);
+    await fh.read(b, 0, 1, header.streamOffset + 20);
+    b[0] = b[0]! ^ 0xff;
+    await fh.write(b, 0, 1, header.streamOffset + 20);
+    await fh.close();
+    const staging = path.join(dir, 'staging-refused');
+    let asked = 0;
+    const err = await restoreImage({
+      imagePath: damaged,
+      qmpSocketPath: path.join(dir, 'refused.qmp'),
+      hostCaps: caps,
+      after: 'paused',
+      accel,
+      stagingDir: staging,
+      mayStartEarly: () => {
+        asked++;
+        return true;
+      },
+    }).catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: 'image-damaged', stage: 'prepare' });
+    expect(asked).toBe(1);
+    expect(await readdir(staging)).toEqual([]);
+    // No QEMU is left with a socket in the staging directory.
+    const left: string[] = [];
+    for (const pid of (await readdir('/proc')).filter((p) => /^\d+$/.test(p))) {
+      const cmd = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
+      if (cmd.includes(staging)) left.push(pid);
+    }
+    expect(left).toEqual([]);
+    // Told the VM may be running, no QEMU starts early at all.
+    const quiet = path.join(dir, 'staging-running');
+    const err2 = await restoreImage({
+      imagePath: damaged,
+      qmpSocketPath: path.join(dir, 'refused2.qmp'),
+      hostCaps: caps,
+      after: 'paused',
+      accel,
+      stagingDir: quiet,
+      mayStartEarly: () => false,
+    }).catch((e: unknown) => e);
+    expect(err2).toMatchObject({ code: 'image-damaged' });
+    expect(await readdir(quiet).catch(() => [])).toEqual([]);
+  });
+
+  it('a VM defined or changed on this host gets its shape prepared when the pool is configured for it', async () => {
+    const registry = new VmRegistry({ vmDir: path.join(dir, 'vms'), qmpDir: path.join(dir, 'qmp') });
+    await registry.init();
+    const p = pool({ size: 1 });
+    const ac = new AbortController();
+    const cmdline = async (pid: number) => (await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).split('\0');
+    const waitFor = async (what: string, ok: () => boolean | Promise<boolean>) => {
+      for (const end = Date.now() + 60_000; !(await ok()); ) {
+        if (Date.now() > end) throw new Error(`timed out waiting for ${what} (${JSON.stringify(p.stats())})`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    };
+    try {
+      await p.watchDefinitions({ dir: registry.vmDir, list: () => registry.definitions() }, ['warm-def'], ac.signal);
+      expect(p.stats().waiting + p.stats().starting).toBe(0);
+      // Defined after the pool started: a QEMU of its shape is prepared, none for a VM the pool is not configured for.
+      await registry.define({ ...definition, name: 'warm-other' });
+      await registry.define({ ...definition, name: 'warm-def' });
+      await waitFor('the defined shape', () => p.stats().waiting === 1);
+      const first = p.stats().pids[0]!;
+      expect(await cmdline(first)).toContain('guest=warm-def');
+      // Changed (more memory): its new shape is prepared too.
+      const changed = { ...definition, name: 'warm-def', memoryMiB: MEMORY_MIB + 64 };
+      await registry.define(changed);
+      await waitFor('the changed shape', () => p.stats().waiting === 2);
+      for (const pid of p.stats().pids) expect(await cmdline(pid)).not.toContain('guest=warm-other');
+      const got = await p.take(changed);
+      expect(got).toBeDefined();
+      expect(await cmdline(got!.vm.pid)).toContain(`${MEMORY_MIB + 64}M`);
+      vms.push(got!.vm);
+      await got!.qmp.close();
+      // The same definition written again is no change: nothing more is started for it.
+      expect(p.syncDefinitions(await registry.definitions(), ['warm-def'])).toEqual([]);
+    } finally {
+      ac.abort();
+    }
   });
 
   it('stop kills every waiting QEMU', async () => {

@@ -3,9 +3,11 @@
  * (scheduler, executor, verifier as processes, a private nats-server), publish → RestoreCompleted,
  * from a cold QEMU (VMSAVE_WARM_POOL=0) and from the warm pool (VMSAVE_WARM_POOL=1), with where the
  * milliseconds go: the job's own event timestamps and the executor's timings in RestoreCompleted.
- * Prints medians; asserts nothing about time.
+ * Beside them, raw QEMU: the same image loaded by a QEMU started for it (exec → QMP answers →
+ * fds, migrate-incoming → completed → cont over QMP), no gate, no bus, in the same rounds so
+ * both see the same host load. Prints medians; asserts nothing about time.
  *
- *   options: --ram MiB (default 4096)  --rounds N (default 7)
+ *   options: --ram MiB (default 4096)  --rounds N (default 7)  --gap ms before each round (default 2500)
  */
 import { randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
@@ -16,21 +18,25 @@ import os from 'node:os';
 import path from 'node:path';
 import type { JobEvent, VmDefinition } from '@vmsave/contracts';
 import { Stack } from '@vmsave/e2e';
-import { probeQemu } from '@vmsave/qemu';
+import { closeStreamFds, openStreamFds, readImage } from '@vmsave/image/node';
+import { detectAccel, launchVm, probeQemu, restoreFromFds, resume, type Accel } from '@vmsave/qemu';
 import { QmpClient } from '@vmsave/qmp';
 import { median, parseArgs, positiveInt } from './stats.ts';
 
-const args = parseArgs(process.argv.slice(2), ['ram', 'rounds']);
+const args = parseArgs(process.argv.slice(2), ['ram', 'rounds', 'gap']);
 const ramMiB = positiveInt(args.ram, 'ram', 4096);
 const rounds = positiveInt(args.rounds, 'rounds', 7);
+// Quiet time before each round (ms): the VM's QEMU gone and announced stopped, the pool refilled (2 s after a hand-out).
+const gapMs = positiveInt(args.gap, 'gap', 2500);
 const log = (msg: string): void => console.log(`[bench:warm ${new Date().toISOString().slice(11, 19)}] ${msg}`);
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 interface Sample {
   start: string;
   totalMs: number;
-  schedulerMs: number;
-  toStartedMs: number;
+  /** Epoch ms of each event type of the job (its `at`), and of the publish. */
+  at: Record<string, number>;
+  wall0: number;
   timings: Record<string, number>;
   executorMs: number;
 }
@@ -45,6 +51,7 @@ try {
   const host = s.host('bench');
   const dirs = s.dirs(host);
   const caps = await probeQemu();
+  const accel = await detectAccel();
   const name = `warm-${randomUUID().slice(0, 8)}`;
   const def: VmDefinition = { name, uuid: randomUUID(), machine: caps.machines.find((m) => m.startsWith('pc-q35')) ?? 'q35', memoryMiB: ramMiB, vcpus: 1, args: [] };
   await s.startVm('bench', def);
@@ -57,6 +64,7 @@ try {
   log(`idle ${ramMiB} MiB sparse image ${image} saved and verified`);
 
   const results: Record<string, Sample[]> = { cold: [], warm: [] };
+  const raw: Array<{ launchMs: number; loadMs: number; contMs: number; totalMs: number }> = [];
   for (const phase of ['cold', 'warm'] as const) {
     const svc = `executor:${host}` as const;
     const mark = (await s.log(svc)).length;
@@ -68,14 +76,25 @@ try {
     }
     for (let i = 0; i < rounds + 1; i++) {
       // Quiet: the VM's QEMU gone and announced stopped, the pool refilled.
-      await sleep(2500);
+      await sleep(gapMs);
       const sample = await restoreOnce(s, image, host);
       if (i > 0) results[phase]!.push(sample); // the first round warms caches; not counted
       log(`${phase} #${i}: ${sample.start} ${sample.totalMs.toFixed(1)} ms (${JSON.stringify(sample.timings)})`);
       await quit(path.join(dirs.qmpDir, `${name}.qmp`));
+      if (phase === 'cold') {
+        await sleep(500);
+        const r = await rawRestore(path.join(dirs.imageDir, image), accel);
+        if (i > 0) raw.push(r);
+        log(`raw #${i}: ${r.totalMs.toFixed(1)} ms (launch ${r.launchMs.toFixed(1)}, load ${r.loadMs.toFixed(1)}, cont ${r.contMs.toFixed(1)})`);
+      }
     }
   }
   report(results);
+  const m = (f: (x: (typeof raw)[number]) => number) => (median(raw.map(f)) ?? Number.NaN).toFixed(1);
+  console.log(
+    `\nraw QEMU, same image, same rounds (median ms): exec → QMP answers ${m((x) => x.launchMs)}, load (fds, migrate-incoming, completed) ${m((x) => x.loadMs)}, cont ${m((x) => x.contMs)}, total ${m((x) => x.totalMs)}`,
+  );
+  console.log(`raw totals: ${raw.map((x) => x.totalMs.toFixed(0)).join(' ')}`);
 } finally {
   await stack?.stop().catch(() => undefined);
   nats?.kill('SIGTERM');
@@ -111,8 +130,8 @@ async function restoreOnce(s: Stack, image: string, host: string): Promise<Sampl
     return {
       start: (completed.data as { start?: string }).start ?? '?',
       totalMs: seen - t0,
-      schedulerMs: at('RestoreScheduled') - wall0,
-      toStartedMs: at('RestoreStarted') - at('RestoreScheduled'),
+      at: Object.fromEntries(['RestoreRequested', 'RestoreScheduled', 'RestoreStarted', 'RestoreCompleted'].map((t) => [t, at(t)])),
+      wall0,
       timings,
       executorMs: completed.data.durationMs,
     };
@@ -120,14 +139,26 @@ async function restoreOnce(s: Stack, image: string, host: string): Promise<Sampl
 }
 
 function report(results: Record<string, Sample[]>): void {
-  const keys = ['gateMs', 'prepareMs', 'launchMs', 'qmpMs', 'loadMs', 'contMs'];
+  const t = (x: Sample, k: string) => x.timings[k] ?? 0;
+  // The executor's own steps, in order, from its clock (RestoreCompleted `timings`).
+  const executorSteps = (x: Sample) => t(x, 'intakeMs') + t(x, 'journalMs') + x.executorMs + t(x, 'finishMs');
   const rows: Array<[string, (x: Sample) => number]> = [
     ['publish → RestoreCompleted seen (total)', (x) => x.totalMs],
-    ['publish → RestoreScheduled (client, bus, scheduler)', (x) => x.schedulerMs],
-    ['RestoreScheduled → RestoreStarted (work hop, gate, prepare)', (x) => x.toStartedMs],
-    ['executor restoreImage (durationMs)', (x) => x.executorMs],
-    ...keys.map((k) => [`  executor ${k.replace(/Ms$/, '')}`, (x: Sample) => x.timings[k] ?? 0] as [string, (x: Sample) => number]),
-    ['rest (hops: work item, RestoreCompleted to the client)', (x) => x.totalMs - x.schedulerMs - x.executorMs],
+    ['publish → RestoreRequested (client, command stream, scheduler admission)', (x) => x.at.RestoreRequested! - x.wall0],
+    ['RestoreRequested → RestoreScheduled (scheduler placement)', (x) => x.at.RestoreScheduled! - x.at.RestoreRequested!],
+    ['RestoreScheduled → work item received by the executor (work hop, pull)', (x) => t(x, 'receivedAt') - x.at.RestoreScheduled!],
+    ['executor intake (the job history read and folded)', (x) => t(x, 'intakeMs')],
+    ['executor journal write', (x) => t(x, 'journalMs')],
+    ['executor gate (descriptor, compatibility, seal, fingerprint)', (x) => t(x, 'gateMs')],
+    ['  of it: seal content check', (x) => t(x, 'contentMs')],
+    ['executor prepare (VM state, definition, RestoreStarted published)', (x) => t(x, 'prepareMs')],
+    ['executor launch: wait for QEMU after gate + prepare', (x) => t(x, 'launchMs')],
+    ['  QEMU start → QMP answers (overlapped with gate + prepare)', (x) => t(x, 'launchWallMs')],
+    ['executor qmp connect (0: the launch session is handed over)', (x) => t(x, 'qmpMs')],
+    ['executor load (fds, capabilities, migrate-incoming, completed)', (x) => t(x, 'loadMs')],
+    ['executor cont', (x) => t(x, 'contMs')],
+    ['executor finish (QMP session closed, job log re-read)', (x) => t(x, 'finishMs')],
+    ['RestoreCompleted published → seen by the client', (x) => x.totalMs - (t(x, 'receivedAt') - x.wall0) - executorSteps(x)],
   ];
   console.log(`\nidle ${ramMiB} MiB sparse image, medians of ${rounds} rounds (ms):\n`);
   console.log('| step | cold | warm |\n|---|---:|---:|');
@@ -135,6 +166,37 @@ function report(results: Record<string, Sample[]>): void {
     console.log(`| ${label} | ${(median(results.cold!.map(f)) ?? Number.NaN).toFixed(1)} | ${(median(results.warm!.map(f)) ?? Number.NaN).toFixed(1)} |`);
   console.log(`\nstarts seen: cold ${results.cold!.map((x) => x.start).join(',')}; warm ${results.warm!.map((x) => x.start).join(',')}`);
   console.log(`totals: cold ${results.cold!.map((x) => x.totalMs.toFixed(0)).join(' ')}; warm ${results.warm!.map((x) => x.totalMs.toFixed(0)).join(' ')}`);
+}
+
+/** Raw QEMU: start one for the image's own definition, load the image over QMP, cont; then quit it. */
+async function rawRestore(imagePath: string, accel: Accel) {
+  const image = await readImage(imagePath);
+  const h = image.header;
+  const socket = path.join(work, `raw-${randomUUID().slice(0, 8)}.qmp`);
+  const t0 = performance.now();
+  const vm = await launchVm(image.descriptor.vm, { qmpSocketPath: socket, incoming: 'defer', accel, keepQmp: true, killWithParent: true });
+  const qmp = vm.takeQmp?.() ?? (await vm.connectQmp());
+  const t1 = performance.now();
+  const fds = await openStreamFds(imagePath, { mode: 'restore', directIo: h.directIo });
+  try {
+    await restoreFromFds(qmp, {
+      fds,
+      offset: h.streamOffset,
+      format: h.format,
+      channels: h.format === 'sparse' ? Math.max(1, h.channels) : undefined,
+      directIo: h.directIo,
+      process: vm,
+    });
+  } finally {
+    closeStreamFds(fds);
+  }
+  const t2 = performance.now();
+  await resume(qmp);
+  const t3 = performance.now();
+  await qmp.execute('quit').catch(() => undefined);
+  await qmp.close().catch(() => undefined);
+  await vm.exited;
+  return { launchMs: t1 - t0, loadMs: t2 - t1, contMs: t3 - t2, totalMs: t3 - t0 };
 }
 
 async function eventOf(s: Stack, jobId: string, type: string): Promise<Record<string, unknown>> {
