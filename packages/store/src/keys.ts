@@ -6,6 +6,13 @@ export function keys(prefix = 'vmsave') {
     jobsAll: `${prefix}:jobs:all`,
     jobsByVm: (vm: string) => `${prefix}:jobs:vm:${vm}`,
     jobsByHost: (host: string) => `${prefix}:jobs:host:${host}`,
+    /** Jobs in one status (sorted by request time, like every `jobs:*` index). */
+    jobsByState: (state: string) => `${prefix}:jobs:state:${state}`,
+    jobsByKind: (kind: string) => `${prefix}:jobs:kind:${kind}`,
+    /** The version of the `jobs:state:*` / `jobs:kind:*` indexes built over the stored jobs. */
+    indexVersion: `${prefix}:proj:indexes`,
+    /** Scratch sorted sets of one query (intersections), deleted in the same transaction. */
+    scratch: (id: string) => `${prefix}:tmp:${id}`,
     latestImage: (vm: string) => `${prefix}:image:latest:${vm}`,
     /** Every verified image of a VM still standing (jobId → LatestImage JSON): what `latestImage` falls back on. */
     verifiedImages: (vm: string) => `${prefix}:image:verified:${vm}`,

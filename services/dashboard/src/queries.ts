@@ -1,12 +1,19 @@
 import type { Redis } from 'ioredis';
 import type { HostAnnouncement } from '@vmsave/contracts';
-import { keys, type JobView, type Projection } from '@vmsave/store';
+import { keys, queryJobs, type JobView, type Projection } from '@vmsave/store';
 import { ON_HOST_STATUSES, type JobStatus } from '@vmsave/jobs';
+
+const CHUNK = 500;
 
 export interface JobFilter {
   states?: readonly JobStatus[];
+  kind?: string;
   vm?: string;
   host?: string;
+  /** Requested at or after / before (ms since the epoch). */
+  since?: number;
+  until?: number;
+  order?: 'newest' | 'oldest';
   limit: number;
   offset: number;
 }
@@ -15,72 +22,43 @@ export interface JobPage {
   items: JobView[];
   /** Number of jobs matching the filter. */
   total: number;
+  /** Jobs per status under the kind/vm/host filters. */
+  totals: Record<string, number>;
 }
 
-const CHUNK = 500;
-
 /**
- * Queries over the store's read models that the store's own API does not answer directly
- * (a filter by state, by VM and host together, the total count for paging).
+ * Queries over the store's read models for the page. Every one reads an index
+ * (`queryJobs`: sorted sets intersected in Redis), none walks the jobs.
  */
 export class ReadModels {
   private readonly k;
-  private loadCache: { at: number; seq: number; value: Promise<Map<string, HostLoad>> } | undefined;
 
   constructor(
     readonly projection: Projection,
     private readonly redis: Redis,
-    prefix: string,
+    private readonly prefix: string,
   ) {
     this.k = keys(prefix);
   }
 
-  async jobs(f: JobFilter): Promise<JobPage> {
-    const index = f.vm ? this.k.jobsByVm(f.vm) : f.host ? this.k.jobsByHost(f.host) : this.k.jobsAll;
-    const needsScan = (f.states && f.states.length > 0) || (f.vm && f.host);
-    if (!needsScan) {
-      const [items, total] = await Promise.all([this.projection.jobs(f), this.redis.zcard(index)]);
-      return { items, total };
-    }
-    // Filter while walking the index newest first; the page is cut out of the matches.
-    const states = f.states?.length ? new Set<string>(f.states) : undefined;
-    const match = (j: JobView) => (!states || states.has(j.status)) && (!f.host || j.host === f.host) && (!f.vm || j.vm === f.vm);
-    const items: JobView[] = [];
-    let total = 0;
-    for await (const chunk of this.walk(index)) {
-      for (const j of chunk) {
-        if (!match(j)) continue;
-        if (total >= f.offset && items.length < f.limit) items.push(j);
-        total++;
-      }
-    }
-    return { items, total };
+  jobs(f: JobFilter): Promise<JobPage> {
+    return queryJobs(this.redis, this.prefix, f);
   }
 
-  /**
-   * Running and queued jobs per host. It walks every job, so the answer is reused while the
-   * read models have not moved (for at most five seconds).
-   */
+  /** Running and queued jobs per host: the jobs of the on-host statuses' indexes (a fleet's in-flight jobs, not its history). */
   async hostLoads(): Promise<Map<string, HostLoad>> {
-    const seq = await this.projection.appliedSeq();
-    const now = Date.now();
-    if (!this.loadCache || this.loadCache.seq !== seq || now - this.loadCache.at > 5_000) {
-      const value = this.computeLoads();
-      this.loadCache = { at: now, seq, value };
-      value.catch(() => (this.loadCache = undefined));
-    }
-    return this.loadCache.value;
-  }
-
-  private async computeLoads(): Promise<Map<string, HostLoad>> {
     const loads = new Map<string, HostLoad>();
-    for await (const chunk of this.walk(this.k.jobsAll)) {
-      for (const j of chunk) {
-        if (!j.host || !ON_HOST_STATUSES.has(j.status as JobStatus)) continue;
-        const l = loads.get(j.host) ?? { running: 0, queued: 0 };
-        if (j.status === 'running') l.running++;
-        else l.queued++;
-        loads.set(j.host, l);
+    for (const status of ON_HOST_STATUSES) {
+      for (let offset = 0; ; offset += CHUNK) {
+        const ids = await this.redis.zrange(this.k.jobsByState(status), offset, offset + CHUNK - 1);
+        for (const j of await this.projection.jobsByIds(ids)) {
+          if (!j?.host || j.status !== status) continue;
+          const l = loads.get(j.host) ?? { running: 0, queued: 0 };
+          if (status === 'running') l.running++;
+          else l.queued++;
+          loads.set(j.host, l);
+        }
+        if (ids.length < CHUNK) break;
       }
     }
     return loads;
@@ -88,9 +66,7 @@ export class ReadModels {
 
   /** Jobs waiting for a host (admitted, not yet scheduled). */
   async unscheduled(): Promise<number> {
-    let n = 0;
-    for await (const chunk of this.walk(this.k.jobsAll)) n += chunk.filter((j) => j.status === 'requested').length;
-    return n;
+    return this.redis.zcard(this.k.jobsByState('requested'));
   }
 
   /** Recent finished saves with their average throughput, oldest first (for the chart). */
@@ -100,16 +76,6 @@ export class ReadModels {
       .filter((j) => j.kind === 'save' && j.result?.throughputBytesPerSec !== undefined && j.updatedAt)
       .map((j) => ({ t: Math.floor(Date.parse(j.updatedAt!) / 1000), bytesPerSec: j.result!.throughputBytesPerSec!, jobId: j.jobId!, vm: j.vm }))
       .sort((a, b) => a.t - b.t);
-  }
-
-  private async *walk(index: string): AsyncGenerator<JobView[]> {
-    for (let offset = 0; ; offset += CHUNK) {
-      const ids = await this.redis.zrevrange(index, offset, offset + CHUNK - 1);
-      if (ids.length === 0) return;
-      const raw = await this.redis.mget(ids.map((id) => this.k.job(id)));
-      yield raw.filter((r): r is string => r !== null).map((r) => JSON.parse(r) as JobView);
-      if (ids.length < CHUNK) return;
-    }
   }
 }
 

@@ -13,7 +13,7 @@ import { Projection, type JobView } from '@vmsave/store';
 import { ProgressHub } from './progress.ts';
 import { HeartbeatWatch } from './heartbeats.ts';
 import { ReadModels, type HostRow } from './queries.ts';
-import { Watermark, serveStream } from './stream.ts';
+import { Watermark, serveStream, type StreamDeps } from './stream.ts';
 
 export interface DashboardOptions {
   bus: Bus;
@@ -27,6 +27,8 @@ export interface DashboardOptions {
   project?: boolean;
   /** Minimum interval between two relayed progress samples of one job (default 500 ms). */
   progressThrottleMs?: number;
+  /** Bounds of the live stream for a browser that is behind (`coalesce.ts`). */
+  liveStream?: Pick<StreamDeps, 'coalesce' | 'highWaterBytes'>;
   /** What the page header links to (`GET /api/links`): Grafana and each service's `/metrics`. */
   links?: { grafana?: string; metrics: { name: string; url: string }[] };
 }
@@ -47,10 +49,19 @@ const list = z.preprocess(
 const integer = (min: number, max: number) =>
   z.preprocess((v) => (v === undefined || v === '' ? undefined : Number(v)), z.number({ error: 'must be a number' }).int('must be an integer').min(min).max(max));
 
+/** A time as ms since the epoch or an ISO 8601 date. */
+const time = z.preprocess(
+  (v) => (v === undefined || v === '' ? undefined : /^\d+$/.test(String(v)) ? Number(v) : Date.parse(String(v))),
+  z.number({ error: 'must be a time: ms since the epoch or an ISO 8601 date' }).refine(Number.isFinite, 'must be a time: ms since the epoch or an ISO 8601 date').optional(),
+);
 const JobsQuery = z.object({
   state: list,
+  kind: z.enum(['save', 'restore', 'drain'], { error: () => 'must be save, restore or drain' }).optional(),
   vm: VmName.optional(),
   host: HostName.optional(),
+  since: time,
+  until: time,
+  order: z.enum(['newest', 'oldest'], { error: () => 'must be newest or oldest' }).default('newest'),
   limit: integer(1, 500).default(50),
   offset: integer(0, 1_000_000).default(0),
 });
@@ -170,8 +181,8 @@ export async function createDashboard(opts: DashboardOptions): Promise<FastifyIn
     const q = parse(JobsQuery, req.query, 'query');
     // The cursor is read first: the page includes at least every event up to it.
     const cursor = await projection.appliedSeq();
-    const page = await models.jobs({ states: q.state, vm: q.vm, host: q.host, limit: q.limit, offset: q.offset });
-    return { items: page.items.map(withProgress), total: page.total, limit: q.limit, offset: q.offset, cursor };
+    const page = await models.jobs({ states: q.state, kind: q.kind, vm: q.vm, host: q.host, since: q.since, until: q.until, order: q.order, limit: q.limit, offset: q.offset });
+    return { items: page.items.map(withProgress), total: page.total, totals: page.totals, limit: q.limit, offset: q.offset, cursor };
   });
 
   app.get('/api/jobs/:id', async (req) => {
@@ -235,7 +246,7 @@ export async function createDashboard(opts: DashboardOptions): Promise<FastifyIn
     raw.on('close', () => ac.abort());
     log.debug({ from, resumed: resume !== undefined }, 'live stream opened');
     try {
-      await serveStream(raw, from, { bus, projection, watermark, progress, log }, ac.signal);
+      await serveStream(raw, from, { bus, projection, watermark, progress, log, ...opts.liveStream }, ac.signal);
     } finally {
       streamsOpen.delete(ac);
     }
@@ -273,6 +284,8 @@ export async function createDashboard(opts: DashboardOptions): Promise<FastifyIn
     progress.start();
     heartbeats.start();
     watermark.advance(await projection.appliedSeq());
+    const built = await projection.ensureIndexes();
+    if (built) log.info({ jobs: built }, 'read models: state and kind indexes built over the stored jobs');
     if (opts.project ?? true) {
       const plog = log.child({ component: 'projection' });
       projecting = projection

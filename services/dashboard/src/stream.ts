@@ -4,6 +4,7 @@ import { fold } from '@vmsave/jobs';
 import type { JobEvent } from '@vmsave/contracts';
 import type { JobView, Projection } from '@vmsave/store';
 import type { ProgressHub } from './progress.ts';
+import { Coalescer, type CoalescerOptions } from './coalesce.ts';
 
 /**
  * How far the read models have applied the log. The in-process projection advances it
@@ -49,6 +50,10 @@ export interface StreamDeps {
   log: Logger;
   /** How long to wait for the read models to include an event before folding the job from the log. */
   projectionWaitMs?: number;
+  /** Bounds of what a slow browser is owed (coalesce.ts). */
+  coalesce?: CoalescerOptions;
+  /** The browser is behind when its socket buffers more than this (default: when Node says it needs a drain). */
+  highWaterBytes?: number;
 }
 
 /** One message in the `text/event-stream` format. `id` is set only on log events. */
@@ -91,9 +96,9 @@ export async function serveStream(raw: ServerResponse, from: number, deps: Strea
   const offTick = progress.onTick((p) => offer(sseFrame('throughput', p)));
   const keepAlive = setInterval(() => offer(': keep-alive\n\n'), 15_000);
 
-  /** The job as of `seq` or later. The per-connection reader sees every event in order. */
-  const viewAt = async (seq: number, event: JobEvent): Promise<JobView> => {
-    if (await watermark.reached(seq, waitMs, signal)) {
+  /** The job as of `seq` or later (`wait`: for the read models to include it first). The per-connection reader sees every event in order. */
+  const viewAt = async (seq: number, event: JobEvent, wait = true): Promise<JobView> => {
+    if (!wait || (await watermark.reached(seq, waitMs, signal))) {
       const v = await projection.job(event.jobId);
       if (v && v.lastSeq >= seq) return v;
     }
@@ -112,10 +117,76 @@ export async function serveStream(raw: ServerResponse, from: number, deps: Strea
       onInvalid: (seq, err) => log.warn({ seq, err: err.message }, 'skipping invalid event'),
       onResume: (err, attempt) => log.warn({ err: (err as Error)?.message ?? String(err), attempt }, 'live stream: log read reopened'),
     });
-    for await (const { seq, event } of events) {
-      const job = await viewAt(seq, event);
-      if (signal.aborted) break;
-      await write(sseFrame('job', { seq, event, job }, seq));
+    // The reader never waits for the browser: what the browser is owed is kept in `owed`,
+    // bounded, and the writer sends it exactly, coalesced per job, or summarised (coalesce.ts).
+    const owed = new Coalescer<JobEvent>(deps.coalesce);
+    let wake: (() => void) | undefined;
+    let readerDone = false;
+    const onAbort = () => wake?.();
+    signal.addEventListener('abort', onAbort, { once: true });
+    const send = (chunk: string) => {
+      if (!raw.destroyed && !raw.writableEnded) raw.write(chunk);
+    };
+    const drained = () =>
+      new Promise<void>((resolve) => {
+        if (!raw.writableNeedDrain || raw.destroyed || signal.aborted) return resolve();
+        const done = () => {
+          raw.off('drain', done);
+          raw.off('close', done);
+          signal.removeEventListener('abort', done);
+          resolve();
+        };
+        raw.on('drain', done);
+        raw.on('close', done);
+        signal.addEventListener('abort', done, { once: true });
+      });
+    const writer = (async () => {
+      while (!signal.aborted && !raw.destroyed) {
+        if (owed.size === 0) {
+          if (readerDone) return;
+          await new Promise<void>((r) => {
+            wake = r;
+          });
+          wake = undefined;
+          continue;
+        }
+        // While the browser drains its buffer, the reader's events pile up in `owed`: a short
+        // wait (a catch-up burst) leaves them exact, a long one (more than `maxExact`) coalesces.
+        const behind = raw.writableLength > (deps.highWaterBytes ?? Number.POSITIVE_INFINITY);
+        if (raw.writableNeedDrain) await drained();
+        const t = owed.take(behind);
+        if (!t || signal.aborted) continue;
+        if (t.kind === 'summary') {
+          log.debug({ seq: t.summary.seq, events: t.summary.events, jobs: t.summary.jobs }, 'live stream: browser behind, summary sent');
+          send(sseFrame('summary', t.summary, t.summary.seq));
+          continue;
+        }
+        // One wait for the read models and one read for all the jobs of this batch.
+        const top = t.items.at(-1)!.seq;
+        await watermark.reached(top, waitMs, signal);
+        const views = await projection.jobsByIds(t.items.map((p) => p.jobId));
+        for (const [i, p] of t.items.entries()) {
+          const v = views[i];
+          const job = v && v.lastSeq >= p.seq ? v : await viewAt(p.seq, p.event, false);
+          if (signal.aborted) break;
+          send(sseFrame('job', p.superseded ? { seq: p.seq, event: p.event, job, superseded: p.superseded } : { seq: p.seq, event: p.event, job }, p.seq));
+        }
+      }
+    })().catch((err: unknown) => {
+      // A failed read of the read models ends this stream; the browser reconnects from its last id.
+      if (!signal.aborted) log.warn({ err: (err as Error).message }, 'live stream: writer failed; closing the stream');
+      raw.destroy();
+    });
+    try {
+      for await (const { seq, event } of events) {
+        owed.push(seq, event.jobId, event);
+        wake?.();
+      }
+    } finally {
+      readerDone = true;
+      wake?.();
+      signal.removeEventListener('abort', onAbort);
+      await writer;
     }
   } catch (err) {
     if (!signal.aborted) log.warn({ err: (err as Error).message }, 'live stream ended with an error');

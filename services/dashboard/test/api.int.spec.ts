@@ -32,6 +32,7 @@ type ApiJob = JobView & { jobId: string };
 interface ApiBody {
   items: ApiJob[];
   total: number;
+  totals: Record<string, number>;
   cursor: number;
   job: ApiJob;
   events: LoggedEvent[];
@@ -115,6 +116,22 @@ describe('GET /api/jobs', () => {
     expect(s2.body.total).toBe(3);
   });
 
+  it('filters by kind and request time, sorts oldest first, and counts per state under the filters', async () => {
+    const newest = await get(`/api/jobs?vm=${vm}`);
+    const oldest = await get(`/api/jobs?vm=${vm}&order=oldest`);
+    expect(ids(oldest.body.items)).toEqual(ids(newest.body.items).reverse());
+    expect((await get(`/api/jobs?vm=${vm}&kind=save`)).body.total).toBe(3);
+    expect((await get(`/api/jobs?vm=${vm}&kind=restore`)).body.total).toBe(0);
+    // [since, until): the middle job alone, by its request time (ms or ISO 8601).
+    const at = (id: string) => Date.parse(truth.get(id)!.requestedAt!);
+    const mid = at(failed.jobId);
+    const window = await get(`/api/jobs?vm=${vm}&since=${mid}&until=${new Date(at(rejected.jobId)).toISOString()}`);
+    expect(ids(window.body.items)).toEqual([failed.jobId]);
+    expect(window.body.total).toBe(1);
+    const totals = newest.body.totals;
+    for (const s of ['failed', 'rejected']) expect(totals[s], s).toBe(all.filter((j) => j.vm === vm && statusOf(j) === s).length);
+  });
+
   it('refuses bad parameters with a 400 that names the parameter', async () => {
     const cases: Array<[string, RegExp]> = [
       ['/api/jobs?limit=0', /limit/],
@@ -124,6 +141,9 @@ describe('GET /api/jobs', () => {
       ['/api/jobs?state=done', /state.*must be one or more of requested/],
       ['/api/jobs?vm=bad%20name', /vm: VM name/],
       ['/api/jobs?host=a.b', /host: host name/],
+      ['/api/jobs?kind=backup', /kind: must be save, restore or drain/],
+      ['/api/jobs?order=random', /order: must be newest or oldest/],
+      ['/api/jobs?since=yesterday', /since: must be a time/],
     ];
     for (const [url, re] of cases) {
       const r = await get(url);

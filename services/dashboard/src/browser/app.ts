@@ -14,7 +14,7 @@ import { $, badge, h, setText } from './dom.ts';
 import { loadHosts, refreshHostsSoon } from './hosts.ts';
 import { loadLinks } from './links.ts';
 import { fmtClock, fmtWhen } from './time.ts';
-import type { JobDetail, JobEvent, JobMessage, JobsPage, JobView, ProgressSample, ThroughputAnswer, ThroughputPoint } from './types.ts';
+import type { JobDetail, JobEvent, JobMessage, JobsPage, JobView, ProgressSample, SummaryMessage, ThroughputAnswer, ThroughputPoint } from './types.ts';
 
 /* ---------- jobs: filters, paging, rows updated in place ---------- */
 
@@ -29,11 +29,14 @@ type CellName = 'id' | 'state' | 'vm' | 'host' | 'format' | 'channels' | 'dio' |
 interface Row {
   tr: HTMLTableRowElement;
   cells: Record<CellName, HTMLTableCellElement>;
+  /** A drain's VMs, in a row beneath its own. */
+  sub?: HTMLTableRowElement;
 }
 
 const view = {
   tab: 'all' as Tab,
   state: '',
+  kind: '',
   vm: '',
   host: '',
   offset: 0,
@@ -58,13 +61,14 @@ function wantedStates(): readonly string[] {
 }
 function matches(job: JobView): boolean {
   const states = wantedStates();
-  return (!states.length || states.includes(job.status)) && (!view.vm || job.vm === view.vm) && (!view.host || job.host === view.host);
+  return (!states.length || states.includes(job.status)) && (!view.kind || job.kind === view.kind) && (!view.vm || job.vm === view.vm) && (!view.host || job.host === view.host);
 }
 const requestTime = (job: JobView): number => Date.parse(job.requestedAt ?? job.updatedAt ?? '') || 0;
 
 async function loadPage(): Promise<JobsPage> {
-  const body = await getJson<JobsPage>('api/jobs', { state: wantedStates().join(','), vm: view.vm, host: view.host, limit: view.limit, offset: view.offset });
+  const body = await getJson<JobsPage>('api/jobs', { state: wantedStates().join(','), kind: view.kind, vm: view.vm, host: view.host, limit: view.limit, offset: view.offset });
   $('#filter-error').textContent = '';
+  renderTotals(body.totals);
   for (const j of body.items) if (j.progress) view.progress.set(j.jobId, j.progress);
   view.rows = body.items;
   view.total = body.total;
@@ -85,6 +89,7 @@ function renderTable(): void {
   for (const [id, r] of view.els)
     if (!keep.has(id)) {
       r.tr.remove();
+      r.sub?.remove();
       view.els.delete(id);
     }
   // Re-append in order: existing rows move, new rows are created once.
@@ -92,6 +97,7 @@ function renderTable(): void {
     const r = view.els.get(job.jobId) ?? createRow(job);
     updateRow(r, job);
     tbody.append(r.tr);
+    if (r.sub) tbody.append(r.sub);
   }
   $('#jobs-empty').hidden = view.rows.length > 0;
   renderPager();
@@ -125,9 +131,56 @@ function createRow(job: JobView): Row {
   tr.addEventListener('keydown', (e) => {
     if (e.key === 'Enter') void openDetail(job.jobId);
   });
-  const r = { tr, cells };
+  const r: Row = { tr, cells };
+  if (job.kind === 'drain') {
+    tr.classList.add('drain');
+    r.sub = h('tr', { class: 'drain-vms', 'data-drain-id': job.jobId }, h('td', { colspan: 12 }));
+  }
   view.els.set(job.jobId, r);
   return r;
+}
+
+/** A drain's VMs by phase, in one line: `2 saved · 1 saving`. */
+function drainPhases(job: JobView): string {
+  const n = new Map<string, number>();
+  for (const v of job.drain?.vms ?? []) n.set(v.phase, (n.get(v.phase) ?? 0) + 1);
+  return [...n].map(([phase, k]) => `${k} ${phase}`).join(' · ');
+}
+
+function childLink(jobId: string | undefined, label: string): Node | string {
+  if (!jobId) return '';
+  const a = h('a', { href: `#job=${encodeURIComponent(jobId)}`, class: 'mono', title: jobId }, `${label} ${jobId.slice(0, 12)}`);
+  a.addEventListener('click', (e) => e.stopPropagation());
+  return a;
+}
+
+/** The drain's row shows the drain; the row beneath lists its VMs, each with its phase and child jobs. */
+function updateDrainRow(r: Row, job: JobView): void {
+  const d = job.drain;
+  setText(r.cells.vm, `${d?.vmCount ?? 0} VMs`);
+  setText(r.cells.host, d?.to ? `${job.host ?? '—'} → ${d.to}` : (job.host ?? '—'));
+  for (const c of ['format', 'channels', 'dio', 'image'] as const) setText(r.cells[c], '—');
+  const bar = r.cells.progress.firstChild as Element;
+  (bar.children[0] as HTMLProgressElement).hidden = true;
+  setText(bar.children[1] as HTMLSpanElement, drainPhases(job));
+  const reason = d?.reason ?? '';
+  setText(r.cells.reason, reason, reason);
+  const vms = (d?.vms ?? []).map((v) =>
+    h(
+      'li',
+      { 'data-vm': v.vm, class: `drain-vm ${v.phase}` },
+      h('span', { class: 'vm' }, v.vm),
+      ' ',
+      badge(v.phase),
+      ' ',
+      childLink(v.saveJobId, 'save'),
+      ' ',
+      childLink(v.restoreJobId, 'restore'),
+      v.restoredOn ? ` on ${v.restoredOn}` : '',
+      v.error ? h('span', { class: 'reason' }, ` ${v.error}`) : '',
+    ),
+  );
+  r.sub?.firstElementChild?.replaceChildren(h('ul', { class: 'drain-vm-list' }, vms));
 }
 
 function failureText(job: JobView): string {
@@ -173,7 +226,8 @@ function renderProgress(barEl: Element, job: JobView, sample: ProgressSample | u
   setText(span, p.text);
 }
 
-function updateRow({ tr, cells }: Row, job: JobView): void {
+function updateRow(row: Row, job: JobView): void {
+  const { tr, cells } = row;
   const req = job.saveRequest;
   setText(cells.id, job.jobId.slice(0, 12), job.jobId);
   const b = cells.state.firstChild as HTMLSpanElement;
@@ -193,6 +247,7 @@ function updateRow({ tr, cells }: Row, job: JobView): void {
   setText(cells.reason, reason, reason);
   setText(cells.requested, fmtWhen(job.requestedAt), job.requestedAt ?? '');
   tr.classList.toggle('selected', detail.jobId === job.jobId);
+  if (job.kind === 'drain') updateDrainRow(row, job);
 }
 
 function renderPager(): void {
@@ -243,7 +298,8 @@ function applyJob(job: JobView): void {
   view.rows.splice(at, 0, job);
   if (view.rows.length > view.limit) view.rows.length = view.limit;
   view.total++; // until the next count from the server
-  renderTable();
+  if (deferRender) renderWanted = true;
+  else renderTable();
 }
 
 /* ---------- counts, refreshed after activity ---------- */
@@ -255,16 +311,27 @@ function refreshCountsSoon(): void {
 }
 async function refreshCounts(): Promise<void> {
   try {
-    const [page, problems] = await Promise.all([
-      getJson<JobsPage>('api/jobs', { state: wantedStates().join(','), vm: view.vm, host: view.host, limit: 1 }),
-      getJson<JobsPage>('api/jobs', { state: TABS.problems!.join(','), limit: 1 }),
+    const [page, fleet] = await Promise.all([
+      getJson<JobsPage>('api/jobs', { state: wantedStates().join(','), kind: view.kind, vm: view.vm, host: view.host, limit: 1 }),
+      view.kind || view.vm || view.host ? getJson<JobsPage>('api/jobs', { limit: 1 }) : undefined,
     ]);
     view.total = page.total;
     renderPager();
-    $('#problems-count').textContent = problems.total ? String(problems.total) : '';
+    renderTotals(page.totals, (fleet ?? page).totals);
   } catch {
     // Counts catch up on the next refresh.
   }
+}
+
+/** Jobs per status (under the filters) beside each status of the state filter; failures and rejections of the fleet on their tab. */
+function renderTotals(filtered: Record<string, number> | undefined, fleet = filtered): void {
+  if (!filtered) return;
+  for (const o of $<HTMLSelectElement>('#filters select[name="state"]').options) {
+    if (o.value) o.textContent = `${o.value} (${(filtered[o.value] ?? 0).toLocaleString()})`;
+  }
+  if (fleet === filtered && (view.kind || view.vm || view.host)) return; // the fleet's problems come with refreshCounts
+  const problems = TABS.problems!.reduce((n, s) => n + (fleet?.[s] ?? 0), 0);
+  $('#problems-count').textContent = problems ? problems.toLocaleString() : '';
 }
 
 /* ---------- job detail ---------- */
@@ -332,7 +399,7 @@ function renderDetail(): void {
     ),
   ];
 
-  if (job.status === 'running') {
+  if (job.status === 'running' && job.kind !== 'drain') {
     body.push(h('div', { class: 'bar', id: 'detail-progress' }, h('progress', { max: 1000 }), h('span')));
   }
   if (job.status === 'failed' && job.lastFailure) {
@@ -361,6 +428,30 @@ function renderDetail(): void {
   if (job.status === 'rejected' && job.rejection) {
     const r = job.rejection;
     body.push(h('div', { class: 'problem' }, h('strong', {}, `rejected: ${r.rule}${r.field ? ` (${r.field})` : ''}`), h('div', {}, r.message)));
+  }
+  if (job.kind === 'drain' && job.drain) {
+    body.push(
+      h('h3', {}, `VMs (${job.drain.vmCount})`),
+      h(
+        'table',
+        { class: 'grid drain-detail' },
+        h('thead', {}, h('tr', {}, h('th', {}, 'VM'), h('th', {}, 'phase'), h('th', {}, 'jobs'), h('th', {}, 'detail'))),
+        h(
+          'tbody',
+          {},
+          job.drain.vms.map((v) =>
+            h(
+              'tr',
+              { 'data-vm': v.vm },
+              h('td', {}, v.vm),
+              h('td', {}, badge(v.phase)),
+              h('td', {}, childLink(v.saveJobId, 'save'), ' ', childLink(v.restoreJobId, 'restore')),
+              h('td', {}, [v.restoredOn ? `on ${v.restoredOn}` : '', v.error ?? ''].filter(Boolean).join(' · ')),
+            ),
+          ),
+        ),
+      ),
+    );
   }
   if (job.checks?.length) {
     body.push(
@@ -423,7 +514,59 @@ function setLive(state: string, text?: string): void {
 
 const knownVms = new Set<string>();
 
-function onJobMessage({ seq, event, job }: JobMessage): void {
+/**
+ * Live messages are applied once per frame, however fast they come: the latest per job, one
+ * table render, so a burst of thousands of events does not stall the tab.
+ */
+const inbox = { jobs: new Map<string, JobMessage>(), queued: false };
+function onJobFrame(m: JobMessage): void {
+  // Detail timelines want every event: those of the open job go straight through.
+  if (detail.jobId === m.job.jobId) {
+    onJobMessage(m);
+    return;
+  }
+  inbox.jobs.delete(m.job.jobId);
+  inbox.jobs.set(m.job.jobId, m);
+  if (inbox.queued) return;
+  inbox.queued = true;
+  const flush = () => {
+    if (!inbox.queued) return;
+    inbox.queued = false;
+    const batch = [...inbox.jobs.values()];
+    inbox.jobs.clear();
+    deferRender = true;
+    for (const msg of batch) onJobMessage(msg);
+    deferRender = false;
+    if (renderWanted) {
+      renderWanted = false;
+      renderTable();
+    }
+  };
+  requestAnimationFrame(flush);
+  setTimeout(flush, 250); // rAF does not run in a hidden tab
+}
+let deferRender = false;
+let renderWanted = false;
+
+/** The stream was too far ahead of this page: reload the page's rows and counts from the API. */
+function onSummary(s: SummaryMessage): void {
+  view.cursor = Math.max(view.cursor, s.seq);
+  inbox.jobs.clear();
+  summaries++;
+  document.body.dataset.summaries = String(summaries);
+  setLive('live', `live · ${s.events.toLocaleString()} events summarised`);
+  clearTimeout(summaryTimer);
+  summaryTimer = setTimeout(() => {
+    reloadPage();
+    void refreshCounts();
+    refreshHostsSoon();
+    if (detail.jobId) void openDetail(detail.jobId);
+  }, 200);
+}
+let summaries = 0;
+let summaryTimer: ReturnType<typeof setTimeout> | undefined;
+
+function onJobMessage({ seq, event, job, superseded }: JobMessage): void {
   view.cursor = Math.max(view.cursor, seq);
   if (isTerminalStatus(job.status) || job.status === 'completed') view.progress.delete(job.jobId);
   applyJob(job);
@@ -434,7 +577,9 @@ function onJobMessage({ seq, event, job }: JobMessage): void {
   if (detail.jobId === job.jobId) {
     detail.events.set(seq, event);
     if (!detail.job || job.lastSeq >= detail.job.lastSeq) detail.job = job;
-    if (!detail.loading) renderDetail();
+    // Events left out of the stream: the timeline is read again from the log.
+    if (superseded) void openDetail(job.jobId);
+    else if (!detail.loading) renderDetail();
   }
   if (event.type === 'SaveCompleted') {
     chartAddCompleted({ t: Math.floor(Date.parse(event.at) / 1000), bytesPerSec: event.data.throughputBytesPerSec, jobId: job.jobId });
@@ -461,7 +606,8 @@ function openStream(): void {
     setLive('reconnecting', 'reconnecting…');
     if (es.readyState === EventSource.CLOSED && source === es) setTimeout(() => source === es && openStream(), 3000);
   });
-  es.addEventListener('job', (m) => onJobMessage(JSON.parse(m.data) as JobMessage));
+  es.addEventListener('job', (m) => onJobFrame(JSON.parse(m.data) as JobMessage));
+  es.addEventListener('summary', (m) => onSummary(JSON.parse(m.data) as SummaryMessage));
   es.addEventListener('progress', (m) => onProgress(JSON.parse(m.data) as ProgressSample));
   es.addEventListener('throughput', (m) => chartAddLive(JSON.parse(m.data) as ThroughputPoint));
 }
@@ -470,6 +616,7 @@ function openStream(): void {
 
 interface FiltersForm extends HTMLFormElement {
   state: HTMLSelectElement;
+  kind: HTMLSelectElement;
   vm: HTMLInputElement;
   host: HTMLInputElement;
 }
@@ -486,8 +633,13 @@ function wireControls(): void {
   for (const b of document.querySelectorAll<HTMLButtonElement>('.tabs button')) b.addEventListener('click', () => selectTab(b.dataset.tab as Tab));
   const form = $<FiltersForm>('#filters');
   // The state filter offers every status there is, from the one list.
-  form.state.append(...JOB_STATUSES.map((s) => h('option', {}, s)));
+  form.state.append(...JOB_STATUSES.map((s) => h('option', { value: s }, s)));
   form.addEventListener('submit', (e) => e.preventDefault());
+  form.kind.addEventListener('change', () => {
+    view.kind = form.kind.value;
+    view.offset = 0;
+    reloadPage();
+  });
   form.state.addEventListener('change', () => {
     view.state = form.state.value;
     if (view.state && view.tab !== 'all') selectTab('all');

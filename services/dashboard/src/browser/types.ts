@@ -14,6 +14,8 @@ export interface JobView extends JobState {
 export interface JobsPage {
   items: JobView[];
   total: number;
+  /** Jobs per status under the kind/VM/host filters. */
+  totals: Record<string, number>;
   limit: number;
   offset: number;
   cursor: number;
@@ -60,4 +62,14 @@ export interface JobMessage {
   seq: number;
   event: JobEvent;
   job: JobView;
+  /** Earlier events of this job the stream left out (the page was behind): the latest stands for them. */
+  superseded?: number;
+}
+
+/** A `summary` message: the page was too far behind for job messages; it reloads from the API. */
+export interface SummaryMessage {
+  seq: number;
+  events: number;
+  jobs: number;
+  byType: Record<string, number>;
 }
