@@ -33,7 +33,7 @@ RUN npm ci --omit=dev --no-audit --no-fund && npm cache clean --force
 FROM base AS service
 COPY --from=runtime /app /app
 USER node
-CMD ["node", "services/scheduler/dist/main.js"]
+CMD ["node", "--single-threaded-gc", "services/scheduler/dist/main.js"]
 
 FROM base AS executor
 COPY infra/docker/add-backports.sh /usr/local/sbin/vmsave-add-backports

@@ -5,9 +5,13 @@
  *   npm run bench:load -w @vmsave/scheduler -- --sizes 1000/100/5 --reps 3
  *   options: --sizes R/V/H,…  (requests/VMs/hosts; default 10000/1000/50,100000/10000/500)
  *            --paced-s N (seconds of the paced stream at half the measured admission rate; 10, 0 = none)
+ *            --paced-base burst|sustained (half of what: the burst's admission rate (default), or the
+ *              rate the whole pipeline sustained, requests ÷ time to the last SaveCompleted)
  *            --reps N  --window N (publishes awaiting their JetStream ack; 256)  --save-ms 20-50
  *            --host-limit N (2)  --tick-ms N (1000)  --timeout-s N (per run; 600)  --log-level info
  *            --cpu-prof DIR (profile the scheduler; a summary is printed)  --out FILE.md|-  --keep
+ *            --node-arg "ARG …" (passed to the scheduler's node, e.g. --node-arg=--trace-gc; output to its log)
+ *            --gc single|parallel (the scheduler's node with --single-threaded-gc, as `npm start` runs it (default), or V8's parallel GC)
  *            --nats-server BIN  --redis-server BIN
  *
  * Per run it starts a private nats-server (JetStream in a temporary directory) and redis-server
@@ -38,7 +42,9 @@ function parseArgs(argv: string[]): Record<string, string> {
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     if (!a.startsWith('--')) throw new Error(`unexpected argument ${a}`);
-    const [k, v] = a.slice(2).split('=', 2) as [string, string | undefined];
+    // Split at the first '=' only: a value may hold more (--node-arg=--max-semi-space-size=32).
+    const eq = a.indexOf('=');
+    const [k, v] = eq < 0 ? [a.slice(2), undefined] : [a.slice(2, eq), a.slice(eq + 1)];
     if (v !== undefined) out[k] = v;
     else if (argv[i + 1] !== undefined && !argv[i + 1]!.startsWith('--')) out[k] = argv[++i]!;
     else out[k] = 'true';
@@ -46,7 +52,25 @@ function parseArgs(argv: string[]): Record<string, string> {
   return out;
 }
 
-const KNOWN = ['paced-s', 'sizes', 'reps', 'window', 'save-ms', 'host-limit', 'tick-ms', 'timeout-s', 'log-level', 'cpu-prof', 'out', 'keep', 'nats-server', 'redis-server'];
+const KNOWN = [
+  'gc',
+  'node-arg',
+  'paced-s',
+  'paced-base',
+  'sizes',
+  'reps',
+  'window',
+  'save-ms',
+  'host-limit',
+  'tick-ms',
+  'timeout-s',
+  'log-level',
+  'cpu-prof',
+  'out',
+  'keep',
+  'nats-server',
+  'redis-server',
+];
 const args = parseArgs(process.argv.slice(2));
 for (const k of Object.keys(args)) if (!KNOWN.includes(k)) throw new Error(`unknown option --${k} (known: ${KNOWN.map((x) => `--${x}`).join(' ')})`);
 
@@ -68,6 +92,10 @@ const sizes: Size[] = (args.sizes ?? '10000/1000/50,100000/10000/500').split(','
 });
 const reps = int('reps', 1);
 const pacedS = int('paced-s', 10, 0);
+const pacedBase = args['paced-base'] ?? 'burst';
+const gcMode = args.gc ?? 'single';
+if (gcMode !== 'single' && gcMode !== 'parallel') throw new Error(`--gc: single or parallel, got ${gcMode}`);
+if (pacedBase !== 'burst' && pacedBase !== 'sustained') throw new Error(`--paced-base: burst or sustained, got ${pacedBase}`);
 const pubWindow = int('window', 256);
 const hostLimit = int('host-limit', 2);
 const tickMs = int('tick-ms', 1000);
@@ -141,7 +169,7 @@ async function runOnce(size: Size, rep: number): Promise<RunResult> {
         // No verifier runs here: without this every completed save would become overdue and be asked again.
         VMSAVE_VERDICT_TIMEOUT_MS: String(24 * 3600 * 1000),
       },
-      { cpuProfDir },
+      { cpuProfDir, nodeArgs: [...(gcMode === 'single' ? ['--single-threaded-gc'] : []), ...(args['node-arg'] ?? '').split(' ').filter(Boolean)] },
     );
     const pid = scheduler.child.pid!;
     say(`run ${rep + 1}/${reps} of ${sizeLabel(size)}: nats ${nats.url}, redis ${redis.url}, scheduler pid ${pid}`);
@@ -177,7 +205,8 @@ async function runOnce(size: Size, rep: number): Promise<RunResult> {
     const completedAttempts = new Set<string>();
     let wake: (() => void) | undefined;
     const follower = (async () => {
-      for await (const { event } of readLog(bus, { follow: true, signal: ac.signal })) {
+      // An ordered consumer, not direct gets (a client connection's default): one request per event would make this follower the bottleneck.
+      for await (const { event } of readLog(bus, { follow: true, signal: ac.signal, via: 'consumer' })) {
         const now = performance.now();
         const i = index.get(event.jobId);
         if (i === undefined) {
@@ -286,13 +315,17 @@ async function runOnce(size: Size, rep: number): Promise<RunResult> {
     const lastOf = (ts: Float64Array) => ts.reduce((m, t) => (Number.isNaN(t) ? m : Math.max(m, t)), Number.NEGATIVE_INFINITY);
     // The paced stream: half the admission rate the burst reached, for --paced-s seconds.
     const burstRate = nReq / (((nReq ? lastOf(tReq) : end) - start) / 1000);
-    const pacedRate = Math.max(1, Math.round(burstRate / 2));
+    // "sustained": what the whole pipeline (admission, scheduling, completions) kept up with during the burst.
+    const sustainedRate = nDone / (((nDone ? lastOf(tDone) : end) - start) / 1000);
+    const pacedRate = Math.max(1, Math.round((pacedBase === 'sustained' ? sustainedRate : burstRate) / 2));
     const nPaced = timedOut || !pacedS ? 0 : Math.min(Math.round(pacedRate * pacedS), 50_000);
     if (nPaced) {
       tPacedPub = new Float64Array(nPaced).fill(NaN);
       tPacedReq = new Float64Array(nPaced).fill(NaN);
       for (let i = 0; i < nPaced; i++) pacedIndex.set(jobIdFor('save', pacedId(i)), i);
-      say(`  paced stream: ${nPaced} requests at ${pacedRate}/s (half of the burst's ${Math.round(burstRate)}/s)`);
+      say(
+        `  paced stream: ${nPaced} requests at ${pacedRate}/s (half of the ${pacedBase === 'sustained' ? `sustained ${Math.round(sustainedRate)}` : `burst's ${Math.round(burstRate)}`}/s)`,
+      );
       const p0 = performance.now();
       const inflight = new Set<Promise<unknown>>();
       for (let i = 0; i < nPaced; i++) {
@@ -480,7 +513,7 @@ async function main(): Promise<void> {
     `Run ${new Date().toISOString().slice(0, 16).replace('T', ' ')} UTC with \`${command}\` (${(took / 60).toFixed(1)} min in all).`,
     '',
     `Machine: ${await machine()}.`,
-    `Settings: paced stream ${pacedS} s at half the burst's admission rate, VMSAVE_HOST_LIMIT ${hostLimit}, VMSAVE_TICK_MS ${tickMs}, scheduler log level ${logLevel} (to a file), publish window ${pubWindow}, simulated save ${saveMs[0]}–${saveMs[1]} ms, ${reps} run(s) per size${reps > 1 ? ' (medians of the runs)' : ''}.`,
+    `Settings: paced stream ${pacedS} s at half ${pacedBase === 'sustained' ? 'the rate the burst sustained to its last SaveCompleted' : "the burst's admission rate"}, VMSAVE_HOST_LIMIT ${hostLimit}, VMSAVE_TICK_MS ${tickMs}, scheduler log level ${logLevel} (to a file), ${gcMode === 'single' ? '`--single-threaded-gc`' : "V8's parallel GC"}, publish window ${pubWindow}, simulated save ${saveMs[0]}–${saveMs[1]} ms, ${reps} run(s) per size${reps > 1 ? ' (medians of the runs)' : ''}.`,
     '',
     tables,
     ...(profiles.length ? ['', ...profiles] : []),

@@ -91,8 +91,15 @@ export async function startRedis(dir: string, bin = 'redis-server'): Promise<{ p
 }
 
 /** The real scheduler (`services/scheduler/src/main.ts`) as its own node process; its pino log goes to a file. */
-export async function startScheduler(dir: string, env: Record<string, string>, opts: { cpuProfDir?: string; readyTimeoutMs?: number } = {}): Promise<Proc> {
-  const args = [...(opts.cpuProfDir ? ['--cpu-prof', `--cpu-prof-dir=${opts.cpuProfDir}`] : []), '--conditions=development', '--import', 'tsx', 'services/scheduler/src/main.ts'];
+export async function startScheduler(dir: string, env: Record<string, string>, opts: { cpuProfDir?: string; readyTimeoutMs?: number; nodeArgs?: string[] } = {}): Promise<Proc> {
+  const args = [
+    ...(opts.cpuProfDir ? ['--cpu-prof', `--cpu-prof-dir=${opts.cpuProfDir}`] : []),
+    ...(opts.nodeArgs ?? []),
+    '--conditions=development',
+    '--import',
+    'tsx',
+    'services/scheduler/src/main.ts',
+  ];
   const proc = start('scheduler', process.execPath, args, path.join(dir, 'scheduler.log'), { cwd: REPO, env: { ...process.env, ...env } });
   const end = Date.now() + (opts.readyTimeoutMs ?? 60_000);
   for (;;) {

@@ -117,7 +117,7 @@ export function renderTables(rows: readonly { result: RunResult; reps: number }[
     ),
   ];
   const t4 = [
-    '| size | JetStream publish acks/s (ceiling) | admitted ÷ ceiling | SaveScheduled/s ÷ slot capacity | paced stream (half the burst rate) | paced publish → SaveRequested p50 / p99 |',
+    '| size | JetStream publish acks/s (ceiling) | admitted ÷ ceiling | SaveScheduled/s ÷ slot capacity | paced stream (half the rate in Settings) | paced publish → SaveRequested p50 / p99 |',
     '|---|---:|---:|---:|---:|---:|',
     ...rows.map(
       ({ result: r }) =>

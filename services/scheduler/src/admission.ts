@@ -143,10 +143,10 @@ export class Admission {
   private async onSave(req: SaveRequest, ctx: MessageContext): Promise<Outcome> {
     const { state, placement } = this.d;
     const jobId = jobIdFor('save', req.requestId);
-    const log = this.d.log.child({ jobId, vm: req.vm });
+    const { log } = this.d;
     while (this.pending.has(jobId)) await this.pending.get(jobId);
     if ((state.jobs.get(jobId)?.status ?? 'none') !== 'none') {
-      log.info({ requestId: req.requestId }, 'duplicate save request: returning the existing job');
+      log.info({ jobId, vm: req.vm, requestId: req.requestId }, 'duplicate save request: returning the existing job');
       this.reply(ctx, this.answer(jobId, true));
       return ack();
     }
@@ -154,8 +154,10 @@ export class Admission {
     await this.commit(jobId, events, () => {
       if (!('rule' in adm)) state.setPlacement(jobId, { host: adm.host, vm: req.vm, ramBytes: adm.ramBytes });
     });
-    if ('rule' in adm) log.info({ rule: adm.rule }, `save rejected: ${adm.message}`);
-    else log.info({ host: adm.host, format: adm.format }, 'save admitted');
+    // One line per admitted command only at debug: at info it cost a log write per request in a
+    // burst, and the admission is in the log (`SaveRequested`) anyway. Rejections stay at info.
+    if ('rule' in adm) log.info({ jobId, vm: req.vm, rule: adm.rule }, `save rejected: ${adm.message}`);
+    else if (log.isLevelEnabled('debug')) log.debug({ jobId, vm: req.vm, host: adm.host, format: adm.format }, 'save admitted');
     this.reply(ctx, this.answer(jobId, false));
     placement.requestPump();
     return ack();

@@ -4,7 +4,7 @@ import type { JobState } from '@vmsave/jobs';
 import type { Leases } from '@vmsave/store';
 import type { SchedulerConfig } from './config.ts';
 import type { Journal } from './journal.ts';
-import { admitRestore, admitSave, defaultDeadlineMs, type HostView, type KnownImage, type QueuedJob, type Refusal } from './policy.ts';
+import { admitRestore, admitSave, defaultDeadlineMs, type AdmitOptions, type HostLoad, type HostView, type KnownImage, type QueuedJob, type Refusal } from './policy.ts';
 import type { Placed, SchedulerState } from './state.ts';
 
 export interface PlacementDeps {
@@ -56,9 +56,12 @@ export class Placement {
     }
   }
 
-  admitOpts() {
-    return { nowMs: Date.now(), hostOfflineMs: this.d.cfg.VMSAVE_HOST_OFFLINE_MS };
+  admitOpts(): AdmitOptions {
+    return { nowMs: Date.now(), hostOfflineMs: this.d.cfg.VMSAVE_HOST_OFFLINE_MS, load: this.load };
   }
+
+  /** What placing a restore of a replicated image weighs: each host's jobs (on it and queued) against its limit. */
+  private readonly load: HostLoad = { jobsOf: (h) => this.d.state.loadOn(h), limitOf: (h) => this.limitOf(h) };
 
   knownImages(): KnownImage[] {
     return this.d.state.knownImages();
@@ -134,17 +137,18 @@ export class Placement {
   private async dispatch(q: QueuedJob): Promise<void> {
     const { state, cfg } = this.d;
     const s = state.jobs.get(q.jobId)!;
-    const log = this.d.log.child({ jobId: q.jobId, host: q.host });
+    const { log } = this.d;
+    const ids = { jobId: q.jobId, host: q.host };
     // Every job runs under a lease with a fencing token: its VM's, or (a restore of an image the
     // log does not know) its image's on that host.
     if (!q.vm) {
-      log.warn('no VM or image to lease; job stays queued');
+      log.warn(ids, 'no VM or image to lease; job stays queued');
       this.refused.add(q.host);
       return;
     }
     const lease = await this.d.leases.acquire(q.vm, q.jobId, cfg.VMSAVE_LEASE_TTL_MS);
     if (!lease) {
-      log.info({ lease: q.vm }, 'VM lease held elsewhere; job stays queued');
+      log.info({ ...ids, lease: q.vm }, 'VM lease held elsewhere; job stays queued');
       this.refused.add(q.host);
       return;
     }
@@ -174,6 +178,7 @@ export class Placement {
       work = { kind: 'restore', jobId: q.jobId, attempt: after.attempt, fencingToken: token, host: q.host, deadlineAt, request: s.restoreRequest! };
     }
     await publishValidated(this.d.bus, messages.work, subjects.work(q.host), work, { msgId: `${q.jobId}.${after.attempt}` });
-    log.info({ attempt: after.attempt, fencingToken: token, deadlineAt }, 'work handed to executor');
+    // At debug: `SaveScheduled` in the log says the same, and a line per dispatch at info cost a write per job in a burst.
+    if (log.isLevelEnabled('debug')) log.debug({ ...ids, attempt: after.attempt, fencingToken: token, deadlineAt }, 'work handed to executor');
   }
 }

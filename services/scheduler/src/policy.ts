@@ -52,6 +52,8 @@ export interface AdmitOptions {
   nowMs: number;
   /** A host not heard from for this long is offline. */
   hostOfflineMs: number;
+  /** Jobs per host and limits: where a restore of a replicated image goes when its writer is offline (default: no load, no limit). */
+  load?: HostLoad;
 }
 
 /** Admission of a save request: every rule, each refusal naming the field and the rule. */
@@ -126,13 +128,30 @@ export interface KnownImage {
   vm: string;
   jobId: string;
   verified: boolean;
+  /** Copied into the bus's object store (`ImageReplicated`): any host can fetch and restore it. */
+  replicated?: boolean;
+  /** The image's format (a sparse image needs mapped-ram on the host that restores it). */
+  format?: SaveFormat;
+  /** Bytes the image takes on disk (allocated, else its length), when the save recorded them. */
+  bytes?: number;
+}
+
+/** Load of the hosts, for placing a restore of a replicated image: jobs on or queued for a host, and its limit. */
+export interface HostLoad {
+  jobsOf: (host: string) => number;
+  limitOf: (host: string) => number;
 }
 
 export function admitRestore(req: RestoreRequest, hosts: Map<string, HostView>, known: KnownImage[], opts: AdmitOptions): RestoreAdmission | Refusal {
-  const online = (h: HostView | undefined) => !!h && opts.nowMs - h.lastSeenMs <= opts.hostOfflineMs;
+  const online = (h: HostView | undefined): h is HostView => !!h && opts.nowMs - h.lastSeenMs <= opts.hostOfflineMs;
   const matches = (k: KnownImage, imageDir: string) => {
     const rel = checkImagePath(req.image, imageDir);
     return 'rel' in rel && (k.imagePath === req.image || path.relative(imageDir, k.imagePath) === rel.rel);
+  };
+  /** The image as its writer names it (its own image directory). */
+  const written = (k: KnownImage) => {
+    const h = hosts.get(k.host);
+    return !!h && matches(k, h.announcement.imageDir);
   };
   let host: HostView | undefined;
   let image: KnownImage | undefined;
@@ -140,16 +159,27 @@ export function admitRestore(req: RestoreRequest, hosts: Map<string, HostView>, 
     host = hosts.get(req.host);
     if (!host) return { rule: 'host-exists', field: 'host', message: `host: no executor has announced host "${req.host}"` };
     image = known.find((k) => k.host === req.host && matches(k, host!.announcement.imageDir));
+    // Written elsewhere but replicated: the named host fetches it from the object store first.
+    image ??= [...known].reverse().find((k) => k.host !== req.host && k.replicated && written(k));
   } else {
-    image = [...known].reverse().find((k) => {
-      const h = hosts.get(k.host);
-      return !!h && matches(k, h.announcement.imageDir);
-    });
+    image = [...known].reverse().find(written);
     host = image ? hosts.get(image.host) : undefined;
     if (image && !online(host)) {
-      // The writer is away: any host that shares the image directory can restore it.
+      // The writer is away: any host that shares the image directory can restore it,
       const shared = [...hosts.values()].find((h) => online(h) && h.announcement.sharedImageDir);
       if (shared) host = shared;
+      // and any host at all when the image was replicated.
+      else if (image.replicated) {
+        const placed = placeReplicatedRestore(image, hosts, opts);
+        if ('rule' in placed) return placed;
+        host = placed;
+      } else {
+        return {
+          rule: 'host-online',
+          field: 'host',
+          message: `host: ${image.host}, which wrote "${req.image}", has not been heard from recently, and the image was not replicated (only a save with replicate: bus, or on a host with VMSAVE_REPLICATE=bus, can be restored on another host); name a host that holds a copy (host)`,
+        };
+      }
     }
     if (!host) return { rule: 'image-known', field: 'image', message: `image: no save in the log wrote "${req.image}"; name the host that holds it (host)` };
   }
@@ -157,6 +187,57 @@ export function admitRestore(req: RestoreRequest, hosts: Map<string, HostView>, 
   const p = checkImagePath(req.image, host.announcement.imageDir);
   if ('rule' in p) return p;
   return { host: host.announcement.host, imageRel: p.rel, vm: image?.vm, sourceJobId: image?.jobId };
+}
+
+/**
+ * Where a restore of a replicated image goes when its writer is offline: an online host that can
+ * take it (room for the image in its image directory and quota, by the image's size or else its
+ * VM's memory; mapped-ram for a sparse image; the VM's machine type; no QEMU running a VM of that
+ * name), below its job limit before one at it, then the least loaded, then by name. Pure.
+ */
+export function placeReplicatedRestore(image: KnownImage, hosts: ReadonlyMap<string, HostView>, opts: AdmitOptions): HostView | Refusal {
+  const writerVm = hosts.get(image.host)?.announcement.vms.find((v) => v.name === image.vm);
+  const need = image.bytes ?? (writerVm ? writerVm.memoryMiB * MiB : 0);
+  const reasons: string[] = [];
+  const fits: HostView[] = [];
+  for (const h of hosts.values()) {
+    const a = h.announcement;
+    if (a.host === image.host || opts.nowMs - h.lastSeenMs > opts.hostOfflineMs) continue;
+    const why = unfitFor(a, image, need, writerVm?.machine);
+    if (why) reasons.push(`${a.host}: ${why}`);
+    else fits.push(h);
+  }
+  if (!fits.length) {
+    return {
+      rule: 'host-online',
+      field: 'host',
+      message: `host: ${image.host}, which wrote "${image.imagePath}", has not been heard from recently; the image is replicated but no online host can restore it${reasons.length ? ` (${reasons.join('; ')})` : ' (no other host is online)'}`,
+    };
+  }
+  const jobsOf = opts.load?.jobsOf ?? (() => 0);
+  const limitOf = opts.load?.limitOf ?? (() => Number.POSITIVE_INFINITY);
+  const key = (h: HostView) => {
+    const n = jobsOf(h.announcement.host);
+    const limit = Math.max(1, limitOf(h.announcement.host));
+    return { full: n >= limit ? 1 : 0, share: n / limit };
+  };
+  fits.sort((x, y) => {
+    const kx = key(x);
+    const ky = key(y);
+    return kx.full - ky.full || kx.share - ky.share || x.announcement.host.localeCompare(y.announcement.host);
+  });
+  return fits[0]!;
+}
+
+/** Why a host cannot restore this image, or undefined when it can. */
+function unfitFor(a: HostAnnouncement, image: KnownImage, need: number, machine: string | undefined): string | undefined {
+  if (a.freeBytes < need) return `${fmtBytes(a.freeBytes)} free in ${a.imageDir}, the image needs ${fmtBytes(need)}`;
+  if (a.imageQuotaBytes !== undefined && (a.imageUsedBytes ?? 0) + need > a.imageQuotaBytes) return `its image quota of ${fmtBytes(a.imageQuotaBytes)} has no room for ${fmtBytes(need)}`;
+  if (image.format === 'sparse' && !a.qemu.mappedRam) return `QEMU ${a.qemu.version} has no mapped-ram (a sparse image)`;
+  if (machine && a.qemu.machines.length && !a.qemu.machines.includes(machine)) return `QEMU ${a.qemu.version} has no machine type ${machine}`;
+  const running = a.vms.find((v) => v.name === image.vm && v.status !== 'stopped');
+  if (running) return `VM ${image.vm} already runs there (${running.status})`;
+  return undefined;
 }
 
 /**

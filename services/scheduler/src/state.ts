@@ -154,7 +154,17 @@ export class SchedulerState {
 
   private trackImage(jobId: string, s: JobState): void {
     if (s.kind === 'save' && (s.status === 'completed' || s.status === 'verified') && s.host && s.imagePath && s.vm) {
-      this.images.set(jobId, { host: s.host, imagePath: s.imagePath, vm: s.vm, jobId, verified: s.status === 'verified' });
+      const bytes = s.result?.blocks !== undefined ? s.result.blocks * 512 : s.result?.bytes;
+      this.images.set(jobId, {
+        host: s.host,
+        imagePath: s.imagePath,
+        vm: s.vm,
+        jobId,
+        verified: s.status === 'verified',
+        replicated: !!s.replicated,
+        ...(s.format ? { format: s.format } : {}),
+        ...(bytes !== undefined ? { bytes } : {}),
+      });
     } else if (s.kind === 'save') this.images.delete(jobId);
   }
 
@@ -400,6 +410,12 @@ export class SchedulerState {
     }
     if (this.unplaced.size) out[''] = this.unplaced.size;
     return out;
+  }
+
+  /** Jobs on a host now plus those queued for it: its load, for placing a restore of a replicated image. */
+  loadOn(host: string): number {
+    const qs = this.queues.get(host);
+    return this.activeOn(host) + (qs ? qs[0].live + qs[1].live + qs[2].live : 0);
   }
 
   /** How many jobs are on a host now. */

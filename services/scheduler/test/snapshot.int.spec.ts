@@ -13,13 +13,13 @@ import { fileURLToPath } from 'node:url';
 import { gzipSync } from 'node:zlib';
 import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { HostAnnouncement, makeEvent, messages, RestoreRequest, SaveRequest, subjects, type AdmissionReply, type JobEvent } from '@vmsave/contracts';
+import { HostAnnouncement, makeEvent, messages, RestoreRequest, SaveRequest, streams, subjects, type AdmissionReply, type JobEvent } from '@vmsave/contracts';
 import { awaitAnswer, Bus, publishEvent, publishValidated, readLog, type Logger } from '@vmsave/bus';
 import { connectRedis, Leases } from '@vmsave/store';
 import { answers, freePort, testUrls, uniq, waitFor } from '@vmsave/testkit';
 import { loadConfig } from '../src/config.ts';
 import { Journal } from '../src/journal.ts';
-import { captureSnapshot, Snapshots, snapshotKey, streamInfo, writeSnapshot } from '../src/snapshot.ts';
+import { captureSnapshot, discardedGap, Snapshots, snapshotKey, streamInfo, writeSnapshot } from '../src/snapshot.ts';
 import { SchedulerState } from '../src/state.ts';
 
 const PKG = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -242,11 +242,13 @@ describe('snapshot at k + replay of the rest', () => {
     }
   });
 
-  it('ignores, with a warning, a snapshot of another version, an unreadable one and one of another stream: the whole log is replayed', async () => {
+  it("ignores, with a warning, a snapshot (plain or gzip'd) of another version, an unreadable one and one of another stream: the whole log is replayed", async () => {
     const { created } = await streamInfo(bus);
     const cases: Array<[string, Buffer, RegExp]> = [
       ['version', gzipSync(JSON.stringify({ v: 99, stream: created, seq: 5, at: '', jobs: [], imageOnly: [] })), /version 99/],
-      ['garbage', Buffer.from('not a snapshot'), /unreadable/],
+      ['plain-version', Buffer.from(JSON.stringify({ v: 98, stream: created, seq: 5, at: '', jobs: [], imageOnly: [] })), /version 98/],
+      ['garbage', Buffer.from('not a snapshot'), /not JSON/],
+      ['broken-gzip', Buffer.concat([gzipSync('{"v":1}').subarray(0, 10), Buffer.from('garbage')]), /unreadable/],
       ['json', gzipSync('{"v":1,"stream":'), /not JSON/],
       ['malformed', gzipSync(JSON.stringify({ v: 1, stream: created, seq: 5, at: '', jobs: [{ nope: 1 }], imageOnly: [] })), /jobs\.0: not a job state/],
       ['stream', gzipSync(JSON.stringify({ v: 1, stream: 'another', seq: 5, at: '', jobs: [], imageOnly: [] })), /another event stream/],
@@ -296,6 +298,17 @@ describe('periodic snapshots', () => {
     const fresh = new SchedulerState();
     expect(await new Snapshots({ bus, redis, state: fresh, log: memLog(), prefix: key, every: 10, intervalMs: 1000 }).load()).toBe(state.logSeq);
     expect(view(fresh)).toEqual(view(state));
+    // Written plain JSON; one above the size limit is gzip'd, and read back the same.
+    expect((await redis.getBuffer(snapshotKey(key)))!.subarray(0, 1).toString()).toBe('{');
+    const gzKey = `${prefix}-periodic-gz`;
+    const gzSnaps = new Snapshots({ bus, redis, state, log: memLog(), prefix: gzKey, every: 10, intervalMs: 1000, gzipAboveBytes: 0 });
+    expect(await gzSnaps.load()).toBe(0); // none yet under this key; learns the stream's identity
+    await gzSnaps.final();
+    const stored = (await redis.getBuffer(snapshotKey(gzKey)))!;
+    expect([stored[0], stored[1]]).toEqual([0x1f, 0x8b]);
+    const fromGz = new SchedulerState();
+    expect(await new Snapshots({ bus, redis, state: fromGz, log: memLog(), prefix: gzKey, every: 10, intervalMs: 1000 }).load()).toBe(state.logSeq);
+    expect(view(fromGz)).toEqual(view(state));
   });
 });
 
@@ -393,3 +406,38 @@ async function readUntilScheduled(jobId: string): Promise<true | undefined> {
   for await (const { event } of readLog(bus)) if (event.jobId === jobId && event.type === 'SaveScheduled') return true;
   return undefined;
 }
+
+// Last: it purges the private events stream's head, which the tests above read whole.
+describe('a log whose head was discarded (retention, purge)', () => {
+  it('is said loudly at start when events after the snapshot are gone, and not when the snapshot covers them', async () => {
+    expect(discardedGap(10, 11)).toBeUndefined();
+    expect(discardedGap(10, 15)).toEqual({ from: 11, to: 14 });
+    expect(discardedGap(0, 1)).toBeUndefined();
+    const jobId = uniq('s-gap').replace(/[^A-Za-z0-9_-]/g, '');
+    for (let i = 0; i < 3; i++) await publishEvent(bus, makeEvent('SaveCancelRequested', jobId, { reason: `gap ${i}` }, { source: 'scheduler' }));
+    const { lastSeq, created } = await streamInfo(bus);
+    // Keep only the last event: everything before lastSeq is discarded.
+    await bus.jsm.streams.purge(streams.events.name, { seq: lastSeq });
+    expect((await streamInfo(bus)).firstSeq).toBe(lastSeq);
+    const load = async (name: string, seq: number | undefined) => {
+      const key = `${prefix}-gap-${name}`;
+      if (seq !== undefined) await writeSnapshot(redis, snapshotKey(key), captureSnapshot(new SchedulerState(), seq, created));
+      const log = memLog();
+      const loaded = await new Snapshots({ bus, redis, state: new SchedulerState(), log, prefix: key, every: 1, intervalMs: 1000 }).load();
+      return { loaded, errors: log.lines.filter((l) => l.level === 'error') };
+    };
+    // A snapshot older than the discarded events: loaded, and the gap named.
+    const old = await load('old', lastSeq - 3);
+    expect(old.loaded).toBe(lastSeq - 3);
+    expect(old.errors).toHaveLength(1);
+    expect(old.errors[0]!.obj).toMatchObject({ snapshotSeq: lastSeq - 3, firstSeq: lastSeq, missingFrom: lastSeq - 2, missingTo: lastSeq - 1, missing: 2 });
+    // No snapshot at all: the whole log is replayed from what remains, and the loss is named.
+    const none = await load('none', undefined);
+    expect(none.loaded).toBe(0);
+    expect(none.errors[0]?.obj).toMatchObject({ snapshotSeq: 0, firstSeq: lastSeq, missingFrom: 1, missingTo: lastSeq - 1 });
+    // A snapshot covering everything discarded: nothing said.
+    const covering = await load('covering', lastSeq - 1);
+    expect(covering.loaded).toBe(lastSeq - 1);
+    expect(covering.errors).toEqual([]);
+  });
+});

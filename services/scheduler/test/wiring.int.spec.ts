@@ -96,9 +96,10 @@ beforeAll(async () => {
     }),
   );
 
+  // Debug: the per-job lines of admission and dispatch ('save admitted', 'work handed to executor') are logged at debug.
   child = spawn(process.execPath, ['--conditions=development', '--import', 'tsx', path.join(PKG, 'src', 'main.ts')], {
     cwd: PKG,
-    env: { ...process.env, NATS_URL: natsUrl, REDIS_URL: redisUrl, VMSAVE_REDIS_PREFIX: prefix, VMSAVE_LOG_LEVEL: 'info', VMSAVE_VERDICT_TIMEOUT_MS: String(VERDICT_MS) },
+    env: { ...process.env, NATS_URL: natsUrl, REDIS_URL: redisUrl, VMSAVE_REDIS_PREFIX: prefix, VMSAVE_LOG_LEVEL: 'debug', VMSAVE_VERDICT_TIMEOUT_MS: String(VERDICT_MS) },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   exited = new Promise((resolve) => child.once('exit', resolve));
@@ -243,9 +244,9 @@ describe('the scheduler as main.ts wires it', () => {
     expect(item).toMatchObject({ kind: 'save', jobId, host, attempt: 1, format: 'sparse', request: { vm } });
     ac.abort();
 
-    // Job lines carry the job id.
+    // Job lines carry the job id (the dispatch line is written after the work item's ack: the item may arrive here first).
     expect(logged('save admitted', jobId)).toMatchObject({ host });
-    expect(logged('work handed to executor', jobId)).toMatchObject({ host, attempt: 1 });
+    expect(await waitFor('the dispatch log line', () => logged('work handed to executor', jobId), 10_000, 50)).toMatchObject({ host, attempt: 1 });
 
     // The same request again is the same job, answered as a duplicate.
     expect(await save({ requestId, vm })).toEqual({ outcome: 'accepted', requestId, jobId, duplicate: true });
