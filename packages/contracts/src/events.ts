@@ -340,6 +340,11 @@ export const DrainRequestedData = z.object({
   request: DrainRequest,
   /** The host's VMs when the drain started (its latest announcement). */
   vms: z.array(VmName),
+  /**
+   * With `to: any`: the other hosts that had announced themselves lately when the drain started;
+   * the restores go to them in turn (a drain empties its host, so `any` never means the host itself).
+   */
+  targets: z.array(HostName).optional(),
 });
 /** `vmsave.cmd.cancel` named the drain: its child jobs are cancelled, no restore is asked from here on. */
 export const DrainCancelRequestedData = CancelRequestedData;

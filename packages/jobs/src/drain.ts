@@ -27,6 +27,8 @@ export interface DrainState {
   request?: DrainRequest;
   /** The host's VMs, in the order the drain named them. */
   vms: DrainVm[];
+  /** With `to: any`: the hosts the restores go to in turn (`DrainRequested.targets`). */
+  targets?: string[];
   cancelRequested?: { reason: string; at: string };
   /** Why it failed (`DrainFailed`) or was cancelled. */
   reason?: string;
@@ -60,7 +62,14 @@ export function evolveDrain(s: DrainState, e: JobEvent): DrainState {
   switch (e.type) {
     case 'DrainRequested':
       if (s.status !== 'none') return base;
-      return { ...base, status: 'running', request: e.data.request, vms: e.data.vms.map((vm) => ({ vm, phase: 'queued' as const })), requestedAt: e.at };
+      return {
+        ...base,
+        status: 'running',
+        request: e.data.request,
+        vms: e.data.vms.map((vm) => ({ vm, phase: 'queued' as const })),
+        ...(e.data.targets?.length ? { targets: e.data.targets } : {}),
+        requestedAt: e.at,
+      };
     case 'DrainVmUpdated':
       if (!s.vms.some((v) => v.vm === e.data.vm)) return base;
       return { ...base, vms: s.vms.map((v) => (v.vm === e.data.vm ? { ...v, ...e.data } : v)) };
@@ -91,7 +100,7 @@ export type DrainAction =
 
 export type DrainCommand =
   /** Start a drain of `request.host` over the VMs its latest announcement lists. */
-  | { type: 'Start'; drainId: string; request: DrainRequest; vms: string[] }
+  | { type: 'Start'; drainId: string; request: DrainRequest; vms: string[]; targets?: string[] }
   /** A drain that cannot start (its host unknown): it ends failed with the reason. */
   | { type: 'Refuse'; drainId: string; request: DrainRequest; reason: string }
   /** A child job's state after one of its events (folded with the jobs' own `fold`). */
@@ -145,10 +154,19 @@ export function decideDrain(cmd: DrainCommand, s0: DrainState, meta: DrainMeta):
       priority: r.priority,
       drainId: s.drainId!,
       requestedBy: `drain ${s.drainId}`,
-      ...(r.replicate ? { replicate: r.replicate } : {}),
+      // Restored on another host: the image must reach it (a drain to elsewhere replicates unless told not to).
+      ...(r.replicate ? { replicate: r.replicate } : r.to && r.to !== r.host ? { replicate: 'bus' as const } : {}),
     };
     actions.push({ type: 'save', vm: v.vm, jobId, request });
     return jobId;
+  };
+  /** Where a VM is restored: the named target, or with `to: any` the targets in turn by the VM's place in the drain. */
+  const targetOf = (v: DrainVm): string | undefined => {
+    const to = s.request?.to;
+    if (!to) return undefined;
+    if (to !== 'any') return to;
+    const t = s.targets ?? [];
+    return t.length ? t[Math.max(0, s.vms.findIndex((x) => x.vm === v.vm)) % t.length] : undefined;
   };
   const askRestore = (v: DrainVm) => {
     const r = s.request!;
@@ -156,7 +174,7 @@ export function decideDrain(cmd: DrainCommand, s0: DrainState, meta: DrainMeta):
     const request: RestoreRequestInput = {
       requestId,
       image: v.imagePath!,
-      ...(r.to && r.to !== 'any' ? { host: r.to } : {}),
+      ...(targetOf(v) ? { host: targetOf(v) } : {}),
       priority: r.priority,
       drainId: s.drainId!,
       requestedBy: `drain ${s.drainId}`,
@@ -209,7 +227,8 @@ export function decideDrain(cmd: DrainCommand, s0: DrainState, meta: DrainMeta):
     case 'Refuse': {
       if (s.status !== 'none') return { ok: true, events: [], actions: [] };
       const vms = cmd.type === 'Start' ? [...new Set(cmd.vms)] : [];
-      emit('DrainRequested', { request: cmd.request, vms });
+      const targets = cmd.type === 'Start' && cmd.request.to === 'any' ? (cmd.targets ?? []).filter((h) => h !== cmd.request.host) : [];
+      emit('DrainRequested', { request: cmd.request, vms, ...(targets.length ? { targets } : {}) });
       if (cmd.type === 'Refuse') {
         emit('DrainFailed', { reason: cmd.reason, outcome: [] });
         break;

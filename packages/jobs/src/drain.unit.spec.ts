@@ -52,6 +52,24 @@ describe('decideDrain', () => {
     expect(d.s.vms.map((v) => v.phase)).toEqual(['queued', 'queued']);
   });
 
+  it('to any: restores go to the other live hosts in turn, never the drained host; a drain elsewhere replicates', () => {
+    const d = new Drain();
+    const r = d.run({ type: 'Start', drainId, request: req({ to: 'any' }), vms: ['a', 'b', 'c'], targets: ['host-b', 'host-a', 'host-c'] });
+    expect(d.s.targets).toEqual(['host-b', 'host-c']);
+    for (const a of r.actions) expect(a.type === 'save' && a.request.replicate).toBe('bus');
+    const hosts = ['a', 'b', 'c'].map((vm) => {
+      const out = d.run({ type: 'Observe', child: child(childOf(drainId, 'save', vm).jobId, 'save', 'verified') });
+      const restore = out.actions.find((a) => a.type === 'restore');
+      return restore?.type === 'restore' ? restore.request.host : undefined;
+    });
+    expect(hosts).toEqual(['host-b', 'host-c', 'host-b']);
+    // Same host, or told not to: no replication asked.
+    const same = new Drain().run({ type: 'Start', drainId, request: req({ to: 'host-a' }), vms: ['a'] });
+    expect(same.actions[0]?.type === 'save' && same.actions[0].request.replicate).toBeUndefined();
+    const none = new Drain().run({ type: 'Start', drainId, request: req({ to: 'host-b', replicate: 'none' }), vms: ['a'] });
+    expect(none.actions[0]?.type === 'save' && none.actions[0].request.replicate).toBe('none');
+  });
+
   it('with no VMs completes at once; a refused drain fails with its reason', () => {
     const d = new Drain();
     d.run({ type: 'Start', drainId, request: req(), vms: [] });

@@ -161,7 +161,8 @@ export class Drains {
     }
     const vms = a.vms.filter((v) => v.status !== 'stopped').map((v) => v.name);
     log.info({ jobId: drainId, host: request.host, to: request.to, vms }, 'drain requested');
-    await this.decide(drainId, { type: 'Start', drainId, request, vms });
+    const targets = request.to === 'any' ? await liveHosts(this.d.bus, request.host) : undefined;
+    await this.decide(drainId, { type: 'Start', drainId, request, vms, ...(targets ? { targets } : {}) });
     this.reply(ctx, { outcome: 'accepted', requestId: request.requestId, jobId: drainId, duplicate: false });
     return ack();
   }
@@ -283,6 +284,19 @@ export class Drains {
     }
     publishCore(this.d.bus, messages.admissionReply, to, answer);
   }
+}
+
+/** How recent a host's announcement must be for `to: any` to send restores to it. */
+export const LIVE_ANNOUNCEMENT_MS = 120_000;
+
+/** The hosts other than `except` whose latest announcement is recent (`LIVE_ANNOUNCEMENT_MS`), by name. */
+export async function liveHosts(bus: Bus, except: string, now = Date.now()): Promise<string[]> {
+  const latest = new Map<string, HostAnnouncement>();
+  for await (const a of readHosts(bus)) latest.set(a.host, a);
+  return [...latest.values()]
+    .filter((a) => a.host !== except && now - Date.parse(a.at) <= LIVE_ANNOUNCEMENT_MS)
+    .map((a) => a.host)
+    .sort();
 }
 
 /** A host's latest announcement from VMSAVE_HOSTS. */
