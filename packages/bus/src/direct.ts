@@ -15,6 +15,7 @@ import type { MsgHdrs } from '@nats-io/nats-core';
 import { streams, subjects } from '@vmsave/contracts';
 import type { Bus } from './connection.ts';
 import { isTransient } from './retry.ts';
+import { sleep } from './follow.ts';
 
 /** One direct-get question: a sequence, the next message at or after `seq` on a filter, or the last on a filter. */
 export type DirectQuery = { seq: number } | { nextBySubj: string; seq: number } | { lastBySubj: string };
@@ -311,16 +312,4 @@ export async function* followDirect(bus: Bus, filter: string, fromSeq: number, o
     offReconnect();
     sub.unsubscribe();
   }
-}
-
-function sleep(ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const t = setTimeout(done, ms);
-    signal?.addEventListener('abort', done, { once: true });
-    function done() {
-      clearTimeout(t);
-      signal?.removeEventListener('abort', done);
-      resolve();
-    }
-  });
 }

@@ -21,7 +21,8 @@ export interface ResumableOptions {
   maxDelayMs?: number;
 }
 
-const sleep = (ms: number, signal?: AbortSignal) =>
+/** Wait `ms`, or less when `signal` aborts (never rejects). */
+export const sleep = (ms: number, signal?: AbortSignal) =>
   new Promise<void>((resolve) => {
     const t = setTimeout(done, ms);
     signal?.addEventListener('abort', done, { once: true });

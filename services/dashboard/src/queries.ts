@@ -1,30 +1,15 @@
 import type { Redis } from 'ioredis';
 import type { HostAnnouncement } from '@vmsave/contracts';
-import { keys, queryJobs, type JobView, type Projection } from '@vmsave/store';
+import { keys, queryJobs, type JobQuery, type JobQueryPage, type Projection } from '@vmsave/store';
 import { ON_HOST_STATUSES, type JobStatus } from '@vmsave/jobs';
 
 const CHUNK = 500;
 
-export interface JobFilter {
-  states?: readonly JobStatus[];
-  kind?: string;
-  vm?: string;
-  host?: string;
-  /** Requested at or after / before (ms since the epoch). */
-  since?: number;
-  until?: number;
-  order?: 'newest' | 'oldest';
-  limit: number;
-  offset: number;
-}
+/** The page's filter: the store's one job query (`queryJobs`), with statuses typed. */
+export type JobFilter = JobQuery & { states?: readonly JobStatus[]; offset: number };
 
-export interface JobPage {
-  items: JobView[];
-  /** Number of jobs matching the filter. */
-  total: number;
-  /** Jobs per status under the kind/vm/host filters. */
-  totals: Record<string, number>;
-}
+/** A page of jobs, with the number matching and the jobs per status under the other filters. */
+export type JobPage = JobQueryPage;
 
 /**
  * Queries over the store's read models for the page. Every one reads an index
