@@ -130,6 +130,9 @@ function childError(c: JobState): string {
   return `${what} ended ${c.status}`;
 }
 
+/** An image's file name: images lie directly in their host's image directory (`RestoreRequest.image` is relative to it). */
+const imageName = (p: string): string => p.slice(p.lastIndexOf('/') + 1);
+
 /** Decide a command against a drain's folded state. */
 export function decideDrain(cmd: DrainCommand, s0: DrainState, meta: DrainMeta): DrainDecision {
   const at = meta.now ?? new Date();
@@ -166,14 +169,22 @@ export function decideDrain(cmd: DrainCommand, s0: DrainState, meta: DrainMeta):
     if (!to) return undefined;
     if (to !== 'any') return to;
     const t = s.targets ?? [];
-    return t.length ? t[Math.max(0, s.vms.findIndex((x) => x.vm === v.vm)) % t.length] : undefined;
+    return t.length
+      ? t[
+          Math.max(
+            0,
+            s.vms.findIndex((x) => x.vm === v.vm),
+          ) % t.length
+        ]
+      : undefined;
   };
   const askRestore = (v: DrainVm) => {
     const r = s.request!;
     const { requestId, jobId } = childOf(s.drainId!, 'restore', v.vm);
     const request: RestoreRequestInput = {
       requestId,
-      image: v.imagePath!,
+      // Named relative to the image directory: the save's path is the drained host's, the target has its own directory.
+      image: imageName(v.imagePath!),
       ...(targetOf(v) ? { host: targetOf(v) } : {}),
       priority: r.priority,
       drainId: s.drainId!,
@@ -186,6 +197,26 @@ export function decideDrain(cmd: DrainCommand, s0: DrainState, meta: DrainMeta):
     const jobId = v.phase === 'restoring' ? v.restoreJobId : v.saveJobId;
     if (jobId) actions.push({ type: 'cancel', vm: v.vm, jobId, requestId: `${s.drainId}.cancel.${jobId}`, reason: `drain ${s.drainId}: ${reason}` });
   };
+  /** Whether a VM's image must reach the bus before its restore is asked: restored elsewhere, and replicated (askSave). */
+  const needsReplica = (): boolean => {
+    const r = s.request;
+    return !!r?.to && r.to !== r.host && (r.replicate ?? 'bus') === 'bus';
+  };
+  /** A verified save's restore: asked now, or once its image is on the bus; a copy that failed fails the VM, naming where its image is. */
+  const restoreWhenReady = (v: DrainVm, c: JobState) => {
+    if (!s.request?.to || s.cancelRequested) return;
+    if (needsReplica() && !c.replicated) {
+      if (c.replicationFailed) {
+        const host = s.request.host;
+        update(v, {
+          phase: 'failed',
+          error: `save ${c.jobId}: its image could not be copied to the bus (${c.replicationFailed.code}: ${c.replicationFailed.reason}); it is verified on ${host}: vmsave restore ${imageName(v.imagePath ?? '')} --host ${host}`,
+        });
+      }
+      return;
+    }
+    update(v, { phase: 'restoring', restoreJobId: askRestore(v) });
+  };
   /** A child's state applied to its VM: the next phase, and a restore once the save is verified. */
   const observe = (c: JobState) => {
     const v = vmOf(c.jobId ?? '');
@@ -193,8 +224,7 @@ export function decideDrain(cmd: DrainCommand, s0: DrainState, meta: DrainMeta):
     if (c.kind === 'save' && v.saveJobId === c.jobId && (v.phase === 'queued' || v.phase === 'saving')) {
       if (c.status === 'verified') {
         update(v, { phase: 'saved', imagePath: c.imagePath, error: undefined });
-        const saved = s.vms.find((x) => x.vm === v.vm)!;
-        if (s.request?.to && !s.cancelRequested) update(saved, { phase: 'restoring', restoreJobId: askRestore(saved) });
+        restoreWhenReady(s.vms.find((x) => x.vm === v.vm)!, c);
       } else if (isFinal(c)) {
         // The save did not give an image to restore: the VM stays where it was (a failed save resumes it).
         const where =
@@ -207,6 +237,9 @@ export function decideDrain(cmd: DrainCommand, s0: DrainState, meta: DrainMeta):
       } else if (v.phase === 'queued' && (c.status === 'running' || c.status === 'completed')) {
         update(v, { phase: 'saving' });
       }
+    } else if (c.kind === 'save' && v.saveJobId === c.jobId && v.phase === 'saved' && !v.restoreJobId) {
+      // Saved, its restore waiting for the image's copy on the bus (`ImageReplicated` on the save job).
+      restoreWhenReady(v, c);
     } else if (c.kind === 'restore' && v.restoreJobId === c.jobId && v.phase === 'restoring' && isFinal(c)) {
       if (c.status === 'completed') update(v, { phase: 'restored', restoredOn: c.host });
       else update(v, { phase: c.status === 'cancelled' ? 'cancelled' : 'failed', error: childError(c) });

@@ -17,7 +17,9 @@ const child = (jobId: string, kind: 'save' | 'restore', status: JobState['status
   status,
   attempt: 1,
   version: 3,
-  ...(kind === 'save' ? { imagePath: `img-${jobId}.vmsave` } : {}),
+  ...(kind === 'save' ? { imagePath: `/srv/a/images/img-${jobId}.vmsave` } : {}),
+  // A verified save's image on the bus, as a drain to another host waits for (see 'waits for the copy').
+  ...(kind === 'save' && status === 'verified' ? { replicated: { bucket: 'VMSAVE_IMAGES', object: jobId, host: 'host-a', bytesMoved: 1, at: '2026-12-04T01:00:00Z' } } : {}),
   ...over,
 });
 
@@ -68,6 +70,24 @@ describe('decideDrain', () => {
     expect(same.actions[0]?.type === 'save' && same.actions[0].request.replicate).toBeUndefined();
     const none = new Drain().run({ type: 'Start', drainId, request: req({ to: 'host-b', replicate: 'none' }), vms: ['a'] });
     expect(none.actions[0]?.type === 'save' && none.actions[0].request.replicate).toBe('none');
+  });
+
+  it('to another host: waits for the copy on the bus before the restore, names the image by its file name; a failed copy fails the VM', () => {
+    const d = new Drain();
+    d.run({ type: 'Start', drainId, request: req({ to: 'host-b' }), vms: ['a', 'b'] });
+    const [sa, sb] = ['a', 'b'].map((vm) => childOf(drainId, 'save', vm).jobId) as [string, string];
+    let r = d.run({ type: 'Observe', child: child(sa, 'save', 'verified', { replicated: undefined }) });
+    expect(r.actions).toEqual([]);
+    expect(d.s.vms[0]).toMatchObject({ phase: 'saved' });
+    r = d.run({ type: 'Observe', child: child(sa, 'save', 'verified') });
+    const restore = r.actions[0];
+    expect(restore?.type === 'restore' && restore.request).toMatchObject({ image: `img-${sa}.vmsave`, host: 'host-b' });
+    d.run({
+      type: 'Observe',
+      child: child(sb, 'save', 'verified', { replicated: undefined, replicationFailed: { code: 'ENOSPC', reason: 'bucket full', at: '2026-12-04T01:00:01Z' } }),
+    });
+    expect(d.s.vms[1]).toMatchObject({ phase: 'failed' });
+    expect(d.s.vms[1]?.error).toContain(`vmsave restore img-${sb}.vmsave --host host-a`);
   });
 
   it('with no VMs completes at once; a refused drain fails with its reason', () => {
@@ -203,6 +223,8 @@ describe('decideDrain properties', () => {
             else if (end === 'failed') next = { ...cur, status: 'failed', lastFailure: { stage: 'migrate', code: 'ENOSPC', reason: 'full', retryable: false } };
             else if (end === 'rejected') next = { ...cur, status: 'rejected', rejection: { rule: 'verification', message: 'bad' } };
             else next = { ...cur, status: 'cancelled' };
+            // Verified, and copied to the bus in the same step (a drain to another host waits for the copy).
+            if (next.status === 'verified') next = { ...next, replicated: { bucket: 'VMSAVE_IMAGES', object: jobId, host: 'host-a', bytesMoved: 1, at: '2026-12-04T01:00:00Z' } };
           } else {
             next =
               n === 1

@@ -58,3 +58,4 @@ export const uniq = (prefix = 't'): string => `${prefix}-${Date.now().toString(3
 export { makePattern, patternVm, guestMemory, MiB, PATTERN_ADDR, PATTERN_SIZE, type TestVmDefinition } from './vm.ts';
 export { runNode, lines, type RunResult } from './run.ts';
 export { freePort, answers, startPasswordRedis } from './servers.ts';
+export { NetnsLab, netnsUnavailable, netnsPids, sweepStaleLabs, type NetnsHost, type LabServer } from './netns.ts';
