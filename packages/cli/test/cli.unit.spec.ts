@@ -123,6 +123,7 @@ describe('terminal output', () => {
 describe('arguments', () => {
   it.each([
     [['save', '--vm', 'x', '--format', 'zip'], /--format must be one of legacy, sparse, auto, got "zip"/],
+    [['save', '--vm', 'x', '--replicate', 's3'], /--replicate must be one of bus, none, got "s3"/],
     [['save', '--vm', 'x', '--channels', '65'], /--channels must be between 1 and 64, got 65/],
     [['save', '--vm', 'x', '--channels', '0'], /--channels must be between 1 and 64/],
     [['save', '--vm', 'bad name!'], /VM name/],

@@ -179,10 +179,10 @@ export class Admission {
       'rule' in adm ? adm : undefined,
     );
     await this.commit(jobId, events, () => {
-      if (!('rule' in adm)) state.setPlacement(jobId, { host: adm.host, vm: adm.vm, ramBytes: 0 });
+      if (!('rule' in adm)) state.setPlacement(jobId, { host: adm.host, vm: adm.vm, ramBytes: 0, ...(adm.imageOnHost ? { image: adm.imageOnHost } : {}) });
     });
     if ('rule' in adm) log.info({ rule: adm.rule }, `restore rejected: ${adm.message}`);
-    else log.info({ host: adm.host }, 'restore admitted');
+    else log.info({ host: adm.host, vm: adm.vm, sourceJobId: adm.sourceJobId }, 'restore admitted');
     this.reply(ctx, this.answer(jobId, false));
     placement.requestPump();
     return ack();

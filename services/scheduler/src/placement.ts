@@ -131,7 +131,12 @@ export class Placement {
         ? admitSave(s.saveRequest!, state.hostsWithVm(s.saveRequest!.vm), this.admitOpts())
         : admitRestore(s.restoreRequest!, state.hosts as Map<string, HostView>, this.knownImages(), this.admitOpts());
     if ('rule' in adm) return adm.rule === 'host-online' ? undefined : adm;
-    return { host: adm.host, vm: 'vm' in adm && typeof adm.vm === 'string' ? adm.vm : s.vm, ramBytes: 'ramBytes' in adm ? adm.ramBytes : 0 };
+    return {
+      host: adm.host,
+      vm: 'vm' in adm && typeof adm.vm === 'string' ? adm.vm : s.vm,
+      ramBytes: 'ramBytes' in adm ? adm.ramBytes : 0,
+      ...('imageOnHost' in adm && adm.imageOnHost ? { image: adm.imageOnHost } : {}),
+    };
   }
 
   private async dispatch(q: QueuedJob): Promise<void> {
@@ -175,7 +180,10 @@ export class Placement {
         request: s.saveRequest!,
       };
     } else {
-      work = { kind: 'restore', jobId: q.jobId, attempt: after.attempt, fencingToken: token, host: q.host, deadlineAt, request: s.restoreRequest! };
+      // A replicated image fetched onto another host: named as inside its image directory (`RestoreAdmission.imageOnHost`).
+      const image = state.placement.get(q.jobId)?.image;
+      const request = image ? { ...s.restoreRequest!, image } : s.restoreRequest!;
+      work = { kind: 'restore', jobId: q.jobId, attempt: after.attempt, fencingToken: token, host: q.host, deadlineAt, request };
     }
     await publishValidated(this.d.bus, messages.work, subjects.work(q.host), work, { msgId: `${q.jobId}.${after.attempt}` });
     // At debug: `SaveScheduled` in the log says the same, and a line per dispatch at info cost a write per job in a burst.

@@ -119,6 +119,12 @@ export interface RestoreAdmission {
   imageRel: string;
   vm?: string;
   sourceJobId?: string;
+  /**
+   * A replicated image restored on a host other than its writer, named by a path of the writer's
+   * image directory (as `SaveCompleted.data.imagePath` gives it): its name inside the image
+   * directory, which the work item carries instead (the executor fetches it under that name).
+   */
+  imageOnHost?: string;
 }
 
 /** Where an image lives, from the log: the host that wrote it and its save job. */
@@ -143,7 +149,7 @@ export interface HostLoad {
 }
 
 export function admitRestore(req: RestoreRequest, hosts: Map<string, HostView>, known: KnownImage[], opts: AdmitOptions): RestoreAdmission | Refusal {
-  const online = (h: HostView | undefined): h is HostView => !!h && opts.nowMs - h.lastSeenMs <= opts.hostOfflineMs;
+  const online = (h: HostView | undefined): boolean => !!h && opts.nowMs - h.lastSeenMs <= opts.hostOfflineMs;
   const matches = (k: KnownImage, imageDir: string) => {
     const rel = checkImagePath(req.image, imageDir);
     return 'rel' in rel && (k.imagePath === req.image || path.relative(imageDir, k.imagePath) === rel.rel);
@@ -184,9 +190,15 @@ export function admitRestore(req: RestoreRequest, hosts: Map<string, HostView>, 
     if (!host) return { rule: 'image-known', field: 'image', message: `image: no save in the log wrote "${req.image}"; name the host that holds it (host)` };
   }
   if (!online(host)) return { rule: 'host-online', field: 'host', message: `host: ${host.announcement.host} has not been heard from recently` };
+  const target = host.announcement.host;
   const p = checkImagePath(req.image, host.announcement.imageDir);
-  if ('rule' in p) return p;
-  return { host: host.announcement.host, imageRel: p.rel, vm: image?.vm, sourceJobId: image?.jobId };
+  if ('rule' in p) {
+    const writer = image?.replicated && image.host !== target ? hosts.get(image.host) : undefined;
+    const there = writer ? checkImagePath(req.image, writer.announcement.imageDir) : undefined;
+    if (!there || 'rule' in there) return p;
+    return { host: target, imageRel: there.rel, vm: image!.vm, sourceJobId: image!.jobId, imageOnHost: there.rel };
+  }
+  return { host: target, imageRel: p.rel, vm: image?.vm, sourceJobId: image?.jobId };
 }
 
 /**
@@ -232,7 +244,8 @@ export function placeReplicatedRestore(image: KnownImage, hosts: ReadonlyMap<str
 /** Why a host cannot restore this image, or undefined when it can. */
 function unfitFor(a: HostAnnouncement, image: KnownImage, need: number, machine: string | undefined): string | undefined {
   if (a.freeBytes < need) return `${fmtBytes(a.freeBytes)} free in ${a.imageDir}, the image needs ${fmtBytes(need)}`;
-  if (a.imageQuotaBytes !== undefined && (a.imageUsedBytes ?? 0) + need > a.imageQuotaBytes) return `its image quota of ${fmtBytes(a.imageQuotaBytes)} has no room for ${fmtBytes(need)}`;
+  if (a.imageQuotaBytes !== undefined && (a.imageUsedBytes ?? 0) + need > a.imageQuotaBytes)
+    return `its image quota of ${fmtBytes(a.imageQuotaBytes)} has no room for ${fmtBytes(need)}`;
   if (image.format === 'sparse' && !a.qemu.mappedRam) return `QEMU ${a.qemu.version} has no mapped-ram (a sparse image)`;
   if (machine && a.qemu.machines.length && !a.qemu.machines.includes(machine)) return `QEMU ${a.qemu.version} has no machine type ${machine}`;
   const running = a.vms.find((v) => v.name === image.vm && v.status !== 'stopped');

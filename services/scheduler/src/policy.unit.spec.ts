@@ -1,6 +1,18 @@
 import { describe, expect, it } from 'vitest';
 import { HostAnnouncement, RestoreRequest, SaveRequest } from '@vmsave/contracts';
-import { admitRestore, admitSave, checkImagePath, chooseFormat, defaultDeadlineMs, pickNext, retryDelayMs, type HostView, type QueuedJob } from './policy.ts';
+import {
+  admitRestore,
+  admitSave,
+  checkImagePath,
+  chooseFormat,
+  defaultDeadlineMs,
+  pickNext,
+  placeReplicatedRestore,
+  retryDelayMs,
+  type HostView,
+  type KnownImage,
+  type QueuedJob,
+} from './policy.ts';
 
 const now = Date.parse('2026-01-01T00:00:00Z');
 const opts = { nowMs: now, hostOfflineMs: 30_000 };
@@ -95,6 +107,119 @@ describe('admitRestore', () => {
   it('refuses an unknown host (host-exists) and a hostile path (image-path)', () => {
     expect(admitRestore(req({ image: 'x', host: 'zz' }), hosts, known, opts)).toMatchObject({ rule: 'host-exists', field: 'host' });
     expect(admitRestore(req({ image: '../../x', host: 'a' }), hosts, known, opts)).toMatchObject({ rule: 'image-path' });
+  });
+});
+
+describe('admitRestore of a replicated image (restore anywhere)', () => {
+  const req = (o: Record<string, unknown>) => RestoreRequest.parse({ requestId: 'r', ...o });
+  const img = (o: Partial<KnownImage> = {}): KnownImage => ({ host: 'a', imagePath: '/srv/a/images/vm.vmsave', vm: 'a-vm', jobId: 's-1', verified: true, replicated: true, ...o });
+  const offlineA = () => host('a', {}, now - 120_000);
+  it('given a replicated image written on a, when the restore names host b, then it goes to b under the VM lease with the save as its source', () => {
+    const hosts = new Map([
+      ['a', host('a')],
+      ['b', host('b')],
+    ]);
+    expect(admitRestore(req({ image: 'vm.vmsave', host: 'b' }), hosts, [img()], opts)).toEqual({ host: 'b', imageRel: 'vm.vmsave', vm: 'a-vm', sourceJobId: 's-1' });
+  });
+  it('given an image that was not replicated, when the restore names another host, then it is admitted there by image only (no VM, no source)', () => {
+    const hosts = new Map([
+      ['a', host('a')],
+      ['b', host('b')],
+    ]);
+    const adm = admitRestore(req({ image: 'vm.vmsave', host: 'b' }), hosts, [img({ replicated: false })], opts);
+    expect(adm).toEqual({ host: 'b', imageRel: 'vm.vmsave', vm: undefined, sourceJobId: undefined });
+  });
+  it('given the writer offline and the image replicated, when no host is named, then an online host is picked', () => {
+    const hosts = new Map([
+      ['a', offlineA()],
+      ['b', host('b')],
+    ]);
+    expect(admitRestore(req({ image: 'vm.vmsave' }), hosts, [img()], opts)).toEqual({ host: 'b', imageRel: 'vm.vmsave', vm: 'a-vm', sourceJobId: 's-1' });
+  });
+  it('given the writer offline and the image not replicated, then the refusal names the writer and replication', () => {
+    const hosts = new Map([
+      ['a', offlineA()],
+      ['b', host('b')],
+    ]);
+    const r = admitRestore(req({ image: 'vm.vmsave' }), hosts, [img({ replicated: false })], opts);
+    expect(r).toMatchObject({ rule: 'host-online', field: 'host' });
+    expect('message' in r && r.message).toMatch(/^host: a, which wrote "vm\.vmsave", .*not replicated.*replicate: bus/);
+  });
+  it('given the writer online, then the restore stays on the writer even when replicated', () => {
+    const hosts = new Map([
+      ['a', host('a')],
+      ['b', host('b')],
+    ]);
+    expect(admitRestore(req({ image: 'vm.vmsave' }), hosts, [img()], opts)).toMatchObject({ host: 'a' });
+  });
+  it("given the image named by its path in the writer's image directory (SaveCompleted.imagePath), then another host gets its name inside the image directory for the work item", () => {
+    const hosts = new Map([
+      ['a', offlineA()],
+      ['b', host('b')],
+    ]);
+    const abs = '/srv/a/images/vm.vmsave';
+    const want = { host: 'b', imageRel: 'vm.vmsave', vm: 'a-vm', sourceJobId: 's-1', imageOnHost: 'vm.vmsave' };
+    expect(admitRestore(req({ image: abs, host: 'b' }), hosts, [img()], opts)).toEqual(want);
+    expect(admitRestore(req({ image: abs }), hosts, [img()], opts)).toEqual(want);
+    // Not replicated: that path is not b's to read.
+    expect(admitRestore(req({ image: abs, host: 'b' }), hosts, [img({ replicated: false })], opts)).toMatchObject({
+      rule: 'image-path',
+      message: expect.stringContaining('outside'),
+    });
+  });
+  it('given a shared image directory online, then it is preferred over fetching the replica', () => {
+    const hosts = new Map([
+      ['a', offlineA()],
+      ['b', host('b')],
+      ['c', host('c', { sharedImageDir: true })],
+    ]);
+    expect(admitRestore(req({ image: 'vm.vmsave' }), hosts, [img()], opts)).toMatchObject({ host: 'c' });
+  });
+});
+
+describe('placeReplicatedRestore', () => {
+  const img = (o: Partial<KnownImage> = {}): KnownImage => ({ host: 'a', imagePath: '/srv/a/images/vm.vmsave', vm: 'a-vm', jobId: 's-1', verified: true, replicated: true, ...o });
+  const name = (r: HostView | { rule: string }) => ('rule' in r ? r.rule : r.announcement.host);
+  const load = (jobs: Record<string, number>, limit = 2) => ({ jobsOf: (h: string) => jobs[h] ?? 0, limitOf: () => limit });
+  it('prefers a host below its job limit, then the least loaded, then by name', () => {
+    const hosts = new Map([
+      ['a', host('a', {}, now - 120_000)],
+      ['b', host('b')],
+      ['c', host('c')],
+      ['d', host('d')],
+    ]);
+    expect(name(placeReplicatedRestore(img(), hosts, { ...opts, load: load({ b: 2, c: 1, d: 1 }) }))).toBe('c');
+    expect(name(placeReplicatedRestore(img(), hosts, { ...opts, load: load({ b: 0, c: 1 }) }))).toBe('b');
+    // Every host at its limit: the job still queues on the least loaded one (pickNext keeps the limit).
+    expect(name(placeReplicatedRestore(img(), hosts, { ...opts, load: load({ b: 3, c: 2, d: 4 }) }))).toBe('c');
+    expect(name(placeReplicatedRestore(img(), hosts, opts))).toBe('b');
+  });
+  it('skips offline hosts and hosts that cannot take the image (space by its size or its VM memory, quota, mapped-ram, machine, VM running)', () => {
+    const base = [['a', host('a', {}, now - 120_000)] as const];
+    const only = (h: HostView, i: KnownImage = img()) => name(placeReplicatedRestore(i, new Map([...base, ['b', h]]), opts));
+    expect(only(host('b', {}, now - 120_000))).toBe('host-online');
+    expect(only(host('b', { freeBytes: 512 * 1024 ** 2 }))).toBe('host-online'); // the writer announced a-vm with 1 GiB
+    expect(only(host('b', { freeBytes: 512 * 1024 ** 2 }), img({ bytes: 256 * 1024 ** 2 }))).toBe('b');
+    expect(only(host('b', { imageQuotaBytes: 1024 ** 3, imageUsedBytes: 900 * 1024 ** 2 }))).toBe('host-online');
+    const old = { version: '8.2', mappedRam: false, directIo: false, machines: ['q35'], accel: 'tcg' as const };
+    expect(only(host('b', { qemu: old }), img({ format: 'sparse' }))).toBe('host-online');
+    expect(only(host('b', { qemu: old }), img({ format: 'legacy' }))).toBe('b');
+    expect(only(host('b', { qemu: { ...old, machines: ['pc'] } }), img({ format: 'legacy' }))).toBe('host-online');
+    expect(only(host('b', { vms: [{ name: 'a-vm', uuid: 'u', machine: 'q35', memoryMiB: 1024, vcpus: 1, status: 'running' }] }))).toBe('host-online');
+    expect(only(host('b', { vms: [{ name: 'a-vm', uuid: 'u', machine: 'q35', memoryMiB: 1024, vcpus: 1, status: 'stopped' }] }))).toBe('b');
+  });
+  it('names each unfit host and why in the refusal', () => {
+    const hosts = new Map([
+      ['a', host('a', {}, now - 120_000)],
+      ['b', host('b', { freeBytes: 0 })],
+    ]);
+    const r = placeReplicatedRestore(img(), hosts, opts);
+    expect(r).toMatchObject({
+      rule: 'host-online',
+      field: 'host',
+      message: expect.stringMatching(/replicated but no online host can restore it \(b: 0 B free in \/srv\/b\/images/),
+    });
+    expect(placeReplicatedRestore(img(), new Map([['a', host('a', {}, now - 120_000)]]), opts)).toMatchObject({ message: expect.stringContaining('no other host is online') });
   });
 });
 

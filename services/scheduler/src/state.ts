@@ -8,6 +8,8 @@ export interface Placed {
   host: string;
   vm?: string;
   ramBytes: number;
+  /** A restore's image as the work item names it, when not as its request does (`RestoreAdmission.imageOnHost`). */
+  image?: string;
 }
 
 const RANK = { high: 0, normal: 1, low: 2 } as const;

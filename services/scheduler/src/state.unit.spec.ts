@@ -40,6 +40,29 @@ describe('SchedulerState.leaseKeyOf', () => {
   });
 });
 
+describe('SchedulerState.knownImages', () => {
+  it('records whether a save was replicated, with its format and allocated size, from the job state', () => {
+    const state = new SchedulerState();
+    const saved: JobState = {
+      ...initialState(),
+      jobId: 's-1',
+      kind: 'save',
+      status: 'verified',
+      host: 'hv-1',
+      vm: 'web-1',
+      imagePath: '/var/lib/vmsave/web-1.vmsave',
+      format: 'sparse',
+      result: { bytes: 4096, blocks: 4, durationMs: 1 },
+    };
+    state.put('s-1', saved);
+    expect(state.knownImages()).toEqual([
+      { host: 'hv-1', imagePath: '/var/lib/vmsave/web-1.vmsave', vm: 'web-1', jobId: 's-1', verified: true, replicated: false, format: 'sparse', bytes: 2048 },
+    ]);
+    state.put('s-1', { ...saved, replicated: { bucket: 'VMSAVE_IMAGES', object: 's-1', host: 'hv-1', bytesMoved: 2048, at: now } });
+    expect(state.knownImages()[0]).toMatchObject({ jobId: 's-1', replicated: true });
+  });
+});
+
 describe('SchedulerState incremental queues (plan)', () => {
   const t0 = Date.parse('2026-06-01T00:00:00Z');
   const ann = (host: string, vms: string[], limit: number) =>
@@ -89,6 +112,8 @@ describe('SchedulerState incremental queues (plan)', () => {
     expect(first?.jobId).toBe('s-1');
     schedule(st, 's-1', t0 + 10);
     expect(st.activeByHost()).toEqual({ 'hv-a': 1 });
+    // Its load (what placing a restore of a replicated image weighs): one on it, one queued.
+    expect([st.loadOn('hv-a'), st.loadOn('hv-b')]).toEqual([2, 0]);
     expect(st.isBusy('a1')).toBe(true);
     // Its host is full: the pass takes nothing and leaves no host to visit until something changes.
     expect(st.plan(t0 + 20, limitOf(st))).toEqual([]);

@@ -27,6 +27,7 @@ const BUS_SAVE_OPTIONS = {
   priority: { type: 'string' },
   image: { type: 'string' },
   deadline: { type: 'string' },
+  replicate: { type: 'string' },
   wait: { type: 'boolean' },
   'request-id': { type: 'string' },
 } as const;
@@ -35,7 +36,7 @@ const saveCommand: Command = {
   name: 'save',
   summary: "save a VM's memory state (through the bus; with --qmp: locally, without the bus)",
   usage:
-    'save --vm NAME [--format legacy|sparse|auto] [--channels N] [--direct-io] [--after quit|paused|running] [--priority high|normal|low] [--wait]  |  save --qmp SOCKET --out FILE [...]',
+    'save --vm NAME [--format legacy|sparse|auto] [--channels N] [--direct-io] [--after quit|paused|running] [--priority high|normal|low] [--replicate bus|none] [--wait]  |  save --qmp SOCKET --out FILE [...]',
   help: [
     ['--vm NAME', 'the VM to save (bus mode)'],
     ['--format F', 'legacy, sparse (mapped-ram) or auto (default: sparse when the host supports it)'],
@@ -45,6 +46,7 @@ const saveCommand: Command = {
     ['--priority P', 'high, normal or low (bus mode)'],
     ['--image PATH', "image file name inside the host's image directory (bus mode)"],
     ['--deadline SECONDS', 'give up after this long (bus mode)'],
+    ['--replicate bus|none', "bus: copy the verified image to the bus's object store, so any host can restore it; none: not (default: the host's VMSAVE_REPLICATE)"],
     ['--request-id ID', 'idempotency key (default: a new one); the same id names the same job'],
     ['--wait', 'follow the job until verified (progress on a terminal)'],
     ['--qmp SOCKET', 'offline: save the QEMU behind this QMP socket, here, without the bus'],
@@ -60,7 +62,10 @@ const restoreCommand: Command = {
   summary: 'restore a VM from an image (through the bus; with --local/--qmp-dir: here, without the bus)',
   usage: 'restore IMAGE [--host H] [--after running|paused|as-saved] [--verify state|full] [--wait]  |  restore FILE --local [--qmp-dir DIR]',
   help: [
-    ['--host H', 'host holding the image (default: the host that wrote it)'],
+    [
+      '--host H',
+      'host to restore on (default: the host that wrote the image; when it is offline and the image was replicated, an online host); a host without a replicated image fetches it first',
+    ],
     ['--after S', 'running, paused or as-saved (default as-saved)'],
     ['--verify V', 'content check before QEMU starts: state (default: the sealed device state) or full (every RAM chunk too; refused on an image with no seal)'],
     ['--priority P', 'high, normal or low'],

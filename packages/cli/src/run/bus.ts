@@ -54,6 +54,7 @@ export async function save(ctx: Ctx, v: Values): Promise<number> {
   const after = oneOf(v, 'after', ['quit', 'paused', 'running'] as const);
   const priority = oneOf(v, 'priority', ['high', 'normal', 'low'] as const);
   const deadline = int(v, 'deadline', { min: 1, max: 24 * 3600 });
+  const replicate = oneOf(v, 'replicate', ['bus', 'none'] as const);
   const req = SaveRequest.safeParse({
     requestId: str(v, 'request-id') ?? `cli-${randomUUID()}`,
     vm,
@@ -64,6 +65,7 @@ export async function save(ctx: Ctx, v: Values): Promise<number> {
     priority,
     image: str(v, 'image'),
     deadlineMs: deadline === undefined ? undefined : deadline * 1000,
+    replicate,
     requestedBy: `vmsave-cli@${process.env.USER ?? 'unknown'}`,
   });
   if (!req.success) throw new UsageError(`save: ${zodLine(req.error.issues)}`);
@@ -213,10 +215,16 @@ export async function job(ctx: Ctx, _v: Values, [jobId]: string[]): Promise<numb
     if (err instanceof TypeError) throw new UsageError(`job: ${err.message}`);
     throw err;
   }
-  if (events.length === 0) throw new CliError(`no job ${jobId} in the event log`);
+  // A history that does not start with the request lost its first events to the log's retention
+  // (VMSAVE_EVENT_MAX_AGE): the read model keeps the job's view (docs/operations.md).
+  const whole = events[0] !== undefined && ['SaveRequested', 'RestoreRequested', 'DrainRequested'].includes(events[0].type);
+  const { withReadModel } = whole ? { withReadModel: undefined } : await import('./images.ts');
+  const kept = withReadModel ? await withReadModel(ctx, (p) => p.job(jobId!)) : undefined;
+  if (events.length === 0 && !kept) throw new CliError(`no job ${jobId} in the event log`);
+  if (kept) ctx.note(`job ${jobId}: its first events aged out of the event log (VMSAVE_EVENT_MAX_AGE); its state is the read model's`);
   // `foldView`: a drain's history folds into its drain row (kind, state, VMs and child jobs).
-  const s = foldView(events);
-  ctx.emit({ job: jobJson(s), events });
+  const s = kept ?? foldView(events);
+  ctx.emit({ job: jobJson(s), events, source: kept ? 'read-model' : 'log' });
   if (!ctx.json) {
     ctx.stdout.write(
       table(
