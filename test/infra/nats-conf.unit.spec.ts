@@ -29,6 +29,14 @@ describe('infra/nats/nats.conf', () => {
     expect(publishers('vmsave.dlq.*')).toEqual(['scheduler', 'executor', 'verifier', 'dashboard']);
   });
 
+  it("lets the scheduler publish a drain's child commands (save, restore, cancel) and no other command; only clients ask drains", () => {
+    const cmds = (r: (typeof roles)[number]) => permissions[r].publish.filter((s) => s.startsWith('vmsave.cmd.'));
+    expect(cmds('scheduler')).toEqual([subjects.cmd.save, subjects.cmd.restore, subjects.cmd.cancel]);
+    expect(cmds('client')).toEqual([subjects.cmd.all]);
+    for (const r of ['executor', 'verifier', 'dashboard'] as const) expect(cmds(r), r).toEqual([]);
+    expect(roles.filter((r) => permissions[r].publish.includes(subjects.cmd.drain))).toEqual([]);
+  });
+
   it('binds every event type to the roles of EVENT_PUBLISHERS by subject (vmsave.evt.*.<Type>), and nothing else on the log', () => {
     for (const t of jobEventTypes) {
       const publishers = roles.filter((r) => permissions[r].publish.includes(subjects.evtOfType(t)));
@@ -39,7 +47,7 @@ describe('infra/nats/nats.conf', () => {
     }
   });
 
-  it("lets clients and the dashboard create only ephemeral consumers, and no role another role's durable", () => {
+  it("lets clients and the dashboard create no consumer at all (they read by direct get), and no role another role's durable", () => {
     for (const r of roles) {
       const p = permissions[r];
       // The bare CONSUMER.CREATE.<stream> would accept {name: "<a durable>"} and update it.
@@ -53,8 +61,9 @@ describe('infra/nats/nats.conf', () => {
       }
     }
     for (const r of ['client', 'dashboard'] as const) {
-      expect(permissions[r].publishDeny).toContain('$JS.API.CONSUMER.DURABLE.CREATE.>');
-      expect(permissions[r].publish.filter((s) => s.includes('DURABLE') || s.startsWith('$JS.ACK.'))).toEqual([]);
+      expect(permissions[r].publishDeny).toContain('$JS.API.CONSUMER.>');
+      expect(permissions[r].publish.filter((s) => s.includes('CONSUMER') || s.startsWith('$JS.ACK.'))).toEqual([]);
+      expect(permissions[r].publish).toContain('$JS.API.DIRECT.GET.VMSAVE_EVT');
     }
   });
 
@@ -71,11 +80,32 @@ describe('infra/nats/nats.conf', () => {
     }
   });
   it('grants no role a delete, purge or any-stream wildcard on the JetStream API', () => {
-    for (const r of roles) {
-      for (const s of permissions[r].publish) {
-        expect(s).not.toMatch(/DELETE|PURGE|SNAPSHOT|RESTORE|^\$JS\.API\.>$|^\$JS\.>$|^>$/);
+    for (const u of natsUsers({ hosts: ['h1'], shutdownSaveHosts: ['h1'], sharedExecutor: true })) {
+      for (const s of u.permissions.publish) {
+        expect(s, u.user).not.toMatch(/DELETE|PURGE|SNAPSHOT|RESTORE|^\$JS\.API\.>$|^\$JS\.>$|^>$/);
       }
     }
+  });
+
+  it('grants the object store of replicated images (OBJ_VMSAVE_IMAGES) to the executor users only, that bucket only, without update or purge', () => {
+    const store = (publish: string[]) => publish.filter((s) => s.startsWith('$O.') || s.includes('OBJ_'));
+    const expected = [
+      '$O.VMSAVE_IMAGES.>',
+      '$JS.API.STREAM.INFO.OBJ_VMSAVE_IMAGES',
+      '$JS.API.STREAM.CREATE.OBJ_VMSAVE_IMAGES',
+      '$JS.API.STREAM.MSG.GET.OBJ_VMSAVE_IMAGES',
+      '$JS.API.DIRECT.GET.OBJ_VMSAVE_IMAGES',
+      '$JS.API.DIRECT.GET.OBJ_VMSAVE_IMAGES.>',
+      '$JS.API.CONSUMER.CREATE.OBJ_VMSAVE_IMAGES.>',
+      '$JS.API.CONSUMER.INFO.OBJ_VMSAVE_IMAGES.*',
+      '$JS.API.CONSUMER.MSG.NEXT.OBJ_VMSAVE_IMAGES.*',
+    ];
+    expect(store(permissions.executor.publish)).toEqual(expected);
+    expect(store(executorPermissions('h1').publish)).toEqual(expected);
+    expect(store(executorPermissions('h1', { shutdownSave: true }).publish)).toEqual(expected);
+    for (const r of roles.filter((x) => x !== 'executor')) expect(store(permissions[r].publish), r).toEqual([]);
+    // Nor may any executor reach another bucket through the object store's API.
+    for (const s of executorPermissions('h1').publish) expect(s).not.toMatch(/^\$O\.\*|OBJ_\*|OBJ_>|^\$O\.>$/);
   });
 });
 

@@ -286,7 +286,7 @@ export const eventExamples: Record<JobEventType, Record<string, unknown>> = {
   RestoreRetrying: envelope('RestoreRetrying', restoreJobId, 13, 'scheduler', { attempt: 2, delayMs: 1000, lastCode: 'qemu-start-failed' }),
   RestoreCancelRequested: envelope('RestoreCancelRequested', restoreJobId, 11, 'scheduler', { reason: 'no longer needed', requestId: 'cancel-restore-web-1' }),
   RestoreCancelled: envelope('RestoreCancelled', restoreJobId, 11, 'scheduler', { reason: 'no longer needed', vmResumed: false, stage: 'requested' }),
-  DrainRequested: envelope('DrainRequested', drainJobId, 0, 'scheduler', { request: { ...drainRequestExample }, vms: [exampleIds.vm, 'web-2'] }),
+  DrainRequested: envelope('DrainRequested', drainJobId, 0, 'scheduler', { request: { ...drainRequestExample }, vms: [exampleIds.vm, 'web-2'], targets: ['host-b', 'host-c'] }),
   DrainVmUpdated: envelope('DrainVmUpdated', drainJobId, 25, 'scheduler', {
     vm: exampleIds.vm,
     phase: 'restored',

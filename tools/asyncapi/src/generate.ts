@@ -1,7 +1,7 @@
 import { Ajv, type ValidateFunction } from 'ajv';
 import addFormatsModule from 'ajv-formats';
 import { stringify } from 'yaml';
-import { SCHEMA_VERSION, streams } from '@vmsave/contracts';
+import { SCHEMA_VERSION, inboxPrefixOf, streams, subjects } from '@vmsave/contracts';
 import { allMessages, channels, extraSchemas, operations, parameters, type ChannelInfo, type HeaderInfo, type MessageInfo } from './catalog.ts';
 import { JSON_SCHEMA_DRAFT, jsonSchemaOf, type JsonSchema } from './schemas.ts';
 
@@ -141,6 +141,8 @@ function transportExtension(c: ChannelInfo) {
     duplicateWindowMs: t.stream.duplicateWindowMs,
     ...(t.stream.maxMsgsPerSubject ? { maxMsgsPerSubject: t.stream.maxMsgsPerSubject } : {}),
     ...(t.stream.maxAgeMs ? { maxAgeMs: t.stream.maxAgeMs } : {}),
+    // Read without a consumer: `$JS.API.DIRECT.GET.<stream>` (how the client role reads).
+    ...(t.stream.allowDirect ? { allowDirect: true } : {}),
   };
 }
 
@@ -187,6 +189,9 @@ the old shape on read. Fields with a default may be left out by a publisher.
 Generated from packages/contracts by tools/asyncapi (\`${REGENERATE}\`); do not edit.
 The JSON Schemas are also in \`docs/schemas/\` (draft-07); see \`docs/bus-api.md\`.
 `.trim();
+
+/** The streams the client role reads by direct get (`allowDirect` in the contracts; the dashboard also reads VMSAVE_DLQ). */
+const directStreams = [streams.events, streams.hosts].map((s) => s.name).join(' and ');
 
 function renderAsyncApi(schemas: Map<string, JsonSchema>): string {
   const doc = {
@@ -278,8 +283,12 @@ function renderAsyncApi(schemas: Map<string, JsonSchema>): string {
         clientRole: {
           type: 'userPassword',
           description:
-            'NATS user `client` (docs/operations.md): may publish `vmsave.cmd.>`, subscribe `vmsave.evt.>`, ' +
-            '`vmsave.progress.*` and `_INBOX.>`, and read streams VMSAVE_EVT and VMSAVE_HOSTS with ephemeral consumers. ' +
+            `NATS user \`client\` (docs/operations.md): may publish \`${subjects.cmd.all}\` (save, restore, cancel, drain), subscribe \`${subjects.evtAll}\`, ` +
+            `\`${subjects.progressAll}\` and its own inbox prefix \`${inboxPrefixOf('client')}.>\` (connect with that \`inboxPrefix\`), ` +
+            `and read streams ${directStreams} without any consumer: direct get (\`$JS.API.DIRECT.GET.<stream>\`) and stream info; ` +
+            'every `$JS.API.CONSUMER.>` call is refused. ' +
+            `The scheduler's own user also publishes \`${subjects.cmd.save}\`, \`${subjects.cmd.restore}\` and \`${subjects.cmd.cancel}\`: ` +
+            `a drain's child commands (with \`drainId\`), admitted as a client's; only clients publish \`${subjects.cmd.drain}\`. ` +
             'Its password is VMSAVE_NATS_PASS_CLIENT in .vmsave/env. A NATS without authorization needs none.',
         },
       },
