@@ -1,7 +1,7 @@
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { jetstream, jetstreamManager, RetentionPolicy, StorageType, DiscardPolicy, type JetStreamClient, type JetStreamManager, type StreamConfig } from '@nats-io/jetstream';
 import { createInbox, nanos } from '@nats-io/nats-core';
-import { allStreams, inboxPrefixOf, SUBJECT_TOKEN, type StreamDefinition } from '@vmsave/contracts';
+import { inboxPrefixOf, streamsWithEventMaxAge, SUBJECT_TOKEN, type StreamDefinition } from '@vmsave/contracts';
 import { retryTransient } from './retry.ts';
 import type { Logger } from './logger.ts';
 import type { BusMetrics } from './metrics.ts';
@@ -25,6 +25,11 @@ export interface BusOptions {
   log?: Logger;
   /** Counts publishes, redeliveries, dead letters and reconnects (`@vmsave/metrics`' `ServiceMetrics.bus`). */
   metrics?: BusMetrics;
+  /**
+   * The event log's max age `ensureStreams` applies (`VMSAVE_EVENT_MAX_AGE`; contracts'
+   * `streamsWithEventMaxAge`): 0 keeps every event; absent leaves the stream's as it is.
+   */
+  eventMaxAgeMs?: number;
 }
 
 /**
@@ -94,7 +99,7 @@ export class Bus implements AsyncDisposable {
   }
 
   /** Create or update every vmsave stream; safe to call from every service at start. */
-  async ensureStreams(defs: readonly StreamDefinition[] = allStreams): Promise<void> {
+  async ensureStreams(defs: readonly StreamDefinition[] = streamsWithEventMaxAge(this.options.eventMaxAgeMs)): Promise<void> {
     // A forming cluster answers "no suitable peers" until every node has joined.
     for (const def of defs) await retryTransient(() => ensureStream(this.jsm, def, this.options.replicas ?? 1), { totalMs: 60_000 });
   }
@@ -133,15 +138,17 @@ export function toStreamConfig(def: StreamDefinition, replicas: number): Partial
     num_replicas: replicas,
     discard: DiscardPolicy.Old,
     ...(def.maxMsgsPerSubject ? { max_msgs_per_subject: def.maxMsgsPerSubject } : {}),
-    ...(def.maxAgeMs ? { max_age: nanos(def.maxAgeMs) } : {}),
+    // 0 is "keep every event" said explicitly; absent leaves an existing stream's max age as it is.
+    ...(def.maxAgeMs !== undefined ? { max_age: nanos(def.maxAgeMs) } : {}),
     ...(def.allowDirect ? { allow_direct: true } : {}),
   };
 }
 
 export async function ensureStream(jsm: JetStreamManager, def: StreamDefinition, replicas: number): Promise<void> {
   const cfg = toStreamConfig(def, replicas);
+  let maxAgeNs = 0;
   try {
-    await jsm.streams.info(def.name);
+    maxAgeNs = (await jsm.streams.info(def.name)).config.max_age ?? 0;
   } catch {
     try {
       await jsm.streams.add(cfg);
@@ -153,5 +160,8 @@ export async function ensureStream(jsm: JetStreamManager, def: StreamDefinition,
   }
   // Retention cannot change on an existing stream; everything else we own may be updated.
   const { retention: _r, storage: _s, ...updatable } = cfg;
+  // A max age left as it is (no VMSAVE_EVENT_MAX_AGE here) keeps the dedupe window set with it:
+  // JetStream refuses a window longer than the max age.
+  if (def.maxAgeMs === undefined && maxAgeNs > 0) delete updatable.duplicate_window;
   await jsm.streams.update(def.name, updatable);
 }

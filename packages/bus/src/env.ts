@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { EventMaxAge } from '@vmsave/contracts';
 import type { BusOptions } from './connection.ts';
 
 /**
@@ -20,6 +21,8 @@ export const BusEnv = z.object({
     .string()
     .regex(/^[A-Za-z0-9_-]+$/, 'letters, digits, _ and - only')
     .default('vmsave'),
+  /** The event log's retention (`ensureStreams`); absent: the stream's is left as it is (a new one keeps all). */
+  VMSAVE_EVENT_MAX_AGE: EventMaxAge.optional(),
 });
 
 /** Parse environment variables with a zod object schema; the error names each variable and its rule. */
@@ -30,5 +33,5 @@ export function parseEnv<S extends z.ZodType>(schema: S, env: Record<string, str
 }
 
 export function busOptions(c: z.infer<typeof BusEnv>, name: string): BusOptions {
-  return { servers: c.NATS_URL, user: c.NATS_USER, pass: c.NATS_PASS, inboxPrefix: c.NATS_INBOX_PREFIX, replicas: c.NATS_REPLICAS, name };
+  return { servers: c.NATS_URL, user: c.NATS_USER, pass: c.NATS_PASS, inboxPrefix: c.NATS_INBOX_PREFIX, replicas: c.NATS_REPLICAS, eventMaxAgeMs: c.VMSAVE_EVENT_MAX_AGE, name };
 }

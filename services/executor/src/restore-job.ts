@@ -1,7 +1,7 @@
 import path from 'node:path';
 import type { ImageFingerprint, JobEvent, RestoreWork } from '@vmsave/contracts';
 import { eventsOfJob, type Logger } from '@vmsave/bus';
-import { OpCancelled, OpError, classify, restoreImage } from '@vmsave/ops';
+import { OpCancelled, OpError, classify, restoreImage, startRestoreHead, type RestoreHead, type RestoreImageOptions } from '@vmsave/ops';
 import type { ExecutorContext, InFlight } from './context.ts';
 import type { JobTrack } from './job-log.ts';
 import { resolveImagePath } from './image-path.ts';
@@ -12,6 +12,38 @@ import { ensureLocalImage } from './replicate.ts';
 export interface IntakeTimes {
   receivedEpochMs: number;
   intakeMs: number;
+  /** The image's head read and its QEMU started at receipt ({@link prestartRestore}). */
+  head?: Promise<RestoreHead | undefined>;
+}
+
+/** Where and when this restore's QEMU may start before its gate finished (the same for the head at receipt and the restore). */
+function earlyStart(ctx: ExecutorContext, job: InFlight): Pick<RestoreImageOptions, 'stagingDir' | 'mayStartEarly' | 'hostCaps' | 'warm' | 'accel' | 'signal'> {
+  return {
+    // A cold QEMU starts beside the gate, its socket here until it is the VM's (the pool's directory: reaped at start).
+    stagingDir: path.join(ctx.cfg.qmpDir, 'warm'),
+    // Only for a VM that is stopped here: a second QEMU must not touch a running VM's host resources.
+    mayStartEarly: async (d) => (await ctx.vms.status(d.name)) === 'stopped',
+    hostCaps: ctx.caps,
+    warm: ctx.warm?.enabled ? (d) => ctx.warm!.take(d) : undefined,
+    accel: ctx.caps.accel,
+    signal: job.ac.signal,
+  };
+}
+
+/**
+ * At work receipt, before the job's history is read and the attempt admitted: the image's header
+ * and descriptor read and checked, and its QEMU started with `-incoming defer` (warm or cold, in
+ * the staging directory), so QEMU's start-up overlaps the intake. It gets no image until the
+ * restore's gate and `prepare` (fencing, VM state, RestoreStarted decided) passed; intake
+ * discards it (`discardRestoreHead`) when no restore took it. Undefined on any failure (an image
+ * not on this host yet, a bad path): the restore then reads it itself and reports the error.
+ */
+export function prestartRestore(ctx: ExecutorContext, w: RestoreWork, job: InFlight): Promise<RestoreHead | undefined> {
+  return resolveImagePath(ctx.cfg.imageDir, w.request.image).then(
+    // The seal's state check (reads only) starts with it; `full` (the whole image) waits for the restore.
+    (imagePath) => startRestoreHead({ imagePath, ...earlyStart(ctx, job), content: w.request.verify ?? 'state' }),
+    () => undefined,
+  );
 }
 
 /** Run one restore attempt and record its outcome (RestoreStarted, then RestoreCompleted, RestoreFailed or RestoreCancelled) through `decide`. */
@@ -25,7 +57,7 @@ export async function runRestore(ctx: ExecutorContext, w: RestoreWork, job: InFl
     // Not on this host but replicated: downloaded (and checked) first (replicate.ts).
     await ensureLocalImage(ctx, w, job, track, imagePath, log);
     // The verifier's fingerprint is read from the log while the gate reads the image (restoreImage awaits it).
-    const verifiedAs = verifiedFingerprint(ctx, track.history, imagePath);
+    const verifiedAs = verifiedFingerprint(ctx, track.history, imagePath, log);
     verifiedAs.catch(() => undefined);
     // The journal entry is written beside the gate; `prepare` waits for it before RestoreStarted (and so before QEMU gets the image).
     const journalAt = performance.now();
@@ -37,16 +69,10 @@ export async function runRestore(ctx: ExecutorContext, w: RestoreWork, job: InFl
     const result = await restoreImage({
       imagePath,
       verifiedAs,
-      // A cold QEMU starts beside the gate, its socket here until it is the VM's (the pool's directory: reaped at start).
-      stagingDir: path.join(ctx.cfg.qmpDir, 'warm'),
-      // Only for a VM that is stopped here: a second QEMU must not touch a running VM's host resources.
-      mayStartEarly: async (d) => (await ctx.vms.status(d.name)) === 'stopped',
-      hostCaps: ctx.caps,
+      ...earlyStart(ctx, job),
+      head: intake?.head,
       after: w.request.after,
       content: w.request.verify,
-      warm: ctx.warm?.enabled ? (d) => ctx.warm!.take(d) : undefined,
-      accel: ctx.caps.accel,
-      signal: job.ac.signal,
       onProgress: progressReporter(ctx, job, 'restore'),
       prepare: async (d, image) => {
         await journaled;
@@ -93,7 +119,9 @@ export async function runRestore(ctx: ExecutorContext, w: RestoreWork, job: InFl
           // intakeMs (the job's history read), journalMs, finishMs (QMP session closed, the log re-read) and receivedAt
           // (epoch ms the work item arrived) lie outside durationMs.
           timings: Object.fromEntries(
-            Object.entries({ ...result.timings, contentMs: result.content.durationMs, journalMs, finishMs, ...intake }).map(([k, v]) => [
+            Object.entries({ ...result.timings, contentMs: result.content.durationMs, journalMs, finishMs, receivedEpochMs: intake?.receivedEpochMs, intakeMs: intake?.intakeMs })
+              .filter((e): e is [string, number] => e[1] !== undefined)
+              .map(([k, v]) => [
               k === 'receivedEpochMs' ? 'receivedAt' : k,
               k === 'receivedEpochMs' ? v : Math.round(v * 10) / 10,
             ]),
@@ -155,12 +183,19 @@ export async function runRestore(ctx: ExecutorContext, w: RestoreWork, job: InFl
   }
 }
 
-/** The fingerprint the verifier recorded for `imagePath` when it passed the save that wrote it. */
-async function verifiedFingerprint(ctx: ExecutorContext, history: readonly JobEvent[], imagePath: string): Promise<ImageFingerprint | undefined> {
+/**
+ * The fingerprint the verifier recorded for `imagePath` when it passed the save that wrote it.
+ * None when the save's events aged out of the log (`VMSAVE_EVENT_MAX_AGE`): the restore then
+ * runs the full gate, the image checked against its own descriptor and seal (not refused).
+ */
+async function verifiedFingerprint(ctx: ExecutorContext, history: readonly JobEvent[], imagePath: string, log: Logger): Promise<ImageFingerprint | undefined> {
   const requested = history.find((e) => e.type === 'RestoreRequested');
   const source = requested?.type === 'RestoreRequested' ? requested.data.sourceJobId : undefined;
   if (!source) return undefined;
-  const verdicts = (await eventsOfJob(ctx.bus, source)).map((l) => l.event).filter((e) => e.type === 'ImageVerified' || e.type === 'ImageRejected');
+  const sourceEvents = await eventsOfJob(ctx.bus, source);
+  if (sourceEvents.length === 0)
+    log.info({ sourceJobId: source, imagePath }, "the source save's events are no longer in the log (retention): full gate, the image checked against its descriptor and seal");
+  const verdicts = sourceEvents.map((l) => l.event).filter((e) => e.type === 'ImageVerified' || e.type === 'ImageRejected');
   const last = verdicts.at(-1);
   return last?.type === 'ImageVerified' && last.data.imagePath === imagePath ? last.data.fingerprint : undefined;
 }

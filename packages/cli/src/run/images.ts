@@ -1,29 +1,79 @@
 /** What the image lifecycle commands do (their options: `../commands/images.ts`). Loaded only when one runs. */
 import { readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
-import { messages, subjects, type ControlReply } from '@vmsave/contracts';
+import { messages, streams, subjects, type ControlReply } from '@vmsave/contracts';
 import { BusRequestTimeout, readLog, requestValidated } from '@vmsave/bus';
 import { evolve, fmtBytes, fmtElapsed, imagesOf, initialState, parseDurationMs, type JobState } from '@vmsave/jobs';
+import { connectRedis, Projection, RedisConnectError } from '@vmsave/store';
 import { bool, int, str, type Values } from '../options.ts';
-import type { Ctx } from '../context.ts';
+import { withTimeout, type Ctx } from '../context.ts';
 import { CliError, EXIT, UnreachableError, UsageError } from '../errors.ts';
 import { table } from '../terminal.ts';
 
 /** How long `images prune` waits for the executor's answer (it reads the whole log first). */
 const PRUNE_TIMEOUT_MS = 120_000;
 
-async function foldAll(ctx: Ctx): Promise<JobState[]> {
+type RedisClient = Awaited<ReturnType<typeof connectRedis>>;
+
+/**
+ * Run `fn` on the Redis read models (the dashboard's projection, `VMSAVE_REDIS_PREFIX`):
+ * undefined when Redis does not answer within 3 s (the caller falls back on the log); Redis
+ * refusing our credentials is a configuration error.
+ */
+export async function withReadModel<T>(ctx: Ctx, fn: (p: Projection, redis: RedisClient) => Promise<T | undefined>): Promise<T | undefined> {
+  return withTimeout(
+    (async () => {
+      const redis = await connectRedis(ctx.cfg.REDIS_URL, { name: 'vmsave-cli' });
+      try {
+        return await fn(new Projection(redis, ctx.cfg.VMSAVE_REDIS_PREFIX), redis);
+      } finally {
+        redis.disconnect();
+      }
+    })(),
+    3000,
+    'redis',
+  ).catch((err) => {
+    if (err instanceof RedisConnectError && err.code === 'auth') throw new CliError(`REDIS_URL: ${err.message}`, EXIT.error, { cause: err });
+    return undefined;
+  });
+}
+
+/** Read models read per Redis round trip. */
+const VIEWS_PER_READ = 1000;
+
+/**
+ * Every save job, for the image lists: from the read model when it has applied the whole log
+ * (it keeps every job's view after the log's retention, `VMSAVE_EVENT_MAX_AGE`, dropped its
+ * events), else folded from the log, with a warning when the log no longer starts at its first
+ * event (saves older than the retention are then missing from the list).
+ */
+async function saveStates(ctx: Ctx): Promise<{ states: JobState[]; source: 'redis' | 'log' }> {
   const bus = await ctx.bus();
+  const info = (await bus.jsm.streams.info(streams.events.name)).state;
+  const fromRedis = await withReadModel(ctx, async (p, redis) => {
+    if ((await p.appliedSeq()) < info.last_seq) return undefined;
+    // Read models written before the kind index existed: the projector builds it when it starts.
+    if ((await redis.get(p.k.indexVersion)) === null && (await redis.zcard(p.k.jobsAll)) > 0) return undefined;
+    const ids = await redis.zrange(p.k.jobsByKind('save'), 0, -1);
+    const out: JobState[] = [];
+    for (let i = 0; i < ids.length; i += VIEWS_PER_READ) for (const v of await p.jobsByIds(ids.slice(i, i + VIEWS_PER_READ))) if (v) out.push(v);
+    return out;
+  });
+  if (fromRedis) return { states: fromRedis, source: 'redis' };
+  if (info.first_seq > 1)
+    ctx.note(
+      `the read model (Redis) is not current, and the event log starts at sequence ${info.first_seq} (older events aged out, VMSAVE_EVENT_MAX_AGE): images of older saves are missing from this list`,
+    );
   const jobs = new Map<string, JobState>();
   for await (const { event } of readLog(bus, { signal: ctx.signal })) jobs.set(event.jobId, evolve(jobs.get(event.jobId) ?? initialState(), event));
-  return [...jobs.values()];
+  return { states: [...jobs.values()].filter((s) => s.kind === 'save'), source: 'log' };
 }
 
 export async function images(ctx: Ctx, v: Values): Promise<number> {
   if (bool(v, 'unknown')) return unknownImages(ctx, v);
   const vm = str(v, 'vm');
   const host = str(v, 'host');
-  const states = await foldAll(ctx);
+  const { states, source } = await saveStates(ctx);
   const rows = imagesOf(states).map((i) => ({ ...i, deleted: undefined as JobState['imageDeleted'] }));
   if (bool(v, 'deleted'))
     for (const s of states)
@@ -41,6 +91,7 @@ export async function images(ctx: Ctx, v: Values): Promise<number> {
   const shown = rows.filter((i) => (!vm || i.vm === vm) && (!host || i.host === host)).sort((a, b) => Date.parse(b.at) - Date.parse(a.at));
   const now = Date.now();
   ctx.emit({
+    source,
     images: shown.map((i) => ({
       jobId: i.jobId,
       vm: i.vm,
@@ -126,7 +177,7 @@ async function unknownImages(ctx: Ctx, v: Values): Promise<number> {
   const host = str(v, 'host') ?? cfg.host;
   if (host !== cfg.host) throw new UsageError(`images --unknown reads this host's image directory: --host ${host} is not this host (${cfg.host}, VMSAVE_HOST)`);
   const known = new Set<string>();
-  for (const s of await foldAll(ctx)) {
+  for (const s of (await saveStates(ctx)).states) {
     if (s.kind !== 'save' || s.host !== host || s.imageDeleted) continue;
     for (const p of [s.imagePath, s.imageKept]) if (p) known.add(path.resolve(cfg.imageDir, p));
   }
