@@ -169,6 +169,17 @@ async function replicatedSaveOf(ctx: ExecutorContext, rel: string, requested: st
   return found;
 }
 
+/** A complete copy of a save's image in this host's bucket, found by its key alone (no event needed). */
+async function storedReplicaOf(ctx: ExecutorContext, sourceJobId: string, log: Logger): Promise<{ bucket: string; object: string } | undefined> {
+  try {
+    const store = await imageStoreOf(ctx);
+    const key = replicaKeyOf(sourceJobId);
+    return (await store.getManifest(key)) ? { bucket: store.bucket, object: key } : undefined;
+  } catch (err) {
+    log.warn({ sourceJobId, err: (err as Error)?.message }, 'fetch: could not look for a copy of the image in the bucket');
+    return undefined;
+  }
+}
 /**
  * Before a restore: when `imagePath` is not on this host but the log says the save that wrote it
  * (the restore's `sourceJobId`, else the newest `ImageReplicated` of that path) was replicated, download it into place (extents and seal checked)
@@ -189,7 +200,9 @@ export async function ensureLocalImage(ctx: ExecutorContext, w: RestoreWork, job
     (requested?.type === 'RestoreRequested' ? requested.data.sourceJobId : undefined) ?? (await replicatedSaveOf(ctx, path.relative(ctx.cfg.imageDir, imagePath), w.request.image));
   if (!sourceJobId) return;
   const source = fold((await eventsOfJob(ctx.bus, sourceJobId)).map((l) => l.event));
-  const rep = source.replicated;
+  // The save's events may have aged out of the log (VMSAVE_EVENT_MAX_AGE): then the store itself
+  // says whether its copy is complete (a manifest is written last).
+  const rep = source.replicated ?? (await storedReplicaOf(ctx, sourceJobId, log));
   if (!rep) return;
   const progress = transferProgress(ctx, w.jobId, 'fetch', job);
   try {

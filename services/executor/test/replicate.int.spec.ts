@@ -16,7 +16,7 @@ import { promisify } from 'node:util';
 import { RestoreRequest, SaveRequest, imageBucket, jobIdFor, makeEvent, type JobEventType, type RestoreWork } from '@vmsave/contracts';
 import { createLogger, eventsOfJob, publishEvent } from '@vmsave/bus';
 import { fold } from '@vmsave/jobs';
-import { NatsObjectImageStore, tempPrefixOf } from '@vmsave/replica';
+import { NatsObjectImageStore, tempPrefixOf, uploadImage } from '@vmsave/replica';
 import { uniq, waitFor } from '@vmsave/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { makeVmsaveImage } from '../../../packages/image/test/fixtures.ts';
@@ -182,6 +182,19 @@ describe('executor replication', () => {
     const again = await restoreOnB('one.vmsave', wanted);
     await fetchOnB(again);
     expect((await stateOf(sched, again)).fetched).toBeUndefined();
+  });
+
+  it("a save whose events aged out of the log: the restore still finds its complete copy in the bucket by the save's job id", async () => {
+    // Copied under the key of a save the log no longer knows (VMSAVE_EVENT_MAX_AGE): no event names it.
+    const gone = jobIdFor('save', uniq('aged'));
+    await promisify(execFile)('cp', ['--sparse=always', image, path.join(dirA, 'aged.vmsave')]);
+    const store = await NatsObjectImageStore.open(exA.bus.js, exA.bus.jsm, { bucket });
+    await uploadImage(store, path.join(dirA, 'aged.vmsave'), gone, { host: 'ha', jobId: gone, imagePath: path.join(dirA, 'aged.vmsave') });
+    expect(await eventsOfJob(sched.bus, gone)).toEqual([]);
+    const restore = await restoreOnB('aged.vmsave', gone);
+    await fetchOnB(restore);
+    await expectSameFile(path.join(dirA, 'aged.vmsave'), path.join(dirB, 'aged.vmsave'));
+    expect((await stateOf(sched, restore)).fetched).toMatchObject({ bucket, object: gone, host: 'hb' });
   });
 
   it('an executor killed during the upload: nothing looks complete; after the restart the job ends replicated', async () => {
