@@ -140,6 +140,8 @@ export interface KnownImage {
   format?: SaveFormat;
   /** Bytes the image takes on disk (allocated, else its length), when the save recorded them. */
   bytes?: number;
+  /** Deleted from its host by retention (`ImageDeleted`): restorable only from its copy on the bus. */
+  deleted?: { at: string; rule: string; host: string };
 }
 
 /** Load of the hosts, for placing a restore of a replicated image: jobs on or queued for a host, and its limit. */
@@ -188,6 +190,14 @@ export function admitRestore(req: RestoreRequest, hosts: Map<string, HostView>, 
       }
     }
     if (!host) return { rule: 'image-known', field: 'image', message: `image: no save in the log wrote "${req.image}"; name the host that holds it (host)` };
+  }
+  if (image?.deleted && !image.replicated) {
+    const d = image.deleted;
+    return {
+      rule: 'image-deleted',
+      field: 'image',
+      message: `image: "${req.image}" was deleted from ${d.host} by its retention (${d.rule}) at ${d.at}, and no copy is on the bus (replicate: bus); restore another image of ${image.vm}`,
+    };
   }
   if (!online(host)) return { rule: 'host-online', field: 'host', message: `host: ${host.announcement.host} has not been heard from recently` };
   const target = host.announcement.host;

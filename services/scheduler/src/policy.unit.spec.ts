@@ -104,6 +104,14 @@ describe('admitRestore', () => {
     expect(admitRestore(req({ image: 'other.vmsave' }), hosts, known, opts)).toMatchObject({ rule: 'image-known', field: 'image' });
     expect(admitRestore(req({ image: 'other.vmsave', host: 'b' }), hosts, known, opts)).toMatchObject({ host: 'b', imageRel: 'other.vmsave' });
   });
+  it('refuses an image its retention deleted (image-deleted), unless a copy is on the bus', () => {
+    const deleted = { at: '2026-12-04T00:00:00Z', rule: 'keep-last', host: 'a' };
+    const gone = [{ ...known[0]!, deleted }];
+    expect(admitRestore(req({ image: 'vm.vmsave' }), hosts, gone, opts)).toMatchObject({ rule: 'image-deleted', field: 'image' });
+    expect(admitRestore(req({ image: 'vm.vmsave', host: 'a' }), hosts, gone, opts)).toMatchObject({ rule: 'image-deleted', message: expect.stringContaining('keep-last') });
+    // Its copy on the bus: the writer fetches it back.
+    expect(admitRestore(req({ image: 'vm.vmsave' }), hosts, [{ ...gone[0]!, replicated: true }], opts)).toMatchObject({ host: 'a', sourceJobId: 's-1' });
+  });
   it('refuses an unknown host (host-exists) and a hostile path (image-path)', () => {
     expect(admitRestore(req({ image: 'x', host: 'zz' }), hosts, known, opts)).toMatchObject({ rule: 'host-exists', field: 'host' });
     expect(admitRestore(req({ image: '../../x', host: 'a' }), hosts, known, opts)).toMatchObject({ rule: 'image-path' });

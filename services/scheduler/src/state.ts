@@ -166,6 +166,7 @@ export class SchedulerState {
         replicated: !!s.replicated,
         ...(s.format ? { format: s.format } : {}),
         ...(bytes !== undefined ? { bytes } : {}),
+        ...(s.imageDeleted ? { deleted: { at: s.imageDeleted.at, rule: s.imageDeleted.rule, host: s.imageDeleted.host } } : {}),
       });
     } else if (s.kind === 'save') this.images.delete(jobId);
   }
