@@ -187,8 +187,8 @@ export const METRICS = {
     type: 'counter',
     owner: 'executor',
     name: 'vmsave_replication_bytes_total',
-    help: 'Image bytes copied to another host. Stays 0: vmsave does not replicate images yet.',
-    labelNames: [],
+    help: 'Image bytes moved to (upload) or from (download) the bus object store (ImageReplicated, ImageFetched).',
+    labelNames: ['direction'],
   },
 
   /* ---------- verifier ---------- */

@@ -22,6 +22,8 @@ export interface DownloadOptions {
 }
 
 const TMP_MARK = '.fetch-';
+/** Writes of one part in flight at once (each at most one chunk of the store). */
+const WRITES_IN_FLIGHT = 8;
 /** The temporary names a download of `dest` uses (and a re-run removes): `.<name>.fetch-<pid>-<n>`. */
 export const tempPrefixOf = (dest: string): string => `.${basename(dest)}${TMP_MARK}`;
 
@@ -73,41 +75,67 @@ export async function downloadImage(store: ImageStore, key: string, dest: string
       async (i) => {
         const part = layout.parts[i]!;
         const stream = await store.getPart(key, i, { signal });
-        let j = part.first;
-        const end = part.first + part.count;
-        let inPiece = 0;
-        let h = crc32Hasher.stream();
-        let got = 0;
-        for await (const chunk of stream as unknown as AsyncIterable<Uint8Array>) {
-          if (signal?.aborted) throw abortError(signal);
-          let at = 0;
-          while (at < chunk.length) {
-            if (j >= end) throw new ReplicaError('replica-incomplete', `part ${i} of ${key}: more bytes than its ${part.bytes}`);
-            const piece = layout.pieces[j]!;
-            const n = Math.min(piece.length - inPiece, chunk.length - at);
-            const slice = chunk.subarray(at, at + n);
-            h.update(slice);
-            await fh.write(slice, 0, n, piece.offset + inPiece);
-            inPiece += n;
-            at += n;
-            got += n;
-            if (inPiece === piece.length) {
-              const want = manifest.extents[j]![2];
-              const have = Buffer.from(h.digest()).toString('hex');
-              if (have !== want)
-                throw new ReplicaError('replica-checksum', `extent ${j} at offset ${piece.offset} (${piece.length} bytes) of ${key}: CRC-32 ${have}, the manifest says ${want}`);
-              j++;
-              inPiece = 0;
-              h = crc32Hasher.stream();
+        // Positional writes at the extents' offsets, up to `WRITES_IN_FLIGHT` at once, while the next chunks arrive.
+        const writes = new Set<Promise<void>>();
+        let writeFailed: unknown;
+        const write = async (data: Uint8Array, position: number) => {
+          const p: Promise<void> = fh
+            .write(data, 0, data.length, position)
+            .then(({ bytesWritten }) => {
+              if (bytesWritten !== data.length) throw new ReplicaError('replica-io', `${tmp}: short write at ${position} (${bytesWritten} of ${data.length})`);
+            })
+            .catch((err: unknown) => {
+              writeFailed ??= err;
+            })
+            .finally(() => writes.delete(p));
+          writes.add(p);
+          while (writes.size >= WRITES_IN_FLIGHT && writeFailed === undefined) await Promise.race(writes);
+          if (writeFailed !== undefined) throw writeFailed;
+        };
+        try {
+          let j = part.first;
+          const end = part.first + part.count;
+          let inPiece = 0;
+          let h = crc32Hasher.stream();
+          let got = 0;
+          for await (const chunk of stream as unknown as AsyncIterable<Uint8Array>) {
+            if (signal?.aborted) throw abortError(signal);
+            let at = 0;
+            while (at < chunk.length) {
+              if (j >= end) throw new ReplicaError('replica-incomplete', `part ${i} of ${key}: more bytes than its ${part.bytes}`);
+              const piece = layout.pieces[j]!;
+              const n = Math.min(piece.length - inPiece, chunk.length - at);
+              const slice = chunk.subarray(at, at + n);
+              h.update(slice);
+              await write(slice, piece.offset + inPiece);
+              inPiece += n;
+              at += n;
+              got += n;
+              if (inPiece === piece.length) {
+                const want = manifest.extents[j]![2];
+                const have = Buffer.from(h.digest()).toString('hex');
+                if (have !== want)
+                  throw new ReplicaError('replica-checksum', `extent ${j} at offset ${piece.offset} (${piece.length} bytes) of ${key}: CRC-32 ${have}, the manifest says ${want}`);
+                j++;
+                inPiece = 0;
+                h = crc32Hasher.stream();
+              }
             }
+            progress(chunk.length);
           }
-          progress(chunk.length);
+          if (got !== part.bytes || j !== end) throw new ReplicaError('replica-incomplete', `part ${i} of ${key}: ${got} of ${part.bytes} bytes`);
+          await Promise.all(writes);
+          if (writeFailed !== undefined) throw writeFailed;
+        } finally {
+          // Nothing writes to the file after its part failed (the file is closed and removed after).
+          await Promise.allSettled(writes);
         }
-        if (got !== part.bytes || j !== end) throw new ReplicaError('replica-incomplete', `part ${i} of ${key}: ${got} of ${part.bytes} bytes`);
       },
     );
+    const transferSeconds = (performance.now() - t0) / 1000;
     await fh.sync();
     await fh.close();
+    const t1 = performance.now();
     // The header and descriptor as uploaded.
     const want = Buffer.from(manifest.header, 'base64');
     const rd = await fsp.open(tmp, 'r');
@@ -149,6 +177,8 @@ export async function downloadImage(store: ImageStore, key: string, dest: string
       parts: manifest.parts.length,
       partsKept: 0,
       seconds: (performance.now() - t0) / 1000,
+      transferSeconds,
+      checkSeconds: (performance.now() - t1) / 1000,
       alreadyComplete: false,
     };
   } finally {

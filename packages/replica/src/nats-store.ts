@@ -1,12 +1,13 @@
 /**
  * The ImageStore on a JetStream object store bucket (nats.js `@nats-io/obj`), on the services'
- * own NATS connection: each part is one object (chunked by the library, SHA-256 checked on read),
- * the manifest one more, written last. Replicas: the events stream's, so images are as durable as
- * the log that names them.
+ * own NATS connection: each part is one object in the library's format (its chunks published here
+ * with a window of unacknowledged ones, SHA-256 checked on read), the manifest one more, written
+ * last. Replicas: the events stream's, so images are as durable as the log that names them.
  */
 import { createHash } from 'node:crypto';
-import type { JetStreamClient, JetStreamManager } from '@nats-io/jetstream';
-import { Objm, type ObjectStore } from '@nats-io/obj';
+import type { JetStreamClient, JetStreamManager, PubAck } from '@nats-io/jetstream';
+import { headers, nuid } from '@nats-io/nats-core';
+import { Base64UrlPaddedCodec, Objm, type ObjectStore } from '@nats-io/obj';
 import { imageBucket, objectStoreSubjects, streams } from '@vmsave/contracts';
 import { ReplicaError, abortError } from './errors.ts';
 import { ReplicaManifest } from './manifest.ts';
@@ -14,8 +15,16 @@ import { type ImageStore, type PartInfo, type StoreOptions, manifestName, partIn
 
 /** Chunk size of the object store's messages (below the server's default 1 MiB max_payload). */
 const CHUNK_BYTES = 512 * 1024;
-/** Chunks a part's read keeps buffered from the server. */
-const PULL_CHUNKS = 16;
+/** Bytes of a part's chunks published and not yet acknowledged (the publish window). */
+const WINDOW_BYTES = 8 * 1024 * 1024;
+/**
+ * Bytes of a part's chunks a read asks the server for at once. Not more: what all of a
+ * connection's reads have asked for must stay well below the server's per-connection
+ * `max_pending` (64 MiB by default), else the server cuts the connection's deliveries as a slow
+ * consumer and the ordered consumer stalls until its heartbeat check resets it (measured: 4 reads
+ * of 16 MiB each took 46 s for 128 MiB, of 8 MiB each 0.7 s).
+ */
+const PULL_BYTES = 8 * 1024 * 1024;
 /** Base64url with its `=` padding (the object store's digest is written padded). */
 const padBase64 = (s: string) => s + '='.repeat((4 - (s.length % 4)) % 4);
 
@@ -60,9 +69,101 @@ export class NatsObjectImageStore implements ImageStore {
     await this.os.destroy();
   }
 
+  /**
+   * The object store's own object format (chunks on `$O.<bucket>.C.<nuid>`, then the object's
+   * meta on `$O.<bucket>.M.<name>` with a subject rollup), written with up to `WINDOW_BYTES` of
+   * chunks published and unacknowledged at once instead of nats.js's one awaited publish per chunk,
+   * and its SHA-256 in native code (nats.js hashes in JS by default). One connection keeps the
+   * publishes in order; the acks' stream sequences are checked to rise, so the order readers see
+   * is the order written. The meta goes only after every chunk is acknowledged: until then the
+   * part does not exist for readers. A failed or aborted part's chunks are purged when this user
+   * may (else `sweep` removes them later); an overwritten part's old chunks are purged after.
+   */
   async putPart(key: string, index: number, data: ReadableStream<Uint8Array>, metadata: Record<string, string>, o: StoreOptions = {}): Promise<void> {
-    if (o.signal?.aborted) throw abortError(o.signal);
-    await this.os.put({ name: partName(key, index), metadata, options: { max_chunk_size: this.chunkBytes } }, data);
+    const signal = o.signal;
+    if (signal?.aborted) throw abortError(signal);
+    const name = partName(key, index);
+    const maxPayload = (this.js as unknown as { nc?: { info?: { max_payload?: number } } }).nc?.info?.max_payload;
+    const chunkBytes = maxPayload && maxPayload < this.chunkBytes ? maxPayload : this.chunkBytes;
+    const old = await this.os.info(name);
+    const id = nuid.next();
+    const chunkSubj = `$O.${this.bucket}.C.${id}`;
+    const metaSubj = `$O.${this.bucket}.M.${Base64UrlPaddedCodec.encode(name)}`;
+    const timeout = this.js.getOptions().timeout;
+    const sha = createHash('sha256');
+    const window = Math.max(1, Math.floor(WINDOW_BYTES / chunkBytes));
+    const inflight = new Set<Promise<void>>();
+    let failed: unknown;
+    const seqs: number[] = [];
+    let chunks = 0;
+    let size = 0;
+    let published = 0;
+    const publish = async (payload: Uint8Array) => {
+      sha.update(payload);
+      chunks++;
+      size += payload.length;
+      const n = ++published;
+      const p: Promise<void> = this.js
+        .publish(chunkSubj, payload, { timeout })
+        .then((ack: PubAck) => {
+          seqs[n - 1] = ack.seq;
+        })
+        .catch((err: unknown) => {
+          failed ??= err;
+        })
+        .finally(() => inflight.delete(p));
+      inflight.add(p);
+      while (inflight.size >= window && failed === undefined) await Promise.race(inflight);
+      if (failed !== undefined) throw failed;
+    };
+    const reader = data.getReader();
+    try {
+      let pending: Uint8Array | undefined;
+      for (;;) {
+        if (signal?.aborted) throw abortError(signal);
+        const r = await reader.read();
+        if (r.done) break;
+        let buf = r.value;
+        if (pending) {
+          // A short remainder of the previous read and this one: joined into one chunk.
+          buf = Buffer.concat([pending, buf]);
+          pending = undefined;
+        }
+        let at = 0;
+        for (; buf.length - at >= chunkBytes; at += chunkBytes) await publish(buf.subarray(at, at + chunkBytes));
+        if (at < buf.length) pending = buf.subarray(at);
+      }
+      if (pending?.length) await publish(pending);
+      await Promise.all(inflight);
+      if (failed !== undefined) throw failed;
+      if (signal?.aborted) throw abortError(signal);
+      // The stream holds the chunks in the order they were cut (a reader gets them by stream sequence).
+      for (let i = 1; i < seqs.length; i++)
+        if (seqs[i]! <= seqs[i - 1]!)
+          throw new ReplicaError('replica-io', `part ${index} of ${key}: chunk ${i + 1} stored at sequence ${seqs[i]}, not after chunk ${i}'s ${seqs[i - 1]}`);
+      const info = {
+        name,
+        description: '',
+        options: { max_chunk_size: chunkBytes },
+        metadata,
+        bucket: this.bucket,
+        nuid: id,
+        size,
+        chunks,
+        mtime: new Date().toISOString(),
+        digest: `SHA-256=${padBase64(sha.digest('base64url'))}`,
+        deleted: false,
+      };
+      const h = headers();
+      h.set('Nats-Rollup', 'sub');
+      await this.js.publish(metaSubj, JSON.stringify(info), { headers: h, timeout });
+    } catch (err) {
+      reader.cancel(err).catch(() => {});
+      await Promise.allSettled(inflight);
+      await this.jsm.streams.purge(this.stream, { filter: chunkSubj }).catch(() => undefined);
+      throw err;
+    }
+    if (old && !old.deleted) await this.jsm.streams.purge(this.stream, { filter: `$O.${this.bucket}.C.${old.nuid}` }).catch(() => undefined);
   }
 
   async headPart(key: string, index: number): Promise<PartInfo | undefined> {
@@ -74,7 +175,7 @@ export class NatsObjectImageStore implements ImageStore {
   /**
    * The part's chunks through an ordered pull consumer on its chunk subject (not nats.js's
    * `get`, whose flow-controlled push consumer was seen to stall for good mid-object under load on
-   * NATS 2.9), at most `PULL_CHUNKS` buffered; the object's SHA-256 is checked at its end.
+   * NATS 2.9), about `PULL_BYTES` asked for at once; the object's SHA-256 is checked at its end.
    */
   async getPart(key: string, index: number, o: StoreOptions = {}): Promise<ReadableStream<Uint8Array>> {
     if (o.signal?.aborted) throw abortError(o.signal);
@@ -83,7 +184,8 @@ export class NatsObjectImageStore implements ImageStore {
     if (!info || info.deleted) throw new ReplicaError('replica-incomplete', `part ${index} of ${key} is not in bucket ${this.bucket}`);
     if (info.chunks === 0) return new Blob([]).stream();
     const oc = await this.js.consumers.get(this.stream, { filter_subjects: `$O.${this.bucket}.C.${info.nuid}` });
-    const msgs = await oc.consume({ max_messages: PULL_CHUNKS });
+    const chunk = info.options?.max_chunk_size || this.chunkBytes;
+    const msgs = await oc.consume({ max_messages: Math.max(1, Math.min(info.chunks, Math.floor(PULL_BYTES / chunk))) });
     const it = msgs[Symbol.asyncIterator]();
     const sha = createHash('sha256');
     let chunks = 0;

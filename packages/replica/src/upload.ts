@@ -9,7 +9,7 @@ import { promises as fsp } from 'node:fs';
 import { basename } from 'node:path';
 import { crc32Hasher, dataExtents, fingerprintImage, readImage, sealSummary } from '@vmsave/image/node';
 import { ReplicaError, abortError } from './errors.ts';
-import { DEFAULT_PART_BYTES, type Layout, type ReplicaManifest, layoutOf } from './manifest.ts';
+import { DEFAULT_PART_BYTES, type Layout, PIECE_MAX_BYTES, type ReplicaManifest, layoutOf } from './manifest.ts';
 import type { ImageStore } from './store.ts';
 
 export interface TransferProgress {
@@ -48,12 +48,17 @@ export interface TransferResult {
   /** Parts an earlier run had finished and this one kept. */
   partsKept: number;
   seconds: number;
+  /** Download: seconds until the last extent was written (before the fsync and the checks). */
+  transferSeconds?: number;
+  /** Download: seconds of the fsync, the header check, the seal check and the link. */
+  checkSeconds?: number;
   alreadyComplete: boolean;
 }
 
 const fpKey = (f: { ino: string; size: number; mtimeNs: string; ctimeNs: string }) => `${f.ino}:${f.size}:${f.mtimeNs}:${f.ctimeNs}`;
 const hex = (d: Uint8Array) => Buffer.from(d).toString('hex');
-const READ_BYTES = 1024 * 1024;
+/** Bytes of one read of the source: a whole piece (`PIECE_MAX_BYTES`), checksummed as it lands. */
+const READ_BYTES = PIECE_MAX_BYTES;
 
 /** Run `fn` over `items` with at most `n` at once; the first failure stops the rest from starting and is thrown. */
 export async function pool<T>(items: readonly T[], n: number, fn: (item: T) => Promise<void>): Promise<void> {

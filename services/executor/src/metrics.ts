@@ -1,7 +1,7 @@
 /**
  * The executor's metrics, on top of what every service exports (process, bus): saves and
  * restores (counted and timed from the events it publishes, `JobTrack.publish` → `onPublished`),
- * its image directory's free space, its QEMU processes, and replication bytes (0: not a feature yet).
+ * its image directory's free space, its QEMU processes, and the bytes its replication moves.
  */
 import { readdir, readFile, stat, statfs } from 'node:fs/promises';
 import type { JobEvent } from '@vmsave/contracts';
@@ -22,9 +22,13 @@ export function registerExecutorMetrics(metrics: ServiceMetrics, dirs: { imageDi
   metrics.gauge('qemuProcesses', async function () {
     this.set(await qemuProcessesUsing(dirs.qmpDir));
   });
-  metrics.counter('replicationBytes');
+  const replication = metrics.counter('replicationBytes');
   const jobs = new JobMetrics(metrics, imageTraits);
-  return (event, history) => void jobs.observe(event, [...history]);
+  return (event, history) => {
+    if (event.type === 'ImageReplicated') replication.inc({ direction: 'upload' }, event.data.bytesMoved);
+    else if (event.type === 'ImageFetched') replication.inc({ direction: 'download' }, event.data.bytesMoved);
+    void jobs.observe(event, [...history]);
+  };
 }
 
 /** A restored image's format, channels and direct IO (its header) and its allocated size. */

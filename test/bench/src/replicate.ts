@@ -158,7 +158,7 @@ try {
       };
       rows.push(row);
       log(
-        `${state} #${rep + 1}: upload ${row.upGiBps.toFixed(3)} GiB/s (${up.seconds.toFixed(2)} s), download ${row.downGiBps.toFixed(3)} GiB/s (${down.seconds.toFixed(2)} s, seal checked); moved ${(up.bytesMoved / MiB).toFixed(1)} MiB of ${(row.allocated / MiB).toFixed(1)} MiB allocated (${((up.bytesMoved / row.allocated) * 100).toFixed(1)} %), ${up.extents} extents; rebuilt file ${(down.allocatedBytes / MiB).toFixed(1)} MiB allocated`,
+        `${state} #${rep + 1}: upload ${row.upGiBps.toFixed(3)} GiB/s (${up.seconds.toFixed(2)} s), download ${row.downGiBps.toFixed(3)} GiB/s (${down.seconds.toFixed(2)} s: ${(down.transferSeconds ?? 0).toFixed(2)} s transfer, ${(down.checkSeconds ?? 0).toFixed(2)} s fsync + header and seal check); moved ${(up.bytesMoved / MiB).toFixed(1)} MiB of ${(row.allocated / MiB).toFixed(1)} MiB allocated (${((up.bytesMoved / row.allocated) * 100).toFixed(1)} %), ${up.extents} extents; rebuilt file ${(down.allocatedBytes / MiB).toFixed(1)} MiB allocated`,
       );
       await rm(dest, { force: true });
       await store.delete(key);
@@ -182,6 +182,8 @@ try {
         extents: r[0]?.up.extents,
         uploadGiBps: median(r.map((x) => x.upGiBps)),
         downloadGiBps: median(r.map((x) => x.downGiBps)),
+        downloadTransferSeconds: median(r.map((x) => x.down.transferSeconds ?? 0)),
+        downloadCheckSeconds: median(r.map((x) => x.down.checkSeconds ?? 0)),
         uploadVsDiskRead: (median(r.map((x) => x.upGiBps)) ?? 0) / (disk.directRead / GiB),
         downloadVsDiskWrite: (median(r.map((x) => x.downGiBps)) ?? 0) / (disk.directWrite / GiB),
         rebuiltAllocatedMiB: (r[0]?.down.allocatedBytes ?? 0) / MiB,
