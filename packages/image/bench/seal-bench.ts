@@ -4,8 +4,9 @@
  *
  *   cd packages/image && npx tsx bench/seal-bench.ts algo [GiB=1] [runs=5]
  *
- * xxHash3 is measured only when `@node-rs/xxhash` can be imported (it is not a dependency of this
- * package): VMSAVE_BENCH_XXHASH=/path/to/node_modules/@node-rs/xxhash points at an install of it.
+ * CRC32C and xxHash3 are measured only when `@node-rs/crc32` / `@node-rs/xxhash` can be imported
+ * (they are not dependencies of this package): VMSAVE_BENCH_MODULES=<dir> names a directory they
+ * were installed into (`npm install --prefix <dir> @node-rs/crc32 @node-rs/xxhash`).
  *
  * Part "cost" (the seal's cost on a 4 GiB image) is bench/seal-cost.ts.
  */
@@ -61,8 +62,30 @@ const candidates: Candidate[] = [
     }),
   ),
 ];
+// Native candidates not kept as dependencies: VMSAVE_BENCH_MODULES=<dir> is a directory whose
+// node_modules has them (`npm install --prefix <dir> @node-rs/crc32 @node-rs/xxhash`).
+const benchRequire = createRequire(process.env.VMSAVE_BENCH_MODULES ? join(process.env.VMSAVE_BENCH_MODULES, 'package.json') : import.meta.url);
 try {
-  const require = createRequire(import.meta.url);
+  const mod = benchRequire('@node-rs/crc32') as { crc32(input: Uint8Array, crc?: number): number; crc32c(input: Uint8Array, crc?: number): number };
+  for (const fn of ['crc32', 'crc32c'] as const) {
+    candidates.push({
+      name: `@node-rs/crc32 ${fn} (per-chunk)`,
+      start: () => {
+        let last = 0;
+        return {
+          update: (c) => {
+            last = mod[fn](c);
+          },
+          end: () => last,
+        };
+      },
+    });
+  }
+} catch {
+  console.log('(@node-rs/crc32 not importable: CRC32C not measured; set VMSAVE_BENCH_MODULES)');
+}
+try {
+  const require = benchRequire;
   const mod = require(process.env.VMSAVE_BENCH_XXHASH ?? '@node-rs/xxhash') as { xxh3: { xxh64(input: Uint8Array): bigint; xxh128(input: Uint8Array): bigint } };
   candidates.push(
     {

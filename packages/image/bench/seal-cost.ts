@@ -1,27 +1,52 @@
 /**
- * The seal's cost on a 4 GiB VM (not a test): a real idle sparse image made by QEMU (paused, so
- * its pages regions are almost all holes) and a dirty one (the same image with its 4 GiB pages
- * region filled with random data by buffered writes + fdatasync, as a save of a busy guest writes
- * it). Prints the write time of those 4 GiB against `sealImage`, and `checkSeal` state / full,
- * with the page cache warm (right after the writes) and cold (`echo 1 > /proc/sys/vm/drop_caches`,
- * skipped when not allowed). Medians of `runs`. Big temp files are deleted at the end.
+ * The seal's cost on a dirty VM's save, per mode (not a test). For each mode a paused q35 VM whose
+ * RAM holds 87.5 % random data (QEMU's `-device loader`, as test/bench's dirty VM) is saved by real
+ * QEMU into a vmsave image (`file:` migration at the stream offset; sparse = mapped-ram + multifd,
+ * 1 channel as test/bench's `sparse` / `sparse-direct` modes; direct IO = QEMU's `direct-io`), then:
  *
- *   cd packages/image && npx tsx bench/seal-cost.ts [MiB=4096] [runs=3]
+ * - the save's own time: QEMU's migration (start → completed) plus the fdatasync after the seal;
+ * - `sealImage` right after the save, with the RAM chunks on worker threads (`after`) and in the
+ *   calling thread (`before`, the old path), alternating; a direct-IO save leaves the pages out of
+ *   the page cache, so its later runs drop the cache first (`echo 1 > /proc/sys/vm/drop_caches`);
+ * - the restore gate: `checkSeal` scope `state` (every restore) and `full` (`verify: full`), with
+ *   the page cache warm and cold, before / after.
+ *
+ * Medians of `runs`. The images and random files are deleted at the end.
+ *
+ *   cd packages/image && npx tsx bench/seal-cost.ts [MiB=4096] [runs=3] [modes=legacy,sparse,sparse-direct]
  */
+import { spawn, execFileSync } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
 import { promises as fsp, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { execFileSync } from 'node:child_process';
-import { monitorEventLoopDelay } from 'node:perf_hooks';
-import { checkSeal, finalizeImage, openFileSource, readImage, sealImage, walkStream } from '../src/node/index.ts';
-import { makeVmsaveImage } from '../test/fixtures.ts';
+import { checkSeal, createImage, finalizeImage, openFileSource, readImage, sealImage, walkStream } from '../src/node/index.ts';
+import { accel, descriptorFor } from '../test/fixtures.ts';
+import { TinyQmp } from '../test/qmp.ts';
 
 const MiB = 1024 * 1024;
-const [mibArg = '4096', runsArg = '3'] = process.argv.slice(2);
+const [mibArg = '4096', runsArg = '3', modesArg = 'legacy,sparse,sparse-direct'] = process.argv.slice(2);
 const mib = Number(mibArg);
 const runs = Number(runsArg);
+interface Mode {
+  id: string;
+  format: 'legacy' | 'sparse';
+  channels: number;
+  directIo: boolean;
+}
+const MODES: Mode[] = [
+  { id: 'legacy', format: 'legacy', channels: 1, directIo: false },
+  { id: 'sparse', format: 'sparse', channels: 1, directIo: false },
+  { id: 'sparse-direct', format: 'sparse', channels: 1, directIo: true },
+  { id: 'sparse-direct-2', format: 'sparse', channels: 2, directIo: true },
+];
+const modes = modesArg.split(',').map((id) => {
+  const m = MODES.find((x) => x.id === id);
+  if (!m) throw new Error(`unknown mode ${id}; known: ${MODES.map((x) => x.id).join(', ')}`);
+  return m;
+});
 const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+const log = (m: string): void => void process.stderr.write(`[seal-cost] ${new Date().toISOString().slice(11, 19)} ${m}\n`);
 
 function dropCaches(): boolean {
   try {
@@ -33,104 +58,166 @@ function dropCaches(): boolean {
   }
 }
 
-async function timeMs(f: () => Promise<unknown>): Promise<number> {
-  const t0 = performance.now();
-  await f();
-  return performance.now() - t0;
+/** Where test/bench's dirty VM puts its data: above 4 GiB first, then from 16 MiB below the PCI hole. */
+function dirtyRegions(ramMiB: number, targetMiB: number, chunkMiB = 512): Array<[number, number]> {
+  const lowMiB = ramMiB >= 2816 ? 2048 : ramMiB;
+  const spans: Array<[number, number]> = [];
+  let left = targetMiB;
+  const take = (startMiB: number, sizeMiB: number, base: number): void => {
+    for (let at = startMiB, end = startMiB + Math.min(sizeMiB, left); at < end; ) {
+      const n = Math.min(chunkMiB, end - at);
+      spans.push([base + at * MiB, n]);
+      at += n;
+      left -= n;
+    }
+  };
+  if (ramMiB - lowMiB > 0) take(0, ramMiB - lowMiB, 4 * 1024 * MiB);
+  if (left > 0) take(16, Math.max(0, lowMiB - 16 - 64), 0);
+  return spans;
 }
 
-/** Median ms of `runs` calls, each after `before()`. */
-async function med(f: () => Promise<unknown>, before?: () => void): Promise<number> {
-  const xs: number[] = [];
-  for (let i = 0; i < runs; i++) {
-    before?.();
-    xs.push(await timeMs(f));
+/** A paused VM with the random files loaded, saved into `target` at `offset`; the migration's ms. */
+async function qemuSave(dir: string, mode: Mode, target: string, offset: number, loaders: string[]): Promise<number> {
+  const sock = join(dir, `qmp-${process.pid}.sock`);
+  const proc = spawn(
+    'qemu-system-x86_64',
+    ['-nodefaults', '-display', 'none', '-S', '-machine', `q35,accel=${accel()}`, '-m', String(mib), '-qmp', `unix:${sock},server=on,wait=off`, ...loaders],
+    { stdio: ['ignore', 'ignore', 'pipe'] },
+  );
+  let stderr = '';
+  proc.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  const exited = new Promise<void>((resolve) => proc.once('exit', () => resolve()));
+  let qmp: TinyQmp | undefined;
+  try {
+    qmp = await TinyQmp.connect(sock, 60_000);
+    const caps = [{ capability: 'events', state: true }];
+    if (mode.format === 'sparse') caps.push({ capability: 'mapped-ram', state: true }, { capability: 'multifd', state: true });
+    await qmp.execute('migrate-set-capabilities', { capabilities: caps });
+    const params: Record<string, unknown> = { 'max-bandwidth': 0 };
+    if (mode.format === 'sparse') params['multifd-channels'] = mode.channels;
+    if (mode.directIo) params['direct-io'] = true;
+    await qmp.execute('migrate-set-parameters', params);
+    const t0 = performance.now();
+    await qmp.execute('migrate', { uri: `file:${target},offset=${offset}` });
+    for (;;) {
+      const st = (await qmp.execute('query-migrate')) as { status?: string; 'error-desc'?: string };
+      if (st.status === 'completed') break;
+      if (st.status === 'failed') throw new Error(`migrate failed: ${st['error-desc'] ?? ''} ${stderr}`);
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    const ms = performance.now() - t0;
+    await qmp.execute('quit').catch(() => {});
+    return ms;
+  } finally {
+    qmp?.close();
+    if (proc.exitCode === null) {
+      const t = setTimeout(() => proc.kill('SIGKILL'), 5000);
+      if (!qmp) proc.kill('SIGTERM');
+      await exited;
+      clearTimeout(t);
+    }
+    await fsp.rm(sock, { force: true });
   }
-  return median(xs);
 }
 
-/** Fill the pc.ram pages region with random data: buffered writes in 16 MiB pieces, then fdatasync. */
-async function dirty(path: string): Promise<{ bytes: number; ms: number }> {
-  const { header } = await readImage(path);
-  const src = await openFileSource(path);
-  const walk = await walkStream(src, header.streamOffset);
-  await src.close();
-  const block = walk.ram!.blocks.find((b) => b.name === 'pc.ram')!;
-  const start = block.mappedRam!.pagesOffset;
-  const piece = Buffer.allocUnsafe(256 * MiB);
-  randomFillSync(piece);
-  const fh = await fsp.open(path, 'r+');
-  const t0 = performance.now();
-  for (let off = 0; off < block.usedLength; off += 16 * MiB) {
-    const len = Math.min(16 * MiB, block.usedLength - off);
-    await fh.write(piece, off % piece.length, len, start + off);
-  }
-  await fh.datasync();
-  const ms = performance.now() - t0;
-  await fh.close();
-  return { bytes: block.usedLength, ms };
-}
-
+const s = (ms: number): string => (ms / 1000).toFixed(2);
 const dir = await fsp.mkdtemp(join(tmpdir(), 'vmsave-seal-cost-'));
 try {
   const coldOk = dropCaches();
-  const idle = await makeVmsaveImage(dir, 'idle.vmsave', 'sparse', { memMiB: mib, channels: 2, finalize: false });
-  const dirtyPath = join(dir, 'dirty.vmsave');
-  execFileSync('cp', ['--sparse=always', idle, dirtyPath]);
-  const rows: string[] = [];
-  const row = (what: string, ms: number, extra = ''): void => {
-    rows.push(`| ${what} | ${(ms / 1000).toFixed(2)} | ${extra} |`);
-  };
-
-  // Idle sparse image.
-  const idleSeal = await sealImage(idle);
-  row(`idle ${mib} MiB sparse: sealImage`, idleSeal.durationMs, `${(idleSeal.bytesRead / MiB).toFixed(1)} MiB read, ${idleSeal.summary.chunks} chunks`);
-  await finalizeImage(idle);
-  const idleState = await checkSeal(idle, { scope: 'state' });
-  row('idle: checkSeal(state), warm', await med(() => checkSeal(idle, { scope: 'state' })), `${(idleState.bytesRead / MiB).toFixed(1)} MiB read`);
-  const idleFull = await checkSeal(idle, { scope: 'full' });
-  row('idle: checkSeal(full), warm', await med(() => checkSeal(idle, { scope: 'full' })), `${(idleFull.bytesRead / MiB).toFixed(1)} MiB read`);
-  if (coldOk) {
-    row('idle: checkSeal(state), cold', await med(() => checkSeal(idle, { scope: 'state' }), dropCaches));
-    row('idle: checkSeal(full), cold', await med(() => checkSeal(idle, { scope: 'full' }), dropCaches));
+  const dirtyMiB = Math.floor(mib * 0.875);
+  const loaders: string[] = [];
+  const piece = Buffer.allocUnsafe(64 * MiB);
+  for (const [i, [addr, n]] of dirtyRegions(mib, dirtyMiB).entries()) {
+    const f = join(dir, `dirty-${i}.bin`);
+    const fh = await fsp.open(f, 'w');
+    for (let off = 0; off < n * MiB; off += piece.length) {
+      randomFillSync(piece);
+      await fh.write(piece, 0, piece.length, off);
+    }
+    await fh.close();
+    loaders.push('-device', `loader,file=${f},addr=0x${addr.toString(16)},force-raw=on`);
   }
-
-  // Dirty sparse image: the write of the RAM, then the seal right after it (page cache warm).
-  const w = await dirty(dirtyPath);
-  row(`dirty: write ${(w.bytes / MiB).toFixed(0)} MiB random (buffered + fdatasync)`, w.ms, `${(w.bytes / 1024 ** 3 / (w.ms / 1000)).toFixed(2)} GiB/s`);
-  const warmSeals: number[] = [];
-  let last = idleSeal;
-  const loop = monitorEventLoopDelay({ resolution: 5 });
-  loop.enable();
-  for (let i = 0; i < runs; i++) {
-    last = await sealImage(dirtyPath);
-    warmSeals.push(last.durationMs);
+  log(`${mib} MiB VM, ${dirtyMiB} MiB random, runs ${runs}, modes ${modes.map((m) => m.id).join(',')}, accel ${accel()}, drop_caches ${coldOk}`);
+  const table: string[] = [];
+  for (const mode of modes) {
+    const path = join(dir, `${mode.id}.vmsave`);
+    const { streamOffset } = await createImage(path, {
+      format: mode.format,
+      channels: mode.format === 'sparse' ? mode.channels : 0,
+      directIo: mode.directIo,
+      wasRunning: false,
+      descriptor: descriptorFor(mode.format, mib),
+    });
+    const migrateMs = await qemuSave(dir, mode, path, streamOffset, loaders);
+    // The save's fdatasync, measured right after QEMU (saveVm runs it after the seal: the seal then
+    // shares the disk with the writeback; here the seal runs on a clean file).
+    const fh = await fsp.open(path, 'r+');
+    const ts = performance.now();
+    await fh.datasync();
+    const syncMs = performance.now() - ts;
+    await fh.close();
+    log(`${mode.id}: migrated in ${s(migrateMs)} s, fdatasync ${s(syncMs)} s`);
+    // The seal right after the save (as saveVm does), then before/after alternating.
+    // after: the defaults (2 workers; O_DIRECT reads for a direct-IO image); before: the calling
+    // thread, buffered reads (the old path); buffered: workers without O_DIRECT (direct-IO modes only).
+    // What the seal spends before any chunk: the stream walk that finds the layout (warm, after the seal runs).
+    const walkMs = async (): Promise<number> => {
+      const { header } = await readImage(path);
+      const src = await openFileSource(path);
+      const t = performance.now();
+      await walkStream(src, header.streamOffset);
+      const ms = performance.now() - t;
+      await src.close();
+      return ms;
+    };
+    const variants = [{ name: 'after', o: {} }, { name: 'before', o: { workers: 0 } }, ...(mode.directIo ? [{ name: 'buffered', o: { directRead: false } }] : [])];
+    const times: Record<string, number[]> = { after: [], before: [], buffered: [] };
+    let bytesRead = 0;
+    let chunks = 0;
+    for (let i = 0; i < runs; i++) {
+      for (const v of variants) {
+        if ((i > 0 || v.name !== 'after') && mode.directIo && coldOk) dropCaches();
+        const r = await sealImage(path, v.o);
+        times[v.name]!.push(r.durationMs);
+        bytesRead = r.bytesRead;
+        chunks = r.summary.chunks;
+        log(`${mode.id}: seal ${v.name} ${s(r.durationMs)} s, ${(r.bytesRead / MiB).toFixed(0)} MiB read`);
+      }
+    }
+    const before = times.before!;
+    const after = times.after!;
+    const buffered = times.buffered!.length ? `; workers, buffered reads: ${s(median(times.buffered!))} s` : '';
+    const walk = await walkMs();
+    await finalizeImage(path);
+    const saveMs = migrateMs + syncMs;
+    const pct = (ms: number): string => `${((100 * ms) / saveMs).toFixed(1)} %`;
+    const gate = async (scope: 'state' | 'full', workers: number | undefined, cold: boolean): Promise<string> => {
+      if (cold && !coldOk) return '—';
+      const xs: number[] = [];
+      for (let i = 0; i < runs; i++) {
+        if (cold) dropCaches();
+        const r = await checkSeal(path, workers === undefined ? { scope } : { scope, workers });
+        if (!r.ok) throw new Error(`${mode.id}: checkSeal(${scope}) failed: ${JSON.stringify(r.checks)}`);
+        xs.push(r.durationMs);
+      }
+      return scope === 'state' ? `${median(xs).toFixed(1)} ms` : `${s(median(xs))} s`;
+    };
+    const state = `${await gate('state', undefined, false)} / ${await gate('state', undefined, true)}`;
+    const fullBefore = `${await gate('full', 0, false)} / ${await gate('full', 0, true)}`;
+    const fullAfter = `${await gate('full', undefined, false)} / ${await gate('full', undefined, true)}`;
+    const st = await fsp.stat(path);
+    table.push(
+      `| ${mode.id}${mode.format === 'sparse' ? ` (${mode.channels} ch)` : ''} | ${s(migrateMs)} + ${s(syncMs)} | ${s(median(before))} (${pct(median(before))}) | **${s(median(after))} (${pct(median(after))})** | ${state} | ${fullBefore} | ${fullAfter} | ${(bytesRead / MiB).toFixed(0)} MiB, ${chunks} chunks, ${((st.blocks * 512) / MiB).toFixed(0)} MiB allocated; stream walk ${s(walk)} s${buffered} |`,
+    );
+    log(table[table.length - 1]!);
+    await fsp.rm(path, { force: true });
   }
-  loop.disable();
-  row(
-    'dirty: sealImage, warm (right after the write)',
-    median(warmSeals),
-    `${((100 * median(warmSeals)) / w.ms).toFixed(1)} % of the write; ${(last.bytesRead / MiB).toFixed(0)} MiB read; runs ${warmSeals.map((x) => (x / 1000).toFixed(1)).join('/')} s; event-loop delay max ${(loop.max / 1e6).toFixed(1)} ms, p99 ${(loop.percentile(99) / 1e6).toFixed(1)} ms`,
+  console.log(`\n${mib} MiB VM (${dirtyMiB} MiB random), median of ${runs}, node ${process.version}, ${accel()}${coldOk ? '' : ' (cold runs skipped: drop_caches not allowed)'}`);
+  console.log(
+    '| mode | save s (QEMU + fdatasync) | seal before s (% of save) | seal after s (% of save) | gate `state` warm / cold | gate `full` before, warm / cold | gate `full` after, warm / cold | read |',
   );
-  if (coldOk) {
-    const cold = await med(() => sealImage(dirtyPath), dropCaches);
-    row('dirty: sealImage, cold', cold, `${((100 * cold) / w.ms).toFixed(1)} % of the write`);
-  }
-  await finalizeImage(dirtyPath);
-  const ds = await checkSeal(dirtyPath, { scope: 'state' });
-  if (!ds.ok) throw new Error(`dirty image state check failed: ${JSON.stringify(ds.checks)}`);
-  row('dirty: checkSeal(state), warm', await med(() => checkSeal(dirtyPath, { scope: 'state' })), `${(ds.bytesRead / MiB).toFixed(1)} MiB read`);
-  const df = await checkSeal(dirtyPath, { scope: 'full' });
-  if (!df.ok) throw new Error(`dirty image full check failed: ${JSON.stringify(df.checks)}`);
-  row('dirty: checkSeal(full), warm', await med(() => checkSeal(dirtyPath, { scope: 'full' })), `${(df.bytesRead / MiB).toFixed(0)} MiB read`);
-  if (coldOk) {
-    row('dirty: checkSeal(state), cold', await med(() => checkSeal(dirtyPath, { scope: 'state' }), dropCaches));
-    row('dirty: checkSeal(full), cold', await med(() => checkSeal(dirtyPath, { scope: 'full' }), dropCaches));
-  }
-  console.log(`\n${mib} MiB VM, median of ${runs}, node ${process.version}${coldOk ? '' : ' (cold runs skipped: drop_caches not allowed)'}`);
-  console.log('| what | seconds | notes |');
-  console.log('|---|---|---|');
-  for (const r of rows) console.log(r);
+  console.log('|---|---|---|---|---|---|---|---|');
+  for (const r of table) console.log(r);
 } finally {
   await fsp.rm(dir, { recursive: true, force: true });
 }

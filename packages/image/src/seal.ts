@@ -52,6 +52,12 @@ export interface SealSource extends ByteSource {
    * reads are in flight while one result is hashed).
    */
   readTransient?(position: number, length: number): Promise<Uint8Array>;
+  /**
+   * The digests of data chunks (no holes among them) computed elsewhere, e.g. on worker threads:
+   * `onChunk(k, digest, bytesRead)` for the k-th of `chunks`, in any order. Returns undefined when
+   * it will not (another algorithm, too few chunks): the seal then reads and hashes them itself.
+   */
+  digestChunks?(chunks: readonly Range[], hasher: SealHasher, onChunk: (k: number, digest: Uint8Array, bytesRead: number) => void, signal?: AbortSignal): Promise<void> | undefined;
 }
 
 /** Where the seal's two regions lie in an image (absolute offsets). */
@@ -186,6 +192,18 @@ class Pacer {
   check(): void {
     if (this.o.signal?.aborted) throw abortError(this.o.signal);
   }
+  /** Paced runs (`maxBytesPerSec`) wait in `step`; the others may count without waiting. */
+  get paced(): boolean {
+    return (this.o.maxBytesPerSec ?? 0) > 0;
+  }
+  get signal(): AbortSignal | undefined {
+    return this.o.signal;
+  }
+  stepSync(processed: number, read: number): void {
+    this.done += processed;
+    this.bytesRead += read;
+    this.o.onProgress?.(this.done, this.total);
+  }
   async step(processed: number, read: number): Promise<void> {
     this.done += processed;
     this.bytesRead += read;
@@ -277,6 +295,45 @@ async function hashChunks(
     }
     return d;
   };
+  if (src.digestChunks && !pacer.paced) {
+    // Holes found here (SEEK_DATA), the data chunks hashed elsewhere (worker threads); the
+    // results are handed on in chunk order.
+    const all = [...chunksOf(ranges, chunkBytes)];
+    const digests: Array<Uint8Array | undefined> = new Array(all.length);
+    const read = new Array<number>(all.length).fill(0);
+    const data: number[] = [];
+    for (let i = 0; i < all.length; i++) {
+      const [s, e] = all[i]!;
+      if (await src.isHole?.(s, e)) digests[i] = zeroDigest(e - s);
+      else data.push(i);
+    }
+    let emitted = 0;
+    const emit = (): void => {
+      for (; emitted < all.length && digests[emitted]; emitted++) {
+        const chunk = all[emitted]!;
+        onChunk(emitted, digests[emitted]!, chunk);
+        pacer.stepSync(chunk[1] - chunk[0], read[emitted]!);
+      }
+    };
+    const running = src.digestChunks(
+      data.map((i) => all[i]!),
+      hasher,
+      (k, digest, bytesRead) => {
+        const i = data[k]!;
+        digests[i] = digest;
+        read[i] = bytesRead;
+        emit();
+      },
+      pacer.signal,
+    );
+    if (running) {
+      emit();
+      await running;
+      pacer.check();
+      if (emitted !== all.length) throw new Error(`seal: ${all.length - emitted} RAM chunk(s) were not hashed`);
+      return;
+    }
+  }
   const load = async ([s, e]: Range): Promise<Uint8Array | undefined> => ((await src.isHole?.(s, e)) ? undefined : readExact(src, s, e));
   const chunks = chunksOf(ranges, chunkBytes);
   // Up to READ_AHEAD reads in flight while one chunk is hashed: two cores copy from the page cache at once.

@@ -1,13 +1,15 @@
 /**
  * The image seal on a file: `sealImage` (at save, before the magic flips) and `checkSeal` (restore
  * gate, `verify --content`, the scrub). The layout and the checks are pure (../seal.ts); this
- * module brings the file reads, SEEK_DATA hole detection and zlib's CRC-32.
+ * module brings the file reads, SEEK_DATA hole detection, zlib's CRC-32 and the worker threads
+ * that read and hash the RAM chunks (seal-worker.ts).
  */
 import { crc32 } from 'node:zlib';
 import type { SealSummary } from '@vmsave/contracts';
 import { crc32HasherOf } from '../crc32.ts';
 import { decodeDescriptor, encodeDescriptor, type ImageSeal } from '../descriptor.ts';
 import { DescriptorError, ImageError, ImageStateError, ioError } from '../errors.ts';
+import { FLAG_DIRECT_IO } from '../header.ts';
 import { readHeaderAndDescriptor } from '../read.ts';
 import { openReadOnly } from './file-source.ts';
 import {
@@ -26,16 +28,38 @@ import {
 } from '../seal.ts';
 import { walkStream } from '../stream.ts';
 import { seekData } from './extents.ts';
+import { crc32ChunksInWorkers, SEAL_WORKERS } from './seal-worker.ts';
 import { updateDescriptor } from './image.ts';
 
 /** zlib's CRC-32 (IEEE 802.3 polynomial; native, SIMD in Node's zlib): the seal's checksum. */
 export const crc32Hasher: SealHasher = crc32HasherOf(crc32);
 
+/** Where the header keeps its flags (docs/image-format.md, header). */
+const HEADER_FLAGS_OFFSET = 20;
+
+/** How the RAM chunks are read. */
+export interface SealReadOptions {
+  /** Worker threads for the RAM chunks (default SEAL_WORKERS; 0: this thread). A paced check uses none. */
+  workers?: number;
+  /** Read the RAM chunks with O_DIRECT (on the workers); default: when the header says the image was saved with direct IO. */
+  directRead?: boolean;
+}
+
+/** Fewer data chunks than this are hashed in the calling thread (starting a worker costs ~10–40 ms). */
+const MIN_WORKER_CHUNKS = 8;
+const be32 = (v: number): Uint8Array => {
+  const b = new Uint8Array(4);
+  new DataView(b.buffer).setUint32(0, v, false);
+  return b;
+};
+
 /**
  * A read-only SealSource over a file: `readTransient` reads go into a ring of five reused buffers
- * (the seal has at most four in use: three reads in flight, one being hashed), holes found with SEEK_DATA.
+ * (the seal has at most four in use: three reads in flight, one being hashed), holes found with
+ * SEEK_DATA; RAM data chunks (CRC-32, at least MIN_WORKER_CHUNKS of them) read and hashed on
+ * SEAL_WORKERS worker threads (`workers: 0`: in this thread).
  */
-async function openSealSource(path: string): Promise<SealSource & { close(): Promise<void> }> {
+async function openSealSource(path: string, o: SealReadOptions = {}): Promise<SealSource & { close(): Promise<void> }> {
   const { fh, size } = await openReadOnly(path);
   const ring: Array<Buffer | undefined> = new Array(5).fill(undefined);
   let next = 0;
@@ -46,6 +70,25 @@ async function openSealSource(path: string): Promise<SealSource & { close(): Pro
     isHole(start, end) {
       const data = seekData(fh.fd, start);
       return data === undefined || data >= end;
+    },
+    digestChunks(chunks, hasher, onChunk, signal) {
+      const workers = o.workers ?? SEAL_WORKERS;
+      if (hasher.algorithm !== 'crc32' || workers < 1 || chunks.length < MIN_WORKER_CHUNKS) return undefined;
+      return (async () => {
+        // A direct-IO save left the pages out of the page cache: read them with O_DIRECT too.
+        let direct = o.directRead;
+        if (direct === undefined) {
+          const flags = Buffer.alloc(4);
+          await fh.read(flags, 0, 4, HEADER_FLAGS_OFFSET);
+          direct = (flags.readUInt32LE(0) & FLAG_DIRECT_IO) !== 0;
+        }
+        const run: { workers: number; signal?: AbortSignal; direct: boolean } = { workers, direct };
+        if (signal) run.signal = signal;
+        await crc32ChunksInWorkers(path, chunks, (k, crc, bytesRead) => onChunk(k, be32(crc), bytesRead), run);
+      })().catch((err: unknown) => {
+        if (signal?.aborted) throw err;
+        throw ioError('cannot read', path, err);
+      });
     },
     close: async () => {
       await fh.close().catch(() => {});
@@ -92,11 +135,12 @@ export interface SealImageResult {
  * (`updateDescriptor`). The chunk size starts at 4 MiB and doubles until the seal fits the
  * descriptor room. Throws ImageStateError for a complete image, ImageFormatError when the stream
  * is not complete and well-formed, DescriptorError when no seal fits, ImageIoError; an abort
- * rejects with the signal's reason.
+ * rejects with the signal's reason. The RAM chunks are read and hashed on `workers` threads
+ * (default SEAL_WORKERS; 0: in this thread).
  */
-export async function sealImage(path: string, o: { signal?: AbortSignal; onProgress?(done: number, total: number): void } = {}): Promise<SealImageResult> {
+export async function sealImage(path: string, o: { signal?: AbortSignal; onProgress?(done: number, total: number): void } & SealReadOptions = {}): Promise<SealImageResult> {
   const t0 = performance.now();
-  const src = await openSealSource(path);
+  const src = await openSealSource(path, o);
   let sealed: { seal: ImageSeal; bytesRead: number };
   let descriptorInput: ReturnType<typeof decodeDescriptor>;
   try {
@@ -132,7 +176,7 @@ export async function sealImage(path: string, o: { signal?: AbortSignal; onProgr
   return { seal: sealed.seal, summary: sealSummary(sealed.seal), bytesRead: sealed.bytesRead, durationMs: performance.now() - t0 };
 }
 
-export interface CheckSealOptions extends SealRunOptions {
+export interface CheckSealOptions extends SealRunOptions, SealReadOptions {
   scope: SealScope;
 }
 
@@ -145,7 +189,7 @@ export async function checkSeal(path: string, o: CheckSealOptions): Promise<Seal
   const t0 = performance.now();
   let src: (SealSource & { close(): Promise<void> }) | undefined;
   try {
-    src = await openSealSource(path);
+    src = await openSealSource(path, o);
     // One algorithm exists (crc32); a seal naming another is reported as malformed.
     return await checkSealSource(src, { ...o, hasher: crc32Hasher });
   } catch (err) {
