@@ -11,8 +11,9 @@ import { imageCommands } from './commands/image.ts';
 import { vmCommands } from './commands/vm.ts';
 import { demoCommand } from './commands/demo.ts';
 import { imagesCommands } from './commands/images.ts';
+import { imagesManageCommands } from './commands/images-manage.ts';
 
-export const commands: Command[] = [...busCommands, ...imagesCommands, ...imageCommands, ...vmCommands, demoCommand];
+export const commands: Command[] = [...busCommands, ...imagesCommands, ...imagesManageCommands, ...imageCommands, ...vmCommands, demoCommand];
 
 /** Commands that have sub-commands: `vm list`, `images prune` (`images` alone is a command too). */
 const GROUPS = new Set(['vm', 'images']);

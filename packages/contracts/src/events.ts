@@ -202,6 +202,22 @@ export const ImageDeletedData = z.object({
 });
 
 /**
+ * An image file the log did not know (left by hand or by a crash) adopted by its host's executor
+ * after reading its header and descriptor (a complete vmsave image): the first event of a new
+ * save job (`a-…`) whose one attempt (1, fencing token 0) is then completed by `SaveCompleted`,
+ * so the verifier verifies it as it does every save.
+ */
+export const ImageAdoptedData = z.object({
+  host: HostName,
+  imagePath: z.string(),
+  /** The VM the image's descriptor names. */
+  vm: VmName,
+  format: SaveFormat,
+  bytes: z.number().int().min(0),
+  fingerprint: ImageFingerprint,
+});
+
+/**
  * A verified save's image copied into the bus's object store (`packages/replica`): only its data
  * extents travel, with a manifest written last. Emitted on the save's job.
  */
@@ -392,6 +408,8 @@ export const VerificationOverdue = envelope('VerificationOverdue', VerificationO
 export type VerificationOverdue = z.infer<typeof VerificationOverdue>;
 export const ImageDeleted = envelope('ImageDeleted', ImageDeletedData);
 export type ImageDeleted = z.infer<typeof ImageDeleted>;
+export const ImageAdopted = envelope('ImageAdopted', ImageAdoptedData);
+export type ImageAdopted = z.infer<typeof ImageAdopted>;
 
 export const ImageReplicated = envelope('ImageReplicated', ImageReplicatedData);
 export type ImageReplicated = z.infer<typeof ImageReplicated>;
@@ -449,6 +467,7 @@ export const JobEvent = z.discriminatedUnion('type', [
   ImageRejected,
   VerificationOverdue,
   ImageDeleted,
+  ImageAdopted,
   ImageReplicated,
   ImageReplicationFailed,
   ImageFetched,

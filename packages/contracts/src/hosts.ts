@@ -81,7 +81,31 @@ export const PruneControl = z.object({
   dryRun: z.boolean().default(false),
   policy: RetentionPolicySpec,
 });
-export const ControlRequest = z.discriminatedUnion('action', [CancelControl, PruneControl]);
+/**
+ * `vmsave.ctl.<host>` request: delete a file in this host's image directory that the log does
+ * not know (left by hand or by a crash). Refused for a file the log knows (a save's image or kept
+ * partial image not deleted), one a queued or running job needs, and anything outside the image
+ * directory or not a regular file. `dryRun`: only answer whether it would be removed.
+ */
+export const RemoveControl = z.object({
+  action: z.literal('remove'),
+  imagePath: z
+    .string()
+    .min(1)
+    .max(4096)
+    .refine((p) => !/[\0\n\r]/.test(p), { message: 'imagePath: no NUL or line breaks' }),
+  dryRun: z.boolean().default(false),
+});
+/**
+ * `vmsave.ctl.<host>` request: adopt a file of this host's image directory that the log does not
+ * know, after checking it is a complete vmsave image (`ImageAdopted` and `SaveCompleted` on a new
+ * save job, which the verifier then verifies). Adopting it again answers the same job.
+ */
+export const AdoptControl = z.object({
+  action: z.literal('adopt'),
+  imagePath: RemoveControl.shape.imagePath,
+});
+export const ControlRequest = z.discriminatedUnion('action', [CancelControl, PruneControl, RemoveControl, AdoptControl]);
 export type ControlRequest = z.infer<typeof ControlRequest>;
 /** One image in a prune's answer: deleted (or, on a dry run, to delete) with its rule, or kept with why. */
 export const PrunedImage = z.object({
@@ -99,6 +123,12 @@ export const ControlReply = z.object({
   message: z.string(),
   /** A prune's plan for this host (what was deleted, or would be on a dry run, and what is kept). */
   plan: z.array(PrunedImage).optional(),
+  /** A remove's file (its real path inside the image directory) and its size. */
+  removed: z.object({ imagePath: z.string(), bytes: z.number().int().min(0), dryRun: z.boolean() }).optional(),
+  /** Why a remove was refused (`image-known`, `image-needed`, `image-path`, `not-a-file`, `not-found`), or an adopt (also `not-an-image`, `image-incomplete`). */
+  rule: z.string().optional(),
+  /** An adopt's new save job and the VM its image's descriptor names. */
+  adopted: z.object({ jobId: JobId, imagePath: z.string(), vm: z.string(), bytes: z.number().int().min(0), duplicate: z.boolean() }).optional(),
 });
 export type ControlReply = z.infer<typeof ControlReply>;
 

@@ -32,6 +32,7 @@ export const EVENT_PUBLISHERS: Record<JobEventType, readonly PublisherRole[]> = 
   ImageRejected: ['verifier'],
   VerificationOverdue: ['scheduler'],
   ImageDeleted: ['executor'],
+  ImageAdopted: ['executor'],
   ImageReplicated: ['executor'],
   ImageReplicationFailed: ['executor'],
   ImageFetched: ['executor'],

@@ -8,6 +8,19 @@ export const VmName = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/, 'VM 
 export type VmName = z.infer<typeof VmName>;
 
 /**
+ * A VM's own image retention: keep its newest `keepLast` verified images and its images younger
+ * than `maxAgeMs`. It replaces its host's retention policy for this VM's images (see
+ * `ruleFor` in packages/jobs/src/retention.ts).
+ */
+export const VmRetention = z
+  .object({
+    keepLast: z.number().int().min(1).max(100_000).optional(),
+    maxAgeMs: z.number().int().min(0).optional(),
+  })
+  .refine((r) => r.keepLast !== undefined || r.maxAgeMs !== undefined, { message: 'retention: give keepLast, maxAgeMs or both' });
+export type VmRetention = z.infer<typeof VmRetention>;
+
+/**
  * What is needed to start a VM again (and to restore into it): the definition an executor
  * starts QEMU from, and what a vmsave image's descriptor records.
  */
@@ -23,6 +36,8 @@ export const VmDefinition = z.object({
   vcpus: z.number().int().min(1).max(1024),
   /** Extra QEMU arguments (devices, backends). vmsave adds its own -qmp, -incoming, -S. */
   args: z.array(z.string().max(4096)).max(512).default([]),
+  /** This VM's image retention, overriding its host's policy (absent: the host's applies). */
+  retention: VmRetention.optional(),
 });
 export type VmDefinition = z.infer<typeof VmDefinition>;
 

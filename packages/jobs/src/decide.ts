@@ -9,6 +9,7 @@ import {
   type FailureStage,
   type SealSummary,
   SaveStartedData,
+  ImageAdoptedData,
   ImageReplicatedData,
   ImageReplicationFailedData,
   ImageFetchedData,
@@ -44,6 +45,8 @@ export type JobCommand =
   | { type: 'RecordScrubDamage'; imagePath: string; host?: string; checks: VerificationCheck[]; seal?: SealSummary }
   /** The host's retention deleted a final save's image file (`rule` chose it). */
   | { type: 'RecordImageDeleted'; imagePath: string; host: string; rule: 'keep-last' | 'max-age'; bytes: number }
+  /** A host's executor adopts an image file the log did not know, as a new save job (`jobId`, attempt 1, token 0). */
+  | { type: 'AdoptImage'; jobId: string; data: Data<typeof ImageAdoptedData> }
   /** A verified save's image copied into the bus's object store, or the upload's failure. */
   | { type: 'RecordReplication'; data: Data<typeof ImageReplicatedData> }
   | { type: 'FailReplication'; data: Data<typeof ImageReplicationFailedData> }
@@ -79,6 +82,11 @@ export function decide(cmd: JobCommand, s: JobState, meta: DecideMeta): Decision
     return cmd.type === 'RequestSave'
       ? ok(makeEvent('SaveRequested', cmd.jobId, { request: cmd.request }, at))
       : ok(makeEvent('RestoreRequested', cmd.jobId, { request: cmd.request, vm: cmd.vm, sourceJobId: cmd.sourceJobId }, at));
+  }
+  if (cmd.type === 'AdoptImage') {
+    // One id per image (its host, path and fingerprint): adopting it again changes nothing.
+    if (s.status !== 'none') return { ok: true, events: [], duplicate: true };
+    return ok(makeEvent('ImageAdopted', cmd.jobId, ImageAdoptedData.parse(cmd.data), { source: meta.source, at: now, eventId: `${cmd.jobId}.ImageAdopted` }));
   }
   if (s.status === 'none') return refuse('job-unknown', 'no such job');
   if (cmd.type === 'RecordScrubDamage') {
@@ -199,7 +207,8 @@ export function decideRetry(cmd: Extract<JobCommand, { type: 'Retry' }>, s: JobS
   if (!s.lastFailure.retryable) return refuse('not-retryable', `${s.lastFailure.code} is not retryable`);
   const P = s.kind === 'restore' ? 'Restore' : 'Save';
   const at = meta.now ?? new Date();
-  if (s.attempt >= cmd.maxAttempts) {
+  // An adopted image's job has no request to run again: it ends at its one attempt.
+  if (s.attempt >= cmd.maxAttempts || s.adopted) {
     // The job ends here, and says so: the last failure again, no longer retryable, so a client
     // that waits for a final state knows no retry follows.
     const f = s.lastFailure;
@@ -209,7 +218,7 @@ export function decideRetry(cmd: Extract<JobCommand, { type: 'Retry' }>, s: JobS
       code: f.code,
       retryable: false,
       host: s.host,
-      reason: `gave up after ${s.attempt} attempt${s.attempt === 1 ? '' : 's'}: ${f.reason}`,
+      reason: s.adopted ? `an adopted image's job is not retried: ${f.reason}` : `gave up after ${s.attempt} attempt${s.attempt === 1 ? '' : 's'}: ${f.reason}`,
       ...(P === 'Save' && f.vmResumed !== undefined ? { vmResumed: f.vmResumed } : {}),
     };
     return { ok: true, events: [makeEvent(`${P}Failed` as const, s.jobId!, data as never, { source: meta.source, at, eventId: `${s.jobId}.${s.attempt}.${P}Failed.final` })] };

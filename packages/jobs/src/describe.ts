@@ -47,6 +47,8 @@ export function describeEvent(e: JobEvent): string {
     }
     case 'ImageDeleted':
       return `image ${e.data.imagePath} deleted on ${e.data.host} by retention (${e.data.rule}), ${fmtBytes(e.data.bytes)} freed`;
+    case 'ImageAdopted':
+      return `image ${e.data.imagePath} on ${e.data.host} adopted (a file the log did not know): ${e.data.vm}, ${e.data.format}, ${fmtBytes(e.data.bytes)}`;
     case 'ImageReplicated':
     case 'ImageFetched':
       return `image ${e.data.imagePath} ${e.type === 'ImageReplicated' ? 'uploaded from' : 'downloaded to'} ${e.data.host} ${e.type === 'ImageReplicated' ? 'to' : 'from'} ${e.data.bucket}/${e.data.object}: ${fmtBytes(e.data.bytesMoved)} moved in ${e.data.extents} extent(s) (${fmtBytes(e.data.allocatedBytes)} allocated) in ${fmtSeconds(e.data.seconds * 1000)} s`;

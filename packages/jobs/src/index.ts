@@ -28,6 +28,8 @@ export {
   neededImagesOf,
   imageKey,
   ruleFor,
+  withVmRules,
+  type VmRetentionSpec,
   parseDurationMs,
   type RetentionPolicy,
   type RetentionRule,

@@ -59,6 +59,31 @@ export function ruleFor(policy: RetentionPolicy, vm: string, host: string): Rete
   return policy.perVm?.[vm] ?? policy.perHost?.[host] ?? { keepLast: policy.keepLast, keepYoungerThanMs: policy.keepYoungerThanMs };
 }
 
+/** A VM's own retention, as its definition gives it (`VmDefinition.retention`). */
+export interface VmRetentionSpec {
+  name: string;
+  retention?: { keepLast?: number; maxAgeMs?: number };
+}
+
+/**
+ * The policy with each VM's own retention as its per-VM rule (a VM's definition wins over a
+ * per-VM rule already there, and so over its host's and the default). VMs without one keep
+ * whatever applied before.
+ */
+export function withVmRules(policy: RetentionPolicy, vms: Iterable<VmRetentionSpec>): RetentionPolicy {
+  const perVm: Record<string, RetentionRule> = { ...policy.perVm };
+  let any = false;
+  for (const v of vms) {
+    if (!v.retention || (v.retention.keepLast === undefined && v.retention.maxAgeMs === undefined)) continue;
+    perVm[v.name] = {
+      ...(v.retention.keepLast !== undefined ? { keepLast: v.retention.keepLast } : {}),
+      ...(v.retention.maxAgeMs !== undefined ? { keepYoungerThanMs: v.retention.maxAgeMs } : {}),
+    };
+    any = true;
+  }
+  return any ? { ...policy, perVm } : policy;
+}
+
 /** The images on disk as the folded jobs say: final saves whose image was not deleted. */
 export function imagesOf(jobs: Iterable<JobState>): KnownImage[] {
   const out: KnownImage[] = [];

@@ -1,9 +1,9 @@
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { makeEvent, type JobEvent } from '@vmsave/contracts';
-import { imageKey, imagesOf, neededImagesOf, planRetention, type KnownImage } from './retention.ts';
+import { imageKey, imagesOf, neededImagesOf, planRetention, ruleFor, withVmRules, type KnownImage } from './retention.ts';
 import { fold } from './state.ts';
-import { decide } from './decide.ts';
+import { decide, decideRetry } from './decide.ts';
 
 const now = new Date('2026-12-03T12:00:00Z');
 const ago = (ms: number) => new Date(now.getTime() - ms).toISOString();
@@ -153,6 +153,88 @@ describe('imagesOf / neededImagesOf (from folded jobs)', () => {
   });
 });
 
+describe('adopted images (ImageAdopted)', () => {
+  const data = {
+    host: 'host-a',
+    imagePath: '/img/by-hand.vmsave',
+    vm: 'web-1',
+    format: 'sparse' as const,
+    bytes: 4096,
+    fingerprint: { ino: '7', size: 4096, mtimeNs: '1', ctimeNs: '1' },
+  };
+  const completeData = {
+    host: 'host-a',
+    attempt: 1,
+    fencingToken: 0,
+    imagePath: '/img/by-hand.vmsave',
+    format: 'sparse' as const,
+    bytes: 4096,
+    blocks: 8,
+    durationMs: 0,
+    throughputBytesPerSec: 0,
+    vmState: 'quit' as const,
+    qemu: {},
+  };
+  it('a new save job at attempt 1, token 0, that CompleteSave completes; once verified it is an image retention plans; adopting again is a duplicate', () => {
+    const meta = { source: 'executor@host-a', now };
+    const a = decide({ type: 'AdoptImage', jobId: 'a-1', data }, fold([]), meta);
+    expect(a).toMatchObject({ ok: true, events: [{ type: 'ImageAdopted', jobId: 'a-1', eventId: 'a-1.ImageAdopted' }] });
+    const events: JobEvent[] = a.ok ? [...a.events] : [];
+    const running = fold(events);
+    expect(running).toMatchObject({ kind: 'save', status: 'running', attempt: 1, fencingToken: 0, vm: 'web-1', host: 'host-a', imagePath: '/img/by-hand.vmsave' });
+    expect(decide({ type: 'AdoptImage', jobId: 'a-1', data }, running, meta)).toEqual({ ok: true, events: [], duplicate: true });
+    const c = decide({ type: 'CompleteSave', data: completeData }, running, meta);
+    expect(c.ok).toBe(true);
+    if (c.ok) events.push(...c.events);
+    events.push(makeEvent('ImageVerified', 'a-1', { imagePath: '/img/by-hand.vmsave', host: 'host-a', checks: [] }, { source: 'verifier', at: now }));
+    const verified = fold(events);
+    expect(verified.status).toBe('verified');
+    expect(imagesOf([verified])).toEqual([expect.objectContaining({ jobId: 'a-1', vm: 'web-1', host: 'host-a', imagePath: '/img/by-hand.vmsave', status: 'verified' })]);
+  });
+
+  it('is never retried: a retryable failure of its one attempt ends it', () => {
+    const a = decide({ type: 'AdoptImage', jobId: 'a-3', data }, fold([]), { source: 'x', now });
+    const failed = fold([
+      ...(a.ok ? a.events : []),
+      makeEvent(
+        'SaveFailed',
+        'a-3',
+        { attempt: 1, stage: 'migrate', reason: 'no heartbeat', code: 'executor-lost', retryable: true, host: 'host-a', fencingToken: 0, vmResumed: false },
+        { source: 'scheduler', at: now },
+      ),
+    ]);
+    const r = decideRetry({ type: 'Retry', delayMs: 10, maxAttempts: 3 }, failed, { source: 'scheduler', now });
+    expect(r).toMatchObject({ ok: true, events: [{ type: 'SaveFailed', data: { retryable: false, reason: expect.stringMatching(/adopted/) } }] });
+  });
+
+  it('refuses data that breaks its schema, naming the field', () => {
+    expect(() => decide({ type: 'AdoptImage', jobId: 'a-2', data: { ...data, vm: 'bad name' } }, fold([]), { source: 'x', now })).toThrow(/vm/);
+  });
+});
+
+describe('per-VM retention (VmDefinition.retention)', () => {
+  it("a VM's own keep-last overrides its host's policy for its images only", () => {
+    const images = [1, 2, 3, 4, 5].flatMap((n) => [img(n), img(n, { jobId: `o-${n}`, vm: 'db-1', imagePath: `/img/db-1-${n}.vmsave` })]);
+    const policy = withVmRules({ perHost: { 'host-a': { keepLast: 4 } } }, [{ name: 'web-1', retention: { keepLast: 1 } }, { name: 'db-1' }]);
+    const plan = planRetention(images, policy, { runningVms: ['web-1', 'db-1'] }, now);
+    expect(
+      plan.delete
+        .filter((d) => d.vm === 'web-1')
+        .map((d) => d.jobId)
+        .sort(),
+    ).toEqual(['s-001', 's-002', 's-003', 's-004']);
+    expect(plan.delete.filter((d) => d.vm === 'db-1').map((d) => d.jobId)).toEqual(['o-1']);
+  });
+
+  it('maxAgeMs becomes the rule keepYoungerThanMs; a VM without retention keeps the policy unchanged', () => {
+    const base = { keepLast: 3 };
+    expect(withVmRules(base, [{ name: 'x' }])).toBe(base);
+    const p = withVmRules(base, [{ name: 'x', retention: { maxAgeMs: 7 * 86_400_000 } }]);
+    expect(ruleFor(p, 'x', 'h')).toEqual({ keepYoungerThanMs: 7 * 86_400_000 });
+    expect(ruleFor(p, 'y', 'h')).toEqual({ keepLast: 3, keepYoungerThanMs: undefined });
+  });
+});
+
 describe('planRetention invariants (property)', () => {
   const arbImage = fc.record({
     n: fc.integer({ min: 0, max: 40 }),
@@ -190,6 +272,32 @@ describe('planRetention invariants (property)', () => {
         }
       }),
       { numRuns: 500 },
+    );
+  });
+
+  it("with VM definitions' retention, every image of a VM with one is planned by that VM's rule alone", () => {
+    const arbVmRet = fc.record({
+      keepLast: fc.option(fc.integer({ min: 1, max: 5 }), { nil: undefined }),
+      maxAgeMs: fc.option(fc.integer({ min: 0, max: 10 * 86_400_000 }), { nil: undefined }),
+    });
+    fc.assert(
+      fc.property(arbCase, fc.option(arbVmRet, { nil: undefined }), ({ images, rule, running }, bRet) => {
+        const known: KnownImage[] = images.map((i) => ({ jobId: `j-${i.n}`, vm: i.vm, host: i.host, imagePath: `/img/${i.n}.vmsave`, status: i.status, at: ago(i.ageMs) }));
+        const withVm = planRetention(known, withVmRules({ ...rule, perHost: { h2: rule } }, [{ name: 'b', retention: bRet }]), { runningVms: running }, now);
+        const bRule = bRet && (bRet.keepLast !== undefined || bRet.maxAgeMs !== undefined) ? { keepLast: bRet.keepLast, keepYoungerThanMs: bRet.maxAgeMs } : rule;
+        // The same plan for b's images as a policy whose default is b's own rule, whatever the host.
+        const alone = planRetention(known, bRule, { runningVms: running }, now);
+        const ids = (p: typeof withVm, vm: string) =>
+          p.delete
+            .filter((d) => d.vm === vm)
+            .map((d) => d.jobId)
+            .sort();
+        expect(ids(withVm, 'b')).toEqual(ids(alone, 'b'));
+        // Other VMs are planned as without it.
+        const without = planRetention(known, { ...rule, perHost: { h2: rule } }, { runningVms: running }, now);
+        for (const vm of ['a', 'c']) expect(ids(withVm, vm)).toEqual(ids(without, vm));
+      }),
+      { numRuns: 300 },
     );
   });
 });

@@ -39,6 +39,8 @@ export interface JobState {
   imageKept?: string;
   /** The save's image file was deleted by its host's retention (`ImageDeleted`): no longer one to restore. */
   imageDeleted?: { at: string; rule: string; bytes: number; host: string };
+  /** A save job made for an image file the log did not know (`ImageAdopted`), not by a request. */
+  adopted?: { at: string; fingerprint: { ino: string; size: number; mtimeNs: string; ctimeNs: string } };
   /** A save's image copied into the bus's object store (`ImageReplicated`): restorable on any host. */
   replicated?: { bucket: string; object: string; host: string; bytesMoved: number; at: string };
   /** The last upload that failed (`ImageReplicationFailed`), cleared by a later `ImageReplicated`. */
@@ -155,6 +157,22 @@ export function evolve(s: JobState, e: JobEvent): JobState {
       if (s.kind !== 'save' || s.status !== 'completed' || e.data.attempt !== s.attempt) return base;
       if ((s.verificationOverdue?.notice ?? 0) >= e.data.notice) return base;
       return { ...base, verificationOverdue: { notice: e.data.notice, waitedMs: e.data.waitedMs, at: e.at } };
+    case 'ImageAdopted':
+      // A file the log did not know, adopted: a save job at its one attempt, completed next.
+      if (s.status !== 'none') return base;
+      return {
+        ...base,
+        kind: 'save',
+        status: 'running',
+        vm: e.data.vm,
+        host: e.data.host,
+        attempt: 1,
+        fencingToken: 0,
+        imagePath: e.data.imagePath,
+        format: e.data.format,
+        adopted: { at: e.at, fingerprint: e.data.fingerprint },
+        requestedAt: e.at,
+      };
     case 'ImageDeleted':
       if (!imageDeletion(s, e)) return base;
       return { ...base, imageDeleted: { at: e.at, rule: e.data.rule, bytes: e.data.bytes, host: e.data.host } };

@@ -232,6 +232,8 @@ const eventSummaries: Record<JobEventType, string> = {
     "No verdict came for a completed save within the scheduler's `VMSAVE_VERDICT_TIMEOUT_MS`: `notice: 1` asks the verifier to verify it again (it reacts as to SaveCompleted), `notice: 2` (after as long again) raises it. The job stays `completed`; a later verdict still ends it.",
   ImageDeleted:
     "The executor of the image's host deleted a final save's image file, as its retention policy chose (`rule`: `keep-last` or `max-age`; `bytes` freed). The job keeps its status and records `imageDeleted`: the image is no longer one to restore.",
+  ImageAdopted:
+    "The executor of a host adopted an image file of its image directory that the log did not know (`vmsave images adopt`), after reading its header and descriptor: the first event of a new save job (`a-…`, attempt 1, fencing token 0), completed at once by the executor's `SaveCompleted`, so the verifier verifies it like any save.",
   ImageReplicated:
     "The executor of the image's host copied a verified save's image into the bus's object store (`bucket`, `object`): only its data extents (`bytesMoved`), with a manifest written last. The job keeps its status and records `replicated`: the image can be restored on any host.",
   ImageReplicationFailed: "The upload of a verified save's image did not finish (`code`, `reason`); no object that looks complete is left. The job keeps its verdict.",

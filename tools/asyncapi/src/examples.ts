@@ -202,6 +202,14 @@ export const eventExamples: Record<JobEventType, Record<string, unknown>> = {
     ...envelope('ImageDeleted', saveJobId, 200, `executor@${exampleIds.host}`, { imagePath, host: exampleIds.host, rule: 'keep-last', bytes: 68157440 }),
     eventId: `${saveJobId}.ImageDeleted`,
   },
+  ImageAdopted: envelope('ImageAdopted', 'a-2f8c41d0b7e9a3c65d14', 210, `executor@${exampleIds.host}`, {
+    host: exampleIds.host,
+    imagePath: '/var/lib/vmsave/images/web-1-by-hand.vmsave',
+    vm: 'web-1',
+    format: 'sparse',
+    bytes: 68157440,
+    fingerprint: { ino: '1835011', size: 68157440, mtimeNs: '1764806400000000000', ctimeNs: '1764806400000000000' },
+  }),
   ImageReplicated: {
     ...envelope('ImageReplicated', saveJobId, 130, `executor@${exampleIds.host}`, {
       imagePath,

@@ -37,7 +37,7 @@ const listCommand: Command = {
 const createCommand: Command = {
   name: 'vm create',
   summary: "write a validated VM definition into this host's VM directory",
-  usage: 'vm create --name NAME [--memory MiB] [--vcpus N] [--machine TYPE] [--uuid U] [--arg A]… | vm create --file def.json',
+  usage: 'vm create --name NAME [--memory MiB] [--vcpus N] [--machine TYPE] [--uuid U] [--arg A]… [--keep-last N] [--max-age D] | vm create --file def.json',
   help: [
     ['--name NAME', 'VM name (letters, digits, . _ -)'],
     ['--memory MiB', 'RAM in MiB (default 256)'],
@@ -45,6 +45,8 @@ const createCommand: Command = {
     ['--machine TYPE', 'machine type (default q35)'],
     ['--uuid U', 'default: a new one'],
     ['--arg A', 'an extra QEMU argument; repeat it (e.g. --arg=-device --arg=virtio-rng-pci)'],
+    ['--keep-last N', "this VM's retention: keep its newest N verified images (overrides the host's policy)"],
+    ['--max-age D', "this VM's retention: keep its images younger than D (90s, 30m, 12h, 7d, 2w)"],
     ['--file F', 'a whole definition as JSON'],
     ['--force', 'replace an existing definition'],
   ],
@@ -57,6 +59,8 @@ const createCommand: Command = {
     arg: { type: 'string', multiple: true },
     file: { type: 'string' },
     force: { type: 'boolean' },
+    'keep-last': { type: 'string' },
+    'max-age': { type: 'string' },
   },
   async run(ctx, v) {
     let input: unknown;
@@ -78,6 +82,16 @@ const createCommand: Command = {
         vcpus: int(v, 'vcpus', { min: 1, max: 1024 }) ?? 1,
         args: (v.arg as string[] | undefined) ?? [],
       };
+      const keepLast = int(v, 'keep-last', { min: 1, max: 100_000 });
+      const maxAgeText = str(v, 'max-age');
+      let maxAgeMs: number | undefined;
+      if (maxAgeText !== undefined) {
+        const { parseDurationMs } = await import('@vmsave/jobs');
+        maxAgeMs = parseDurationMs(maxAgeText);
+        if (maxAgeMs === undefined) throw new UsageError(`vm create: --max-age ${maxAgeText}: a duration like 90s, 30m, 12h, 7d or 2w`);
+      }
+      if (keepLast !== undefined || maxAgeMs !== undefined)
+        (input as Record<string, unknown>).retention = { ...(keepLast !== undefined ? { keepLast } : {}), ...(maxAgeMs !== undefined ? { maxAgeMs } : {}) };
     }
     const [{ VmDefinition }, { localConfig, localRegistry }] = await Promise.all([import('@vmsave/contracts'), import('../local.ts')]);
     const r = VmDefinition.safeParse(input);
