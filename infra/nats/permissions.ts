@@ -172,6 +172,8 @@ export const permissions: Record<Role, RolePermissions> = {
       ...ensureStreams,
       ...consumeStream(streams.work.name),
       ...readStream(streams.events.name),
+      // One job's events at work receipt, by direct get (no consumer per job: restore latency, issue #18).
+      `${API}.DIRECT.GET.${streams.events.name}`,
       ...imageStore(),
     ],
     // Control requests from the scheduler; the answer goes to the request's reply subject (allow_responses).
@@ -239,6 +241,8 @@ export function executorPermissions(host: string, opts: { shutdownSave?: boolean
       `${API}.CONSUMER.MSG.NEXT.${work}.${durable}`,
       `$JS.ACK.${work}.${durable}.>`,
       ...readStream(streams.events.name),
+      // One job's events at work receipt, by direct get (no consumer per job: restore latency, issue #18).
+      `${API}.DIRECT.GET.${streams.events.name}`,
       // Replicated images (`replicate: bus`): upload its own, download any host's for a restore.
       ...imageStore(),
       // Save on host shutdown (`VMSAVE_ON_SHUTDOWN=save`): the executor asks the scheduler to save

@@ -143,6 +143,10 @@ describe("npm start's configuration: one executor user per host", () => {
       `$JS.ACK.VMSAVE_WORK.${durable}.>`,
     ]);
     expect(p.publish.some((s) => s.includes('DURABLE.CREATE'))).toBe(false);
+    // One job's events read by direct get at work receipt (the event log only: not the work or command queues).
+    const direct = p.publish.filter((s) => s.startsWith('$JS.API.DIRECT.GET.') && !s.includes('OBJ_'));
+    expect(direct).toEqual(['$JS.API.DIRECT.GET.VMSAVE_EVT']);
+    expect(permissions.executor.publish.filter((s) => s.startsWith('$JS.API.DIRECT.GET.') && !s.includes('OBJ_'))).toEqual(['$JS.API.DIRECT.GET.VMSAVE_EVT']);
     for (const t of jobEventTypes.filter((x) => EVENT_PUBLISHERS[x].includes('executor'))) expect(p.publish).toContain(subjects.evtOfType(t));
   });
 });

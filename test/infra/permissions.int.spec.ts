@@ -790,7 +790,7 @@ function matrixRows(): MatrixRow[] {
     api('delete the stream `VMSAVE_DLQ`', [], (c) => requestAllowed(c, `$JS.API.STREAM.DELETE.${streams.deadLetters.name}`)),
     api('delete a message of `VMSAVE_EVT`', [], (c) => requestAllowed(c, `$JS.API.STREAM.MSG.DELETE.${EVT}`, { seq: 1 })),
     api('get a message (`STREAM.MSG.GET`)', [], (c) => requestAllowed(c, `$JS.API.STREAM.MSG.GET.${EVT}`, { seq: 1 })),
-    api('direct get (`DIRECT.GET.VMSAVE_EVT`)', ['client', 'dashboard'], (c) => requestAllowed(c, `$JS.API.DIRECT.GET.${EVT}`, { seq: 1 })),
+    api('direct get (`DIRECT.GET.VMSAVE_EVT`)', ['client', 'executor', 'dashboard'], (c) => requestAllowed(c, `$JS.API.DIRECT.GET.${EVT}`, { seq: 1 })),
     api('direct get (`DIRECT.GET.VMSAVE_HOSTS`)', ['client', 'dashboard'], (c) => requestAllowed(c, `$JS.API.DIRECT.GET.${streams.hosts.name}`, { seq: 1 })),
     api('direct get (`DIRECT.GET.VMSAVE_DLQ`)', ['dashboard'], (c) => requestAllowed(c, `$JS.API.DIRECT.GET.${streams.deadLetters.name}`, { seq: 1 })),
     api('direct get on `VMSAVE_CMD` or `VMSAVE_WORK`', [], async (c) => {

@@ -4,7 +4,16 @@
  * environment: every setting (directories, accelerator, bandwidth cap, host name) is an option.
  */
 export { saveVm, savePoints, type SaveVmOptions, type SaveVmResult, type SavePoint, type LiveSaveResult } from './save.ts';
-export { restoreImage, type RestoreImageOptions, type RestoreImageResult, type ContentGate, type RestoreTimings } from './restore.ts';
+export {
+  restoreImage,
+  startRestoreHead,
+  discardRestoreHead,
+  type RestoreHead,
+  type RestoreImageOptions,
+  type RestoreImageResult,
+  type ContentGate,
+  type RestoreTimings,
+} from './restore.ts';
 export { OpError, OpCancelled, classify, type OpStage } from './errors.ts';
 export { VmRegistry, type VmRegistryOptions } from './vms.ts';
 export { JobJournal, type JobRecord } from './journal.ts';

@@ -3,7 +3,7 @@ import { mkdir } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import type { QmpClient } from '@vmsave/qmp';
-import { launchVm, restoreFromFds, resume, type Accel, type MigrationProgress, type MigrationStats, type VmProcess } from '@vmsave/qemu';
+import { launchVm, prepareIncoming, restoreFromFds, resume, type Accel, type MigrationProgress, type MigrationStats, type PreparedIncoming, type VmProcess } from '@vmsave/qemu';
 import { checkRestorable, checkSeal, closeStreamFds, fingerprintImage, openStreamFds, readImage, sameFingerprint, verifyImage, type ImageInfo } from '@vmsave/image/node';
 import type { ImageFingerprint, QemuCapabilities, VmDefinition } from '@vmsave/contracts';
 import { classify, OpCancelled, OpError, type OpStage } from './errors.ts';
@@ -72,6 +72,80 @@ export interface RestoreImageOptions {
    * path `prepare` returned. Not used with `detached`.
    */
   warm?(definition: VmDefinition): Promise<{ vm: VmProcess; qmp: QmpClient } | undefined>;
+  /**
+   * The head of this restore read earlier ({@link startRestoreHead}: the image's header and
+   * descriptor, the compatibility check, QEMU started with `-incoming defer`), e.g. at work
+   * receipt before the job's history was read. Used when it is of `imagePath` and read without
+   * error; otherwise (it failed, another image) the head is read here as without it, and any
+   * QEMU it started is killed. It is claimed: {@link discardRestoreHead} leaves it alone then.
+   */
+  head?: Promise<RestoreHead | undefined>;
+}
+
+/** What a restore reads and starts before the rest of its gate (see {@link startRestoreHead}). */
+export interface RestoreHead {
+  imagePath: string;
+  image: ImageInfo;
+  definition: VmDefinition;
+  /** The QEMU started for it (warm or, with `stagingDir`, cold), or none. */
+  early: Promise<EarlyQemu | undefined> | undefined;
+  /** Set once a restore took it. */
+  claimed: boolean;
+  /** `performance.now()` when its read began. */
+  startedAt: number;
+  /** The content gate (`state` scope only: a few KiB to MiB) started with the head, if it was. */
+  content?: { scope: 'state' | 'full'; result: Promise<ContentGate> };
+}
+
+type HeadOptions = Pick<RestoreImageOptions, 'imagePath' | 'definition' | 'hostCaps' | 'detached' | 'warm' | 'stagingDir' | 'mayStartEarly' | 'accel' | 'signal'> & {
+  /** Also start the content gate of this scope now (`state` only; `full` reads the whole image and waits for the restore). */
+  content?: 'state' | 'full';
+};
+
+/**
+ * Read an image's header and descriptor, check it may be restored here (the refusals of
+ * {@link restoreImage}, thrown as the same `OpError`s), and start its QEMU (warm, or with
+ * `stagingDir` cold, `-incoming defer`: it gets no image until a restore's gate and `prepare`
+ * passed). For a caller that knows the image before it may restore it (the executor at work
+ * receipt, before the job's history is read and the attempt admitted): pass the promise as
+ * `head`, and {@link discardRestoreHead} it when no restore ran. Never rejects: undefined when
+ * the read or a check failed (the restore then reads again and reports it).
+ */
+export function startRestoreHead(o: HeadOptions): Promise<RestoreHead | undefined> {
+  return readRestoreHead(o).catch(() => undefined);
+}
+
+/** Kill the QEMU a head started unless a restore claimed it. */
+export async function discardRestoreHead(head: Promise<RestoreHead | undefined> | undefined): Promise<void> {
+  const h = await head?.catch(() => undefined);
+  if (!h || h.claimed) return;
+  h.claimed = true;
+  await discardEarly(h.early);
+}
+
+async function readRestoreHead(o: HeadOptions): Promise<RestoreHead> {
+  const startedAt = performance.now();
+  let image: ImageInfo;
+  try {
+    image = await readImage(o.imagePath);
+  } catch (err) {
+    const c = classify(err);
+    throw new OpError(`cannot read image ${o.imagePath}: ${c.message}`, 'prepare', c.code, false, { cause: err });
+  }
+  const definition = o.definition ?? image.descriptor.vm;
+  // The gate also compares the VM's RAM with this host's memory (and its QEMU version, -cpu, machine).
+  const verdict = checkRestorable(image, { definition, hostCaps: { memoryMiB: Math.floor(os.totalmem() / 2 ** 20), ...o.hostCaps } });
+  if (!verdict.ok) {
+    const why = verdict.refusals.map((r) => r.message).join('; ');
+    throw new OpError(`refusing to restore ${o.imagePath}: ${why}`, 'prepare', `image-${verdict.refusals[0]!.code}`, false);
+  }
+  // QEMU starts now, beside the rest of the gate (see `stagingDir`); it gets the image only after
+  // the gate and `prepare` passed.
+  const early = o.detached ? undefined : startEarly(o, definition, image);
+  // Only reads (the seal against the file): its verdict is awaited by the restore's gate, before QEMU gets the image.
+  const content = o.content === 'state' ? { scope: o.content, result: contentGate(o.imagePath, o.content, o.signal) } : undefined;
+  content?.result.catch(() => undefined);
+  return { imagePath: o.imagePath, image, definition, early, claimed: false, startedAt, content };
 }
 
 /** Where a restore's milliseconds went (ms, from our own clock). */
@@ -93,6 +167,17 @@ export interface RestoreTimings {
   loadMs: number;
   /** `cont` (about 0 when the VM stays paused). */
   contMs: number;
+  /**
+   * How long before this restore the head (header, descriptor, QEMU start) was begun at work
+   * receipt (`head`); 0 when it was read here.
+   */
+  headLeadMs: number;
+  /** Waiting here for that head (part of `gateMs`). */
+  headWaitMs: number;
+  /** Of `loadMs`: QMP queries, fdset and settings before `migrate-incoming`; QEMU's load to `completed`; the fdset removed after it. */
+  loadSetupMs: number;
+  loadTransferMs: number;
+  loadCleanupMs: number;
 }
 
 export interface ContentGate {
@@ -131,29 +216,21 @@ export interface RestoreImageResult {
 export async function restoreImage(o: RestoreImageOptions): Promise<RestoreImageResult> {
   const t0 = performance.now();
   let stage: OpStage = 'prepare';
-  let image: ImageInfo;
-  try {
-    image = await readImage(o.imagePath);
-  } catch (err) {
-    const c = classify(err);
-    throw new OpError(`cannot read image ${o.imagePath}: ${c.message}`, 'prepare', c.code, false, { cause: err });
-  }
-  const definition = o.definition ?? image.descriptor.vm;
-  // The gate also compares the VM's RAM with this host's memory (and its QEMU version, -cpu, machine).
-  const verdict = checkRestorable(image, { definition, hostCaps: { memoryMiB: Math.floor(os.totalmem() / 2 ** 20), ...o.hostCaps } });
-  if (!verdict.ok) {
-    const why = verdict.refusals.map((r) => r.message).join('; ');
-    throw new OpError(`refusing to restore ${o.imagePath}: ${why}`, 'prepare', `image-${verdict.refusals[0]!.code}`, false);
-  }
-  // QEMU starts now, beside the rest of the gate (see `stagingDir`); it gets the image only after
-  // the gate and `prepare` passed.
-  const early = o.detached ? undefined : startEarly(o, definition);
+  // A head read (and QEMU started) at work receipt, if it is still this image's; else read now.
+  const pre = o.head ? await o.head.catch(() => undefined) : undefined;
+  const headWaitMs = o.head ? performance.now() - t0 : 0;
+  const usable = pre && !pre.claimed && pre.imagePath === o.imagePath && !o.detached && (o.definition ?? pre.image.descriptor.vm) === pre.definition ? pre : undefined;
+  if (pre && !usable) await discardRestoreHead(Promise.resolve(pre));
+  if (usable) usable.claimed = true;
+  const head = usable ?? (await readRestoreHead(o));
+  const { image, definition, early } = head;
   let content: ContentGate;
   let gate: 'full' | 'quick';
   try {
     // The seal's content check, the file's fingerprint and the verifier's recorded one are independent reads.
+    const scope = o.content ?? 'state';
     const [c, current, verifiedAs] = await Promise.all([
-      contentGate(o.imagePath, o.content ?? 'state', o.signal),
+      head.content && head.content.scope === scope ? head.content.result : contentGate(o.imagePath, scope, o.signal),
       o.verifiedAs ? fingerprintImage(o.imagePath).catch(() => undefined) : undefined,
       Promise.resolve(o.verifiedAs).catch(() => undefined),
     ]);
@@ -180,8 +257,22 @@ export async function restoreImage(o: RestoreImageOptions): Promise<RestoreImage
     closeStreamFds(fds);
     fds = undefined;
   };
-  const timings: RestoreTimings = { gateMs: performance.now() - t0, prepareMs: 0, launchMs: 0, launchWallMs: 0, qmpMs: 0, loadMs: 0, contMs: 0 };
+  const timings: RestoreTimings = {
+    gateMs: performance.now() - t0,
+    prepareMs: 0,
+    launchMs: 0,
+    launchWallMs: 0,
+    qmpMs: 0,
+    loadMs: 0,
+    contMs: 0,
+    headLeadMs: usable ? t0 - usable.startedAt : 0,
+    headWaitMs: usable ? headWaitMs : 0,
+    loadSetupMs: 0,
+    loadTransferMs: 0,
+    loadCleanupMs: 0,
+  };
   let start: 'warm' | 'cold' = 'cold';
+  let prepared: Promise<PreparedIncoming | undefined> | undefined;
   try {
     let mark = performance.now();
     const lap = () => {
@@ -202,7 +293,7 @@ export async function restoreImage(o: RestoreImageOptions): Promise<RestoreImage
     stage = 'start-qemu';
     const got = early && (await handOver(await early, socket));
     if (got) {
-      ({ vm, qmp } = got);
+      ({ vm, qmp, prepared } = got);
       start = got.start;
       timings.launchWallMs = got.wallMs;
       timings.launchMs = lap();
@@ -225,6 +316,8 @@ export async function restoreImage(o: RestoreImageOptions): Promise<RestoreImage
     const h = image.header;
     fds = await openStreamFds(o.imagePath, { mode: 'restore', directIo: h.directIo });
     const stats = await restoreFromFds(qmp, {
+      // The queries and settings made on the early QEMU while the gate ran (made again here if that failed).
+      prepared: await prepared,
       fds,
       offset: h.streamOffset,
       format: h.format,
@@ -236,6 +329,9 @@ export async function restoreImage(o: RestoreImageOptions): Promise<RestoreImage
     });
     closeFds();
     timings.loadMs = lap();
+    timings.loadSetupMs = stats.setupMs ?? 0;
+    timings.loadTransferMs = stats.wallTimeMs;
+    timings.loadCleanupMs = stats.cleanupMs ?? 0;
     stage = 'resume';
     await o.beforeResume?.();
     const run = o.after === 'running' || (o.after === 'as-saved' && h.wasRunning);
@@ -290,12 +386,14 @@ async function contentGate(imagePath: string, scope: 'state' | 'full', signal?: 
   return { sealed: sc.sealed, scope, bytesRead: sc.bytesRead, durationMs: sc.durationMs };
 }
 
-interface EarlyQemu {
+export interface EarlyQemu {
   vm: VmProcess;
   qmp: QmpClient;
   start: 'warm' | 'cold';
   /** From the start (or the take) until QEMU answered QMP. */
   wallMs: number;
+  /** The restore's QMP set-up made on it at once (`prepareIncoming`: no image, no fd); undefined when that failed. */
+  prepared?: Promise<PreparedIncoming | undefined>;
 }
 
 /**
@@ -304,12 +402,24 @@ interface EarlyQemu {
  * undefined when neither is there or the start failed (the restore then starts one as before,
  * whose error, if any, is the one reported).
  */
-function startEarly(o: RestoreImageOptions, definition: VmDefinition): Promise<EarlyQemu | undefined> | undefined {
+function startEarly(o: HeadOptions, definition: VmDefinition, image: ImageInfo): Promise<EarlyQemu | undefined> | undefined {
   if (!o.warm && !o.stagingDir) return undefined;
+  const h = image.header;
+  const prepare = (got: EarlyQemu): EarlyQemu => {
+    const prepared = prepareIncoming(got.qmp, {
+      format: h.format,
+      channels: h.format === 'sparse' ? Math.max(1, h.channels) : undefined,
+      directIo: h.directIo,
+      offset: h.streamOffset,
+      signal: o.signal,
+      process: got.vm,
+    }).catch(() => undefined);
+    return { ...got, prepared };
+  };
   return (async () => {
     const t = performance.now();
     const warm = o.warm ? await o.warm(definition).catch(() => undefined) : undefined;
-    if (warm) return { ...warm, start: 'warm' as const, wallMs: performance.now() - t };
+    if (warm) return prepare({ ...warm, start: 'warm' as const, wallMs: performance.now() - t });
     if (!o.stagingDir || o.signal?.aborted) return undefined;
     let vm: VmProcess | undefined;
     try {
@@ -323,7 +433,7 @@ function startEarly(o: RestoreImageOptions, definition: VmDefinition): Promise<E
         keepQmp: true,
       });
       const qmp = vm.takeQmp?.() ?? (await vm.connectQmp());
-      return { vm, qmp, start: 'cold' as const, wallMs: performance.now() - t };
+      return prepare({ vm, qmp, start: 'cold' as const, wallMs: performance.now() - t });
     } catch {
       await vm?.kill().catch(() => undefined);
       return undefined;

@@ -5,6 +5,7 @@ export { pauseIfRunning, resume, queryStatus, type VmStatus } from './runstate.t
 export {
   saveToFds,
   restoreFromFds,
+  prepareIncoming,
   cancelMigration,
   abandonMigration,
   planMigration,
@@ -18,6 +19,7 @@ export {
   type LiveSaveOutcome,
   type MigrationPass,
   type RestoreOptions,
+  type PreparedIncoming,
   type MigrationProgress,
   type MigrationStats,
   type MigrationRamStats,

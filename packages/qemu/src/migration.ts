@@ -131,6 +131,19 @@ export interface RestoreOptions extends MigrationOptions {
    * failed incoming migration cannot be retried in that process.
    */
   exitOnError?: boolean;
+  /**
+   * The queries and settings {@link prepareIncoming} already made on this QEMU (before it had
+   * the image): skipped here when the plan for these options is the one applied then; otherwise
+   * made again. Only the fdset and `migrate-incoming` remain.
+   */
+  prepared?: PreparedIncoming;
+}
+
+/** What {@link prepareIncoming} found and set on a QEMU waiting with `-incoming defer`. */
+export interface PreparedIncoming {
+  support: MigrationSupport;
+  /** The plan whose capabilities and parameters were set (JSON). */
+  planKey: string;
 }
 
 export interface MigrationRamStats {
@@ -167,6 +180,10 @@ export interface MigrationStats {
   passes: MigrationPass[];
   /** Set for a live save. */
   live?: LiveSaveOutcome;
+  /** Our own clock: the queries, fdset and settings before migrate/migrate-incoming was issued (ms). */
+  setupMs?: number;
+  /** Our own clock: after `completed`, removing the fdset and waiting for QEMU to drop it (ms). */
+  cleanupMs?: number;
 }
 
 /** What a QEMU process reported about migration support (from query-migrate-capabilities/-parameters). */
@@ -368,37 +385,31 @@ async function runMigration(qmp: QmpClient, direction: MigrationDirection, optio
   let started = false;
   let finished = false;
   const events = qmp.events({ names: ['MIGRATION', 'STOP'] });
+  const setupFrom = performance.now();
+  let result: MigrationStats | undefined;
 
   try {
-    // The four queries are independent: sent at once (QMP answers them in order), one round trip instead of four.
-    const [capabilityList, currentParameters, current, status] = await Promise.all([
-      call<Array<{ capability: string; state: boolean }>>(ctx, stage, 'query-migrate-capabilities'),
-      call<Record<string, unknown>>(ctx, stage, 'query-migrate-parameters'),
-      call<{ status?: string; 'blocked-reasons'?: string[] }>(ctx, stage, 'query-migrate'),
-      call<{ status: string; running: boolean }>(ctx, stage, 'query-status'),
-    ]);
-    const support: MigrationSupport = {
-      capabilities: new Map(capabilityList.map((c) => [c.capability, c.state])),
-      parameters: currentParameters,
-    };
+    const prepared = direction === 'restore' ? options.prepared : undefined;
+    let support: MigrationSupport;
+    let currentParameters: Readonly<Record<string, unknown>>;
+    let runState = 'inmigrate';
+    if (prepared) {
+      // Queried (and the state checked) by prepareIncoming on this QEMU before it had the image.
+      support = prepared.support;
+      currentParameters = support.parameters;
+    } else {
+      const q = await queryMigrationState(ctx, direction, stage);
+      support = q.support;
+      currentParameters = q.support.parameters;
+      runState = q.runState;
+      if (direction === 'save' && options.live && q.running) {
+        ctx.live = { switchover: 'converged', stoppedAtEpochMs: undefined, downtimeLimitMs: options.live.downtimeLimitMs ?? DEFAULT_DOWNTIME_LIMIT_MS };
+      }
+    }
     const plan = planMigration(direction, options, support);
     await checkFds(direction, options.fds, plan.directIo);
+    const settled = !!prepared && JSON.stringify(plan) === prepared.planKey;
 
-    if (current.status !== undefined && ACTIVE_STATUSES.has(current.status)) {
-      throw new QemuStateError(`a migration is already ${current.status}`, stage);
-    }
-    const blocked = current['blocked-reasons'] ?? [];
-    if (direction === 'save' && blocked.length > 0) {
-      // Verbatim from QEMU, before any capability or fdset is touched.
-      throw new MigrationFailedError(direction, stage, blocked.join('; '));
-    }
-    const { status: runState, running } = status;
-    if (direction === 'save' && options.live && running) {
-      ctx.live = { switchover: 'converged', stoppedAtEpochMs: undefined, downtimeLimitMs: options.live.downtimeLimitMs ?? DEFAULT_DOWNTIME_LIMIT_MS };
-    }
-    if (direction === 'restore' && runState !== 'inmigrate') {
-      throw new QemuStateError(`QEMU is ${runState}, not waiting for an incoming migration (-incoming defer)`, stage);
-    }
     if (direction === 'save' && runState === 'postmigrate') {
       // After a completed save QEMU refuses to save again from postmigrate; a cont/stop cycle
       // brings it back to paused (the guest runs for the length of two QMP round trips).
@@ -417,12 +428,7 @@ async function runMigration(qmp: QmpClient, direction: MigrationDirection, optio
     // awaited before the migration starts; the first refusal, in order, is the error.
     if (direction === 'save') oldBandwidth = currentParameters['max-bandwidth'];
     stage = 'set-parameters';
-    const settings: Promise<unknown>[] = [];
-    if (Object.keys(plan.preParameters).length > 0) settings.push(call(ctx, 'set-parameters', 'migrate-set-parameters', plan.preParameters));
-    settings.push(call(ctx, 'set-capabilities', 'migrate-set-capabilities', { capabilities: plan.capabilities }));
-    settings.push(call(ctx, 'set-parameters', 'migrate-set-parameters', plan.parameters));
-    for (const p of settings) p.catch(() => undefined);
-    for (const p of settings) await p;
+    if (!settled) await applyPlan(ctx, plan);
 
     stage = 'migrate';
     const uri = buildMigrationUri(fdsetId, options.offset);
@@ -441,12 +447,15 @@ async function runMigration(qmp: QmpClient, direction: MigrationDirection, optio
     const final = await follow(ctx, events, startedAt);
     finished = true;
     if (direction === 'save') notePass(ctx, final, performance.now() - startedAt);
-    return toStats(ctx, plan, final, performance.now() - startedAt);
+    result = toStats(ctx, plan, final, performance.now() - startedAt);
+    result.setupMs = startedAt - setupFrom;
+    return result;
   } catch (error) {
     if (started && !finished) await cancel(ctx);
     throw await toQemuError(ctx, error, stage);
   } finally {
     events.end();
+    const cleanupFrom = performance.now();
     if (qmp.runState === 'running') {
       const cleanup = { timeoutMs: ctx.timeoutMs };
       if (fdsetId !== undefined) await removeFdset(qmp, fdsetId, ctx.timeoutMs);
@@ -454,6 +463,77 @@ async function runMigration(qmp: QmpClient, direction: MigrationDirection, optio
         await qmp.execute('migrate-set-parameters', { 'max-bandwidth': oldBandwidth }, cleanup).catch(() => undefined);
       }
     }
+    if (result) result.cleanupMs = performance.now() - cleanupFrom;
+  }
+}
+
+/**
+ * The four queries before a migration (sent at once: QMP answers them in order, one round trip
+ * instead of four) and the state checks on their answers: no migration active, nothing blocking
+ * a save, a restore's QEMU waiting with `-incoming defer`.
+ */
+async function queryMigrationState(ctx: Context, direction: MigrationDirection, stage: QemuStage): Promise<{ support: MigrationSupport; runState: string; running: boolean }> {
+  const [capabilityList, currentParameters, current, status] = await Promise.all([
+    call<Array<{ capability: string; state: boolean }>>(ctx, stage, 'query-migrate-capabilities'),
+    call<Record<string, unknown>>(ctx, stage, 'query-migrate-parameters'),
+    call<{ status?: string; 'blocked-reasons'?: string[] }>(ctx, stage, 'query-migrate'),
+    call<{ status: string; running: boolean }>(ctx, stage, 'query-status'),
+  ]);
+  if (current.status !== undefined && ACTIVE_STATUSES.has(current.status)) {
+    throw new QemuStateError(`a migration is already ${current.status}`, stage);
+  }
+  const blocked = current['blocked-reasons'] ?? [];
+  if (direction === 'save' && blocked.length > 0) {
+    // Verbatim from QEMU, before any capability or fdset is touched.
+    throw new MigrationFailedError(direction, stage, blocked.join('; '));
+  }
+  if (direction === 'restore' && status.status !== 'inmigrate') {
+    throw new QemuStateError(`QEMU is ${status.status}, not waiting for an incoming migration (-incoming defer)`, stage);
+  }
+  return {
+    support: { capabilities: new Map(capabilityList.map((c) => [c.capability, c.state])), parameters: currentParameters },
+    runState: status.status,
+    running: status.running,
+  };
+}
+
+/**
+ * Parameters, capabilities, parameters: sent back to back (QMP runs them in order) and all
+ * awaited; the first refusal, in order, is the error.
+ */
+async function applyPlan(ctx: Context, plan: MigrationPlan): Promise<void> {
+  const settings: Promise<unknown>[] = [];
+  if (Object.keys(plan.preParameters).length > 0) settings.push(call(ctx, 'set-parameters', 'migrate-set-parameters', plan.preParameters));
+  settings.push(call(ctx, 'set-capabilities', 'migrate-set-capabilities', { capabilities: plan.capabilities }));
+  settings.push(call(ctx, 'set-parameters', 'migrate-set-parameters', plan.parameters));
+  for (const p of settings) p.catch(() => undefined);
+  for (const p of settings) await p;
+}
+
+/**
+ * A restore's QMP set-up made ahead, on a QEMU waiting with `-incoming defer` before it has the
+ * image (no fd, no `migrate-incoming`): the queries and state checks, then the capabilities and
+ * parameters of the plan for these options. Pass the result as `prepared` to
+ * {@link restoreFromFds}, which then only adds the fdset and starts the incoming migration. Any
+ * failure rejects (converted like {@link restoreFromFds}'s); a caller may then restore without it.
+ */
+export async function prepareIncoming(
+  qmp: QmpClient,
+  options: Pick<RestoreOptions, 'format' | 'channels' | 'directIo' | 'offset' | 'signal' | 'commandTimeoutMs' | 'process'>,
+): Promise<PreparedIncoming> {
+  // The plan checks that direct IO comes with both fds: placeholders here, the real ones are checked by the restore.
+  const fds: MigrationFds = { buffered: -1, ...(options.directIo ? { direct: -1 } : {}) };
+  const all = { ...options, fds } as RestoreOptions & SaveOptions;
+  const ctx: Context = { qmp, direction: 'restore', options: all, timeoutMs: options.commandTimeoutMs ?? DEFAULT_COMMAND_TIMEOUT_MS, passes: [], passSync: 0, passStartBytes: 0 };
+  let stage: QemuStage = 'prepare';
+  try {
+    const { support } = await queryMigrationState(ctx, 'restore', stage);
+    const plan = planMigration('restore', all, support);
+    stage = 'set-parameters';
+    await applyPlan(ctx, plan);
+    return { support, planKey: JSON.stringify(plan) };
+  } catch (error) {
+    throw await toQemuError(ctx, error, stage);
   }
 }
 

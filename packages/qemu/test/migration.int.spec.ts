@@ -10,6 +10,7 @@ import {
   QemuInvalidArgumentError,
   buildVmArgs,
   launchVm,
+  prepareIncoming,
   restoreFromFds,
   saveToFds,
   spawnQemu,
@@ -191,6 +192,42 @@ describe('saveToFds / restoreFromFds on real QEMU', () => {
       imageBytes: stat.size,
       allocatedBytes: allocated,
     });
+  });
+
+  it('a restore prepared ahead (prepareIncoming, before QEMU has any fd) loads byte-identically; a prepared plan that differs is set again', async () => {
+    const image = perTest.path('prepared.img');
+    writeFileSync(image, header());
+    await saveToFds(sourceQmp, { fds: { buffered: perTest.open(image, constants.O_WRONLY) }, offset: STREAM_OFFSET, format: 'sparse', channels: 2, process: source });
+    for (const preparedFor of ['sparse', 'legacy'] as const) {
+      const target = perTest.vm(
+        await launchVm(testVm(`prepared-${preparedFor}`, RAM_MIB), {
+          qmpSocketPath: perTest.path(`prepared-${preparedFor}.qmp`),
+          incoming: 'defer',
+          startPaused: true,
+          accel,
+          killWithParent: true,
+        }),
+      );
+      const qmp = perTest.qmp(await target.connectQmp());
+      const prepared = await prepareIncoming(qmp, { format: preparedFor, channels: preparedFor === 'sparse' ? 2 : undefined, offset: STREAM_OFFSET, process: target });
+      // Set on QEMU before it has the image: the plan's capabilities and parameters, no fdset.
+      const caps = new Map((await qmp.execute<Array<{ capability: string; state: boolean }>>('query-migrate-capabilities')).map((c) => [c.capability, c.state]));
+      expect(caps.get('mapped-ram')).toBe(preparedFor === 'sparse');
+      if (preparedFor === 'sparse') expect((await qmp.execute<Record<string, unknown>>('query-migrate-parameters'))['multifd-channels']).toBe(2);
+      expect(await qmp.execute('query-fdsets')).toEqual([]);
+      expect((await qmp.execute<{ status: string }>('query-status')).status).toBe('inmigrate');
+      const restored = await restoreFromFds(qmp, {
+        prepared,
+        fds: { buffered: perTest.open(image, constants.O_RDONLY) },
+        offset: STREAM_OFFSET,
+        format: 'sparse',
+        channels: 2,
+        process: target,
+      });
+      expect(restored.capabilities['mapped-ram']).toBe(true);
+      expect(await qmp.execute('query-fdsets')).toEqual([]);
+      expect((await pmem(qmp, `prepared-${preparedFor}.bin`)).equals(sourceMemory)).toBe(true);
+    }
   });
 
   it("refuses to restore an image in the other format, with QEMU's reason, and leaves no fdset", async () => {

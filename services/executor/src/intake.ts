@@ -1,9 +1,10 @@
 import type { WorkItem } from '@vmsave/contracts';
 import { ack, type MessageContext, type Outcome } from '@vmsave/bus';
+import { discardRestoreHead } from '@vmsave/ops';
 import type { ExecutorContext, InFlight } from './context.ts';
 import { admitWork } from './admit.ts';
 import { JobTrack } from './job-log.ts';
-import { runRestore } from './restore-job.ts';
+import { prestartRestore, runRestore } from './restore-job.ts';
 import { runSave } from './save-job.ts';
 
 /**
@@ -32,6 +33,9 @@ export async function onWork(ctx: ExecutorContext, w: WorkItem, msg: MessageCont
   const deadlineMs = Date.parse(w.deadlineAt) - Date.now();
   const timer = setTimeout(() => ac.abort('deadline'), Math.max(0, deadlineMs));
   const working = setInterval(() => msg.working(), 5000);
+  // A restore's QEMU starts now, while the history is read (it gets the image only after the
+  // restore's gate and fencing passed; killed below when no restore took it).
+  const head = w.kind === 'restore' ? prestartRestore(ctx, w, job) : undefined;
   try {
     const track = await JobTrack.load(ctx, w.jobId);
     // A redelivered item whose attempt the log already closed (e.g. after a crash) is done.
@@ -54,11 +58,12 @@ export async function onWork(ctx: ExecutorContext, w: WorkItem, msg: MessageCont
       return ack();
     }
     if (w.kind === 'save') await runSave(ctx, w, job, track, log);
-    else await runRestore(ctx, w, job, track, log, { receivedEpochMs, intakeMs: performance.now() - receivedAt });
+    else await runRestore(ctx, w, job, track, log, { receivedEpochMs, intakeMs: performance.now() - receivedAt, head });
     return ack();
   } finally {
     clearTimeout(timer);
     clearInterval(working);
+    await discardRestoreHead(head);
     ctx.inflight.delete(w.jobId);
     if (job.vm) ctx.vms.busy.delete(job.vm);
     await ctx.journal.remove(w.jobId);

@@ -1,5 +1,5 @@
-import { streams, subjects, type JobEvent } from '@vmsave/contracts';
-import { eventsOfJob, publishEvent, type Logger } from '@vmsave/bus';
+import { streams, subjects, type JobEvent, type JobEventType } from '@vmsave/contracts';
+import { eventsOfJob, publishEvent, readLog, type Bus, type LoggedEvent, type Logger } from '@vmsave/bus';
 import { closesAttempt, decide, evolve, fold, type JobCommand, type JobState } from '@vmsave/jobs';
 import type { ExecutorContext } from './context.ts';
 
@@ -21,7 +21,7 @@ export class JobTrack {
   private pending: JobEvent[] = [];
 
   static async load(ctx: Pick<ExecutorContext, 'bus' | 'source' | 'onPublished'>, jobId: string): Promise<JobTrack> {
-    const events = (await eventsOfJob(ctx.bus, jobId)).map((l) => l.event);
+    const events = (await jobEvents(ctx.bus, jobId)).map((l) => l.event);
     return new JobTrack(ctx, jobId, events, fold(events));
   }
 
@@ -59,7 +59,7 @@ export class JobTrack {
   async refresh(log: Logger): Promise<void> {
     try {
       if (await this.logUnchanged()) return;
-      const logged = (await eventsOfJob(this.ctx.bus, this.jobId)).map((l) => l.event);
+      const logged = (await jobEvents(this.ctx.bus, this.jobId)).map((l) => l.event);
       const ids = new Set(logged.map((e) => e.eventId));
       this.pending = this.pending.filter((e) => !ids.has(e.eventId));
       this.events = [...logged, ...this.pending];
@@ -134,5 +134,40 @@ export class JobTrack {
       if (!ack.duplicate) this.ctx.onPublished?.(e, this.events);
       if (this.pending[0] === e) this.pending.shift();
     }
+  }
+}
+
+/**
+ * One job's events, in order, validated and checked like every log read: by direct get (one
+ * request per event, no consumer created and deleted per job: the executor role may direct-get
+ * `VMSAVE_EVT`), or, when the server refuses or does not answer that (a NATS configuration
+ * rendered before the grant), with an ephemeral consumer as before.
+ */
+export async function jobEvents(bus: Bus, jobId: string): Promise<LoggedEvent[]> {
+  try {
+    return await eventsOfJob(bus, jobId, { via: 'direct' });
+  } catch {
+    return eventsOfJob(bus, jobId, { via: 'consumer' });
+  }
+}
+
+/**
+ * The events of one job of the given types only, in log order: one direct-get walk per type, all
+ * at once (a few requests instead of the job's whole history); when direct get fails, the whole
+ * job read as {@link jobEvents} does, filtered here.
+ */
+export async function jobEventsOfTypes(bus: Bus, jobId: string, types: readonly JobEventType[]): Promise<LoggedEvent[]> {
+  try {
+    const per = await Promise.all(
+      types.map(async (t) => {
+        const out: LoggedEvent[] = [];
+        for await (const e of readLog(bus, { filter: subjects.evt(jobId, t), via: 'direct' })) out.push(e);
+        return out;
+      }),
+    );
+    return per.flat().sort((a, b) => a.seq - b.seq);
+  } catch {
+    const wanted = new Set<string>(types);
+    return (await eventsOfJob(bus, jobId, { via: 'consumer' })).filter((e) => wanted.has(e.event.type));
   }
 }

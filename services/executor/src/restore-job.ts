@@ -1,9 +1,9 @@
 import path from 'node:path';
 import type { ImageFingerprint, JobEvent, RestoreWork } from '@vmsave/contracts';
-import { eventsOfJob, type Logger } from '@vmsave/bus';
+import type { Logger } from '@vmsave/bus';
 import { OpCancelled, OpError, classify, restoreImage, startRestoreHead, type RestoreHead, type RestoreImageOptions } from '@vmsave/ops';
 import type { ExecutorContext, InFlight } from './context.ts';
-import type { JobTrack } from './job-log.ts';
+import { jobEvents, jobEventsOfTypes, type JobTrack } from './job-log.ts';
 import { resolveImagePath } from './image-path.ts';
 import { progressReporter } from './progress.ts';
 import { ensureLocalImage } from './replicate.ts';
@@ -121,10 +121,7 @@ export async function runRestore(ctx: ExecutorContext, w: RestoreWork, job: InFl
           timings: Object.fromEntries(
             Object.entries({ ...result.timings, contentMs: result.content.durationMs, journalMs, finishMs, receivedEpochMs: intake?.receivedEpochMs, intakeMs: intake?.intakeMs })
               .filter((e): e is [string, number] => e[1] !== undefined)
-              .map(([k, v]) => [
-              k === 'receivedEpochMs' ? 'receivedAt' : k,
-              k === 'receivedEpochMs' ? v : Math.round(v * 10) / 10,
-            ]),
+              .map(([k, v]) => [k === 'receivedEpochMs' ? 'receivedAt' : k, k === 'receivedEpochMs' ? v : Math.round(v * 10) / 10]),
           ),
         },
       },
@@ -192,10 +189,11 @@ async function verifiedFingerprint(ctx: ExecutorContext, history: readonly JobEv
   const requested = history.find((e) => e.type === 'RestoreRequested');
   const source = requested?.type === 'RestoreRequested' ? requested.data.sourceJobId : undefined;
   if (!source) return undefined;
-  const sourceEvents = await eventsOfJob(ctx.bus, source);
-  if (sourceEvents.length === 0)
+  // The verifier's verdicts alone (direct gets), not the save's whole history; the whole history
+  // only when there is none, to tell an aged-out save from one never verified.
+  const verdicts = (await jobEventsOfTypes(ctx.bus, source, ['ImageVerified', 'ImageRejected'])).map((l) => l.event);
+  if (verdicts.length === 0 && (await jobEvents(ctx.bus, source)).length === 0)
     log.info({ sourceJobId: source, imagePath }, "the source save's events are no longer in the log (retention): full gate, the image checked against its descriptor and seal");
-  const verdicts = sourceEvents.map((l) => l.event).filter((e) => e.type === 'ImageVerified' || e.type === 'ImageRejected');
   const last = verdicts.at(-1);
   return last?.type === 'ImageVerified' && last.data.imagePath === imagePath ? last.data.fingerprint : undefined;
 }

@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '@vmsave/bus';
 import type { QemuCapabilities, VmDefinition } from '@vmsave/contracts';
 import { readImage } from '@vmsave/image/node';
-import { restoreImage, saveVm, VmRegistry } from '@vmsave/ops';
+import { discardRestoreHead, restoreImage, saveVm, startRestoreHead, VmRegistry } from '@vmsave/ops';
 import { detectAccel, probeQemu, type Accel, type VmProcess } from '@vmsave/qemu';
 import { analyseDump } from '@vmsave/testguest';
 import { guestKernelMissing, launchTestGuest, waitForGuest } from '@vmsave/testguest/node';
@@ -124,6 +124,38 @@ describe.skipIf(missing !== undefined)('the warm restore pool', () => {
     // Refilled in the background after the hand-out.
     await filled(p, definition, 1);
     expect(p.stats().pids[0]).not.toBe(waitingPid);
+  });
+
+  it('a head read at work receipt (startRestoreHead) gives the restore its QEMU, set up; one no restore took is killed', async () => {
+    const staging = path.join(dir, 'staging-head');
+    const cold = await restoredMemory('head-ref');
+    const head = startRestoreHead({ imagePath, hostCaps: caps, accel, stagingDir: staging, content: 'state' });
+    const got = await head;
+    expect(got?.definition.name).toBe(definition.name);
+    const early = await got!.early;
+    expect(early?.start).toBe('cold');
+    // The restore's QMP set-up was made on it before it had the image: mapped-ram on, no fdset.
+    expect(await early!.prepared).toBeDefined();
+    expect(await early!.qmp.execute('query-fdsets')).toEqual([]);
+    const r = await restoreImage({ imagePath, head, qmpSocketPath: path.join(dir, 'head.qmp'), hostCaps: caps, after: 'paused', accel, stagingDir: staging, content: 'state' });
+    vms.push(r.vm);
+    expect(r.vm.pid).toBe(early!.vm.pid);
+    expect(r.timings.headLeadMs).toBeGreaterThan(0);
+    expect(r.stats.capabilities['mapped-ram']).toBe(true);
+    const file = path.join(dir, 'head.ram');
+    await r.qmp.execute('pmemsave', { val: 0, size: MEMORY_MIB * MiB, filename: file });
+    expect((await readFile(file)).equals(cold.ram)).toBe(true);
+    await r.qmp.close();
+    await r.vm.kill();
+    // Claimed: discarding it afterwards leaves it alone; a head no restore took is killed, its socket gone.
+    await discardRestoreHead(head);
+    const unused = startRestoreHead({ imagePath, hostCaps: caps, accel, stagingDir: staging });
+    const pid = (await (await unused)!.early)!.vm.pid;
+    await discardRestoreHead(unused);
+    expect(await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).not.toContain(staging);
+    expect(await readdir(staging)).toEqual([]);
+    // An image that cannot be read: no head, nothing started (the restore reads it and says why).
+    expect(await startRestoreHead({ imagePath: path.join(dir, 'missing.vmsave'), hostCaps: caps, accel, stagingDir: staging })).toBeUndefined();
   });
 
   it('a killed pool QEMU, or one whose QMP does not answer, is never handed out', async () => {
