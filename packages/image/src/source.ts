@@ -58,6 +58,17 @@ export class OutOfBounds extends Error {
 const WINDOW = 256 * 1024;
 
 /**
+ * Thrown by a Cursor's synchronous readers when the bytes asked for are inside the limit but not in
+ * the read-ahead window. Not an error about the data: the caller refills (`Cursor.load`) and retries.
+ */
+export class NotBuffered {
+  constructor(
+    readonly position: number,
+    readonly wanted: number,
+  ) {}
+}
+
+/**
  * A forward cursor with a read-ahead window. Every read is checked against `limit`
  * before it is issued; a length larger than `maxRead` is refused rather than allocated.
  */
@@ -95,6 +106,57 @@ export class Cursor {
     this.wBuf = data;
     this.wView = new DataView(data.buffer, data.byteOffset, data.length);
     return 0;
+  }
+
+  /**
+   * Make [from, at+n) buffered, failing exactly as an n-byte read at `at` would (`from` ≤ `at`, so a
+   * record read field by field can be re-read from its start without another refill).
+   */
+  async load(from: number, at: number, n: number): Promise<void> {
+    this.check(n, at);
+    if (n > this.maxRead) throw new OutOfBounds(at, n, at + this.maxRead);
+    this.check(at - from, from);
+    const want = at + n - from;
+    const len = Math.min(Math.max(want, WINDOW), this.limit - from);
+    const data = await this.src.read(from, len);
+    if (data.length < want) throw new OutOfBounds(at, n, from + data.length);
+    this.wStart = from;
+    this.wBuf = data;
+    this.wView = new DataView(data.buffer, data.byteOffset, data.length);
+  }
+
+  /** Window index of [pos, pos+n): OutOfBounds past the limit (as the async readers), NotBuffered when a refill is needed. */
+  private have(n: number): number {
+    this.check(n);
+    const rel = this.pos - this.wStart;
+    if (rel >= 0 && rel + n <= this.wBuf.length) return rel;
+    throw new NotBuffered(this.pos, n);
+  }
+  /* Synchronous readers over the window: the same checks and values as the async ones, or NotBuffered. */
+  u8Sync(): number {
+    const r = this.have(1);
+    this.pos += 1;
+    return this.wBuf[r]!;
+  }
+  be16Sync(): number {
+    const r = this.have(2);
+    this.pos += 2;
+    return this.wView.getUint16(r, false);
+  }
+  be32Sync(): number {
+    const r = this.have(4);
+    this.pos += 4;
+    return this.wView.getUint32(r, false);
+  }
+  be64Sync(): bigint {
+    const r = this.have(8);
+    this.pos += 8;
+    return this.wView.getBigUint64(r, false);
+  }
+  latin1Sync(n: number): string {
+    const r = this.have(n);
+    this.pos += n;
+    return Buffer.from(this.wBuf.buffer, this.wBuf.byteOffset + r, n).toString('latin1');
   }
 
   async u8(): Promise<number> {

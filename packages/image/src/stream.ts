@@ -9,7 +9,7 @@
  * summing the field sizes it gives, subsections included.
  */
 import { z } from 'zod';
-import { Cursor, OutOfBounds, safeNumber, type ByteSource } from './source.ts';
+import { Cursor, NotBuffered, OutOfBounds, safeNumber, type ByteSource } from './source.ts';
 
 export const QEVM_MAGIC = 0x5145564d;
 export const QEVM_VERSION = 3;
@@ -515,48 +515,63 @@ export function bitmapBytes(usedLength: number): number {
 const lastBlock = new WeakMap<RamInfo, RamBlock>();
 
 async function ramRecords(c: Cursor, ram: RamInfo, stop: StopFn): Promise<void> {
-  let current: RamBlock | undefined = lastBlock.get(ram);
+  // Records are parsed synchronously out of the cursor's window; when a field is not buffered the
+  // window is refilled from the record's start (failing as that field's read would) and the record
+  // is parsed again. Its pages are counted only once it is parsed whole.
   for (;;) {
     const at = c.pos;
-    const v = await c.be64();
-    const flags = Number(v & 0xfffn);
-    if (flags & ~KNOWN_RAM_FLAGS) stop('stream.ram', `unknown RAM record flags 0x${(flags & ~KNOWN_RAM_FLAGS).toString(16)} at offset ${at}: the stream is damaged here`, at);
-    if (flags & RAM_FLAG.EOS) return;
-    if (flags & RAM_FLAG.HOOK) stop('stream.ram', `RAM hook record (RDMA) at offset ${at}: not supported in a file`, at);
-    if (flags & RAM_FLAG.MEM_SIZE) stop('stream.ram', `unexpected MEM_SIZE record at offset ${at}`, at);
-    if (flags === RAM_FLAG.MULTIFD_FLUSH || flags === 0) {
-      if (flags === 0) stop('stream.ram', `RAM record with no flags at offset ${at}`, at);
-      continue;
-    }
-    const kinds = flags & (RAM_FLAG.ZERO | RAM_FLAG.PAGE | RAM_FLAG.XBZRLE);
-    if (kinds !== RAM_FLAG.ZERO && kinds !== RAM_FLAG.PAGE && kinds !== RAM_FLAG.XBZRLE) {
-      stop('stream.ram', `RAM record at offset ${at} has flags 0x${flags.toString(16)}: not exactly one page kind`, at);
-    }
-    if (!(flags & RAM_FLAG.CONTINUE)) {
-      const name = await c.latin1(await c.u8());
-      current = ram.blocks.find((b) => b.name === name);
-      if (!current) stop('stream.ram', `page record at offset ${at} names unknown RAM block "${name}"`, at);
-      lastBlock.set(ram, current!);
-    } else if (!current) {
-      stop('stream.ram', `page record at offset ${at} continues a block but none was named before`, at);
-    }
-    const addr = safeNumber(v & ~0xfffn);
-    if (addr === undefined || addr >= current!.usedLength) {
-      stop('stream.ram', `page address 0x${(v & ~0xfffn).toString(16)} at offset ${at} is outside block "${current!.name}" (${current!.usedLength} bytes)`, at);
-    }
-    if (kinds === RAM_FLAG.ZERO) {
-      const fill = await c.u8();
-      if (fill !== 0) stop('stream.ram', `zero-page record at offset ${at} carries fill byte ${fill}, QEMU only writes 0`, at);
-      ram.pages.zero++;
-    } else if (kinds === RAM_FLAG.PAGE) {
-      c.skip(TARGET_PAGE_SIZE);
-      ram.pages.normal++;
-    } else {
-      const enc = await c.u8();
-      const len = await c.be16();
-      if (enc !== 1 || len > TARGET_PAGE_SIZE) stop('stream.ram', `XBZRLE record at offset ${at} has encoding ${enc} and length ${len}`, at);
-      c.skip(len);
-      ram.pages.xbzrle++;
+    try {
+      if (ramRecord(c, ram, stop, at)) return;
+    } catch (e) {
+      if (!(e instanceof NotBuffered)) throw e;
+      await c.load(at, e.position, e.wanted);
+      c.pos = at;
     }
   }
+}
+
+/** One RAM record at `at`, from the window only (NotBuffered otherwise); true at the EOS record. */
+function ramRecord(c: Cursor, ram: RamInfo, stop: StopFn, at: number): boolean {
+  const v = c.be64Sync();
+  const flags = Number(v & 0xfffn);
+  if (flags & ~KNOWN_RAM_FLAGS) stop('stream.ram', `unknown RAM record flags 0x${(flags & ~KNOWN_RAM_FLAGS).toString(16)} at offset ${at}: the stream is damaged here`, at);
+  if (flags & RAM_FLAG.EOS) return true;
+  if (flags & RAM_FLAG.HOOK) stop('stream.ram', `RAM hook record (RDMA) at offset ${at}: not supported in a file`, at);
+  if (flags & RAM_FLAG.MEM_SIZE) stop('stream.ram', `unexpected MEM_SIZE record at offset ${at}`, at);
+  if (flags === RAM_FLAG.MULTIFD_FLUSH || flags === 0) {
+    if (flags === 0) stop('stream.ram', `RAM record with no flags at offset ${at}`, at);
+    return false;
+  }
+  const kinds = flags & (RAM_FLAG.ZERO | RAM_FLAG.PAGE | RAM_FLAG.XBZRLE);
+  if (kinds !== RAM_FLAG.ZERO && kinds !== RAM_FLAG.PAGE && kinds !== RAM_FLAG.XBZRLE) {
+    stop('stream.ram', `RAM record at offset ${at} has flags 0x${flags.toString(16)}: not exactly one page kind`, at);
+  }
+  let current: RamBlock | undefined = lastBlock.get(ram);
+  if (!(flags & RAM_FLAG.CONTINUE)) {
+    const name = c.latin1Sync(c.u8Sync());
+    current = ram.blocks.find((b) => b.name === name);
+    if (!current) stop('stream.ram', `page record at offset ${at} names unknown RAM block "${name}"`, at);
+    lastBlock.set(ram, current!); // the same block again if the record is parsed again after a refill
+  } else if (!current) {
+    stop('stream.ram', `page record at offset ${at} continues a block but none was named before`, at);
+  }
+  const addr = safeNumber(v & ~0xfffn);
+  if (addr === undefined || addr >= current!.usedLength) {
+    stop('stream.ram', `page address 0x${(v & ~0xfffn).toString(16)} at offset ${at} is outside block "${current!.name}" (${current!.usedLength} bytes)`, at);
+  }
+  if (kinds === RAM_FLAG.ZERO) {
+    const fill = c.u8Sync();
+    if (fill !== 0) stop('stream.ram', `zero-page record at offset ${at} carries fill byte ${fill}, QEMU only writes 0`, at);
+    ram.pages.zero++;
+  } else if (kinds === RAM_FLAG.PAGE) {
+    c.skip(TARGET_PAGE_SIZE);
+    ram.pages.normal++;
+  } else {
+    const enc = c.u8Sync();
+    const len = c.be16Sync();
+    if (enc !== 1 || len > TARGET_PAGE_SIZE) stop('stream.ram', `XBZRLE record at offset ${at} has encoding ${enc} and length ${len}`, at);
+    c.skip(len);
+    ram.pages.xbzrle++;
+  }
+  return false;
 }
