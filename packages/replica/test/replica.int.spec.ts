@@ -12,7 +12,7 @@ import { jetstream, jetstreamManager, type JetStreamManager } from '@nats-io/jet
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { testUrls, uniq } from '@vmsave/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { makeVmsaveImage } from '../../image/test/fixtures.ts';
+import { makeVmsaveImage } from '@vmsave/image/test/fixtures';
 import { NatsObjectImageStore, ReplicaError, downloadImage, tempPrefixOf, uploadImage } from '../src/index.ts';
 
 const CHILD = join(dirname(fileURLToPath(import.meta.url)), 'child.ts');

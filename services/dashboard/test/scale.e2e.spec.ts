@@ -11,7 +11,7 @@ import { Bus } from '@vmsave/bus';
 import { connectRedis, Projection } from '@vmsave/store';
 import { testUrls } from '@vmsave/testkit';
 import { createDashboard } from '../src/index.ts';
-import { seedJobs, seedVm } from '../bench/seed.ts';
+import { seedJobs, seedVm } from './seed.ts';
 import { publishAll, quiet, saveJob, uniq } from './helpers.ts';
 import { startPrivateNats } from './private-nats.ts';
 

@@ -14,9 +14,9 @@ import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { Bus, createLogger } from '@vmsave/bus';
 import { connectRedis, Projection, queryJobs, type JobQuery } from '@vmsave/store';
-import { REPO, killAllNow, startNats, stopAll } from '../../scheduler/bench/procs.ts';
-import { createDashboard } from '../src/index.ts';
-import { seedHost, seedJobs, seedVm } from './seed.ts';
+import { REPO, killAllNow, startNats, stopAll } from '@vmsave/scheduler/bench/procs';
+import { createDashboard } from '@vmsave/dashboard';
+import { seedHost, seedJobs, seedVm } from '@vmsave/dashboard/test/seed';
 
 function arg(name: string, def: number): number {
   const i = process.argv.indexOf(`--${name}`);

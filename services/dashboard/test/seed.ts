@@ -3,7 +3,7 @@
  * (`Projection.applyBatch`, the code the dashboard's projector runs): 100,000 jobs in a few
  * seconds, under their own Redis prefix. Used by `bench:page` and the 100k browser test.
  *
- *   tsx --conditions=development bench/seed.ts --jobs 100000 --prefix vmsave-seed   (prints the prefix; remove with --clear)
+ *   tsx --conditions=development test/seed.ts --jobs 100000 --prefix vmsave-seed   (prints the prefix; remove with --clear)
  */
 import { jobIdFor, makeEvent, RestoreRequest, SaveRequest, type JobEvent } from '@vmsave/contracts';
 import type { LoggedEvent } from '@vmsave/bus';

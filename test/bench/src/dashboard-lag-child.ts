@@ -5,7 +5,7 @@
  */
 import { Bus, createLogger } from '@vmsave/bus';
 import { connectRedis, Projection } from '@vmsave/store';
-import { createDashboard } from '../src/index.ts';
+import { createDashboard } from '@vmsave/dashboard';
 
 const { NATS_URL, REDIS_URL, PREFIX, BATCH_MAX, VIA } = process.env as Record<string, string>;
 const quiet = createLogger('bench-lag-child', { level: 'warn', destination: process.stderr });

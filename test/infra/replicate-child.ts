@@ -8,10 +8,7 @@ import path from 'node:path';
 import { Bus, createLogger } from '@vmsave/bus';
 import { NatsObjectImageStore, type ImageStore } from '@vmsave/replica';
 import type { RestoreWork } from '@vmsave/contracts';
-import type { ExecutorConfig } from '../src/config.ts';
-import type { ExecutorContext, InFlight } from '../src/context.ts';
-import { JobTrack } from '../src/job-log.ts';
-import { ensureLocalImage, runReplication, useImageStore } from '../src/replicate.ts';
+import { JobTrack, ensureLocalImage, runReplication, useImageStore, type ExecutorConfig, type ExecutorContext, type InFlight } from '@vmsave/executor';
 
 const env = process.env as Record<string, string>;
 const mode = process.argv[2];

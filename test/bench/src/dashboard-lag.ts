@@ -20,9 +20,9 @@ import { Bus, createLogger, publishValidated } from '@vmsave/bus';
 import { fork, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { connectRedis, Projection } from '@vmsave/store';
-import { Fleet, vmName } from '../../scheduler/bench/fleet.ts';
-import { killAllNow, startNats, startRedis, startScheduler, stopAll, tail } from '../../scheduler/bench/procs.ts';
-import { openSse } from '../test/sse.ts';
+import { Fleet, vmName } from '@vmsave/scheduler/bench/fleet';
+import { killAllNow, startNats, startRedis, startScheduler, stopAll, tail } from '@vmsave/scheduler/bench/procs';
+import { openSse } from '@vmsave/dashboard/test/sse';
 
 function arg(name: string, def: number): number {
   const i = process.argv.indexOf(`--${name}`);
@@ -66,8 +66,8 @@ try {
     VMSAVE_VERDICT_TIMEOUT_MS: String(24 * 3600 * 1000),
   });
 
-  // The projection and the dashboard in a process of their own (bench/lag-child.ts), as deployed.
-  child = fork(fileURLToPath(new URL('./lag-child.ts', import.meta.url)), {
+  // The projection and the dashboard in a process of their own (dashboard-lag-child.ts), as deployed.
+  child = fork(fileURLToPath(new URL('./dashboard-lag-child.ts', import.meta.url)), {
     execArgv: ['--conditions=development', '--import', 'tsx'],
     env: { ...process.env, NATS_URL: nats.url, REDIS_URL: redisProc.url, PREFIX: 'lag', BATCH_MAX: String(BATCH_MAX), ...(VIA ? { VIA } : {}) },
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],

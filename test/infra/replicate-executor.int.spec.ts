@@ -19,12 +19,9 @@ import { fold } from '@vmsave/jobs';
 import { NatsObjectImageStore, tempPrefixOf, uploadImage } from '@vmsave/replica';
 import { uniq, waitFor } from '@vmsave/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { makeVmsaveImage } from '../../../packages/image/test/fixtures.ts';
-import { connectAs, startPrivateNats, type PrivateNats, type RoleConnection } from '../../../test/infra/helpers.ts';
-import type { ExecutorConfig } from '../src/config.ts';
-import type { ExecutorContext, InFlight } from '../src/context.ts';
-import { JobTrack } from '../src/job-log.ts';
-import { ensureLocalImage, runReplication } from '../src/replicate.ts';
+import { makeVmsaveImage } from '@vmsave/image/test/fixtures';
+import { connectAs, startPrivateNats, type PrivateNats, type RoleConnection } from './helpers.ts';
+import { JobTrack, ensureLocalImage, runReplication, type ExecutorConfig, type ExecutorContext, type InFlight } from '@vmsave/executor';
 
 const CHILD = path.join(path.dirname(fileURLToPath(import.meta.url)), 'replicate-child.ts');
 const log = createLogger('executor', { level: 'silent' });
