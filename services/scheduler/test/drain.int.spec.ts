@@ -12,7 +12,8 @@ import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { latestAnnouncement } from '../src/drain.ts';
 import { awaitAnswer, Bus, publishValidated, readLog } from '@vmsave/bus';
 import { type AdmissionReply, drainIdFor, messages, subjects, type DrainRequestInput, type EventOf, type JobEvent } from '@vmsave/contracts';
 import { childOf } from '@vmsave/jobs';
@@ -173,6 +174,19 @@ beforeAll(async () => {
   await waitFor('the verifier to log', async () => (await readLogFile('verifier')).length > 0, 120_000, 200);
   // The drain reads the host's VMs from its announcement: let the executor announce all three running.
   await new Promise((r) => setTimeout(r, 3000));
+});
+
+// A drain takes the host's VMs from its latest announcement: after a test's restores, wait until it lists all three running again.
+beforeEach(async () => {
+  await waitFor(
+    'the host to announce its VMs running',
+    async () => {
+      const a = await latestAnnouncement(bus, host);
+      return a && names.every((n) => a.vms.find((v) => v.name === n)?.status === 'running') ? true : undefined;
+    },
+    60_000,
+    200,
+  );
 });
 
 afterAll(async () => {
