@@ -229,6 +229,8 @@ export class Projection {
     while (!opts.signal?.aborted) {
       const from = (await this.appliedSeq()) + 1;
       opts.log?.info({ from }, from === 1 ? 'projection building from the start of the log' : 'projection resuming');
+      // From the start (a new store, or one flushed underneath): the replay writes every index, as `rebuild` does.
+      if (from === 1) await this.redis.set(this.k.indexVersion, INDEX_VERSION);
       const ac = new AbortController();
       const stop = () => ac.abort();
       opts.signal?.addEventListener('abort', stop, { once: true });
