@@ -56,6 +56,6 @@ export { waitFor } from './wait.ts';
 export const uniq = (prefix = 't'): string => `${prefix}-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 8)}`;
 
 export { makePattern, patternVm, guestMemory, MiB, PATTERN_ADDR, PATTERN_SIZE, type TestVmDefinition } from './vm.ts';
-export { runNode, lines, type RunResult } from './run.ts';
+export { runNode, lines, stopChild, type RunResult } from './run.ts';
 export { freePort, answers, startPasswordRedis } from './servers.ts';
 export { NetnsLab, netnsUnavailable, netnsPids, sweepStaleLabs, type NetnsHost, type LabServer } from './netns.ts';

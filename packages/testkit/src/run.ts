@@ -1,4 +1,4 @@
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 
 /** What a finished command printed, and how it ended. */
 export interface RunResult {
@@ -51,3 +51,13 @@ export function runNode(script: string, args: string[], opts: { env?: Record<str
 
 /** Lines a human sees on stderr (progress bars are not drawn: stderr is a pipe). */
 export const lines = (s: string): string[] => s.split('\n').filter((l) => l.trim() !== '');
+
+/** Stop a child process: SIGTERM, then SIGKILL after `timeoutMs`; resolves once it has exited (at once if it already had). */
+export async function stopChild(child: ChildProcess | undefined, timeoutMs = 15_000): Promise<void> {
+  if (!child || child.exitCode !== null || child.signalCode !== null) return;
+  const gone = new Promise((r) => child.once('exit', r));
+  child.kill('SIGTERM');
+  const t = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+  await gone;
+  clearTimeout(t);
+}

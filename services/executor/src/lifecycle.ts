@@ -6,6 +6,7 @@
  * VMSAVE_RETENTION_MAX_AGE).
  */
 import { lstat, stat, unlink } from 'node:fs/promises';
+import type { Stats } from 'node:fs';
 import { createHash } from 'node:crypto';
 import path from 'node:path';
 import { fingerprintImage, readImage } from '@vmsave/image/node';
@@ -155,6 +156,22 @@ function heldBy(ctx: Ctx, f: Folded, abs: string): Extract<RemoveResult, { ok: f
   return undefined;
 }
 
+/** A regular file inside this host's image directory (not through a link), or the refusal naming the rule. */
+async function imageFileOf(
+  ctx: Ctx,
+  imagePath: string,
+): Promise<{ ok: true; abs: string; st: Stats } | { ok: false; rule: 'image-path' | 'not-found' | 'not-a-file'; message: string }> {
+  let abs: string;
+  try {
+    abs = await resolveImagePath(ctx.cfg.imageDir, imagePath);
+  } catch (err) {
+    return { ok: false, rule: 'image-path', message: `imagePath: ${(err as Error).message}` };
+  }
+  const st = await lstat(abs).catch(() => undefined);
+  if (!st) return { ok: false, rule: 'not-found', message: `imagePath: ${abs} does not exist in ${ctx.host}'s image directory` };
+  if (!st.isFile()) return { ok: false, rule: 'not-a-file', message: `imagePath: ${abs} is not a regular file` };
+  return { ok: true, abs, st };
+}
 /**
  * Remove a file of this host's image directory that the log does not know (`images --unknown`):
  * never one outside it or through a link, never one a save of the log wrote (and that retention
@@ -162,15 +179,9 @@ function heldBy(ctx: Ctx, f: Folded, abs: string): Extract<RemoveResult, { ok: f
  * knew the file. A dry run answers whether it would go.
  */
 export async function removeUnknown(ctx: Ctx, opts: { imagePath: string; dryRun: boolean }): Promise<RemoveResult> {
-  let abs: string;
-  try {
-    abs = await resolveImagePath(ctx.cfg.imageDir, opts.imagePath);
-  } catch (err) {
-    return { ok: false, rule: 'image-path', message: `imagePath: ${(err as Error).message}` };
-  }
-  const st = await lstat(abs).catch(() => undefined);
-  if (!st) return { ok: false, rule: 'not-found', message: `imagePath: ${abs} does not exist in ${ctx.host}'s image directory` };
-  if (!st.isFile()) return { ok: false, rule: 'not-a-file', message: `imagePath: ${abs} is not a regular file` };
+  const file = await imageFileOf(ctx, opts.imagePath);
+  if (!file.ok) return file;
+  const { abs, st } = file;
   let folded = await foldLog(ctx);
   const held = heldBy(ctx, folded, abs);
   if (held) return held;
@@ -200,15 +211,9 @@ export const adoptedJobId = (host: string, abs: string, fp: { ino: string; size:
  * (listed, restorable, pruned by retention).
  */
 export async function adoptUnknown(ctx: Ctx, opts: { imagePath: string }): Promise<AdoptResult> {
-  let abs: string;
-  try {
-    abs = await resolveImagePath(ctx.cfg.imageDir, opts.imagePath);
-  } catch (err) {
-    return { ok: false, rule: 'image-path', message: `imagePath: ${(err as Error).message}` };
-  }
-  const st = await lstat(abs).catch(() => undefined);
-  if (!st) return { ok: false, rule: 'not-found', message: `imagePath: ${abs} does not exist in ${ctx.host}'s image directory` };
-  if (!st.isFile()) return { ok: false, rule: 'not-a-file', message: `imagePath: ${abs} is not a regular file` };
+  const file = await imageFileOf(ctx, opts.imagePath);
+  if (!file.ok) return file;
+  const { abs, st } = file;
   let info: Awaited<ReturnType<typeof readImage>>;
   try {
     info = await readImage(abs);

@@ -17,7 +17,7 @@ import type { JobEvent } from '@vmsave/contracts';
 import { readImageHeader } from '@vmsave/image/node';
 import { detectAccel, launchVm, type VmProcess } from '@vmsave/qemu';
 import { QmpClient } from '@vmsave/qmp';
-import { answers, freePort, guestMemory, makePattern, patternVm, testUrls, uniq, waitFor } from '@vmsave/testkit';
+import { answers, freePort, guestMemory, makePattern, patternVm, testUrls, uniq, waitFor, stopChild } from '@vmsave/testkit';
 
 const PKG = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const REPO = path.resolve(PKG, '../..');
@@ -73,14 +73,6 @@ async function startExecutor(extra: Record<string, string> = {}): Promise<void> 
   );
 }
 
-async function stop(child: ChildProcess | undefined, timeoutMs = 15_000): Promise<void> {
-  if (!child || child.exitCode !== null || child.signalCode !== null) return;
-  const gone = new Promise((r) => child.once('exit', r));
-  child.kill('SIGTERM');
-  const t = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-  await gone;
-  clearTimeout(t);
-}
 
 beforeAll(async () => {
   dir = await mkdtemp(path.join(os.tmpdir(), 'vmsave-shutdown-save-'));
@@ -117,8 +109,8 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  await stop(executor, 120_000);
-  await stop(scheduler);
+  await stopChild(executor, 120_000);
+  await stopChild(scheduler);
   await vm?.kill().catch(() => undefined);
   // The restored QEMU is detached from the executor: quit it over QMP.
   try {
@@ -126,7 +118,7 @@ afterAll(async () => {
     await q.execute('quit').catch(() => undefined);
   } catch {}
   await bus?.close();
-  await stop(nats);
+  await stopChild(nats);
   if (dir) await rm(dir, { recursive: true, force: true });
 });
 
@@ -180,14 +172,14 @@ describe('VMSAVE_ON_SHUTDOWN=save', () => {
   });
 
   it('names the VMs it could not save within the budget (here: no scheduler), and leaves them running', async () => {
-    await stop(scheduler);
+    await stopChild(scheduler);
     // SIGKILL: no shutdown saves now; the restored QEMU is detached and keeps running.
     const killed = new Promise((r) => executor!.once('exit', r));
     executor!.kill('SIGKILL');
     await killed;
     await startExecutor({ VMSAVE_SHUTDOWN_BUDGET_MS: '2000' });
     const mark = (await readLogFile('executor')).length;
-    await stop(executor, 60_000);
+    await stopChild(executor, 60_000);
     const lines = (await readLogFile('executor')).slice(mark);
     const named = lines.split('\n').find((l) => /NOT saved/.test(l));
     expect(named).toMatch(/"msg":"host shutdown: 1 VM\(s\) NOT saved: sd-vm"/);

@@ -291,9 +291,7 @@ export const LIVE_ANNOUNCEMENT_MS = 120_000;
 
 /** The hosts other than `except` whose latest announcement is recent (`LIVE_ANNOUNCEMENT_MS`), by name. */
 export async function liveHosts(bus: Bus, except: string, now = Date.now()): Promise<string[]> {
-  const latest = new Map<string, HostAnnouncement>();
-  for await (const a of readHosts(bus)) latest.set(a.host, a);
-  return [...latest.values()]
+  return [...(await latestAnnouncements(bus)).values()]
     .filter((a) => a.host !== except && now - Date.parse(a.at) <= LIVE_ANNOUNCEMENT_MS)
     .map((a) => a.host)
     .sort();
@@ -301,7 +299,12 @@ export async function liveHosts(bus: Bus, except: string, now = Date.now()): Pro
 
 /** A host's latest announcement from VMSAVE_HOSTS. */
 export async function latestAnnouncement(bus: Bus, host: string): Promise<HostAnnouncement | undefined> {
-  let found: HostAnnouncement | undefined;
-  for await (const a of readHosts(bus)) if (a.host === host) found = a;
-  return found;
+  return (await latestAnnouncements(bus)).get(host);
+}
+
+/** Every host's latest announcement in VMSAVE_HOSTS, by host. */
+async function latestAnnouncements(bus: Bus): Promise<Map<string, HostAnnouncement>> {
+  const latest = new Map<string, HostAnnouncement>();
+  for await (const a of readHosts(bus)) latest.set(a.host, a);
+  return latest;
 }

@@ -19,7 +19,7 @@ import { type AdmissionReply, drainIdFor, messages, subjects, type DrainRequestI
 import { childOf } from '@vmsave/jobs';
 import { detectAccel, launchVm, type VmProcess } from '@vmsave/qemu';
 import { QmpClient } from '@vmsave/qmp';
-import { answers, freePort, guestMemory, makePattern, patternVm, testUrls, uniq, waitFor } from '@vmsave/testkit';
+import { answers, freePort, guestMemory, makePattern, patternVm, testUrls, uniq, waitFor, stopChild } from '@vmsave/testkit';
 
 const PKG = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const REPO = path.resolve(PKG, '../..');
@@ -66,14 +66,6 @@ async function running(child: ChildProcess, name: string, msg: string): Promise<
   );
 }
 
-async function stop(child: ChildProcess | undefined, timeoutMs = 15_000): Promise<void> {
-  if (!child || child.exitCode !== null || child.signalCode !== null) return;
-  const gone = new Promise((r) => child.once('exit', r));
-  child.kill('SIGTERM');
-  const t = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-  await gone;
-  clearTimeout(t);
-}
 
 function startScheduler(): ChildProcess {
   scheduler = node('scheduler', path.join(PKG, 'src', 'main.ts'), {
@@ -190,7 +182,7 @@ beforeEach(async () => {
 });
 
 afterAll(async () => {
-  for (const p of [...procs].reverse()) await stop(p);
+  for (const p of [...procs].reverse()) await stopChild(p);
   for (const v of vms) await v.kill().catch(() => undefined);
   // Restored QEMUs are detached from the executor: quit them over QMP.
   for (const name of names) {
@@ -200,7 +192,7 @@ afterAll(async () => {
     } catch {}
   }
   await bus?.close();
-  await stop(nats);
+  await stopChild(nats);
   if (dir) await rm(dir, { recursive: true, force: true });
 });
 
