@@ -73,7 +73,6 @@ async function startExecutor(extra: Record<string, string> = {}): Promise<void> 
   );
 }
 
-
 beforeAll(async () => {
   dir = await mkdtemp(path.join(os.tmpdir(), 'vmsave-shutdown-save-'));
   const port = await freePort();

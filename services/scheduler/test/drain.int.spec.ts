@@ -66,7 +66,6 @@ async function running(child: ChildProcess, name: string, msg: string): Promise<
   );
 }
 
-
 function startScheduler(): ChildProcess {
   scheduler = node('scheduler', path.join(PKG, 'src', 'main.ts'), {
     REDIS_URL: redisUrl,
