@@ -17,7 +17,7 @@
  * command or work queues (which would steal messages from the scheduler or an executor).
  * No role may delete or purge streams or consumers: that is an operator's job.
  */
-import { ROOT, eventTypesOf, imageBucket, inboxPrefixOf, objectStoreSubjects, streams, subjects, type PublisherRole } from '@vmsave/contracts';
+import { ROOT, allPartitions, eventTypesOf, imageBucket, inboxPrefixOf, objectStoreSubjects, partitionToken, streams, subjects, type PublisherRole } from '@vmsave/contracts';
 
 export const roles = ['client', 'scheduler', 'executor', 'verifier', 'dashboard'] as const;
 export type Role = (typeof roles)[number];
@@ -71,7 +71,10 @@ const consumeStream = (s: StreamName) => [...readStream(s), `${API}.CONSUMER.DUR
  * `VMSAVE_VERIFIER_NAME` must be added here.
  */
 export const serviceDurables: { stream: StreamName; name: string; owner: Role }[] = [
+  // The old single command durable (a scheduler deletes it at start) and the new ones: one per VM partition, one for the bare subjects.
   { stream: streams.commands.name, name: 'scheduler', owner: 'scheduler' },
+  ...allPartitions().map((p) => ({ stream: streams.commands.name, name: `scheduler-p${partitionToken(p)}`, owner: 'scheduler' as const })),
+  { stream: streams.commands.name, name: 'scheduler-global', owner: 'scheduler' },
   { stream: streams.events.name, name: 'verifier', owner: 'verifier' },
   // The verifier's re-verification requests (`VerificationOverdue`, services/verifier `overdueDurable`).
   { stream: streams.events.name, name: 'verifier-overdue', owner: 'verifier' },
@@ -143,10 +146,15 @@ export const permissions: Record<Role, RolePermissions> = {
     publish: [
       subjects.workAll,
       CONTROL_ALL,
-      // A drain (services/scheduler/src/drain.ts) asks its saves, restores and cancels as ordinary commands.
+      // A drain (services/scheduler/src/drain.ts) asks its saves, restores and cancels as ordinary
+      // commands, on the partitioned subjects; the `_global` holder forwards bare commands to them
+      // (and a drain's cancel that came on a partition back to the bare subject).
       subjects.cmd.save,
       subjects.cmd.restore,
       subjects.cmd.cancel,
+      subjects.cmd.partitionedAll.save,
+      subjects.cmd.partitionedAll.restore,
+      subjects.cmd.partitionedAll.cancel,
       ...events('scheduler'),
       subjects.dlqAll,
       // Admission replies go to the requester's inbox named in the `Vmsave-Reply-To` header.
@@ -154,6 +162,8 @@ export const permissions: Record<Role, RolePermissions> = {
       ...jsInfo,
       ...ensureStreams,
       ...consumeStream(streams.commands.name),
+      // The old single durable `scheduler` (filter `vmsave.cmd.>`) overlaps the partitioned ones: deleted at start.
+      `${API}.CONSUMER.DELETE.${streams.commands.name}.scheduler`,
       ...readStream(streams.events.name),
       ...readStream(streams.hosts.name),
     ],
@@ -249,7 +259,9 @@ export function executorPermissions(host: string, opts: { shutdownSave?: boolean
       // its VMs at SIGTERM, and to restore them at its next start, as a client would. Granted only
       // to the hosts that run with it: a command names no host, so this user could then ask for
       // any VM's save or restore (the scheduler still admits each as it would a client's).
-      ...(opts.shutdownSave ? [subjects.cmd.save, subjects.cmd.restore, subjects.cmd.cancel] : []),
+      ...(opts.shutdownSave
+        ? [subjects.cmd.save, subjects.cmd.restore, subjects.cmd.cancel, subjects.cmd.partitionedAll.save, subjects.cmd.partitionedAll.restore, subjects.cmd.partitionedAll.cancel]
+        : []),
     ],
     subscribe: [subjects.control(host), inbox(user)],
     allowResponses: true,

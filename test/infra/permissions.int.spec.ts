@@ -14,7 +14,19 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AckPolicy, DeliverPolicy, DiscardPolicy, StorageType } from '@nats-io/jetstream';
 import { headers } from '@nats-io/nats-core';
-import { EVENT_PUBLISHERS, SaveRequest, imageBucket, jobEventTypes, jobIdFor, makeEvent, messages, objectStoreSubjects, streams, subjects } from '@vmsave/contracts';
+import {
+  EVENT_PUBLISHERS,
+  SaveRequest,
+  commandFilters,
+  imageBucket,
+  jobEventTypes,
+  jobIdFor,
+  makeEvent,
+  messages,
+  objectStoreSubjects,
+  streams,
+  subjects,
+} from '@vmsave/contracts';
 import { ack, createLogger, directGet, eventsOfJob, publishEvent, publishValidated, readHosts, readLog, runConsumer } from '@vmsave/bus';
 import { lines, runNode, uniq, waitFor } from '@vmsave/testkit';
 import { VmsaveClient } from '@vmsave/client';
@@ -266,7 +278,14 @@ describe('scheduler', () => {
 
   it("publishes a drain's child commands (save, restore, cancel) into VMSAVE_CMD, deduplicated by request id", async () => {
     // services/scheduler/src/drain.ts: a drain asks its saves, restores and cancels as ordinary commands.
-    for (const subject of [subjects.cmd.save, subjects.cmd.restore, subjects.cmd.cancel]) {
+    for (const subject of [
+      subjects.cmd.save,
+      subjects.cmd.restore,
+      subjects.cmd.cancel,
+      subjects.cmd.partitioned('save', 7),
+      subjects.cmd.partitioned('restore', 7),
+      subjects.cmd.partitioned('cancel', 7),
+    ]) {
       const id = uniq('drain-child');
       const a = await as.scheduler.bus.js.publish(subject, enc({ requestId: id }), { msgID: id });
       expect(a.stream, subject).toBe(streams.commands.name);
@@ -279,6 +298,8 @@ describe('scheduler', () => {
     // Only clients ask for a drain; the scheduler's grant is the three child commands, not `vmsave.cmd.>`.
     await expectJsPublishDenied(as.scheduler, subjects.cmd.drain);
     await expectJsPublishDenied(as.scheduler, 'vmsave.cmd.anything');
+    await expectJsPublishDenied(as.scheduler, `${subjects.cmd.drain}.07`);
+    await expectJsPublishDenied(as.scheduler, 'vmsave.cmd.save.07.x');
     await expectJsPublishDenied(as.scheduler, subjects.host(host));
     await expectPublishDenied(as.scheduler, subjects.heartbeat(host));
     await expectPublishDenied(as.scheduler, subjects.progress(jobId));
@@ -680,6 +701,11 @@ function matrixRows(): MatrixRow[] {
     pub('publish `vmsave.cmd.restore`', () => subjects.cmd.restore, ['client', 'scheduler']),
     pub('publish `vmsave.cmd.cancel`', () => subjects.cmd.cancel, ['client', 'scheduler']),
     pub('publish `vmsave.cmd.drain`', () => subjects.cmd.drain, ['client']),
+    // The partitioned subjects (several active schedulers): clients publish on them; the scheduler too (a drain's children, forwarding).
+    pub('publish `vmsave.cmd.save.<NN>` (VM partition)', () => subjects.cmd.partitioned('save', 7), ['client', 'scheduler']),
+    pub('publish `vmsave.cmd.restore.<NN>`', () => subjects.cmd.partitioned('restore', 15), ['client', 'scheduler']),
+    pub('publish `vmsave.cmd.cancel.<NN>`', () => subjects.cmd.partitioned('cancel', 0), ['client', 'scheduler']),
+    pub('publish `vmsave.cmd.drain.<NN>` (not a command)', () => `${subjects.cmd.drain}.03`, ['client']),
     pub('publish `vmsave.cmd.<any other>`', () => `vmsave.cmd.${m()}`, ['client']),
     pub('publish `vmsave.work.<host>`', () => subjects.work(m()), ['scheduler']),
     pub('publish `vmsave.ctl.<host>`', () => subjects.control(m()), ['client', 'scheduler']),
@@ -744,6 +770,13 @@ function matrixRows(): MatrixRow[] {
     config: { durable_name: executorUser(h), ack_policy: 'explicit', filter_subject: subjects.work(filterHost), mem_storage: true },
   });
   rows.push(
+    // Several active schedulers: one command durable per VM partition (`scheduler-p<NN>`, filter `vmsave.cmd.*.<NN>`) and `scheduler-global`.
+    api('create/update a partition durable `scheduler-p07` on `VMSAVE_CMD` (filter `vmsave.cmd.*.07`)', ['scheduler'], (c) =>
+      requestAllowed(c, `$JS.API.CONSUMER.CREATE.${streams.commands.name}.scheduler-p07.${commandFilters.ofPartition(7)}`, {
+        stream_name: streams.commands.name,
+        config: { durable_name: 'scheduler-p07', ack_policy: 'explicit', filter_subject: commandFilters.ofPartition(7), mem_storage: true },
+      }),
+    ),
     api('create/update its work durable `executor-<own host>` on `VMSAVE_WORK` (filter in the subject)', ['executor'], (c) =>
       requestAllowed(c, `$JS.API.CONSUMER.CREATE.${streams.work.name}.${executorUser(host)}.${subjects.work(host)}`, ownWork(host)),
     ),

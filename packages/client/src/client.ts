@@ -1,6 +1,8 @@
 import {
   jobIdFor,
   messages,
+  partitionKeyOfRequest,
+  partitionOf,
   subjects,
   type AdmissionReply,
   type CancelRequestInput,
@@ -96,9 +98,11 @@ export class VmsaveClient {
    * const a = await client.cancel({ requestId: 'cancel-1', jobId, reason: 'maintenance window over' });
    */
   async cancel(req: CancelRequestInput, opts: AdmissionOptions = {}): Promise<AdmissionReply | undefined> {
+    // On the partition of the job's VM (read from its first event), so the scheduler running the job gets it; the bare subject when that is unknown.
+    const subject = await this.cancelSubject(req.jobId);
     const answer = this.answer();
     try {
-      await publishValidated(this.bus, messages.cancelRequest, subjects.cmd.cancel, req, { msgId: req.requestId, replyTo: answer.inbox });
+      await publishValidated(this.bus, messages.cancelRequest, subject, req, { msgId: req.requestId, replyTo: answer.inbox });
     } catch (err) {
       answer.cancel();
       throw err;
@@ -127,14 +131,31 @@ export class VmsaveClient {
     };
   }
 
+  /** `vmsave.cmd.cancel.<NN>` for the job's VM partition, or the bare `vmsave.cmd.cancel` when its first event cannot be read. */
+  private async cancelSubject(jobId: string): Promise<string> {
+    const first = await eventsOfJob(this.bus, jobId)
+      .then((l) => l[0]?.event)
+      .catch(() => undefined);
+    if (first?.type === 'SaveRequested') return subjects.cmd.partitioned('cancel', partitionOf(partitionKeyOfRequest({ kind: 'save', vm: first.data.request.vm })));
+    if (first?.type === 'RestoreRequested')
+      return subjects.cmd.partitioned('cancel', partitionOf(partitionKeyOfRequest({ kind: 'restore', vm: first.data.vm, image: first.data.request.image })));
+    return subjects.cmd.cancel;
+  }
+
   private async submit(kind: 'save' | 'restore', req: SaveRequestInput | RestoreRequestInput, opts: AdmissionOptions): Promise<Submitted> {
     const answer = this.answer();
     let ack: Awaited<ReturnType<typeof publishValidated>>['ack'];
     try {
       ({ ack } =
         kind === 'save'
-          ? await publishValidated(this.bus, messages.saveRequest, subjects.cmd.save, req as SaveRequestInput, { msgId: req.requestId, replyTo: answer.inbox })
-          : await publishValidated(this.bus, messages.restoreRequest, subjects.cmd.restore, req as RestoreRequestInput, { msgId: req.requestId, replyTo: answer.inbox }));
+          ? await publishValidated(this.bus, messages.saveRequest, commandSubject('save', req as SaveRequestInput), req as SaveRequestInput, {
+              msgId: req.requestId,
+              replyTo: answer.inbox,
+            })
+          : await publishValidated(this.bus, messages.restoreRequest, commandSubject('restore', req as RestoreRequestInput), req as RestoreRequestInput, {
+              msgId: req.requestId,
+              replyTo: answer.inbox,
+            }));
     } catch (err) {
       answer.cancel();
       throw err;
@@ -228,4 +249,15 @@ export class VmsaveClient {
       progress?.unsubscribe();
     }
   }
+}
+
+/**
+ * The partitioned subject of a save (`vmsave.cmd.save.<NN>`, the VM's partition) or a restore
+ * (`vmsave.cmd.restore.<NN>`, its image's: the client does not know the image's VM). A request
+ * whose key does not parse as a string goes on the bare subject, where validation refuses it.
+ */
+export function commandSubject(kind: 'save' | 'restore', req: SaveRequestInput | RestoreRequestInput): string {
+  const key = kind === 'save' ? (req as SaveRequestInput).vm : (req as RestoreRequestInput).image;
+  if (typeof key !== 'string') return kind === 'save' ? subjects.cmd.save : subjects.cmd.restore;
+  return subjects.cmd.partitioned(kind, partitionOf(key));
 }

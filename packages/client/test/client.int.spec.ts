@@ -4,7 +4,7 @@
  * events a scheduler would have written.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { jobIdFor, messages, newEventId, sourceOf, streams, subjects, type AdmissionReply, type JobEvent } from '@vmsave/contracts';
+import { jobIdFor, messages, newEventId, partitionOf, sourceOf, streams, subjects, type AdmissionReply, type JobEvent } from '@vmsave/contracts';
 import { Bus, publishCore, publishEvent } from '@vmsave/bus';
 import { testUrls, uniq, waitFor } from '@vmsave/testkit';
 import { JobWaitTimeout, VmsaveClient } from '../src/index.ts';
@@ -49,9 +49,30 @@ describe('VmsaveClient on a real NATS', () => {
     expect(r).toEqual({ jobId: jobIdFor('save', requestId), duplicate: false, streamSeq: expect.any(Number), admission: undefined });
   });
 
+  it("a cancel goes on its job's VM partition (read from the job's first event), else on the bare subject", async () => {
+    const requestId = uniq('cancel-part');
+    const vm = 'db.primary-7';
+    const s = await client.save({ requestId, vm }, { admissionTimeoutMs: 100 });
+    await publishEvent(bus, event(s.jobId, 'SaveRequested', { request: { requestId, vm, format: 'auto' } }));
+    const cancelId = uniq('c');
+    await client.cancel({ requestId: cancelId, jobId: s.jobId }, { admissionTimeoutMs: 100 });
+    const onPartition = await bus.jsm.streams.getMessage(streams.commands.name, { last_by_subj: subjects.cmd.partitioned('cancel', partitionOf(vm)) });
+    expect(onPartition?.json<{ requestId: string }>().requestId).toBe(cancelId);
+    // A job whose events cannot be read (unknown here): the bare subject, where a scheduler forwards it.
+    const bareId = uniq('c');
+    await client.cancel({ requestId: bareId, jobId: jobIdFor('save', uniq('nobody')) }, { admissionTimeoutMs: 100 });
+    expect((await bus.jsm.streams.getMessage(streams.commands.name, { last_by_subj: subjects.cmd.cancel }))?.json<{ requestId: string }>().requestId).toBe(bareId);
+  });
+
   it("the admission answer comes back on the request's reply inbox", async () => {
     const requestId = uniq('answered');
-    const answered = answer(subjects.cmd.save, requestId, { outcome: 'accepted', requestId, jobId: jobIdFor('save', requestId), duplicate: false });
+    // On the VM's partition subject (`vmsave.cmd.save.<NN>`), as every save since bus API 1.1.
+    const answered = answer(subjects.cmd.partitioned('save', partitionOf('web-1')), requestId, {
+      outcome: 'accepted',
+      requestId,
+      jobId: jobIdFor('save', requestId),
+      duplicate: false,
+    });
     const r = await client.save({ requestId, vm: 'web-1' }, { admissionTimeoutMs: 10_000 });
     await answered;
     expect(r.admission).toEqual({ outcome: 'accepted', requestId, jobId: r.jobId, duplicate: false });

@@ -1,5 +1,6 @@
 export * from './vm.ts';
 export * from './common.ts';
+export * from './partition.ts';
 export * from './subjects.ts';
 export * from './streams.ts';
 export * from './ids.ts';

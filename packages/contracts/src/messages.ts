@@ -1,5 +1,5 @@
 import type { z } from 'zod';
-import { subjects } from './subjects.ts';
+import { parseCommandSubject, subjects } from './subjects.ts';
 import { CancelRequest, DrainRequest, RestoreRequest, SaveRequest, AdmissionReply } from './commands.ts';
 import { JobEvent } from './events.ts';
 import { ControlReply, ControlRequest, DeadLetter, Heartbeat, HostAnnouncement, ProgressSample } from './hosts.ts';
@@ -23,6 +23,10 @@ export const messages = {
   restoreRequest: define('RestoreRequest', subjects.cmd.restore, RestoreRequest),
   cancelRequest: define('CancelRequest', subjects.cmd.cancel, CancelRequest),
   drainRequest: define('DrainRequest', subjects.cmd.drain, DrainRequest),
+  /** The same requests on the partitioned subjects `vmsave.cmd.<kind>.<NN>` (`partitionOf` of the VM; see partition.ts). */
+  saveRequestPartitioned: define('SaveRequest', subjects.cmd.partitionedAll.save, SaveRequest),
+  restoreRequestPartitioned: define('RestoreRequest', subjects.cmd.partitionedAll.restore, RestoreRequest),
+  cancelRequestPartitioned: define('CancelRequest', subjects.cmd.partitionedAll.cancel, CancelRequest),
   admissionReply: define('AdmissionReply', '(reply subject of a command)', AdmissionReply),
   work: define('WorkItem', subjects.workAll, WorkItem),
   event: define('JobEvent', subjects.evtAll, JobEvent),
@@ -34,14 +38,19 @@ export const messages = {
   deadLetter: define('DeadLetter', subjects.dlqAll, DeadLetter),
 } as const;
 
-/** The command definition for a subject on the command stream, if any. */
+/**
+ * The command definition for a subject on the command stream, if any: the bare subjects and the
+ * partitioned ones (`vmsave.cmd.<kind>.<NN>`) carry the same messages, so a handler compares
+ * with `messages.saveRequest` etc. whichever it came on.
+ */
 export function commandForSubject(subject: string) {
-  switch (subject) {
-    case subjects.cmd.save:
+  const c = parseCommandSubject(subject);
+  switch (c?.kind) {
+    case 'save':
       return messages.saveRequest;
-    case subjects.cmd.restore:
+    case 'restore':
       return messages.restoreRequest;
-    case subjects.cmd.cancel:
+    case 'cancel':
       return messages.cancelRequest;
     default:
       return undefined;

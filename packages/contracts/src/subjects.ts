@@ -3,7 +3,8 @@
  *
  * | subject                         | kind                      | publisher → consumer            |
  * |---------------------------------|---------------------------|---------------------------------|
- * | vmsave.cmd.{save,restore,cancel,drain}| JetStream VMSAVE_CMD (WQ) | clients → scheduler       |
+ * | vmsave.cmd.{save,restore,cancel}.<NN>| JetStream VMSAVE_CMD (WQ) | clients → the scheduler owning partition NN |
+ * | vmsave.cmd.{save,restore,cancel,drain}| JetStream VMSAVE_CMD (WQ) | old clients, drains → scheduler (forwarded) |
  * | vmsave.work.<host>              | JetStream VMSAVE_WORK (WQ)| scheduler → that host's executor|
  * | vmsave.evt.<jobId>.<type>       | JetStream VMSAVE_EVT      | every service → everyone        |
  * | vmsave.host.<host>              | JetStream VMSAVE_HOSTS    | executors → scheduler, dashboard|
@@ -12,6 +13,8 @@
  * | vmsave.ctl.<host>               | core NATS request/reply   | scheduler → executor (cancel)   |
  * | vmsave.dlq.<service>            | JetStream VMSAVE_DLQ      | any consumer → operators        |
  */
+import { PARTITIONS, partitionToken } from './partition.ts';
+
 export const ROOT = 'vmsave';
 
 /** A token that is safe inside a subject: no dots, wildcards or whitespace. */
@@ -31,6 +34,10 @@ export const subjects = {
     cancel: `${ROOT}.cmd.cancel`,
     drain: `${ROOT}.cmd.drain`,
     all: `${ROOT}.cmd.>`,
+    /** `vmsave.cmd.<kind>.<NN>`: a command for a VM of partition NN (`partitionOf`). */
+    partitioned: (kind: 'save' | 'restore' | 'cancel', partition: number) => `${ROOT}.cmd.${kind}.${partitionToken(partition)}`,
+    /** Wildcards of the partitioned subjects of one kind, `vmsave.cmd.save.*` (permissions, AsyncAPI). */
+    partitionedAll: { save: `${ROOT}.cmd.save.*`, restore: `${ROOT}.cmd.restore.*`, cancel: `${ROOT}.cmd.cancel.*` },
   },
   work: (host: string) => `${ROOT}.work.${token('host', host)}`,
   workAll: `${ROOT}.work.*`,
@@ -48,6 +55,14 @@ export const subjects = {
   controlAll: `${ROOT}.ctl.*`,
   dlq: (service: string) => `${ROOT}.dlq.${token('service', service)}`,
   dlqAll: `${ROOT}.dlq.*`,
+} as const;
+
+/** The scheduler's command consumer filters (one filter per consumer on NATS 2.9; a work queue refuses overlapping ones). */
+export const commandFilters = {
+  /** The bare (unpartitioned) command subjects, `vmsave.cmd.*`: the `scheduler-global` durable. */
+  bare: `${ROOT}.cmd.*`,
+  /** Every partitioned command of one partition, `vmsave.cmd.*.<NN>`: the `scheduler-p<NN>` durable. */
+  ofPartition: (partition: number) => `${ROOT}.cmd.*.${partitionToken(partition)}`,
 } as const;
 
 /**
@@ -75,6 +90,18 @@ const REPLY_SUBJECT = /^_INBOX(\.[A-Za-z0-9_:-]+)+$/;
  */
 export function isReplySubject(subject: string): boolean {
   return subject.length <= REPLY_SUBJECT_MAX && REPLY_SUBJECT.test(subject);
+}
+
+/** Parse `vmsave.cmd.<kind>[.<NN>]`: the command kind and, on a partitioned subject, its partition. */
+export function parseCommandSubject(subject: string): { kind: 'save' | 'restore' | 'cancel' | 'drain'; partition?: number } | undefined {
+  const parts = subject.split('.');
+  if (parts[0] !== ROOT || parts[1] !== 'cmd' || (parts.length !== 3 && parts.length !== 4)) return undefined;
+  const kind = parts[2];
+  if (kind !== 'save' && kind !== 'restore' && kind !== 'cancel' && kind !== 'drain') return undefined;
+  if (parts.length === 3) return { kind };
+  if (kind === 'drain' || !/^[0-9]{2}$/.test(parts[3]!)) return undefined;
+  const partition = Number(parts[3]);
+  return partition < PARTITIONS ? { kind, partition } : undefined;
 }
 
 /** Parse `vmsave.evt.<jobId>.<type>`; undefined for any other subject. */

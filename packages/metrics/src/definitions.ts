@@ -114,6 +114,13 @@ export const METRICS = {
     help: 'Jobs scheduled or running on each host.',
     labelNames: ['host'],
   },
+  ownedPartitions: {
+    type: 'gauge',
+    owner: 'scheduler',
+    name: 'vmsave_scheduler_owned_partitions',
+    help: 'VM partitions (of 16) this scheduler owns and acts on now.',
+    labelNames: [],
+  },
 
   /* ---------- executor ---------- */
   saves: {

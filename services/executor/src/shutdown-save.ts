@@ -9,7 +9,7 @@
  */
 import { readFile, rename, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { jobIdFor, messages, subjects, type RestoreRequestInput, type SaveRequestInput } from '@vmsave/contracts';
+import { jobIdFor, messages, partitionOf, subjects, type RestoreRequestInput, type SaveRequestInput } from '@vmsave/contracts';
 import { eventsOfJob, publishValidated } from '@vmsave/bus';
 import { fold, type JobState } from '@vmsave/jobs';
 import type { ExecutorContext } from './context.ts';
@@ -61,7 +61,7 @@ export async function saveOnShutdown(ctx: ExecutorContext): Promise<ShutdownOutc
     };
     const jobId = jobIdFor('save', req.requestId);
     try {
-      await publishValidated(ctx.bus, messages.saveRequest, subjects.cmd.save, req, { msgId: req.requestId });
+      await publishValidated(ctx.bus, messages.saveRequest, subjects.cmd.partitioned('save', partitionOf(req.vm)), req, { msgId: req.requestId });
     } catch (err) {
       // E.g. NATS permissions that do not let this executor's user publish on vmsave.cmd.save.
       refused.push({ vm: v.name, jobId, reason: `the save request could not be published: ${(err as Error).message}` });
@@ -90,7 +90,7 @@ export async function saveOnShutdown(ctx: ExecutorContext): Promise<ShutdownOutc
         await publishValidated(
           ctx.bus,
           messages.cancelRequest,
-          subjects.cmd.cancel,
+          subjects.cmd.partitioned('cancel', partitionOf(j.vm)),
           { schemaVersion: 1, requestId: `cancel-${j.jobId}`.slice(0, 128), jobId: j.jobId, reason: `host ${ctx.host} shut down: ${reason}` },
           { msgId: `cancel-${j.jobId}` },
         ).catch((err: unknown) => ctx.log.warn({ jobId: j.jobId, err: (err as Error).message }, 'host shutdown: could not cancel the unfinished save'));
@@ -146,7 +146,7 @@ export async function restoreAfterShutdown(ctx: ExecutorContext, pending: Shutdo
       priority: 'high',
       requestedBy: `${ctx.source} (restart after host shutdown)`,
     };
-    await publishValidated(ctx.bus, messages.restoreRequest, subjects.cmd.restore, req, { msgId: req.requestId });
+    await publishValidated(ctx.bus, messages.restoreRequest, subjects.cmd.partitioned('restore', partitionOf(req.image)), req, { msgId: req.requestId });
     const jobId = jobIdFor('restore', req.requestId);
     jobIds.push(jobId);
     ctx.log.info({ jobId, vm: p.vm, image: p.imagePath, saveJobId: p.jobId }, 'restart after host shutdown: restore requested');

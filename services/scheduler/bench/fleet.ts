@@ -40,6 +40,9 @@ export class Fleet {
   completed = 0;
   /** Errors in the simulated executors (a publish that failed); they should stay 0. */
   errors = 0;
+  /** Work items received for an attempt (`jobId.attempt`) already received: a save run twice. */
+  duplicates = 0;
+  private readonly seen = new Set<string>();
 
   constructor(
     private readonly bus: Bus,
@@ -111,6 +114,9 @@ export class Fleet {
 
   private async run(host: string, w: WorkItem): Promise<void> {
     this.received++;
+    const attemptKey = `${w.jobId}.${w.attempt}`;
+    if (this.seen.has(attemptKey)) this.duplicates++;
+    else this.seen.add(attemptKey);
     const jobs = this.inflight.get(host)!;
     jobs.set(w.jobId, { jobId: w.jobId, attempt: w.attempt, stage: 'migrate', fencingToken: w.fencingToken });
     const source = `executor@${host}`;

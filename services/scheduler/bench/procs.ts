@@ -90,8 +90,12 @@ export async function startRedis(dir: string, bin = 'redis-server'): Promise<{ p
   return { proc, url: `redis://127.0.0.1:${port}` };
 }
 
-/** The real scheduler (`services/scheduler/src/main.ts`) as its own node process; its pino log goes to a file. */
-export async function startScheduler(dir: string, env: Record<string, string>, opts: { cpuProfDir?: string; readyTimeoutMs?: number; nodeArgs?: string[] } = {}): Promise<Proc> {
+/** The real scheduler (`services/scheduler/src/main.ts`) as its own node process; its pino log goes to `<dir>/<name>.log` (name `scheduler` unless given). */
+export async function startScheduler(
+  dir: string,
+  env: Record<string, string>,
+  opts: { cpuProfDir?: string; readyTimeoutMs?: number; nodeArgs?: string[]; name?: string } = {},
+): Promise<Proc> {
   const args = [
     ...(opts.cpuProfDir ? ['--cpu-prof', `--cpu-prof-dir=${opts.cpuProfDir}`] : []),
     ...(opts.nodeArgs ?? []),
@@ -100,13 +104,14 @@ export async function startScheduler(dir: string, env: Record<string, string>, o
     'tsx',
     'services/scheduler/src/main.ts',
   ];
-  const proc = start('scheduler', process.execPath, args, path.join(dir, 'scheduler.log'), { cwd: REPO, env: { ...process.env, ...env } });
+  const name = opts.name ?? 'scheduler';
+  const proc = start(name, process.execPath, args, path.join(dir, `${name}.log`), { cwd: REPO, env: { ...process.env, ...env } });
   const end = Date.now() + (opts.readyTimeoutMs ?? 60_000);
   for (;;) {
     const text = await readFile(proc.logFile, 'utf8').catch(() => '');
     if (text.includes('"msg":"scheduler running"')) return proc;
-    if (proc.child.exitCode !== null) throw new Error(`scheduler exited (${proc.child.exitCode}) during start: ${tail(proc.logFile)}`);
-    if (Date.now() > end) throw new Error(`scheduler not running after ${opts.readyTimeoutMs ?? 60_000} ms: ${tail(proc.logFile)}`);
+    if (proc.child.exitCode !== null) throw new Error(`${name} exited (${proc.child.exitCode}) during start: ${tail(proc.logFile)}`);
+    if (Date.now() > end) throw new Error(`${name} not running after ${opts.readyTimeoutMs ?? 60_000} ms: ${tail(proc.logFile)}`);
     await sleep(100);
   }
 }
@@ -150,4 +155,32 @@ export async function usage(pid: number): Promise<ProcUsage> {
   const status = await readFile(`/proc/${pid}/status`, 'utf8');
   const kb = (key: string) => Number(/^(\w+):\s+(\d+) kB/m.exec(status.split('\n').find((l) => l.startsWith(`${key}:`)) ?? '')?.[2] ?? 0) * 1024;
   return { cpuMs, rssBytes: kb('VmRSS'), peakRssBytes: kb('VmHWM') };
+}
+
+/**
+ * The partitions a scheduler says it owns: the `partitions` of the last `"msg":"partitions owned"`
+ * line of its log; undefined while it has logged none.
+ */
+export async function ownedPartitions(logFile: string): Promise<number[] | undefined> {
+  const text = await readFile(logFile, 'utf8').catch(() => '');
+  const lines = text.split('\n');
+  for (let i = lines.length - 1; i >= 0; i--) {
+    const line = lines[i]!;
+    if (!line.includes('"msg":"partitions owned"')) continue;
+    try {
+      const parts = (JSON.parse(line) as { partitions?: unknown }).partitions;
+      if (Array.isArray(parts) && parts.every((p) => Number.isInteger(p))) return parts as number[];
+    } catch {
+      // A line cut short while being written: look further up.
+    }
+  }
+  return undefined;
+}
+
+/** How many lines of a log contain `needle` (e.g. `"msg":"partitions owned"`: one per ownership change). */
+export async function countLines(logFile: string, needle: string): Promise<number> {
+  const text = await readFile(logFile, 'utf8').catch(() => '');
+  let n = 0;
+  for (let i = text.indexOf(needle); i >= 0; i = text.indexOf(needle, i + needle.length)) n++;
+  return n;
 }

@@ -14,6 +14,18 @@ export const SchedulerEnv = BusEnv.extend({
   VMSAVE_HEARTBEAT_TIMEOUT_MS: ms(15_000),
   VMSAVE_HOST_OFFLINE_MS: ms(30_000),
   VMSAVE_LEASE_TTL_MS: ms(30_000),
+  /**
+   * Time to live of a scheduler's VM-partition leases (`ownership.ts`): a dead scheduler's
+   * partitions are taken within about this long. Must stay below VMSAVE_LEASE_TTL_MS, so a
+   * takeover renews running jobs' VM leases before they lapse. Default: 5000, or half of
+   * VMSAVE_LEASE_TTL_MS when that is shorter.
+   */
+  VMSAVE_PARTITION_TTL_MS: z.coerce.number().int().min(1).optional(),
+  /** This scheduler's name in leases and logs (default `scheduler-<pid>-<random>`). */
+  VMSAVE_SCHEDULER_ID: z
+    .string()
+    .regex(/^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/, 'VMSAVE_SCHEDULER_ID: letters, digits, . _ : - (max 128), starting with a letter or digit')
+    .optional(),
   /** How long past its deadline a silent job may run before the scheduler fails it. */
   VMSAVE_DEADLINE_GRACE_MS: ms(30_000),
   VMSAVE_TICK_MS: ms(1000),
@@ -31,9 +43,16 @@ export const SchedulerEnv = BusEnv.extend({
   /** `/metrics`: VMSAVE_METRICS_HOST (127.0.0.1) and VMSAVE_METRICS_PORT (9464; 0 = off). */
   ...metricsEnv('scheduler'),
 });
-export type SchedulerConfig = z.infer<typeof SchedulerEnv>;
+export type SchedulerConfig = Omit<z.infer<typeof SchedulerEnv>, 'VMSAVE_PARTITION_TTL_MS'> & { VMSAVE_PARTITION_TTL_MS: number };
 
 /** Parse the scheduler's settings once; the error names the variable and the rule. */
 export function loadConfig(env: Record<string, string | undefined> = process.env): SchedulerConfig {
-  return parseEnv(SchedulerEnv, env, 'scheduler');
+  const parsed = parseEnv(SchedulerEnv, env, 'scheduler');
+  const cfg = { ...parsed, VMSAVE_PARTITION_TTL_MS: parsed.VMSAVE_PARTITION_TTL_MS ?? Math.max(1, Math.min(5000, Math.floor(parsed.VMSAVE_LEASE_TTL_MS / 2))) };
+  if (cfg.VMSAVE_PARTITION_TTL_MS >= cfg.VMSAVE_LEASE_TTL_MS) {
+    throw new Error(
+      `scheduler configuration: VMSAVE_PARTITION_TTL_MS: must be below VMSAVE_LEASE_TTL_MS (${cfg.VMSAVE_PARTITION_TTL_MS} ≥ ${cfg.VMSAVE_LEASE_TTL_MS}), so a takeover comes before running jobs' VM leases lapse`,
+    );
+  }
+  return cfg;
 }

@@ -98,29 +98,62 @@ export class Journal {
   }
 
   async apply(e: JobEvent): Promise<void> {
-    const { cfg } = this.d;
     const { before, s } = this.fold(e);
     const log = this.d.log.child({ jobId: e.jobId });
     switch (e.type) {
       case 'SaveFailed':
       case 'RestoreFailed': {
         if (before.status === s.status) return;
+        // Another scheduler's job (its partition not ours): folded only; its owner reacts.
+        if (!this.d.state.ownsJob(e.jobId)) return this.endedElsewhere(before);
         await this.releaseLease(before);
-        const delayMs = retryDelayMs(s.attempt + 1, cfg.VMSAVE_RETRY_BASE_MS, cfg.VMSAVE_RETRY_MAX_MS);
-        const r = await this.emit(s, { type: 'Retry', delayMs, maxAttempts: cfg.VMSAVE_MAX_ATTEMPTS });
-        if (r.length) {
-          log.info({ delayMs, attempt: s.attempt + 1, code: e.data.code }, 'retrying after a retryable failure');
-          setTimeout(() => this.d.wake(), delayMs + 10).unref();
-        }
+        await this.retry(s, log, e.data.code);
         return;
       }
       case 'SaveCompleted':
       case 'RestoreCompleted':
       case 'SaveCancelled':
       case 'RestoreCancelled':
-        if (before.status !== s.status) await this.releaseLease(before);
+        if (before.status === s.status) return;
+        if (this.d.state.ownsJob(e.jobId)) await this.releaseLease(before);
+        else this.endedElsewhere(before);
         return;
       default:
+    }
+  }
+
+  /** Queue a failed job again after its backoff (or end it, attempts used up); also for a taken partition's failed jobs. */
+  async retry(s: JobState, log: Logger = this.d.log.child({ jobId: s.jobId }), code = s.lastFailure?.code): Promise<void> {
+    const { cfg } = this.d;
+    const delayMs = retryDelayMs(s.attempt + 1, cfg.VMSAVE_RETRY_BASE_MS, cfg.VMSAVE_RETRY_MAX_MS);
+    const r = await this.emit(s, { type: 'Retry', delayMs, maxAttempts: cfg.VMSAVE_MAX_ATTEMPTS });
+    if (r.length) {
+      log.info({ delayMs, attempt: s.attempt + 1, code }, 'retrying after a retryable failure');
+      setTimeout(() => this.d.wake(), delayMs + 10).unref();
+    }
+  }
+
+  /** Remember the lease of another scheduler's job that ended, for a lease TTL (`state.endedElsewhere`). */
+  private endedElsewhere(s: JobState): void {
+    const { state, cfg } = this.d;
+    const key = state.leaseKeyOf(s);
+    if (!key || s.fencingToken === undefined || !s.jobId) return;
+    const now = Date.now();
+    state.endedElsewhere.delete(s.jobId);
+    state.endedElsewhere.set(s.jobId, { vm: key, owner: s.jobId, token: s.fencingToken, ...(s.host ? { host: s.host } : {}), atMs: now });
+    for (const [id, l] of state.endedElsewhere) {
+      if (now - l.atMs < cfg.VMSAVE_LEASE_TTL_MS) break;
+      state.endedElsewhere.delete(id);
+    }
+  }
+
+  /** A taken partition: release the leases its previous owner's ended jobs may still hold. */
+  releaseEndedElsewhere(partitions: ReadonlySet<number>): void {
+    const { state, leases } = this.d;
+    for (const [id, l] of state.endedElsewhere) {
+      if (!partitions.has(state.partitionOfJob(id) ?? -1)) continue;
+      state.endedElsewhere.delete(id);
+      void leases.release(l).catch(() => false);
     }
   }
 
@@ -130,6 +163,7 @@ export class Journal {
     state.seen.delete(s.jobId!);
     // Not awaited: the log's next event need not wait for Redis. Commands on the one Redis
     // connection run in the order sent, so a later acquire of this key comes after the release.
-    if (key && s.fencingToken !== undefined) void leases.release({ vm: key, owner: s.jobId!, token: s.fencingToken }).catch(() => false);
+    // With its host slot (`acquireWithSlot` at dispatch).
+    if (key && s.fencingToken !== undefined) void leases.release({ vm: key, owner: s.jobId!, token: s.fencingToken, ...(s.host ? { host: s.host } : {}) }).catch(() => false);
   }
 }

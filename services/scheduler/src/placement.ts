@@ -119,7 +119,7 @@ export class Placement {
     }
   }
 
-  private limitOf = (host: string): number => this.d.state.hosts.get(host)?.announcement.maxConcurrentJobs ?? this.d.cfg.VMSAVE_HOST_LIMIT;
+  readonly limitOf = (host: string): number => this.d.state.hosts.get(host)?.announcement.maxConcurrentJobs ?? this.d.cfg.VMSAVE_HOST_LIMIT;
 
   /** Where a job with no placement goes, from the current hosts; a refusal other than a silent host rejects it. */
   private place(s: JobState): Placed | Refusal | undefined {
@@ -151,9 +151,15 @@ export class Placement {
       this.refused.add(q.host);
       return;
     }
-    const lease = await this.d.leases.acquire(q.vm, q.jobId, cfg.VMSAVE_LEASE_TTL_MS);
-    if (!lease) {
-      log.info({ ...ids, lease: q.vm }, 'VM lease held elsewhere; job stays queued');
+    // The partition went to another scheduler since the pass picked it: not ours to start.
+    if (!state.ownsJob(q.jobId)) return;
+    // The VM lease and a slot of the host in one step: the host's limit holds across schedulers.
+    const lease = await this.d.leases.acquireWithSlot(q.vm, q.jobId, cfg.VMSAVE_LEASE_TTL_MS, q.host, this.limitOf(q.host));
+    if ('refused' in lease) {
+      // At debug: with several schedulers a busy host refuses often, and the next pass tries again.
+      if (lease.refused === 'host-full') {
+        if (log.isLevelEnabled('debug')) log.debug({ ...ids, lease: q.vm }, 'host full (its slots are held by other jobs); job stays queued');
+      } else log.info({ ...ids, lease: q.vm }, 'VM lease held elsewhere; job stays queued');
       this.refused.add(q.host);
       return;
     }
@@ -163,7 +169,10 @@ export class Placement {
     const deadlineMs = s.saveRequest?.deadlineMs ?? s.restoreRequest?.deadlineMs ?? defaultDeadlineMs(ramBytes, host.throughputBytesPerSec);
     const deadlineAt = new Date(Date.now() + deadlineMs).toISOString();
     const events = await this.d.journal.emit(s, { type: 'Schedule', host: q.host, fencingToken: token, deadlineAt });
-    if (!events.length) return;
+    if (!events.length) {
+      void this.d.leases.release(lease).catch(() => false);
+      return;
+    }
     const after = state.jobs.get(q.jobId)!;
     state.seen.set(q.jobId, Date.now());
     let work: WorkItem;

@@ -1,3 +1,4 @@
+import { partitionOf } from '@vmsave/contracts';
 import type { JobState } from '@vmsave/jobs';
 import { isTerminal, ON_HOST_STATUSES } from '@vmsave/jobs';
 import { TimeHeap } from './heap.ts';
@@ -88,6 +89,24 @@ export class SchedulerState {
   checkAfterMs = 5000;
   private chain: Promise<unknown> = Promise.resolve();
 
+  /* ---- partitions (several active schedulers, `ownership.ts`) ---- */
+  /**
+   * Whether this scheduler acts on the jobs of a VM partition now. Every scheduler folds every
+   * job; only the owned ones are queued, dispatched, watched, retried and have their leases
+   * renewed and released. Default: all (one scheduler alone).
+   */
+  owns: (partition: number) => boolean = () => true;
+  /** Each job's partition, fixed at its first state (a restore's VM may become known later). */
+  private readonly partOf = new Map<string, number>();
+  /** Failed jobs whose failure was retryable and that no `Retry` followed yet: a new owner retries them. */
+  readonly retryPending = new Set<string>();
+  /**
+   * Leases of other schedulers' jobs that ended recently (in end order, kept for a lease TTL):
+   * their owner releases them, but one that died first cannot, so a scheduler taking the
+   * partition releases them (token-checked, so a lease taken since is untouched).
+   */
+  readonly endedElsewhere = new Map<string, { vm: string; owner: string; token: number; host?: string; atMs: number }>();
+
   /* ---- incremental indexes, kept by `put`, `setPlacement` and `setHost` only ---- */
   /** Each queued (requested and placed) job's entry in its host's queue. */
   private readonly queued = new Map<string, QueuedJob>();
@@ -125,6 +144,9 @@ export class SchedulerState {
   put(jobId: string, s: JobState): void {
     const before = this.jobs.get(jobId);
     this.jobs.set(jobId, s);
+    if (!this.partOf.has(jobId) && s.status !== 'none') this.partOf.set(jobId, this.partitionKey(jobId, s));
+    if (s.status === 'failed' && s.lastFailure?.retryable) this.retryPending.add(jobId);
+    else this.retryPending.delete(jobId);
     if (s.status === 'none' || isTerminal(s) || s.status === 'completed') this.open.delete(jobId);
     else this.open.add(jobId);
     this.trackVerdict(jobId, s);
@@ -138,6 +160,47 @@ export class SchedulerState {
     if (wasOn && !isOn) this.leaveHost(jobId);
     else if (isOn && !wasOn) this.enterHost(jobId, s);
     else if (isOn && wasOn) this.addKeys(jobId, s);
+  }
+
+  /** A job's partition: its VM's (`partitionOf`); a restore whose VM the log does not know: its image's. */
+  private partitionKey(jobId: string, s: JobState): number {
+    if (s.kind === 'save') return partitionOf(s.saveRequest?.vm ?? s.vm ?? jobId);
+    if (s.kind === 'restore') return partitionOf(this.imageOnly.has(jobId) ? (s.restoreRequest?.image ?? jobId) : (s.vm ?? s.restoreRequest?.image ?? jobId));
+    return partitionOf(jobId);
+  }
+
+  /** The partition a job belongs to (undefined for a job the state does not know). */
+  partitionOfJob(jobId: string): number | undefined {
+    return this.partOf.get(jobId);
+  }
+
+  /** Whether this scheduler acts on a job now (its partition is owned). */
+  ownsJob(jobId: string): boolean {
+    const p = this.partOf.get(jobId);
+    return p !== undefined && this.owns(p);
+  }
+
+  /**
+   * Partitions were taken: queue their requested jobs, check their on-host jobs soon, and return
+   * their failed jobs that await a retry (the previous owner may have died before retrying).
+   */
+  adopt(partitions: ReadonlySet<number>, nowMs: number): string[] {
+    for (const id of this.open) {
+      if (!partitions.has(this.partOf.get(id) ?? -1)) continue;
+      const s = this.jobs.get(id)!;
+      if (s.status === 'requested' && !this.queued.has(id) && !this.unplaced.has(id)) this.enqueue(id, s);
+      else if (onHost(s)) {
+        // Its silence is judged from now: the previous owner's view of it is gone.
+        if (!this.seen.has(id)) this.seen.set(id, nowMs);
+        this.scheduleCheck(id, nowMs);
+      }
+    }
+    return [...this.retryPending].filter((id) => partitions.has(this.partOf.get(id) ?? -1));
+  }
+
+  /** Partitions were given back (or lost): their jobs leave this scheduler's queues. */
+  disown(partitions: ReadonlySet<number>): void {
+    for (const id of [...this.queued.keys(), ...this.unplaced]) if (partitions.has(this.partOf.get(id) ?? -1)) this.dequeue(id);
   }
 
   private trackVerdict(jobId: string, s: JobState): void {
@@ -231,6 +294,8 @@ export class SchedulerState {
   }
 
   private enqueue(jobId: string, s: JobState): void {
+    // Another scheduler's job: folded, never queued here.
+    if (!this.ownsJob(jobId)) return;
     const p = this.placed.get(jobId);
     if (!p) {
       this.unplaced.add(jobId);

@@ -16,6 +16,8 @@ export interface WatchdogDeps {
   log: Logger;
   /** Ask for a placement pass after a tick. */
   wake: () => void;
+  /** A host's job limit (a lease that lapsed is taken again with a slot of its host). */
+  limitOf: (host: string) => number;
 }
 
 /** Overdue verdicts handled per tick (the rest wait for the next ones). */
@@ -75,14 +77,17 @@ export class Watchdog {
     const { state, cfg, leases } = this.d;
     const s = state.jobs.get(jobId);
     if (!s || !onHost(s) || !s.host || isTerminal(s)) return;
+    // Another scheduler's job: its owner watches it (taking its partition schedules a check again, `state.adopt`).
+    if (!state.ownsJob(jobId)) return;
     if (!state.seen.has(jobId)) state.seen.set(jobId, Math.max(state.startedAtMs, Date.parse(s.updatedAt ?? '') || 0));
     const hb = state.heartbeats.get(s.host);
     if (hb && now - hb.atMs < cfg.VMSAVE_HEARTBEAT_TIMEOUT_MS && hb.jobs.has(jobId)) {
       state.seen.set(jobId, Math.max(state.seen.get(jobId)!, hb.atMs));
       const key = state.leaseKeyOf(s);
       if (key && s.fencingToken !== undefined) {
-        const lease = { vm: key, owner: jobId, token: s.fencingToken, expiresAt: 0 };
-        if (!(await leases.renew(lease, cfg.VMSAVE_LEASE_TTL_MS))) await leases.acquire(key, jobId, cfg.VMSAVE_LEASE_TTL_MS);
+        // The VM lease and its host slot together.
+        const lease = { vm: key, owner: jobId, token: s.fencingToken, expiresAt: 0, host: s.host };
+        if (!(await leases.renew(lease, cfg.VMSAVE_LEASE_TTL_MS))) await leases.acquireWithSlot(key, jobId, cfg.VMSAVE_LEASE_TTL_MS, s.host, this.d.limitOf(s.host));
       }
     }
     const seen = state.seen.get(jobId)!;
@@ -124,6 +129,8 @@ export class Watchdog {
     for (const entry of state.awaitingVerdict) {
       // At most VERDICTS_PER_TICK per tick: each asks the log, and the rest of the scheduler waits meanwhile.
       if (now - entry[1].sinceMs < cfg.VMSAVE_VERDICT_TIMEOUT_MS || due.length >= VERDICTS_PER_TICK) break;
+      // Another scheduler's save: its owner watches the verdict.
+      if (!state.ownsJob(entry[0])) continue;
       due.push(entry);
     }
     for (const [jobId, w] of due) {

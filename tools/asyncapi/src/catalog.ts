@@ -52,6 +52,11 @@ export const parameters: Record<string, ParameterInfo> = {
     description: 'An executor host name (letters, digits, `_ - :`, at most 128).',
     examples: [ex.exampleIds.host],
   },
+  partition: {
+    description:
+      "A VM partition, two digits `00`–`15`: FNV-1a 32-bit of the VM name (UTF-8) mod 16 (`partitionOf` in packages/contracts); for a restore, of its image path as requested; for a cancel, of the job's VM (from its first event).",
+    examples: ['07'],
+  },
   service: {
     description: 'The service that refused a message (`scheduler`, `executor`, `verifier`, `dashboard`).',
     enum: ['scheduler', 'executor', 'verifier', 'dashboard'],
@@ -322,6 +327,48 @@ export const channels: ChannelInfo[] = [
     consumers: ['scheduler'],
     messages: [cancelRequestMessage],
   },
+  // Since bus API 1.1: the partitioned command subjects (several active schedulers, docs/scheduler.md). The bare ones above stay accepted.
+  {
+    id: 'saveRequestsPartitioned',
+    address: 'vmsave.cmd.save.{partition}',
+    sample: { values: { partition: '07' }, subject: subjects.cmd.partitioned('save', 7) },
+    definition: messages.saveRequestPartitioned,
+    title: 'Save requests (partitioned)',
+    description:
+      'Save requests on the partition of their VM (`partitionOf(vm)`, two digits): the scheduler owning that partition takes them directly. Same message, stream and deduplication as `vmsave.cmd.save`; preferred since bus API 1.1 (the bare subject is forwarded).',
+    audience: 'public',
+    transport: { kind: 'jetstream', stream: streams.commands },
+    publishers: ['client', 'scheduler', 'executor'],
+    consumers: ['scheduler'],
+    messages: [saveRequestMessage],
+  },
+  {
+    id: 'restoreRequestsPartitioned',
+    address: 'vmsave.cmd.restore.{partition}',
+    sample: { values: { partition: '07' }, subject: subjects.cmd.partitioned('restore', 7) },
+    definition: messages.restoreRequestPartitioned,
+    title: 'Restore requests (partitioned)',
+    description: 'Restore requests on the partition of their image path as requested (`partitionOf(image)`). As `vmsave.cmd.restore` otherwise.',
+    audience: 'public',
+    transport: { kind: 'jetstream', stream: streams.commands },
+    publishers: ['client', 'scheduler', 'executor'],
+    consumers: ['scheduler'],
+    messages: [restoreRequestMessage],
+  },
+  {
+    id: 'cancelRequestsPartitioned',
+    address: 'vmsave.cmd.cancel.{partition}',
+    sample: { values: { partition: '07' }, subject: subjects.cmd.partitioned('cancel', 7) },
+    definition: messages.cancelRequestPartitioned,
+    title: 'Cancel requests (partitioned)',
+    description:
+      "Cancel requests on the partition of the job (its VM's, read from the job's first event). A cancel on another partition, or of a drain (`d-…`, bare subject only), is forwarded. As `vmsave.cmd.cancel` otherwise.",
+    audience: 'public',
+    transport: { kind: 'jetstream', stream: streams.commands },
+    publishers: ['client', 'scheduler', 'executor'],
+    consumers: ['scheduler'],
+    messages: [cancelRequestMessage],
+  },
   {
     id: 'drainRequests',
     address: subjects.cmd.drain,
@@ -491,6 +538,18 @@ export const operations: OperationInfo[] = [
     audience: 'public',
     reply: { channel: 'admissionReplies', addressLocation: '$message.header#/Vmsave-Reply-To', description: 'Sent only when the command carries the header.' },
   },
+  ...(['save', 'restore', 'cancel'] as const).map(
+    (kind): OperationInfo => ({
+      id: `receive${kind[0]!.toUpperCase()}${kind.slice(1)}RequestPartitioned`,
+      action: 'receive',
+      channel: `${kind}RequestsPartitioned`,
+      title: `vmsave receives a ${kind} request on its VM partition`,
+      summary: `As on \`vmsave.cmd.${kind}\`, handled by the scheduler owning the partition.`,
+      description: 'As for save requests.',
+      audience: 'public',
+      reply: { channel: 'admissionReplies', addressLocation: '$message.header#/Vmsave-Reply-To', description: 'Sent only when the command carries the header.' },
+    }),
+  ),
   {
     id: 'receiveDrainRequest',
     action: 'receive',
@@ -599,7 +658,8 @@ export const operations: OperationInfo[] = [
 
 /** Every message of every channel, plus the extra union schemas: one standalone schema file each. */
 export function allMessages(): MessageInfo[] {
-  return channels.flatMap((c) => c.messages);
+  // A message carried on two channels (a command on its bare and its partitioned subject) once.
+  return [...new Set(channels.flatMap((c) => c.messages))];
 }
 
 export { streams };

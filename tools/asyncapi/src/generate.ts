@@ -198,7 +198,8 @@ function renderAsyncApi(schemas: Map<string, JsonSchema>): string {
     asyncapi: '3.0.0',
     info: {
       title: 'vmsave bus',
-      version: `${SCHEMA_VERSION}.0.0`,
+      // 1.1: the partitioned command subjects `vmsave.cmd.<kind>.<NN>` (the bare ones stay accepted).
+      version: `${SCHEMA_VERSION}.1.0`,
       description: DESCRIPTION,
       tags: [
         { name: 'public', description: 'For other systems: the client role may publish or read it.' },

@@ -25,7 +25,7 @@ function contractSubjects(): { key: string; subject: string }[] {
     for (const [k, v] of Object.entries(o)) {
       const key = prefix ? `${prefix}.${k}` : k;
       if (typeof v === 'string') out.push({ key, subject: v });
-      else if (typeof v === 'function') out.push({ key, subject: (v as (...a: string[]) => string)('tok1', 'Tok2') });
+      else if (typeof v === 'function') out.push({ key, subject: k === 'partitioned' ? subjects.cmd.partitioned('save', 7) : (v as (...a: string[]) => string)('tok1', 'Tok2') });
       else if (v && typeof v === 'object') visit(key, v as Record<string, unknown>);
     }
   };
@@ -61,7 +61,7 @@ describe('docs/asyncapi.yaml', () => {
     }
   });
 
-  it('parameterises <jobId>, <type>, <host> and <service>', () => {
+  it('parameterises <jobId>, <type>, <host>, <service> and <partition>', () => {
     const params = new Set(
       doc
         .channels()
@@ -73,7 +73,7 @@ describe('docs/asyncapi.yaml', () => {
             .map((p) => p.id()),
         ),
     );
-    expect([...params].sort()).toEqual(['host', 'jobId', 'service', 'type']);
+    expect([...params].sort()).toEqual(['host', 'jobId', 'partition', 'service', 'type']);
     const type = doc.channels().get('jobEvents')!.parameters().get('type')!;
     expect(type.schema()?.enum()).toContain('ImageVerified');
   });
