@@ -1,7 +1,7 @@
 import { mkdir, readdir, readFile, writeFile, rename } from 'node:fs/promises';
 import path from 'node:path';
 import { VmDefinition, type VmSummary } from '@vmsave/contracts';
-import { QmpBusyError, QmpClient, QmpTimeoutError } from '@vmsave/qmp';
+import { QmpAbortedError, QmpBusyError, QmpClient, QmpTimeoutError } from '@vmsave/qmp';
 import { launchVm, type Accel, type VmProcess } from '@vmsave/qemu';
 
 export interface VmRegistryOptions {
@@ -117,7 +117,8 @@ export class VmRegistry {
       }
     } catch (err) {
       // A QEMU that does not greet us, or does not answer, serves another QMP client: it is there.
-      return err instanceof QmpBusyError || err instanceof QmpTimeoutError ? 'qmp-busy' : 'stopped';
+      // Aborted: the connect deadline ran out after QEMU greeted (it let us in late, during qmp_capabilities).
+      return err instanceof QmpBusyError || err instanceof QmpTimeoutError || err instanceof QmpAbortedError ? 'qmp-busy' : 'stopped';
     }
   }
 

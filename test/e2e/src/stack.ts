@@ -13,7 +13,17 @@ import { testUrls, uniq, waitFor } from '@vmsave/testkit';
 export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 const TSX = path.join(REPO, 'node_modules', 'tsx', 'dist', 'loader.mjs');
 
-export type ServiceName = 'scheduler' | 'verifier' | 'dashboard' | `executor:${string}`;
+/** `scheduler` is the first scheduler; `scheduler:2`, `scheduler:3`, … the others of a stack started with `schedulers: N`. */
+export type ServiceName = 'scheduler' | `scheduler:${number}` | 'verifier' | 'dashboard' | `executor:${string}`;
+
+/** The name of the `i`-th scheduler (1-based): `scheduler`, then `scheduler:2`, `scheduler:3`, … */
+export const schedulerName = (i: number): ServiceName => (i === 1 ? 'scheduler' : `scheduler:${i}`);
+
+/** One `"msg":"partitions owned"` line of a scheduler's log: when, and the partitions it held from then on. */
+export interface PartitionsOwned {
+  time: number;
+  partitions: number[];
+}
 
 export interface HostDirs {
   stateDir: string;
@@ -23,9 +33,10 @@ export interface HostDirs {
 }
 
 /**
- * A real vmsave stack for end-to-end tests: the scheduler, the verifier and one executor per
- * host, each its own process, on the real NATS and Redis, with real QEMU VMs the test starts.
- * Host names are unique per stack so runs never share work queues.
+ * A real vmsave stack for end-to-end tests: the scheduler (or several, `schedulers: N`, each its
+ * own process with the same environment), the verifier and one executor per host, each its own
+ * process, on the real NATS and Redis, with real QEMU VMs the test starts. Host names are unique
+ * per stack so runs never share work queues.
  */
 export class Stack {
   readonly procs = new Map<ServiceName, ChildProcess>();
@@ -35,6 +46,8 @@ export class Stack {
   bus!: Bus;
   client!: VmsaveClient;
   env: Record<string, string> = {};
+  /** The schedulers' service names, in start order (`scheduler`, `scheduler:2`, …). */
+  schedulers: ServiceName[] = ['scheduler'];
   private constructor(
     readonly dir: string,
     hostNames: string[],
@@ -48,8 +61,15 @@ export class Stack {
     hosts: string[];
     env?: Record<string, string>;
     hostEnv?: Record<string, Record<string, string>>;
-    /** Extra environment of the scheduler or the verifier alone (e.g. its metrics port). */
+    /** Extra environment of the scheduler(s) or the verifier alone (e.g. its metrics port); `scheduler` applies to every scheduler. */
     serviceEnv?: Partial<Record<'scheduler' | 'verifier', Record<string, string>>>;
+    /** How many scheduler processes to start with the same environment (default 1). */
+    schedulers?: number;
+    /**
+     * Wait for `all` schedulers to log `scheduler running` (default), or for `one` of them (a
+     * scheduler that stands by logs it only once it becomes the active one).
+     */
+    schedulersReady?: 'all' | 'one';
     natsUrl?: string;
     replicas?: number;
   }): Promise<Stack> {
@@ -70,6 +90,8 @@ export class Stack {
       VMSAVE_RETRY_BASE_MS: '500',
       VMSAVE_TICK_MS: '250',
       VMSAVE_LEASE_TTL_MS: '5000',
+      // Several schedulers: a dead one's VM partitions are taken over within this (below the VM lease TTL).
+      VMSAVE_PARTITION_TTL_MS: '2500',
       // No fixed /metrics ports for test services (parallel stacks); a test that scrapes sets its own.
       VMSAVE_METRICS_PORT: '0',
       ...opts.env,
@@ -83,13 +105,18 @@ export class Stack {
       for (const p of [d.vmDir, d.qmpDir, d.imageDir]) await mkdir(p, { recursive: true });
       await s.startService(`executor:${h}`, opts.hostEnv?.[opts.hosts[i]!]);
     }
-    await s.startService('scheduler', opts.serviceEnv?.scheduler);
+    const n = opts.schedulers ?? 1;
+    if (!Number.isInteger(n) || n < 1) throw new RangeError(`schedulers: a whole number of at least 1, got ${n}`);
+    s.schedulers = Array.from({ length: n }, (_, i) => schedulerName(i + 1));
+    for (const name of s.schedulers) await s.startService(name, opts.serviceEnv?.scheduler);
     await s.startService('verifier', opts.serviceEnv?.verifier);
     // The scheduler rebuilds its view from the whole log before it takes commands: wait for it,
     // so a test's first request is not timed against that replay.
-    for (const name of ['scheduler', 'verifier', ...s.hosts.map((h) => `executor:${h}` as const)] as ServiceName[]) {
-      await s.waitForLog(name, /"msg":"(scheduler|verifier|executor) running"/, 180_000);
-    }
+    const running = /"msg":"(scheduler|verifier|executor) running"/;
+    const waitAll = opts.schedulersReady === 'one' ? [] : s.schedulers;
+    for (const name of [...waitAll, 'verifier', ...s.hosts.map((h) => `executor:${h}` as const)] as ServiceName[]) await s.waitForLog(name, running, 180_000);
+    if (opts.schedulersReady === 'one')
+      await waitFor('a scheduler to run', async () => (await Promise.all(s.schedulers.map((n) => s.log(n)))).some((l) => running.test(l)), 180_000, 200);
     return s;
   }
 
@@ -105,6 +132,22 @@ export class Stack {
 
   logFile(name: ServiceName): string {
     return path.join(this.dir, `${name.replace(':', '-')}.log`);
+  }
+
+  /** Every `"msg":"partitions owned"` line a scheduler logged so far, oldest first. */
+  async partitionsOwned(name: ServiceName): Promise<PartitionsOwned[]> {
+    const out: PartitionsOwned[] = [];
+    for (const line of (await this.log(name)).split('\n')) {
+      if (!line.includes('"msg":"partitions owned"')) continue;
+      try {
+        const l = JSON.parse(line) as { time?: unknown; partitions?: unknown };
+        if (typeof l.time === 'number' && Array.isArray(l.partitions) && l.partitions.every((p) => Number.isInteger(p)))
+          out.push({ time: l.time, partitions: l.partitions as number[] });
+      } catch {
+        /* a line cut short by a SIGKILL */
+      }
+    }
+    return out;
   }
 
   async log(name: ServiceName): Promise<string> {
@@ -129,7 +172,8 @@ export class Stack {
   async startService(name: ServiceName, env: Record<string, string> | undefined = this.serviceEnv.get(name)): Promise<ChildProcess> {
     if (env) this.serviceEnv.set(name, env);
     const [svc, host] = name.split(':') as [string, string | undefined];
-    const extra: Record<string, string> = host ? { VMSAVE_HOST: host, VMSAVE_STATE_DIR: this.dirs(host).stateDir } : {};
+    // `scheduler:2` names a second scheduler, not a host.
+    const extra: Record<string, string> = svc === 'executor' && host ? { VMSAVE_HOST: host, VMSAVE_STATE_DIR: this.dirs(host).stateDir } : {};
     const out = createWriteStream(this.logFile(name), { flags: 'a' });
     // setpriv --pdeathsig: a service dies with the test process, even when that is killed, so no
     // orphaned scheduler keeps acting on the shared bus after a crashed run.
@@ -150,6 +194,7 @@ export class Stack {
     return child;
   }
 
+  /** Send `signal` to a service and wait for it to exit (SIGKILL: no shutdown of its own, as a crash). */
   async kill(name: ServiceName, signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
     const p = this.procs.get(name);
     if (!p || p.exitCode !== null || p.signalCode !== null) return;
