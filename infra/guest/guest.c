@@ -1,6 +1,8 @@
 /*
  * vmsave test guest: a freestanding multiboot kernel (64-bit, entered by boot.S) that writes
- * memory forever.
+ * memory forever. boot.S runs this in ring 3: under a KVM that emulates a guest's ring 0 (this
+ * machine kind's kvm-pvm interprets every instruction of a non-PVM kernel, ~1 M/s) user code runs
+ * natively, and nothing here needs privilege (rdtsc is allowed, no hlt, interrupts stay off).
  *
  * Parameters come from the multiboot command line (QEMU's -append), all optional:
  *   rate=<pages per second, 0 = as fast as possible>   default 1000
@@ -19,6 +21,8 @@
  * generation s / npages + 1. The heartbeat's cursor is set to s before write s starts, so
  * at any instant every write before the cursor is complete and only the page under the
  * cursor may be torn.
+ * Heartbeat words 64..1023: 240 slots of 4 words (window w, stalls that ended in it, longest of
+ * them lo, hi) for the TSC windows w = tsc >> 27, slot w % 240 (about 12 s of history at 2.6 GHz).
  */
 typedef unsigned int u32;
 typedef unsigned long long u64;
@@ -35,7 +39,11 @@ enum {
   HB_FIRST_PFN, HB_NPAGES, HB_RATE, HB_SHARE, HB_SEED, HB_TSC_KHZ,
   HB_STALL_LO, HB_STALL_HI, HB_MAXGAP_LO, HB_MAXGAP_HI, HB_STALL_THRESHOLD,
   HB_BOOT_TSC_LO, HB_BOOT_TSC_HI, HB_STALL_COUNT, HB_RAM_TOP,
+  HB_WIN_SHIFT = 21, HB_WIN_SLOTS = 22,
+  HB_WIN = 64, /* HB_WIN_SLOTS slots of 4 words: window, stalls, longest gap lo, hi */
 };
+#define WIN_SHIFT 27u  /* a window is 2^27 TSC ticks (~52 ms at 2.6 GHz) */
+#define WIN_SLOTS 240u /* (1024 - HB_WIN) / 4 */
 
 static char cmdline[512];
 static inline u64 rdtsc(void) {
@@ -119,12 +127,13 @@ void guest_main(u32 magic, u32 mbi_addr) {
   volatile u32 *hb = (volatile u32 *)(unsigned long)HB_ADDR;
   for (u32 i = 0; i < PAGE / 4; i++) hb[i] = 0;
   u64 boot = rdtsc();
-  hb[HB_VERSION] = 1; hb[HB_FIRST_PFN] = first_pfn; hb[HB_NPAGES] = npages;
+  hb[HB_VERSION] = 2; hb[HB_FIRST_PFN] = first_pfn; hb[HB_NPAGES] = npages;
   hb[HB_RATE] = rate; hb[HB_SHARE] = share; hb[HB_SEED] = seed; hb[HB_TSC_KHZ] = tsc_khz;
   hb[HB_STALL_THRESHOLD] = stall; hb[HB_RAM_TOP] = ram_top;
+  hb[HB_WIN_SHIFT] = WIN_SHIFT; hb[HB_WIN_SLOTS] = WIN_SLOTS;
   hb[HB_BOOT_TSC_LO] = (u32)boot; hb[HB_BOOT_TSC_HI] = (u32)(boot >> 32);
   hb[HB_MAGIC_W] = HB_MAGIC;
-  if (npages == 0) for (;;) __asm__ volatile("hlt");
+  if (npages == 0) for (;;) __asm__ volatile("pause"); /* no hlt in ring 3 */
 
   u32 s = 0, pos = 0, gen = 1, counter = 0, stalls = 0;
   u64 prev = boot, next = boot, stalled = 0, maxgap = 0;
@@ -132,7 +141,18 @@ void guest_main(u32 magic, u32 mbi_addr) {
     u64 now = rdtsc();
     u64 gap = now - prev;
     prev = now;
-    if (gap > stall) { stalled += gap; stalls++; }
+    if (gap > stall) {
+      stalled += gap; stalls++;
+      /* The longest stall per window of the TSC (the one the stall ended in), so that a reader
+       * can find the longest single stop between two of its samples. A slot of an older window
+       * is cleared before it is reused: a reader sees it empty, never mixed. */
+      u32 win = (u32)(now >> WIN_SHIFT);
+      volatile u32 *e = hb + HB_WIN + (win % WIN_SLOTS) * 4;
+      if (e[0] != win || e[1] == 0) { e[1] = 0; e[2] = 0; e[3] = 0; e[0] = win; }
+      u64 longest = ((u64)e[3] << 32) | e[2];
+      if (gap > longest) { e[2] = 0; e[3] = (u32)(gap >> 32); e[2] = (u32)gap; }
+      e[1] = e[1] + 1;
+    }
     if (gap > maxgap) maxgap = gap;
     hb[HB_TSC_LO] = (u32)now; hb[HB_TSC_HI] = (u32)(now >> 32);
     hb[HB_STALL_LO] = (u32)stalled; hb[HB_STALL_HI] = (u32)(stalled >> 32);

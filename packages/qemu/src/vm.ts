@@ -66,7 +66,8 @@ export function buildVmArgs(def: VmDefinition, options: { accel: Accel; incoming
     '-smp',
     String(def.vcpus),
   ];
-  if (options.startPaused) args.push('-S');
+  // An incoming QEMU without -S starts the guest as soon as a live image (saved running) is loaded.
+  if (options.startPaused || options.incoming === 'defer') args.push('-S');
   if (options.incoming === 'defer') args.push('-incoming', 'defer');
   args.push(...def.args);
   return args;

@@ -40,6 +40,12 @@ describe('buildVmArgs', () => {
     expect(args.slice(-5)).toEqual(['-S', '-incoming', 'defer', '-device', 'virtio-rng-pci']);
   });
 
+  it('starts an incoming QEMU paused even when not asked (a live image would otherwise run on load)', () => {
+    const args = buildVmArgs(def, { accel: 'kvm', incoming: 'defer' });
+    expect(args.slice(-5)).toEqual(['-S', '-incoming', 'defer', '-device', 'virtio-rng-pci']);
+    expect(buildVmArgs(def, { accel: 'kvm' })).not.toContain('-S');
+  });
+
   it('refuses definitions QEMU would misparse', () => {
     for (const bad of [{ uuid: 'not-a-uuid' }, { machine: 'q35,accel=tcg' }, { memoryMiB: 0 }, { vcpus: 1.5 }, { name: '' }]) {
       expect(() => buildVmArgs({ ...def, ...bad }, { accel: 'kvm' })).toThrow(QemuInvalidArgumentError);

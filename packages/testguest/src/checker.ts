@@ -1,4 +1,4 @@
-import { DATA_START, HB, HEARTBEAT_ADDR, HEARTBEAT_MAGIC, PAGE_MAGIC, PAGE_SIZE, pageChecksum } from './layout.ts';
+import { DATA_START, HB, HB_WINDOWS, HEARTBEAT_ADDR, HEARTBEAT_MAGIC, PAGE_MAGIC, PAGE_SIZE, pageChecksum } from './layout.ts';
 
 /** The guest's heartbeat page, decoded. */
 export interface Heartbeat {
@@ -28,6 +28,24 @@ export interface Heartbeat {
   generation: number;
   /** Index (from 0, within the data pages) of the page in flight. */
   position: number;
+  /** Version 2: the guest's stall windows (see {@link StallWindow}); undefined for version 1. */
+  stallWindows?: StallWindows;
+}
+
+/** The guest's stall history: per window of 2^`shift` TSC ticks, the longest stall that ended in it. */
+export interface StallWindows {
+  shift: number;
+  /** Slots the guest keeps (windows of history). */
+  slots: number;
+  /** The slots in use. */
+  windows: StallWindow[];
+}
+
+/** The stalls that ended in one window of the guest's TSC (`tsc >> shift === window`, mod 2^32). */
+export interface StallWindow {
+  window: number;
+  stalls: number;
+  longestTsc: bigint;
 }
 
 /** Decodes a heartbeat page; undefined when its magic is absent (guest not booted yet). */
@@ -58,7 +76,20 @@ export function parseHeartbeat(page: Uint8Array): Heartbeat | undefined {
     ramTop: w(HB.ramTop),
     generation: npages > 0 ? Math.floor(cursor / npages) + 1 : 0,
     position: npages > 0 ? cursor % npages : 0,
+    ...(w(HB.version) >= 2 ? { stallWindows: stallWindows(w) } : {}),
   };
+}
+
+function stallWindows(w: (i: number) => number): StallWindows {
+  const shift = w(HB.winShift);
+  const slots = Math.min(w(HB.winSlots), (PAGE_SIZE / 4 - HB_WINDOWS) / 4);
+  const windows: StallWindow[] = [];
+  for (let i = 0; i < slots; i++) {
+    const o = HB_WINDOWS + i * 4;
+    const stalls = w(o + 1);
+    if (stalls > 0) windows.push({ window: w(o), stalls, longestTsc: (BigInt(w(o + 3)) << 32n) | BigInt(w(o + 2)) });
+  }
+  return { shift, slots, windows };
 }
 
 /** What is wrong with one data page. */
@@ -222,6 +253,14 @@ export interface StoppedTime {
   stalledMs: number;
   /** `hiddenMs + stalledMs`: how long the guest did not run. */
   stoppedMs: number;
+  /**
+   * The longest single stall between the samples (heartbeat version 2): the longest stop the guest
+   * saw, where `stalledMs` sums every stall (a vCPU starved by the host counts too). Taken from the
+   * guest's stall windows the samples fall in, so a stall that ended up to one window (2^27 TSC
+   * ticks, ~50 ms) before `before` may count. Undefined for version 1, or when the samples are
+   * further apart than the guest's window history.
+   */
+  longestStallMs?: number;
 }
 
 /** TSC frequency from two samples taken while the guest ran. */
@@ -243,7 +282,31 @@ export function stoppedTime(before: HeartbeatSample, after: HeartbeatSample, opt
   const stalledMs = (Number(after.heartbeat.stalledTsc - before.heartbeat.stalledTsc) * 1000) / tscHz;
   const hiddenMs = Math.max(0, wallMs - guestMs);
   const counterDelta = (after.heartbeat.counter - before.heartbeat.counter) >>> 0;
-  return { wallMs, guestMs, counterDelta, hiddenMs, stalledMs, stoppedMs: hiddenMs + stalledMs };
+  const longest = longestStallTsc(before.heartbeat, after.heartbeat);
+  return {
+    wallMs,
+    guestMs,
+    counterDelta,
+    hiddenMs,
+    stalledMs,
+    stoppedMs: hiddenMs + stalledMs,
+    ...(longest === undefined ? {} : { longestStallMs: (Number(longest) * 1000) / tscHz }),
+  };
+}
+
+/** The longest stall in `after`'s stall windows from the one of `before.tsc` to the one of `after.tsc`. */
+function longestStallTsc(before: Heartbeat, after: Heartbeat): bigint | undefined {
+  const sw = after.stallWindows;
+  if (!sw || sw.slots === 0 || sw.shift >= 64) return undefined;
+  const shift = BigInt(sw.shift);
+  const first = Number((before.tsc >> shift) & 0xffffffffn);
+  const windows = (after.tsc >> shift) - (before.tsc >> shift);
+  // The slot of the first window is reused `slots` windows later: beyond that the history is gone.
+  if (windows < 0n || windows >= BigInt(sw.slots)) return undefined;
+  const span = Number(windows);
+  let longest = 0n;
+  for (const x of sw.windows) if ((x.window - first) >>> 0 <= span && x.longestTsc > longest) longest = x.longestTsc;
+  return longest;
 }
 
 /** {@link stoppedTime}'s `stoppedMs`. */

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { analyseDump, parseHeartbeat, stoppedMs, stoppedTime, tscHzBetween, type Heartbeat, type HeartbeatSample } from './checker.ts';
-import { DATA_START, HB, HEARTBEAT_ADDR, HEARTBEAT_MAGIC, PAGE_SIZE, makePage } from './layout.ts';
+import { DATA_START, HB, HB_WINDOWS, HEARTBEAT_ADDR, HEARTBEAT_MAGIC, PAGE_SIZE, makePage } from './layout.ts';
 
 const FIRST_PFN = DATA_START / PAGE_SIZE;
 
@@ -131,5 +131,53 @@ describe('stoppedTime', () => {
     const a = sample(0, 0n, 1);
     a.heartbeat.tscKhz = 0;
     expect(() => stoppedTime(a, sample(1, 1n, 2))).toThrow(/tscHz must be > 0/);
+  });
+});
+
+describe('the longest stall (heartbeat version 2)', () => {
+  // Windows of 2^10 TSC ticks (1.024 ms at the synthetic 1 MHz), 240 slots.
+  function v2(stalls: Array<{ endTsc: bigint; gapTsc: bigint }>): Heartbeat {
+    const buf = dump(4, 1);
+    const hb = new DataView(buf.buffer, HEARTBEAT_ADDR, PAGE_SIZE);
+    const set = (w: number, v: number) => hb.setUint32(w * 4, v, true);
+    set(HB.version, 2);
+    set(HB.winShift, 10);
+    set(HB.winSlots, 240);
+    for (const { endTsc, gapTsc } of stalls) {
+      const w = Number(endTsc >> 10n);
+      const o = HB_WINDOWS + (w % 240) * 4;
+      if (hb.getUint32(o * 4, true) !== w) for (let i = 0; i < 4; i++) set(o + i, 0);
+      set(o, w);
+      set(o + 1, hb.getUint32((o + 1) * 4, true) + 1);
+      const longest = (BigInt(hb.getUint32((o + 3) * 4, true)) << 32n) | BigInt(hb.getUint32((o + 2) * 4, true));
+      if (gapTsc > longest) {
+        set(o + 2, Number(gapTsc & 0xffffffffn));
+        set(o + 3, Number(gapTsc >> 32n));
+      }
+    }
+    return parseHeartbeat(buf.subarray(HEARTBEAT_ADDR, HEARTBEAT_ADDR + PAGE_SIZE)) as Heartbeat;
+  }
+  const at = (wallMs: number, tsc: bigint, hb: Heartbeat): HeartbeatSample => ({ wallMs, heartbeat: { ...hb, tsc } });
+
+  it('given stalls before, within and after the samples, the longest within them is the stop the guest saw', () => {
+    const hb = v2([
+      { endTsc: 10_000n, gapTsc: 90_000n }, // before the first sample's window
+      { endTsc: 60_000n, gapTsc: 2_000n },
+      { endTsc: 80_000n, gapTsc: 30_000n },
+      { endTsc: 80_500n, gapTsc: 5_000n }, // the same window: the longest stays
+      { endTsc: 120_000n, gapTsc: 4_000n },
+    ]);
+    expect(hb.stallWindows).toMatchObject({ shift: 10, slots: 240 });
+    expect(hb.stallWindows?.windows.find((x) => x.window === Math.floor(80_000 / 1024))).toEqual({ window: 78, stalls: 2, longestTsc: 30_000n });
+    const t = stoppedTime(at(0, 50_000n, hb), at(100, 150_000n, { ...hb, stalledTsc: 41_000n }));
+    expect(t.longestStallMs).toBe(30);
+    expect(t.stalledMs).toBe(41);
+  });
+
+  it('is undefined for a version 1 heartbeat and when the samples outlast the window history', () => {
+    expect(stoppedTime(sample(0, 0n, 1), sample(100, 100_000n, 2)).longestStallMs).toBeUndefined();
+    const hb = v2([{ endTsc: 60_000n, gapTsc: 2_000n }]);
+    expect(stoppedTime(at(0, 50_000n, hb), at(300, 50_000n + 240n * 1024n, hb)).longestStallMs).toBeUndefined();
+    expect(stoppedTime(at(0, 50_000n, hb), at(300, 50_000n + 239n * 1024n, hb)).longestStallMs).toBe(2);
   });
 });

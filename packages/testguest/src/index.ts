@@ -1,4 +1,4 @@
-export { PAGE_SIZE, HEARTBEAT_ADDR, DATA_START, PAGE_MAGIC, HEARTBEAT_MAGIC, HB, pageChecksum, makePage } from './layout.ts';
+export { PAGE_SIZE, HEARTBEAT_ADDR, DATA_START, PAGE_MAGIC, HEARTBEAT_MAGIC, HB, HB_WINDOWS, pageChecksum, makePage } from './layout.ts';
 export {
   analyseDump,
   parseHeartbeat,
@@ -6,6 +6,8 @@ export {
   stoppedMs,
   tscHzBetween,
   type Heartbeat,
+  type StallWindow,
+  type StallWindows,
   type HeartbeatSample,
   type StoppedTime,
   type DumpAnalysis,

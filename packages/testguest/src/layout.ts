@@ -35,7 +35,18 @@ export const HB = {
   bootTscHi: 18,
   stallCount: 19,
   ramTop: 20,
+  /** Version 2: a stall window is 2^winShift TSC ticks. */
+  winShift: 21,
+  /** Version 2: number of stall-window slots from word {@link HB_WINDOWS}. */
+  winSlots: 22,
 } as const;
+
+/**
+ * Word offset of the stall windows (version 2): `winSlots` slots of 4 words, for the window
+ * `w = tsc >> winShift` at slot `w % winSlots`: w, the stalls that ended in it, the longest of
+ * them (TSC ticks, lo and hi). A slot is valid when its stall count is not 0.
+ */
+export const HB_WINDOWS = 64;
 
 function mix(x: number): number {
   x = (x ^ (x >>> 16)) >>> 0;

@@ -1,20 +1,21 @@
 /**
  * `npm run bench:live -w @vmsave/bench`: the guest-visible stop of a save with `after: running`,
- * live checkpoint versus paused copy, of the test guest (q35, TCG so that it keeps its write rate)
- * dirtying `--rate` pages/s over `--share` % of its RAM. The stop is read from the guest's own
- * heartbeat (`stoppedTime` between a sample before and one after the save, minus the same pair's
- * cost without a save); the live save's own record (passes, downtime) is printed beside it, and
- * every image is restored paused and checked with the test guest's checker. Prints medians; asserts
- * nothing about time.
+ * live checkpoint versus paused copy, of the test guest (q35; it keeps its write rate under TCG
+ * and KVM) dirtying `--rate` pages/s over `--share` % of its RAM. The stop is read from the
+ * guest's own heartbeat between a sample before and one after the save: every stall summed
+ * (`stoppedTime`, minus the same pair's cost without a save) and the longest single one (the
+ * guest's stall windows); the live save's own record (passes, downtime) is printed beside it, and
+ * every image is restored paused and checked with the test guest's checker. Prints medians;
+ * asserts nothing about time.
  *
  *   options: --ram MiB (4096)  --rate pages/s (12800 = 50 MiB/s)  --share % (50: 1 GiB, q35 gives the guest 2 GiB below 4 GiB)
- *            --rounds N (3)  --channels N (2)  --accel tcg|kvm (tcg)
+ *            --rounds N (3)  --channels N (2)  --accel tcg|kvm (the host's: KVM when /dev/kvm works)
  */
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { restoreImage, saveVm, type SaveVmResult } from '@vmsave/ops';
-import { probeQemu, type Accel } from '@vmsave/qemu';
+import { detectAccel, probeQemu, type Accel } from '@vmsave/qemu';
 import { analyseDump, stoppedTime, type HeartbeatSample } from '@vmsave/testguest';
 import { guestKernelMissing, launchTestGuest, sampleHeartbeat, waitForGuest } from '@vmsave/testguest/node';
 import { median, parseArgs, positiveInt } from './stats.ts';
@@ -25,7 +26,8 @@ const rate = positiveInt(args.rate, 'rate', 12_800);
 const share = positiveInt(args.share, 'share', 50);
 const rounds = positiveInt(args.rounds, 'rounds', 3);
 const channels = positiveInt(args.channels, 'channels', 2);
-const accel = (args.accel ?? 'tcg') as Accel;
+if (args.accel !== undefined && args.accel !== 'tcg' && args.accel !== 'kvm') throw new Error(`--accel must be tcg or kvm, got ${args.accel}`);
+const accel: Accel = args.accel ?? (await detectAccel());
 const MiB = 1024 * 1024;
 const log = (msg: string): void => console.log(`[bench:live ${new Date().toISOString().slice(11, 19)}] ${msg}`);
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -43,6 +45,8 @@ interface Row {
   hiddenMs: number;
   /** Gaps > 1 ms between the guest's loop turns (under KVM: the VM stopped; also a starved vCPU). */
   stalledMs: number;
+  /** The longest single stall (heartbeat stall windows): under KVM the stop itself. */
+  longestStallMs?: number;
   saveMs: number;
   eventDowntimeMs?: number;
   passes?: string;
@@ -113,6 +117,7 @@ try {
         stoppedMs: stopped,
         hiddenMs: st.hiddenMs,
         stalledMs: st.stalledMs,
+        longestStallMs: st.longestStallMs,
         saveMs,
         eventDowntimeMs: res.live?.downtimeMs,
         passes: res.live?.passes.map((p) => `${(p.bytes / MiB).toFixed(0)}`).join('+'),
@@ -120,7 +125,7 @@ try {
         ...check,
       });
       log(
-        `${mode} #${r}: guest stopped ${stopped.toFixed(0)} ms (TSC held ${st.hiddenMs.toFixed(0)}, stalls ${st.stalledMs.toFixed(0)}), save ${saveMs.toFixed(0)} ms${res.live ? `, passes ${rows.at(-1)!.passes} MiB, downtime (event) ${res.live.downtimeMs?.toFixed(0)} ms, ${res.live.switchover}` : ''}, restored image ${check.consistent ? 'consistent' : `INCONSISTENT (${check.issues} pages)`}`,
+        `${mode} #${r}: guest stopped ${stopped.toFixed(0)} ms (TSC held ${st.hiddenMs.toFixed(0)}, stalls ${st.stalledMs.toFixed(0)}, longest stall ${st.longestStallMs?.toFixed(0) ?? '?'}), save ${saveMs.toFixed(0)} ms${res.live ? `, passes ${rows.at(-1)!.passes} MiB, downtime (event) ${res.live.downtimeMs?.toFixed(0)} ms, ${res.live.switchover}` : ''}, restored image ${check.consistent ? 'consistent' : `INCONSISTENT (${check.issues} pages)`}`,
       );
       await rm(imagePath, { force: true });
       await sleep(1000);
@@ -131,15 +136,15 @@ try {
 
   console.log(`\n${ramMiB} MiB test guest (${accel}), ${measured.toFixed(1)} MiB/s over ${share} % of RAM, sparse ${channels} channels, medians of ${rounds}:\n`);
   console.log(
-    '| save | guest-visible stop (heartbeat) ms | of it TSC held ms | of it stalls ms | stop from the event (STOP → cont) ms | whole save ms | passes (MiB each) | restored consistent |',
+    '| save | guest-visible stop (heartbeat) ms | of it TSC held ms | of it stalls ms | longest single stall ms | stop from the event (STOP → cont) ms | whole save ms | passes (MiB each) | restored consistent |',
   );
-  console.log('|---|---:|---:|---:|---:|---:|---|---|');
+  console.log('|---|---:|---:|---:|---:|---:|---:|---|---|');
   for (const mode of ['paused', 'live'] as const) {
     const m = rows.filter((x) => x.mode === mode);
     const med = (f: (x: Row) => number | undefined) => median(m.map(f));
     const fmt = (v: number | undefined) => (v === undefined ? '—' : v.toFixed(0));
     console.log(
-      `| ${mode} | ${fmt(med((x) => x.stoppedMs))} | ${fmt(med((x) => x.hiddenMs))} | ${fmt(med((x) => x.stalledMs))} | ${fmt(med((x) => x.eventDowntimeMs))} | ${fmt(med((x) => x.saveMs))} | ${m.map((x) => x.passes ?? '—').join('; ')} | ${m.filter((x) => x.consistent).length}/${m.length} |`,
+      `| ${mode} | ${fmt(med((x) => x.stoppedMs))} | ${fmt(med((x) => x.hiddenMs))} | ${fmt(med((x) => x.stalledMs))} | ${fmt(med((x) => x.longestStallMs))} | ${fmt(med((x) => x.eventDowntimeMs))} | ${fmt(med((x) => x.saveMs))} | ${m.map((x) => x.passes ?? '—').join('; ')} | ${m.filter((x) => x.consistent).length}/${m.length} |`,
     );
   }
 } finally {
