@@ -5,9 +5,12 @@
  * 1 channel as test/bench's `sparse` / `sparse-direct` modes; direct IO = QEMU's `direct-io`), then:
  *
  * - the save's own time: QEMU's migration (start → completed) plus the fdatasync after the seal;
- * - `sealImage` right after the save, with the RAM chunks on worker threads (`after`) and in the
- *   calling thread (`before`, the old path), alternating; a direct-IO save leaves the pages out of
- *   the page cache, so its later runs drop the cache first (`echo 1 > /proc/sys/vm/drop_caches`);
+ * - `sealImage` right after the save, with the RAM chunks on worker threads (`after`; a legacy
+ *   stream walked out of the workers' chunks, one read of its pages), on the workers with the
+ *   stream walked from the file first (`two-pass`, legacy only: the path before the one-pass seal)
+ *   and in the calling thread (`before`, the oldest path), alternating; a direct-IO save leaves
+ *   the pages out of the page cache, so its later runs drop the cache first
+ *   (`echo 1 > /proc/sys/vm/drop_caches`);
  * - the restore gate: `checkSeal` scope `state` (every restore) and `full` (`verify: full`), with
  *   the page cache warm and cold, before / after.
  *
@@ -17,8 +20,8 @@
  */
 import { spawn, execFileSync } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
-import { promises as fsp, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { promises as fsp, readFileSync, writeFileSync } from 'node:fs';
+import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { checkSeal, createImage, finalizeImage, openFileSource, readImage, sealImage, walkStream } from '../src/node/index.ts';
 import { accel, descriptorFor } from '../test/fixtures.ts';
@@ -97,6 +100,12 @@ async function qemuSave(dir: string, mode: Mode, target: string, offset: number,
     if (mode.format === 'sparse') params['multifd-channels'] = mode.channels;
     if (mode.directIo) params['direct-io'] = true;
     await qmp.execute('migrate-set-parameters', params);
+    // QEMU's own CPU time (utime + stime, 10 ms clock ticks) over the migration, for the log: the save's CPU beside its wall time.
+    const qemuCpu = (): number => {
+      const f = readFileSync(`/proc/${proc.pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+      return (Number(f[11]) + Number(f[12])) / 100;
+    };
+    const cpu0 = qemuCpu();
     const t0 = performance.now();
     await qmp.execute('migrate', { uri: `file:${target},offset=${offset}` });
     for (;;) {
@@ -106,6 +115,7 @@ async function qemuSave(dir: string, mode: Mode, target: string, offset: number,
       await new Promise((r) => setTimeout(r, 10));
     }
     const ms = performance.now() - t0;
+    log(`QEMU CPU ${(qemuCpu() - cpu0).toFixed(2)} s during the migration`);
     await qmp.execute('quit').catch(() => {});
     return ms;
   } finally {
@@ -170,23 +180,40 @@ try {
       await src.close();
       return ms;
     };
-    const variants = [{ name: 'after', o: {} }, { name: 'before', o: { workers: 0 } }, ...(mode.directIo ? [{ name: 'buffered', o: { directRead: false } }] : [])];
-    const times: Record<string, number[]> = { after: [], before: [], buffered: [] };
+    const variants = [
+      { name: 'after', o: {} },
+      ...(mode.format === 'legacy' ? [{ name: 'two-pass', o: { onePass: false } }] : []),
+      { name: 'before', o: { workers: 0 } },
+      ...(mode.directIo ? [{ name: 'buffered', o: { directRead: false } }] : []),
+    ];
+    const times: Record<string, number[]> = { after: [], 'two-pass': [], before: [], buffered: [] };
+    // CPU time of this process, worker threads included: what the seal costs whatever the load (wall time under load is CPU / share).
+    const cpu: Record<string, number[]> = { after: [], 'two-pass': [], before: [], buffered: [] };
     let bytesRead = 0;
     let chunks = 0;
     for (let i = 0; i < runs; i++) {
       for (const v of variants) {
         if ((i > 0 || v.name !== 'after') && mode.directIo && coldOk) dropCaches();
+        const u0 = process.cpuUsage();
         const r = await sealImage(path, v.o);
+        const u = process.cpuUsage(u0);
         times[v.name]!.push(r.durationMs);
+        cpu[v.name]!.push((u.user + u.system) / 1000);
         bytesRead = r.bytesRead;
         chunks = r.summary.chunks;
-        log(`${mode.id}: seal ${v.name} ${s(r.durationMs)} s, ${(r.bytesRead / MiB).toFixed(0)} MiB read`);
+        log(
+          `${mode.id}: seal ${v.name} ${s(r.durationMs)} s (CPU ${s(cpu[v.name]!.at(-1)!)} s), ${(r.bytesRead / MiB).toFixed(0)} MiB read, walk from ${r.walk}; load ${loadavg()[0]!.toFixed(1)}`,
+        );
       }
     }
     const before = times.before!;
     const after = times.after!;
     const buffered = times.buffered!.length ? `; workers, buffered reads: ${s(median(times.buffered!))} s` : '';
+    const twoPass = times['two-pass']!;
+    const cpuCol = variants
+      .filter((v) => v.name !== 'buffered')
+      .map((v) => `${v.name} ${s(median(cpu[v.name]!))}`)
+      .join(', ');
     const walk = await walkMs();
     await finalizeImage(path);
     const saveMs = migrateMs + syncMs;
@@ -207,16 +234,16 @@ try {
     const fullAfter = `${await gate('full', undefined, false)} / ${await gate('full', undefined, true)}`;
     const st = await fsp.stat(path);
     table.push(
-      `| ${mode.id}${mode.format === 'sparse' ? ` (${mode.channels} ch)` : ''} | ${s(migrateMs)} + ${s(syncMs)} | ${s(median(before))} (${pct(median(before))}) | **${s(median(after))} (${pct(median(after))})** | ${state} | ${fullBefore} | ${fullAfter} | ${(bytesRead / MiB).toFixed(0)} MiB, ${chunks} chunks, ${((st.blocks * 512) / MiB).toFixed(0)} MiB allocated; stream walk ${s(walk)} s${buffered} |`,
+      `| ${mode.id}${mode.format === 'sparse' ? ` (${mode.channels} ch)` : ''} | ${s(migrateMs)} + ${s(syncMs)} | ${s(median(before))} (${pct(median(before))}) | ${twoPass.length ? `${s(median(twoPass))} (${pct(median(twoPass))})` : '—'} | **${s(median(after))} (${pct(median(after))})** | ${state} | ${fullBefore} | ${fullAfter} | ${cpuCol} | ${(bytesRead / MiB).toFixed(0)} MiB, ${chunks} chunks, ${((st.blocks * 512) / MiB).toFixed(0)} MiB allocated; stream walk ${s(walk)} s${buffered} |`,
     );
     log(table[table.length - 1]!);
     await fsp.rm(path, { force: true });
   }
   console.log(`\n${mib} MiB VM (${dirtyMiB} MiB random), median of ${runs}, node ${process.version}, ${accel()}${coldOk ? '' : ' (cold runs skipped: drop_caches not allowed)'}`);
   console.log(
-    '| mode | save s (QEMU + fdatasync) | seal before s (% of save) | seal after s (% of save) | gate `state` warm / cold | gate `full` before, warm / cold | gate `full` after, warm / cold | read |',
+    '| mode | save s (QEMU + fdatasync) | seal before s (% of save) | seal two-pass s (% of save) | seal after s (% of save) | gate `state` warm / cold | gate `full` before, warm / cold | gate `full` after, warm / cold | seal CPU s | read |',
   );
-  console.log('|---|---|---|---|---|---|---|---|');
+  console.log('|---|---|---|---|---|---|---|---|---|---|');
   for (const r of table) console.log(r);
 } finally {
   await fsp.rm(dir, { recursive: true, force: true });

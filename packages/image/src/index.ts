@@ -28,6 +28,7 @@ export {
   sealProblems,
   placeholderSeal,
   computeSeal,
+  sealStream,
   checkSealSource,
   chunkCount,
   chunksOf,
@@ -40,8 +41,13 @@ export {
   type SealMismatch,
   type SealCheckName,
   type SealCheckItem,
+  type SealHead,
+  type SealStreamOptions,
+  type StreamSealResult,
+  type LentChunk,
   type CheckSealOptions as CheckSealSourceOptions,
 } from './seal.ts';
+export { ChunkFeed } from './chunk-feed.ts';
 export { crc32, crc32HasherOf, jsCrc32Hasher } from './crc32.ts';
 export {
   HEADER_SIZE,

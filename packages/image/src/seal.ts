@@ -8,13 +8,14 @@
 import type { SealSummary } from '@vmsave/contracts';
 import type { ImageDescriptor, ImageSeal } from './descriptor.ts';
 import { decodeDescriptor } from './descriptor.ts';
+import { ChunkFeed } from './chunk-feed.ts';
 import { ImageError, ImageFormatError } from './errors.ts';
 import type { ImageHeader } from './header.ts';
 import { hasVmsaveMagic } from './header.ts';
 import { hasLibvirtMagic } from './libvirt.ts';
 import { readHeaderAndDescriptor } from './read.ts';
 import type { ByteSource, Range } from './source.ts';
-import type { StreamWalk } from './stream.ts';
+import { walkStream, type StreamWalk } from './stream.ts';
 import type { SealHasher } from './crc32.ts';
 
 export type { ImageSeal } from './descriptor.ts';
@@ -58,6 +59,23 @@ export interface SealSource extends ByteSource {
    * it will not (another algorithm, too few chunks): the seal then reads and hashes them itself.
    */
   digestChunks?(chunks: readonly Range[], hasher: SealHasher, onChunk: (k: number, digest: Uint8Array, bytesRead: number) => void, signal?: AbortSignal): Promise<void> | undefined;
+  /**
+   * Like `digestChunks`, but each chunk's bytes are lent with its digest, so that the caller can
+   * parse them too (a legacy stream's records: the one-pass seal): `onChunk(k, chunk)`, in any
+   * order; `chunk.data` (the bytes read) stays valid until `chunk.release()`, which the caller
+   * calls once. The source promises what {@link ChunkFeed} needs: chunks taken in index order, each
+   * into a buffer of its own, and while fewer than two are lent the lowest not yet handed on is
+   * being read. Undefined when it will not (the seal then walks the stream first).
+   */
+  lendChunks?(chunks: readonly Range[], hasher: SealHasher, onChunk: (k: number, chunk: LentChunk) => void, signal?: AbortSignal): Promise<void> | undefined;
+}
+
+/** A data chunk's digest and its bytes, lent by `SealSource.lendChunks`. */
+export interface LentChunk {
+  digest: Uint8Array;
+  bytesRead: number;
+  data: Uint8Array;
+  release(): void;
 }
 
 /** Where the seal's two regions lie in an image (absolute offsets). */
@@ -187,7 +205,7 @@ class Pacer {
   done = 0;
   constructor(
     private readonly o: SealRunOptions,
-    readonly total: number,
+    public total: number,
   ) {}
   check(): void {
     if (this.o.signal?.aborted) throw abortError(this.o.signal);
@@ -278,6 +296,19 @@ async function hashState(src: SealSource, ranges: readonly Range[], hasher: Seal
  * The digest of every RAM chunk, in order: a chunk that is entirely a hole is not read (its digest
  * is that of zeros); the next chunk is read while one is hashed.
  */
+/** The digest of `len` zero bytes (a hole), computed once per length. */
+function zeroDigester(hasher: SealHasher): (len: number) => Uint8Array {
+  const zeroDigests = new Map<number, Uint8Array>();
+  return (len) => {
+    let d = zeroDigests.get(len);
+    if (!d) {
+      d = hasher.digest(new Uint8Array(len));
+      zeroDigests.set(len, d);
+    }
+    return d;
+  };
+}
+
 async function hashChunks(
   src: SealSource,
   ranges: readonly Range[],
@@ -286,15 +317,7 @@ async function hashChunks(
   pacer: Pacer,
   onChunk: (i: number, digest: Uint8Array, chunk: Range) => void,
 ): Promise<void> {
-  const zeroDigests = new Map<number, Uint8Array>();
-  const zeroDigest = (len: number): Uint8Array => {
-    let d = zeroDigests.get(len);
-    if (!d) {
-      d = hasher.digest(new Uint8Array(len));
-      zeroDigests.set(len, d);
-    }
-    return d;
-  };
+  const zeroDigest = zeroDigester(hasher);
   if (src.digestChunks && !pacer.paced) {
     // Holes found here (SEEK_DATA), the data chunks hashed elsewhere (worker threads); the
     // results are handed on in chunk order.
@@ -383,7 +406,11 @@ export async function computeSeal(
   const stateDigest = await hashState(src, layout.state, hasher, pacer);
   const packed = new Uint8Array(chunkCount(layout.ram, chunkBytes) * hasher.digestBytes);
   await hashChunks(src, layout.ram, chunkBytes, hasher, pacer, (i, d) => packed.set(d, i * hasher.digestBytes));
-  const seal: ImageSeal = {
+  return { seal: buildSeal(layout, chunkBytes, hasher, stateDigest, packed), bytesRead: pacer.bytesRead };
+}
+
+function buildSeal(layout: SealLayout, chunkBytes: number, hasher: SealHasher, stateDigest: Uint8Array, packed: Uint8Array): ImageSeal {
+  return {
     version: SEAL_VERSION,
     algorithm: hasher.algorithm,
     chunkBytes,
@@ -391,7 +418,178 @@ export async function computeSeal(
     state: { ranges: layout.state.map(([s, e]) => [s, e]), digest: hex(stateDigest) },
     ram: { ranges: layout.ram.map(([s, e]) => [s, e]), digests: Buffer.from(packed).toString('base64'), digest: hex(hasher.digest(packed)) },
   };
-  return { seal, bytesRead: pacer.bytesRead };
+}
+
+export interface SealStreamOptions extends SealRunOptions {
+  /**
+   * A legacy stream is walked out of the chunks the checksums are computed from, so its pages
+   * are read once (default, when the source lends chunks: `SealSource.lendChunks`); false walks
+   * it from the file first, then reads the chunks (the two-pass path, kept for measurement).
+   */
+  onePass?: boolean;
+}
+
+/** How a stream was sealed: `walk` says where the stream walk read the stream from. */
+export interface StreamSealResult {
+  seal: ImageSeal;
+  bytesRead: number;
+  /** `chunks`: from the chunk pass's buffers (one read of the pages); `file`: from the file, before the chunks. */
+  walk: 'chunks' | 'file';
+}
+
+/**
+ * Seal the QEMU stream of an image: walk it, lay the seal out (`sealLayout`), take the chunk size
+ * `chunkBytesFor(layout)` gives (the smallest whose seal fits the descriptor; it throws when none
+ * does) and hash. A legacy stream's RAM is the whole stream, known before the walk: its chunks are
+ * read first and the walk parses its records out of their buffers (one read of every page; see
+ * {@link ChunkFeed}); the seal is the same as the two-pass one, byte for byte. Throws
+ * ImageFormatError when the stream is not complete and well-formed; an abort rejects with the
+ * signal's reason. Progress: the total grows by the state region's size once the walk found it.
+ */
+export async function sealStream(
+  src: SealSource,
+  header: Pick<ImageHeader, 'streamOffset' | 'format'>,
+  hasher: SealHasher,
+  chunkBytesFor: (layout: SealLayout) => number,
+  o: SealStreamOptions = {},
+): Promise<StreamSealResult> {
+  if (header.format === 'legacy' && o.onePass !== false && src.lendChunks && !((o.maxBytesPerSec ?? 0) > 0)) {
+    const r = await sealLegacyOnePass(src, header, hasher, chunkBytesFor, o);
+    if (r) return r;
+  }
+  const walk = await walkStream(src, header.streamOffset);
+  const layout = sealLayout(header, src.size, walk);
+  return { ...(await computeSeal(src, layout, chunkBytesFor(layout), hasher, o)), walk: 'file' };
+}
+
+/** The one-pass legacy seal; undefined when the source lends no chunks (the caller walks first). */
+async function sealLegacyOnePass(
+  src: SealSource,
+  header: Pick<ImageHeader, 'streamOffset'>,
+  hasher: SealHasher,
+  chunkBytesFor: (layout: SealLayout) => number,
+  o: SealRunOptions,
+): Promise<StreamSealResult | undefined> {
+  const size = src.size;
+  const streamOffset = header.streamOffset;
+  if (!(size > streamOffset)) return undefined;
+  const ram: Range[] = [[streamOffset, size]];
+  // The chunk size is chosen before the walk found the two state ranges: with each of their
+  // unknown offsets (RAM start, RAM end) replaced by the size, which has as many digits or more,
+  // the descriptor is at least as long as the real one. A real layout that would fit a smaller
+  // chunk is hashed again with it below (so the seal is the two-pass one).
+  const bound: SealLayout = {
+    streamOffset,
+    streamLength: size - streamOffset,
+    state: [
+      [streamOffset, size],
+      [size, size],
+    ],
+    ram,
+  };
+  let chunkBytes: number;
+  try {
+    chunkBytes = chunkBytesFor(bound);
+  } catch {
+    return undefined;
+  }
+  const pacer = new Pacer(o, size - streamOffset);
+  pacer.check();
+  const all = [...chunksOf(ram, chunkBytes)];
+  const digests: Array<Uint8Array | undefined> = new Array(all.length);
+  const read = new Array<number>(all.length).fill(0);
+  const data: number[] = [];
+  const zeroDigest = zeroDigester(hasher);
+  for (let i = 0; i < all.length; i++) {
+    const [s, e] = all[i]!;
+    if (await src.isHole?.(s, e)) digests[i] = zeroDigest(e - s);
+    else data.push(i);
+  }
+  const feed = new ChunkFeed(
+    src,
+    data.map((i) => all[i]!),
+  );
+  // The workers stop on the caller's abort, and when the walk found the stream unsealable.
+  const stop = new AbortController();
+  const onAbort = (): void => stop.abort(abortError(o.signal!));
+  o.signal?.addEventListener('abort', onAbort, { once: true });
+  let emitted = 0;
+  let walked = false;
+  // In chunk order; the last chunk is counted once the walk is done (and the total known).
+  const emit = (): void => {
+    for (; emitted < all.length && digests[emitted] && (walked || emitted < all.length - 1); emitted++) {
+      const [s, e] = all[emitted]!;
+      pacer.stepSync(e - s, read[emitted]!);
+    }
+  };
+  // Set when the chunk pass failed on its own (a read error), not stopped by us or by the caller.
+  const pool: { error?: { err: unknown } } = {};
+  try {
+    const running = src.lendChunks!(
+      data.map((i) => all[i]!),
+      hasher,
+      (k, chunk) => {
+        const i = data[k]!;
+        digests[i] = chunk.digest;
+        read[i] = chunk.bytesRead;
+        feed.lend(k, chunk.data, () => chunk.release());
+        emit();
+      },
+      stop.signal,
+    );
+    if (!running) return undefined;
+    const done = running.then(
+      () => undefined,
+      (err: unknown) => {
+        if (!stop.signal.aborted) pool.error = { err };
+        feed.fail(err);
+      },
+    );
+    emit();
+    let walk: StreamWalk;
+    try {
+      walk = await walkStream(feed, streamOffset);
+    } finally {
+      feed.finish();
+    }
+    const stopPool = async (): Promise<void> => {
+      if (!stop.signal.aborted) stop.abort(new Error('the seal stopped its chunk pass'));
+      await done;
+    };
+    if (o.signal?.aborted || pool.error) {
+      await stopPool();
+      if (o.signal?.aborted) throw abortError(o.signal);
+      throw pool.error!.err;
+    }
+    if (!walk.complete || walk.problems.length > 0 || !walk.ram) {
+      await stopPool();
+      sealLayout(header, size, walk); // throws ImageFormatError, naming the first problem
+    }
+    const layout = sealLayout(header, size, walk);
+    const want = chunkBytesFor(layout);
+    if (walk.mappedRam || want !== chunkBytes) {
+      // Not the layout the chunks were cut for (a mapped-ram stream in a legacy image, or a seal
+      // that fits smaller chunks): hash again for this one.
+      await stopPool();
+      pacer.check();
+      return { ...(await computeSeal(src, layout, want, hasher, o)), walk: 'chunks' };
+    }
+    walked = true;
+    pacer.total += layout.state.reduce((n, [s, e]) => n + (e - s), 0);
+    emit();
+    await done;
+    const failed = pool.error as { err: unknown } | undefined; // set while awaiting
+    if (failed) throw failed.err;
+    pacer.check();
+    if (emitted !== all.length) throw new Error(`seal: ${all.length - emitted} RAM chunk(s) were not hashed`);
+    const packed = new Uint8Array(all.length * hasher.digestBytes);
+    for (let i = 0; i < all.length; i++) packed.set(digests[i]!, i * hasher.digestBytes);
+    const stateDigest = await hashState(src, layout.state, hasher, pacer);
+    return { seal: buildSeal(layout, chunkBytes, hasher, stateDigest, packed), bytesRead: pacer.bytesRead, walk: 'chunks' };
+  } finally {
+    o.signal?.removeEventListener('abort', onAbort);
+    if (!stop.signal.aborted) stop.abort(new Error('the seal ended'));
+  }
 }
 
 /** What is wrong with a seal's own structure (before any data is read); empty when it is sound. */
@@ -430,6 +628,19 @@ export function sealProblems(seal: ImageSeal, header: Pick<ImageHeader, 'streamO
 export interface CheckSealOptions extends SealRunOptions {
   scope: SealScope;
   hasher: SealHasher;
+  /**
+   * The image's header and descriptor as the caller already read and checked them (`readImage`'s
+   * `ImageInfo` will do): they are not read again. The caller vouches that they are this file's
+   * (e.g. a restore that compares the file's fingerprint); the seal's ranges are still checked
+   * against the file's size.
+   */
+  head?: SealHead;
+}
+
+/** The part of an image's head a seal check needs: `ImageInfo`'s header and descriptor. */
+export interface SealHead {
+  header: ImageHeader;
+  descriptor: ImageDescriptor;
 }
 
 /**
@@ -454,29 +665,34 @@ export async function checkSealSource(src: SealSource, o: CheckSealOptions): Pro
 
   let header: ImageHeader;
   let descriptor: ImageDescriptor;
-  try {
-    const head = await src.read(0, 16);
-    if (hasLibvirtMagic(head)) {
-      checks.push({ name: 'seal.present', status: 'skip', detail: 'a libvirt save image: it carries no seal' });
+  if (o.head) {
+    header = o.head.header;
+    descriptor = o.head.descriptor;
+  } else {
+    try {
+      const head = await src.read(0, 16);
+      if (hasLibvirtMagic(head)) {
+        checks.push({ name: 'seal.present', status: 'skip', detail: 'a libvirt save image: it carries no seal' });
+        return result(false);
+      }
+      if (!hasVmsaveMagic(head)) {
+        checks.push({
+          name: 'seal.present',
+          status: 'fail',
+          detail: `not a vmsave image: the file starts with ${JSON.stringify(Buffer.from(head).toString('latin1'))}, not VMSVDONE or VMSVPART`,
+        });
+        return result(false);
+      }
+      const r = await readHeaderAndDescriptor(src);
+      header = r.header;
+      descriptor = decodeDescriptor(r.descBytes);
+      bytesRead += r.descBytes.length + 128;
+    } catch (err) {
+      if (o.signal?.aborted) throw abortError(o.signal);
+      const what = err instanceof ImageError ? err.message : String((err as Error)?.message ?? err);
+      checks.push({ name: 'seal.present', status: 'fail', detail: `the header or descriptor cannot be trusted, so neither can a seal in it: ${what}` });
       return result(false);
     }
-    if (!hasVmsaveMagic(head)) {
-      checks.push({
-        name: 'seal.present',
-        status: 'fail',
-        detail: `not a vmsave image: the file starts with ${JSON.stringify(Buffer.from(head).toString('latin1'))}, not VMSVDONE or VMSVPART`,
-      });
-      return result(false);
-    }
-    const r = await readHeaderAndDescriptor(src);
-    header = r.header;
-    descriptor = decodeDescriptor(r.descBytes);
-    bytesRead += r.descBytes.length + 128;
-  } catch (err) {
-    if (o.signal?.aborted) throw abortError(o.signal);
-    const what = err instanceof ImageError ? err.message : String((err as Error)?.message ?? err);
-    checks.push({ name: 'seal.present', status: 'fail', detail: `the header or descriptor cannot be trusted, so neither can a seal in it: ${what}` });
-    return result(false);
   }
   const seal = descriptor.seal;
   if (!seal) {

@@ -153,6 +153,18 @@ export class Cursor {
     this.pos += 8;
     return this.wView.getBigUint64(r, false);
   }
+  /**
+   * A big-endian u64 as its two u32 halves, without allocating a bigint (a legacy stream has a
+   * million page records): the high half is returned, the low half left in `low`.
+   */
+  be64HiSync(): number {
+    const r = this.have(8);
+    this.pos += 8;
+    this.low = this.wView.getUint32(r + 4, false);
+    return this.wView.getUint32(r, false);
+  }
+  /** The low half of the u64 the last `be64HiSync` read. */
+  low = 0;
   latin1Sync(n: number): string {
     const r = this.have(n);
     this.pos += n;

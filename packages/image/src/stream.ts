@@ -532,8 +532,9 @@ async function ramRecords(c: Cursor, ram: RamInfo, stop: StopFn): Promise<void> 
 
 /** One RAM record at `at`, from the window only (NotBuffered otherwise); true at the EOS record. */
 function ramRecord(c: Cursor, ram: RamInfo, stop: StopFn, at: number): boolean {
-  const v = c.be64Sync();
-  const flags = Number(v & 0xfffn);
+  const hi = c.be64HiSync();
+  const lo = c.low;
+  const flags = lo & 0xfff;
   if (flags & ~KNOWN_RAM_FLAGS) stop('stream.ram', `unknown RAM record flags 0x${(flags & ~KNOWN_RAM_FLAGS).toString(16)} at offset ${at}: the stream is damaged here`, at);
   if (flags & RAM_FLAG.EOS) return true;
   if (flags & RAM_FLAG.HOOK) stop('stream.ram', `RAM hook record (RDMA) at offset ${at}: not supported in a file`, at);
@@ -555,9 +556,11 @@ function ramRecord(c: Cursor, ram: RamInfo, stop: StopFn, at: number): boolean {
   } else if (!current) {
     stop('stream.ram', `page record at offset ${at} continues a block but none was named before`, at);
   }
-  const addr = safeNumber(v & ~0xfffn);
-  if (addr === undefined || addr >= current!.usedLength) {
-    stop('stream.ram', `page address 0x${(v & ~0xfffn).toString(16)} at offset ${at} is outside block "${current!.name}" (${current!.usedLength} bytes)`, at);
+  // The address is the u64 without its flag bits; at or above 2^53 (high half ≥ 2^21) it is not a safe number.
+  const addr = hi * 2 ** 32 + (lo - flags);
+  if (hi >= 2 ** 21 || addr >= current!.usedLength) {
+    const hex = ((BigInt(hi) << 32n) | BigInt(lo - flags)).toString(16);
+    stop('stream.ram', `page address 0x${hex} at offset ${at} is outside block "${current!.name}" (${current!.usedLength} bytes)`, at);
   }
   if (kinds === RAM_FLAG.ZERO) {
     const fill = c.u8Sync();

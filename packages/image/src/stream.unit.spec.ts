@@ -173,6 +173,26 @@ describe('walkStream, legacy RAM records from the window', () => {
   });
 });
 
+describe('walkStream, page addresses', () => {
+  it('names a page address outside its block as the record u64 without its flag bits, past 2^53 too', async () => {
+    for (const addr of [BigInt(BLOCK_SIZE), BigInt(BLOCK_SIZE) + 4096n * 7n, 1n << 53n, (1n << 60n) + (5n << 12n)]) {
+      let at = -1;
+      const { buf } = legacyStream((b) => {
+        b.record('page', 0, true);
+        at = b.pos;
+        b.be64(addr | BigInt(RAM_FLAG.PAGE | RAM_FLAG.CONTINUE)).fill(4096);
+      });
+      const walk = await walkStream(bufferSource(buf), 0);
+      expect(walk.problems).toEqual([
+        { check: 'stream.ram', offset: at, detail: `page address 0x${addr.toString(16)} at offset ${at} is outside block "${BLOCK}" (${BLOCK_SIZE} bytes)` },
+      ]);
+    }
+    // The last page of the block is inside it.
+    const { buf } = legacyStream((b) => b.record('page', BLOCK_SIZE / 4096 - 1, true));
+    expect((await walkStream(bufferSource(buf), 0)).problems).toEqual([]);
+  });
+});
+
 describe('Cursor synchronous readers', () => {
   it('read from the window, say NotBuffered past it and OutOfBounds past the limit', async () => {
     const buf = Buffer.alloc(600 * 1024);

@@ -10,6 +10,8 @@ import { TinyQmp } from './qmp.ts';
 
 export const PATTERN_ADDR = 0x1000000; // 16 MiB into guest RAM
 export const PATTERN_BYTES = 1024 * 1024;
+/** Where `dirtyMiB` of pseudo-random data goes in guest RAM (32 MiB in: after the pattern). */
+export const DIRTY_ADDR = 0x2000000;
 
 export function accel(): 'kvm' | 'tcg' {
   try {
@@ -27,8 +29,25 @@ export interface SaveOptions {
   channels?: number;
   /** Capabilities to add (e.g. background-snapshot). */
   extraCaps?: string[];
+  /** MiB of pseudo-random data (the same for a given size) loaded at DIRTY_ADDR: pages a legacy stream carries whole. */
+  dirtyMiB?: number;
   target: string;
   offset: number;
+}
+
+/** `mib` MiB of pseudo-random bytes (xorshift32, fixed seed: the same file every time), for `-device loader`. */
+export async function dirtyFile(dir: string, mib: number): Promise<string> {
+  const p = join(dir, `dirty-${mib}.bin`);
+  const b = Buffer.alloc(mib * 1024 * 1024);
+  let x = 0x9e3779b9;
+  for (let i = 0; i < b.length; i += 4) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    b.writeUInt32LE(x >>> 0, i);
+  }
+  await fsp.writeFile(p, b);
+  return p;
 }
 
 /** Deterministic non-zero pattern file for `-device loader`. */
@@ -44,6 +63,7 @@ export async function patternFile(dir: string): Promise<string> {
 export async function qemuSave(o: SaveOptions): Promise<void> {
   const sock = join(o.dir, `qmp-${process.pid}-${Math.random().toString(36).slice(2)}.sock`);
   const pattern = await patternFile(o.dir);
+  const dirty = o.dirtyMiB ? ['-device', `loader,file=${await dirtyFile(o.dir, o.dirtyMiB)},addr=0x${DIRTY_ADDR.toString(16)},force-raw=on`] : [];
   const proc = spawn(
     'qemu-system-x86_64',
     [
@@ -59,6 +79,7 @@ export async function qemuSave(o: SaveOptions): Promise<void> {
       `unix:${sock},server=on,wait=off`,
       '-device',
       `loader,file=${pattern},addr=0x${PATTERN_ADDR.toString(16)}`,
+      ...dirty,
     ],
     { stdio: ['ignore', 'ignore', 'pipe'] },
   );
@@ -116,7 +137,7 @@ export async function makeVmsaveImage(
   dir: string,
   name: string,
   format: 'legacy' | 'sparse',
-  o: { memMiB?: number; channels?: number; finalize?: boolean; seal?: boolean; extraCaps?: string[] } = {},
+  o: { memMiB?: number; channels?: number; finalize?: boolean; seal?: boolean; extraCaps?: string[]; dirtyMiB?: number } = {},
 ): Promise<string> {
   const path = join(dir, name);
   const { streamOffset } = await createImage(path, {
@@ -134,6 +155,7 @@ export async function makeVmsaveImage(
     memMiB: o.memMiB ?? 64,
     ...(o.channels ? { channels: o.channels } : {}),
     ...(o.extraCaps ? { extraCaps: o.extraCaps } : {}),
+    ...(o.dirtyMiB ? { dirtyMiB: o.dirtyMiB } : {}),
   });
   if (o.finalize !== false) {
     if (o.seal !== false) await sealImage(path);

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { checkSeal, finalizeImage, openFileSource, readImage, sealImage, walkStream } from '../src/node/index.ts';
-import { crc32ChunksInWorkers } from '../src/node/seal-worker.ts';
+import { LENT_EXTRA_BUFFERS, crc32ChunksInWorkers, crc32ChunksLent } from '../src/node/seal-worker.ts';
 import { makeVmsaveImage } from './fixtures.ts';
 
 let dir: string;
@@ -134,5 +134,60 @@ describe('seal on worker threads', () => {
     // The image stays unsealed and unfinalized: a later seal works.
     const again = await sealImage(path, { workers: 2 });
     expect(again.summary.chunks).toBeGreaterThanOrEqual(16);
+  });
+
+  it('lent chunks: the file bytes and their CRC-32, taken in order, so a consumer releasing in order never stalls them', async () => {
+    const path = join(dir, 'lent.bin');
+    const bytes = Buffer.allocUnsafe(30 * 1024 * 1024 + 777);
+    randomFillSync(bytes);
+    await fsp.writeFile(path, bytes);
+    const chunks: Array<[number, number]> = [];
+    for (let s = 0; s < bytes.length; s += 1024 * 1024) chunks.push([s, Math.min(bytes.length, s + 1024 * 1024)]);
+    chunks.push([bytes.length - 10, bytes.length + 4096]); // read short: the bytes there are
+    // The stream walk's way: chunks are held until every chunk before them was seen, then let go in order.
+    const held = new Map<number, () => void>();
+    const seen: boolean[] = [];
+    let front = 0;
+    await crc32ChunksLent(
+      path,
+      chunks,
+      (k, crc, n, data, release) => {
+        const [s, e] = chunks[k]!;
+        const want = bytes.subarray(s, Math.min(e, bytes.length));
+        expect(Buffer.from(data).equals(want), `chunk ${k}`).toBe(true);
+        expect(n).toBe(want.length);
+        expect(crc).toBe(e <= bytes.length ? crc32(want) : crc32(Buffer.concat([want, Buffer.alloc(e - bytes.length + 1, 0xff)])));
+        expect(seen[k]).toBeUndefined();
+        seen[k] = true;
+        held.set(k, release);
+        for (; seen[front]; front++) {
+          held.get(front)!();
+          held.delete(front);
+        }
+      },
+      { workers: 2 },
+    );
+    expect(front).toBe(chunks.length);
+  });
+
+  it('lent chunks never released: an abort still stops the waiting workers and rejects with the reason', async () => {
+    const path = join(dir, 'lent-abort.bin');
+    await fsp.writeFile(path, Buffer.alloc(40 * 1024 * 1024, 1));
+    const chunks: Array<[number, number]> = [];
+    for (let s = 0; s < 40 * 1024 * 1024; s += 1024 * 1024) chunks.push([s, s + 1024 * 1024]);
+    const ac = new AbortController();
+    const reason = new Error('stop waiting');
+    let lent = 0;
+    const p = crc32ChunksLent(
+      path,
+      chunks,
+      () => {
+        // Holds every buffer: the workers wait for one; abort once they all are lent.
+        if (++lent === 2 + LENT_EXTRA_BUFFERS) setTimeout(() => ac.abort(reason), 50);
+      },
+      { workers: 2, signal: ac.signal },
+    );
+    await expect(p).rejects.toBe(reason);
+    expect(lent).toBe(2 + LENT_EXTRA_BUFFERS);
   });
 });

@@ -22,4 +22,4 @@ export {
 export { openFileSource, type FileSource } from './file-source.ts';
 export { dataExtents } from './extents.ts';
 export { verifyImage } from './verify.ts';
-export { sealImage, checkSeal, crc32Hasher, type SealImageResult, type CheckSealOptions } from './seal.ts';
+export { sealImage, checkSeal, crc32Hasher, type SealImageResult, type SealImageOptions, type CheckSealOptions } from './seal.ts';

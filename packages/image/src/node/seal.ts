@@ -4,6 +4,7 @@
  * module brings the file reads, SEEK_DATA hole detection, zlib's CRC-32 and the worker threads
  * that read and hash the RAM chunks (seal-worker.ts).
  */
+import { readSync } from 'node:fs';
 import { crc32 } from 'node:zlib';
 import type { SealSummary } from '@vmsave/contracts';
 import { crc32HasherOf } from '../crc32.ts';
@@ -16,19 +17,20 @@ import {
   DEFAULT_CHUNK_BYTES,
   MAX_CHUNK_BYTES,
   checkSealSource,
-  computeSeal,
   placeholderSeal,
-  sealLayout,
+  sealStream,
   sealSummary,
   type SealCheck,
   type SealHasher,
+  type SealHead,
+  type SealLayout,
   type SealRunOptions,
   type SealScope,
   type SealSource,
+  type SealStreamOptions,
 } from '../seal.ts';
-import { walkStream } from '../stream.ts';
 import { seekData } from './extents.ts';
-import { crc32ChunksInWorkers, SEAL_WORKERS } from './seal-worker.ts';
+import { crc32ChunksInWorkers, crc32ChunksLent, SEAL_WORKERS } from './seal-worker.ts';
 import { updateDescriptor } from './image.ts';
 
 /** zlib's CRC-32 (IEEE 802.3 polynomial; native, SIMD in Node's zlib): the seal's checksum. */
@@ -47,6 +49,8 @@ export interface SealReadOptions {
 
 /** Fewer data chunks than this are hashed in the calling thread (starting a worker costs ~10–40 ms). */
 const MIN_WORKER_CHUNKS = 8;
+/** Largest chunk lent to the calling thread (the lent-chunk pool holds workers + 3 of them). */
+const MAX_LENT_CHUNK_BYTES = 64 * 1024 * 1024;
 const be32 = (v: number): Uint8Array => {
   const b = new Uint8Array(4);
   new DataView(b.buffer).setUint32(0, v, false);
@@ -57,12 +61,17 @@ const be32 = (v: number): Uint8Array => {
  * A read-only SealSource over a file: `readTransient` reads go into a ring of five reused buffers
  * (the seal has at most four in use: three reads in flight, one being hashed), holes found with
  * SEEK_DATA; RAM data chunks (CRC-32, at least MIN_WORKER_CHUNKS of them) read and hashed on
- * SEAL_WORKERS worker threads (`workers: 0`: in this thread).
+ * SEAL_WORKERS worker threads (`workers: 0`: in this thread), or lent to this thread from them
+ * (`lendChunks`: buffered reads only, so not for an image to be read with O_DIRECT).
  */
 async function openSealSource(path: string, o: SealReadOptions = {}): Promise<SealSource & { close(): Promise<void> }> {
   const { fh, size } = await openReadOnly(path);
   const ring: Array<Buffer | undefined> = new Array(5).fill(undefined);
   let next = 0;
+  const headerSaysDirect = (): boolean => {
+    const flags = Buffer.alloc(4);
+    return readSync(fh.fd, flags, 0, 4, HEADER_FLAGS_OFFSET) === 4 && (flags.readUInt32LE(0) & FLAG_DIRECT_IO) !== 0;
+  };
   return {
     size,
     read: (position, length) => readInto(position, length, false),
@@ -86,6 +95,19 @@ async function openSealSource(path: string, o: SealReadOptions = {}): Promise<Se
         if (signal) run.signal = signal;
         await crc32ChunksInWorkers(path, chunks, (k, crc, bytesRead) => onChunk(k, be32(crc), bytesRead), run);
       })().catch((err: unknown) => {
+        if (signal?.aborted) throw err;
+        throw ioError('cannot read', path, err);
+      });
+    },
+    lendChunks(chunks, hasher, onChunk, signal) {
+      const workers = o.workers ?? SEAL_WORKERS;
+      if (hasher.algorithm !== 'crc32' || workers < 1 || chunks.length < MIN_WORKER_CHUNKS) return undefined;
+      if (chunks.some(([s, e]) => e - s > MAX_LENT_CHUNK_BYTES)) return undefined;
+      // A direct-IO image is read with O_DIRECT, into buffers of the workers' own.
+      if (o.directRead ?? headerSaysDirect()) return undefined;
+      const run: { workers: number; signal?: AbortSignal } = { workers };
+      if (signal) run.signal = signal;
+      return crc32ChunksLent(path, chunks, (k, crc, bytesRead, data, release) => onChunk(k, { digest: be32(crc), bytesRead, data, release }), run).catch((err: unknown) => {
         if (signal?.aborted) throw err;
         throw ioError('cannot read', path, err);
       });
@@ -127,6 +149,20 @@ export interface SealImageResult {
   summary: SealSummary;
   bytesRead: number;
   durationMs: number;
+  /** Where the stream walk read the stream from: `chunks` (a legacy image in one read), `file`. */
+  walk: 'chunks' | 'file';
+}
+
+export interface SealImageOptions extends SealReadOptions {
+  signal?: AbortSignal;
+  /** Bytes processed of the total (which grows by the state region's size once the walk found it). */
+  onProgress?(done: number, total: number): void;
+  /**
+   * A legacy image's stream is walked out of the chunks the workers read for the checksums, so
+   * its pages are read once (default: true; it needs workers). false: walk the file first, then
+   * read the chunks (the two-pass path; the same seal, for measurement).
+   */
+  onePass?: boolean;
 }
 
 /**
@@ -136,35 +172,38 @@ export interface SealImageResult {
  * descriptor room. Throws ImageStateError for a complete image, ImageFormatError when the stream
  * is not complete and well-formed, DescriptorError when no seal fits, ImageIoError; an abort
  * rejects with the signal's reason. The RAM chunks are read and hashed on `workers` threads
- * (default SEAL_WORKERS; 0: in this thread).
+ * (default SEAL_WORKERS; 0: in this thread); a legacy stream is walked out of their buffers
+ * (`onePass`), so its pages are read from the file once.
  */
-export async function sealImage(path: string, o: { signal?: AbortSignal; onProgress?(done: number, total: number): void } & SealReadOptions = {}): Promise<SealImageResult> {
+export async function sealImage(path: string, o: SealImageOptions = {}): Promise<SealImageResult> {
   const t0 = performance.now();
   const src = await openSealSource(path, o);
-  let sealed: { seal: ImageSeal; bytesRead: number };
+  let sealed: { seal: ImageSeal; bytesRead: number; walk: 'chunks' | 'file' };
   let descriptorInput: ReturnType<typeof decodeDescriptor>;
   try {
     const { header, descBytes } = await readHeaderAndDescriptor(src, path);
     if (header.complete) throw new ImageStateError(`image ${path} is already complete (VMSVDONE): seal it before finalizeImage`, { path });
     const descriptor = decodeDescriptor(descBytes);
-    const walk = await walkStream(src, header.streamOffset);
-    const layout = sealLayout(header, src.size, walk);
     const room = header.streamOffset - header.descriptorOffset;
-    let chunkBytes = DEFAULT_CHUNK_BYTES;
-    const fits = (cb: number): boolean => encodeDescriptor({ ...descriptor, seal: placeholderSeal(layout, cb, crc32Hasher) }).length <= room;
-    while (!fits(chunkBytes)) {
-      if (chunkBytes >= MAX_CHUNK_BYTES) {
-        throw new DescriptorError(
-          `the seal does not fit the ${room} bytes reserved for the descriptor even with ${MAX_CHUNK_BYTES}-byte chunks: create the image with more reserveBytes`,
-          { path },
-        );
+    const chunkBytesFor = (layout: SealLayout): number => {
+      let chunkBytes = DEFAULT_CHUNK_BYTES;
+      const fits = (cb: number): boolean => encodeDescriptor({ ...descriptor, seal: placeholderSeal(layout, cb, crc32Hasher) }).length <= room;
+      while (!fits(chunkBytes)) {
+        if (chunkBytes >= MAX_CHUNK_BYTES) {
+          throw new DescriptorError(
+            `the seal does not fit the ${room} bytes reserved for the descriptor even with ${MAX_CHUNK_BYTES}-byte chunks: create the image with more reserveBytes`,
+            { path },
+          );
+        }
+        chunkBytes *= 2;
       }
-      chunkBytes *= 2;
-    }
-    const run: SealRunOptions = {};
+      return chunkBytes;
+    };
+    const run: SealStreamOptions = {};
     if (o.signal) run.signal = o.signal;
     if (o.onProgress) run.onProgress = o.onProgress;
-    sealed = await computeSeal(src, layout, chunkBytes, crc32Hasher, run);
+    if (o.onePass !== undefined) run.onePass = o.onePass;
+    sealed = await sealStream(src, header, crc32Hasher, chunkBytesFor, run);
     descriptorInput = { ...descriptor, seal: sealed.seal };
   } catch (err) {
     if (err instanceof ImageError || o.signal?.aborted) throw err;
@@ -173,17 +212,25 @@ export async function sealImage(path: string, o: { signal?: AbortSignal; onProgr
     await src.close();
   }
   await updateDescriptor(path, descriptorInput);
-  return { seal: sealed.seal, summary: sealSummary(sealed.seal), bytesRead: sealed.bytesRead, durationMs: performance.now() - t0 };
+  return { seal: sealed.seal, summary: sealSummary(sealed.seal), bytesRead: sealed.bytesRead, durationMs: performance.now() - t0, walk: sealed.walk };
 }
 
 export interface CheckSealOptions extends SealRunOptions, SealReadOptions {
   scope: SealScope;
+  /**
+   * The image's header and descriptor as the caller already read them (`readImage(path)`, an
+   * `ImageInfo`, will do; a restore's head): not read again. The caller vouches that they are this
+   * file's as it is now (a restore compares the file's fingerprint); the seal is still checked
+   * against the file's size and bytes.
+   */
+  head?: SealHead;
 }
 
 /**
  * Check an image file against its seal: `state` reads the device-state region and the reserved
  * room only, `full` every RAM chunk too (holes not read). `maxBytesPerSec` paces the reads (the
- * scrub). Never throws for a damaged or missing file (a failed check); an abort rejects.
+ * scrub). `head`: the header and descriptor already read by the caller, not read again. Never
+ * throws for a damaged or missing file (a failed check); an abort rejects.
  */
 export async function checkSeal(path: string, o: CheckSealOptions): Promise<SealCheck> {
   const t0 = performance.now();
