@@ -143,7 +143,7 @@ async function readRestoreHead(o: HeadOptions): Promise<RestoreHead> {
   // the gate and `prepare` passed.
   const early = o.detached ? undefined : startEarly(o, definition, image);
   // Only reads (the seal against the file): its verdict is awaited by the restore's gate, before QEMU gets the image.
-  const content = o.content === 'state' ? { scope: o.content, result: contentGate(o.imagePath, o.content, o.signal) } : undefined;
+  const content = o.content === 'state' ? { scope: o.content, result: contentGate(o.imagePath, o.content, image, o.signal) } : undefined;
   content?.result.catch(() => undefined);
   return { imagePath: o.imagePath, image, definition, early, claimed: false, startedAt, content };
 }
@@ -230,7 +230,7 @@ export async function restoreImage(o: RestoreImageOptions): Promise<RestoreImage
     // The seal's content check, the file's fingerprint and the verifier's recorded one are independent reads.
     const scope = o.content ?? 'state';
     const [c, current, verifiedAs] = await Promise.all([
-      head.content && head.content.scope === scope ? head.content.result : contentGate(o.imagePath, scope, o.signal),
+      head.content && head.content.scope === scope ? head.content.result : contentGate(o.imagePath, scope, image, o.signal),
       o.verifiedAs ? fingerprintImage(o.imagePath).catch(() => undefined) : undefined,
       Promise.resolve(o.verifiedAs).catch(() => undefined),
     ]);
@@ -253,7 +253,16 @@ export async function restoreImage(o: RestoreImageOptions): Promise<RestoreImage
   let vm: VmProcess | undefined;
   let qmp: QmpClient | undefined;
   let fds: { buffered: number; direct?: number } | undefined;
+  // The image's read-only fds are opened now, beside `prepare` and the hand-over; QEMU gets them
+  // only after both (closed here on any failure, QEMU never having seen them).
+  const opening = openStreamFds(o.imagePath, { mode: 'restore', directIo: image.header.directIo });
+  opening.catch(() => undefined);
+  let fdsTaken = false;
   const closeFds = () => {
+    if (!fdsTaken) {
+      fdsTaken = true;
+      void opening.then(closeStreamFds, () => undefined);
+    }
     closeStreamFds(fds);
     fds = undefined;
   };
@@ -314,7 +323,8 @@ export async function restoreImage(o: RestoreImageOptions): Promise<RestoreImage
     }
     stage = 'restore';
     const h = image.header;
-    fds = await openStreamFds(o.imagePath, { mode: 'restore', directIo: h.directIo });
+    fdsTaken = true;
+    fds = await opening;
     const stats = await restoreFromFds(qmp, {
       // The queries and settings made on the early QEMU while the gate ran (made again here if that failed).
       prepared: await prepared,
@@ -335,7 +345,8 @@ export async function restoreImage(o: RestoreImageOptions): Promise<RestoreImage
     stage = 'resume';
     await o.beforeResume?.();
     const run = o.after === 'running' || (o.after === 'as-saved' && h.wasRunning);
-    if (run) await resume(qmp, { signal: o.signal });
+    // The incoming migration completed: `cont` without asking the state first.
+    if (run) await resume(qmp, { signal: o.signal, incomingCompleted: true });
     timings.contMs = lap();
     return { vm, qmp, definition, image, vmState: run ? 'running' : 'paused', gate, content, durationMs: performance.now() - t0, stats, start, timings };
   } catch (err) {
@@ -357,10 +368,11 @@ export async function restoreImage(o: RestoreImageOptions): Promise<RestoreImage
  * chunk too); a mismatch refuses the restore naming the region and the offsets. An image with no
  * seal passes `state` unchecked (`sealed: false`, the caller warns) and is refused for `full`.
  */
-async function contentGate(imagePath: string, scope: 'state' | 'full', signal?: AbortSignal): Promise<ContentGate> {
+async function contentGate(imagePath: string, scope: 'state' | 'full', image: ImageInfo, signal?: AbortSignal): Promise<ContentGate> {
   let sc: Awaited<ReturnType<typeof checkSeal>>;
   try {
-    sc = await checkSeal(imagePath, { scope, signal });
+    // The header and descriptor the gate already read (not read a second time); the seal is checked against the file's bytes.
+    sc = await checkSeal(imagePath, { scope, signal, head: image });
   } catch (err) {
     const c = classify(err);
     throw new OpError(`cannot check the content of ${imagePath}: ${c.message}`, 'prepare', c.code, c.retryable, { cause: err });
@@ -405,17 +417,16 @@ export interface EarlyQemu {
 function startEarly(o: HeadOptions, definition: VmDefinition, image: ImageInfo): Promise<EarlyQemu | undefined> | undefined {
   if (!o.warm && !o.stagingDir) return undefined;
   const h = image.header;
-  const prepare = (got: EarlyQemu): EarlyQemu => {
-    const prepared = prepareIncoming(got.qmp, {
+  const incoming = (qmp: QmpClient, vm?: VmProcess): Promise<PreparedIncoming | undefined> =>
+    prepareIncoming(qmp, {
       format: h.format,
       channels: h.format === 'sparse' ? Math.max(1, h.channels) : undefined,
       directIo: h.directIo,
       offset: h.streamOffset,
       signal: o.signal,
-      process: got.vm,
+      process: vm,
     }).catch(() => undefined);
-    return { ...got, prepared };
-  };
+  const prepare = (got: EarlyQemu, prepared?: Promise<PreparedIncoming | undefined>): EarlyQemu => ({ ...got, prepared: prepared ?? incoming(got.qmp, got.vm) });
   return (async () => {
     const t = performance.now();
     const warm = o.warm ? await o.warm(definition).catch(() => undefined) : undefined;
@@ -425,15 +436,21 @@ function startEarly(o: HeadOptions, definition: VmDefinition, image: ImageInfo):
     try {
       if (!(await (o.mayStartEarly?.(definition) ?? true))) return undefined;
       await mkdir(o.stagingDir, { recursive: true });
+      // The migration queries go out on the launch's own session with its readiness query (one round trip).
+      let prepared: Promise<PreparedIncoming | undefined> | undefined;
       vm = await launchVm(definition, {
         qmpSocketPath: path.join(o.stagingDir, `r${process.pid}-${randomUUID().slice(0, 8)}.qmp`),
         incoming: 'defer',
         accel: o.accel,
         signal: o.signal,
         keepQmp: true,
+        onSession: (session) => {
+          prepared = incoming(session);
+        },
       });
-      const qmp = vm.takeQmp?.() ?? (await vm.connectQmp());
-      return prepare({ vm, qmp, start: 'cold' as const, wallMs: performance.now() - t });
+      const kept = vm.takeQmp?.();
+      const qmp = kept ?? (await vm.connectQmp());
+      return prepare({ vm, qmp, start: 'cold' as const, wallMs: performance.now() - t }, kept ? prepared : undefined);
     } catch {
       await vm?.kill().catch(() => undefined);
       return undefined;

@@ -71,6 +71,12 @@ export interface SpawnQemuOptions {
    * (QMP serves one client at a time, so it is closed if not taken by the first `connectQmp`).
    */
   keepQmp?: boolean;
+  /**
+   * With `keepQmp`: called with the readiness session as soon as it is open, before its
+   * `query-status` is sent, so the caller's first commands (a restore's migration queries) share
+   * that round trip. A launch that then fails closes the session (those commands reject).
+   */
+  onSession?(qmp: QmpClient): void;
 }
 
 /** Keeps the last `limit` bytes written to it. */
@@ -257,7 +263,13 @@ export async function spawnQemu(args: readonly string[], options: SpawnQemuOptio
   };
 
   try {
-    const session = await waitForQmp(socketPath, exited, options.readyTimeoutMs ?? (options.detached ? 60_000 : 15_000), options.signal);
+    const session = await waitForQmp(
+      socketPath,
+      exited,
+      options.readyTimeoutMs ?? (options.detached ? 60_000 : 15_000),
+      options.signal,
+      options.keepQmp ? options.onSession : undefined,
+    );
     if (options.keepQmp) ready = session;
     else await session.close().catch(() => undefined);
   } catch (error) {
@@ -295,7 +307,13 @@ function readLogTail(file: string, start: number): string {
  * so that answer means the command line was accepted and QEMU is up. (Reconnecting on a timer
  * instead cost up to one period per launch, and a second session for the caller.)
  */
-async function waitForQmp(socketPath: string, exited: Promise<VmExit>, timeoutMs: number, signal: AbortSignal | undefined): Promise<QmpClient> {
+async function waitForQmp(
+  socketPath: string,
+  exited: Promise<VmExit>,
+  timeoutMs: number,
+  signal: AbortSignal | undefined,
+  onSession: ((qmp: QmpClient) => void) | undefined,
+): Promise<QmpClient> {
   let exit: VmExit | undefined;
   void exited.then((e) => {
     exit = e;
@@ -310,6 +328,7 @@ async function waitForQmp(socketPath: string, exited: Promise<VmExit>, timeoutMs
       try {
         // The client's default command deadline stays (the session may be handed over); only this query is bounded here.
         qmp = await QmpClient.connect(socketPath, { timeoutMs: left, signal });
+        onSession?.(qmp);
         await qmp.execute('query-status', undefined, { timeoutMs: Math.max(1, deadline - Date.now()), signal });
         return qmp;
       } catch {

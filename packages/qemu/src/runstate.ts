@@ -22,14 +22,19 @@ export async function pauseIfRunning(qmp: QmpClient, options: { signal?: AbortSi
 /**
  * Runs the vCPUs. Works from `paused`, `prelaunch` and `postmigrate` (where a
  * completed save leaves the VM). Refuses while an incoming migration is
- * pending (`inmigrate`), where `cont` would only be queued by QEMU.
+ * pending (`inmigrate`), where `cont` would only be queued by QEMU. `incomingCompleted`: skip the
+ * `query-status` (see below).
  */
-export async function resume(qmp: QmpClient, options: { signal?: AbortSignal } = {}): Promise<void> {
-  const { status, running } = await queryStatus(qmp, options);
+export async function resume(qmp: QmpClient, options: { signal?: AbortSignal; incomingCompleted?: boolean } = {}): Promise<void> {
+  const call = { signal: options.signal };
+  // `incomingCompleted`: the caller saw this QEMU's incoming migration complete (restoreFromFds
+  // returned), so it is paused or already running, never `inmigrate`, and `cont` is harmless on a
+  // running VM: one round trip instead of two.
+  const { status, running } = options.incomingCompleted ? { status: 'paused', running: false } : await queryStatus(qmp, call);
   if (running) return;
   if (status === 'inmigrate') throw new QemuStateError('cannot resume a VM that is waiting for an incoming migration', 'runstate');
   try {
-    await qmp.execute('cont', undefined, options);
+    await qmp.execute('cont', undefined, call);
   } catch (error) {
     if (error instanceof QmpError) {
       throw new QemuStateError(`cannot resume the VM from ${status}: ${error.message}`, 'runstate', { cause: error });

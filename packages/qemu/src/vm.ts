@@ -1,3 +1,4 @@
+import type { QmpClient } from '@vmsave/qmp';
 import { QemuInvalidArgumentError } from './errors.ts';
 import { detectAccel, type Accel } from './probe.ts';
 import { qemuOptValue, spawnQemu, type SpawnQemuOptions, type VmProcess } from './process.ts';
@@ -34,6 +35,8 @@ export interface LaunchOptions {
   detached?: { logFile: string };
   /** Keep the readiness check's QMP session for `takeQmp()`: see {@link SpawnQemuOptions.keepQmp}. */
   keepQmp?: boolean;
+  /** See {@link SpawnQemuOptions.onSession}. */
+  onSession?(qmp: QmpClient): void;
 }
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
@@ -97,5 +100,6 @@ export async function launchVm(def: VmDefinition, options: LaunchOptions): Promi
     killWithParent: options.killWithParent,
     detached: options.detached,
     keepQmp: options.keepQmp,
+    onSession: options.onSession,
   });
 }

@@ -1,5 +1,5 @@
 import path from 'node:path';
-import type { ImageFingerprint, JobEvent, RestoreWork } from '@vmsave/contracts';
+import { VmDefinition, type ImageFingerprint, type JobEvent, type RestoreWork } from '@vmsave/contracts';
 import type { Logger } from '@vmsave/bus';
 import { OpCancelled, OpError, classify, restoreImage, startRestoreHead, type RestoreHead, type RestoreImageOptions } from '@vmsave/ops';
 import type { ExecutorContext, InFlight } from './context.ts';
@@ -50,8 +50,10 @@ export function prestartRestore(ctx: ExecutorContext, w: RestoreWork, job: InFli
 export async function runRestore(ctx: ExecutorContext, w: RestoreWork, job: InFlight, track: JobTrack, log: Logger, intake?: IntakeTimes): Promise<void> {
   let imagePath = '';
   let journaled: Promise<void> | undefined;
-  // The RestoreStarted publish (see prepare).
+  // The RestoreStarted publish and the VM definition's write (see prepare).
   let started: Promise<void> | undefined;
+  let defined: Promise<unknown> | undefined;
+  let refreshed: Promise<void> | undefined;
   try {
     imagePath = await resolveImagePath(ctx.cfg.imageDir, w.request.image);
     // Not on this host but replicated: downloaded (and checked) first (replicate.ts).
@@ -80,7 +82,10 @@ export async function runRestore(ctx: ExecutorContext, w: RestoreWork, job: InFl
         const status = await ctx.vms.status(d.name);
         if (status !== 'stopped') throw new OpError(`VM ${d.name} is already running on ${ctx.host} (${status}); stop it before restoring`, 'prepare', 'vm-running', false);
         ctx.vms.busy.add(d.name);
-        await ctx.vms.define(d);
+        // Checked now (before QEMU gets the image); written beside the load, awaited before the guest may run.
+        VmDefinition.parse(d);
+        defined = ctx.vms.define(d);
+        defined.catch(() => undefined);
         // Decided here (the fencing: a stale attempt is refused before QEMU gets the image); its
         // publish runs beside the load and is acknowledged before the guest may run (beforeResume).
         const decided = track.decideNow(
@@ -94,12 +99,14 @@ export async function runRestore(ctx: ExecutorContext, w: RestoreWork, job: InFl
         return ctx.vms.socketOf(d.name);
       },
       beforeResume: async () => {
-        await started;
+        await Promise.all([started, defined]);
+        // The log is read again (before RestoreCompleted is decided) beside `cont`.
+        refreshed = track.refresh(log);
       },
     });
     ctx.vms.adopt(result.definition.name, result.vm);
     const finishAt = performance.now();
-    await Promise.all([result.qmp.close(), track.refresh(log)]);
+    await Promise.all([result.qmp.close(), refreshed ?? track.refresh(log)]);
     const finishMs = performance.now() - finishAt;
     const published = await track.apply(
       {
@@ -152,6 +159,8 @@ export async function runRestore(ctx: ExecutorContext, w: RestoreWork, job: InFl
     // The journal entry written beside a gate that refused: settled before intake removes it.
     await journaled?.catch(() => undefined);
     await started?.catch(() => undefined);
+    await defined?.catch(() => undefined);
+    await refreshed;
     const c = classify(err);
     const e = err instanceof OpError ? err : new OpError(c.message, 'restore', c.code, c.retryable, { cause: err });
     await track.refresh(log);
