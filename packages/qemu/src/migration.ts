@@ -710,12 +710,18 @@ export async function abandonMigration(qmp: QmpClient, options: { timeoutMs?: nu
   return { status };
 }
 
-async function processStderr(ctx: Context, waitForExit: boolean): Promise<string | undefined> {
+/** How long a failed restore waits for QEMU's error lines on stderr when none has arrived yet. */
+const STDERR_GRACE_MS = 500;
+
+async function processStderr(ctx: Context, waitForExit: boolean, graceMs = 0): Promise<string | undefined> {
   const proc = ctx.options.process;
   if (!proc) return undefined;
   if (waitForExit && proc.exitStatus === undefined) {
     // stderr is complete only once QEMU has exited; it usually does right after dropping QMP.
     await Promise.race([proc.exited, new Promise((resolve) => setTimeout(resolve, 2_000))]);
+  }
+  for (const end = Date.now() + graceMs; stderrErrors(proc.stderr()).length === 0 && Date.now() < end; ) {
+    await new Promise((resolve) => setTimeout(resolve, 20));
   }
   const text = proc.stderr();
   return text.length > 0 ? text : undefined;
@@ -748,8 +754,10 @@ async function toQemuError(ctx: Context, error: unknown, fallbackStage: QemuStag
   const original = error instanceof StagedError ? error.original : error;
   const restoring = direction === 'restore';
   if (original instanceof MigrationFailedError) {
-    // On a save, stderr holds nothing about a refused migration, only old noise.
-    const stderr = restoring ? await processStderr(ctx, false) : undefined;
+    // On a save, stderr holds nothing about a refused migration, only old noise. On a restore,
+    // QEMU prints the cause just before the failed state reaches QMP, on another pipe: under load
+    // that pipe may not be read yet, so give its lines a moment to arrive.
+    const stderr = restoring ? await processStderr(ctx, false, STDERR_GRACE_MS) : undefined;
     if (stderr === undefined) return original;
     const reason = incomingFailureReason(original.qemuReason, stderr) ?? '';
     return new MigrationFailedError(direction, original.stage, reason, { stderr, cause: original.cause });

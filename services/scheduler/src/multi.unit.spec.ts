@@ -168,7 +168,7 @@ class World {
   /** The live, unexpired owner of a partition (a dead one's lease may not have expired yet: nobody acts then). */
   ownerOf(p: number): number | undefined {
     const o = this.part[p];
-    return o && o.until > this.now && this.inst[o.owner]!.alive ? o.owner : undefined;
+    return o && o.until > this.now && this.inst[o.owner]?.alive ? o.owner : undefined;
   }
 
   private append(e: JobEvent, by?: Instance): void {
@@ -251,6 +251,9 @@ class World {
 
   restart(i: number): void {
     if (this.inst[i]!.alive) return;
+    // A restarted scheduler is a new one (its own name in the leases): the dead one's leases run
+    // out as theirs (owner -1), so the new one takes them only through `take`, after catching up.
+    for (const o of this.part) if (o?.owner === i) o.owner = -1;
     this.inst[i] = this.fresh();
   }
 
@@ -342,7 +345,7 @@ class World {
    */
   advance(ms: number): void {
     this.now += ms;
-    for (const o of this.part) if (o && this.inst[o.owner]!.alive) o.until = this.now + PART_TTL;
+    for (const o of this.part) if (o && this.inst[o.owner]?.alive) o.until = this.now + PART_TTL;
     for (let p = 0; p < PARTITIONS; p++) {
       if (this.part[p] && this.part[p]!.until > this.now) continue;
       const live = this.inst.map((x, i) => [x, i] as const).filter(([x]) => x.alive);
