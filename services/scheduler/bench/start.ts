@@ -121,6 +121,9 @@ try {
       }
     // Snapshots on: this start replays whatever the last snapshot did not cover, its clean stop writes one.
     const w = await timedStart(env, 'write');
+    say(
+      `writing start #${r + 1}: serving after ${(w.ms / 1000).toFixed(2)} s (snapshot seq ${w.rebuilt.snapshotSeq}, replayed ${w.rebuilt.replayed}; load average ${os.loadavg()[0]!.toFixed(1)})`,
+    );
     await stop(w.proc, 120_000);
     const written = readFileSync(w.proc.logFile, 'utf8')
       .split('\n')
@@ -135,7 +138,9 @@ try {
     );
   }
   say(
-    `\nmedian start to "scheduler running", ${EVENTS} events: full replay ${(median(full) / 1000).toFixed(2)} s, from snapshot ${(median(snap) / 1000).toFixed(2)} s (ratio ${(median(full) / median(snap)).toFixed(1)}x)`,
+    full.length
+      ? `\nmedian start to "scheduler running", ${EVENTS} events: full replay ${(median(full) / 1000).toFixed(2)} s, from snapshot ${(median(snap) / 1000).toFixed(2)} s (ratio ${(median(full) / median(snap)).toFixed(1)}x)`
+      : `\nmedian start to "scheduler running", ${EVENTS} events, from snapshot: ${(median(snap) / 1000).toFixed(2)} s (load average ${os.loadavg()[0]!.toFixed(1)})`,
   );
 } finally {
   await stopAll();
