@@ -340,6 +340,8 @@ describe('npm start', () => {
       expect(r.stdout, all).toContain('url-file: nats://127.0.0.1:4223');
       // `npx vmsave` with NATS_URL unset reaches that NATS (as the client role) and sees the executor.
       expect(r.stdout, all).toContain('cli: 0');
+      // …as the client role from the start: no anonymous attempt first, so the server logs no authentication error for it.
+      expect(out).not.toMatch(/authentication error/i);
       if (present.includes('executor')) expect(readFileSync(join(dir, 'hosts'), 'utf8')).toContain('"host"');
       expect(r.stdout).toMatch(/url-file-after: *$/m);
     } finally {

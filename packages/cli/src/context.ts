@@ -82,18 +82,31 @@ export class Ctx {
     const c = this.cfg;
     const connect = (user?: string, pass?: string) =>
       withTimeout(Bus.connect({ ...busOptions(c, 'vmsave-cli'), ...(user ? { user, pass } : {}) }), 10_000, `NATS at ${c.NATS_URL} did not answer within 10 s`);
+    // With no NATS_USER but the set-up's client password (.vmsave/env), connect as `client` first:
+    // trying anonymously first would cost the server an authentication error on every run. A NATS
+    // without users ignores the credentials; one whose users differ refuses them, and then the
+    // anonymous connection is tried.
+    const asClient = !c.NATS_USER && !!c.VMSAVE_NATS_PASS_CLIENT;
+    const [first, second] = asClient
+      ? ([
+          ['client', c.VMSAVE_NATS_PASS_CLIENT],
+          [undefined, undefined],
+        ] as const)
+      : ([[c.NATS_USER, c.NATS_PASS], undefined] as const);
     try {
-      this.bus_ = await connect(c.NATS_USER, c.NATS_PASS);
+      this.bus_ = await connect(first[0], first[1]);
     } catch (err) {
       const auth = /authoriz|authentic/i.test(String((err as Error)?.message));
-      if (auth && !c.NATS_USER && c.VMSAVE_NATS_PASS_CLIENT) {
+      if (auth && second) {
         try {
-          this.bus_ = await connect('client', c.VMSAVE_NATS_PASS_CLIENT);
+          this.bus_ = await connect(second[0], second[1]);
         } catch (err2) {
-          throw new UnreachableError(`cannot connect to NATS at ${c.NATS_URL} as client: ${(err2 as Error).message}`, { cause: err2 });
+          throw new UnreachableError(`cannot connect to NATS at ${c.NATS_URL} as client or anonymously: ${(err2 as Error).message} (set NATS_USER/NATS_PASS)`, { cause: err2 });
         }
       } else {
-        throw new UnreachableError(`cannot connect to NATS at ${c.NATS_URL}: ${(err as Error).message}${auth ? ' (set NATS_USER/NATS_PASS)' : ''}`, { cause: err });
+        throw new UnreachableError(`cannot connect to NATS at ${c.NATS_URL}${asClient ? ' as client' : ''}: ${(err as Error).message}${auth ? ' (set NATS_USER/NATS_PASS)' : ''}`, {
+          cause: err,
+        });
       }
     }
     return this.bus_;
