@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { EVENT_PUBLISHERS, jobEventTypes, subjects } from '@vmsave/contracts';
+import { EVENT_PUBLISHERS, jobEventTypes, streams, subjects } from '@vmsave/contracts';
 import { executorPasswordVar, executorPermissions, executorUser, natsUsers, passwordVar, permissions, renderNatsConf, roles, serviceDurables } from '@vmsave/infra/permissions';
 import { NATS_CONF } from '@vmsave/infra/servers';
 
@@ -31,7 +31,9 @@ describe('infra/nats/nats.conf', () => {
 
   it("lets the scheduler publish a drain's child commands (save, restore, cancel) and no other command; only clients ask drains", () => {
     const cmds = (r: (typeof roles)[number]) => permissions[r].publish.filter((s) => s.startsWith('vmsave.cmd.'));
-    expect(cmds('scheduler')).toEqual([subjects.cmd.save, subjects.cmd.restore, subjects.cmd.cancel]);
+    // Bare and partitioned (`vmsave.cmd.<kind>.<NN>`: drain children, and the bare commands the `_global` holder forwards).
+    const { partitionedAll } = subjects.cmd;
+    expect(cmds('scheduler')).toEqual([subjects.cmd.save, subjects.cmd.restore, subjects.cmd.cancel, partitionedAll.save, partitionedAll.restore, partitionedAll.cancel]);
     expect(cmds('client')).toEqual([subjects.cmd.all]);
     for (const r of ['executor', 'verifier', 'dashboard'] as const) expect(cmds(r), r).toEqual([]);
     expect(roles.filter((r) => permissions[r].publish.includes(subjects.cmd.drain))).toEqual([]);
@@ -79,9 +81,14 @@ describe('infra/nats/nats.conf', () => {
       expect(u.permissions.publish.includes('_INBOX.>'), u.user).toBe(u.user === 'scheduler');
     }
   });
-  it('grants no role a delete, purge or any-stream wildcard on the JetStream API', () => {
+  it('grants no role a delete, purge or any-stream wildcard on the JetStream API (but the scheduler deleting the old single durable `scheduler`)', () => {
+    // The one exception: before partitioning, one durable `scheduler` (filter `vmsave.cmd.>`) took every
+    // command; it overlaps the partitioned durables on the work-queue stream, so a new scheduler deletes it.
+    const upgrade = `$JS.API.CONSUMER.DELETE.${streams.commands.name}.scheduler`;
     for (const u of natsUsers({ hosts: ['h1'], shutdownSaveHosts: ['h1'], sharedExecutor: true })) {
+      expect(u.permissions.publish.includes(upgrade), u.user).toBe(u.user === 'scheduler');
       for (const s of u.permissions.publish) {
+        if (s === upgrade) continue;
         expect(s, u.user).not.toMatch(/DELETE|PURGE|SNAPSHOT|RESTORE|^\$JS\.API\.>$|^\$JS\.>$|^>$/);
       }
     }
