@@ -14,16 +14,21 @@
  * - the restore gate: `checkSeal` scope `state` (every restore) and `full` (`verify: full`), with
  *   the page cache warm and cold, before / after.
  *
+ * - legacy only, the follower (`startSealFollower`: the seal taken while QEMU writes): `runs` pairs
+ *   of fresh saves, one alone (`sealWhileWriting: false`'s save: QEMU + fdatasync) and one with the
+ *   follower running (QEMU + `finish()` + fdatasync), alternating; the seal's cost is (save with the
+ *   follower + what remains after completion) − save alone, as % of the save alone.
+ *
  * Medians of `runs`. The images and random files are deleted at the end.
  *
- *   cd packages/image && npx tsx bench/seal-cost.ts [MiB=4096] [runs=3] [modes=legacy,sparse,sparse-direct]
+ *   cd packages/image && npx tsx bench/seal-cost.ts [MiB=4096] [runs=3] [modes=legacy,sparse,sparse-direct; also legacy-follow]
  */
 import { spawn, execFileSync } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
 import { promises as fsp, readFileSync, writeFileSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { checkSeal, createImage, finalizeImage, openFileSource, readImage, sealImage, walkStream } from '../src/node/index.ts';
+import { checkSeal, createImage, finalizeImage, openFileSource, readImage, sealImage, startSealFollower, walkStream } from '../src/node/index.ts';
 import { accel, descriptorFor } from '../test/fixtures.ts';
 import { TinyQmp } from '../test/qmp.ts';
 
@@ -39,6 +44,8 @@ interface Mode {
 }
 const MODES: Mode[] = [
   { id: 'legacy', format: 'legacy', channels: 1, directIo: false },
+  // The follower's pairs of fresh saves only (the `legacy` mode runs them after its seal variants).
+  { id: 'legacy-follow', format: 'legacy', channels: 1, directIo: false },
   { id: 'sparse', format: 'sparse', channels: 1, directIo: false },
   { id: 'sparse-direct', format: 'sparse', channels: 1, directIo: true },
   { id: 'sparse-direct-2', format: 'sparse', channels: 2, directIo: true },
@@ -132,10 +139,76 @@ async function qemuSave(dir: string, mode: Mode, target: string, offset: number,
 
 const s = (ms: number): string => (ms / 1000).toFixed(2);
 const dir = await fsp.mkdtemp(join(tmpdir(), 'vmsave-seal-cost-'));
+const follows: string[] = [];
+let loaders: string[] = [];
+
+/** `runs` pairs of fresh saves: alone, then with the follower; the seal's cost as the difference. */
+async function followCost(mode: Mode): Promise<string> {
+  const alone: number[] = [];
+  const withFollower: number[] = [];
+  const rest: number[] = [];
+  /** The same pairs' third save, sealed after completion (`sealImage`): its cost by the same formula. */
+  const afterPairs: number[] = [];
+  const pairs: number[] = [];
+  const followed: number[] = [];
+  for (let i = 0; i < runs; i++) {
+    let aloneMs = 0;
+    for (const leg of ['alone', 'follow', 'after'] as const) {
+      const follow = leg === 'follow';
+      const path = join(dir, `${mode.id}-follow.vmsave`);
+      await fsp.rm(path, { force: true });
+      const { streamOffset } = await createImage(path, {
+        format: mode.format,
+        channels: 0,
+        directIo: mode.directIo,
+        wasRunning: false,
+        descriptor: descriptorFor(mode.format, mib),
+      });
+      const follower = follow ? startSealFollower(path) : undefined;
+      const migrateMs = await qemuSave(dir, mode, path, streamOffset, loaders);
+      const u0 = process.cpuUsage();
+      const tf = performance.now();
+      const r = follower ? await follower.finish() : undefined;
+      const sealedAfter = leg === 'after' ? await sealImage(path) : undefined;
+      const finishMs = performance.now() - tf;
+      const u = process.cpuUsage(u0);
+      const fh = await fsp.open(path, 'r+');
+      const ts = performance.now();
+      await fh.datasync();
+      const syncMs = performance.now() - ts;
+      await fh.close();
+      const load = loadavg()[0]!.toFixed(1);
+      if (sealedAfter) {
+        afterPairs.push((100 * (migrateMs + finishMs + syncMs - aloneMs)) / aloneMs);
+        log(
+          `${mode.id}: save then sealImage ${s(migrateMs)} + seal ${s(finishMs)} + ${s(syncMs)} s (CPU ${s((u.user + u.system) / 1000)} s); pair cost ${afterPairs.at(-1)!.toFixed(1)} %; load ${load}`,
+        );
+      } else if (!r) {
+        aloneMs = migrateMs + syncMs;
+        alone.push(aloneMs);
+        log(`${mode.id}: save alone ${s(migrateMs)} + ${s(syncMs)} s; load ${load}`);
+      } else {
+        if (r.walk !== 'follow') throw new Error(`${mode.id}: the follower fell back to sealImage (${follower!.stats.reason})`);
+        withFollower.push(migrateMs + syncMs);
+        rest.push(finishMs);
+        followed.push(r.followedBytes ?? 0);
+        pairs.push((100 * (migrateMs + finishMs + syncMs - aloneMs)) / aloneMs);
+        log(
+          `${mode.id}: save with follower ${s(migrateMs)} + ${s(syncMs)} s, finish ${s(finishMs)} s (CPU ${s((u.user + u.system) / 1000)} s; ms ${JSON.stringify(Object.fromEntries(Object.entries(follower!.stats.finishMs ?? {}).map(([k, v]) => [k, Math.round(v)])))}), ${((r.followedBytes ?? 0) / MiB).toFixed(0)} of ${(r.bytesRead / MiB).toFixed(0)} MiB read before completion; pair cost ${pairs.at(-1)!.toFixed(1)} %; load ${load}`,
+        );
+      }
+      await fsp.rm(path, { force: true });
+    }
+  }
+  const a = median(alone);
+  const cost = median(withFollower) + median(rest) - a;
+  return `| ${mode.id} | ${s(a)} | ${s(median(withFollower))} | ${s(median(rest))} | ${s(cost)} (${((100 * cost) / a).toFixed(1)} %) | ${median(pairs).toFixed(1)} % (${pairs.map((x) => x.toFixed(1)).join(', ')}) | ${(median(followed) / MiB).toFixed(0)} MiB | ${median(afterPairs).toFixed(1)} % (${afterPairs.map((x) => x.toFixed(1)).join(', ')}) |`;
+}
+
 try {
   const coldOk = dropCaches();
   const dirtyMiB = Math.floor(mib * 0.875);
-  const loaders: string[] = [];
+  loaders = [];
   const piece = Buffer.allocUnsafe(64 * MiB);
   for (const [i, [addr, n]] of dirtyRegions(mib, dirtyMiB).entries()) {
     const f = join(dir, `dirty-${i}.bin`);
@@ -150,6 +223,10 @@ try {
   log(`${mib} MiB VM, ${dirtyMiB} MiB random, runs ${runs}, modes ${modes.map((m) => m.id).join(',')}, accel ${accel()}, drop_caches ${coldOk}`);
   const table: string[] = [];
   for (const mode of modes) {
+    if (mode.id === 'legacy-follow') {
+      follows.push(await followCost(mode));
+      continue;
+    }
     const path = join(dir, `${mode.id}.vmsave`);
     const { streamOffset } = await createImage(path, {
       format: mode.format,
@@ -238,6 +315,7 @@ try {
     );
     log(table[table.length - 1]!);
     await fsp.rm(path, { force: true });
+    if (mode.format === 'legacy') follows.push(await followCost(mode));
   }
   console.log(`\n${mib} MiB VM (${dirtyMiB} MiB random), median of ${runs}, node ${process.version}, ${accel()}${coldOk ? '' : ' (cold runs skipped: drop_caches not allowed)'}`);
   console.log(
@@ -245,6 +323,14 @@ try {
   );
   console.log('|---|---|---|---|---|---|---|---|---|---|');
   for (const r of table) console.log(r);
+  if (follows.length) {
+    console.log('\nSeal follower (legacy): fresh saves, alone and with the follower, alternating');
+    console.log(
+      '| mode | save alone s (QEMU + fdatasync) | save with follower s (QEMU + fdatasync) | finish s (after completion) | seal cost s (% of save alone) | per pair: cost % median | followed before completion | sealImage after completion, per pair: cost % median |',
+    );
+    console.log('|---|---|---|---|---|---|---|---|');
+    for (const r of follows) console.log(r);
+  }
 } finally {
   await fsp.rm(dir, { recursive: true, force: true });
 }

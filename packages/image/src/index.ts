@@ -30,6 +30,7 @@ export {
   computeSeal,
   sealStream,
   checkSealSource,
+  sealWithChunkDigests,
   chunkCount,
   chunksOf,
   type SealHasher,
@@ -48,6 +49,7 @@ export {
   type CheckSealOptions as CheckSealSourceOptions,
 } from './seal.ts';
 export { ChunkFeed } from './chunk-feed.ts';
+export { FollowFeed } from './follow-feed.ts';
 export { crc32, crc32HasherOf, jsCrc32Hasher } from './crc32.ts';
 export {
   HEADER_SIZE,
@@ -78,6 +80,7 @@ export {
 export { type ByteSource, type VerifySource, type ExtentScan, type Range, bufferSource } from './source.ts';
 export {
   walkStream,
+  walkStreamPrefix,
   vmsdStreamSize,
   VmDescription,
   type StreamWalk,
@@ -87,5 +90,6 @@ export {
   type RamInfo,
   type MappedRamHeader,
   type WalkOptions,
+  type StreamPrefix,
 } from './stream.ts';
 export { verifySource, CHECK_NAMES, type CheckName, type CheckStatus, type VerifyCheck, type VerifyResult, type VerifyOptions } from './verify.ts';

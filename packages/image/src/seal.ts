@@ -409,6 +409,31 @@ export async function computeSeal(
   return { seal: buildSeal(layout, chunkBytes, hasher, stateDigest, packed), bytesRead: pacer.bytesRead };
 }
 
+/**
+ * The seal of `layout` when its RAM chunk digests are already known (`packed`: one digest per chunk
+ * of `chunkBytes`, in order; a seal follower took them while QEMU wrote the stream): only the state
+ * ranges are read. The same seal as `computeSeal` gives for the same bytes. Throws RangeError when
+ * `packed` does not hold one digest per chunk.
+ */
+export async function sealWithChunkDigests(
+  src: SealSource,
+  layout: SealLayout,
+  chunkBytes: number,
+  hasher: SealHasher,
+  packed: Uint8Array,
+  o: SealRunOptions = {},
+): Promise<{ seal: ImageSeal; bytesRead: number }> {
+  const want = chunkCount(layout.ram, chunkBytes) * hasher.digestBytes;
+  if (packed.length !== want) throw new RangeError(`${packed.length} bytes of chunk digests, ${want} expected`);
+  const pacer = new Pacer(
+    o,
+    layout.state.reduce((n, [s, e]) => n + (e - s), 0),
+  );
+  pacer.check();
+  const stateDigest = await hashState(src, layout.state, hasher, pacer);
+  return { seal: buildSeal(layout, chunkBytes, hasher, stateDigest, packed), bytesRead: pacer.bytesRead };
+}
+
 function buildSeal(layout: SealLayout, chunkBytes: number, hasher: SealHasher, stateDigest: Uint8Array, packed: Uint8Array): ImageSeal {
   return {
     version: SEAL_VERSION,

@@ -254,21 +254,59 @@ function describeBounds(e: OutOfBounds, what: string, fileEnd: number): string {
  * Walk the QEMU stream that starts at `offset` in `src` and ends at `limit` (default: end of source).
  * Never throws for malformed data; see `StreamWalk.problems`.
  */
-export async function walkStream(src: ByteSource, offset: number, options: WalkOptions & { limit?: number } = {}): Promise<StreamWalk> {
+export async function walkStream(src: ByteSource, offset: number, options: WalkOptions & { limit?: number; resume?: StreamPrefix } = {}): Promise<StreamWalk> {
+  return (await walkFrom(src, offset, options, options.resume)).walk;
+}
+
+/**
+ * Where a walk of a stream still being written stopped (`walkStreamPrefix`): the walk so far (the
+ * header, the configuration and every RAM section) and the offset of the first section after them.
+ * `walkStream(src, offset, { resume })` goes on from there over the whole file and gives what a walk
+ * from the start gives (the prefix's RAM info is taken over, not copied: resume once).
+ */
+export interface StreamPrefix {
+  walk: StreamWalk;
+  /** Offset of the first section that is not a RAM section (a device section, a command, EOF). */
+  at: number;
+  /** Sections walked before it (counted against `maxSections` as a whole walk does). */
+  sections: number;
+}
+
+/**
+ * Walk a legacy stream that may still be growing: the magic, the configuration and the RAM
+ * sections, up to the first other section, without the VM description at the end (not written
+ * yet). `src` may serve its reads as the bytes arrive (`FollowFeed`); its `size` bounds the walk.
+ * Returns the prefix, or the walk with its problems when it stopped early (a configuration
+ * subsection that needs the description, damage): then walk the whole file instead.
+ */
+export async function walkStreamPrefix(src: ByteSource, offset: number, options: WalkOptions = {}): Promise<{ prefix?: StreamPrefix; walk: StreamWalk }> {
+  return walkFrom(src, offset, { ...options, prefixOnly: true }, undefined);
+}
+
+async function walkFrom(
+  src: ByteSource,
+  offset: number,
+  options: WalkOptions & { limit?: number; prefixOnly?: boolean },
+  resume: StreamPrefix | undefined,
+): Promise<{ prefix?: StreamPrefix; walk: StreamWalk }> {
   const limit = Math.min(options.limit ?? src.size, src.size);
   const maxBlocks = options.maxBlocks ?? 4096;
   const maxSections = options.maxSections ?? 100_000;
-  const walk: StreamWalk = {
-    offset,
-    magic: false,
-    configSubsections: [],
-    hasConfiguration: false,
-    mappedRam: false,
-    devices: [],
-    commands: [],
-    complete: false,
-    problems: [],
-  };
+  const prefixOnly = options.prefixOnly === true;
+  let prefix: StreamPrefix | undefined;
+  const walk: StreamWalk = resume
+    ? { ...resume.walk, configSubsections: [...resume.walk.configSubsections], devices: [...resume.walk.devices], commands: [...resume.walk.commands], problems: [] }
+    : {
+        offset,
+        magic: false,
+        configSubsections: [],
+        hasConfiguration: false,
+        mappedRam: false,
+        devices: [],
+        commands: [],
+        complete: false,
+        problems: [],
+      };
   const c = new Cursor(src, offset, limit);
   let what = 'the stream header';
   let check: StreamCheck = 'stream.magic';
@@ -278,48 +316,59 @@ export async function walkStream(src: ByteSource, offset: number, options: WalkO
 
   try {
     if (offset > limit) stop('stream.magic', `the stream offset ${offset} is past the end of the file (${limit} bytes)`, offset);
-    const magic = await c.be32();
-    if (magic !== QEVM_MAGIC) stop('stream.magic', `no QEMU stream at offset ${offset}: found 0x${magic.toString(16).padStart(8, '0')} instead of "QEVM" (0x5145564d)`, offset);
-    walk.magic = true;
-    check = 'stream.version';
-    walk.version = await c.be32();
-    if (walk.version !== QEVM_VERSION) stop('stream.version', `QEMU stream version ${walk.version}, only version ${QEVM_VERSION} exists for QEMU ≥ 1.3`, offset + 4);
+    let desc: FoundDescription | undefined;
+    if (resume) {
+      // The prefix walked the header and the configuration; the description is looked for from
+      // where a whole walk looks for it (after the magic and version), then the walk goes on.
+      desc = await findDescription(src, offset + 8, limit, options.maxDescriptionBytes ?? 16 * 1024 * 1024, walk.problems);
+      if (desc) walk.description = { offset: desc.offset, length: desc.length, end: desc.end };
+      c.seek(resume.at);
+    } else {
+      const magic = await c.be32();
+      if (magic !== QEVM_MAGIC) stop('stream.magic', `no QEMU stream at offset ${offset}: found 0x${magic.toString(16).padStart(8, '0')} instead of "QEVM" (0x5145564d)`, offset);
+      walk.magic = true;
+      check = 'stream.version';
+      walk.version = await c.be32();
+      if (walk.version !== QEVM_VERSION) stop('stream.version', `QEMU stream version ${walk.version}, only version ${QEVM_VERSION} exists for QEMU ≥ 1.3`, offset + 4);
 
-    // The description is needed to size device sections; look for it before walking them.
-    const desc = await findDescription(src, c.pos, limit, options.maxDescriptionBytes ?? 16 * 1024 * 1024, walk.problems);
-    if (desc) walk.description = { offset: desc.offset, length: desc.length, end: desc.end };
-
-    check = 'stream.config';
-    what = 'the configuration section';
-    if ((await c.peekU8()) === SECTION.CONFIGURATION) {
-      walk.hasConfiguration = true;
-      await c.u8();
-      const len = await c.be32();
-      if (len === 0 || len > 256) stop('stream.config', `machine type name length ${len} is not plausible (1..256)`);
-      walk.machine = await c.latin1(len);
-      while ((await c.peekU8()) === SECTION.SUBSECTION) {
-        const at = c.pos;
-        await c.u8();
-        const name = await c.latin1(await c.u8());
-        const version = await c.be32();
-        walk.configSubsections.push({ name, version });
-        if (name === 'configuration/capabilities') {
-          const count = await c.be32();
-          if (count > 256) stop('stream.config', `configuration/capabilities claims ${count} entries`, at);
-          const caps: string[] = [];
-          for (let i = 0; i < count; i++) caps.push(await c.latin1(await c.u8()));
-          walk.capabilities = caps;
-        } else {
-          const sub = desc?.json.configuration?.subsections?.find((s) => s.vmsd_name === name);
-          if (!sub) stop('stream.config', `unknown configuration subsection "${name}" and no VM description entry to size it`, at);
-          c.skip(vmsdStreamSize(sub!));
-        }
+      // The description is needed to size device sections; look for it before walking them.
+      if (!prefixOnly) {
+        desc = await findDescription(src, c.pos, limit, options.maxDescriptionBytes ?? 16 * 1024 * 1024, walk.problems);
+        if (desc) walk.description = { offset: desc.offset, length: desc.length, end: desc.end };
       }
-      walk.mappedRam = walk.capabilities?.includes('mapped-ram') ?? false;
+
+      check = 'stream.config';
+      what = 'the configuration section';
+      if ((await c.peekU8()) === SECTION.CONFIGURATION) {
+        walk.hasConfiguration = true;
+        await c.u8();
+        const len = await c.be32();
+        if (len === 0 || len > 256) stop('stream.config', `machine type name length ${len} is not plausible (1..256)`);
+        walk.machine = await c.latin1(len);
+        while ((await c.peekU8()) === SECTION.SUBSECTION) {
+          const at = c.pos;
+          await c.u8();
+          const name = await c.latin1(await c.u8());
+          const version = await c.be32();
+          walk.configSubsections.push({ name, version });
+          if (name === 'configuration/capabilities') {
+            const count = await c.be32();
+            if (count > 256) stop('stream.config', `configuration/capabilities claims ${count} entries`, at);
+            const caps: string[] = [];
+            for (let i = 0; i < count; i++) caps.push(await c.latin1(await c.u8()));
+            walk.capabilities = caps;
+          } else {
+            const sub = desc?.json.configuration?.subsections?.find((s) => s.vmsd_name === name);
+            if (!sub) stop('stream.config', `unknown configuration subsection "${name}" and no VM description entry to size it`, at);
+            c.skip(vmsdStreamSize(sub!));
+          }
+        }
+        walk.mappedRam = walk.capabilities?.includes('mapped-ram') ?? false;
+      }
     }
 
     let nextDevice = 0;
-    let sections = 0;
+    let sections = resume?.sections ?? 0;
     const footer = async (id: number, name: string): Promise<void> => {
       const at = c.pos;
       const t = await c.u8();
@@ -339,6 +388,10 @@ export async function walkStream(src: ByteSource, offset: number, options: WalkO
       what = 'a section header';
       const at = c.pos;
       const type = await c.u8();
+      if (prefixOnly && walk.ram && type !== SECTION.PART && type !== SECTION.END) {
+        prefix = { walk, at, sections: sections - 1 };
+        break;
+      }
       if (type === SECTION.START || type === SECTION.FULL) {
         const id = await c.be32();
         const idstr = await c.latin1(await c.u8());
@@ -416,6 +469,7 @@ export async function walkStream(src: ByteSource, offset: number, options: WalkO
       }
     }
 
+    if (prefix) return { prefix, walk };
     check = 'stream.complete';
     if (desc && nextDevice !== desc.json.devices.length) {
       stop('stream.devices', `the VM description lists ${desc.json.devices.length} devices but the stream has ${nextDevice} device sections`, walk.eofOffset);
@@ -441,7 +495,7 @@ export async function walkStream(src: ByteSource, offset: number, options: WalkO
     else if (e instanceof OutOfBounds) walk.problems.push({ check, offset: e.position, detail: describeBounds(e, what, limit) });
     else walk.problems.push({ check, offset: c.pos, detail: `${what}: ${(e as Error)?.message ?? String(e)}` });
   }
-  return walk;
+  return { walk };
 }
 
 type StopFn = (check: StreamCheck, detail: string, at?: number) => never;

@@ -33,6 +33,8 @@ export interface SaveOptions {
   dirtyMiB?: number;
   target: string;
   offset: number;
+  /** QEMU's max-bandwidth in bytes/s (default 0: unlimited); a slow save for tests that follow it. */
+  maxBandwidth?: number;
 }
 
 /** `mib` MiB of pseudo-random bytes (xorshift32, fixed seed: the same file every time), for `-device loader`. */
@@ -93,7 +95,10 @@ export async function qemuSave(o: SaveOptions): Promise<void> {
     if (o.format === 'sparse') caps.push({ capability: 'mapped-ram', state: true }, { capability: 'multifd', state: true });
     for (const c of o.extraCaps ?? []) caps.push({ capability: c, state: true });
     await qmp.execute('migrate-set-capabilities', { capabilities: caps });
-    await qmp.execute('migrate-set-parameters', o.format === 'sparse' ? { 'max-bandwidth': 0, 'multifd-channels': o.channels ?? 2 } : { 'max-bandwidth': 0 });
+    await qmp.execute(
+      'migrate-set-parameters',
+      o.format === 'sparse' ? { 'max-bandwidth': o.maxBandwidth ?? 0, 'multifd-channels': o.channels ?? 2 } : { 'max-bandwidth': o.maxBandwidth ?? 0 },
+    );
     await qmp.execute('migrate', { uri: `file:${o.target},offset=${o.offset}` });
     const deadline = Date.now() + 60_000;
     for (;;) {

@@ -11,7 +11,18 @@ import {
   type MigrationProgress,
   type MigrationStats,
 } from '@vmsave/qemu';
-import { closeStreamFds, createImage, finalizeImage, openStreamFds, sealImage, updateDescriptor, ImageExistsError, type ImageDescriptorInput } from '@vmsave/image/node';
+import {
+  closeStreamFds,
+  createImage,
+  finalizeImage,
+  openStreamFds,
+  sealImage,
+  startSealFollower,
+  updateDescriptor,
+  ImageExistsError,
+  type ImageDescriptorInput,
+  type SealFollower,
+} from '@vmsave/image/node';
 import type { QemuCapabilities, SaveFormat, SealSummary, VmDefinition } from '@vmsave/contracts';
 import { classify, OpCancelled, OpError, type OpStage } from './errors.ts';
 
@@ -52,6 +63,12 @@ export interface SaveVmOptions {
    * stale in 3 of 4 live saves here), so a TCG live image is not a consistent state; under KVM it is.
    */
   liveUnderTcg?: boolean;
+  /**
+   * Seal a legacy buffered image while QEMU writes it (`startSealFollower`: its chunks hashed and
+   * walked behind QEMU, so only the tail is left after completion; the same seal). Default true;
+   * false seals after completion only (`sealImage`).
+   */
+  sealWhileWriting?: boolean;
 }
 
 /** Points of a save the fault suite injects at: before `migrate`, and after QEMU completed but before the magic flips. */
@@ -107,6 +124,7 @@ export async function saveVm(o: SaveVmOptions): Promise<SaveVmResult> {
   let wasRunning = false;
   let created = false;
   let fds: { buffered: number; direct?: number } | undefined;
+  let follower: SealFollower | undefined;
   const closeFds = () => {
     closeStreamFds(fds);
     fds = undefined;
@@ -150,6 +168,7 @@ export async function saveVm(o: SaveVmOptions): Promise<SaveVmResult> {
     const img = await createImage(o.imagePath, { format: o.format, channels: o.format === 'sparse' ? o.channels : 0, directIo: o.directIo, wasRunning, descriptor });
     created = true;
     fds = await openStreamFds(o.imagePath, { mode: 'save', directIo: o.directIo });
+    if (o.format === 'legacy' && !o.directIo && o.sealWhileWriting !== false) follower = startSealFollower(o.imagePath);
     o.onStage?.('started', { wasRunning, streamOffset: img.streamOffset });
     await o.checkpoint?.('before-migrate');
 
@@ -171,7 +190,7 @@ export async function saveVm(o: SaveVmOptions): Promise<SaveVmResult> {
     stage = 'finalize';
     await o.checkpoint?.('after-completed');
     // Seal → descriptor → magic flip: a crash before the flip leaves a partial image, as before.
-    const sealed = await sealImage(o.imagePath, { signal });
+    const sealed = follower ? await follower.finish({ signal }) : await sealImage(o.imagePath, { signal });
     await updateDescriptor(o.imagePath, { ...img.descriptor, seal: sealed.seal, completedAt: new Date().toISOString() });
     await finalizeImage(o.imagePath);
     const st = await stat(o.imagePath);
@@ -213,6 +232,7 @@ export async function saveVm(o: SaveVmOptions): Promise<SaveVmResult> {
       ...(liveDeclined ? { liveDeclined } : {}),
     };
   } catch (err) {
+    follower?.abort();
     closeFds();
     let imageKept: string | undefined;
     if (created && !(err instanceof ImageExistsError)) {

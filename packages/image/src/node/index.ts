@@ -23,3 +23,4 @@ export { openFileSource, type FileSource } from './file-source.ts';
 export { dataExtents } from './extents.ts';
 export { verifyImage } from './verify.ts';
 export { sealImage, checkSeal, crc32Hasher, type SealImageResult, type SealImageOptions, type CheckSealOptions } from './seal.ts';
+export { startSealFollower, type SealFollower, type SealFollowerOptions, type SealFollowerStats } from './seal-follow.ts';

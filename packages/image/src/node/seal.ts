@@ -8,9 +8,9 @@ import { readSync } from 'node:fs';
 import { crc32 } from 'node:zlib';
 import type { SealSummary } from '@vmsave/contracts';
 import { crc32HasherOf } from '../crc32.ts';
-import { decodeDescriptor, encodeDescriptor, type ImageSeal } from '../descriptor.ts';
+import { decodeDescriptor, encodeDescriptor, type ImageDescriptor, type ImageSeal } from '../descriptor.ts';
 import { DescriptorError, ImageError, ImageStateError, ioError } from '../errors.ts';
-import { FLAG_DIRECT_IO } from '../header.ts';
+import { FLAG_DIRECT_IO, type ImageHeader } from '../header.ts';
 import { readHeaderAndDescriptor } from '../read.ts';
 import { openReadOnly } from './file-source.ts';
 import {
@@ -64,7 +64,7 @@ const be32 = (v: number): Uint8Array => {
  * SEAL_WORKERS worker threads (`workers: 0`: in this thread), or lent to this thread from them
  * (`lendChunks`: buffered reads only, so not for an image to be read with O_DIRECT).
  */
-async function openSealSource(path: string, o: SealReadOptions = {}): Promise<SealSource & { close(): Promise<void> }> {
+export async function openSealSource(path: string, o: SealReadOptions = {}): Promise<SealSource & { close(): Promise<void> }> {
   const { fh, size } = await openReadOnly(path);
   const ring: Array<Buffer | undefined> = new Array(5).fill(undefined);
   let next = 0;
@@ -144,13 +144,38 @@ async function openSealSource(path: string, o: SealReadOptions = {}): Promise<Se
   }
 }
 
+/**
+ * The chunk size of a new seal of `layout` in this image: 4 MiB, doubled until the sealed
+ * descriptor fits the room before the stream. Throws DescriptorError when none up to 1 GiB does.
+ */
+export function sealChunkBytes(path: string, header: Pick<ImageHeader, 'streamOffset' | 'descriptorOffset'>, descriptor: ImageDescriptor, layout: SealLayout): number {
+  const room = header.streamOffset - header.descriptorOffset;
+  let chunkBytes = DEFAULT_CHUNK_BYTES;
+  const fits = (cb: number): boolean => encodeDescriptor({ ...descriptor, seal: placeholderSeal(layout, cb, crc32Hasher) }).length <= room;
+  while (!fits(chunkBytes)) {
+    if (chunkBytes >= MAX_CHUNK_BYTES) {
+      throw new DescriptorError(
+        `the seal does not fit the ${room} bytes reserved for the descriptor even with ${MAX_CHUNK_BYTES}-byte chunks: create the image with more reserveBytes`,
+        { path },
+      );
+    }
+    chunkBytes *= 2;
+  }
+  return chunkBytes;
+}
+
 export interface SealImageResult {
   seal: ImageSeal;
   summary: SealSummary;
   bytesRead: number;
   durationMs: number;
-  /** Where the stream walk read the stream from: `chunks` (a legacy image in one read), `file`. */
-  walk: 'chunks' | 'file';
+  /**
+   * Where the stream walk read the stream from: `chunks` (a legacy image in one read), `file`,
+   * `follow` (a seal follower read and walked the stream while QEMU wrote it: `startSealFollower`).
+   */
+  walk: 'chunks' | 'file' | 'follow';
+  /** Set by a follower's `finish`: stream bytes it had read and hashed before QEMU completed. */
+  followedBytes?: number;
 }
 
 export interface SealImageOptions extends SealReadOptions {
@@ -184,21 +209,7 @@ export async function sealImage(path: string, o: SealImageOptions = {}): Promise
     const { header, descBytes } = await readHeaderAndDescriptor(src, path);
     if (header.complete) throw new ImageStateError(`image ${path} is already complete (VMSVDONE): seal it before finalizeImage`, { path });
     const descriptor = decodeDescriptor(descBytes);
-    const room = header.streamOffset - header.descriptorOffset;
-    const chunkBytesFor = (layout: SealLayout): number => {
-      let chunkBytes = DEFAULT_CHUNK_BYTES;
-      const fits = (cb: number): boolean => encodeDescriptor({ ...descriptor, seal: placeholderSeal(layout, cb, crc32Hasher) }).length <= room;
-      while (!fits(chunkBytes)) {
-        if (chunkBytes >= MAX_CHUNK_BYTES) {
-          throw new DescriptorError(
-            `the seal does not fit the ${room} bytes reserved for the descriptor even with ${MAX_CHUNK_BYTES}-byte chunks: create the image with more reserveBytes`,
-            { path },
-          );
-        }
-        chunkBytes *= 2;
-      }
-      return chunkBytes;
-    };
+    const chunkBytesFor = (layout: SealLayout): number => sealChunkBytes(path, header, descriptor, layout);
     const run: SealStreamOptions = {};
     if (o.signal) run.signal = o.signal;
     if (o.onProgress) run.onProgress = o.onProgress;
