@@ -1,5 +1,5 @@
 /**
- * Saves of a running guest that writes memory (the test guest, TCG so it keeps its write rate), in
+ * Saves of a running guest that writes memory (the test guest), in
  * every mode: paused copies and live checkpoints, legacy and sparse. Each image is restored paused
  * and its guest RAM dumped with `pmemsave`: the test guest's checker must find a consistent state
  * (no torn or stale page mixes), and a live save must have stopped the guest only briefly.
@@ -16,7 +16,7 @@ import { MiB, tempDir } from './helpers.ts';
 
 const MEMORY_MIB = 128;
 const forced = process.env['VMSAVE_TEST_ACCEL'];
-/** Live checkpoints run under the host's accelerator (KVM when usable): under TCG they are declined. */
+/** Live checkpoints run under the host's accelerator (KVM when usable), and once more under TCG. */
 const HOST_ACCEL: Accel = forced === 'tcg' || forced === 'kvm' ? forced : await detectAccel();
 const missing = await guestKernelMissing();
 if (missing) console.warn(`skipping the live save tests: ${missing}`);
@@ -37,13 +37,14 @@ afterAll(async () => {
 });
 
 // Paused copies under TCG, where the guest keeps its write rate (~40 MiB/s); live checkpoints
-// under the host's accelerator; a live request under TCG is declined (a paused copy is made).
+// under the host's accelerator, and a live checkpoint under TCG too (declined until the restore
+// started its QEMU with -S: the restored guest had run on, which the checker saw as stale pages).
 const modes = [
   { label: 'legacy, paused copy (TCG)', format: 'legacy' as const, channels: 1, live: false, accel: 'tcg' as Accel, expectLive: false },
   { label: 'sparse, paused copy (TCG)', format: 'sparse' as const, channels: 2, live: false, accel: 'tcg' as Accel, expectLive: false },
-  { label: `sparse, live checkpoint (${HOST_ACCEL})`, format: 'sparse' as const, channels: 2, live: true, accel: HOST_ACCEL, expectLive: HOST_ACCEL === 'kvm' },
-  { label: `legacy, live checkpoint (${HOST_ACCEL})`, format: 'legacy' as const, channels: 1, live: true, accel: HOST_ACCEL, expectLive: HOST_ACCEL === 'kvm' },
-  { label: 'sparse, live asked under TCG: declined, paused copy', format: 'sparse' as const, channels: 2, live: true, accel: 'tcg' as Accel, expectLive: false },
+  { label: `sparse, live checkpoint (${HOST_ACCEL})`, format: 'sparse' as const, channels: 2, live: true, accel: HOST_ACCEL, expectLive: true },
+  { label: `legacy, live checkpoint (${HOST_ACCEL})`, format: 'legacy' as const, channels: 1, live: true, accel: HOST_ACCEL, expectLive: true },
+  { label: 'sparse, live checkpoint (TCG)', format: 'sparse' as const, channels: 2, live: true, accel: 'tcg' as Accel, expectLive: true },
 ];
 
 describe.skipIf(missing !== undefined)('a save of a running guest that writes memory', () => {
@@ -87,7 +88,6 @@ describe.skipIf(missing !== undefined)('a save of a running guest that writes me
       // The source guest writes on after the save.
       expect(later!.heartbeat.cursor).toBeGreaterThan(after!.heartbeat.cursor);
       if (m.expectLive) {
-        expect(r.liveDeclined).toBeUndefined();
         expect(r.live).toBeDefined();
         expect(r.live!.passes.length).toBeGreaterThanOrEqual(1);
         expect(r.live!.passes[0]!.bytes).toBeGreaterThan(0);
@@ -96,7 +96,6 @@ describe.skipIf(missing !== undefined)('a save of a running guest that writes me
         console.info(`${m.label}: ${JSON.stringify(r.live)}, save ${Math.round(r.durationMs)} ms, ${r.blocks * 512} bytes allocated`);
       } else {
         expect(r.live).toBeUndefined();
-        if (m.live) expect(r.liveDeclined).toMatch(/TCG/);
       }
       await qmp.close();
 

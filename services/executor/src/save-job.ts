@@ -135,7 +135,6 @@ export async function runSave(ctx: ExecutorContext, w: SaveWork, job: InFlight, 
       },
       'save completed',
     );
-    if (result.liveDeclined) log.warn({ imagePath }, `live checkpoint declined: ${result.liveDeclined}`);
     if (result.afterError) log.warn({ vmState: result.vmState, after: req.after }, `save completed, but the VM could not be left as asked: ${result.afterError}`);
   } catch (err) {
     await started;

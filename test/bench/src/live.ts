@@ -104,8 +104,6 @@ try {
         jobId: `bench-live-${mode}-${r}`,
         hostCaps: caps,
         live: mode === 'live',
-        // Measurement: live under TCG as well (see docs/benchmarks.md on TCG's lost writes).
-        liveUnderTcg: true,
       });
       const saveMs = performance.now() - t0;
       const after: HeartbeatSample = (await sampleHeartbeat(qmp, work))!;
