@@ -237,7 +237,16 @@ describe.skipIf(unavailable !== undefined)(`multi-host over network namespaces${
     expect(cli.code, `${cli.stdout}\n${cli.stderr}`).toBe(EXIT.ok);
 
     // All three run on B: its announcement says so, and so does each QEMU (in B's namespace).
-    const onB = await fleet.stack.waitForHost(fleet.hostName('b'), vms, 60_000);
+    // An announcement taken while something held a VM's QMP says `busy` for it: wait for `running`.
+    const onB = await waitFor(
+      `host ${fleet.hostName('b')} to announce ${vms.join(', ')} running`,
+      async () => {
+        const a = await fleet.stack.waitForHost(fleet.hostName('b'), vms, 60_000);
+        return vms.every((vm) => a.vms.find((v) => v.name === vm)?.status === 'running') ? a : undefined;
+      },
+      60_000,
+      500,
+    ).catch(() => fleet.stack.waitForHost(fleet.hostName('b'), vms, 60_000));
     for (const vm of vms) {
       expect(onB.vms.find((v) => v.name === vm)?.status).toBe('running');
       expect(await qemusIn('b', vm)).toHaveLength(1);
