@@ -37,6 +37,9 @@ const bus = await Bus.connect({ ...busOptions(cfg, 'scheduler'), log, metrics: m
 await bus.ensureStreams();
 const redis = await connectRedis(cfg.REDIS_URL, { name: 'scheduler' });
 const leases = new Leases(redis, cfg.VMSAVE_REDIS_PREFIX);
+// The ownership rounds' own connection: a partition renewal must not queue behind a burst of
+// dispatch scripts on the shared one (a late renewal lapses the partition; docs/scheduler.md).
+const ownershipRedis = await connectRedis(cfg.REDIS_URL, { name: 'scheduler-ownership' });
 const ac = new AbortController();
 const signal = ac.signal;
 const tasks: Promise<unknown>[] = [];
@@ -67,6 +70,7 @@ async function shutdown(why: string): Promise<void> {
   if (ownership?.ownsGlobal()) await snapshots?.final().catch((err) => log.warn({ err: (err as Error).message }, 'snapshot at stop failed'));
   await ownership?.release();
   await bus.close();
+  ownershipRedis.disconnect();
   redis.disconnect();
   await metrics.close();
   process.exit(0);
@@ -99,6 +103,7 @@ snapshots = new Snapshots({
 });
 // Nothing is owned until the ownership rounds say so: the rebuild only folds.
 state.owns = () => false;
+state.holds = () => false;
 const snapshotSeq = cfg.VMSAVE_SNAPSHOT_EVERY === 0 ? 0 : await snapshots.load();
 const lastSeq = await journal.rebuild(snapshotSeq + 1);
 state.logSeq = lastSeq;
@@ -190,9 +195,15 @@ async function stopConsumer(name: string): Promise<void> {
 
 const admit = (raw: unknown, ctx: MessageContext) => schedulerMetrics.timeAdmission(() => admission.handle(raw, ctx));
 
-/** A partition's commands: admitted here; a cancel of a job of another partition (or of a drain) goes where that job is handled. */
+/**
+ * A partition's commands: admitted here; a cancel of a job of another partition (or of a drain)
+ * goes where that job is handled. While the partition's lease lapsed (held, not valid), a
+ * command waits (no ack, no admission) until it is valid again; once its loss is confirmed it is
+ * nak'd at once, so JetStream delivers it again before newer ones (per-VM order is kept).
+ */
 function onPartitionCommand(partition: number) {
   return async (raw: unknown, ctx: MessageContext): Promise<Outcome> => {
+    if (!ownership!.owns(partition) && !(await ownership!.whenActing(partition))) return nak(0);
     const route = routeOf(raw, ctx.subject, state);
     if (ctx.subject.startsWith(`${subjects.cmd.cancel}.`) && route !== 'here' && (route === 'bare' || route.partition !== partition)) {
       const f = forwarder.forward(raw, ctx, route === 'bare' ? 'bare' : route.partition);
@@ -220,6 +231,20 @@ async function catchUp(): Promise<void> {
   await state.settled();
 }
 
+/**
+ * Act on partitions taken (or resumed after a lapse): queue their requested jobs, check their
+ * on-host jobs soon, release the leases of their jobs that ended while not acted on here, and
+ * retry their failed jobs that no `Retry` followed.
+ */
+async function adoptPartitions(ps: number[]): Promise<void> {
+  const gained = new Set(ps);
+  await state.serial(async () => {
+    const retries = state.adopt(gained, Date.now());
+    journal.releaseEndedElsewhere(gained);
+    for (const jobId of retries) await journal.retry(state.jobs.get(jobId)!);
+  });
+}
+
 // The old single durable (`scheduler`, filter `vmsave.cmd.>`) overlaps every new one, which a
 // work-queue stream refuses: delete it (its unacked commands stay in the stream for the new ones).
 try {
@@ -231,8 +256,8 @@ try {
 }
 
 ownership = new Ownership({
-  leases,
-  redis,
+  leases: new Leases(ownershipRedis, cfg.VMSAVE_REDIS_PREFIX),
+  redis: ownershipRedis,
   prefix: cfg.VMSAVE_REDIS_PREFIX,
   id,
   ttlMs: cfg.VMSAVE_PARTITION_TTL_MS,
@@ -240,18 +265,12 @@ ownership = new Ownership({
   signal,
   catchUp,
   onGain: async (ps) => {
-    const gained = new Set(ps);
-    await state.serial(async () => {
-      const retries = state.adopt(gained, Date.now());
-      journal.releaseEndedElsewhere(gained);
-      // Failed jobs whose previous owner did not retry them.
-      for (const jobId of retries) await journal.retry(state.jobs.get(jobId)!);
-    });
+    await adoptPartitions(ps);
     for (const p of ps) startConsumer(`p${partitionToken(p)}`, commandFilters.ofPartition(p), onPartitionCommand(p));
     wake();
   },
   onLose: async (ps) => {
-    // Already not owned (`owns` is false): drop their queued jobs, then stop their consumers.
+    // Already not held (`holds` is false; waiting commands nak'd): drop their queued jobs, then stop their consumers.
     state.disown(new Set(ps));
     await Promise.all(ps.map((p) => stopConsumer(`p${partitionToken(p)}`)));
   },
@@ -271,12 +290,20 @@ ownership = new Ownership({
     }
   },
   onChange: (owned) => {
-    state.owns = (p) => ownership!.owns(p);
     log.info({ id, partitions: owned, count: owned.length }, 'partitions owned');
   },
+  // A lapse renewed in time: what ended or failed meanwhile was not acted on (its lease release,
+  // its retry, watchdog checks consumed): adopt them again (their queued jobs keep their place).
+  onResume: (ps) => {
+    void adoptPartitions(ps)
+      .then(wake)
+      .catch((err) => log.error({ err, partitions: ps }, 'resuming lapsed partitions failed'));
+  },
 });
-// Ownership decides from here on (a partition's jobs are acted on only once it is caught up).
+// Ownership decides from here on (a partition's jobs are queued once it is caught up and held,
+// and acted on while its lease is valid).
 state.owns = (p) => ownership!.owns(p);
+state.holds = (p) => ownership!.holds(p);
 await ownership.start();
 
 const tick = setInterval(() => {

@@ -2,7 +2,8 @@
  * Property tests of several active schedulers over one log: 3 scheduler cores (each its own
  * `SchedulerState`, folding the shared in-memory log with a random lag), partition ownership with
  * expiry (takes, give-backs, kills, restarts, a dead one's partitions taken by survivors after
- * the partition TTL), and the VM lease + host slot of `Leases.acquireWithSlot` as an in-memory
+ * the partition TTL, lapses: a lease not valid locally while still held, then renewed in time or
+ * lost), and the VM lease + host slot of `Leases.acquireWithSlot` as an in-memory
  * model with expiry. Commands arrive on random partitions and are admitted by the partition's
  * owner; executors start, complete and fail work; executors crash; time passes (heartbeats,
  * lease renewals, the watchdog). Checked against the log folded independently: never more jobs
@@ -43,6 +44,8 @@ type Action =
   | { t: 'giveBack'; i: number; p: number }
   | { t: 'kill'; i: number }
   | { t: 'restart'; i: number }
+  | { t: 'lapse'; p: number }
+  | { t: 'resume'; p: number }
   | { t: 'advance'; ms: number };
 
 const I = INSTANCES - 1;
@@ -60,6 +63,8 @@ const action: fc.Arbitrary<Action> = fc.oneof(
   { weight: 1, arbitrary: fc.record({ t: fc.constant('giveBack' as const), i: fc.nat(I), p: fc.nat(PARTITIONS - 1) }) },
   { weight: 1, arbitrary: fc.record({ t: fc.constant('kill' as const), i: fc.nat(I) }) },
   { weight: 1, arbitrary: fc.record({ t: fc.constant('restart' as const), i: fc.nat(I) }) },
+  { weight: 2, arbitrary: fc.record({ t: fc.constant('lapse' as const), p: fc.nat(PARTITIONS - 1) }) },
+  { weight: 2, arbitrary: fc.record({ t: fc.constant('resume' as const), p: fc.nat(PARTITIONS - 1) }) },
   { weight: 2, arbitrary: fc.record({ t: fc.constant('advance' as const), ms: fc.integer({ min: 100, max: 4_000 }) }) },
 );
 
@@ -118,8 +123,12 @@ class World {
   readonly log: JobEvent[] = [];
   readonly truth = new Map<string, JobState>();
   readonly inst: Instance[] = [];
-  /** Partition → its owner (instance index) and until when its lease holds (renewed while the owner lives). */
-  readonly part: Array<{ owner: number; until: number } | undefined> = Array.from({ length: PARTITIONS }, () => undefined);
+  /**
+   * Partition → its owner (instance index) and until when its lease holds (renewed while the owner
+   * lives and its lease has not lapsed). `lapsed`: the owner's renewals do not get through (not
+   * valid by its local clock): it still holds the partition (its jobs stay queued) but does not act.
+   */
+  readonly part: Array<{ owner: number; until: number; lapsed?: boolean } | undefined> = Array.from({ length: PARTITIONS }, () => undefined);
   readonly leases = new LeaseModel();
   /** Commands waiting in each partition's consumer (a work queue: delivered to the owner, acked after the answer). */
   readonly queue: SaveRequest[][] = Array.from({ length: PARTITIONS }, () => []);
@@ -160,6 +169,7 @@ class World {
     state.checkAfterMs = 5000;
     const me: Instance = { state, pos: this.log.length, alive: true, own: new Set() };
     state.owns = (p) => this.ownerOf(p) === this.inst.indexOf(me);
+    state.holds = (p) => this.holderOf(p) === this.inst.indexOf(me);
     for (let i = 0; i < HOSTS.length; i++) state.setHost({ announcement: this.announcement(i), lastSeenMs: this.now });
     for (const e of this.log) state.put(e.jobId, evolve(state.jobs.get(e.jobId) ?? initialState(), e));
     return me;
@@ -168,7 +178,13 @@ class World {
   /** The live, unexpired owner of a partition (a dead one's lease may not have expired yet: nobody acts then). */
   ownerOf(p: number): number | undefined {
     const o = this.part[p];
-    return o && o.until > this.now && this.inst[o.owner]?.alive ? o.owner : undefined;
+    return o && !o.lapsed && o.until > this.now && this.inst[o.owner]?.alive ? o.owner : undefined;
+  }
+
+  /** The live instance holding a partition (acting on it or not): until its loss is confirmed or someone else takes it. */
+  holderOf(p: number): number | undefined {
+    const o = this.part[p];
+    return o && this.inst[o.owner]?.alive ? o.owner : undefined;
   }
 
   private append(e: JobEvent, by?: Instance): void {
@@ -226,8 +242,16 @@ class World {
   take(i: number, p: number): void {
     const me = this.inst[i]!;
     if (!me.alive || (this.part[p]?.until ?? 0) > this.now) return;
+    // A live previous holder (its lease lapsed and expired) learns of the loss: its jobs leave its queues.
+    const prev = this.holderOf(p);
+    if (prev !== undefined) this.inst[prev]!.state.disown(new Set([p]));
     this.fold(me);
     this.part[p] = { owner: i, until: this.now + PART_TTL };
+    this.adoptIn(me, p);
+  }
+
+  /** As main.ts's `adoptPartitions` on a take or a resumed lapse: queue, watch, retry, release ended leases. */
+  private adoptIn(me: Instance, p: number): void {
     const gained = new Set([p]);
     const retries = me.state.adopt(gained, this.now);
     for (const [id, l] of me.state.endedElsewhere) {
@@ -238,8 +262,29 @@ class World {
     for (const id of retries) this.emit(me, id, { type: 'Retry', delayMs: 1000, maxAttempts: 3 });
   }
 
+  /** The owner's renewals stop getting through: not valid locally any more, still held. */
+  lapse(p: number): void {
+    const o = this.part[p];
+    if (o && this.ownerOf(p) !== undefined) o.lapsed = true;
+  }
+
+  /** A late renewal of a lapsed lease: succeeds if it never expired (acting again, nothing moved), else the loss is confirmed. */
+  resume(p: number): void {
+    const o = this.part[p];
+    const holder = this.holderOf(p);
+    if (!o?.lapsed || holder === undefined) return;
+    if (o.until > this.now) {
+      o.lapsed = false;
+      o.until = this.now + PART_TTL;
+      this.adoptIn(this.inst[holder]!, p);
+      return;
+    }
+    this.part[p] = undefined;
+    this.inst[holder]!.state.disown(gained(p));
+  }
+
   giveBack(i: number, p: number): void {
-    if (this.ownerOf(p) !== i) return;
+    if (this.holderOf(p) !== i) return;
     this.part[p] = undefined;
     this.inst[i]!.state.disown(gained(p));
   }
@@ -345,7 +390,7 @@ class World {
    */
   advance(ms: number): void {
     this.now += ms;
-    for (const o of this.part) if (o && this.inst[o.owner]?.alive) o.until = this.now + PART_TTL;
+    for (const o of this.part) if (o && !o.lapsed && this.inst[o.owner]?.alive) o.until = this.now + PART_TTL;
     for (let p = 0; p < PARTITIONS; p++) {
       if (this.part[p] && this.part[p]!.until > this.now) continue;
       const live = this.inst.map((x, i) => [x, i] as const).filter(([x]) => x.alive);
@@ -439,6 +484,12 @@ class World {
       case 'restart':
         this.restart(a.i);
         return;
+      case 'lapse':
+        this.lapse(a.p);
+        return;
+      case 'resume':
+        this.resume(a.p);
+        return;
       case 'advance':
         this.advance(a.ms);
         return;
@@ -453,7 +504,7 @@ class World {
       let queued = 0;
       for (const s of this.truth.values()) {
         if (onHost(s)) active[s.host!] = (active[s.host!] ?? 0) + 1;
-        if (s.status === 'requested' && me.state.ownsJob(s.jobId!)) queued++;
+        if (s.status === 'requested' && me.state.holdsJob(s.jobId!)) queued++;
       }
       expect(me.state.activeByHost()).toEqual(active);
       expect(Object.values(me.state.queueDepthByHost()).reduce((a, b) => a + b, 0)).toBe(queued);
@@ -464,6 +515,8 @@ class World {
   drain(): void {
     for (let i = 0; i < INSTANCES; i++) this.restart(i);
     for (let round = 0; round < 300; round++) {
+      // Lapsed leases: renewed in time, or (expired) their loss confirmed and the partition taken again.
+      for (let p = 0; p < PARTITIONS; p++) this.resume(p);
       this.advance(PART_TTL + 1);
       for (let i = 0; i < INSTANCES; i++) {
         this.fold(this.inst[i]!);
@@ -493,6 +546,19 @@ describe('several active schedulers over one log (fast-check)', () => {
         for (const me of w.inst) w.fold(me);
         w.checkIndexes();
         expect(w.violations).toEqual([]);
+        // Per VM, first attempts are scheduled in admission order (a lapse or a takeover keeps every job in its place).
+        const requestedAt = new Map<string, number>();
+        const lastScheduled = new Map<string, number>();
+        const outOfOrder: string[] = [];
+        for (const [k, e] of w.log.entries()) {
+          if (e.type === 'SaveRequested') requestedAt.set(e.jobId, k);
+          if (e.type !== 'SaveScheduled' || w.truth.get(e.jobId)?.kind !== 'save' || e.data.attempt !== 1) continue;
+          const vm = w.truth.get(e.jobId)!.vm!;
+          const r = requestedAt.get(e.jobId)!;
+          if ((lastScheduled.get(vm) ?? -1) > r) outOfOrder.push(`${e.jobId} of ${vm} scheduled after a later request's job`);
+          lastScheduled.set(vm, Math.max(lastScheduled.get(vm) ?? -1, r));
+        }
+        expect(outOfOrder).toEqual([]);
         expect(w.answers.length).toBe(w.deliveries.length);
         expect(w.answers.every((n) => n === 1)).toBe(true);
         const requested = new Map<string, number>();

@@ -13,6 +13,10 @@ export function shareOf(live: number): number {
 }
 
 export interface OwnershipOptions {
+  /**
+   * The partition leases, on a Redis connection of the ownership rounds' own (with `redis`): a
+   * renewal must never queue behind a burst of dispatch scripts on the connection the rest uses.
+   */
   leases: Leases;
   redis: Redis;
   /** Redis key prefix (VMSAVE_REDIS_PREFIX): the members ZSET is `<prefix>:scheduler:members`. */
@@ -35,15 +39,17 @@ export interface OwnershipOptions {
   onLose: (partitions: number[], why: 'given back' | 'lease lost') => Promise<void>;
   /** The `_global` lease (bare-subject consumer, drains, snapshots) taken or lost. */
   onGlobal: (held: boolean) => Promise<void>;
-  /** The owned partitions changed (after `onGain`/`onLose`): the list, ascending. */
+  /** The held partitions changed (after `onGain`/`onLose`): the list, ascending. */
   onChange: (owned: number[]) => void;
+  /** Held partitions whose lease lapsed locally were renewed in time: acting on them again (wake placement). */
+  onResume?: (partitions: number[]) => void;
 }
 
 interface Held {
   lease: Lease;
   /** Acting on it is allowed until then (local clock; renewal pushes it on). */
   validUntil: number;
-  /** Caught up and acting (false while `onGain` runs). */
+  /** Caught up and held (false while `onGain` runs and once it is being given back). */
   active: boolean;
 }
 
@@ -55,8 +61,16 @@ interface Held {
  * free or expired ones and gives back those above its share (its consumer stopped and its
  * in-flight admissions finished first, then the lease released), so a new scheduler gets a share
  * within a few rounds and a dead one's partitions, their leases expired, go to the survivors
- * within about a TTL. A lease not renewed in time stops all action on its partition at once
- * (`owns` looks at the local expiry, so a paused process does not act on a lapsed lease).
+ * within about a TTL.
+ *
+ * Holding and acting are apart. A partition is *held* from its catch-up until its loss is
+ * confirmed or it is given back (`holds`): its jobs stay in the state's queues. It is *acted on*
+ * only while its lease is valid by the local clock (`owns`): a paused or slow process stops
+ * acting at the local expiry at once, without any round. A renewal that comes late still
+ * succeeds when the key in Redis holds our owner and token (it never expired, nobody took it):
+ * the partition is acted on again (`onResume`). Only a failed renewal is a loss (`onLose`).
+ * Admission handlers that meet a lapsed partition wait (`whenActing`) until it is valid again or
+ * lost, so commands are admitted in their stream order across a lapse.
  * `_global` goes to whichever scheduler gets it first.
  */
 export class Ownership {
@@ -66,6 +80,8 @@ export class Ownership {
   private timer: ReturnType<typeof setInterval> | undefined;
   private lastOwned = '';
   private readonly membersKey: string;
+  /** Admission handlers waiting for a lapsed partition (`whenActing`), in arrival order. */
+  private waiters: Array<{ p: number; resolve: (acting: boolean) => void }> = [];
 
   constructor(private readonly o: OwnershipOptions) {
     this.membersKey = `${o.prefix}:scheduler:members`;
@@ -75,6 +91,39 @@ export class Ownership {
   owns(p: number): boolean {
     const h = this.held.get(p);
     return !!h && h.active && Date.now() < h.validUntil;
+  }
+
+  /** Whether a partition is held (caught up, not lost, not being given back), even while its lease lapsed locally. */
+  holds(p: number): boolean {
+    return !!this.held.get(p)?.active;
+  }
+
+  /** The partitions held, ascending (what is reported as owned: a lapse that is renewed in time changes nothing). */
+  holding(): number[] {
+    return allPartitions().filter((p) => this.holds(p));
+  }
+
+  /**
+   * Resolves true once the partition is acted on (at once when it is), false once it is no
+   * longer held (lost, given back, stopped). Waiters resolve in the order they came.
+   */
+  whenActing(p: number): Promise<boolean> {
+    if (this.owns(p)) return Promise.resolve(true);
+    if (!this.holds(p) || this.o.signal.aborted) return Promise.resolve(false);
+    return new Promise((resolve) => this.waiters.push({ p, resolve }));
+  }
+
+  /** Settle the waiters whose partition is acted on again or no longer held. */
+  private settleWaiters(): void {
+    if (!this.waiters.length) return;
+    const stopped = this.o.signal.aborted;
+    const keep: typeof this.waiters = [];
+    for (const w of this.waiters) {
+      if (!stopped && this.owns(w.p)) w.resolve(true);
+      else if (stopped || !this.holds(w.p)) w.resolve(false);
+      else keep.push(w);
+    }
+    this.waiters = keep;
   }
 
   ownsGlobal(): boolean {
@@ -91,7 +140,14 @@ export class Ownership {
     await this.tick();
     const every = Math.max(50, Math.floor(this.o.ttlMs / 3));
     this.timer = setInterval(() => void this.tick(), every);
-    this.o.signal.addEventListener('abort', () => clearInterval(this.timer), { once: true });
+    this.o.signal.addEventListener(
+      'abort',
+      () => {
+        clearInterval(this.timer);
+        this.settleWaiters();
+      },
+      { once: true },
+    );
   }
 
   /** One round at a time; a failed round is logged and the next one tries again. */
@@ -103,31 +159,46 @@ export class Ownership {
   private async once(): Promise<void> {
     const { leases, redis, id, ttlMs, log, signal } = this.o;
     if (signal.aborted) return;
+    // Renewals first (the heartbeat can wait a round trip, a lapse cannot). What is held is
+    // renewed even when it lapsed locally: the script succeeds only while the key still holds our
+    // owner and token (it never expired, nobody took it), so acting on it again is safe. Only a
+    // failed renewal is a loss.
+    const lost: number[] = [];
+    const resumed: number[] = [];
+    await Promise.all(
+      [...this.held].map(async ([p, h]) => {
+        const started = Date.now();
+        const ok = await leases.renew(h.lease, ttlMs).catch(() => false);
+        if (!ok) {
+          lost.push(p);
+          return;
+        }
+        // Lapsed at some point (before it was sent, or while its reply was on the way): what was
+        // not acted on meanwhile is adopted again (`onResume`).
+        if (h.active && Date.now() >= h.validUntil) resumed.push(p);
+        h.validUntil = started + ttlMs;
+      }),
+    );
     const now = Date.now();
     await redis.zadd(this.membersKey, now, id);
     await redis.zremrangebyscore(this.membersKey, '-inf', now - 10 * ttlMs);
     const live = await redis.zcount(this.membersKey, `(${now - ttlMs}`, '+inf');
 
-    // Renew what is held; what cannot be renewed (or lapsed locally) is lost at once.
-    const lost: number[] = [];
-    await Promise.all(
-      [...this.held].map(async ([p, h]) => {
-        const started = Date.now();
-        const ok = Date.now() < h.validUntil && (await leases.renew(h.lease, ttlMs).catch(() => false));
-        if (ok) h.validUntil = started + ttlMs;
-        else lost.push(p);
-      }),
-    );
+    if (resumed.length) {
+      log.warn({ partitions: resumed.sort((a, b) => a - b) }, 'partition leases lapsed locally and were renewed in time; acting on them again');
+      this.o.onResume?.(resumed);
+    }
     if (lost.length) {
       for (const p of lost) {
         // Token-checked: frees it for others at once if it is still ours in Redis.
         void leases.release(this.held.get(p)!.lease).catch(() => false);
         this.held.delete(p);
       }
-      log.error({ partitions: lost.sort((a, b) => a - b) }, 'partition leases lost (not renewed in time); no longer acting on them');
+      log.error({ partitions: lost.sort((a, b) => a - b) }, 'partition leases lost (renewal refused: expired or taken, or Redis unreachable); no longer acting on them');
       // Not awaited: the rounds (renewals) must never wait for consumers to stop.
       this.fire(() => this.o.onLose(lost, 'lease lost'), 'stopping lost partitions');
     }
+    this.settleWaiters();
 
     const share = shareOf(live);
     // Above the share: give back the highest-numbered extras, each stopped before its lease is released.
@@ -135,6 +206,7 @@ export class Ownership {
       const extra = [...this.held.keys()].sort((a, b) => b - a).slice(0, this.held.size - share);
       const leasesOf = extra.map((p) => this.held.get(p)!);
       for (const p of extra) this.held.get(p)!.active = false;
+      this.settleWaiters();
       // Their in-flight admissions finish before the leases go, but a round waits at most a third of the TTL.
       await this.bounded(this.o.onLose(extra, 'given back'), ttlMs / 3);
       for (const [i, p] of extra.entries()) {
@@ -161,7 +233,7 @@ export class Ownership {
     // The global duties: one holder.
     if (this.global) {
       const at = Date.now();
-      const ok = at < this.global.validUntil && (await leases.renew(this.global.lease, ttlMs).catch(() => false));
+      const ok = await leases.renew(this.global.lease, ttlMs).catch(() => false);
       if (ok) this.global.validUntil = at + ttlMs;
       else {
         this.global = undefined;
@@ -188,7 +260,8 @@ export class Ownership {
     void this.o
       .catchUp()
       .then(() => {
-        const ready = entries.filter(([p, h]) => this.held.get(p) === h && Date.now() < h.validUntil && !this.o.signal.aborted).map(([p]) => p);
+        // Held even when its lease lapsed meanwhile: acting waits for a renewal (`owns`), a failed one gives it up.
+        const ready = entries.filter(([p, h]) => this.held.get(p) === h && !this.o.signal.aborted).map(([p]) => p);
         if (!ready.length) return;
         for (const p of ready) this.held.get(p)!.active = true;
         this.report();
@@ -203,6 +276,7 @@ export class Ownership {
           this.held.delete(p);
           void this.o.leases.release(h.lease).catch(() => false);
         }
+        this.settleWaiters();
       });
   }
 
@@ -222,7 +296,7 @@ export class Ownership {
   }
 
   private report(): void {
-    const owned = this.owned();
+    const owned = this.holding();
     const key = owned.join(',');
     if (key === this.lastOwned) return;
     this.lastOwned = key;
@@ -235,6 +309,7 @@ export class Ownership {
     await this.round;
     const { leases, redis } = this.o;
     for (const h of this.held.values()) h.active = false;
+    this.settleWaiters();
     await Promise.allSettled([...this.held.values()].map((h) => leases.release(h.lease)));
     this.held.clear();
     if (this.global) await leases.release(this.global.lease).catch(() => false);

@@ -151,8 +151,12 @@ export class Placement {
       this.refused.add(q.host);
       return;
     }
-    // The partition went to another scheduler since the pass picked it: not ours to start.
-    if (!state.ownsJob(q.jobId)) return;
+    // The partition went to another scheduler (or its lease lapsed) since the pass picked it: not
+    // ours to start now. Visited again at the next tick (a job of a lapsed partition stays queued).
+    if (!state.ownsJob(q.jobId)) {
+      this.refused.add(q.host);
+      return;
+    }
     // The VM lease and a slot of the host in one step: the host's limit holds across schedulers.
     const lease = await this.d.leases.acquireWithSlot(q.vm, q.jobId, cfg.VMSAVE_LEASE_TTL_MS, q.host, this.limitOf(q.host));
     if ('refused' in lease) {

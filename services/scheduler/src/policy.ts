@@ -289,6 +289,8 @@ export interface QueuedJob {
   vm?: string;
   priority: Priority;
   requestedAtMs: number;
+  /** Admission order (the state's fold order): breaks ties in `requestedAtMs`, so equal times keep arrival order. */
+  seq?: number;
   notBeforeMs?: number;
 }
 
@@ -305,7 +307,9 @@ export function pickNext(
   nowMs: number,
 ): QueuedJob[] {
   const rank = { high: 0, normal: 1, low: 2 } as const;
-  const ready = queue.filter((j) => (j.notBeforeMs ?? 0) <= nowMs).sort((a, b) => rank[a.priority] - rank[b.priority] || a.requestedAtMs - b.requestedAtMs);
+  const ready = queue
+    .filter((j) => (j.notBeforeMs ?? 0) <= nowMs)
+    .sort((a, b) => rank[a.priority] - rank[b.priority] || a.requestedAtMs - b.requestedAtMs || (a.seq ?? 0) - (b.seq ?? 0));
   const higherQueued = new Set(queue.filter((j) => j.priority !== 'low').map((j) => j.host));
   const used = new Map(activePerHost);
   const vms = new Set(busyVms);

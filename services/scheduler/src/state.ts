@@ -19,7 +19,10 @@ const NO_VMS: ReadonlySet<string> = new Set();
 const onHost = (s: JobState | undefined): boolean => !!s && s.status !== 'none' && ON_HOST_STATUSES.has(s.status);
 
 /**
- * One priority's queue on one host, in `requestedAtMs` order. Entries leave lazily: an entry is
+ * One priority's queue on one host, in admission order (`seq`: the order the jobs' first events
+ * were folded, i.e. their place in the log; a retried job goes back to its place). Not by
+ * `requestedAtMs`: equal at ms resolution in a burst, and a clock step would reorder a VM's jobs.
+ * Entries leave lazily: an entry is
  * live while `SchedulerState.queued` maps its job to this very object; dead ones are skipped and
  * compacted away once they outnumber the live ones (amortised O(1) per job).
  */
@@ -30,14 +33,15 @@ class Fifo {
 
   insert(q: QueuedJob): void {
     const a = this.items;
-    // Nearly always an append (admission order is request order); a retried job goes back to its place.
-    if (a.length === this.head || a[a.length - 1]!.requestedAtMs <= q.requestedAtMs) a.push(q);
+    // Nearly always an append; a retried (or re-placed) job goes back to its place.
+    const seq = q.seq ?? 0;
+    if (a.length === this.head || (a[a.length - 1]!.seq ?? 0) <= seq) a.push(q);
     else {
       let lo = this.head;
       let hi = a.length;
       while (lo < hi) {
         const mid = (lo + hi) >> 1;
-        if (a[mid]!.requestedAtMs <= q.requestedAtMs) lo = mid + 1;
+        if ((a[mid]!.seq ?? 0) <= seq) lo = mid + 1;
         else hi = mid;
       }
       a.splice(lo, 0, q);
@@ -96,6 +100,15 @@ export class SchedulerState {
    * renewed and released. Default: all (one scheduler alone).
    */
   owns: (partition: number) => boolean = () => true;
+  /**
+   * Whether this scheduler holds a partition (taken, caught up, not confirmed lost or given
+   * back), even while its lease lapsed locally and it does not act on it: the queues follow what
+   * is held, so a lapse renewed in time keeps every job in its place. Default: all.
+   */
+  holds: (partition: number) => boolean = () => true;
+  /** Each job's admission order (the order its first state was folded): the queues' order. */
+  private readonly seqOf = new Map<string, number>();
+  private nextSeq = 0;
   /** Each job's partition, fixed at its first state (a restore's VM may become known later). */
   private readonly partOf = new Map<string, number>();
   /** Failed jobs whose failure was retryable and that no `Retry` followed yet: a new owner retries them. */
@@ -144,7 +157,10 @@ export class SchedulerState {
   put(jobId: string, s: JobState): void {
     const before = this.jobs.get(jobId);
     this.jobs.set(jobId, s);
-    if (!this.partOf.has(jobId) && s.status !== 'none') this.partOf.set(jobId, this.partitionKey(jobId, s));
+    if (!this.partOf.has(jobId) && s.status !== 'none') {
+      this.partOf.set(jobId, this.partitionKey(jobId, s));
+      this.seqOf.set(jobId, ++this.nextSeq);
+    }
     if (s.status === 'failed' && s.lastFailure?.retryable) this.retryPending.add(jobId);
     else this.retryPending.delete(jobId);
     if (s.status === 'none' || isTerminal(s) || s.status === 'completed') this.open.delete(jobId);
@@ -178,6 +194,12 @@ export class SchedulerState {
   ownsJob(jobId: string): boolean {
     const p = this.partOf.get(jobId);
     return p !== undefined && this.owns(p);
+  }
+
+  /** Whether a job's partition is held here (its job queued here), acted on now or not. */
+  holdsJob(jobId: string): boolean {
+    const p = this.partOf.get(jobId);
+    return p !== undefined && this.holds(p);
   }
 
   /**
@@ -295,7 +317,7 @@ export class SchedulerState {
 
   private enqueue(jobId: string, s: JobState): void {
     // Another scheduler's job: folded, never queued here.
-    if (!this.ownsJob(jobId)) return;
+    if (!this.holdsJob(jobId)) return;
     const p = this.placed.get(jobId);
     if (!p) {
       this.unplaced.add(jobId);
@@ -308,6 +330,7 @@ export class SchedulerState {
       vm: this.leaseKeyOf(s) ?? p.vm,
       priority: s.saveRequest?.priority ?? s.restoreRequest?.priority ?? 'normal',
       requestedAtMs: Date.parse(s.requestedAt ?? '') || 0,
+      seq: this.seqOf.get(jobId) ?? 0,
       notBeforeMs: s.notBefore ? Date.parse(s.notBefore) : undefined,
     };
     this.queued.set(jobId, q);
@@ -356,6 +379,8 @@ export class SchedulerState {
     }
     const picks: QueuedJob[] = [];
     const taken = new Set<string>();
+    /** Hosts with a head job of a held partition whose lease lapsed: visited again in the next pass. */
+    const lapsed: string[] = [];
     for (const host of [...this.dirty]) {
       this.dirty.delete(host);
       const qs = this.queues.get(host);
@@ -374,6 +399,12 @@ export class SchedulerState {
           const q = f.items[i]!;
           if (this.queued.get(q.jobId) !== q) continue;
           if ((q.notBeforeMs ?? 0) > nowMs) continue; // the backoff index visits the host again
+          if (!this.ownsJob(q.jobId)) {
+            // Held, not acted on now: it keeps its place (and its VM's later jobs wait behind it).
+            if (q.vm) keys.add(q.vm);
+            if (lapsed[lapsed.length - 1] !== host) lapsed.push(host);
+            continue;
+          }
           if (q.vm && (this.busy.has(q.vm) || taken.has(q.vm) || keys.has(q.vm))) {
             let b = this.blockedOn.get(q.vm);
             if (!b) {
@@ -392,6 +423,7 @@ export class SchedulerState {
         if (q.vm) taken.add(q.vm);
       }
     }
+    for (const h of lapsed) this.dirty.add(h);
     return picks;
   }
 

@@ -148,4 +148,59 @@ describe('SchedulerState incremental queues (plan)', () => {
     request(st, 's-newer', 'a3', 'normal', t0 + 20);
     expect(st.plan(t0 + 2000, limitOf(st)).map((q) => q.jobId)).toEqual(['s-old']);
   });
+
+  it("keeps a VM's jobs in admission order when their requestedAt ties at ms resolution or the clock stepped back", () => {
+    const st = fresh(1);
+    request(st, 's-1', 'a1', 'normal', t0 + 5);
+    request(st, 's-2', 'a1', 'normal', t0 + 5);
+    // The clock stepped back between two admissions: still behind the earlier ones.
+    request(st, 's-3', 'a1', 'normal', t0 + 1);
+    const order: string[] = [];
+    for (let k = 0; k < 3; k++) {
+      const [q] = st.plan(t0 + 100 + k, limitOf(st));
+      expect(q).toBeDefined();
+      order.push(q!.jobId);
+      schedule(st, q!.jobId, t0 + 100 + k);
+      const done = makeEvent(
+        'SaveFailed',
+        q!.jobId,
+        { attempt: 1, stage: 'migrate', code: 'x', reason: 'x', retryable: false, host: 'hv-a', vmResumed: true },
+        { source: 'executor@hv-a', at: new Date(t0 + 100 + k) },
+      );
+      st.put(q!.jobId, evolve(st.jobs.get(q!.jobId)!, done));
+    }
+    expect(order).toEqual(['s-1', 's-2', 's-3']);
+  });
+
+  it('a held partition whose lease lapsed keeps its jobs queued in place and picks none until it is acted on again', () => {
+    const st = fresh(2);
+    let acting = true;
+    st.owns = () => acting;
+    st.holds = () => true;
+    request(st, 's-1', 'a1', 'normal', t0);
+    acting = false;
+    // Admitted (folded) during the lapse: queued behind s-1, not dropped.
+    request(st, 's-2', 'a1', 'normal', t0 + 1);
+    expect(st.plan(t0 + 10, limitOf(st))).toEqual([]);
+    expect(st.queueDepthByHost()).toEqual({ 'hv-a': 2 });
+    // The host stays to be visited: the renewal needs no other change there.
+    expect(st.dirty.has('hv-a')).toBe(true);
+    acting = true;
+    expect(st.plan(t0 + 20, limitOf(st)).map((q) => q.jobId)).toEqual(['s-1']);
+  });
+
+  it('queues only the jobs of held partitions; disown drops them', () => {
+    const st = fresh(2);
+    let held = false;
+    st.owns = () => false;
+    st.holds = () => held;
+    request(st, 's-1', 'a1', 'normal', t0);
+    expect(st.queueDepthByHost()).toEqual({});
+    held = true;
+    st.adopt(new Set([st.partitionOfJob('s-1')!]), t0);
+    expect(st.queueDepthByHost()).toEqual({ 'hv-a': 1 });
+    held = false;
+    st.disown(new Set([st.partitionOfJob('s-1')!]));
+    expect(st.queueDepthByHost()).toEqual({});
+  });
 });
