@@ -96,6 +96,12 @@ export async function runConsumer<S extends z.ZodType>(bus: Bus, spec: ConsumerS
       if (spec.signal?.aborted) stop();
       try {
         for await (const m of messages) {
+          // Stopped: what the iterator still buffers (fetched, never handed to a handler) goes back
+          // to the stream at once, ahead of newer messages, instead of after the ack wait.
+          if (spec.signal?.aborted) {
+            m.nak();
+            continue;
+          }
           attempt = 0;
           const p = handleOne(bus, spec, m).finally(() => {
             inflight.delete(p);
@@ -105,7 +111,6 @@ export async function runConsumer<S extends z.ZodType>(bus: Bus, spec: ConsumerS
           // Wait for one handler to finish (one waiter, not a race over every message in flight).
           if (inflight.size >= concurrency) await new Promise<void>((r) => (slotFreed = r));
           slotFreed = undefined;
-          if (spec.signal?.aborted) break;
         }
       } finally {
         spec.signal?.removeEventListener('abort', stop);

@@ -95,6 +95,63 @@ describe('bus against a real NATS server', () => {
     await bus.jsm.consumers.delete(testStream.name, `c-${id}`);
   });
 
+  it('on abort, gives back at once the messages it fetched but never handled (no wait for the ack wait)', async () => {
+    const durable = `nak-${id}`;
+    const ackWaitMs = 60_000;
+    const sub = `test.${id}.nak`;
+    const ids = Array.from({ length: 6 }, (_, i) => `n${i}-${id}`);
+    for (const r of ids) await publishValidated(bus, messages.saveRequest, sub, { requestId: r, vm: 'vm1' }, { msgId: r });
+    const first: string[] = [];
+    const ac = new AbortController();
+    let release: () => void = () => undefined;
+    const held = new Promise<void>((r) => (release = r));
+    // One handler at a time, and the first one holds until the abort: the rest stay buffered in the iterator.
+    const loop = runConsumer(bus, {
+      stream: testStream.name,
+      durable,
+      filterSubject: sub,
+      schema: SaveRequest,
+      service: `t-${id}`,
+      log,
+      signal: ac.signal,
+      ackWaitMs,
+      concurrency: 1,
+      handler: async (m) => {
+        first.push(m.requestId);
+        await held;
+        return ack();
+      },
+    });
+    await waitFor('the first message handled', () => first.length === 1);
+    ac.abort();
+    release();
+    await loop;
+    expect(first).toEqual([ids[0]]);
+    // A second run of the same durable gets the other five well before the 60 s ack wait.
+    const second: string[] = [];
+    const ac2 = new AbortController();
+    const loop2 = runConsumer(bus, {
+      stream: testStream.name,
+      durable,
+      filterSubject: sub,
+      schema: SaveRequest,
+      service: `t-${id}`,
+      log,
+      signal: ac2.signal,
+      ackWaitMs,
+      handler: async (m) => {
+        second.push(m.requestId);
+        return ack();
+      },
+    });
+    // 20 s, a third of the ack wait: without the give-back they would come only after 60 s.
+    await waitFor('the five given back', () => second.length >= 5, 20_000);
+    expect([...second].sort()).toEqual(ids.slice(1).sort());
+    ac2.abort();
+    await loop2;
+    await bus.jsm.consumers.delete(testStream.name, durable);
+  });
+
   it('dead-letters a 1 MB non-UTF-8 message as a truncated letter under max_payload, with its size and sha256', async () => {
     const service = `big-${id}`;
     const lines: string[] = [];
