@@ -17,7 +17,8 @@ export const SchedulerEnv = BusEnv.extend({
   /**
    * Time to live of a scheduler's VM-partition leases (`ownership.ts`): a dead scheduler's
    * partitions are taken within about this long. Must stay below VMSAVE_LEASE_TTL_MS, so a
-   * takeover renews running jobs' VM leases before they lapse. Default: 5000, or half of
+   * takeover renews running jobs' VM leases before they lapse. Default: 15000 (a burst's event-loop
+   * stalls of a few seconds lapsed 5 s leases; docs/scheduler.md), or half of
    * VMSAVE_LEASE_TTL_MS when that is shorter.
    */
   VMSAVE_PARTITION_TTL_MS: z.coerce.number().int().min(1).optional(),
@@ -48,7 +49,7 @@ export type SchedulerConfig = Omit<z.infer<typeof SchedulerEnv>, 'VMSAVE_PARTITI
 /** Parse the scheduler's settings once; the error names the variable and the rule. */
 export function loadConfig(env: Record<string, string | undefined> = process.env): SchedulerConfig {
   const parsed = parseEnv(SchedulerEnv, env, 'scheduler');
-  const cfg = { ...parsed, VMSAVE_PARTITION_TTL_MS: parsed.VMSAVE_PARTITION_TTL_MS ?? Math.max(1, Math.min(5000, Math.floor(parsed.VMSAVE_LEASE_TTL_MS / 2))) };
+  const cfg = { ...parsed, VMSAVE_PARTITION_TTL_MS: parsed.VMSAVE_PARTITION_TTL_MS ?? Math.max(1, Math.min(15_000, Math.floor(parsed.VMSAVE_LEASE_TTL_MS / 2))) };
   if (cfg.VMSAVE_PARTITION_TTL_MS >= cfg.VMSAVE_LEASE_TTL_MS) {
     throw new Error(
       `scheduler configuration: VMSAVE_PARTITION_TTL_MS: must be below VMSAVE_LEASE_TTL_MS (${cfg.VMSAVE_PARTITION_TTL_MS} ≥ ${cfg.VMSAVE_LEASE_TTL_MS}), so a takeover comes before running jobs' VM leases lapse`,
