@@ -192,7 +192,9 @@ describe('seal follower', () => {
     await append(path, stream, 0, stream.length);
     const r = await follower.finish();
     expect(r.walk).not.toBe('follow');
-    expect(follower.stats.reason).toMatch(/shrank|changed/);
+    // Whichever saw it first: a poll during the short file (shrank), the re-check of chunk 0
+    // (changed), or the walk running into the new stream's records where the old one's were.
+    expect(follower.stats.reason).toMatch(/shrank|changed|walk stopped/);
     expect(r.seal).toEqual(reference.seal);
   });
 
