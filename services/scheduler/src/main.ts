@@ -12,6 +12,7 @@
  * restarted scheduler resumes where the log says; changes that await I/O run through `state.serial`,
  * admission folds its stored events in arrival order (`admission.ts`).
  */
+import { setMaxListeners } from 'node:events';
 import { z } from 'zod';
 import { commandFilters, messages, partitionToken, streams, subjects } from '@vmsave/contracts';
 import { Bus, busOptions, createLogger, nak, readHosts, readLog, runConsumer, subscribeValidated, type MessageContext, type Outcome } from '@vmsave/bus';
@@ -42,6 +43,9 @@ const leases = new Leases(redis, cfg.VMSAVE_REDIS_PREFIX);
 const ownershipRedis = await connectRedis(cfg.REDIS_URL, { name: 'scheduler-ownership' });
 const ac = new AbortController();
 const signal = ac.signal;
+// One listener per command consumer (16 partitions and the global one) plus the followers: more
+// than Node's default of 10, which would print a (false) memory-leak warning at every start.
+setMaxListeners(64, signal);
 const tasks: Promise<unknown>[] = [];
 
 let stopping = false;
